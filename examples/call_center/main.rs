@@ -1,0 +1,2 @@
+//! Run with `cargo run --example call_center`.
+fn main() {}

@@ -1,0 +1,29 @@
+//! # welcomedly-core
+//!
+//! What every instance of a horizontally scaled tower/axum service needs, with no Redis and no
+//! database: telemetry (JSON logs, request ids, OpenTelemetry traces and Prometheus metrics),
+//! health and readiness, graceful drain, client-IP extraction behind trusted proxies and a keyed,
+//! multi-policy rate-limiting layer whose backend other crates (welcomedly-cluster) can replace.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`config`] | [`CoreConfig`], loadable from environment variables with validation |
+//! | [`instance`] | [`InstanceId`], the identity of this process in the cluster |
+//! | [`telemetry`] | tracing + OpenTelemetry setup, request id, request span, HTTP metrics |
+//! | [`health`] | a registry of named checks; `/health`, `/health/live`, `/health/ready` |
+//! | [`drain`] | SIGTERM handling: readiness off, grace period, in-flight completion, deadline |
+//! | [`client_ip`] | the client address, walking `Forwarded` / `X-Forwarded-For` through trusted proxies |
+//! | [`rate_limit`] | named policies, GCRA, `RateLimit` headers, pluggable backend |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod client_ip;
+pub mod config;
+pub mod drain;
+pub mod health;
+pub mod instance;
+pub mod rate_limit;
+pub mod telemetry;
+
+pub use config::CoreConfig;
+pub use instance::InstanceId;
