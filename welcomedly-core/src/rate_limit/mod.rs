@@ -1,1 +1,81 @@
-//! rate_limit (in progress)
+//! Rate limiting: one tower layer, many named policies (route class → quota → key).
+//!
+//! - **GCRA** per key, on a monotonic clock that tests replace ([`ManualClock`], [`TokioClock`]).
+//! - **Several policies per request**: a request is admitted only if every matching policy admits
+//!   it, and a rejected request **consumes nothing** from any policy (peek, then commit).
+//! - **Immediate 429** (never backpressure in `poll_ready`) with an `application/problem+json`
+//!   body naming the policy, `Retry-After` in whole seconds rounded up (a client that waits that
+//!   long is admitted), and the IETF draft `RateLimit-Policy` / `RateLimit` headers, also on
+//!   admitted responses ([`HeaderMode`]).
+//! - **Keys** by client IP (IPv6 cut to /64; use `ClientIpLayer` so forged forwarding headers
+//!   cannot move the key), authenticated user ([`UserId`]), header, one global key, or several.
+//! - **Bounded memory**: a per-policy cap on stored keys with amortised eviction.
+//! - **Shadow mode** and **charging by response status** per policy; per-policy counters
+//!   ([`RateLimitLayer::stats`], [`RateLimitLayer::register_metrics`]).
+//! - **Pluggable state** ([`RateLimitBackend`]): in memory ([`LocalBackend`], the default) or, with
+//!   welcomedly-cluster, in Redis so that N instances share one limit.
+//!
+//! ```
+//! use http::{Method, Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use welcomedly_core::client_ip::{ClientIp, ClientIpLayer, TrustedProxies};
+//! use welcomedly_core::rate_limit::{KeySource, Policy, Quota, RateLimitLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let limits = RateLimitLayer::builder()
+//!     // 5 failed logins per minute per client IP.
+//!     .policy(Policy::new("login", Quota::per_minute(5))
+//!         .method(Method::POST)
+//!         .path("/auth/login")
+//!         .charge_only_statuses([StatusCode::UNAUTHORIZED]))
+//!     .policy(Policy::new("api", Quota::per_minute(200)).path_prefix("/api"))
+//!     .policy(Policy::new("upload", Quota::per_minute(3)).path_prefix("/api/upload"))
+//!     .policy(Policy::new("general", Quota::per_minute(100)).otherwise())
+//!     .build()?;
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(limits)
+//!     .service(service_fn(|_req: Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("ok")))
+//!     }));
+//!
+//! let mut req = Request::get("/api/agents").body(String::new())?;
+//! // Normally inserted by `ClientIpLayer` from the peer address and trusted proxies.
+//! req.extensions_mut().insert(ClientIp("203.0.113.7".parse()?));
+//! let res = svc.oneshot(req).await?;
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(res.headers()["ratelimit"], "\"api\";r=199;t=1");
+//! assert_eq!(res.headers()["ratelimit-policy"], "\"api\";q=200;w=60");
+//! # Ok(())
+//! # }
+//! ```
+
+mod backend;
+mod clock;
+mod future;
+mod key;
+mod layer;
+mod policy;
+mod quota;
+mod response;
+mod service;
+mod stats;
+mod store;
+
+#[cfg(test)]
+mod tests;
+
+pub use backend::{
+    BackendError, Check, Decision, DecisionSource, Decisions, LocalBackend, RateLimitBackend,
+    admits,
+};
+pub use clock::{Clock, ManualClock, MonotonicClock, TokioClock};
+pub use future::ResponseFuture;
+pub use key::{Key, KeySource, UserId};
+pub use layer::{BuildError, RateLimitBuilder, RateLimitLayer};
+pub use policy::{FailureMode, Policy, PolicySpec};
+pub use quota::{Gcra, GcraOutcome, Quota};
+pub use response::{HeaderMode, RATELIMIT, RATELIMIT_POLICY, ResponseBody};
+pub use service::RateLimit;
+pub use stats::PolicyStatsSnapshot;

@@ -1,0 +1,155 @@
+//! What the layer writes: `RateLimit-Policy` / `RateLimit` / `Retry-After` headers and the 429
+//! `application/problem+json` response.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::backend::Decision;
+use super::policy::PolicySpec;
+use super::quota::ceil_secs;
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): the policy's quota and window.
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit` (draft-ietf-httpapi-ratelimit-headers): remaining requests and seconds to reset.
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// When the `RateLimit-Policy` and `RateLimit` headers are sent (`Retry-After` is always sent
+/// with a 429).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum HeaderMode {
+    /// On every response of a limited route (the default).
+    #[default]
+    Always,
+    /// Only on 429 responses.
+    OnRejection,
+    /// Never (only `Retry-After` on 429).
+    Never,
+}
+
+/// `"name";q=5;w=60`, computed once per policy.
+pub(crate) fn policy_header(
+    quoted_name: &str,
+    count: u32,
+    period_secs: u64,
+) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("{quoted_name};q={count};w={period_secs}")).ok()
+}
+
+/// `"name";r=3;t=12`: remaining requests and whole seconds (rounded up) until the quota is whole.
+pub(crate) fn limit_header(spec: &PolicySpec, decision: &Decision) -> Option<HeaderValue> {
+    let mut r = itoa::Buffer::new();
+    let mut t = itoa::Buffer::new();
+    let reset = ceil_secs(u64::try_from(decision.reset.as_nanos()).unwrap_or(u64::MAX));
+    let (r, t) = (r.format(decision.remaining), t.format(reset));
+    let name = spec.quoted_name.as_bytes();
+    let mut v = Vec::with_capacity(name.len() + r.len() + t.len() + 6);
+    v.extend_from_slice(name);
+    v.extend_from_slice(b";r=");
+    v.extend_from_slice(r.as_bytes());
+    v.extend_from_slice(b";t=");
+    v.extend_from_slice(t.as_bytes());
+    HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+}
+
+/// The 429 answer for the rejecting policy, without its body type yet.
+pub(crate) fn rejection(
+    spec: &PolicySpec,
+    decision: &Decision,
+    mode: HeaderMode,
+) -> (http::response::Parts, Bytes) {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = StatusCode::TOO_MANY_REQUESTS;
+    let h = &mut parts.headers;
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Never earlier than the real time, and never 0: a client retrying at once would be refused.
+    let wait = ceil_secs(u64::try_from(decision.retry_after.as_nanos()).unwrap_or(u64::MAX)).max(1);
+    h.insert(RETRY_AFTER, HeaderValue::from(wait));
+    if mode != HeaderMode::Never {
+        h.insert(RATELIMIT_POLICY.clone(), spec.policy_header.clone());
+        if let Some(v) = limit_header(spec, decision) {
+            h.insert(RATELIMIT.clone(), v);
+        }
+    }
+    (parts, spec.problem_body.clone())
+}
+
+/// The problem+json body naming the policy, computed once per policy.
+pub(crate) fn problem_body(name: &str) -> Bytes {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": format!(
+            "Too many requests for rate-limit policy \"{name}\": wait the number of seconds in the Retry-After header, then retry."
+        ),
+        "policy": name,
+    });
+    Bytes::from(body.to_string())
+}
+
+pin_project! {
+    /// The response body of [`RateLimit`](super::RateLimit): the service's own body, or the
+    /// body of a 429 rejection.
+    #[project = BodyProj]
+    #[derive(Debug)]
+    #[allow(missing_docs)] // the fields are the variants' bodies, documented on the variants
+
+    pub enum ResponseBody<B> {
+        /// The inner service's body.
+        Inner { #[pin] body: B },
+        /// A rejection's problem+json body (taken when sent).
+        Rejection { body: Option<Bytes> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn inner(body: B) -> Self {
+        Self::Inner { body }
+    }
+
+    pub(crate) fn rejection(body: Bytes) -> Self {
+        Self::Rejection { body: Some(body) }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project() {
+            BodyProj::Inner { body } => body.poll_frame(cx),
+            BodyProj::Rejection { body } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Inner { body } => body.is_end_stream(),
+            Self::Rejection { body } => body.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Inner { body } => body.size_hint(),
+            Self::Rejection { body } => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The [`RateLimit`] service: matches policies, asks the backend, rejects or calls the inner
+//! service.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use smallvec::SmallVec;
+use tower::Service;
+
+use super::backend::{Check, DecisionSource, Decisions, RateLimitBackend, admits};
+use super::future::ResponseFuture;
+use super::key::Key;
+use super::layer::Shared;
+use super::response::{
+    HeaderMode, RATELIMIT, RATELIMIT_POLICY, ResponseBody, limit_header, rejection,
+};
+use super::stats::PolicyStats;
+
+/// The policies a request matched, by index, with its key for each.
+pub(crate) type Matched = SmallVec<[(usize, Key); 4]>;
+
+/// A service enforcing rate-limit policies; built by [`RateLimitLayer`](super::RateLimitLayer).
+pub struct RateLimit<S, B> {
+    inner: S,
+    shared: Arc<Shared<B>>,
+}
+
+impl<S, B> RateLimit<S, B> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<B>>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Clone, B> Clone for RateLimit<S, B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, B> fmt::Debug for RateLimit<S, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("policies", &self.shared.policies.len())
+            .finish()
+    }
+}
+
+impl<S, B, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, B>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    B: RateLimitBackend,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Keyed limits reject; they never apply backpressure here.
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let matched = match_request(&self.shared, &req);
+        if matched.is_empty() {
+            return ResponseFuture::calling(self.inner.call(req), None);
+        }
+        let mut fut = {
+            let checks = checks(&self.shared, &matched);
+            self.shared.backend.acquire(&checks)
+        };
+        // A synchronous backend (the local one) answers on the first poll: decide here and call
+        // the service directly, with no state machine and no clone of the inner service.
+        match Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => match verdict(&self.shared, result, matched) {
+                Verdict::Reject(parts, body) => ResponseFuture::rejected(parts, body),
+                Verdict::Admit(admit) => ResponseFuture::calling(self.inner.call(req), admit),
+            },
+            Poll::Pending => {
+                // The ready service goes with the request; this one gets a clone to make ready.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::acquiring(fut, inner, req, matched, self.shared.clone())
+            }
+        }
+    }
+}
+
+fn match_request<B, ReqB>(shared: &Shared<B>, req: &Request<ReqB>) -> Matched {
+    let mut matched = Matched::new();
+    let mut any_route = false;
+    for spec in shared.policies.iter().filter(|p| !p.policy.otherwise) {
+        if spec.policy.matches_route(req) {
+            any_route = true;
+            if let Some(key) = spec.extract_key(req) {
+                matched.push((spec.index(), key));
+            }
+        }
+    }
+    if !any_route {
+        for spec in shared.policies.iter().filter(|p| p.policy.otherwise) {
+            if spec.policy.matches_route(req)
+                && let Some(key) = spec.extract_key(req)
+            {
+                matched.push((spec.index(), key));
+            }
+        }
+    }
+    matched
+}
+
+fn checks<'a, B>(shared: &'a Shared<B>, matched: &'a Matched) -> SmallVec<[Check<'a>; 4]> {
+    matched
+        .iter()
+        .filter_map(|(i, key)| {
+            let policy = shared.policies.get(*i)?;
+            Some(Check {
+                policy,
+                key,
+                charge: !policy.charges_at_response(),
+            })
+        })
+        .collect()
+}
+
+/// Work left for the response of an admitted request.
+pub(crate) struct Admit<B> {
+    headers: Option<(HeaderValue, HeaderValue)>,
+    deferred: Option<Deferred<B>>,
+}
+
+struct Deferred<B> {
+    shared: Arc<Shared<B>>,
+    charges: SmallVec<[(usize, Key); 1]>,
+}
+
+impl<B: RateLimitBackend> Admit<B> {
+    /// Adds the headers and sends the deferred charges whose status matches.
+    pub(crate) fn finish<ResB>(self, mut res: Response<ResB>) -> Response<ResB> {
+        if let Some((policy, limit)) = self.headers {
+            res.headers_mut().insert(RATELIMIT_POLICY.clone(), policy);
+            res.headers_mut().insert(RATELIMIT.clone(), limit);
+        }
+        if let Some(d) = self.deferred {
+            let status = res.status();
+            for (i, key) in &d.charges {
+                if let Some(spec) = d.shared.policies.get(*i)
+                    && spec.charges_status(status)
+                {
+                    d.shared.backend.charge(spec, key);
+                }
+            }
+        }
+        res
+    }
+}
+
+pub(crate) enum Verdict<B> {
+    Reject(http::response::Parts, Bytes),
+    Admit(Option<Admit<B>>),
+}
+
+pub(crate) fn verdict<B: RateLimitBackend>(
+    shared: &Arc<Shared<B>>,
+    result: Result<Decisions, super::BackendError>,
+    matched: Matched,
+) -> Verdict<B> {
+    let stats = |i: usize| shared.stats.get(i);
+    let decisions = match result {
+        Ok(d) if d.len() == matched.len() => d,
+        other => {
+            for (i, _) in &matched {
+                if let Some(s) = stats(*i) {
+                    PolicyStats::bump(&s.store_errors);
+                }
+            }
+            match other {
+                Err(e) => tracing::warn!(error = %e, "rate-limit backend failed: request admitted"),
+                Ok(_) => tracing::warn!(
+                    "rate-limit backend returned the wrong number of decisions: request admitted"
+                ),
+            }
+            return Verdict::Admit(None);
+        }
+    };
+    let checks = checks(shared, &matched);
+    let admitted = admits(&checks, &decisions);
+    for (check, d) in checks.iter().zip(&decisions) {
+        let Some(s) = stats(check.policy.index()) else {
+            continue;
+        };
+        match d.source {
+            DecisionSource::Store => {}
+            DecisionSource::Fallback => PolicyStats::bump(&s.fallbacks),
+            DecisionSource::FailOpen | DecisionSource::FailClosed => {
+                PolicyStats::bump(&s.store_errors)
+            }
+        }
+        if !d.allowed && check.policy.is_shadow() {
+            PolicyStats::bump(&s.shadow_limited);
+        } else if !d.allowed {
+            PolicyStats::bump(&s.limited);
+        } else if admitted {
+            PolicyStats::bump(&s.admitted);
+        }
+    }
+    if !admitted {
+        // Answer with the live policy that makes the client wait longest.
+        let rejecting = checks
+            .iter()
+            .zip(&decisions)
+            .filter(|(c, d)| !d.allowed && !c.policy.is_shadow())
+            .max_by_key(|(_, d)| d.retry_after);
+        if let Some((check, d)) = rejecting {
+            let (parts, body) = rejection(check.policy, d, shared.headers);
+            return Verdict::Reject(parts, body);
+        }
+    }
+    let headers = if shared.headers == HeaderMode::Always {
+        // The tightest live policy: the one closest to rejecting.
+        checks
+            .iter()
+            .zip(&decisions)
+            .filter(|(c, d)| d.allowed && !c.policy.is_shadow())
+            .min_by_key(|(_, d)| (d.remaining, std::cmp::Reverse(d.reset)))
+            .and_then(|(c, d)| Some((c.policy.policy_header.clone(), limit_header(c.policy, d)?)))
+    } else {
+        None
+    };
+    let charges: SmallVec<[(usize, Key); 1]> = checks
+        .iter()
+        .zip(&decisions)
+        .filter(|(c, d)| !c.charge && d.allowed)
+        .map(|(c, _)| (c.policy.index(), c.key.clone()))
+        .collect();
+    let deferred = (!charges.is_empty()).then(|| Deferred {
+        shared: shared.clone(),
+        charges,
+    });
+    if headers.is_none() && deferred.is_none() {
+        Verdict::Admit(None)
+    } else {
+        Verdict::Admit(Some(Admit { headers, deferred }))
+    }
+}

@@ -1,0 +1,307 @@
+//! Behaviour of the layer as a whole, on a manual clock.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use proptest::prelude::*;
+use tower::{Service, ServiceExt, service_fn};
+
+use super::*;
+use crate::client_ip::ClientIp;
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+fn layer(policies: Vec<Policy>) -> (RateLimitLayer<LocalBackend<ManualClock>>, ManualClock) {
+    let clock = ManualClock::new();
+    let mut b = RateLimitLayer::builder().backend(LocalBackend::with_clock(clock.clone()));
+    for p in policies {
+        b = b.policy(p);
+    }
+    (b.build().unwrap(), clock)
+}
+
+/// A service answering with the status in the `x-status` request header (default 200).
+fn svc(
+    l: &RateLimitLayer<LocalBackend<ManualClock>>,
+) -> impl Service<
+    Request<Body>,
+    Response = Response<ResponseBody<Body>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone
++ Send {
+    tower::ServiceBuilder::new()
+        .layer(l.clone())
+        .service(service_fn(|req: Request<Body>| async move {
+            let status = req
+                .headers()
+                .get("x-status")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(200);
+            let mut res = Response::new(Body::from("ok"));
+            *res.status_mut() = StatusCode::from_u16(status).unwrap();
+            Ok::<_, Infallible>(res)
+        }))
+}
+
+fn req(method: Method, path: &str, ip: &str) -> Request<Body> {
+    let mut r = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Body::default())
+        .unwrap();
+    r.extensions_mut().insert(ClientIp(ip.parse().unwrap()));
+    r
+}
+
+async fn send<S>(s: &mut S, r: Request<Body>) -> Response<ResponseBody<Body>>
+where
+    S: Service<Request<Body>, Response = Response<ResponseBody<Body>>, Error = Infallible>,
+{
+    s.ready().await.unwrap().call(r).await.unwrap()
+}
+
+#[tokio::test]
+async fn rejects_with_problem_json_and_headers_then_admits_after_retry_after() {
+    let (l, clock) = layer(vec![Policy::new("login", Quota::per_minute(5))]);
+    let mut s = svc(&l);
+    for i in 0..5u64 {
+        let res = send(&mut s, req(Method::POST, "/auth/login", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            res.headers()["ratelimit"],
+            format!("\"login\";r={};t={}", 4 - i, 12 * (i + 1)).as_str()
+        );
+        assert_eq!(res.headers()["ratelimit-policy"], "\"login\";q=5;w=60");
+    }
+    clock.advance(Duration::from_millis(500));
+    let res = send(&mut s, req(Method::POST, "/auth/login", "192.0.2.1")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    // 11.5 s to wait, rounded up.
+    assert_eq!(res.headers()["retry-after"], "12");
+    assert_eq!(res.headers()["ratelimit"], "\"login\";r=0;t=60");
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["status"], 429);
+    assert_eq!(json["policy"], "login");
+    // Another client is not affected.
+    let res = send(&mut s, req(Method::POST, "/auth/login", "192.0.2.2")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // Waiting what Retry-After said is enough.
+    clock.advance(Duration::from_secs(12));
+    let res = send(&mut s, req(Method::POST, "/auth/login", "192.0.2.1")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let stats = l.stats();
+    assert_eq!(stats[0].admitted, 7);
+    assert_eq!(stats[0].limited, 1);
+    assert_eq!(stats[0].keys, Some(2));
+}
+
+#[tokio::test]
+async fn a_request_rejected_by_one_policy_consumes_nothing_from_the_others() {
+    let (l, _clock) = layer(vec![
+        Policy::new("api", Quota::per_minute(10)).path_prefix("/api"),
+        Policy::new("upload", Quota::per_minute(2)).path_prefix("/api/upload"),
+    ]);
+    let mut s = svc(&l);
+    for _ in 0..2 {
+        let res = send(&mut s, req(Method::POST, "/api/upload", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        // The tightest policy is reported.
+        assert!(
+            res.headers()["ratelimit"]
+                .to_str()
+                .unwrap()
+                .starts_with("\"upload\"")
+        );
+    }
+    for _ in 0..20 {
+        let res = send(&mut s, req(Method::POST, "/api/upload", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    // 2 of the api policy's 10 were used; the 20 rejected uploads took nothing.
+    for i in 0..8 {
+        let res = send(&mut s, req(Method::GET, "/api/agents", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::OK, "api request {i}");
+    }
+    let res = send(&mut s, req(Method::GET, "/api/agents", "192.0.2.1")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn charging_by_status_never_locks_out_successful_logins() {
+    let (l, _clock) = layer(vec![
+        Policy::new("login", Quota::per_minute(3))
+            .method(Method::POST)
+            .path("/auth/login")
+            .charge_only_statuses([StatusCode::UNAUTHORIZED]),
+    ]);
+    let mut s = svc(&l);
+    for _ in 0..10 {
+        let res = send(&mut s, req(Method::POST, "/auth/login", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    for _ in 0..3 {
+        let mut r = req(Method::POST, "/auth/login", "192.0.2.1");
+        r.headers_mut().insert("x-status", "401".parse().unwrap());
+        assert_eq!(send(&mut s, r).await.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Three failures used the quota: even a correct password now waits.
+    let res = send(&mut s, req(Method::POST, "/auth/login", "192.0.2.1")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn shadow_policies_count_but_never_reject() {
+    let (l, _clock) = layer(vec![Policy::new("new", Quota::per_minute(1)).shadow(true)]);
+    let mut s = svc(&l);
+    for _ in 0..5 {
+        let res = send(&mut s, req(Method::GET, "/", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(res.headers().get("ratelimit").is_none());
+    }
+    let st = &l.stats()[0];
+    assert_eq!((st.admitted, st.limited, st.shadow_limited), (1, 0, 4));
+}
+
+#[tokio::test]
+async fn otherwise_applies_only_to_requests_no_other_policy_matched() {
+    let (l, _clock) = layer(vec![
+        Policy::new("api", Quota::per_minute(100)).path_prefix("/api"),
+        Policy::new("general", Quota::per_minute(1)).otherwise(),
+    ]);
+    let mut s = svc(&l);
+    for _ in 0..5 {
+        let res = send(&mut s, req(Method::GET, "/api/x", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        send(&mut s, req(Method::GET, "/about", "192.0.2.1"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&mut s, req(Method::GET, "/about", "192.0.2.1"))
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn user_keyed_policies_skip_anonymous_requests() {
+    let (l, _clock) = layer(vec![
+        Policy::new("per-user", Quota::per_minute(1)).key(KeySource::User),
+    ]);
+    let mut s = svc(&l);
+    for _ in 0..3 {
+        let res = send(&mut s, req(Method::GET, "/", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let mut alice = req(Method::GET, "/", "192.0.2.1");
+    alice.extensions_mut().insert(UserId::new("alice"));
+    assert_eq!(send(&mut s, alice).await.status(), StatusCode::OK);
+    let mut alice = req(Method::GET, "/", "192.0.2.9");
+    alice.extensions_mut().insert(UserId::new("alice"));
+    assert_eq!(
+        send(&mut s, alice).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn header_modes() {
+    let clock = ManualClock::new();
+    let l = RateLimitLayer::builder()
+        .backend(LocalBackend::with_clock(clock))
+        .headers(HeaderMode::Never)
+        .policy(Policy::new("p", Quota::per_minute(1)))
+        .build()
+        .unwrap();
+    let mut s = svc(&l);
+    let res = send(&mut s, req(Method::GET, "/", "192.0.2.1")).await;
+    assert!(res.headers().get("ratelimit").is_none());
+    let res = send(&mut s, req(Method::GET, "/", "192.0.2.1")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().get("ratelimit").is_none());
+    assert_eq!(res.headers()["retry-after"], "60");
+}
+
+#[test]
+fn build_errors_say_what_to_fix() {
+    let e = RateLimitLayer::builder().build().unwrap_err();
+    assert!(matches!(e, BuildError::NoPolicies));
+    let e = RateLimitLayer::builder()
+        .policy(Policy::new("a\"b", Quota::per_minute(1)))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid"), "{e}");
+    let e = RateLimitLayer::builder()
+        .policy(Policy::new("a", Quota::per_minute(1)))
+        .policy(Policy::new("a", Quota::per_minute(2)))
+        .build()
+        .unwrap_err();
+    assert!(matches!(e, BuildError::DuplicateName { .. }));
+    let e = RateLimitLayer::builder()
+        .policy(Policy::new("zero", Quota::per_minute(0)))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("\"zero\""), "{e}");
+    // One backend cannot serve two layers (their policy indexes would collide).
+    let backend = std::sync::Arc::new(LocalBackend::new());
+    backend
+        .prepare(&[])
+        .expect("first layer prepares the backend");
+    assert!(backend.prepare(&[]).is_err());
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    type Inner = tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+    assert_send_sync::<RateLimitLayer>();
+    assert_send_sync::<RateLimit<Inner, LocalBackend>>();
+    assert_send_sync::<LocalBackend<ManualClock>>();
+    fn assert_send<T: Send>() {}
+    assert_send::<ResponseFuture<Inner, Body, LocalBackend>>();
+    assert_send::<ResponseBody<Body>>();
+}
+
+proptest! {
+    /// Whatever the sequence of requests and pauses, a client that waits `Retry-After` seconds
+    /// after a 429 is admitted by its next request.
+    #[test]
+    fn waiting_retry_after_is_always_enough(
+        count in 1u32..20, burst in 1u32..10,
+        steps in proptest::collection::vec((0u64..3000, 0usize..3), 1..60),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let (l, clock) = layer(vec![Policy::new("p", Quota::per_second(count).with_burst(burst))]);
+            let mut s = svc(&l);
+            let ips = ["192.0.2.1", "192.0.2.2", "2001:db8::1"];
+            for (pause_ms, who) in steps {
+                clock.advance(Duration::from_millis(pause_ms));
+                let res = send(&mut s, req(Method::GET, "/", ips[who])).await;
+                if res.status() == StatusCode::TOO_MANY_REQUESTS {
+                    let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                    prop_assert!(wait >= 1);
+                    clock.advance(Duration::from_secs(wait));
+                    let again = send(&mut s, req(Method::GET, "/", ips[who])).await;
+                    prop_assert_eq!(again.status(), StatusCode::OK);
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
