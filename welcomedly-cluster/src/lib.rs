@@ -1,5 +1,15 @@
-//! # welcomedly-cluster (skeleton)
+//! # welcomedly-cluster
 //!
-//! Session-affinity-free clustering over Redis: shared sessions, a cluster-wide event bus,
-//! instance membership and a cluster-wide rate-limit backend. **Not implemented yet**: this crate
-//! is an empty, documented skeleton so the workspace and the facade's `cluster` feature exist.
+//! Session-affinity-free clustering over Redis, so any instance can serve any request.
+//!
+//! | module | what | state |
+//! |---|---|---|
+//! | [`rate_limit`] | a cluster-wide backend for welcomedly-core's rate-limit layer | works |
+//! | sessions | shared sessions in Redis | coming |
+//! | event bus | typed events fanned out to every instance | coming |
+//! | membership | instance heartbeat and live-instance list | coming |
+
+mod error;
+pub mod rate_limit;
+
+pub use error::Error;

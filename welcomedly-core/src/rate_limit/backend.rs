@@ -19,7 +19,7 @@ use super::store::KeyedStore;
 #[derive(Debug, Clone, Copy)]
 pub struct Check<'a> {
     /// The policy.
-    pub policy: &'a PolicySpec,
+    pub policy: &'a Arc<PolicySpec>,
     /// The request's key for it.
     pub key: &'a Key,
     /// Whether admitting the request charges it now (`false` for policies that charge only

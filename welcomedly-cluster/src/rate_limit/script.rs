@@ -1,0 +1,70 @@
+//! The Lua scripts: GCRA on Redis server time, the same arithmetic as
+//! `welcomedly_core::rate_limit::Gcra`, in integer microseconds.
+//!
+//! Lua numbers are doubles: microseconds since the epoch (~1.8e15) are exact below 2^53 (~9e15),
+//! and TATs are written with `%.0f` because Lua's default number format (`%.14g`) would round them.
+
+/// Decides every check of one request atomically, charging them only if all admit.
+///
+/// `KEYS[i]`: the state key of check i. `ARGV`: per check, 4 values — interval µs, window µs,
+/// charge (0/1), shadow (0/1). Returns, per check, 4 integers: allowed (0/1), remaining,
+/// reset µs, retry-after µs.
+pub(crate) const ACQUIRE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS
+local out = {}
+local tats = {}
+local admit = true
+for i = 1, n do
+  local b = (i - 1) * 4
+  local interval = tonumber(ARGV[b + 1])
+  local window = tonumber(ARGV[b + 2])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or 0) or 0
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local ahead = new_tat - now
+  local o = (i - 1) * 4
+  if ahead <= window then
+    out[o + 1] = 1
+    out[o + 2] = math.floor((window - ahead) / interval)
+    out[o + 3] = ahead
+    out[o + 4] = 0
+    tats[i] = new_tat
+  else
+    out[o + 1] = 0
+    out[o + 2] = 0
+    out[o + 3] = tat - now
+    out[o + 4] = ahead - window
+    tats[i] = false
+    if ARGV[b + 4] ~= '1' then admit = false end
+  end
+end
+if admit then
+  for i = 1, n do
+    if tats[i] and ARGV[(i - 1) * 4 + 3] == '1' then
+      local ttl = math.ceil((tats[i] - now) / 1000)
+      if ttl < 1 then ttl = 1 end
+      redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+    end
+  end
+end
+return out
+";
+
+/// Charges one request after the fact: the TAT moves one interval forward, capped at
+/// `now + window`. `KEYS[1]`: the state key; `ARGV`: interval µs, window µs.
+pub(crate) const CHARGE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0) or 0
+if tat < now then tat = now end
+tat = tat + interval
+if tat > now + window then tat = now + window end
+local ttl = math.ceil((tat - now) / 1000)
+if ttl < 1 then ttl = 1 end
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', ttl)
+return 1
+";
