@@ -1,11 +1,70 @@
-//! Operator settings for welcomedly-core, as plain data with documented defaults.
+//! Operator settings for welcomedly-core, as plain data with documented defaults, loadable from
+//! environment variables with validation.
 //!
-//! (from_env parsing and validation: in progress)
+//! [`CoreConfig::from_env`] reads the variables named in [`CoreConfig`]'s field docs. Surrounding
+//! whitespace is ignored and an empty (or blank) variable counts as unset, so `PORT=` in a
+//! deployment manifest means "the default". Every variable is checked before the function
+//! returns, and a [`ConfigError`] lists each bad one with its value and what is expected, so one
+//! failed start is enough to fix them all.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::time::Duration;
+//! use welcomedly_core::config::{CoreConfig, LogFormat};
+//!
+//! // `from_lookup` is `from_env` with the environment passed in (handy in tests).
+//! let env = HashMap::from([
+//!     ("PORT", "8080"),
+//!     ("TRUSTED_PROXIES", "10.0.0.0/8, ::1"),
+//!     ("WELCOMEDLY_LOG_FORMAT", "Pretty"),
+//!     ("WELCOMEDLY_DRAIN_GRACE_MS", "0"),
+//! ]);
+//! let config = CoreConfig::from_lookup(|name| env.get(name).map(|v| v.to_string()))?;
+//! assert_eq!(config.port, 8080);
+//! assert_eq!(config.log_format, LogFormat::Pretty);
+//! assert_eq!(config.drain_grace, Duration::ZERO);
+//! assert_eq!(config.drain_deadline, Duration::from_secs(30)); // unset: the default
+//!
+//! let err = CoreConfig::from_lookup(|name| (name == "PORT").then(|| "abc".to_owned()))
+//!     .unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     r#"PORT="abc" is not a valid port: expected an integer 1-65535"#
+//! );
+//! # Ok::<(), welcomedly_core::config::ConfigError>(())
+//! ```
 
+use std::env::VarError;
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use crate::InstanceId;
 use crate::client_ip::TrustedProxies;
+
+/// Environment variable names read by [`CoreConfig::from_env`].
+mod var {
+    pub(super) const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+    pub(super) const SERVICE_VERSION: &str = "WELCOMEDLY_SERVICE_VERSION";
+    pub(super) const INSTANCE_ID: &str = "WELCOMEDLY_INSTANCE_ID";
+    pub(super) const PORT: &str = "PORT";
+    pub(super) const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
+    pub(super) const LOG_FORMAT: &str = "WELCOMEDLY_LOG_FORMAT";
+    pub(super) const LOG_FILTER: &str = "RUST_LOG";
+    pub(super) const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    pub(super) const DRAIN_GRACE: &str = "WELCOMEDLY_DRAIN_GRACE_MS";
+    pub(super) const DRAIN_DEADLINE: &str = "WELCOMEDLY_DRAIN_DEADLINE_MS";
+    pub(super) const HEALTH_TIMEOUT: &str = "WELCOMEDLY_HEALTH_TIMEOUT_MS";
+}
+
+const DEFAULT_SERVICE_NAME: &str = "welcomedly";
+const DEFAULT_PORT: u16 = 3000;
+const DEFAULT_LOG_FILTER: &str = "info";
+const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(5);
+const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest accepted instance id, the same bound as a request id.
+const MAX_INSTANCE_ID_LEN: usize = 128;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,17 +112,632 @@ pub struct CoreConfig {
 impl Default for CoreConfig {
     fn default() -> Self {
         Self {
-            service_name: "welcomedly".to_owned(),
+            service_name: DEFAULT_SERVICE_NAME.to_owned(),
             service_version: env!("CARGO_PKG_VERSION").to_owned(),
             instance_id: InstanceId::generate(),
-            port: 3000,
+            port: DEFAULT_PORT,
             trusted_proxies: TrustedProxies::default(),
             log_format: LogFormat::Json,
-            log_filter: "info".to_owned(),
+            log_filter: DEFAULT_LOG_FILTER.to_owned(),
             otlp_endpoint: None,
-            drain_grace: Duration::from_secs(5),
-            drain_deadline: Duration::from_secs(30),
-            health_check_timeout: Duration::from_secs(2),
+            drain_grace: DEFAULT_DRAIN_GRACE,
+            drain_deadline: DEFAULT_DRAIN_DEADLINE,
+            health_check_timeout: DEFAULT_HEALTH_TIMEOUT,
         }
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = ParseLogFormatError;
+
+    /// `json` or `pretty`, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("json") {
+            Ok(Self::Json)
+        } else if s.eq_ignore_ascii_case("pretty") {
+            Ok(Self::Pretty)
+        } else {
+            Err(ParseLogFormatError(()))
+        }
+    }
+}
+
+/// The input of [`LogFormat::from_str`] is neither `json` nor `pretty`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseLogFormatError(());
+
+impl fmt::Display for ParseLogFormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("not a log format: expected json or pretty")
+    }
+}
+
+impl std::error::Error for ParseLogFormatError {}
+
+impl CoreConfig {
+    /// Reads the configuration from the process environment (variables named in the field docs;
+    /// unset, empty or blank ones take their default) and validates every variable.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] listing every variable whose value cannot be used (including one that is
+    /// not valid Unicode), each with its value and what is expected.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(|name| match std::env::var(name) {
+            Ok(value) => Lookup::Value(value),
+            Err(VarError::NotPresent) => Lookup::Unset,
+            Err(VarError::NotUnicode(raw)) => {
+                Lookup::NotUnicode(raw.to_string_lossy().into_owned())
+            }
+        })
+    }
+
+    /// [`from_env`](Self::from_env) with the environment given as a function from a variable
+    /// name to its value, so tests never have to mutate the process environment.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_env`](Self::from_env).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::from_source(|name| lookup(name).map_or(Lookup::Unset, Lookup::Value))
+    }
+
+    fn from_source(source: impl Fn(&str) -> Lookup) -> Result<Self, ConfigError> {
+        let mut env = Reader {
+            source,
+            invalid: Vec::new(),
+        };
+        let config = Self {
+            service_name: env.read(var::SERVICE_NAME, DEFAULT_SERVICE_NAME.to_owned(), |v| {
+                printable(v).ok_or("is not a service name: expected printable characters")
+            }),
+            service_version: env.read(
+                var::SERVICE_VERSION,
+                env!("CARGO_PKG_VERSION").to_owned(),
+                |v| printable(v).ok_or("is not a version: expected printable characters"),
+            ),
+            // Read as an `Option` so the default id is generated (which reads the host name)
+            // only when it is needed.
+            instance_id: env
+                .read(var::INSTANCE_ID, None, |v| {
+                    let visible = v.bytes().all(|b| b.is_ascii_graphic());
+                    (visible && v.len() <= MAX_INSTANCE_ID_LEN)
+                        .then(|| Some(InstanceId::new(v)))
+                        .ok_or(
+                            "is not a valid instance id: expected 1-128 visible ASCII characters \
+                             (no spaces), such as a pod name",
+                        )
+                })
+                .unwrap_or_else(InstanceId::generate),
+            port: env.read(var::PORT, DEFAULT_PORT, |v| {
+                digits(v)
+                    .and_then(|v| v.parse::<u16>().ok())
+                    .filter(|p| *p != 0)
+                    .ok_or("is not a valid port: expected an integer 1-65535")
+            }),
+            trusted_proxies: env.read(var::TRUSTED_PROXIES, TrustedProxies::default(), |v| {
+                v.parse().map_err(|e| {
+                    format!(
+                        "is not a list of trusted proxy networks: entry {e}, in a \
+                         comma-separated list"
+                    )
+                })
+            }),
+            log_format: env.read(var::LOG_FORMAT, LogFormat::default(), |v| {
+                v.parse()
+                    .map_err(|e: ParseLogFormatError| format!("is {e}"))
+            }),
+            log_filter: env.read(var::LOG_FILTER, DEFAULT_LOG_FILTER.to_owned(), |v| {
+                // Checked here so that a typo fails at startup with the variable named, rather
+                // than silently logging nothing.
+                tracing_subscriber::EnvFilter::try_new(v)
+                    .map(|_| v.to_owned())
+                    .map_err(|e| {
+                        format!(
+                            "is not a log filter ({e}): expected directives such as info or \
+                             my_crate=debug,tower_http=warn"
+                        )
+                    })
+            }),
+            otlp_endpoint: env.read(var::OTLP_ENDPOINT, None, |v| {
+                let uri: http::Uri = v.parse().map_err(|_| OTLP_EXPECTED)?;
+                let http = matches!(uri.scheme_str(), Some("http" | "https"));
+                let host = uri.host().is_some_and(|h| !h.is_empty());
+                (http && host)
+                    .then(|| Some(v.to_owned()))
+                    .ok_or(OTLP_EXPECTED)
+            }),
+            drain_grace: env.read(var::DRAIN_GRACE, DEFAULT_DRAIN_GRACE, |v| {
+                millis(v).ok_or(
+                    "is not a duration: expected a whole number of milliseconds, such as 5000",
+                )
+            }),
+            drain_deadline: env.read(var::DRAIN_DEADLINE, DEFAULT_DRAIN_DEADLINE, |v| {
+                millis(v).filter(|d| !d.is_zero()).ok_or(
+                    "is not a usable deadline: expected a whole number of milliseconds greater \
+                     than 0, such as 30000",
+                )
+            }),
+            health_check_timeout: env.read(var::HEALTH_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, |v| {
+                millis(v).filter(|d| !d.is_zero()).ok_or(
+                    "is not a usable timeout: expected a whole number of milliseconds greater \
+                     than 0, such as 2000",
+                )
+            }),
+        };
+        let mut invalid = env.invalid;
+        match invalid.len() {
+            0 => Ok(config),
+            1 => Err(ConfigError::Invalid(invalid.remove(0))),
+            _ => Err(ConfigError::Several(invalid)),
+        }
+    }
+}
+
+const OTLP_EXPECTED: &str = "is not an OTLP endpoint: expected an http:// or https:// URL such as http://otel-collector:4318";
+
+/// One variable as found in the environment.
+enum Lookup {
+    Unset,
+    Value(String),
+    /// Not valid Unicode; the value with invalid sequences replaced, for the error message.
+    NotUnicode(String),
+}
+
+/// Reads variables one by one, collecting every invalid one instead of stopping at the first.
+struct Reader<F> {
+    source: F,
+    invalid: Vec<InvalidVariable>,
+}
+
+impl<F: Fn(&str) -> Lookup> Reader<F> {
+    /// `name`'s value passed through `parse`, or `default` when it is unset or blank. When it is
+    /// invalid, the problem `parse` describes is recorded and `default` returned, so the
+    /// remaining variables are still checked.
+    fn read<T, P: Into<String>>(
+        &mut self,
+        name: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, P>,
+    ) -> T {
+        let raw = match (self.source)(name) {
+            Lookup::Unset => return default,
+            Lookup::Value(raw) => raw,
+            Lookup::NotUnicode(lossy) => {
+                self.invalid.push(InvalidVariable {
+                    variable: name,
+                    value: lossy,
+                    problem: "is not valid UTF-8: expected a text value".to_owned(),
+                });
+                return default;
+            }
+        };
+        let value = raw.trim();
+        if value.is_empty() {
+            return default;
+        }
+        match parse(value) {
+            Ok(parsed) => parsed,
+            Err(problem) => {
+                self.invalid.push(InvalidVariable {
+                    variable: name,
+                    value: raw,
+                    problem: problem.into(),
+                });
+                default
+            }
+        }
+    }
+}
+
+/// `value` when it holds no control characters.
+fn printable(value: &str) -> Option<String> {
+    (!value.chars().any(char::is_control)).then(|| value.to_owned())
+}
+
+/// `value` when it is only ASCII digits (`u64::from_str` would also take a leading `+`).
+fn digits(value: &str) -> Option<&str> {
+    value.bytes().all(|b| b.is_ascii_digit()).then_some(value)
+}
+
+fn millis(value: &str) -> Option<Duration> {
+    digits(value)?.parse().ok().map(Duration::from_millis)
+}
+
+/// Environment variables hold values [`CoreConfig::from_env`] cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// One variable is invalid.
+    Invalid(InvalidVariable),
+    /// Several variables are invalid, in the order of [`CoreConfig`]'s fields.
+    Several(Vec<InvalidVariable>),
+}
+
+impl ConfigError {
+    /// Every invalid variable (at least one).
+    pub fn invalid_variables(&self) -> &[InvalidVariable] {
+        match self {
+            Self::Invalid(one) => std::slice::from_ref(one),
+            Self::Several(all) => all,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid(one) => fmt::Display::fmt(one, f),
+            Self::Several(all) => {
+                write!(f, "{} environment variables are invalid: ", all.len())?;
+                for (i, one) in all.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("; ")?;
+                    }
+                    fmt::Display::fmt(one, f)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// One environment variable whose value cannot be used: its name, the value, and what is wrong
+/// and expected. Displayed as, for instance,
+/// `PORT="abc" is not a valid port: expected an integer 1-65535`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidVariable {
+    variable: &'static str,
+    value: String,
+    problem: String,
+}
+
+impl InvalidVariable {
+    /// The variable's name, such as `PORT`.
+    pub fn variable(&self) -> &'static str {
+        self.variable
+    }
+
+    /// The value found (with invalid UTF-8 replaced by `�`).
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// What is wrong and what is expected, such as
+    /// `is not a valid port: expected an integer 1-65535`.
+    pub fn problem(&self) -> &str {
+        &self.problem
+    }
+}
+
+/// Values longer than this are cut in messages, so a pasted certificate does not flood the log.
+const MAX_SHOWN_CHARS: usize = 80;
+
+impl fmt::Display for InvalidVariable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.value.char_indices().nth(MAX_SHOWN_CHARS) {
+            Some((cut, _)) => write!(
+                f,
+                "{}={:?}… ({} bytes) {}",
+                self.variable,
+                self.value.get(..cut).unwrap_or_default(),
+                self.value.len(),
+                self.problem
+            ),
+            None => write!(f, "{}={:?} {}", self.variable, self.value, self.problem),
+        }
+    }
+}
+
+impl std::error::Error for InvalidVariable {}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+
+    use super::*;
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+
+    fn load(vars: &[(&str, &str)]) -> Result<CoreConfig, ConfigError> {
+        let env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        CoreConfig::from_lookup(|name| env.get(name).cloned())
+    }
+
+    /// The one error message produced by setting `name` to `value`.
+    fn error(name: &str, value: &str) -> String {
+        let err = load(&[(name, value)]).unwrap_err();
+        let [one] = err.invalid_variables() else {
+            panic!("expected one invalid variable, got {err}");
+        };
+        assert_eq!(one.variable(), name);
+        assert_eq!(one.value(), value);
+        assert_eq!(err.to_string(), one.to_string());
+        err.to_string()
+    }
+
+    #[test]
+    fn nothing_set_gives_the_defaults() {
+        let c = load(&[]).unwrap();
+        let d = CoreConfig::default();
+        assert_eq!(c.service_name, "welcomedly");
+        assert_eq!(c.service_version, d.service_version);
+        assert_eq!(c.port, 3000);
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.log_filter, "info");
+        assert_eq!(c.otlp_endpoint, None);
+        assert_eq!(c.drain_grace, Duration::from_secs(5));
+        assert_eq!(c.drain_deadline, Duration::from_secs(30));
+        assert_eq!(c.health_check_timeout, Duration::from_secs(2));
+        assert!(!c.instance_id.as_str().is_empty());
+    }
+
+    #[test]
+    fn empty_and_blank_variables_count_as_unset() {
+        let names = [
+            var::SERVICE_NAME,
+            var::SERVICE_VERSION,
+            var::INSTANCE_ID,
+            var::PORT,
+            var::TRUSTED_PROXIES,
+            var::LOG_FORMAT,
+            var::LOG_FILTER,
+            var::OTLP_ENDPOINT,
+            var::DRAIN_GRACE,
+            var::DRAIN_DEADLINE,
+            var::HEALTH_TIMEOUT,
+        ];
+        for blank in ["", "  ", "\t"] {
+            let vars: Vec<_> = names.iter().map(|n| (*n, blank)).collect();
+            let c = load(&vars).unwrap();
+            assert_eq!(c.port, 3000);
+            assert_eq!(c.service_name, "welcomedly");
+            assert_eq!(c.drain_deadline, Duration::from_secs(30));
+        }
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let c = load(&[
+            ("OTEL_SERVICE_NAME", "call-center"),
+            ("WELCOMEDLY_SERVICE_VERSION", "2.1.0-rc1"),
+            ("WELCOMEDLY_INSTANCE_ID", "api-7f9c-0"),
+            ("PORT", " 8080 "),
+            ("TRUSTED_PROXIES", "10.0.0.0/8, ::1"),
+            ("WELCOMEDLY_LOG_FORMAT", "PRETTY"),
+            ("RUST_LOG", "warn,welcomedly_core=debug"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4318"),
+            ("WELCOMEDLY_DRAIN_GRACE_MS", "0"),
+            ("WELCOMEDLY_DRAIN_DEADLINE_MS", "1500"),
+            ("WELCOMEDLY_HEALTH_TIMEOUT_MS", "250"),
+        ])
+        .unwrap();
+        assert_eq!(c.service_name, "call-center");
+        assert_eq!(c.service_version, "2.1.0-rc1");
+        assert_eq!(c.instance_id.as_str(), "api-7f9c-0");
+        assert_eq!(c.port, 8080);
+        assert!(
+            c.trusted_proxies
+                .contains("10.1.1.1".parse::<IpAddr>().unwrap())
+        );
+        assert!(c.trusted_proxies.contains("::1".parse::<IpAddr>().unwrap()));
+        assert!(
+            !c.trusted_proxies
+                .contains("11.1.1.1".parse::<IpAddr>().unwrap())
+        );
+        assert_eq!(c.log_format, LogFormat::Pretty);
+        assert_eq!(c.log_filter, "warn,welcomedly_core=debug");
+        assert_eq!(
+            c.otlp_endpoint.as_deref(),
+            Some("http://otel-collector:4318")
+        );
+        assert_eq!(c.drain_grace, Duration::ZERO);
+        assert_eq!(c.drain_deadline, Duration::from_millis(1500));
+        assert_eq!(c.health_check_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn port() {
+        assert_eq!(load(&[("PORT", "1")]).unwrap().port, 1);
+        assert_eq!(load(&[("PORT", "65535")]).unwrap().port, 65535);
+        assert_eq!(
+            error("PORT", "abc"),
+            r#"PORT="abc" is not a valid port: expected an integer 1-65535"#
+        );
+        for bad in [
+            "0",
+            "65536",
+            "-1",
+            "+80",
+            "80.0",
+            "1e3",
+            "99999999999999999999",
+        ] {
+            assert!(
+                error("PORT", bad).ends_with("expected an integer 1-65535"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_name_the_bad_entry() {
+        assert_eq!(
+            error("TRUSTED_PROXIES", "10.0.0.0/8, 10.0.0.0/33"),
+            r#"TRUSTED_PROXIES="10.0.0.0/8, 10.0.0.0/33" is not a list of trusted proxy networks: entry "10.0.0.0/33" has an invalid prefix length: expected /0 to /32 after the address, in a comma-separated list"#
+        );
+        let msg = error("TRUSTED_PROXIES", "10.0.0.0/8; 192.168.0.0/16");
+        assert!(
+            msg.contains(r#"entry "10.0.0.0/8; 192.168.0.0/16" is not an IP network"#),
+            "{msg}"
+        );
+        assert!(msg.contains("such as 10.0.0.0/8"), "{msg}");
+    }
+
+    #[test]
+    fn log_format() {
+        for (value, want) in [
+            ("json", LogFormat::Json),
+            ("JSON", LogFormat::Json),
+            ("pretty", LogFormat::Pretty),
+            ("Pretty", LogFormat::Pretty),
+        ] {
+            assert_eq!(
+                load(&[("WELCOMEDLY_LOG_FORMAT", value)])
+                    .unwrap()
+                    .log_format,
+                want
+            );
+        }
+        assert_eq!(
+            error("WELCOMEDLY_LOG_FORMAT", "text"),
+            r#"WELCOMEDLY_LOG_FORMAT="text" is not a log format: expected json or pretty"#
+        );
+    }
+
+    #[test]
+    fn log_filter() {
+        let msg = error("RUST_LOG", "my_crate=loud");
+        assert!(
+            msg.starts_with(r#"RUST_LOG="my_crate=loud" is not a log filter ("#),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("expected directives such as info or my_crate=debug,tower_http=warn")
+        );
+    }
+
+    #[test]
+    fn otlp_endpoint() {
+        let ok = load(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://collector.example:4318/",
+        )]);
+        assert!(ok.unwrap().otlp_endpoint.is_some());
+        assert_eq!(
+            error("OTEL_EXPORTER_OTLP_ENDPOINT", "otel-collector:4318"),
+            r#"OTEL_EXPORTER_OTLP_ENDPOINT="otel-collector:4318" is not an OTLP endpoint: expected an http:// or https:// URL such as http://otel-collector:4318"#
+        );
+        for bad in ["ftp://collector", "http://", "not a url", "/v1/traces"] {
+            error("OTEL_EXPORTER_OTLP_ENDPOINT", bad);
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            error("WELCOMEDLY_DRAIN_GRACE_MS", "5s"),
+            r#"WELCOMEDLY_DRAIN_GRACE_MS="5s" is not a duration: expected a whole number of milliseconds, such as 5000"#
+        );
+        assert_eq!(
+            error("WELCOMEDLY_DRAIN_DEADLINE_MS", "0"),
+            r#"WELCOMEDLY_DRAIN_DEADLINE_MS="0" is not a usable deadline: expected a whole number of milliseconds greater than 0, such as 30000"#
+        );
+        assert_eq!(
+            error("WELCOMEDLY_HEALTH_TIMEOUT_MS", "0"),
+            r#"WELCOMEDLY_HEALTH_TIMEOUT_MS="0" is not a usable timeout: expected a whole number of milliseconds greater than 0, such as 2000"#
+        );
+        for bad in ["-1", "1.5", "+5", "18446744073709551616"] {
+            error("WELCOMEDLY_DRAIN_GRACE_MS", bad);
+            error("WELCOMEDLY_DRAIN_DEADLINE_MS", bad);
+            error("WELCOMEDLY_HEALTH_TIMEOUT_MS", bad);
+        }
+    }
+
+    #[test]
+    fn service_name_and_version() {
+        assert_eq!(
+            error("OTEL_SERVICE_NAME", "a\u{7}b"),
+            r#"OTEL_SERVICE_NAME="a\u{7}b" is not a service name: expected printable characters"#
+        );
+        error("WELCOMEDLY_SERVICE_VERSION", "1.0\n2.0");
+        // Inner spaces are fine in a name; surrounding whitespace is trimmed.
+        assert_eq!(
+            load(&[("OTEL_SERVICE_NAME", " call center ")])
+                .unwrap()
+                .service_name,
+            "call center"
+        );
+    }
+
+    #[test]
+    fn instance_id() {
+        let max = "a".repeat(128);
+        let c = load(&[("WELCOMEDLY_INSTANCE_ID", &max)]).unwrap();
+        assert_eq!(c.instance_id.as_str(), max);
+        let expected = "is not a valid instance id: expected 1-128 visible ASCII characters \
+                        (no spaces), such as a pod name";
+        assert_eq!(
+            error("WELCOMEDLY_INSTANCE_ID", "pod 1"),
+            format!(r#"WELCOMEDLY_INSTANCE_ID="pod 1" {expected}"#)
+        );
+        error("WELCOMEDLY_INSTANCE_ID", "pöd");
+        // A long value is cut in the message, with its length.
+        let long = "a".repeat(129);
+        assert_eq!(
+            error("WELCOMEDLY_INSTANCE_ID", &long),
+            format!(
+                r#"WELCOMEDLY_INSTANCE_ID="{}"… (129 bytes) {expected}"#,
+                "a".repeat(80)
+            )
+        );
+    }
+
+    #[test]
+    fn every_invalid_variable_is_reported() {
+        let err = load(&[
+            ("PORT", "0"),
+            ("WELCOMEDLY_LOG_FORMAT", "xml"),
+            ("WELCOMEDLY_DRAIN_DEADLINE_MS", "soon"),
+            ("OTEL_SERVICE_NAME", "fine"),
+        ])
+        .unwrap_err();
+        let names: Vec<_> = err
+            .invalid_variables()
+            .iter()
+            .map(|v| v.variable())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "PORT",
+                "WELCOMEDLY_LOG_FORMAT",
+                "WELCOMEDLY_DRAIN_DEADLINE_MS"
+            ]
+        );
+        assert!(matches!(err, ConfigError::Several(_)));
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("3 environment variables are invalid: PORT=\"0\" is not"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("; WELCOMEDLY_LOG_FORMAT=\"xml\" is not a log format"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn non_unicode_values_are_reported_not_ignored() {
+        let err = CoreConfig::from_source(|name| match name {
+            "PORT" => Lookup::NotUnicode("80\u{fffd}".to_owned()),
+            _ => Lookup::Unset,
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "PORT=\"80\u{fffd}\" is not valid UTF-8: expected a text value"
+        );
     }
 }

@@ -1,0 +1,567 @@
+//! Walking `Forwarded` (RFC 7239) and `X-Forwarded-For` right-to-left through trusted proxies.
+//!
+//! Each proxy appends the address it received the request from, so the right end of the header
+//! was written by the nearest proxy and everything further left was written by whoever sent the
+//! request to it — possibly the client, who can write anything. Walking from the right and stopping
+//! at the first address that is not a trusted proxy therefore yields the address the outermost
+//! trusted proxy actually saw, however the client forged the left part.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::HeaderMap;
+use http::header::{FORWARDED, HeaderName};
+
+use super::TrustedProxies;
+
+/// At most this many hops are examined per request, so a huge forwarding header cannot make
+/// resolution expensive. Real chains are a handful of proxies long.
+pub const MAX_HOPS: usize = 32;
+
+/// The client address of a request received from `peer`, given its headers and the proxies
+/// whose forwarding headers are believed.
+///
+/// - If `peer` is not trusted (the common case, and always when `trusted` is empty), the result is
+///   `peer`: headers are not even read, so a client cannot forge its address.
+/// - Otherwise the `Forwarded` header (its `for=` parameters), or when there is no `Forwarded`
+///   header, `X-Forwarded-For`, is walked from right to left (several header lines count as one
+///   list, in order), skipping trusted addresses; the first untrusted address is the result.
+/// - If every hop is trusted, the result is the leftmost hop.
+/// - If a hop cannot be read — malformed, not an address, `for=unknown`, an obfuscated
+///   identifier such as `for=_hidden`, not ASCII — or more than [`MAX_HOPS`] hops would have to be
+///   examined, the walk stops and the result is the last address that was trusted (the hop to its
+///   right, or `peer`). A proxy address is a poor key for rate limiting, but it is never a
+///   value the client chose; taking the unreadable hop's left neighbour instead would let a client
+///   pick its address by sending garbage.
+///
+/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.7`) are normalised to IPv4, in `peer` and in the
+/// headers. A hop may carry a port (`192.0.2.60:8080`, `[2001:db8::1]:4711`), which is ignored.
+///
+/// Allocation-free, and reads no header when `peer` is untrusted.
+///
+/// ```
+/// use http::HeaderMap;
+/// use std::net::IpAddr;
+/// use welcomedly_core::client_ip::{resolve, TrustedProxies};
+///
+/// let trusted: TrustedProxies = "10.0.0.0/8".parse()?;
+/// let mut headers = HeaderMap::new();
+/// headers.insert("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.2".parse()?);
+///
+/// // From the trusted load balancer: the first untrusted hop from the right.
+/// let lb: IpAddr = "10.0.0.1".parse()?;
+/// assert_eq!(resolve(lb, &headers, &trusted), "203.0.113.9".parse::<IpAddr>()?);
+///
+/// // Straight from a client: its forged header is ignored.
+/// let client: IpAddr = "198.51.100.4".parse()?;
+/// assert_eq!(resolve(client, &headers, &trusted), client);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    if headers.contains_key(FORWARDED) {
+        walk(peer, headers, &FORWARDED, trusted, forwarded_for)
+    } else {
+        walk(peer, headers, &X_FORWARDED_FOR, trusted, bare_hop)
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The walk shared by both headers; `parse_hop` reads one comma-separated element (`None` when it
+/// is unusable).
+fn walk(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    name: &HeaderName,
+    trusted: &TrustedProxies,
+    parse_hop: fn(&str) -> Option<IpAddr>,
+) -> IpAddr {
+    let mut last_trusted = peer;
+    let mut budget = MAX_HOPS;
+    for line in headers.get_all(name).iter().rev() {
+        // Bytes rather than `to_str`: a non-ASCII byte on the left of a line (client-written)
+        // must not hide the well-formed hops the proxies appended on its right.
+        for element in line.as_bytes().rsplit(|&b| b == b',') {
+            // Counted before anything else, empty elements included, so even a header of a
+            // million commas costs at most MAX_HOPS steps.
+            budget = match budget.checked_sub(1) {
+                Some(b) => b,
+                None => return last_trusted,
+            };
+            let element = trim(element);
+            if element.is_empty() {
+                // `a,,b` or a trailing comma: nothing to believe or distrust.
+                continue;
+            }
+            let Some(addr) = std::str::from_utf8(element).ok().and_then(parse_hop) else {
+                return last_trusted;
+            };
+            let addr = addr.to_canonical();
+            if !trusted.contains(addr) {
+                return addr;
+            }
+            last_trusted = addr;
+        }
+    }
+    last_trusted
+}
+
+/// Strips optional whitespace (spaces and tabs, as HTTP allows around list elements).
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    bytes.get(start..end).unwrap_or_default()
+}
+
+/// One `X-Forwarded-For` element: an address, tolerating the `ip:port` and `[ipv6]:port` forms
+/// some load balancers write.
+fn bare_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
+/// The `for=` node of one `Forwarded` element (`for=192.0.2.60;proto=http;by=203.0.113.43`).
+/// `None` when the element has no `for=`, or its node is `unknown`, obfuscated or malformed.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let value = element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then_some(value.trim())
+    })?;
+    let node = match value.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"')?,
+        None => value,
+    };
+    forwarded_node(node)
+}
+
+/// An RFC 7239 node: `192.0.2.60`, `192.0.2.60:8080`, `[2001:db8::1]`, `[2001:db8::1]:4711`.
+/// An unbracketed IPv6 address, invalid in the RFC but written by some proxies, is accepted too
+/// since it cannot be mistaken for anything else.
+fn forwarded_node(node: &str) -> Option<IpAddr> {
+    if let Ok(addr) = node.parse::<IpAddr>() {
+        return Some(addr);
+    }
+    let (name, port) = match node.strip_prefix('[') {
+        Some(rest) => {
+            let (v6, after) = rest.split_once(']')?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':')?),
+            };
+            (IpAddr::V6(v6.parse().ok()?), port)
+        }
+        None => {
+            let (v4, port) = node.split_once(':')?;
+            (IpAddr::V4(v4.parse().ok()?), Some(port))
+        }
+    };
+    match port {
+        None => Some(name),
+        Some(p) if is_node_port(p) => Some(name),
+        Some(_) => None,
+    }
+}
+
+/// `node-port = port / obfport`: 1-5 digits, or `_` followed by letters, digits, `.`, `_`, `-`.
+fn is_node_port(port: &str) -> bool {
+    match port.strip_prefix('_') {
+        Some(obf) => {
+            !obf.is_empty()
+                && obf
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        }
+        None => (1..=5).contains(&port.len()) && port.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn trusted() -> TrustedProxies {
+        "10.0.0.0/8, 2001:db8:ffff::/48".parse().unwrap()
+    }
+
+    /// Headers with the given (name, value) lines, in order.
+    fn headers(lines: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in lines {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    const LB: &str = "10.0.0.1";
+
+    fn resolve_xff(value: &str) -> IpAddr {
+        resolve(ip(LB), &headers(&[("x-forwarded-for", value)]), &trusted())
+    }
+
+    fn resolve_fwd(value: &str) -> IpAddr {
+        resolve(ip(LB), &headers(&[("forwarded", value)]), &trusted())
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_the_headers() {
+        let h = headers(&[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=2.2.2.2")]);
+        assert_eq!(
+            resolve(ip("203.0.113.5"), &h, &trusted()),
+            ip("203.0.113.5")
+        );
+        // With nobody trusted, not even a loopback peer's headers count.
+        assert_eq!(
+            resolve(ip("127.0.0.1"), &h, &TrustedProxies::default()),
+            ip("127.0.0.1")
+        );
+    }
+
+    #[test]
+    fn trusted_peer_without_headers_is_the_client() {
+        assert_eq!(resolve(ip(LB), &HeaderMap::new(), &trusted()), ip(LB));
+    }
+
+    #[test]
+    fn x_forwarded_for_right_to_left() {
+        assert_eq!(resolve_xff("203.0.113.9"), ip("203.0.113.9"));
+        assert_eq!(resolve_xff("203.0.113.9, 10.0.0.2"), ip("203.0.113.9"));
+        // The forged entry on the left is never reached.
+        assert_eq!(
+            resolve_xff("6.6.6.6, 203.0.113.9, 10.0.0.2"),
+            ip("203.0.113.9")
+        );
+        assert_eq!(resolve_xff("10.0.0.1, 6.6.6.6"), ip("6.6.6.6"));
+        assert_eq!(resolve_xff(" 203.0.113.9 ,\t10.0.0.3 "), ip("203.0.113.9"));
+        assert_eq!(
+            resolve_xff("2001:db8::7, 2001:db8:ffff::1"),
+            ip("2001:db8::7")
+        );
+    }
+
+    #[test]
+    fn all_trusted_gives_the_leftmost_hop() {
+        assert_eq!(resolve_xff("10.0.0.7, 10.0.0.8"), ip("10.0.0.7"));
+        assert_eq!(resolve_fwd("for=10.0.0.7, for=10.0.0.8"), ip("10.0.0.7"));
+    }
+
+    #[test]
+    fn x_forwarded_for_lines_are_concatenated_in_order() {
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.9"),
+            ("x-forwarded-for", "10.0.0.5"),
+        ]);
+        assert_eq!(resolve(ip(LB), &h, &trusted()), ip("203.0.113.9"));
+        let h = headers(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "10.0.0.5, 10.0.0.6"),
+        ]);
+        assert_eq!(resolve(ip(LB), &h, &trusted()), ip("203.0.113.1"));
+    }
+
+    #[test]
+    fn x_forwarded_for_with_ports_and_empty_elements() {
+        assert_eq!(resolve_xff("203.0.113.9:5555, 10.0.0.2"), ip("203.0.113.9"));
+        assert_eq!(resolve_xff("[2001:db8::7]:443"), ip("2001:db8::7"));
+        assert_eq!(resolve_xff("203.0.113.9,,10.0.0.2,"), ip("203.0.113.9"));
+        // Only separators: nothing but the peer to believe.
+        assert_eq!(resolve_xff(", ,"), ip(LB));
+    }
+
+    #[test]
+    fn malformed_hop_stops_at_the_last_trusted_address() {
+        // The hop right of the garbage is trusted: it is the answer, never the garbage's neighbour.
+        assert_eq!(resolve_xff("6.6.6.6, garbage, 10.0.0.2"), ip("10.0.0.2"));
+        assert_eq!(resolve_xff("6.6.6.6, 300.1.1.1"), ip(LB));
+        assert_eq!(resolve_xff("unknown"), ip(LB));
+        assert_eq!(resolve_xff("6.6.6.6 7.7.7.7"), ip(LB));
+        // Garbage left of the first untrusted hop is never read.
+        assert_eq!(resolve_xff("garbage, 203.0.113.9"), ip("203.0.113.9"));
+    }
+
+    #[test]
+    fn forwarded_forms() {
+        assert_eq!(resolve_fwd("for=192.0.2.60"), ip("192.0.2.60"));
+        assert_eq!(resolve_fwd("for=\"192.0.2.60:8080\""), ip("192.0.2.60"));
+        assert_eq!(resolve_fwd("for=192.0.2.60:8080"), ip("192.0.2.60"));
+        assert_eq!(
+            resolve_fwd("for=\"[2001:db8:cafe::17]:4711\""),
+            ip("2001:db8:cafe::17")
+        );
+        assert_eq!(
+            resolve_fwd("for=\"[2001:db8:cafe::17]\""),
+            ip("2001:db8:cafe::17")
+        );
+        assert_eq!(resolve_fwd("for=\"192.0.2.60:_port\""), ip("192.0.2.60"));
+        assert_eq!(
+            resolve_fwd("for=192.0.2.60;proto=http;by=203.0.113.43"),
+            ip("192.0.2.60")
+        );
+        assert_eq!(resolve_fwd("proto=https; FOR=192.0.2.60"), ip("192.0.2.60"));
+        assert_eq!(
+            resolve_fwd("for=6.6.6.6, for=198.51.100.17;by=10.0.0.9, for=10.0.0.2"),
+            ip("198.51.100.17")
+        );
+    }
+
+    #[test]
+    fn forwarded_unknown_obfuscated_and_malformed_stop_the_walk() {
+        assert_eq!(resolve_fwd("for=unknown"), ip(LB));
+        assert_eq!(resolve_fwd("for=_hidden, for=10.0.0.3"), ip("10.0.0.3"));
+        assert_eq!(resolve_fwd("for=\"_hidden:80\""), ip(LB));
+        assert_eq!(resolve_fwd("proto=https"), ip(LB));
+        assert_eq!(resolve_fwd("for=\"192.0.2.60"), ip(LB));
+        assert_eq!(resolve_fwd("for=[2001:db8::1"), ip(LB));
+        assert_eq!(resolve_fwd("for=\"[2001:db8::1]x\""), ip(LB));
+        assert_eq!(resolve_fwd("for=192.0.2.60:123456"), ip(LB));
+        assert_eq!(resolve_fwd("for=192.0.2.60:"), ip(LB));
+        assert_eq!(resolve_fwd("for="), ip(LB));
+    }
+
+    #[test]
+    fn forwarded_wins_over_x_forwarded_for() {
+        let h = headers(&[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=2.2.2.2")]);
+        assert_eq!(resolve(ip(LB), &h, &trusted()), ip("2.2.2.2"));
+        // Even an unusable Forwarded header wins: falling back would let a client who can
+        // influence one header choose which is read.
+        let h = headers(&[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=unknown")]);
+        assert_eq!(resolve(ip(LB), &h, &trusted()), ip(LB));
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_normalised() {
+        assert_eq!(resolve_xff("::ffff:203.0.113.9"), ip("203.0.113.9"));
+        // A mapped trusted hop is recognised as trusted.
+        assert_eq!(
+            resolve_xff("203.0.113.9, ::ffff:10.0.0.2"),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            resolve_fwd("for=\"[::ffff:203.0.113.9]:80\""),
+            ip("203.0.113.9")
+        );
+        // And the peer itself.
+        let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
+        assert_eq!(
+            resolve(ip("::ffff:10.0.0.1"), &h, &trusted()),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            resolve(ip("::ffff:198.51.100.1"), &h, &trusted()),
+            ip("198.51.100.1")
+        );
+    }
+
+    #[test]
+    fn non_ascii_bytes_left_of_the_client_are_not_read() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.9, 10.0.0.2").unwrap(),
+        );
+        assert_eq!(resolve(ip(LB), &h, &trusted()), ip("203.0.113.9"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"203.0.113.9, \xff, 10.0.0.2").unwrap(),
+        );
+        assert_eq!(resolve(ip(LB), &h, &trusted()), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn hop_budget_caps_the_walk() {
+        // MAX_HOPS trusted hops then the client: the client is examined last and found.
+        let chain = |trusted_hops: usize| {
+            let mut value = String::from("203.0.113.9");
+            for _ in 0..trusted_hops {
+                value.push_str(", 10.0.0.2");
+            }
+            value
+        };
+        assert_eq!(resolve_xff(&chain(MAX_HOPS - 1)), ip("203.0.113.9"));
+        // One more and the budget runs out: the last trusted hop is the answer.
+        assert_eq!(resolve_xff(&chain(MAX_HOPS)), ip("10.0.0.2"));
+        // A header of a million commas is cut short too.
+        assert_eq!(resolve_xff(&",".repeat(1_000_000)), ip(LB));
+    }
+
+    fn any_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
+            // IPv4-mapped IPv6, which must come out as IPv4.
+            any::<[u8; 4]>().prop_map(|o| IpAddr::V6(std::net::Ipv4Addr::from(o).to_ipv6_mapped())),
+        ]
+    }
+
+    fn untrusted_ip() -> impl Strategy<Value = IpAddr> {
+        any_ip().prop_filter("must not be trusted", |a| !trusted().contains(*a))
+    }
+
+    fn trusted_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<[u8; 3]>().prop_map(|[a, b, c]| IpAddr::from([10, a, b, c])),
+            any::<[u8; 3]>().prop_map(|[a, b, c]| IpAddr::V6(
+                std::net::Ipv4Addr::new(10, a, b, c).to_ipv6_mapped()
+            )),
+            any::<[u16; 5]>().prop_map(|[a, b, c, d, e]| {
+                IpAddr::V6(std::net::Ipv6Addr::new(
+                    0x2001, 0xdb8, 0xffff, a, b, c, d, e,
+                ))
+            }),
+        ]
+    }
+
+    /// Header values as an attacker could send them: any bytes a `HeaderValue` accepts, biased
+    /// towards the characters the parsers care about.
+    fn any_header_value() -> impl Strategy<Value = HeaderValue> {
+        // Well-formed hops of both header syntaxes, or noise around them.
+        let hop = (any_ip(), any::<bool>(), proptest::option::of(any::<u16>()))
+            .prop_map(|(addr, forwarded, port)| spell(addr, forwarded, port));
+        let bytes = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..200),
+            "[0-9a-fA-F:.,;=\\[\\]\" _forunknw]{0,200}".prop_map(String::into_bytes),
+            proptest::collection::vec(hop, 1..5).prop_map(|hops| hops.join(", ").into_bytes()),
+        ];
+        bytes.prop_filter_map("not a valid header value", |b| {
+            HeaderValue::from_bytes(&b).ok()
+        })
+    }
+
+    fn any_headers() -> impl Strategy<Value = HeaderMap> {
+        proptest::collection::vec(
+            (
+                prop_oneof![
+                    Just("forwarded"),
+                    Just("x-forwarded-for"),
+                    Just("x-real-ip")
+                ],
+                any_header_value(),
+            ),
+            0..4,
+        )
+        .prop_map(|lines| {
+            let mut map = HeaderMap::new();
+            for (name, value) in lines {
+                map.append(name, value);
+            }
+            map
+        })
+    }
+
+    /// An address written as a forwarding header could spell it.
+    fn spell(addr: IpAddr, forwarded: bool, port: Option<u16>) -> String {
+        match (forwarded, addr, port) {
+            (false, a, None) => a.to_string(),
+            (false, a, Some(p)) => SocketAddr::new(a, p).to_string(),
+            (true, IpAddr::V4(a), None) => format!("for={a}"),
+            (true, IpAddr::V4(a), Some(p)) => format!("for=\"{a}:{p}\""),
+            (true, IpAddr::V6(a), None) => format!("for=\"[{a}]\""),
+            (true, IpAddr::V6(a), Some(p)) => format!("for=\"[{a}]:{p}\""),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn forged_headers_from_an_untrusted_peer_never_change_the_result(
+            peer in untrusted_ip(),
+            headers in any_headers(),
+        ) {
+            prop_assert_eq!(resolve(peer, &headers, &trusted()), peer.to_canonical());
+        }
+
+        #[test]
+        fn ipv4_mapped_peers_and_hops_are_normalised(
+            octets in any::<[u8; 4]>(),
+            via_header in any::<bool>(),
+            forwarded in any::<bool>(),
+        ) {
+            let v4 = std::net::Ipv4Addr::from(octets);
+            let mapped = IpAddr::V6(v4.to_ipv6_mapped());
+            let got = if via_header {
+                let name = if forwarded { "forwarded" } else { "x-forwarded-for" };
+                let h = headers(&[(name, &spell(mapped, forwarded, None))]);
+                resolve(ip(LB), &h, &trusted())
+            } else {
+                resolve(mapped, &HeaderMap::new(), &trusted())
+            };
+            prop_assert_eq!(got, IpAddr::V4(v4));
+            prop_assert!(got.is_ipv4());
+        }
+
+        #[test]
+        fn arbitrary_headers_never_panic(
+            peer in prop_oneof![any_ip(), trusted_ip()],
+            headers in any_headers(),
+        ) {
+            let got = resolve(peer, &headers, &trusted());
+            // Whatever the input, the result is canonical.
+            prop_assert_eq!(got, got.to_canonical());
+        }
+
+        #[test]
+        fn the_client_is_found_behind_trusted_proxies_whatever_is_forged_left_of_it(
+            client in untrusted_ip(),
+            proxies in proptest::collection::vec(trusted_ip(), 0..4),
+            peer in trusted_ip(),
+            forged in proptest::collection::vec(
+                prop_oneof![
+                    any_ip().prop_map(|a| a.to_string()),
+                    "[ -+\\-~]{0,20}",
+                ],
+                0..5,
+            ),
+            forwarded in any::<bool>(),
+            ports in any::<bool>(),
+        ) {
+            let name = if forwarded { "forwarded" } else { "x-forwarded-for" };
+            let mut hops: Vec<String> = vec![spell(client, forwarded, ports.then_some(4711))];
+            hops.extend(proxies.iter().map(|p| spell(*p, forwarded, None)));
+            let honest = hops.join(", ");
+            let expected = client.to_canonical();
+            prop_assert_eq!(resolve(peer, &headers(&[(name, &honest)]), &trusted()), expected);
+
+            // Whatever the client prepends (as separate elements or as an earlier header line),
+            // the result is the same.
+            let prefix = forged.join(", ");
+            let with_prefix = format!("{prefix}, {honest}");
+            if let Ok(v) = HeaderValue::from_str(&with_prefix) {
+                let mut h = HeaderMap::new();
+                h.insert(name, v);
+                prop_assert_eq!(resolve(peer, &h, &trusted()), expected);
+            }
+            if let Ok(v) = HeaderValue::from_str(&prefix) {
+                let mut h = HeaderMap::new();
+                h.append(name, v);
+                h.append(name, HeaderValue::from_str(&honest).unwrap());
+                prop_assert_eq!(resolve(peer, &h, &trusted()), expected);
+            }
+        }
+    }
+}
