@@ -1,6 +1,11 @@
 //! The cluster-wide rate limit against a real `redis-server`: shared accuracy across instances,
 //! Redis killed under load, Redis restarted, script cache flushed, failure modes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -18,8 +23,10 @@ type Res = Response<ResponseBody<String>>;
 
 fn app<B: RateLimitBackend>(
     layer: &RateLimitLayer<B>,
-) -> impl Service<Request<String>, Response = Res, Error = Infallible, Future: Send> + Clone + Send + use<B>
-{
+) -> impl Service<Request<String>, Response = Res, Error = Infallible, Future: Send>
++ Clone
++ Send
++ use<B> {
     tower::ServiceBuilder::new()
         .layer(layer.clone())
         .service(service_fn(|_req: Request<String>| async {
@@ -46,7 +53,10 @@ async fn backend(redis: &RedisServer, budget: Duration, instances: u32) -> Redis
     config.instances = instances;
     config.reconnect_interval = Duration::from_millis(50);
     let b = config.build().await.unwrap();
-    assert!(!b.is_degraded(), "the backend should connect to a running Redis");
+    assert!(
+        !b.is_degraded(),
+        "the backend should connect to a running Redis"
+    );
     b
 }
 
@@ -86,7 +96,10 @@ async fn three_instances_share_one_limit() {
         }
     }
     // 30 burst, plus at most one more refilled during the test's own run time (2 s per request).
-    assert!((30..=31).contains(&ok_shared), "shared admitted {ok_shared}");
+    assert!(
+        (30..=31).contains(&ok_shared),
+        "shared admitted {ok_shared}"
+    );
     // The per-instance design admits three times as much: what this crate exists to prevent.
     assert!(ok_local >= 90, "per-instance admitted {ok_local}");
     // The keys live in Redis, hash-tagged by client key, with a TTL of the reset time.
@@ -134,7 +147,11 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     redis.kill().unwrap();
     let (worst, statuses) = load.await.unwrap();
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS));
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS)
+    );
     assert!(
         worst < budget + Duration::from_millis(250),
         "a request waited {worst:?} with a {budget:?} budget"
@@ -156,7 +173,10 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
     redis.restart().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while b.is_degraded() {
-        assert!(Instant::now() < deadline, "the backend did not return to Redis");
+        assert!(
+            Instant::now() < deadline,
+            "the backend did not return to Redis"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Shared again: the full burst of 30 for a new client, in Redis.
@@ -241,13 +261,23 @@ async fn deferred_charges_reach_redis() {
             Ok::<_, Infallible>(r)
         }));
     for _ in 0..2 {
-        let s = svc.clone().oneshot(req("192.0.2.9")).await.unwrap().status();
+        let s = svc
+            .clone()
+            .oneshot(req("192.0.2.9"))
+            .await
+            .unwrap()
+            .status();
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
     // The charges are sent in the background: wait until Redis has them.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let s = svc.clone().oneshot(req("192.0.2.9")).await.unwrap().status();
+        let s = svc
+            .clone()
+            .oneshot(req("192.0.2.9"))
+            .await
+            .unwrap()
+            .status();
         if s == StatusCode::TOO_MANY_REQUESTS {
             break;
         }

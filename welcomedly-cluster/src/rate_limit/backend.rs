@@ -200,8 +200,12 @@ impl Inner {
         for s in [&self.acquire, &self.charge] {
             tokio::time::timeout(timeout, s.prepare_invoke().load_async(&mut conn))
                 .await
-                .map_err(|_| BackendError::msg("loading the rate-limit script into Redis timed out"))?
-                .map_err(|e| BackendError::new("cannot load the rate-limit script into Redis", e))?;
+                .map_err(|_| {
+                    BackendError::msg("loading the rate-limit script into Redis timed out")
+                })?
+                .map_err(|e| {
+                    BackendError::new("cannot load the rate-limit script into Redis", e)
+                })?;
         }
         Ok(conn)
     }
@@ -232,10 +236,7 @@ impl Inner {
                 charge: c.charge && !rejected,
             })
             .collect();
-        let mut local_decisions = self
-            .fallback
-            .decide(&local, self.live.get())
-            .into_iter();
+        let mut local_decisions = self.fallback.decide(&local, self.live.get()).into_iter();
         checks
             .iter()
             .map(|c| match c.policy.failure_mode() {
@@ -391,13 +392,10 @@ impl RateLimitBackend for RedisBackend {
 
     fn charge(&self, policy: &Arc<PolicySpec>, key: &Key) {
         let inner = &self.inner;
-        let (Some(conn), Ok(runtime)) = (
-            inner.hot.load_full(),
-            tokio::runtime::Handle::try_current(),
-        ) else {
-            inner
-                .fallback
-                .charge_shared(policy, key, inner.live.get());
+        let (Some(conn), Ok(runtime)) =
+            (inner.hot.load_full(), tokio::runtime::Handle::try_current())
+        else {
+            inner.fallback.charge_shared(policy, key, inner.live.get());
             return;
         };
         let g = policy.gcra();
@@ -413,7 +411,9 @@ impl RateLimitBackend for RedisBackend {
             let error = match tokio::time::timeout(inner.budget, call).await {
                 Ok(Ok(_)) => return,
                 Ok(Err(e)) => BackendError::new("the Redis rate-limit charge failed", e),
-                Err(_) => BackendError::msg("the Redis rate-limit charge was slower than the budget"),
+                Err(_) => {
+                    BackendError::msg("the Redis rate-limit charge was slower than the budget")
+                }
             };
             inner.failed(&error);
             inner
