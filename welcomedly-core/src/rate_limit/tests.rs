@@ -305,3 +305,42 @@ proptest! {
         })?;
     }
 }
+
+proptest! {
+    /// Forged `X-Forwarded-For` / `Forwarded` headers from a peer that is not a trusted proxy
+    /// never change the key: however the headers vary, the peer's quota runs out after its burst.
+    #[test]
+    fn forged_forwarding_headers_never_change_the_key(
+        forged in proptest::collection::vec(
+            (any::<[u8; 4]>(), any::<bool>(), "[ -~]{0,40}"), 1..40),
+    ) {
+        use crate::client_ip::{ClientIpLayer, PeerAddr, TrustedProxies};
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let (l, _clock) = layer(vec![Policy::new("p", Quota::per_minute(3))]);
+            let trusted: TrustedProxies = "10.0.0.0/8".parse().unwrap();
+            let mut s = tower::ServiceBuilder::new()
+                .layer(ClientIpLayer::new(trusted))
+                .service(svc(&l));
+            let mut admitted = 0;
+            for (ip, use_forwarded, junk) in forged {
+                let mut r = Request::get("/").body(Body::default()).unwrap();
+                r.extensions_mut().insert(PeerAddr("203.0.113.50:4000".parse().unwrap()));
+                let ip = std::net::Ipv4Addr::from(ip);
+                let (name, value) = if use_forwarded {
+                    ("forwarded", format!("for={ip};{junk}"))
+                } else {
+                    ("x-forwarded-for", format!("{junk}, {ip}"))
+                };
+                if let Ok(v) = http::HeaderValue::from_str(&value) {
+                    r.headers_mut().insert(name, v);
+                }
+                if s.ready().await.unwrap().call(r).await.unwrap().status() == StatusCode::OK {
+                    admitted += 1;
+                }
+            }
+            prop_assert!(admitted <= 3, "admitted {}", admitted);
+            Ok(())
+        })?;
+    }
+}
