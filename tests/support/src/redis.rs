@@ -33,6 +33,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many fresh ports a first start tries when the port turns out to be taken.
 const PORT_ATTEMPTS: usize = 10;
+/// How long one readiness probe waits: short, because whoever answers on a port our server failed
+/// to bind may never reply.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long a restart keeps retrying its old port.
 const RESTART_PORT_WAIT: Duration = Duration::from_secs(5);
 
@@ -268,7 +271,7 @@ fn launch(binary: &Path, dir: &Path, log: &Path, port: u16) -> Result<Child, Lau
         }
         // Another test's server may own the port if ours failed to bind and has not exited
         // yet: only our own process id counts as up.
-        if let Ok(info) = resp::request(port, &["INFO", "server"]) {
+        if let Ok(info) = resp::request_within(port, &["INFO", "server"], PROBE_TIMEOUT) {
             let pid_line = format!("process_id:{}", child.id());
             if info.to_text().lines().any(|line| line.trim() == pid_line) {
                 return Ok(child);
@@ -284,5 +287,41 @@ fn launch(binary: &Path, dir: &Path, log: &Path, port: u16) -> Result<Child, Lau
             )));
         }
         std::thread::sleep(POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+
+    use super::*;
+    use std::net::{Ipv4Addr, TcpListener};
+
+    #[test]
+    fn a_taken_port_is_detected_so_the_caller_can_move_on() {
+        let Some(binary) = process::find_on_path("redis-server") else {
+            eprintln!("redis-server not installed; skipping");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("redis.log");
+        let holder = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = holder.local_addr().unwrap().port();
+        assert!(matches!(
+            launch(&binary, dir.path(), &log, port),
+            Err(Launch::PortTaken)
+        ));
+        drop(holder);
+        let mut child = match launch(&binary, dir.path(), &log, port) {
+            Ok(child) => child,
+            Err(Launch::PortTaken) => panic!("port still taken"),
+            Err(Launch::Failed(error)) => panic!("{error}"),
+        };
+        process::kill_and_reap(&mut child);
     }
 }

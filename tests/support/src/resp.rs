@@ -51,13 +51,18 @@ impl Reply {
 
 /// Sends `args` as one command to `127.0.0.1:port` and reads the reply.
 pub(crate) fn request(port: u16, args: &[&str]) -> Result<Reply, Error> {
+    request_within(port, args, TIMEOUT)
+}
+
+/// [`request`] with its own connect, read and write timeout.
+pub(crate) fn request_within(port: u16, args: &[&str], timeout: Duration) -> Result<Reply, Error> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let what = || format!("redis {addr} `{}`", args.join(" "));
     let io = |source| Error::io(what(), "check that the server is running", source);
 
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).map_err(io)?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
     stream.set_nodelay(true).map_err(io)?;
     stream.write_all(&encode(args)).map_err(io)?;
     let mut reader = BufReader::new(stream);

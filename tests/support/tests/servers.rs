@@ -16,6 +16,14 @@ use std::time::{Duration, Instant};
 
 use welcomedly_test_support::{Node, PgCluster, RedisServer, Reply, parse_lsn};
 
+/// Handles can be shared with the code under test, across threads and tasks.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<RedisServer>();
+    shareable::<PgCluster>();
+    shareable::<welcomedly_test_support::Error>();
+};
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -610,3 +610,49 @@ fn start_on_free_port(
     }
     Err(Error::no_free_port(PORT_ATTEMPTS))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
+
+    use super::*;
+    use std::net::{Ipv4Addr, TcpListener};
+
+    #[test]
+    fn a_taken_port_is_detected_so_the_caller_can_move_on() {
+        let cluster = match PgCluster::start(0) {
+            Ok(cluster) => cluster,
+            Err(error) if error.is_not_installed() => {
+                eprintln!("{error}; skipping");
+                return;
+            }
+            Err(error) => panic!("{error}"),
+        };
+        cluster.stop(Node::Primary).unwrap();
+        let holder = TcpListener::bind((Ipv4Addr::LOCALHOST, cluster.primary_port())).unwrap();
+        let log_start = cluster.primary.spawn(&cluster.env).unwrap();
+        assert!(matches!(
+            cluster.primary.wait_ready(log_start),
+            Err(Launch::PortTaken)
+        ));
+        assert!(!cluster.is_running(Node::Primary));
+        drop(holder);
+        cluster.restart(Node::Primary).unwrap();
+        assert_eq!(cluster.psql(Node::Primary, "SELECT 1").unwrap(), "1");
+    }
+
+    #[test]
+    fn out_of_range_replicas_are_errors_not_panics() {
+        // No servers needed: build the error the same way the accessors do.
+        let error = Error::no_such_replica(3, 2);
+        assert!(error.is_no_such_replica());
+        assert!(error.to_string().contains("replica 3 does not exist"));
+        assert_eq!(Node::Replica(3).to_string(), "replica 3");
+        assert_eq!(Node::Primary.to_string(), "primary");
+    }
+}
