@@ -1,0 +1,150 @@
+//! [`HttpTelemetry`], the service built by [`HttpTelemetryLayer`](super::HttpTelemetryLayer).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderMap, Request, Response};
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt;
+use tower::Service;
+use tracing::Span;
+use tracing::field::{Empty, display};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::future::{ResponseFuture, TARGET};
+use super::layer::Shared;
+use super::request_id::{REQUEST_ID_HEADER, RequestId};
+use super::route::Route;
+
+/// Adds request id, request span, trace context, metrics and the `x-request-id` /
+/// `x-instance-id` headers to an HTTP service; see
+/// [`HttpTelemetryLayer`](super::HttpTelemetryLayer).
+#[derive(Clone, Debug)]
+pub struct HttpTelemetry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> HttpTelemetry<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpTelemetry<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let start = Instant::now();
+
+        let request_id = match req
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(RequestId::accept)
+        {
+            Some(id) => id,
+            None => {
+                let id = RequestId::generate();
+                // Replace what the client sent, so handlers and downstream calls that read the
+                // header see the same id as the logs and the response.
+                req.headers_mut()
+                    .insert(REQUEST_ID_HEADER, id.header_value().clone());
+                id
+            }
+        };
+        let route = Route::of(req.extensions());
+
+        let span = tracing::info_span!(
+            target: TARGET,
+            "request",
+            method = req.method().as_str(),
+            route = route.as_str(),
+            request_id = request_id.as_str(),
+            instance_id = self.shared.instance_id.as_str(),
+            status = Empty,
+            latency_ms = Empty,
+            trace_id = Empty,
+            span_id = Empty,
+            otel.kind = "server",
+        );
+        if !span.is_disabled() {
+            link_trace(&span, req.headers());
+        }
+
+        let method = req.method().clone();
+        let header = request_id.header_value().clone();
+        req.extensions_mut().insert(request_id);
+
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        ResponseFuture::new(
+            future,
+            span,
+            start,
+            header,
+            route,
+            method,
+            Arc::clone(&self.shared),
+        )
+    }
+}
+
+/// Makes the incoming W3C trace context (read with the global propagator) the parent of `span`
+/// and records the resulting `trace_id` / `span_id` on it, so every log line of the request can
+/// be joined to its trace. Without the OpenTelemetry layer in the subscriber this does nothing.
+fn link_trace(span: &Span, headers: &HeaderMap) {
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    });
+    if parent.span().span_context().is_valid() && span.set_parent(parent).is_err() {
+        // No OpenTelemetry layer (or the span is filtered out): there is no trace to record.
+        return;
+    }
+    let context = span.context();
+    let otel_span = context.span();
+    let span_context = otel_span.span_context();
+    if span_context.is_valid() {
+        span.record("trace_id", display(span_context.trace_id()));
+        span.record("span_id", display(span_context.span_id()));
+    }
+}
+
+/// Reads propagation headers from an [`http::HeaderMap`].
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
+    }
+}
