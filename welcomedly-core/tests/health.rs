@@ -1,0 +1,433 @@
+//! Health registry and endpoints: timeouts and concurrency on virtual time, the readiness rules,
+//! and what each endpoint answers.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt as _, Empty};
+use serde_json::Value;
+use tokio::time::Instant;
+use tower::ServiceExt as _;
+use welcomedly_core::InstanceId;
+use welcomedly_core::health::{
+    Affects, CheckOutcome, CheckStatus, HealthRegistry, HealthService, Status, check_fn,
+};
+
+fn registry() -> HealthRegistry {
+    HealthRegistry::new(InstanceId::new("api-7"), "9.9.9", Duration::from_secs(2))
+}
+
+fn healthy() -> impl welcomedly_core::health::HealthCheck {
+    check_fn(|| async { CheckOutcome::Healthy })
+}
+
+fn sleeping(d: Duration) -> impl welcomedly_core::health::HealthCheck {
+    check_fn(move || async move {
+        tokio::time::sleep(d).await;
+        CheckOutcome::Healthy
+    })
+}
+
+/// A check that counts its runs and answers `outcome`.
+fn counting(
+    outcome: CheckOutcome,
+) -> (impl welcomedly_core::health::HealthCheck, Arc<AtomicUsize>) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let check = check_fn(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let outcome = outcome.clone();
+        async move { outcome }
+    });
+    (check, runs)
+}
+
+async fn get(registry: &HealthRegistry, path: &str) -> (StatusCode, HeaderMap, Value) {
+    call(registry, Method::GET, path).await
+}
+
+async fn call(
+    registry: &HealthRegistry,
+    method: Method,
+    path: &str,
+) -> (StatusCode, HeaderMap, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = HealthService::new(registry.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.status, parts.headers, json)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_check_slower_than_its_timeout_is_unhealthy_after_the_timeout() {
+    let registry = registry();
+    registry.register_with_timeout(
+        "redis",
+        sleeping(Duration::from_secs(60)),
+        Affects::Readiness,
+        Duration::from_millis(200),
+    );
+
+    let started = Instant::now();
+    let report = registry.report().await;
+    let took = started.elapsed();
+
+    let redis = report.check("redis").unwrap();
+    assert_eq!(redis.status(), CheckStatus::Unhealthy);
+    assert_eq!(redis.error(), Some("timed out after 200 ms"));
+    assert!(
+        redis.latency() >= Duration::from_millis(200)
+            && redis.latency() < Duration::from_millis(210),
+        "latency {:?} should be the timeout",
+        redis.latency()
+    );
+    assert!(took < Duration::from_millis(210), "report took {took:?}");
+    assert_eq!(report.status(), Status::Unavailable);
+    assert!(!report.is_ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_timeout_applies_without_an_override() {
+    let registry = registry(); // default 2 s
+    registry.register("slow", sleeping(Duration::from_secs(3)), Affects::Nothing);
+    registry.register_with_timeout(
+        "patient",
+        sleeping(Duration::from_secs(3)),
+        Affects::Nothing,
+        Duration::from_secs(5),
+    );
+
+    let report = registry.report().await;
+    assert_eq!(
+        report.check("slow").unwrap().error(),
+        Some("timed out after 2000 ms")
+    );
+    assert_eq!(
+        report.check("patient").unwrap().status(),
+        CheckStatus::Healthy
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn checks_run_concurrently() {
+    let registry = registry();
+    registry.register("a", sleeping(Duration::from_secs(1)), Affects::Readiness);
+    registry.register("b", sleeping(Duration::from_secs(1)), Affects::Readiness);
+
+    let started = Instant::now();
+    let report = registry.report().await;
+    let took = started.elapsed();
+
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1100),
+        "two 1 s checks took {took:?}: they must run side by side"
+    );
+    assert_eq!(report.status(), Status::Ok);
+    assert_eq!(report.checks().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn degraded_does_not_fail_readiness() {
+    let registry = registry();
+    registry.register("db", healthy(), Affects::Readiness);
+    registry.register(
+        "rate_limiter",
+        check_fn(|| async { CheckOutcome::degraded("redis unreachable: local limits") }),
+        Affects::Readiness,
+    );
+
+    let (status, _, body) = get(&registry, "/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["checks"]["rate_limiter"]["status"], "degraded");
+    assert_eq!(
+        body["checks"]["rate_limiter"]["error"],
+        "redis unreachable: local limits"
+    );
+
+    let (status, _, body) = get(&registry, "/health/ready").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["status"], "degraded");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_check_that_does_not_affect_readiness_leaves_the_instance_ready() {
+    let registry = registry();
+    registry.register("primary", healthy(), Affects::Readiness);
+    let (replica, replica_runs) = counting(CheckOutcome::unhealthy("connection refused"));
+    registry.register("replica-1", replica, Affects::Nothing);
+
+    let (status, _, body) = get(&registry, "/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["checks"]["replica-1"]["status"], "unhealthy");
+    assert_eq!(body["checks"]["replica-1"]["error"], "connection refused");
+    assert_eq!(replica_runs.load(Ordering::SeqCst), 1);
+
+    let (status, _, body) = get(&registry, "/health/ready").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["failing"], serde_json::json!({}));
+    assert_eq!(
+        replica_runs.load(Ordering::SeqCst),
+        1,
+        "/health/ready must run only the readiness checks"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_readiness_check_fails_health_and_ready_and_names_the_failure() {
+    let registry = registry();
+    registry.register(
+        "primary",
+        check_fn(|| async { CheckOutcome::unhealthy("timeout connecting") }),
+        Affects::Readiness,
+    );
+    registry.register("redis", healthy(), Affects::Readiness);
+
+    let (status, _, body) = get(&registry, "/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "unavailable");
+
+    let (status, _, body) = get(&registry, "/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(
+        body["failing"],
+        serde_json::json!({"primary": "timeout connecting"})
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_fails_readiness_but_live_stays_ok() {
+    let registry = registry();
+    registry.register("db", healthy(), Affects::Readiness);
+    let (check, runs) = counting(CheckOutcome::Healthy);
+    registry.register("counted", check, Affects::Readiness);
+
+    registry.start_draining();
+    assert!(registry.is_draining());
+
+    let (status, _, body) = get(&registry, "/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "draining");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "a draining instance need not ask its dependencies"
+    );
+
+    let (status, _, body) = get(&registry, "/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "draining");
+    assert_eq!(body["checks"]["db"]["status"], "healthy");
+
+    let (status, _, body) = get(&registry, "/health/live").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, serde_json::json!({"status": "ok"}));
+}
+
+#[tokio::test(start_paused = true)]
+async fn live_never_runs_a_check() {
+    let registry = registry();
+    let (check, runs) = counting(CheckOutcome::unhealthy("redis is down"));
+    registry.register("redis", check, Affects::Readiness);
+    registry.register(
+        "hangs",
+        sleeping(Duration::from_secs(3600)),
+        Affects::Readiness,
+    );
+
+    let started = Instant::now();
+    let (status, _, body) = get(&registry, "/health/live").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, serde_json::json!({"status": "ok"}));
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_report_has_the_documented_shape() {
+    let registry = registry();
+    registry.register(
+        "db",
+        sleeping(Duration::from_millis(40)),
+        Affects::Readiness,
+    );
+    tokio::time::advance(Duration::from_secs(5)).await;
+
+    let (status, headers, body) = get(&registry, "/health").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["instance_id"], "api-7");
+    assert_eq!(body["version"], "9.9.9");
+    assert_eq!(body["uptime_s"], 5);
+    let db = body["checks"]["db"].as_object().unwrap();
+    assert_eq!(db["status"], "healthy");
+    let latency = db["latency_ms"].as_f64().unwrap();
+    assert!((40.0..45.0).contains(&latency), "latency_ms {latency}");
+    assert!(
+        !db.contains_key("error"),
+        "a healthy check has no error field: {db:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_endpoint_forbids_caching() {
+    let registry = registry();
+    for path in ["/health", "/health/live", "/health/ready"] {
+        let (status, headers, _) = get(&registry, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(headers["cache-control"], "no-store", "{path}");
+    }
+}
+
+#[tokio::test]
+async fn other_paths_and_methods_are_refused() {
+    let registry = registry();
+    let (status, _, _) = get(&registry, "/healthz").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, headers, _) = call(&registry, Method::POST, "/health").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "GET, HEAD");
+
+    let (status, _, _) = call(&registry, Method::HEAD, "/health/ready").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_panicking_check_is_unhealthy_and_the_others_are_still_reported() {
+    let registry = registry();
+    registry.register(
+        "buggy",
+        check_fn(|| async {
+            #[allow(clippy::unnecessary_literal_unwrap)]
+            None::<()>.expect("a bug in a check");
+            CheckOutcome::Healthy
+        }),
+        Affects::Readiness,
+    );
+    registry.register("db", healthy(), Affects::Readiness);
+
+    let report = registry.report().await;
+    assert_eq!(
+        report.check("buggy").unwrap().error(),
+        Some("check panicked")
+    );
+    assert_eq!(report.check("db").unwrap().status(), CheckStatus::Healthy);
+    assert_eq!(report.status(), Status::Unavailable);
+}
+
+#[tokio::test]
+async fn registering_a_name_again_replaces_the_check_and_deregister_removes_it() {
+    let registry = registry();
+    registry.register(
+        "redis",
+        check_fn(|| async { CheckOutcome::unhealthy("down") }),
+        Affects::Readiness,
+    );
+    registry.register("redis", healthy(), Affects::Readiness);
+
+    let report = registry.report().await;
+    assert_eq!(report.checks().len(), 1);
+    assert_eq!(report.status(), Status::Ok);
+
+    assert!(registry.deregister("redis"));
+    assert!(!registry.deregister("redis"));
+    assert!(registry.report().await.checks().is_empty());
+}
+
+#[test]
+fn from_result_keeps_the_source_chain() {
+    let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+    let outer = std::io::Error::other(Wrapped(inner));
+    let outcome = CheckOutcome::from_result::<(), _>(Err(outer));
+    assert_eq!(
+        outcome,
+        CheckOutcome::unhealthy("ping failed: connection refused")
+    );
+    assert_eq!(
+        CheckOutcome::from_result::<_, std::io::Error>(Ok(1)),
+        CheckOutcome::Healthy
+    );
+}
+
+#[derive(Debug)]
+struct Wrapped(std::io::Error);
+
+impl std::fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ping failed")
+    }
+}
+
+impl std::error::Error for Wrapped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    fn assert_send<T: Send>() {}
+    assert_send_sync::<HealthRegistry>();
+    assert_send_sync::<HealthService>();
+    assert_send::<welcomedly_core::health::ResponseFuture>();
+    assert_send_sync::<welcomedly_core::health::HealthReport>();
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn the_axum_router_serves_the_three_paths() {
+    #[derive(Clone)]
+    struct AppState;
+
+    let registry = registry();
+    registry.register("db", healthy(), Affects::Readiness);
+    let app: axum::Router = axum::Router::new()
+        .route("/api/ping", axum::routing::get(|| async { "pong" }))
+        .merge(welcomedly_core::health::router::<AppState>(
+            registry.clone(),
+        ))
+        .with_state(AppState);
+
+    for (path, expected) in [
+        ("/health", StatusCode::OK),
+        ("/health/live", StatusCode::OK),
+        ("/health/ready", StatusCode::OK),
+        ("/api/ping", StatusCode::OK),
+    ] {
+        let req = Request::get(path).body(axum::body::Body::empty()).unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), expected, "{path}");
+    }
+
+    registry.start_draining();
+    let req = Request::get("/health/ready")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+}
