@@ -10,8 +10,8 @@
 //! Servers are child processes of the test. Dropping the handle stops them and removes their
 //! temp dir, also when the test panics. They share the test's process group, so Ctrl-C (and
 //! nextest's timeout, which signals the group) stops them too, though their temp dirs stay; only
-//! a SIGKILL of the test process
-//! alone leaves them running.
+//! a SIGKILL of the test process alone leaves them running.
+//!
 //! Ports come from `20000..32000`, never the default 6379 / 5432, so a machine's own Redis and
 //! PostgreSQL are left alone. When the tests run as root, PostgreSQL runs as the `postgres` OS
 //! user. Every start failure says what to do and shows the server's log tail.
