@@ -77,8 +77,9 @@ impl Drain {
     }
 
     /// The layer that counts in-flight requests, gives handlers a [`DrainSignal`] and cuts what
-    /// is left at the deadline. Apply it outermost-but-one (inside nothing that buffers bodies);
-    /// [`Drain::serve`] applies it itself.
+    /// is left at the deadline. Apply it to the whole application so it sees every request
+    /// (in axum `Router::layer`, which also covers the fallback); [`Drain::serve`] applies it
+    /// itself.
     pub fn layer(&self) -> DrainLayer {
         DrainLayer::new(Arc::clone(&self.shared))
     }
