@@ -158,6 +158,10 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
     );
     assert!(b.is_degraded());
     assert!(b.failures() >= 1);
+    {
+        use welcomedly::core::health::{CheckOutcome, HealthCheck};
+        assert!(matches!(b.check().await, CheckOutcome::Degraded(_)));
+    }
 
     // While Redis is down each instance admits its share: 30 / 3 = 10 for a fresh client.
     let mut admitted = 0;
@@ -178,6 +182,10 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
             "the backend did not return to Redis"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    {
+        use welcomedly::core::health::{CheckOutcome, HealthCheck};
+        assert_eq!(b.check().await, CheckOutcome::Healthy);
     }
     // Shared again: the full burst of 30 for a new client, in Redis.
     let mut admitted = 0;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use redis::Script;
 use redis::aio::MultiplexedConnection;
+use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
 use welcomedly_core::rate_limit::{
     BackendError, Check, Decision, DecisionSource, Decisions, FailureMode, Key, LocalBackend,
     PolicySpec, RateLimitBackend,
@@ -429,6 +430,24 @@ impl RateLimitBackend for RedisBackend {
 
     fn evicted_keys(&self, policy: &PolicySpec) -> Option<u64> {
         self.inner.fallback.evicted_keys(policy)
+    }
+}
+
+/// `Degraded` while decisions are local because Redis failed (the instance still serves, so this
+/// never fails readiness), `Healthy` otherwise. Register it with
+/// `registry.register("rate_limit", backend.clone(), Affects::Nothing)`.
+impl HealthCheck for RedisBackend {
+    fn check(&self) -> CheckFuture<'_> {
+        let outcome = if self.is_degraded() {
+            CheckOutcome::degraded(format!(
+                "Redis is unreachable: rate limits are decided locally at limit / {} instances until it answers (probed every {} ms)",
+                self.inner.live.get(),
+                self.inner.reconnect_interval.as_millis()
+            ))
+        } else {
+            CheckOutcome::Healthy
+        };
+        Box::pin(std::future::ready(outcome))
     }
 }
 

@@ -1,3 +1,0 @@
-//! Benches.
-#![allow(missing_docs)]
-fn main() {}

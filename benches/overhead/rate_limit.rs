@@ -1,0 +1,203 @@
+//! Rate limiting: bare service, our layer (admitted, 429), tower_governor (admitted, 429), keyed
+//! checks with 1 and 1,000,000 live keys, the Redis backend beside a plain Redis round trip.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use criterion::{Criterion, Throughput};
+use http::{Request, StatusCode};
+use tower::{Service, ServiceExt};
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::PeerIpKeyExtractor;
+use welcomedly::core::client_ip::ClientIp;
+use welcomedly::core::rate_limit::{LocalBackend, Policy, Quota, RateLimitLayer};
+
+fn router() -> Router {
+    Router::new().route("/api/ping", get(|| async { "pong" }))
+}
+
+fn request(ip: IpAddr) -> Request<Body> {
+    let mut req = Request::get("/api/ping").body(Body::empty()).unwrap();
+    // Both layers' key sources: ours reads ClientIp, tower_governor's the peer address.
+    req.extensions_mut().insert(ClientIp(ip));
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::new(ip, 40000)));
+    req
+}
+
+fn ours(quota: Quota, max_keys: usize) -> Router {
+    let layer = RateLimitLayer::builder()
+        .backend(LocalBackend::new())
+        .policy(Policy::new("api", quota).max_keys(max_keys))
+        .build()
+        .unwrap();
+    router().layer(layer)
+}
+
+fn governor(per: Duration, burst: u32) -> Router {
+    let config = GovernorConfigBuilder::default()
+        .period(per)
+        .burst_size(burst)
+        .key_extractor(PeerIpKeyExtractor)
+        .use_headers()
+        .finish()
+        .unwrap();
+    router().layer(GovernorLayer::new(Arc::new(config)))
+}
+
+/// Drives `svc` in-process: `ready().call()` on a router whose routes are already finalised.
+async fn drive<S>(
+    svc: &mut S,
+    iters: u64,
+    ip: impl Fn(u64) -> IpAddr,
+    expect: StatusCode,
+) -> Duration
+where
+    S: Service<Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+{
+    let start = Instant::now();
+    for i in 0..iters {
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request(ip(i)))
+            .await
+            .unwrap();
+        debug_assert_eq!(res.status(), expect);
+        black_box(res);
+    }
+    start.elapsed()
+}
+
+pub(crate) fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let one = |_| IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+    let generous = Quota::per_second(1_000_000_000).with_burst(1_000_000_000);
+
+    let mut g = c.benchmark_group("rate_limit");
+    g.throughput(Throughput::Elements(1));
+    let variants: Vec<(&str, Router, StatusCode)> = vec![
+        ("bare", router(), StatusCode::OK),
+        (
+            "welcomedly admitted",
+            ours(generous, 100_000),
+            StatusCode::OK,
+        ),
+        (
+            "welcomedly 429",
+            ours(Quota::per_hour(1), 100_000),
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        (
+            "tower_governor admitted",
+            governor(Duration::from_nanos(1), u32::MAX),
+            StatusCode::OK,
+        ),
+        (
+            "tower_governor 429",
+            governor(Duration::from_secs(3600), 1),
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+    ];
+    for (name, app, expect) in variants {
+        // What `into_make_service` does: finalise the routes once, not on every call.
+        let mut svc = app.with_state::<()>(());
+        // Use the one token of the 429 variants up front.
+        rt.block_on(async {
+            let _ = svc.ready().await.unwrap().call(request(one(0))).await;
+        });
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let mut svc = svc.clone();
+                async move { drive(&mut svc, iters, one, expect).await }
+            })
+        });
+    }
+
+    // A keyed check whose store holds 1 live key or 1,000,000 (each request a different one of
+    // them, so the lookups miss the CPU caches as they would under a real crowd).
+    for keys in [1u32, 1_000_000] {
+        let mut svc = ours(Quota::per_hour(1_000_000), keys as usize + 1).with_state::<()>(());
+        let ip = move |i: u64| IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + (i as u32 % keys)));
+        rt.block_on(async {
+            drive(&mut svc, u64::from(keys), ip, StatusCode::OK).await;
+        });
+        g.bench_function(format!("welcomedly admitted, {keys} live keys"), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let mut svc = svc.clone();
+                async move { drive(&mut svc, iters, ip, StatusCode::OK).await }
+            })
+        });
+    }
+    g.finish();
+
+    redis_group(c, &rt);
+}
+
+fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    use welcomedly::cluster::rate_limit::RedisRateLimitConfig;
+    let redis = match welcomedly_test_support::RedisServer::start() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rate_limit_redis skipped: {e}");
+            return;
+        }
+    };
+    let url = redis.url();
+    let (mut conn, backend) = rt.block_on(async {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut config = RedisRateLimitConfig::new(url.clone());
+        config.budget = Duration::from_secs(1);
+        (conn, config.build().await.unwrap())
+    });
+    let mut g = c.benchmark_group("rate_limit_redis");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("redis PING round trip", |b| {
+        b.to_async(rt).iter(|| {
+            let mut conn = conn.clone();
+            async move {
+                let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+                black_box(pong)
+            }
+        })
+    });
+    let layer = RateLimitLayer::builder()
+        .backend(backend)
+        .policy(Policy::new(
+            "api",
+            Quota::per_second(1_000_000_000).with_burst(1_000_000_000),
+        ))
+        .build()
+        .unwrap();
+    let svc = router().layer(layer).with_state::<()>(());
+    g.bench_function("welcomedly redis backend, per request", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let mut svc = svc.clone();
+            async move {
+                drive(
+                    &mut svc,
+                    iters,
+                    |_| IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+                    StatusCode::OK,
+                )
+                .await
+            }
+        })
+    });
+    g.finish();
+    let _ = &mut conn;
+    drop(redis);
+}
