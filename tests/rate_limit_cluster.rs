@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use tower::{Service, ServiceExt, service_fn};
-use welcomedly::cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
-use welcomedly::core::client_ip::ClientIp;
-use welcomedly::core::rate_limit::{
+use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
+use welcomedly_core::client_ip::ClientIp;
+use welcomedly_core::rate_limit::{
     FailureMode, LocalBackend, Policy, Quota, RateLimitBackend, RateLimitLayer, ResponseBody,
 };
 use welcomedly_test_support::RedisServer;
@@ -159,7 +159,7 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
     assert!(b.is_degraded());
     assert!(b.failures() >= 1);
     {
-        use welcomedly::core::health::{CheckOutcome, HealthCheck};
+        use welcomedly_core::health::{CheckOutcome, HealthCheck};
         assert!(matches!(b.check().await, CheckOutcome::Degraded(_)));
     }
 
@@ -184,7 +184,7 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     {
-        use welcomedly::core::health::{CheckOutcome, HealthCheck};
+        use welcomedly_core::health::{CheckOutcome, HealthCheck};
         assert_eq!(b.check().await, CheckOutcome::Healthy);
     }
     // Shared again: the full burst of 30 for a new client, in Redis.

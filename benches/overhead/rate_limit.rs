@@ -17,8 +17,8 @@ use tower::{Service, ServiceExt};
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::PeerIpKeyExtractor;
-use welcomedly::core::client_ip::ClientIp;
-use welcomedly::core::rate_limit::{LocalBackend, Policy, Quota, RateLimitLayer};
+use welcomedly_core::client_ip::ClientIp;
+use welcomedly_core::rate_limit::{LocalBackend, Policy, Quota, RateLimitLayer};
 
 fn router() -> Router {
     Router::new().route("/api/ping", get(|| async { "pong" }))
@@ -116,7 +116,11 @@ pub(crate) fn bench(c: &mut Criterion) {
         let mut svc = app.with_state::<()>(());
         // Use the one token of the 429 variants up front.
         rt.block_on(async {
-            let _ = svc.ready().await.unwrap().call(request(one(0))).await;
+            let _ = ServiceExt::<Request<Body>>::ready(&mut svc)
+                .await
+                .unwrap()
+                .call(request(one(0)))
+                .await;
         });
         g.bench_function(name, |b| {
             b.to_async(&rt).iter_custom(|iters| {
@@ -147,7 +151,7 @@ pub(crate) fn bench(c: &mut Criterion) {
 }
 
 fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
-    use welcomedly::cluster::rate_limit::RedisRateLimitConfig;
+    use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
     let redis = match welcomedly_test_support::RedisServer::start() {
         Ok(r) => r,
         Err(e) => {
