@@ -5,6 +5,7 @@
 //! starts its own `redis-server` and is skipped when none is installed.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod http_stack;
 mod rate_limit;
 
 use std::time::Duration;
@@ -23,6 +24,7 @@ fn config() -> Criterion {
 
 fn main() {
     let mut c = config();
+    http_stack::bench(&mut c);
     rate_limit::bench(&mut c);
     c.final_summary();
 }
