@@ -27,6 +27,7 @@ enum PathMatch {
     Any,
     Prefix(Cow<'static, str>),
     Exact(Cow<'static, str>),
+    Route(Cow<'static, str>),
 }
 
 /// One named rate-limit policy: a route class, a quota and a key.
@@ -102,6 +103,14 @@ impl Policy {
         self
     }
 
+    /// Only requests whose matched route template is `template` (e.g. `/api/agents/{id}`): axum's
+    /// `MatchedPath` (with the `axum` feature, when the layer is added with `Router::layer`), or a
+    /// [`RouteLabel`](crate::telemetry::RouteLabel) extension set by another router.
+    pub fn route(mut self, template: impl Into<Cow<'static, str>>) -> Self {
+        self.path = PathMatch::Route(template.into());
+        self
+    }
+
     /// Only requests that no other (non-`otherwise`) policy matched: the "general" limit of
     /// everything else.
     pub fn otherwise(mut self) -> Self {
@@ -158,12 +167,23 @@ impl Policy {
         match &self.path {
             PathMatch::Any => true,
             PathMatch::Exact(p) => path == p,
+            PathMatch::Route(t) => matched_route(req).is_some_and(|r| r == t),
             PathMatch::Prefix(p) => match path.strip_prefix(p.as_ref()) {
                 Some(rest) => rest.is_empty() || rest.starts_with('/') || p == "/",
                 None => false,
             },
         }
     }
+}
+
+fn matched_route<B>(req: &Request<B>) -> Option<&str> {
+    #[cfg(feature = "axum")]
+    if let Some(m) = req.extensions().get::<axum::extract::MatchedPath>() {
+        return Some(m.as_str());
+    }
+    req.extensions()
+        .get::<crate::telemetry::RouteLabel>()
+        .map(|r| r.as_str())
 }
 
 /// A built policy, as backends see it.
@@ -256,6 +276,21 @@ mod tests {
         assert!(!p.matches_route(&req(Method::GET, "/")));
         let root = Policy::new("all", Quota::per_minute(1)).path_prefix("/");
         assert!(root.matches_route(&req(Method::GET, "/anything")));
+    }
+
+    #[test]
+    fn route_templates_match_the_route_label() {
+        let p = Policy::new("agent", Quota::per_minute(1)).route("/api/agents/{id}");
+        let mut r = req(Method::GET, "/api/agents/7");
+        assert!(!p.matches_route(&r));
+        r.extensions_mut()
+            .insert(crate::telemetry::RouteLabel::from_static("/api/agents/{id}"));
+        assert!(p.matches_route(&r));
+        let mut other = req(Method::GET, "/api/agents");
+        other
+            .extensions_mut()
+            .insert(crate::telemetry::RouteLabel::from_static("/api/agents"));
+        assert!(!p.matches_route(&other));
     }
 
     #[test]
