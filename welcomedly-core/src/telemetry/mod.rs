@@ -15,10 +15,10 @@
 //! A JSON log line written inside a request looks like (wrapped here):
 //!
 //! ```text
-//! {"timestamp":"2026-11-25T10:00:00.000000Z","level":"INFO","message":"user loaded",
-//!  "user":42,"target":"app","spans":[{"method":"GET","route":"/users/{id}",
-//!  "request_id":"5f0c…","instance_id":"api-1","trace_id":"4bf92f35…","span_id":"00f067aa…",
-//!  "name":"request"}]}
+//! {"timestamp":"2026-11-25T10:00:00.000000Z","level":"INFO","target":"app",
+//!  "message":"user loaded","user":42,"spans":[{"name":"request","method":"GET",
+//!  "route":"/users/{id}","request_id":"5f0c…","instance_id":"api-1","trace_id":"4bf92f35…",
+//!  "span_id":"00f067aa…"}]}
 //! ```
 //!
 //! # Example
@@ -57,6 +57,7 @@
 mod error;
 mod exposition;
 mod future;
+mod json;
 mod layer;
 mod metrics;
 mod request_id;

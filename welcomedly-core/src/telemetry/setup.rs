@@ -16,6 +16,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use super::error::TelemetryError;
+use super::json::{JsonFields, JsonFormat};
 use super::layer::HttpTelemetryLayer;
 use super::metrics::Metrics;
 use crate::InstanceId;
@@ -196,10 +197,8 @@ impl Telemetry {
             // The span list carries the fields of the current span and all its parents
             // (request_id, instance_id, trace_id, ...) on every line.
             LogFormat::Json => tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(true)
+                .fmt_fields(JsonFields)
+                .event_format(JsonFormat)
                 .with_writer(writer)
                 .boxed(),
             LogFormat::Pretty => tracing_subscriber::fmt::layer()
