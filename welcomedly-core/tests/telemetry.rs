@@ -12,7 +12,7 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -134,6 +134,13 @@ impl Buffer {
 /// Runs `request` through the layer with a JSON-logging subscriber (built exactly as
 /// `Telemetry::init` builds it, but not installed globally) and returns the log lines.
 fn logged(request: Request<()>, layer: HttpTelemetryLayer) -> (Response<String>, Vec<Value>) {
+    // While exactly one dispatcher exists, tracing computes a callsite's interest from the
+    // default dispatcher of whichever thread hits it first: a test thread without a subscriber
+    // would cache "never" for the handler's event and this test would lose it. A second,
+    // idle dispatcher alive for the whole process makes tracing consult every dispatcher.
+    static SECOND_DISPATCHER: OnceLock<tracing::Dispatch> = OnceLock::new();
+    SECOND_DISPATCHER
+        .get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
     let buffer = Buffer::default();
     let provider = SdkTracerProvider::builder().build(); // no exporter
     let writer = buffer.clone();
@@ -350,20 +357,53 @@ mod axum_router {
     }
 }
 
+const INIT_CHILD: &str = "WELCOMEDLY_TELEMETRY_INIT_CHILD";
+
+/// `Telemetry::init` changes process-wide state that would race with the scoped subscribers of
+/// the other tests, so it runs in a child process: this test binary, filtered to
+/// [`init_in_a_fresh_process`].
 #[test]
 fn init_installs_once_and_refuses_a_second_time() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["init_in_a_fresh_process", "--exact", "--nocapture"])
+        .env(INIT_CHILD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the child ran the test: {stdout}"
+    );
+    // The JSON subscriber was installed on stdout: the child's warning is one JSON line.
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("from the child"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let line: Value = serde_json::from_str(line.trim_start_matches(|c| c != '{')).unwrap();
+    assert_eq!(line["level"], "WARN");
+}
+
+#[test]
+fn init_in_a_fresh_process() {
+    if std::env::var_os(INIT_CHILD).is_none() {
+        return; // only meaningful in the child process
+    }
     let guard = Telemetry::new("init-test")
+        .instance_id(InstanceId::new("child-1"))
         .log_filter("warn")
         .init()
         .unwrap();
-    assert_eq!(guard.instance_id(), guard.instance_id());
-    assert!(
-        guard
-            .metrics()
-            .encode()
-            .unwrap()
-            .contains("service_name=\"init-test\"")
-    );
+    assert_eq!(guard.instance_id().as_str(), "child-1");
+    let text = guard.metrics().encode().unwrap();
+    assert!(text.contains(r#"service_instance_id="child-1""#), "{text}");
+    assert!(text.contains(r#"service_name="init-test""#), "{text}");
+    tracing::warn!("from the child");
+    tracing::info!("filtered out");
     let err = Telemetry::new("init-test").init().unwrap_err();
     assert!(err.is_already_initialized(), "{err}");
     drop(guard);

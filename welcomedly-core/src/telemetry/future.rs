@@ -27,34 +27,23 @@ pin_project! {
     }
 }
 
-struct State {
-    start: Instant,
-    request_id: HeaderValue,
-    route: Route,
-    method: Method,
-    shared: Arc<Shared>,
+/// What the future needs at completion, gathered by the service at call time.
+pub(crate) struct State {
+    pub(crate) start: Instant,
+    pub(crate) request_id: HeaderValue,
+    pub(crate) route: Route,
+    pub(crate) method: Method,
+    /// Whether an OpenTelemetry span backs the request span (see `poll`).
+    pub(crate) traced: bool,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(
-        inner: F,
-        span: Span,
-        start: Instant,
-        request_id: HeaderValue,
-        route: Route,
-        method: Method,
-        shared: Arc<Shared>,
-    ) -> Self {
+    pub(crate) fn new(inner: F, span: Span, state: State) -> Self {
         Self {
             inner,
             span,
-            state: Some(State {
-                start,
-                request_id,
-                route,
-                method,
-                shared,
-            }),
+            state: Some(state),
         }
     }
 }
@@ -75,10 +64,17 @@ where
         };
         let elapsed = state.start.elapsed();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        this.span.record("latency_ms", latency_ms);
         let status = result.as_ref().ok().map(Response::status);
-        if let Some(status) = status {
-            this.span.record("status", status.as_u16());
+        // On the span they serve the exported trace (as attributes) and nothing else: no log
+        // line is written inside the span after this point except the response event, which
+        // carries them itself. Skipping them when no trace is active spares a log formatter
+        // that re-serialises a span's fields on every record (tracing-subscriber's JSON) two
+        // passes per request.
+        if state.traced {
+            this.span.record("latency_ms", latency_ms);
+            if let Some(status) = status {
+                this.span.record("status", status.as_u16());
+            }
         }
         if let Some(level) = state.shared.response_level {
             response_event(level, status, latency_ms);

@@ -21,10 +21,12 @@ pub const INSTANCE_ID_HEADER: HeaderName = HeaderName::from_static("x-instance-i
 /// - takes `x-request-id` when well-formed (1 to 128 visible ASCII characters), otherwise
 ///   generates one (UUID v4) and sets it on the request; either way puts a
 ///   [`RequestId`](super::RequestId) in the request extensions;
-/// - opens the `request` span (`method`, `route`, `request_id`, `instance_id`, then `status`,
-///   `latency_ms`, `trace_id`, `span_id`) whose parent is the W3C `traceparent` of the request
+/// - opens the `request` span (`method`, `route`, `request_id`, `instance_id`, then `trace_id`,
+///   `span_id`, `status`, `latency_ms`) whose parent is the W3C `traceparent` of the request
 ///   (read with the global text-map propagator), so every log line written while serving the
-///   request carries its ids;
+///   request carries its ids. The last four are recorded when a trace is active (the
+///   subscriber has the OpenTelemetry layer, as [`Telemetry`](super::Telemetry) sets up); the
+///   [response event](Self::with_response_event) carries status and latency in any case;
 /// - records `http.server.request.duration` when [metrics](Self::with_metrics) are given;
 /// - sets `x-request-id` and `x-instance-id` on every response.
 ///

@@ -12,7 +12,7 @@ use tracing::Span;
 use tracing::field::{Empty, display};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::future::{ResponseFuture, TARGET};
+use super::future::{ResponseFuture, State, TARGET};
 use super::layer::Shared;
 use super::request_id::{REQUEST_ID_HEADER, RequestId};
 use super::route::Route;
@@ -92,9 +92,7 @@ where
             span_id = Empty,
             otel.kind = "server",
         );
-        if !span.is_disabled() {
-            link_trace(&span, req.headers());
-        }
+        let traced = !span.is_disabled() && link_trace(&span, req.headers());
 
         let method = req.method().clone();
         let header = request_id.header_value().clone();
@@ -104,36 +102,39 @@ where
             let _entered = span.enter();
             self.inner.call(req)
         };
-        ResponseFuture::new(
-            future,
-            span,
+        let state = State {
             start,
-            header,
+            request_id: header,
             route,
             method,
-            Arc::clone(&self.shared),
-        )
+            traced,
+            shared: Arc::clone(&self.shared),
+        };
+        ResponseFuture::new(future, span, state)
     }
 }
 
 /// Makes the incoming W3C trace context (read with the global propagator) the parent of `span`
 /// and records the resulting `trace_id` / `span_id` on it, so every log line of the request can
-/// be joined to its trace. Without the OpenTelemetry layer in the subscriber this does nothing.
-fn link_trace(span: &Span, headers: &HeaderMap) {
+/// be joined to its trace. Returns whether a trace is active; without the OpenTelemetry layer in
+/// the subscriber there is none and this records nothing.
+fn link_trace(span: &Span, headers: &HeaderMap) -> bool {
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(headers))
     });
     if parent.span().span_context().is_valid() && span.set_parent(parent).is_err() {
         // No OpenTelemetry layer (or the span is filtered out): there is no trace to record.
-        return;
+        return false;
     }
     let context = span.context();
     let otel_span = context.span();
     let span_context = otel_span.span_context();
-    if span_context.is_valid() {
-        span.record("trace_id", display(span_context.trace_id()));
-        span.record("span_id", display(span_context.span_id()));
+    if !span_context.is_valid() {
+        return false;
     }
+    span.record("trace_id", display(span_context.trace_id()));
+    span.record("span_id", display(span_context.span_id()));
+    true
 }
 
 /// Reads propagation headers from an [`http::HeaderMap`].
