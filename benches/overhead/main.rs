@@ -25,6 +25,7 @@ fn config() -> Criterion {
 fn main() {
     let mut c = config();
     http_stack::bench(&mut c);
+    rate_limit::bench_tower(&mut c);
     rate_limit::bench(&mut c);
     c.final_summary();
 }

@@ -18,7 +18,7 @@ use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::PeerIpKeyExtractor;
 use welcomedly_core::client_ip::ClientIp;
-use welcomedly_core::rate_limit::{LocalBackend, Policy, Quota, RateLimitLayer};
+use welcomedly_core::rate_limit::{HeaderMode, LocalBackend, Policy, Quota, RateLimitLayer};
 
 fn router() -> Router {
     Router::new().route("/api/ping", get(|| async { "pong" }))
@@ -34,8 +34,13 @@ fn request(ip: IpAddr) -> Request<Body> {
 }
 
 fn ours(quota: Quota, max_keys: usize) -> Router {
+    ours_with(quota, max_keys, HeaderMode::Always)
+}
+
+fn ours_with(quota: Quota, max_keys: usize, headers: HeaderMode) -> Router {
     let layer = RateLimitLayer::builder()
         .backend(LocalBackend::new())
+        .headers(headers)
         .policy(Policy::new("api", quota).max_keys(max_keys))
         .build()
         .unwrap();
@@ -90,9 +95,21 @@ pub(crate) fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let variants: Vec<(&str, Router, StatusCode)> = vec![
         ("bare", router(), StatusCode::OK),
+        // What axum's `Router::layer` itself costs (a boxed, cloned route per request), so the
+        // layers below can be read against it.
+        (
+            "bare + no-op layer",
+            router().layer(tower::layer::util::Identity::new()),
+            StatusCode::OK,
+        ),
         (
             "welcomedly admitted",
             ours(generous, 100_000),
+            StatusCode::OK,
+        ),
+        (
+            "welcomedly admitted, headers off",
+            ours_with(generous, 100_000, HeaderMode::Never),
             StatusCode::OK,
         ),
         (
@@ -204,4 +221,81 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     g.finish();
     let _ = &mut conn;
     drop(redis);
+}
+
+/// The layer alone, on a plain tower service (no axum router around it): what the layer itself
+/// costs per request.
+pub(crate) fn bench_tower(c: &mut Criterion) {
+    use http_body_util::Full;
+    type B = Full<bytes::Bytes>;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A response as a handler makes it, with a content type: the layer's headers join an
+    // existing header map instead of allocating a new one.
+    let inner = tower::service_fn(|_req: Request<B>| async {
+        let mut res = http::Response::new(B::from("pong"));
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Ok::<_, Infallible>(res)
+    });
+    let layer = |headers: HeaderMode, quota: Quota| {
+        RateLimitLayer::builder()
+            .backend(LocalBackend::new())
+            .headers(headers)
+            .policy(Policy::new("api", quota))
+            .build()
+            .unwrap()
+    };
+    let generous = Quota::per_second(1_000_000_000).with_burst(1_000_000_000);
+    let req = || {
+        let mut req = Request::get("/api/ping").body(B::default()).unwrap();
+        req.extensions_mut()
+            .insert(ClientIp(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))));
+        req
+    };
+    let mut g = c.benchmark_group("rate_limit_tower");
+    g.throughput(Throughput::Elements(1));
+    macro_rules! run {
+        ($name:expr, $svc:expr) => {{
+            let svc = $svc;
+            g.bench_function($name, |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let mut svc = svc.clone();
+                    async move {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            let res = svc.ready().await.unwrap().call(req()).await.unwrap();
+                            black_box(res);
+                        }
+                        start.elapsed()
+                    }
+                })
+            });
+        }};
+    }
+    run!("bare", inner);
+    run!(
+        "welcomedly admitted",
+        tower::ServiceBuilder::new()
+            .layer(layer(HeaderMode::Always, generous))
+            .service(inner)
+    );
+    run!(
+        "welcomedly admitted, headers off",
+        tower::ServiceBuilder::new()
+            .layer(layer(HeaderMode::Never, generous))
+            .service(inner)
+    );
+    let limited = tower::ServiceBuilder::new()
+        .layer(layer(HeaderMode::Always, Quota::per_hour(1)))
+        .service(inner);
+    rt.block_on(async {
+        let _ = limited.clone().oneshot(req()).await;
+    });
+    run!("welcomedly 429", limited);
+    g.finish();
 }

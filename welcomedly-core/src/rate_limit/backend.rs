@@ -70,8 +70,9 @@ impl Decision {
     }
 }
 
-/// The decisions for a request's checks, in the same order. Inline up to four policies.
-pub type Decisions = SmallVec<[Decision; 4]>;
+/// The decisions for a request's checks, in the same order. Inline up to two policies (the
+/// common case), so the hot path neither allocates nor moves large values.
+pub type Decisions = SmallVec<[Decision; 2]>;
 
 /// Whether a request is admitted: every check allows it or belongs to a shadow policy.
 pub fn admits(checks: &[Check<'_>], decisions: &[Decision]) -> bool {
@@ -243,7 +244,7 @@ impl<C: Clock> LocalBackend<C> {
         // the peek; both are then charged, so no accounting is lost, and the overshoot is
         // bounded by the number of requests racing on one key.
         let mut decisions = Decisions::new();
-        let mut fps: SmallVec<[Option<u64>; 4]> = SmallVec::new();
+        let mut fps: SmallVec<[Option<u64>; 2]> = SmallVec::new();
         for check in checks {
             match self.store(check.policy) {
                 Some(store) => {

@@ -4,7 +4,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
 use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
@@ -12,7 +11,7 @@ use tower::Service;
 use super::backend::RateLimitBackend;
 use super::layer::Shared;
 use super::response::ResponseBody;
-use super::service::{Admit, Matched, Verdict, verdict};
+use super::service::{Admit, Matched, Rejection, Verdict, checks, verdict};
 
 pin_project! {
     /// Response future of [`RateLimit`](super::RateLimit).
@@ -33,12 +32,10 @@ pin_project! {
         S: Service<Request<ReqB>>,
         B: RateLimitBackend,
     {
-        // An asynchronous backend (Redis) is deciding.
+        // An asynchronous backend (Redis) is deciding. Boxed: this state is large and only
+        // remote backends, whose round trip dwarfs an allocation, reach it.
         Acquiring {
-            fut: B::Future,
-            call: Option<(S, Request<ReqB>)>,
-            matched: Matched,
-            shared: Arc<Shared<B>>,
+            state: Box<Acquiring<S, ReqB, B>>,
         },
         Calling {
             #[pin]
@@ -46,9 +43,16 @@ pin_project! {
             admit: Option<Admit<B>>,
         },
         Rejected {
-            rejection: Option<(http::response::Parts, Bytes)>,
+            rejection: Option<Rejection>,
         },
     }
+}
+
+struct Acquiring<S, ReqB, B: RateLimitBackend> {
+    fut: B::Future,
+    call: Option<(S, Request<ReqB>)>,
+    matched: Matched,
+    shared: Arc<Shared<B>>,
 }
 
 impl<S, ReqB, B> ResponseFuture<S, ReqB, B>
@@ -62,10 +66,10 @@ where
         }
     }
 
-    pub(crate) fn rejected(parts: http::response::Parts, body: Bytes) -> Self {
+    pub(crate) fn rejected(rejection: Rejection) -> Self {
         Self {
             kind: Kind::Rejected {
-                rejection: Some((parts, body)),
+                rejection: Some(rejection),
             },
         }
     }
@@ -79,10 +83,12 @@ where
     ) -> Self {
         Self {
             kind: Kind::Acquiring {
-                fut,
-                call: Some((service, req)),
-                matched,
-                shared,
+                state: Box::new(Acquiring {
+                    fut,
+                    call: Some((service, req)),
+                    matched,
+                    shared,
+                }),
             },
         }
     }
@@ -99,20 +105,19 @@ where
         let mut kind = self.project().kind;
         loop {
             match kind.as_mut().project() {
-                KindProj::Acquiring {
-                    fut,
-                    call,
-                    matched,
-                    shared,
-                } => {
-                    let result = ready!(Pin::new(fut).poll(cx));
+                KindProj::Acquiring { state } => {
+                    let result = ready!(Pin::new(&mut state.fut).poll(cx));
                     // `call` is only taken here, right before leaving this state.
-                    let Some((mut service, req)) = call.take() else {
+                    let Some((mut service, req)) = state.call.take() else {
                         return Poll::Pending;
                     };
-                    let next = match verdict(shared, result, std::mem::take(matched)) {
-                        Verdict::Reject(parts, body) => Kind::Rejected {
-                            rejection: Some((parts, body)),
+                    let verdict = {
+                        let checks = checks(&state.shared, &state.matched);
+                        verdict(&state.shared, result, &checks)
+                    };
+                    let next = match verdict {
+                        Verdict::Reject(rejection) => Kind::Rejected {
+                            rejection: Some(rejection),
                         },
                         Verdict::Admit(admit) => Kind::Calling {
                             fut: service.call(req),
@@ -131,9 +136,10 @@ where
                 }
                 KindProj::Rejected { rejection } => {
                     // A future polled again after completing never completes again.
-                    let Some((parts, body)) = rejection.take() else {
+                    let Some(rejection) = rejection.take() else {
                         return Poll::Pending;
                     };
+                    let (parts, body) = *rejection;
                     return Poll::Ready(Ok(Response::from_parts(
                         parts,
                         ResponseBody::rejection(body),

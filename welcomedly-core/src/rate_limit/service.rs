@@ -21,7 +21,7 @@ use super::response::{
 use super::stats::PolicyStats;
 
 /// The policies a request matched, by index, with its key for each.
-pub(crate) type Matched = SmallVec<[(usize, Key); 4]>;
+pub(crate) type Matched = SmallVec<[(usize, Key); 2]>;
 
 /// A service enforcing rate-limit policies; built by [`RateLimitLayer`](super::RateLimitLayer).
 pub struct RateLimit<S, B> {
@@ -77,18 +77,17 @@ where
         if matched.is_empty() {
             return ResponseFuture::calling(self.inner.call(req), None);
         }
-        let mut fut = {
-            let checks = checks(&self.shared, &matched);
-            self.shared.backend.acquire(&checks)
-        };
+        let checks = checks(&self.shared, &matched);
+        let mut fut = self.shared.backend.acquire(&checks);
         // A synchronous backend (the local one) answers on the first poll: decide here and call
         // the service directly, with no state machine and no clone of the inner service.
         match Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(result) => match verdict(&self.shared, result, matched) {
-                Verdict::Reject(parts, body) => ResponseFuture::rejected(parts, body),
+            Poll::Ready(result) => match verdict(&self.shared, result, &checks) {
+                Verdict::Reject(rejection) => ResponseFuture::rejected(rejection),
                 Verdict::Admit(admit) => ResponseFuture::calling(self.inner.call(req), admit),
             },
             Poll::Pending => {
+                drop(checks);
                 // The ready service goes with the request; this one gets a clone to make ready.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
@@ -121,7 +120,7 @@ fn match_request<B, ReqB>(shared: &Shared<B>, req: &Request<ReqB>) -> Matched {
     matched
 }
 
-fn checks<'a, B>(shared: &'a Shared<B>, matched: &'a Matched) -> SmallVec<[Check<'a>; 4]> {
+pub(crate) fn checks<'a, B>(shared: &'a Shared<B>, matched: &'a Matched) -> SmallVec<[Check<'a>; 2]> {
     matched
         .iter()
         .filter_map(|(i, key)| {
@@ -138,7 +137,8 @@ fn checks<'a, B>(shared: &'a Shared<B>, matched: &'a Matched) -> SmallVec<[Check
 /// Work left for the response of an admitted request.
 pub(crate) struct Admit<B> {
     headers: Option<(HeaderValue, HeaderValue)>,
-    deferred: Option<Deferred<B>>,
+    // Boxed: only policies charging by status need it, and it keeps the future small.
+    deferred: Option<Box<Deferred<B>>>,
 }
 
 struct Deferred<B> {
@@ -167,22 +167,25 @@ impl<B: RateLimitBackend> Admit<B> {
     }
 }
 
+/// A 429 to send: boxed, so the admitted path's future stays small.
+pub(crate) type Rejection = Box<(http::response::Parts, Bytes)>;
+
 pub(crate) enum Verdict<B> {
-    Reject(http::response::Parts, Bytes),
+    Reject(Rejection),
     Admit(Option<Admit<B>>),
 }
 
 pub(crate) fn verdict<B: RateLimitBackend>(
     shared: &Arc<Shared<B>>,
     result: Result<Decisions, super::BackendError>,
-    matched: Matched,
+    checks: &[Check<'_>],
 ) -> Verdict<B> {
     let stats = |i: usize| shared.stats.get(i);
     let decisions = match result {
-        Ok(d) if d.len() == matched.len() => d,
+        Ok(d) if d.len() == checks.len() => d,
         other => {
-            for (i, _) in &matched {
-                if let Some(s) = stats(*i) {
+            for c in checks {
+                if let Some(s) = stats(c.policy.index()) {
                     PolicyStats::bump(&s.store_errors);
                 }
             }
@@ -195,8 +198,7 @@ pub(crate) fn verdict<B: RateLimitBackend>(
             return Verdict::Admit(None);
         }
     };
-    let checks = checks(shared, &matched);
-    let admitted = admits(&checks, &decisions);
+    let admitted = admits(checks, &decisions);
     for (check, d) in checks.iter().zip(&decisions) {
         let Some(s) = stats(check.policy.index()) else {
             continue;
@@ -224,8 +226,7 @@ pub(crate) fn verdict<B: RateLimitBackend>(
             .filter(|(c, d)| !d.allowed && !c.policy.is_shadow())
             .max_by_key(|(_, d)| d.retry_after);
         if let Some((check, d)) = rejecting {
-            let (parts, body) = rejection(check.policy, d, shared.headers);
-            return Verdict::Reject(parts, body);
+            return Verdict::Reject(Box::new(rejection(check.policy, d, shared.headers)));
         }
     }
     let headers = if shared.headers == HeaderMode::Always {
@@ -245,9 +246,11 @@ pub(crate) fn verdict<B: RateLimitBackend>(
         .filter(|(c, d)| !c.charge && d.allowed)
         .map(|(c, _)| (c.policy.index(), c.key.clone()))
         .collect();
-    let deferred = (!charges.is_empty()).then(|| Deferred {
-        shared: shared.clone(),
-        charges,
+    let deferred = (!charges.is_empty()).then(|| {
+        Box::new(Deferred {
+            shared: shared.clone(),
+            charges,
+        })
     });
     if headers.is_none() && deferred.is_none() {
         Verdict::Admit(None)

@@ -81,12 +81,19 @@ impl KeyedStore {
         gcra.decide(map.get(&fp).copied(), now)
     }
 
-    /// Decides and, when admitted, charges — under one lock.
+    /// Decides and, when admitted, charges — under one lock and, for a known key, one lookup.
     pub(crate) fn check_and_charge(&self, fp: Fingerprint, gcra: &Gcra, now: u64) -> GcraOutcome {
         let mut map = self.shard(fp);
-        let outcome = gcra.decide(map.get(&fp).copied(), now);
+        if let Some(tat) = map.get_mut(&fp) {
+            let outcome = gcra.decide(Some(*tat), now);
+            if outcome.allowed {
+                *tat = outcome.new_tat;
+            }
+            return outcome;
+        }
+        let outcome = gcra.decide(None, now);
         if outcome.allowed {
-            self.store(&mut map, fp, outcome.new_tat, now);
+            self.insert(&mut map, fp, outcome.new_tat, now);
         }
         outcome
     }
@@ -94,12 +101,18 @@ impl KeyedStore {
     /// Charges one request without deciding.
     pub(crate) fn charge(&self, fp: Fingerprint, gcra: &Gcra, now: u64) {
         let mut map = self.shard(fp);
-        let tat = gcra.charge(map.get(&fp).copied(), now);
-        self.store(&mut map, fp, tat, now);
+        match map.get_mut(&fp) {
+            Some(tat) => *tat = gcra.charge(Some(*tat), now),
+            None => {
+                let tat = gcra.charge(None, now);
+                self.insert(&mut map, fp, tat, now);
+            }
+        }
     }
 
-    fn store(&self, map: &mut Map, fp: Fingerprint, tat: u64, now: u64) {
-        if map.len() >= self.cap_per_shard && !map.contains_key(&fp) {
+    /// Inserts a key that is not in the map, making room first when the shard is full.
+    fn insert(&self, map: &mut Map, fp: Fingerprint, tat: u64, now: u64) {
+        if map.len() >= self.cap_per_shard {
             self.make_room(map, now);
         }
         map.insert(fp, tat);
