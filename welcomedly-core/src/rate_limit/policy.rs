@@ -284,7 +284,9 @@ mod tests {
         let mut r = req(Method::GET, "/api/agents/7");
         assert!(!p.matches_route(&r));
         r.extensions_mut()
-            .insert(crate::telemetry::RouteLabel::from_static("/api/agents/{id}"));
+            .insert(crate::telemetry::RouteLabel::from_static(
+                "/api/agents/{id}",
+            ));
         assert!(p.matches_route(&r));
         let mut other = req(Method::GET, "/api/agents");
         other

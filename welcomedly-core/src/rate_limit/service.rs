@@ -120,7 +120,10 @@ fn match_request<B, ReqB>(shared: &Shared<B>, req: &Request<ReqB>) -> Matched {
     matched
 }
 
-pub(crate) fn checks<'a, B>(shared: &'a Shared<B>, matched: &'a Matched) -> SmallVec<[Check<'a>; 2]> {
+pub(crate) fn checks<'a, B>(
+    shared: &'a Shared<B>,
+    matched: &'a Matched,
+) -> SmallVec<[Check<'a>; 2]> {
     matched
         .iter()
         .filter_map(|(i, key)| {
