@@ -195,6 +195,26 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             }
         })
     });
+    // The same script call the backend makes, straight through redis-rs: the floor for the layer.
+    let script = redis::Script::new(welcomedly_cluster::rate_limit::ACQUIRE_SCRIPT);
+    g.bench_function("raw EVALSHA of the rate-limit script", |b| {
+        b.to_async(rt).iter(|| {
+            let mut conn = conn.clone();
+            let script = &script;
+            async move {
+                let v: Vec<i64> = script
+                    .key("wd:rl:{bench}:api")
+                    .arg(1000u64)
+                    .arg(1_000_000_000u64)
+                    .arg(1u64)
+                    .arg(0u64)
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(v)
+            }
+        })
+    });
     let layer = RateLimitLayer::builder()
         .backend(backend)
         .policy(Policy::new(

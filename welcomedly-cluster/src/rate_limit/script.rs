@@ -1,4 +1,4 @@
-//! The Lua scripts: GCRA on Redis server time, the same arithmetic as
+//! The Lua scripts of the Redis backend: GCRA on Redis server time, the same arithmetic as
 //! `welcomedly_core::rate_limit::Gcra`, in integer microseconds.
 //!
 //! Lua numbers are doubles: microseconds since the epoch (~1.8e15) are exact below 2^53 (~9e15),
@@ -9,7 +9,7 @@
 /// `KEYS[i]`: the state key of check i. `ARGV`: per check, 4 values — interval µs, window µs,
 /// charge (0/1), shadow (0/1). Returns, per check, 4 integers: allowed (0/1), remaining,
 /// reset µs, retry-after µs.
-pub(crate) const ACQUIRE: &str = r"
+pub const ACQUIRE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = #KEYS
@@ -54,7 +54,7 @@ return out
 
 /// Charges one request after the fact: the TAT moves one interval forward, capped at
 /// `now + window`. `KEYS[1]`: the state key; `ARGV`: interval µs, window µs.
-pub(crate) const CHARGE: &str = r"
+pub const CHARGE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
