@@ -292,12 +292,6 @@ fn launch(binary: &Path, dir: &Path, log: &Path, port: u16) -> Result<Child, Lau
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
 
     use super::*;
     use std::net::{Ipv4Addr, TcpListener};

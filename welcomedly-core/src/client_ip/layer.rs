@@ -148,12 +148,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
 
     use super::*;
     use std::convert::Infallible;

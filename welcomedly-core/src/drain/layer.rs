@@ -265,12 +265,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
 
     use std::convert::Infallible;
     use std::time::Duration;

@@ -251,12 +251,6 @@ impl PolicySpec {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
 
     fn req(method: Method, path: &str) -> Request<()> {

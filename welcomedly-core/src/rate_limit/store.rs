@@ -170,12 +170,6 @@ impl std::fmt::Debug for KeyedStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use crate::rate_limit::Quota;
     use std::net::{IpAddr, Ipv4Addr};

@@ -1,10 +1,4 @@
 //! Behaviour of the layer as a whole, on a manual clock.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -90,12 +90,6 @@ fn highest_versioned_bin(root: &Path) -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
 
     use super::*;
     use std::os::unix::fs::PermissionsExt;

@@ -613,12 +613,6 @@ fn start_on_free_port(
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
 
     use super::*;
     use std::net::{Ipv4Addr, TcpListener};
