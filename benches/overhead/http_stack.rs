@@ -1,6 +1,16 @@
 //! The "http stack": a bare service beside the same service behind welcomedly-core's fused
 //! telemetry layer (request id + request span + metrics + instance id) and beside tower-http's
 //! request-id and trace layers (the hand-rolled glue it replaces).
+//!
+//! Every variant runs under two subscribers:
+//! - `[fmt json]`: the global default, tracing-subscriber's stock `fmt::layer().json()` with an
+//!   "info" filter, the usual hand-rolled setup;
+//! - `[deployed]`: what `Telemetry::init` installs (our JSON format, the OpenTelemetry layer with
+//!   a tracer provider that exports nothing, "info" filter), scoped to the timed block with
+//!   `tracing::dispatcher::with_default` because a global default can be set only once.
+//!
+//! The `incoming ids` variants send `x-request-id` and a W3C `traceparent`, as requests behind a
+//! gateway do; the others send neither, so the layer generates the id and starts a trace.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -10,21 +20,38 @@ use axum::body::Body;
 use axum::routing::get;
 use criterion::{Criterion, Throughput};
 use http::{HeaderName, Request};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tower::{Service, ServiceExt};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
-use tracing::Level;
+use tracing::{Dispatch, Level};
 use welcomedly_core::InstanceId;
-use welcomedly_core::telemetry::{HttpTelemetryLayer, Metrics};
+use welcomedly_core::telemetry::{HttpTelemetryLayer, Metrics, Telemetry};
 
 fn router() -> Router {
     Router::new().route("/api/agents/{id}", get(|| async { "agent" }))
 }
 
-async fn drive(svc: &mut Router, iters: u64) -> Duration {
+fn request(incoming_ids: bool) -> Request<Body> {
+    let builder = Request::get("/api/agents/7");
+    let builder = if incoming_ids {
+        builder
+            .header("x-request-id", "7f2c1a9e-3b4d-4e5f-8a6b-9c0d1e2f3a4b")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+    } else {
+        builder
+    };
+    builder.body(Body::empty()).unwrap()
+}
+
+async fn drive(svc: &mut Router, iters: u64, incoming_ids: bool) -> Duration {
     let start = Instant::now();
     for _ in 0..iters {
-        let req = Request::get("/api/agents/7").body(Body::empty()).unwrap();
+        let req = request(incoming_ids);
         let res = ServiceExt::<Request<Body>>::ready(svc)
             .await
             .unwrap()
@@ -36,8 +63,9 @@ async fn drive(svc: &mut Router, iters: u64) -> Duration {
     start.elapsed()
 }
 
-/// A subscriber like a service's: INFO and above, JSON to a sink, so spans are really recorded.
-fn install_subscriber() {
+/// A subscriber like a hand-rolled service's: INFO and above, stock JSON to a sink, so spans are
+/// really recorded.
+fn install_fmt_json_subscriber() {
     use tracing_subscriber::layer::SubscriberExt;
     let subscriber = tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::new("info"))
@@ -49,46 +77,86 @@ fn install_subscriber() {
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
+/// The variants: (name, app, whether the request carries `x-request-id` and `traceparent`).
+fn variants(metrics: &Metrics) -> Vec<(&'static str, Router, bool)> {
+    let id = InstanceId::new("bench-1");
+    let welcomedly = || HttpTelemetryLayer::new(id.clone()).with_metrics(metrics.http());
+    let x_request_id = HeaderName::from_static("x-request-id");
+    let tower_http = || {
+        router()
+            .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(DefaultMakeSpan::new().level(Level::INFO)),
+            )
+            .layer(SetRequestIdLayer::new(
+                x_request_id.clone(),
+                MakeRequestUuid,
+            ))
+    };
+    vec![
+        ("bare", router(), false),
+        (
+            "welcomedly telemetry (id + span + metrics + instance id)",
+            router().layer(welcomedly()),
+            false,
+        ),
+        (
+            "welcomedly telemetry without metrics (id + span + instance id)",
+            router().layer(HttpTelemetryLayer::new(id.clone())),
+            false,
+        ),
+        (
+            "tower-http request-id + trace (INFO span)",
+            tower_http(),
+            false,
+        ),
+        (
+            "welcomedly telemetry, incoming ids",
+            router().layer(welcomedly()),
+            true,
+        ),
+        (
+            "tower-http request-id + trace, incoming ids",
+            tower_http(),
+            true,
+        ),
+    ]
+}
+
 pub(crate) fn bench(c: &mut Criterion) {
-    install_subscriber();
+    install_fmt_json_subscriber();
+    // As `Telemetry::init` does; only the `incoming ids` variants carry a `traceparent`.
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = SdkTracerProvider::builder().build();
+    let deployed = Telemetry::new("bench")
+        .instance_id(InstanceId::new("bench-1"))
+        .dispatch(std::io::sink, &provider)
+        .unwrap();
+    let subscribers: [(&str, Option<Dispatch>); 2] =
+        [("fmt json", None), ("deployed", Some(deployed))];
+
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let metrics = Metrics::new().unwrap();
-    let id = InstanceId::new("bench-1");
-    let x_request_id = HeaderName::from_static("x-request-id");
-    let variants: Vec<(&str, Router)> = vec![
-        ("bare", router()),
-        (
-            "welcomedly telemetry (id + span + metrics + instance id)",
-            router().layer(HttpTelemetryLayer::new(id.clone()).with_metrics(metrics.http())),
-        ),
-        (
-            "welcomedly telemetry without metrics (id + span + instance id)",
-            router().layer(HttpTelemetryLayer::new(id)),
-        ),
-        (
-            "tower-http request-id + trace (INFO span)",
-            router()
-                .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(DefaultMakeSpan::new().level(Level::INFO)),
-                )
-                .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid)),
-        ),
-    ];
     let mut g = c.benchmark_group("http_stack");
     g.throughput(Throughput::Elements(1));
-    for (name, app) in variants {
-        let svc = app.with_state::<()>(());
-        g.bench_function(name, |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let mut svc = svc.clone();
-                async move { drive(&mut svc, iters).await }
-            })
-        });
+    for (subscriber, dispatch) in &subscribers {
+        for (name, app, incoming_ids) in variants(&metrics) {
+            let svc = app.with_state::<()>(());
+            g.bench_function(format!("{name} [{subscriber}]"), |b| {
+                b.iter_custom(|iters| {
+                    let mut svc = svc.clone();
+                    let mut run = || rt.block_on(drive(&mut svc, iters, incoming_ids));
+                    match dispatch {
+                        Some(dispatch) => tracing::dispatcher::with_default(dispatch, run),
+                        None => run(),
+                    }
+                })
+            });
+        }
     }
     g.finish();
 }

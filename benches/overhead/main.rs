@@ -1,9 +1,15 @@
 //! Criterion benches: the overhead each Welcomedly layer adds to a request, side by side with a
 //! bare service and the peer crates.
 //!
-//! Run with `cargo bench --bench overhead` (add a filter, e.g. `-- rate_limit`). The Redis group
+//! Run with `cargo bench --all-features --bench overhead` (add a filter, e.g. `-- rate_limit`). The Redis group
 //! starts its own `redis-server` and is skipped when none is installed.
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod http_stack;
 mod rate_limit;
