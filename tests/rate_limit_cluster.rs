@@ -230,6 +230,24 @@ async fn failure_modes_apply_per_policy_while_redis_is_down() {
 }
 
 #[tokio::test]
+async fn one_backend_serves_one_layer() {
+    let redis = RedisServer::start().unwrap();
+    let b = backend(&redis, Duration::from_millis(500), 1).await;
+    RateLimitLayer::builder()
+        .backend(b.clone())
+        .policy(policy(FailureMode::LocalFallback))
+        .build()
+        .unwrap();
+    let e = RateLimitLayer::builder()
+        .backend(b)
+        .policy(policy(FailureMode::LocalFallback))
+        .build()
+        .unwrap_err();
+    let why = std::error::Error::source(&e).unwrap().to_string();
+    assert!(why.contains("one backend per layer"), "{why}");
+}
+
+#[tokio::test]
 async fn a_flushed_script_cache_is_reloaded() {
     let redis = RedisServer::start().unwrap();
     let b = backend(&redis, Duration::from_millis(500), 1).await;

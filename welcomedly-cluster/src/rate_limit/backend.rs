@@ -331,8 +331,12 @@ impl RateLimitBackend for RedisBackend {
     type Future = BoxFuture;
 
     fn prepare(&self, policies: &[Arc<PolicySpec>]) -> Result<(), BackendError> {
-        self.inner.fallback.prepare_policies(policies);
-        Ok(())
+        // The fallback refuses a second layer (policy indexes would collide); say why here.
+        RateLimitBackend::prepare(&self.inner.fallback, policies).map_err(|_| {
+            BackendError::msg(
+                "this RedisBackend already serves another rate-limit layer: build one backend per layer (RedisBackend::from_pool lets them share a connection pool)",
+            )
+        })
     }
 
     fn acquire(&self, checks: &[Check<'_>]) -> Self::Future {
