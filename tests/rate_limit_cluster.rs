@@ -233,7 +233,7 @@ async fn failure_modes_apply_per_policy_while_redis_is_down() {
 async fn one_backend_serves_one_layer() {
     let redis = RedisServer::start().unwrap();
     let b = backend(&redis, Duration::from_millis(500), 1).await;
-    RateLimitLayer::builder()
+    let _first = RateLimitLayer::builder()
         .backend(b.clone())
         .policy(policy(FailureMode::LocalFallback))
         .build()
