@@ -128,6 +128,7 @@ pub(crate) fn bench(c: &mut Criterion) {
             StatusCode::TOO_MANY_REQUESTS,
         ),
     ];
+    let mut table: Vec<crate::Variant<'_>> = Vec::new();
     for (name, app, expect) in variants {
         // What `into_make_service` does: finalise the routes once, not on every call.
         let mut svc = app.with_state::<()>(());
@@ -145,6 +146,13 @@ pub(crate) fn bench(c: &mut Criterion) {
                 async move { drive(&mut svc, iters, one, expect).await }
             })
         });
+        table.push((
+            name,
+            Box::new(move |iters| {
+                let mut svc = svc.clone();
+                Box::pin(async move { drive(&mut svc, iters, one, expect).await })
+            }),
+        ));
     }
 
     // A keyed check whose store holds 1 live key or 1,000,000 (each request a different one of
@@ -163,6 +171,7 @@ pub(crate) fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+    crate::interleaved("rate_limit (axum router)", &rt, &table, 1000);
 
     redis_group(c, &rt);
 }
@@ -315,9 +324,25 @@ pub(crate) fn bench_tower(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("rate_limit_tower");
     g.throughput(Throughput::Elements(1));
+    let mut table: Vec<crate::Variant<'_>> = Vec::new();
     macro_rules! run {
         ($name:expr, $svc:expr) => {{
             let svc = $svc;
+            let timed = svc.clone();
+            table.push((
+                $name,
+                Box::new(move |iters| {
+                    let mut svc = timed.clone();
+                    Box::pin(async move {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            let res = svc.ready().await.unwrap().call(req()).await.unwrap();
+                            black_box(res);
+                        }
+                        start.elapsed()
+                    })
+                }),
+            ));
             g.bench_function($name, |b| {
                 b.to_async(&rt).iter_custom(|iters| {
                     let mut svc = svc.clone();
@@ -354,4 +379,5 @@ pub(crate) fn bench_tower(c: &mut Criterion) {
     });
     run!("welcomedly 429", limited);
     g.finish();
+    crate::interleaved("rate_limit_tower (plain tower service)", &rt, &table, 1000);
 }
