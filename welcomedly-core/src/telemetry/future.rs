@@ -71,9 +71,18 @@ where
         // that re-serialises a span's fields on every record (tracing-subscriber's JSON) two
         // passes per request.
         if state.traced {
-            this.span.record("latency_ms", latency_ms);
-            if let Some(status) = status {
-                this.span.record("status", status.as_u16());
+            // One `record_all`: each layer looks the span up once for both fields.
+            match status {
+                Some(status) => {
+                    tracing::record_all!(
+                        this.span,
+                        latency_ms = latency_ms,
+                        status = status.as_u16()
+                    );
+                }
+                None => {
+                    this.span.record("latency_ms", latency_ms);
+                }
             }
         }
         if let Some(level) = state.shared.response_level {

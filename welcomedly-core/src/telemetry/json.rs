@@ -177,23 +177,29 @@ struct Escaping<W>(W);
 
 impl<W: fmt::Write> fmt::Write for Escaping<W> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
-        let mut rest = text;
-        while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
-            let (plain, tail) = rest.split_at(at);
-            self.0.write_str(plain)?;
-            let mut chars = tail.chars();
-            match chars.next() {
-                Some('"') => self.0.write_str("\\\"")?,
-                Some('\\') => self.0.write_str("\\\\")?,
-                Some('\n') => self.0.write_str("\\n")?,
-                Some('\r') => self.0.write_str("\\r")?,
-                Some('\t') => self.0.write_str("\\t")?,
-                Some(c) => write!(self.0, "\\u{:04x}", u32::from(c))?,
-                None => {}
+        // A byte scan: every byte to escape is ASCII, so the plain runs between them split
+        // `text` on character boundaries.
+        let mut plain_from = 0;
+        for (at, &byte) in text.as_bytes().iter().enumerate() {
+            let escaped = match byte {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            self.0
+                .write_str(text.get(plain_from..at).unwrap_or_default())?;
+            if escaped.is_empty() {
+                write!(self.0, "\\u{:04x}", byte)?;
+            } else {
+                self.0.write_str(escaped)?;
             }
-            rest = chars.as_str();
+            plain_from = at + 1;
         }
-        self.0.write_str(rest)
+        self.0.write_str(text.get(plain_from..).unwrap_or_default())
     }
 }
 
