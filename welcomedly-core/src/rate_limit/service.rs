@@ -237,7 +237,10 @@ pub(crate) fn verdict<B: RateLimitBackend>(
         checks
             .iter()
             .zip(&decisions)
-            .filter(|(c, d)| d.allowed && !c.policy.is_shadow())
+            // A fail-open decision knows nothing about the quota: say nothing rather than r=0.
+            .filter(|(c, d)| {
+                d.allowed && !c.policy.is_shadow() && d.source != DecisionSource::FailOpen
+            })
             .min_by_key(|(_, d)| (d.remaining, std::cmp::Reverse(d.reset)))
             .and_then(|(c, d)| Some((c.policy.policy_header.clone(), limit_header(c.policy, d)?)))
     } else {
