@@ -9,10 +9,15 @@
 //!   a tracer provider that exports nothing, "info" filter), scoped to the timed block with
 //!   `tracing::dispatcher::with_default` because a global default can be set only once.
 //!
+//! After the criterion group, the same variants run interleaved in short slices within one
+//! process (see `crate::interleaved`), one table per subscriber: steadier ratios on a noisy box.
+//!
 //! The `incoming ids` variants send `x-request-id` and a W3C `traceparent`, as requests behind a
 //! gateway do; the others send neither, so the layer generates the id and starts a trace.
 
+use std::future::Future;
 use std::hint::black_box;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -25,6 +30,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tower::{Service, ServiceExt};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
+use tracing::instrument::WithSubscriber;
 use tracing::{Dispatch, Level};
 use welcomedly_core::InstanceId;
 use welcomedly_core::telemetry::{HttpTelemetryLayer, Metrics, Telemetry};
@@ -159,4 +165,25 @@ pub(crate) fn bench(c: &mut Criterion) {
         }
     }
     g.finish();
+
+    for (subscriber, dispatch) in &subscribers {
+        let table: Vec<crate::Variant<'_>> = variants(&metrics)
+            .into_iter()
+            .map(|(name, app, incoming_ids)| -> crate::Variant<'_> {
+                let svc = app.with_state::<()>(());
+                let dispatch = dispatch.clone();
+                let run = move |iters| {
+                    let mut svc = svc.clone();
+                    let drive = async move { drive(&mut svc, iters, incoming_ids).await };
+                    match &dispatch {
+                        Some(dispatch) => Box::pin(drive.with_subscriber(dispatch.clone()))
+                            as Pin<Box<dyn Future<Output = Duration>>>,
+                        None => Box::pin(drive),
+                    }
+                };
+                (name, Box::new(run))
+            })
+            .collect();
+        crate::interleaved(&format!("http_stack [{subscriber}]"), &rt, &table, 200);
+    }
 }

@@ -15,8 +15,9 @@ use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use http::{HeaderValue, Request, Response, StatusCode};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use serde_json::Value;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tracing::Level;
@@ -134,6 +135,15 @@ impl Buffer {
 /// Runs `request` through the layer with a JSON-logging subscriber (built exactly as
 /// `Telemetry::init` builds it, but not installed globally) and returns the log lines.
 fn logged(request: Request<()>, layer: HttpTelemetryLayer) -> (Response<String>, Vec<Value>) {
+    logged_to(request, layer, &SdkTracerProvider::builder().build()) // no exporter
+}
+
+/// [`logged`], with spans going to `provider`.
+fn logged_to(
+    request: Request<()>,
+    layer: HttpTelemetryLayer,
+    provider: &SdkTracerProvider,
+) -> (Response<String>, Vec<Value>) {
     // While exactly one dispatcher exists, tracing computes a callsite's interest from the
     // default dispatcher of whichever thread hits it first: a test thread without a subscriber
     // would cache "never" for the handler's event and this test would lose it. A second,
@@ -142,12 +152,11 @@ fn logged(request: Request<()>, layer: HttpTelemetryLayer) -> (Response<String>,
     SECOND_DISPATCHER
         .get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
     let buffer = Buffer::default();
-    let provider = SdkTracerProvider::builder().build(); // no exporter
     let writer = buffer.clone();
     let dispatch = Telemetry::new("test")
         .log_format(LogFormat::Json)
         .log_filter("info")
-        .dispatch(move || writer.clone(), &provider)
+        .dispatch(move || writer.clone(), provider)
         .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -231,6 +240,63 @@ fn a_malformed_traceparent_starts_a_new_trace() {
         .to_owned();
     assert_eq!(trace_id.len(), 32);
     assert_ne!(trace_id, "0".repeat(32));
+}
+
+/// Keeps the spans exported to it.
+#[derive(Clone, Debug, Default)]
+struct Spans(Arc<Mutex<Vec<SpanData>>>);
+
+impl SpanExporter for Spans {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.0.lock().unwrap().extend(batch);
+        Ok(())
+    }
+}
+
+/// The attributes of the one exported `request` span, by key.
+fn request_span_attributes(spans: &Spans) -> Vec<(String, opentelemetry::Value)> {
+    let spans = spans.0.lock().unwrap();
+    let request: Vec<_> = spans.iter().filter(|s| s.name == "request").collect();
+    assert_eq!(request.len(), 1, "{spans:#?}");
+    request[0]
+        .attributes
+        .iter()
+        .map(|kv| (kv.key.to_string(), kv.value.clone()))
+        .collect()
+}
+
+#[test]
+fn the_exported_span_carries_status_and_latency_with_or_without_the_response_event() {
+    for response_event in [false, true] {
+        let spans = Spans::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        let layer = if response_event {
+            layer().with_response_event(Level::INFO)
+        } else {
+            layer()
+        };
+        let request = Request::get("/fail").body(()).unwrap();
+        let (response, lines) = logged_to(request, layer, &provider);
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let attributes = request_span_attributes(&spans);
+        let get = |key: &str| {
+            attributes
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no {key} in {attributes:?}"))
+        };
+        assert_eq!(get("status"), opentelemetry::Value::I64(500));
+        assert!(matches!(get("latency_ms"), opentelemetry::Value::F64(ms) if ms >= 0.0));
+        assert_eq!(get("request_id").as_str(), response_id(&response));
+        // The span's ids on the log lines are the exported span's.
+        let exported = spans.0.lock().unwrap()[0].span_context.clone();
+        let logged = &event(&lines, "user loaded")["spans"][0];
+        assert_eq!(logged["trace_id"], exported.trace_id().to_string());
+        assert_eq!(logged["span_id"], exported.span_id().to_string());
+    }
 }
 
 fn duration_lines<'a>(text: &'a str, suffix: &str) -> Vec<&'a str> {

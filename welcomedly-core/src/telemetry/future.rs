@@ -7,6 +7,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use http::{HeaderValue, Method, Response, StatusCode};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
 use tracing::{Level, Span};
 
@@ -33,8 +35,8 @@ pub(crate) struct State {
     pub(crate) request_id: HeaderValue,
     pub(crate) route: Route,
     pub(crate) method: Method,
-    /// Whether an OpenTelemetry span backs the request span (see `poll`).
-    pub(crate) traced: bool,
+    /// The OpenTelemetry context of the request span, when one backs it (see `poll`).
+    pub(crate) trace: Option<opentelemetry::Context>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -65,23 +67,30 @@ where
         let elapsed = state.start.elapsed();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         let status = result.as_ref().ok().map(Response::status);
-        // On the span they serve the exported trace (as attributes) and nothing else: no log
-        // line is written inside the span after this point except the response event, which
-        // carries them itself. Skipping them when no trace is active spares a log formatter
-        // that re-serialises a span's fields on every record (tracing-subscriber's JSON) two
-        // passes per request.
-        if state.traced {
-            // One `record_all`: each layer looks the span up once for both fields.
-            match status {
-                Some(status) => {
-                    tracing::record_all!(
-                        this.span,
-                        latency_ms = latency_ms,
-                        status = status.as_u16()
-                    );
+        // On the span they serve the exported trace (as attributes) and the response event's
+        // line, which lists the span's fields. Without a response event no log line is written
+        // inside the span after this point, so they go straight to the OpenTelemetry span: no
+        // subscriber dispatch, no filter, no log formatter. Skipping them when no trace is
+        // active spares a log formatter that re-serialises a span's fields on every record
+        // (tracing-subscriber's JSON) a pass per request.
+        if let Some(trace) = &state.trace {
+            let status = status.map(|status| i64::from(status.as_u16()));
+            if state.shared.response_level.is_some() {
+                match status {
+                    Some(status) => {
+                        tracing::record_all!(this.span, latency_ms = latency_ms, status = status);
+                    }
+                    None => {
+                        this.span.record("latency_ms", latency_ms);
+                    }
                 }
-                None => {
-                    this.span.record("latency_ms", latency_ms);
+            } else {
+                let latency = KeyValue::new("latency_ms", latency_ms);
+                match status {
+                    Some(status) => trace
+                        .span()
+                        .set_attributes([latency, KeyValue::new("status", status)]),
+                    None => trace.span().set_attribute(latency),
                 }
             }
         }

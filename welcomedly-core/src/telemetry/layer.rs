@@ -23,10 +23,14 @@ pub const INSTANCE_ID_HEADER: HeaderName = HeaderName::from_static("x-instance-i
 ///   [`RequestId`](super::RequestId) in the request extensions;
 /// - opens the `request` span (`method`, `route`, `request_id`, `instance_id`, then `trace_id`,
 ///   `span_id`, `status`, `latency_ms`) whose parent is the W3C `traceparent` of the request
-///   (read with the global text-map propagator), so every log line written while serving the
+///   (read with the global text-map propagator when the request has that header), so every
+///   log line written while serving the
 ///   request carries its ids. The last four are recorded when a trace is active (the
-///   subscriber has the OpenTelemetry layer, as [`Telemetry`](super::Telemetry) sets up); the
-///   [response event](Self::with_response_event) carries status and latency in any case;
+///   subscriber has the OpenTelemetry layer, as [`Telemetry`](super::Telemetry) sets up):
+///   `trace_id` and `span_id` as span fields; `status` and `latency_ms` as attributes of the
+///   OpenTelemetry span, and also as span fields when the
+///   [response event](Self::with_response_event) is on (no other line is written inside the
+///   span after the response). The response event carries status and latency in any case;
 /// - records `http.server.request.duration` when [metrics](Self::with_metrics) are given;
 /// - sets `x-request-id` and `x-instance-id` on every response.
 ///

@@ -13,6 +13,7 @@
 
 use std::fmt;
 
+use bytes::Bytes;
 use http::HeaderValue;
 use http::header::HeaderName;
 
@@ -41,9 +42,12 @@ impl RequestId {
 
     /// A fresh random id (a UUID v4, `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`).
     pub fn generate() -> Self {
-        let mut buf = uuid::Uuid::encode_buffer();
-        let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        match HeaderValue::from_str(text) {
+        let mut text = [0; 36];
+        uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+        // One allocation shared by every clone (request header, extension, response header); a
+        // header value built from a `&str` copies into a `Vec` that allocates again on its first
+        // clone.
+        match HeaderValue::from_maybe_shared(Bytes::from_owner(text)) {
             Ok(value) => Self(value),
             // Unreachable: a hyphenated UUID is hex digits and hyphens, all valid in a header.
             Err(_) => Self(HeaderValue::from_static(

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use http::header::HeaderName;
 use http::{HeaderMap, Request, Response};
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt;
@@ -92,7 +93,11 @@ where
             span_id = Empty,
             otel.kind = "server",
         );
-        let traced = !span.is_disabled() && link_trace(&span, req.headers());
+        let trace = if span.is_disabled() {
+            None
+        } else {
+            link_trace(&span, req.headers())
+        };
 
         let method = req.method().clone();
         let header = request_id.header_value().clone();
@@ -107,7 +112,7 @@ where
             request_id: header,
             route,
             method,
-            traced,
+            trace,
             shared: Arc::clone(&self.shared),
         };
         ResponseFuture::new(future, span, state)
@@ -116,29 +121,24 @@ where
 
 /// Makes the incoming W3C trace context (read with the global propagator) the parent of `span`
 /// and records the resulting `trace_id` / `span_id` on it, so every log line of the request can
-/// be joined to its trace. Returns whether a trace is active; without the OpenTelemetry layer in
-/// the subscriber there is none and this records nothing.
-fn link_trace(span: &Span, headers: &HeaderMap) -> bool {
-    // Most requests carry no trace headers: asking the propagator which headers it reads is
-    // cheaper than an extraction that clones the current context only to find nothing.
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        let mut fields = propagator.fields();
-        fields
-            .any(|field| headers.contains_key(field))
-            .then(|| propagator.extract(&HeaderExtractor(headers)))
-    });
-    if let Some(parent) = parent
-        && parent.span().span_context().is_valid()
-        && span.set_parent(parent).is_err()
-    {
-        // No OpenTelemetry layer (or the span is filtered out): there is no trace to record.
-        return false;
+/// be joined to its trace. Returns the OpenTelemetry context of the span when a trace is active;
+/// without the OpenTelemetry layer in the subscriber there is none and this records nothing.
+fn link_trace(span: &Span, headers: &HeaderMap) -> Option<opentelemetry::Context> {
+    // Without a `traceparent` there is no parent to extract: skipping the global propagator
+    // spares every such request a lock shared by all cores and a context clone.
+    if headers.contains_key(TRACEPARENT) {
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(headers))
+        });
+        if parent.span().span_context().is_valid() && span.set_parent(parent).is_err() {
+            // No OpenTelemetry layer (or the span is filtered out): there is no trace to record.
+            return None;
+        }
     }
     let context = span.context();
-    let otel_span = context.span();
-    let span_context = otel_span.span_context();
+    let span_context = context.span().span_context().clone();
     if !span_context.is_valid() {
-        return false;
+        return None;
     }
     // One `record_all` of two strings: every layer looks the span up once, and hex written here
     // spares each layer a `Display` round trip through `fmt`.
@@ -147,8 +147,11 @@ fn link_trace(span: &Span, headers: &HeaderMap) -> bool {
     let trace_id = hex(&span_context.trace_id().to_bytes(), &mut trace_hex);
     let span_id = hex(&span_context.span_id().to_bytes(), &mut span_hex);
     tracing::record_all!(span, trace_id = trace_id, span_id = span_id);
-    true
+    Some(context)
 }
+
+/// The W3C TraceContext header that carries the parent span.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Lower-case hex of `bytes` into `out` (twice as long), as W3C TraceContext writes ids.
 fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
