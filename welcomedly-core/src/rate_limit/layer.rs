@@ -8,8 +8,9 @@ use opentelemetry::metrics::Meter;
 use tower::Layer;
 
 use super::backend::{BackendError, LocalBackend, RateLimitBackend};
+use super::headers::{LimitHeaders, policy_header};
 use super::policy::{Policy, PolicySpec};
-use super::response::{HeaderMode, policy_header, problem_body};
+use super::response::{HeaderMode, problem_body};
 use super::service::RateLimit;
 use super::stats::{self, PolicyStats, PolicyStatsSnapshot};
 
@@ -231,6 +232,7 @@ impl<B: RateLimitBackend> RateLimitBuilder<B> {
                 gcra,
                 policy_header,
                 problem_body: problem_body(&name),
+                limit_headers: LimitHeaders::new(&quoted, &gcra),
                 quoted_name: quoted.into(),
                 policy,
             }));

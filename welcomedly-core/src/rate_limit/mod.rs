@@ -54,6 +54,7 @@
 mod backend;
 mod clock;
 mod future;
+mod headers;
 mod key;
 mod layer;
 mod policy;

@@ -195,6 +195,7 @@ pub struct PolicySpec {
     pub(crate) policy_header: HeaderValue,
     pub(crate) problem_body: bytes::Bytes,
     pub(crate) quoted_name: Arc<str>,
+    pub(crate) limit_headers: super::headers::LimitHeaders,
 }
 
 impl PolicySpec {

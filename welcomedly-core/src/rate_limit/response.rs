@@ -11,6 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::backend::Decision;
+use super::headers::limit_header;
 use super::policy::PolicySpec;
 use super::quota::ceil_secs;
 
@@ -33,31 +34,6 @@ pub enum HeaderMode {
     Never,
 }
 
-/// `"name";q=5;w=60`, computed once per policy.
-pub(crate) fn policy_header(
-    quoted_name: &str,
-    count: u32,
-    period_secs: u64,
-) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!("{quoted_name};q={count};w={period_secs}")).ok()
-}
-
-/// `"name";r=3;t=12`: remaining requests and whole seconds (rounded up) until the quota is whole.
-pub(crate) fn limit_header(spec: &PolicySpec, decision: &Decision) -> Option<HeaderValue> {
-    let mut r = itoa::Buffer::new();
-    let mut t = itoa::Buffer::new();
-    let reset = ceil_secs(u64::try_from(decision.reset.as_nanos()).unwrap_or(u64::MAX));
-    let (r, t) = (r.format(decision.remaining), t.format(reset));
-    let name = spec.quoted_name.as_bytes();
-    let mut v = Vec::with_capacity(name.len() + r.len() + t.len() + 6);
-    v.extend_from_slice(name);
-    v.extend_from_slice(b";r=");
-    v.extend_from_slice(r.as_bytes());
-    v.extend_from_slice(b";t=");
-    v.extend_from_slice(t.as_bytes());
-    HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
-}
-
 /// The 429 answer for the rejecting policy, without its body type yet.
 pub(crate) fn rejection(
     spec: &PolicySpec,
@@ -77,7 +53,7 @@ pub(crate) fn rejection(
     h.insert(RETRY_AFTER, HeaderValue::from(wait));
     if mode != HeaderMode::Never {
         h.insert(RATELIMIT_POLICY.clone(), spec.policy_header.clone());
-        if let Some(v) = limit_header(spec, decision) {
+        if let Some(v) = limit_header(&spec.quoted_name, &spec.limit_headers, decision) {
             h.insert(RATELIMIT.clone(), v);
         }
     }

@@ -13,11 +13,10 @@ use tower::Service;
 
 use super::backend::{Check, DecisionSource, Decisions, RateLimitBackend, admits};
 use super::future::ResponseFuture;
+use super::headers::limit_header;
 use super::key::Key;
 use super::layer::Shared;
-use super::response::{
-    HeaderMode, RATELIMIT, RATELIMIT_POLICY, ResponseBody, limit_header, rejection,
-};
+use super::response::{HeaderMode, RATELIMIT, RATELIMIT_POLICY, ResponseBody, rejection};
 use super::stats::PolicyStats;
 
 /// The policies a request matched, by index, with its key for each.
@@ -242,7 +241,11 @@ pub(crate) fn verdict<B: RateLimitBackend>(
                 d.allowed && !c.policy.is_shadow() && d.source != DecisionSource::FailOpen
             })
             .min_by_key(|(_, d)| (d.remaining, std::cmp::Reverse(d.reset)))
-            .and_then(|(c, d)| Some((c.policy.policy_header.clone(), limit_header(c.policy, d)?)))
+            .and_then(|(c, d)| {
+                let p = c.policy;
+                let limit = limit_header(&p.quoted_name, &p.limit_headers, d)?;
+                Some((p.policy_header.clone(), limit))
+            })
     } else {
         None
     };
