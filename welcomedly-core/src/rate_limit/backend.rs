@@ -28,6 +28,17 @@ pub struct Check<'a> {
     pub charge: bool,
 }
 
+impl<'a> Check<'a> {
+    /// `key` against `policy`, charged at once unless the policy charges by response status.
+    pub(crate) fn new(policy: &'a Arc<PolicySpec>, key: &'a Key) -> Self {
+        Self {
+            policy,
+            key,
+            charge: !policy.charges_at_response(),
+        }
+    }
+}
+
 /// Which part of a backend decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -228,8 +239,10 @@ impl<C: Clock> LocalBackend<C> {
         };
         // The common case, one policy: decide and charge under one lock.
         if let [check] = checks {
+            let mut one = Decisions::new();
             let Some(store) = self.store(check.policy) else {
-                return SmallVec::from_iter([unprepared()]);
+                one.push(unprepared());
+                return one;
             };
             let fp = store.fingerprint(check.key);
             let g = gcra(check);
@@ -238,7 +251,8 @@ impl<C: Clock> LocalBackend<C> {
             } else {
                 store.peek(fp, &g, now)
             };
-            return SmallVec::from_iter([Decision::from_outcome(&outcome, source)]);
+            one.push(Decision::from_outcome(&outcome, source));
+            return one;
         }
         // Several: peek all, then charge only if all admit. Two racing requests may both pass
         // the peek; both are then charged, so no accounting is lost, and the overshoot is

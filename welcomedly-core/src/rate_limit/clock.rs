@@ -35,8 +35,15 @@ impl Default for MonotonicClock {
 
 impl Clock for MonotonicClock {
     fn now_nanos(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        nanos(self.origin.elapsed())
     }
+}
+
+/// Whole nanoseconds in 64 bits (584 years), without `as_nanos`'s 128-bit arithmetic.
+fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 /// A clock that follows tokio's time, so `tokio::time::pause()` / `advance()` drive it in tests.

@@ -127,11 +127,10 @@ where
                     kind.set(next);
                 }
                 KindProj::Calling { fut, admit } => {
-                    let res = ready!(fut.poll(cx))?;
-                    let res = match admit.take() {
-                        Some(admit) => admit.finish(res),
-                        None => res,
-                    };
+                    let mut res = ready!(fut.poll(cx))?;
+                    if let Some(admit) = admit.take() {
+                        admit.finish(&mut res);
+                    }
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 }
                 KindProj::Rejected { rejection } => {

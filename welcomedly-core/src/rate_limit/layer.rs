@@ -77,6 +77,8 @@ pub(crate) struct Shared<B> {
     pub(crate) stats: Box<[PolicyStats]>,
     pub(crate) backend: B,
     pub(crate) headers: HeaderMode,
+    /// Whether any policy charges only after seeing the response status.
+    pub(crate) charges_at_response: bool,
 }
 
 /// A tower layer enforcing named rate-limit policies; see the [module docs](super).
@@ -239,9 +241,11 @@ impl<B: RateLimitBackend> RateLimitBuilder<B> {
         }
         self.backend.prepare(&specs).map_err(BuildError::Backend)?;
         let stats = specs.iter().map(|_| PolicyStats::default()).collect();
+        let charges_at_response = specs.iter().any(|p| p.charges_at_response());
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 policies: specs.into(),
+                charges_at_response,
                 stats,
                 backend: self.backend,
                 headers: self.headers,

@@ -73,26 +73,39 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let matched = match_request(&self.shared, &req);
-        if matched.is_empty() {
-            return ResponseFuture::calling(self.inner.call(req), None);
-        }
-        let checks = checks(&self.shared, &matched);
-        let mut fut = self.shared.backend.acquire(&checks);
-        // A synchronous backend (the local one) answers on the first poll: decide here and call
-        // the service directly, with no state machine and no clone of the inner service.
-        match Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(result) => match verdict(&self.shared, result, &checks) {
-                Verdict::Reject(rejection) => ResponseFuture::rejected(rejection),
-                Verdict::Admit(admit) => ResponseFuture::calling(self.inner.call(req), admit),
+        let decided = match matched.as_slice() {
+            [] => return ResponseFuture::calling(self.inner.call(req), None),
+            // The common case, one policy: no list of checks to build.
+            [(i, key)] => match self.shared.policies.get(*i) {
+                Some(policy) => decide(&self.shared, &[Check::new(policy, key)]),
+                None => return ResponseFuture::calling(self.inner.call(req), None),
             },
-            Poll::Pending => {
-                drop(checks);
+            _ => decide(&self.shared, &checks(&self.shared, &matched)),
+        };
+        match decided {
+            Ok(Verdict::Reject(rejection)) => ResponseFuture::rejected(rejection),
+            Ok(Verdict::Admit(admit)) => ResponseFuture::calling(self.inner.call(req), admit),
+            Err(fut) => {
                 // The ready service goes with the request; this one gets a clone to make ready.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture::acquiring(fut, inner, req, matched, self.shared.clone())
             }
         }
+    }
+}
+
+/// Asks the backend and, when it answers on the first poll (a synchronous backend such as the
+/// local one), the verdict: the service is then called directly, with no state machine and no
+/// clone of the inner service. Otherwise the backend's pending future.
+fn decide<B: RateLimitBackend>(
+    shared: &Arc<Shared<B>>,
+    checks: &[Check<'_>],
+) -> Result<Verdict<B>, B::Future> {
+    let mut fut = shared.backend.acquire(checks);
+    match Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => Ok(verdict(shared, result, checks)),
+        Poll::Pending => Err(fut),
     }
 }
 
@@ -123,17 +136,13 @@ pub(crate) fn checks<'a, B>(
     shared: &'a Shared<B>,
     matched: &'a Matched,
 ) -> SmallVec<[Check<'a>; 2]> {
-    matched
-        .iter()
-        .filter_map(|(i, key)| {
-            let policy = shared.policies.get(*i)?;
-            Some(Check {
-                policy,
-                key,
-                charge: !policy.charges_at_response(),
-            })
-        })
-        .collect()
+    let mut checks = SmallVec::new();
+    for (i, key) in matched {
+        if let Some(policy) = shared.policies.get(*i) {
+            checks.push(Check::new(policy, key));
+        }
+    }
+    checks
 }
 
 /// Work left for the response of an admitted request.
@@ -150,10 +159,11 @@ struct Deferred<B> {
 
 impl<B: RateLimitBackend> Admit<B> {
     /// Adds the headers and sends the deferred charges whose status matches.
-    pub(crate) fn finish<ResB>(self, mut res: Response<ResB>) -> Response<ResB> {
+    pub(crate) fn finish<ResB>(self, res: &mut Response<ResB>) {
         if let Some((policy, limit)) = self.headers {
-            res.headers_mut().insert(RATELIMIT_POLICY.clone(), policy);
-            res.headers_mut().insert(RATELIMIT.clone(), limit);
+            let headers = res.headers_mut();
+            headers.insert(RATELIMIT_POLICY.clone(), policy);
+            headers.insert(RATELIMIT.clone(), limit);
         }
         if let Some(d) = self.deferred {
             let status = res.status();
@@ -165,7 +175,6 @@ impl<B: RateLimitBackend> Admit<B> {
                 }
             }
         }
-        res
     }
 }
 
@@ -249,18 +258,22 @@ pub(crate) fn verdict<B: RateLimitBackend>(
     } else {
         None
     };
-    let charges: SmallVec<[(usize, Key); 1]> = checks
-        .iter()
-        .zip(&decisions)
-        .filter(|(c, d)| !c.charge && d.allowed)
-        .map(|(c, _)| (c.policy.index(), c.key.clone()))
-        .collect();
-    let deferred = (!charges.is_empty()).then(|| {
-        Box::new(Deferred {
-            shared: shared.clone(),
-            charges,
+    let deferred = if shared.charges_at_response {
+        let charges: SmallVec<[(usize, Key); 1]> = checks
+            .iter()
+            .zip(&decisions)
+            .filter(|(c, d)| !c.charge && d.allowed)
+            .map(|(c, _)| (c.policy.index(), c.key.clone()))
+            .collect();
+        (!charges.is_empty()).then(|| {
+            Box::new(Deferred {
+                shared: shared.clone(),
+                charges,
+            })
         })
-    });
+    } else {
+        None
+    };
     if headers.is_none() && deferred.is_none() {
         Verdict::Admit(None)
     } else {
