@@ -301,6 +301,10 @@ fn start_reconnect(inner: &Arc<Inner>) {
     });
 }
 
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
 fn micros(g: u64) -> u64 {
     g.div_ceil(1000).max(1)
 }
@@ -352,31 +356,35 @@ impl RateLimitBackend for RedisBackend {
             let decisions = self.inner.decide_without_redis(&owned);
             return Box::pin(std::future::ready(Ok(decisions)));
         };
-        let mut keys = Vec::with_capacity(owned.len());
-        let mut args = Vec::with_capacity(owned.len() * 4);
+        // One command buffer, written once: EVALSHA sha numkeys keys... args...
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.inner.acquire.get_hash()).arg(owned.len());
+        for c in &owned {
+            cmd.arg(self.key_name(&c.policy, &c.key));
+        }
         for c in &owned {
             let g = c.policy.gcra();
             let interval = micros(g.interval_nanos());
             let burst = (g.window_nanos() / g.interval_nanos()).max(1);
-            keys.push(self.key_name(&c.policy, &c.key));
-            args.extend([
-                interval,
-                interval.saturating_mul(burst),
-                u64::from(c.charge),
-                u64::from(c.policy.is_shadow()),
-            ]);
+            cmd.arg(interval)
+                .arg(interval.saturating_mul(burst))
+                .arg(u64::from(c.charge))
+                .arg(u64::from(c.policy.is_shadow()));
         }
         let inner = self.inner.clone();
         Box::pin(async move {
             let mut conn = MultiplexedConnection::clone(&conn);
-            let mut invocation = inner.acquire.prepare_invoke();
-            for k in &keys {
-                invocation.key(k);
-            }
-            for a in &args {
-                invocation.arg(a);
-            }
-            let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
+            let call = async {
+                match cmd.query_async::<Vec<i64>>(&mut conn).await {
+                    // Redis restarted or its script cache was flushed: load, then retry once,
+                    // within the same budget.
+                    Err(e) if is_noscript(&e) => {
+                        inner.acquire.prepare_invoke().load_async(&mut conn).await?;
+                        cmd.query_async::<Vec<i64>>(&mut conn).await
+                    }
+                    other => other,
+                }
+            };
             let error = match tokio::time::timeout(inner.budget, call).await {
                 Ok(Ok(values)) => match parse(&values, owned.len()) {
                     Some(d) => return Ok(d),
