@@ -101,12 +101,6 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use http_body_util::BodyExt;
     use tower::ServiceExt;

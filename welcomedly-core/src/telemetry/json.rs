@@ -241,12 +241,6 @@ impl<W: fmt::Write> fmt::Write for Escaping<W> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use std::io;
     use std::sync::{Arc, Mutex};

@@ -272,12 +272,6 @@ impl fmt::Debug for Metrics {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use crate::telemetry::RouteLabel;
     use crate::telemetry::route::UNMATCHED_ROUTE;

@@ -88,12 +88,6 @@ impl fmt::Debug for RequestId {
 
 #[cfg(test)]
 mod tests {
-    #![allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing
-    )]
     use super::*;
     use proptest::prelude::*;
 
