@@ -8,6 +8,8 @@
 )]
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
@@ -15,7 +17,8 @@ use tower::{Service, ServiceExt, service_fn};
 use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
 use welcomedly_core::client_ip::ClientIp;
 use welcomedly_core::rate_limit::{
-    FailureMode, LocalBackend, Policy, Quota, RateLimitBackend, RateLimitLayer, ResponseBody,
+    FailureMode, Key, KeySource, LocalBackend, Policy, Quota, RateLimitBackend, RateLimitLayer,
+    ResponseBody,
 };
 use welcomedly_test_support::RedisServer;
 
@@ -71,7 +74,9 @@ fn policy(mode: FailureMode) -> Policy {
 async fn three_instances_share_one_limit() {
     let redis = RedisServer::start().unwrap();
     let mut shared = Vec::new();
+    let mut layers = Vec::new();
     let mut local = Vec::new();
+    let names = backend(&redis, Duration::from_millis(500), 3).await;
     for _ in 0..3 {
         let l = RateLimitLayer::builder()
             .backend(backend(&redis, Duration::from_millis(500), 3).await)
@@ -79,6 +84,7 @@ async fn three_instances_share_one_limit() {
             .build()
             .unwrap();
         shared.push(app(&l));
+        layers.push(l);
         let l = RateLimitLayer::builder()
             .backend(LocalBackend::new())
             .policy(policy(FailureMode::LocalFallback))
@@ -103,10 +109,14 @@ async fn three_instances_share_one_limit() {
     // The per-instance design admits three times as much: what this crate exists to prevent.
     assert!(ok_local >= 90, "per-instance admitted {ok_local}");
     // The keys live in Redis, hash-tagged by client key, with a TTL of the reset time.
+    let name = names.key_name(
+        &layers[0].policies()[0],
+        &Key::Ip("198.51.100.7".parse().unwrap()),
+    );
     let keys = redis.command(&["KEYS", "wd:rl:*"]).unwrap();
-    assert!(keys.contains("wd:rl:{ip:198.51.100.7}:api"), "{keys}");
+    assert!(keys.contains(&name), "{keys}");
     let ttl: i64 = redis
-        .command(&["PTTL", "wd:rl:{ip:198.51.100.7}:api"])
+        .command(&["PTTL", &name])
         .unwrap()
         .parse()
         .unwrap();
@@ -195,12 +205,8 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
         }
     }
     assert_eq!(admitted, 30);
-    assert_eq!(
-        redis
-            .command(&["EXISTS", "wd:rl:{ip:192.0.2.201}:api"])
-            .unwrap(),
-        "1"
-    );
+    let name = b.key_name(&layer.policies()[0], &Key::Ip("192.0.2.201".parse().unwrap()));
+    assert_eq!(redis.command(&["EXISTS", &name]).unwrap(), "1");
 }
 
 #[tokio::test]
@@ -270,47 +276,296 @@ async fn a_flushed_script_cache_is_reloaded() {
     assert_eq!(layer.stats()[0].store_errors, 0);
 }
 
+/// A login answering 401 slowly; `reached` counts the requests that got past the limiter.
+fn slow_login<B: RateLimitBackend>(
+    layer: &RateLimitLayer<B>,
+    reached: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> impl Service<Request<String>, Response = Res, Error = Infallible, Future: Send>
++ Clone
++ Send
++ use<B> {
+    tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(service_fn(move |_req: Request<String>| {
+            let (reached, gate) = (reached.clone(), gate.clone());
+            async move {
+                reached.fetch_add(1, Ordering::SeqCst);
+                let _permit = gate.acquire().await;
+                let mut r = Response::new(String::new());
+                *r.status_mut() = StatusCode::UNAUTHORIZED;
+                Ok::<_, Infallible>(r)
+            }
+        }))
+}
+
+fn login_policy(per_minute: u32) -> Policy {
+    Policy::new("login", Quota::per_minute(per_minute))
+        .charge_only_statuses([StatusCode::UNAUTHORIZED])
+}
+
+/// Calls of the acquire script Redis has served (from `INFO commandstats`).
+fn evalsha_calls(redis: &RedisServer) -> u64 {
+    let info = redis.command(&["INFO", "commandstats"]).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// The bypass found in review, through Redis: 40 failed logins in flight together, 5 allowed,
+/// two instances. Reserve at admission: at most the burst reaches the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_slow_logins_across_instances_admit_at_most_the_burst() {
+    let redis = RedisServer::start().unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let layer = RateLimitLayer::builder()
+            .backend(backend(&redis, Duration::from_millis(500), 2).await)
+            .policy(login_policy(5))
+            .build()
+            .unwrap();
+        instances.push(slow_login(&layer, reached.clone(), gate.clone()));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let svc = instances[i % 2].clone();
+        tasks.push(tokio::spawn(svc.oneshot(req("192.0.2.50"))));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tasks.iter().filter(|t| t.is_finished()).count() < 35 {
+        assert!(Instant::now() < deadline, "the rejections never came");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every request has been decided: 35 answered, the others hold the handler.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(reached.load(Ordering::SeqCst), 5);
+    gate.add_permits(40);
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap().unwrap().status());
+    }
+    let count = |s: StatusCode| statuses.iter().filter(|x| **x == s).count();
+    assert_eq!(count(StatusCode::UNAUTHORIZED), 5);
+    assert_eq!(count(StatusCode::TOO_MANY_REQUESTS), 35);
+}
+
+/// Reserved at admission, refunded in Redis when the response is not a charged status.
 #[tokio::test]
-async fn deferred_charges_reach_redis() {
+async fn refunds_reach_redis() {
     let redis = RedisServer::start().unwrap();
     let b = backend(&redis, Duration::from_millis(500), 1).await;
     let layer = RateLimitLayer::builder()
-        .backend(b)
+        .backend(b.clone())
+        .policy(login_policy(2))
+        .build()
+        .unwrap();
+    let ok = tower::ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(service_fn(|_req: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    let name = b.key_name(&layer.policies()[0], &Key::Ip("192.0.2.9".parse().unwrap()));
+    for _ in 0..20 {
+        let s = ok.clone().oneshot(req("192.0.2.9")).await.unwrap().status();
+        assert_eq!(s, StatusCode::OK);
+        // The refund is sent in the background: wait until Redis has it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while redis.command(&["EXISTS", &name]).unwrap() != "0" {
+            assert!(Instant::now() < deadline, "the refund never reached Redis");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// 105 failed logins of one client, 5 allowed: Redis is asked about 6 of them, not 105.
+#[tokio::test]
+async fn a_client_redis_rejected_costs_redis_nothing_until_its_retry_time() {
+    let redis = RedisServer::start().unwrap();
+    let layer = RateLimitLayer::builder()
+        .backend(backend(&redis, Duration::from_millis(500), 1).await)
+        .policy(login_policy(5))
+        .build()
+        .unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(1000));
+    let svc = slow_login(&layer, reached.clone(), gate);
+    let before = evalsha_calls(&redis);
+    let mut limited = 0;
+    for _ in 0..105 {
+        let res = svc.clone().oneshot(req("192.0.2.77")).await.unwrap();
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+            let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=12).contains(&retry), "retry-after {retry}");
+        }
+    }
+    assert_eq!(limited, 100);
+    assert_eq!(reached.load(Ordering::SeqCst), 5);
+    let calls = evalsha_calls(&redis) - before;
+    assert_eq!(calls, 6, "script calls for 105 requests");
+    // Another client is not affected.
+    let res = svc.clone().oneshot(req("192.0.2.78")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// Client keys never reach Redis as text: a 4 KB API key is a 32-digit digest in the key name.
+#[tokio::test]
+async fn header_keys_are_digested_in_redis() {
+    let redis = RedisServer::start().unwrap();
+    let mut config = RedisRateLimitConfig::new(redis.url());
+    config.key_secret = Some("deployment secret".to_owned());
+    let layer = RateLimitLayer::builder()
+        .backend(config.build().await.unwrap())
         .policy(
-            Policy::new("login", Quota::per_minute(2))
-                .charge_only_statuses([StatusCode::UNAUTHORIZED]),
+            Policy::new("api", Quota::per_minute(10))
+                .key(KeySource::Header(http::HeaderName::from_static("x-api-key"))),
         )
         .build()
         .unwrap();
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer)
-        .service(service_fn(|_req: Request<String>| async {
-            let mut r = Response::new(String::new());
-            *r.status_mut() = StatusCode::UNAUTHORIZED;
-            Ok::<_, Infallible>(r)
-        }));
-    for _ in 0..2 {
-        let s = svc
-            .clone()
-            .oneshot(req("192.0.2.9"))
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let svc = app(&layer);
+    let secret = format!("sk_live_{}", "x".repeat(4000));
+    for key in [secret.as_str(), "sk_live_short"] {
+        let mut r = req("192.0.2.1");
+        r.headers_mut().insert("x-api-key", key.parse().unwrap());
+        assert_eq!(svc.clone().oneshot(r).await.unwrap().status(), StatusCode::OK);
     }
-    // The charges are sent in the background: wait until Redis has them.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = svc
-            .clone()
-            .oneshot(req("192.0.2.9"))
-            .await
-            .unwrap()
-            .status();
-        if s == StatusCode::TOO_MANY_REQUESTS {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the 401s were never charged");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let keys = redis.command(&["KEYS", "*"]).unwrap();
+    assert!(!keys.contains("sk_live"), "{keys}");
+    let names: Vec<&str> = keys.split_whitespace().collect();
+    assert_eq!(names.len(), 2, "{keys}");
+    for name in names {
+        assert_eq!(name.len(), "wd:rl:{}:api".len() + 32, "{name}");
     }
 }
+
+/// A slow but live Redis (60 ms pauses against a 20 ms budget) under load: each slow answer
+/// decides its own requests locally, but the connection is not dropped and re-made at every
+/// pause, and the backend stays usable throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_not_reconnected_at_every_pause() {
+    let redis = RedisServer::start().unwrap();
+    let mut config = RedisRateLimitConfig::new(redis.url());
+    config.budget = Duration::from_millis(20);
+    config.failure_threshold = 1_000;
+    let b = config.build().await.unwrap();
+    let layer = RateLimitLayer::builder()
+        .backend(b.clone())
+        .policy(Policy::new("api", Quota::per_minute(1_000_000)).path_prefix("/api"))
+        .build()
+        .unwrap();
+    let svc = app(&layer);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for w in 0..16 {
+        let (svc, stop) = (svc.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let s = send(&svc, &format!("198.51.100.{}", (w * 16 + n) % 250)).await;
+                assert_eq!(s, StatusCode::OK);
+                n += 1;
+            }
+        }));
+    }
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        redis.command(&["CLIENT", "PAUSE", "60"]).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert!(b.failures() >= 10, "the pauses were noticed: {}", b.failures());
+    assert_eq!(b.connections_made(), 1, "no reconnect below the threshold");
+    assert!(!b.is_degraded());
+}
+
+/// Past the threshold the connection is dropped once, the backend stays on the fallback for
+/// `min_fallback`, reconnects by itself, and concurrent late failures of the old connection
+/// never drop the new one (the generation check): it ends connected, not stuck on the fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pauses_past_the_threshold_reconnect_once_and_never_strand_the_backend() {
+    let redis = RedisServer::start().unwrap();
+    let mut config = RedisRateLimitConfig::new(redis.url());
+    config.budget = Duration::from_millis(25);
+    config.failure_threshold = 3;
+    config.min_fallback = Duration::from_millis(100);
+    config.reconnect_interval = Duration::from_millis(20);
+    let b = config.build().await.unwrap();
+    let layer = RateLimitLayer::builder()
+        .backend(b.clone())
+        .policy(Policy::new("api", Quota::per_minute(1_000_000)).path_prefix("/api"))
+        .build()
+        .unwrap();
+    let svc = app(&layer);
+    for round in 0..5 {
+        // Many requests in flight when Redis pauses: all time out together on one connection.
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let svc = svc.clone();
+            tasks.push(tokio::spawn(async move {
+                send(&svc, &format!("198.51.100.{i}")).await
+            }));
+        }
+        redis.command(&["CLIENT", "PAUSE", "100"]).unwrap();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), StatusCode::OK);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.is_degraded() {
+            assert!(Instant::now() < deadline, "round {round}: stuck on the fallback");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for i in 0..32 {
+            assert_eq!(send(&svc, &format!("192.0.2.{i}")).await, StatusCode::OK);
+        }
+    }
+    // One connection per pause at most, not one per failed request.
+    assert!(b.connections_made() <= 6, "{} connections", b.connections_made());
+}
+
+/// `READONLY` (a replica after a failover) replaces the connection at once; `WRONGTYPE` (a key
+/// clash) is a server error: the request is decided per failure mode, the connection stays.
+#[tokio::test]
+async fn server_errors_are_told_apart_from_transport_errors() {
+    let redis = RedisServer::start().unwrap();
+    let b = backend(&redis, Duration::from_millis(500), 1).await;
+    let layer = RateLimitLayer::builder()
+        .backend(b.clone())
+        .policy(policy(FailureMode::FailOpen))
+        .build()
+        .unwrap();
+    let svc = app(&layer);
+    // Someone else's data under our key: the script's GET fails with WRONGTYPE.
+    let name = b.key_name(&layer.policies()[0], &Key::Ip("192.0.2.1".parse().unwrap()));
+    redis.command(&["HSET", &name, "f", "v"]).unwrap();
+    for _ in 0..10 {
+        assert_eq!(send(&svc, "192.0.2.1").await, StatusCode::OK);
+    }
+    assert_eq!(b.server_errors(), 10);
+    assert!(!b.is_degraded());
+    assert_eq!(b.connections_made(), 1);
+    assert_eq!(layer.stats()[0].store_errors, 10);
+    // Other clients are served by Redis meanwhile.
+    for _ in 0..30 {
+        assert_eq!(send(&svc, "192.0.2.2").await, StatusCode::OK);
+    }
+    assert_eq!(send(&svc, "192.0.2.2").await, StatusCode::TOO_MANY_REQUESTS);
+
+    // Redis turned into a replica (as after a failover): READONLY on the script's SET.
+    let other = RedisServer::start().unwrap();
+    redis
+        .command(&["REPLICAOF", "127.0.0.1", &other.port().to_string()])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !b.is_degraded() {
+        assert!(Instant::now() < deadline, "READONLY did not replace the connection");
+        let _ = send(&svc, "192.0.2.3").await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    redis.command(&["REPLICAOF", "NO", "ONE"]).unwrap();
+}
+

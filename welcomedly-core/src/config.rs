@@ -40,7 +40,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::InstanceId;
-use crate::client_ip::TrustedProxies;
+use crate::client_ip::{ForwardingHeader, ParseForwardingHeaderError, TrustedProxies};
 
 /// Environment variable names read by [`CoreConfig::from_env`].
 mod var {
@@ -49,6 +49,7 @@ mod var {
     pub(super) const INSTANCE_ID: &str = "WELCOMEDLY_INSTANCE_ID";
     pub(super) const PORT: &str = "PORT";
     pub(super) const TRUSTED_PROXIES: &str = "TRUSTED_PROXIES";
+    pub(super) const TRUSTED_PROXY_HEADER: &str = "TRUSTED_PROXY_HEADER";
     pub(super) const LOG_FORMAT: &str = "WELCOMEDLY_LOG_FORMAT";
     pub(super) const LOG_FILTER: &str = "RUST_LOG";
     pub(super) const OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
@@ -93,6 +94,10 @@ pub struct CoreConfig {
     /// Proxies whose forwarding headers are believed. Env `TRUSTED_PROXIES` (comma-separated
     /// CIDRs or addresses); default none (only the peer address counts).
     pub trusted_proxies: TrustedProxies,
+    /// The forwarding header the trusted proxies write, the only one read. Env
+    /// `TRUSTED_PROXY_HEADER` (`x-forwarded-for` or `forwarded`); default `x-forwarded-for`
+    /// (NGINX, ALB, Envoy). Never detected from requests: see [`ForwardingHeader`].
+    pub trusted_proxy_header: ForwardingHeader,
     /// Log format. Env `WELCOMEDLY_LOG_FORMAT` (`json` or `pretty`); default `json`.
     pub log_format: LogFormat,
     /// Log filter directives. Env `RUST_LOG`; default `"info"`.
@@ -117,6 +122,7 @@ impl Default for CoreConfig {
             instance_id: InstanceId::generate(),
             port: DEFAULT_PORT,
             trusted_proxies: TrustedProxies::default(),
+            trusted_proxy_header: ForwardingHeader::default(),
             log_format: LogFormat::Json,
             log_filter: DEFAULT_LOG_FILTER.to_owned(),
             otlp_endpoint: None,
@@ -223,6 +229,14 @@ impl CoreConfig {
                     )
                 })
             }),
+            trusted_proxy_header: env.read(
+                var::TRUSTED_PROXY_HEADER,
+                ForwardingHeader::default(),
+                |v| {
+                    v.parse()
+                        .map_err(|e: ParseForwardingHeaderError| format!("is {e}"))
+                },
+            ),
             log_format: env.read(var::LOG_FORMAT, LogFormat::default(), |v| {
                 v.parse()
                     .map_err(|e: ParseLogFormatError| format!("is {e}"))
@@ -400,7 +414,8 @@ impl InvalidVariable {
         self.variable
     }
 
-    /// The value found (with invalid UTF-8 replaced by `�`).
+    /// The value found (with invalid UTF-8 replaced by `�`), as is: it may hold a credential.
+    /// Display the error (which redacts URL passwords) rather than this value.
     pub fn value(&self) -> &str {
         &self.value
     }
@@ -416,17 +431,20 @@ impl InvalidVariable {
 const MAX_SHOWN_CHARS: usize = 80;
 
 impl fmt::Display for InvalidVariable {
+    /// The value is shown with the password of any URL in it replaced (see
+    /// [`redact_url`](crate::redact::redact_url)): this message reaches terminals and logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.value.char_indices().nth(MAX_SHOWN_CHARS) {
+        let value = crate::redact::redact_url(&self.value);
+        match value.char_indices().nth(MAX_SHOWN_CHARS) {
             Some((cut, _)) => write!(
                 f,
                 "{}={:?}… ({} bytes) {}",
                 self.variable,
-                self.value.get(..cut).unwrap_or_default(),
-                self.value.len(),
+                value.get(..cut).unwrap_or_default(),
+                value.len(),
                 self.problem
             ),
-            None => write!(f, "{}={:?} {}", self.variable, self.value, self.problem),
+            None => write!(f, "{}={:?} {}", self.variable, value, self.problem),
         }
     }
 }
@@ -485,6 +503,7 @@ mod tests {
             var::INSTANCE_ID,
             var::PORT,
             var::TRUSTED_PROXIES,
+            var::TRUSTED_PROXY_HEADER,
             var::LOG_FORMAT,
             var::LOG_FILTER,
             var::OTLP_ENDPOINT,
@@ -539,6 +558,30 @@ mod tests {
         assert_eq!(c.drain_grace, Duration::ZERO);
         assert_eq!(c.drain_deadline, Duration::from_millis(1500));
         assert_eq!(c.health_check_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn trusted_proxy_header() {
+        assert_eq!(
+            load(&[]).unwrap().trusted_proxy_header,
+            ForwardingHeader::XForwardedFor
+        );
+        let c = load(&[("TRUSTED_PROXY_HEADER", " Forwarded ")]).unwrap();
+        assert_eq!(c.trusted_proxy_header, ForwardingHeader::Forwarded);
+        assert_eq!(
+            error("TRUSTED_PROXY_HEADER", "x-real-ip"),
+            r#"TRUSTED_PROXY_HEADER="x-real-ip" is not a forwarding header: expected x-forwarded-for (what NGINX, ALB and Envoy write) or forwarded (RFC 7239)"#
+        );
+    }
+
+    #[test]
+    fn url_passwords_are_not_echoed() {
+        let msg = error(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "ftp://collector:s3cret@otel:4318",
+        );
+        assert!(!msg.contains("s3cret"), "{msg}");
+        assert!(msg.contains("ftp://collector:***@otel:4318"), "{msg}");
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //! | [`telemetry`] | tracing + OpenTelemetry setup, request id, request span, HTTP metrics |
 //! | [`health`] | a registry of named checks; `/health`, `/health/live`, `/health/ready` |
 //! | [`drain`] | SIGTERM handling: readiness off, grace period, in-flight completion, deadline |
-//! | [`client_ip`] | the client address, walking `Forwarded` / `X-Forwarded-For` through trusted proxies |
+//! | [`client_ip`] | the client address, walking the operator's forwarding header through trusted proxies |
 //! | [`rate_limit`] | named policies, GCRA, `RateLimit` headers, pluggable backend |
+//! | [`redact`] | passwords out of URLs shown in errors and logs |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -23,6 +24,7 @@ pub mod drain;
 pub mod health;
 pub mod instance;
 pub mod rate_limit;
+pub mod redact;
 pub mod telemetry;
 
 pub use config::CoreConfig;

@@ -4,18 +4,22 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::Script;
 use redis::aio::MultiplexedConnection;
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use tokio::sync::Notify;
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
 use welcomedly_core::rate_limit::{
     BackendError, Check, Decision, DecisionSource, Decisions, FailureMode, Key, LocalBackend,
     PolicySpec, RateLimitBackend,
 };
+use welcomedly_core::redact::redact_url;
 
+use super::key_name::KeyNamer;
+use super::rejections::Rejections;
 use super::script;
 use crate::Error;
 
@@ -42,24 +46,66 @@ impl LiveInstances {
 }
 
 /// Settings of the cluster-wide rate-limit backend, plain data with documented defaults.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisRateLimitConfig {
-    /// Redis URL, e.g. `redis://127.0.0.1:6379/`. No default.
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/`. No default. Shown with its password redacted
+    /// in errors, logs and `Debug`.
     pub url: String,
-    /// Prefix of every key. Default `"wd:rl"`: keys look like `wd:rl:{ip:203.0.113.7}:login`,
-    /// hash-tagged by the client key so one client's policies share a Redis Cluster slot.
+    /// Prefix of every key. Default `"wd:rl"`: keys look like `wd:rl:{<digest>}:login`,
+    /// hash-tagged by the client key's digest so one client's policies share a Redis Cluster
+    /// slot.
     pub key_prefix: String,
+    /// Secret that keys the digest of client keys in Redis key names (HMAC-SHA-256, 128 bits
+    /// shown). Every instance sharing the limits must use the same one. Default none: a plain
+    /// SHA-256 digest, which bounds key length and keeps API keys out of `KEYS`, `MONITOR` and
+    /// `SLOWLOG`, but lets someone who can read Redis test guesses of low-entropy keys (an IP
+    /// address, a user id). Set one (env `WELCOMEDLY_RATE_LIMIT_SECRET` in the example) where
+    /// that matters.
+    pub key_secret: Option<String>,
     /// The longest a request waits for Redis before the policy's failure mode decides instead.
     /// Default 20 ms.
     pub budget: Duration,
-    /// How often a failed Redis is probed until it answers again. Default 250 ms.
+    /// Transport failures or timeouts in a row before the connection is dropped and the
+    /// backend falls back until Redis answers again. A single slow answer only decides its own
+    /// request locally. Default 3.
+    pub failure_threshold: u32,
+    /// The least time spent on the fallback once the connection was dropped, so a flapping
+    /// Redis is not hammered with reconnects. Default 1 s.
+    pub min_fallback: Duration,
+    /// First delay between reconnect attempts; it doubles per failed attempt up to
+    /// [`max_reconnect_interval`](Self::max_reconnect_interval), each delay jittered to
+    /// 50–100 % so instances do not reconnect in lockstep. Default 250 ms.
     pub reconnect_interval: Duration,
+    /// Upper bound of the reconnect delay. Default 5 s.
+    pub max_reconnect_interval: Duration,
     /// Instances sharing the limit while membership is unknown (the fallback's divisor).
     /// Default 1.
     pub instances: u32,
+    /// Clients Redis rejected that are remembered per policy, so their retries are answered
+    /// 429 locally, without a Redis call, until their retry time. Default 10 000; 0 turns it
+    /// off.
+    pub remembered_rejections: usize,
     /// Connections the pool may open (the hot path uses one multiplexed connection). Default 4.
     pub pool_size: usize,
+}
+
+impl fmt::Debug for RedisRateLimitConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimitConfig")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("key_secret", &self.key_secret.as_ref().map(|_| "***"))
+            .field("budget", &self.budget)
+            .field("failure_threshold", &self.failure_threshold)
+            .field("min_fallback", &self.min_fallback)
+            .field("reconnect_interval", &self.reconnect_interval)
+            .field("max_reconnect_interval", &self.max_reconnect_interval)
+            .field("instances", &self.instances)
+            .field("remembered_rejections", &self.remembered_rejections)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
 }
 
 impl RedisRateLimitConfig {
@@ -68,9 +114,14 @@ impl RedisRateLimitConfig {
         Self {
             url: url.into(),
             key_prefix: "wd:rl".to_owned(),
+            key_secret: None,
             budget: Duration::from_millis(20),
+            failure_threshold: 3,
+            min_fallback: Duration::from_secs(1),
             reconnect_interval: Duration::from_millis(250),
+            max_reconnect_interval: Duration::from_secs(5),
             instances: 1,
+            remembered_rejections: 10_000,
             pool_size: 4,
         }
     }
@@ -83,7 +134,15 @@ impl RedisRateLimitConfig {
         cfg.pool = Some(deadpool_redis::PoolConfig::new(self.pool_size.max(1)));
         let pool = cfg
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| Error::config(format!("cannot use Redis URL {:?}", self.url), e))?;
+            .map_err(|e| {
+                Error::config(
+                    format!(
+                        "cannot use Redis URL {:?}: expected redis://[user:password@]host[:port][/db]",
+                        redact_url(&self.url)
+                    ),
+                    e,
+                )
+            })?;
         RedisBackend::from_pool(pool, self).await
     }
 }
@@ -94,6 +153,19 @@ impl RedisRateLimitConfig {
 /// falls back to its [`FailureMode`] — by default a local limiter at `limit / live instances` —
 /// and the backend returns to Redis by itself once Redis answers again.
 ///
+/// - **Reconnect discipline**: one supervisor task per backend owns reconnection. The hot
+///   connection is dropped only after [`failure_threshold`](RedisRateLimitConfig::failure_threshold)
+///   transport failures in a row (or at once on `READONLY`, `LOADING`, `MASTERDOWN`: a failover
+///   needs a new connection), and only if it is still the connection that failed (a late
+///   timeout on an old connection never drops its replacement). Then the backend stays on the
+///   fallback at least [`min_fallback`](RedisRateLimitConfig::min_fallback) and reconnects with
+///   exponential backoff and jitter. Other server errors (`OOM`, `WRONGTYPE`) decide their
+///   request per failure mode but keep the connection: reconnecting would not fix them.
+/// - **Remembered rejections**: a client Redis rejected is answered 429 locally until its retry
+///   time, costing Redis nothing more during a flood.
+/// - **Keys**: client keys appear in Redis only as a fixed-length digest (see
+///   [`key_secret`](RedisRateLimitConfig::key_secret)).
+///
 /// The hot path uses one multiplexed connection (concurrent requests are pipelined on it), not a
 /// pooled connection per request: deadpool-redis pings every connection it hands out, which
 /// would double the cost of each request. The pool provides (and replaces) that connection.
@@ -102,19 +174,43 @@ pub struct RedisBackend {
     inner: Arc<Inner>,
 }
 
+/// The connection requests use, with the generation it was made in.
+struct Hot {
+    conn: MultiplexedConnection,
+    generation: u64,
+}
+
 struct Inner {
     pool: deadpool_redis::Pool,
-    hot: ArcSwapOption<MultiplexedConnection>,
+    hot: ArcSwapOption<Hot>,
     acquire: Script,
-    charge: Script,
-    prefix: String,
+    refund: Script,
+    names: KeyNamer,
     budget: Duration,
+    failure_threshold: u32,
+    min_fallback: Duration,
     reconnect_interval: Duration,
+    max_reconnect_interval: Duration,
     fallback: LocalBackend,
+    rejections: Rejections,
     live: LiveInstances,
     degraded: AtomicBool,
-    reconnecting: AtomicBool,
+    /// Transport failures in a row on the current connection.
+    consecutive: AtomicU32,
     failures: AtomicU64,
+    server_errors: AtomicU64,
+    generations: AtomicU64,
+    /// Wakes the supervisor when the hot connection was dropped.
+    wake: Arc<Notify>,
+    supervisor: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.supervisor.get() {
+            task.abort();
+        }
+    }
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Decisions, BackendError>> + Send>>;
@@ -124,6 +220,38 @@ struct OwnedCheck {
     policy: Arc<PolicySpec>,
     key: Key,
     charge: bool,
+}
+
+/// What a failed Redis call says about the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The connection or Redis is gone or slow (I/O error, timeout): counts towards the
+    /// threshold.
+    Transport,
+    /// The connection reaches a Redis that cannot serve it (a replica after a failover, a
+    /// Redis still loading its data): replace it now.
+    Replace,
+    /// Redis answered with an error that a new connection would not fix (`OOM`, `WRONGTYPE`,
+    /// a script error): this request is decided per failure mode, the connection stays.
+    Server,
+}
+
+fn classify(e: &RedisError) -> Failure {
+    match e.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::ReadOnly
+            | ServerErrorKind::BusyLoading
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::TryAgain,
+        )
+        | ErrorKind::AuthenticationFailed => Failure::Replace,
+        ErrorKind::Server(_)
+        | ErrorKind::Extension
+        | ErrorKind::Parse
+        | ErrorKind::UnexpectedReturnType => Failure::Server,
+        _ => Failure::Transport,
+    }
 }
 
 impl RedisBackend {
@@ -137,35 +265,54 @@ impl RedisBackend {
                 "the Redis rate-limit budget is zero: give Redis at least a few milliseconds (default 20 ms)",
             ));
         }
-        if tokio::runtime::Handle::try_current().is_err() {
+        if config.reconnect_interval.is_zero() {
+            return Err(Error::invalid(
+                "the Redis reconnect interval is zero: a dead Redis would be reconnected in a busy loop; use at least a few milliseconds (default 250 ms)",
+            ));
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(Error::invalid(
                 "RedisBackend must be built inside a tokio runtime (it reconnects in the background)",
             ));
-        }
+        };
         let inner = Arc::new(Inner {
             pool,
             hot: ArcSwapOption::empty(),
             acquire: Script::new(script::ACQUIRE),
-            charge: Script::new(script::CHARGE),
-            prefix: config.key_prefix,
+            refund: Script::new(script::REFUND),
+            names: KeyNamer::new(config.key_prefix, config.key_secret.as_deref()),
             budget: config.budget,
+            failure_threshold: config.failure_threshold.max(1),
+            min_fallback: config.min_fallback,
             reconnect_interval: config.reconnect_interval,
+            max_reconnect_interval: config.max_reconnect_interval.max(config.reconnect_interval),
             fallback: LocalBackend::new(),
+            rejections: Rejections::new(config.remembered_rejections),
             live: LiveInstances::new(config.instances),
             degraded: AtomicBool::new(true),
-            reconnecting: AtomicBool::new(false),
+            consecutive: AtomicU32::new(0),
             failures: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
+            generations: AtomicU64::new(0),
+            wake: Arc::new(Notify::new()),
+            supervisor: OnceLock::new(),
         });
-        match inner.connect().await {
+        let connected = match inner.connect().await {
             Ok(conn) => {
-                inner.hot.store(Some(Arc::new(conn)));
-                inner.degraded.store(false, Ordering::Release);
+                inner.publish(conn);
+                true
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Redis is unreachable: rate limits are local until it answers");
-                start_reconnect(&inner);
+                false
             }
-        }
+        };
+        let task = runtime.spawn(supervise(
+            Arc::downgrade(&inner),
+            inner.wake.clone(),
+            connected,
+        ));
+        let _ = inner.supervisor.set(task.abort_handle());
         Ok(Self { inner })
     }
 
@@ -179,13 +326,28 @@ impl RedisBackend {
         self.inner.degraded.load(Ordering::Acquire)
     }
 
-    /// How many times Redis failed or answered too late since start.
+    /// How many Redis calls failed or answered too late since start (transport and server
+    /// errors alike).
     pub fn failures(&self) -> u64 {
         self.inner.failures.load(Ordering::Relaxed)
     }
 
-    fn key_name(&self, policy: &PolicySpec, key: &Key) -> String {
-        format!("{}:{{{key}}}:{}", self.inner.prefix, policy.name())
+    /// How many Redis calls were answered with an error a reconnect would not fix (`OOM`,
+    /// `WRONGTYPE`, a script error) since start.
+    pub fn server_errors(&self) -> u64 {
+        self.inner.server_errors.load(Ordering::Relaxed)
+    }
+
+    /// How many connections the backend has made (1 after a clean start; each reconnect adds
+    /// one).
+    pub fn connections_made(&self) -> u64 {
+        self.inner.generations.load(Ordering::Relaxed)
+    }
+
+    /// The Redis key holding `policy`'s state for `key` (what other languages sharing the
+    /// limits compute too): `<prefix>:{<digest of key>}:<policy>`.
+    pub fn key_name(&self, policy: &PolicySpec, key: &Key) -> String {
+        self.inner.names.name(policy, key)
     }
 }
 
@@ -198,7 +360,7 @@ impl Inner {
             .map_err(|e| BackendError::new("cannot connect to Redis", e))?;
         let mut conn = deadpool_redis::Connection::take(conn);
         // Loading the scripts now keeps the first request's EVALSHA from meeting NOSCRIPT.
-        for s in [&self.acquire, &self.charge] {
+        for s in [&self.acquire, &self.refund] {
             tokio::time::timeout(timeout, s.prepare_invoke().load_async(&mut conn))
                 .await
                 .map_err(|_| {
@@ -211,14 +373,50 @@ impl Inner {
         Ok(conn)
     }
 
-    /// Redis failed: drop the connection, decide locally from now on, probe in the background.
-    fn failed(self: &Arc<Self>, error: &BackendError) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        self.hot.store(None);
-        if !self.degraded.swap(true, Ordering::AcqRel) {
-            tracing::warn!(error = %error, "Redis failed: rate limits fall back per policy until it answers");
+    /// Makes `conn` the hot connection, in a new generation.
+    fn publish(&self, conn: MultiplexedConnection) {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        self.consecutive.store(0, Ordering::Relaxed);
+        self.hot.store(Some(Arc::new(Hot { conn, generation })));
+        self.degraded.store(false, Ordering::Release);
+    }
+
+    fn succeeded(&self) {
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
         }
-        start_reconnect(self);
+    }
+
+    /// A call on `hot` failed: count it and, per its kind and the threshold, drop that
+    /// connection — only that one: if it was already replaced, the replacement stays.
+    fn failed(&self, hot: &Arc<Hot>, failure: Failure, error: &BackendError) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let drop_it = match failure {
+            Failure::Server => {
+                self.server_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %error, "Redis refused a rate-limit call: this request is decided per policy failure mode");
+                false
+            }
+            Failure::Replace => true,
+            Failure::Transport => {
+                let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                n >= self.failure_threshold
+            }
+        };
+        if !drop_it {
+            return;
+        }
+        let current = self.hot.compare_and_swap(hot, None::<Arc<Hot>>);
+        let was_current = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, hot));
+        if was_current {
+            self.degraded.store(true, Ordering::Release);
+            tracing::warn!(
+                error = %error,
+                generation = hot.generation,
+                "Redis failed: rate limits fall back per policy until it answers"
+            );
+            self.wake.notify_one();
+        }
     }
 
     /// Decides without Redis, per policy failure mode.
@@ -259,6 +457,52 @@ impl Inner {
             })
             .collect()
     }
+
+    /// The decisions for a request one of whose live policies rejected its key recently, when
+    /// one did: that policy rejects again until its retry time, the others are not charged.
+    fn remembered(&self, checks: &[Check<'_>]) -> Option<Decisions> {
+        let (i, wait) = checks.iter().enumerate().find_map(|(i, c)| {
+            if c.policy.is_shadow() {
+                return None;
+            }
+            self.rejections
+                .rejected_for(c.policy.index(), c.key)
+                .map(|w| (i, w))
+        })?;
+        Some(
+            (0..checks.len())
+                .map(|j| {
+                    if j == i {
+                        Decision {
+                            allowed: false,
+                            remaining: 0,
+                            reset: wait,
+                            retry_after: wait,
+                            source: DecisionSource::Store,
+                        }
+                    } else {
+                        // Not asked, not charged: the request is rejected anyway.
+                        Decision {
+                            allowed: true,
+                            remaining: 0,
+                            reset: Duration::ZERO,
+                            retry_after: Duration::ZERO,
+                            source: DecisionSource::Store,
+                        }
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    fn remember_rejections(&self, checks: &[OwnedCheck], decisions: &Decisions) {
+        for (c, d) in checks.iter().zip(decisions) {
+            if !d.allowed && !c.policy.is_shadow() && !d.retry_after.is_zero() {
+                self.rejections
+                    .remember(c.policy.index(), &c.key, d.retry_after);
+            }
+        }
+    }
 }
 
 fn fail_closed() -> Decision {
@@ -271,38 +515,68 @@ fn fail_closed() -> Decision {
     }
 }
 
-fn start_reconnect(inner: &Arc<Inner>) {
-    if inner.reconnecting.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        inner.reconnecting.store(false, Ordering::Release);
-        return;
-    };
-    let weak: Weak<Inner> = Arc::downgrade(inner);
-    runtime.spawn(async move {
-        loop {
-            // Holding only a weak reference lets the backend be dropped while Redis is down.
-            let Some(inner) = weak.upgrade() else { return };
-            match inner.connect().await {
-                Ok(conn) => {
-                    inner.hot.store(Some(Arc::new(conn)));
-                    inner.degraded.store(false, Ordering::Release);
-                    inner.reconnecting.store(false, Ordering::Release);
-                    tracing::info!("Redis answers again: rate limits are cluster-wide again");
-                    return;
-                }
-                Err(e) => tracing::debug!(error = %e, "Redis still unreachable"),
+/// The one task that reconnects: waits until the hot connection is dropped, stays on the
+/// fallback for `min_fallback`, then reconnects with exponential backoff and jitter. Being the
+/// only reconnector, it cannot race another one (no flag to clear, no window in which a
+/// failure finds "someone is reconnecting" and nobody is). Holds the backend weakly, so
+/// dropping the backend ends it (its `Drop` also aborts it).
+async fn supervise(inner: Weak<Inner>, wake: Arc<Notify>, mut connected: bool) {
+    loop {
+        if connected {
+            wake.notified().await;
+            let Some(strong) = inner.upgrade() else { return };
+            if strong.hot.load().is_some() {
+                // A stale wake-up: the connection is there.
+                continue;
             }
-            let interval = inner.reconnect_interval;
-            drop(inner);
-            tokio::time::sleep(interval).await;
+            let pause = strong.min_fallback;
+            drop(strong);
+            tokio::time::sleep(pause).await;
         }
-    });
+        let mut delay = match inner.upgrade() {
+            Some(strong) => strong.reconnect_interval,
+            None => return,
+        };
+        let mut attempts = 0u32;
+        loop {
+            let Some(strong) = inner.upgrade() else { return };
+            match strong.connect().await {
+                Ok(conn) => {
+                    strong.publish(conn);
+                    tracing::info!(
+                        generation = strong.generations.load(Ordering::Relaxed),
+                        attempts,
+                        "Redis answers again: rate limits are cluster-wide again"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    attempts += 1;
+                    // Every attempt at debug, every tenth at warn: a long outage stays visible
+                    // without flooding the log.
+                    if attempts % 10 == 0 {
+                        tracing::warn!(error = %e, attempts, "Redis still unreachable");
+                    } else {
+                        tracing::debug!(error = %e, attempts, "Redis still unreachable");
+                    }
+                }
+            }
+            let max = strong.max_reconnect_interval;
+            drop(strong);
+            tokio::time::sleep(jittered(delay)).await;
+            delay = delay.saturating_mul(2).min(max);
+        }
+        connected = true;
+    }
 }
 
-fn is_noscript(e: &redis::RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+/// `delay` scaled to a random 50–100 %.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
 }
 
 fn micros(g: u64) -> u64 {
@@ -340,10 +614,15 @@ impl RateLimitBackend for RedisBackend {
             BackendError::msg(
                 "this RedisBackend already serves another rate-limit layer: build one backend per layer (RedisBackend::from_pool lets them share a connection pool)",
             )
-        })
+        })?;
+        self.inner.rejections.prepare(policies.len());
+        Ok(())
     }
 
     fn acquire(&self, checks: &[Check<'_>]) -> Self::Future {
+        if let Some(decisions) = self.inner.remembered(checks) {
+            return Box::pin(std::future::ready(Ok(decisions)));
+        }
         let owned: Vec<OwnedCheck> = checks
             .iter()
             .map(|c| OwnedCheck {
@@ -352,7 +631,7 @@ impl RateLimitBackend for RedisBackend {
                 charge: c.charge,
             })
             .collect();
-        let Some(conn) = self.inner.hot.load_full() else {
+        let Some(hot) = self.inner.hot.load_full() else {
             let decisions = self.inner.decide_without_redis(&owned);
             return Box::pin(std::future::ready(Ok(decisions)));
         };
@@ -360,7 +639,7 @@ impl RateLimitBackend for RedisBackend {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.inner.acquire.get_hash()).arg(owned.len());
         for c in &owned {
-            cmd.arg(self.key_name(&c.policy, &c.key));
+            cmd.arg(self.inner.names.name(&c.policy, &c.key));
         }
         for c in &owned {
             let g = c.policy.gcra();
@@ -373,7 +652,7 @@ impl RateLimitBackend for RedisBackend {
         }
         let inner = self.inner.clone();
         Box::pin(async move {
-            let mut conn = MultiplexedConnection::clone(&conn);
+            let mut conn = hot.conn.clone();
             let call = async {
                 match cmd.query_async::<Vec<i64>>(&mut conn).await {
                     // Redis restarted or its script cache was flushed: load, then retry once,
@@ -385,53 +664,69 @@ impl RateLimitBackend for RedisBackend {
                     other => other,
                 }
             };
-            let error = match tokio::time::timeout(inner.budget, call).await {
+            let (failure, error) = match tokio::time::timeout(inner.budget, call).await {
                 Ok(Ok(values)) => match parse(&values, owned.len()) {
-                    Some(d) => return Ok(d),
-                    None => BackendError::msg(
-                        "the Redis rate-limit script answered in an unexpected shape: check that no other program writes keys under the rate-limit prefix",
+                    Some(d) => {
+                        inner.succeeded();
+                        inner.remember_rejections(&owned, &d);
+                        return Ok(d);
+                    }
+                    None => (
+                        Failure::Server,
+                        BackendError::msg(
+                            "the Redis rate-limit script answered in an unexpected shape: check that no other program writes keys under the rate-limit prefix",
+                        ),
                     ),
                 },
-                Ok(Err(e)) => BackendError::new("the Redis rate-limit call failed", e),
-                Err(_) => BackendError::msg(format!(
-                    "Redis answered slower than the {} ms budget",
-                    inner.budget.as_millis()
-                )),
+                Ok(Err(e)) => (
+                    classify(&e),
+                    BackendError::new("the Redis rate-limit call failed", e),
+                ),
+                Err(_) => (
+                    Failure::Transport,
+                    BackendError::msg(format!(
+                        "Redis answered slower than the {} ms budget",
+                        inner.budget.as_millis()
+                    )),
+                ),
             };
-            inner.failed(&error);
+            inner.failed(&hot, failure, &error);
             Ok(inner.decide_without_redis(&owned))
         })
     }
 
-    fn charge(&self, policy: &Arc<PolicySpec>, key: &Key) {
+    fn refund(&self, policy: &Arc<PolicySpec>, key: &Key) {
         let inner = &self.inner;
-        let (Some(conn), Ok(runtime)) =
+        let (Some(hot), Ok(runtime)) =
             (inner.hot.load_full(), tokio::runtime::Handle::try_current())
         else {
-            inner.fallback.charge_shared(policy, key, inner.live.get());
+            inner.fallback.refund_shared(policy, key, inner.live.get());
             return;
         };
-        let g = policy.gcra();
-        let interval = micros(g.interval_nanos());
-        let window = interval.saturating_mul((g.window_nanos() / g.interval_nanos()).max(1));
-        let name = self.key_name(policy, key);
-        let (inner, policy, key) = (inner.clone(), policy.clone(), key.clone());
+        let interval = micros(policy.gcra().interval_nanos());
+        let name = inner.names.name(policy, key);
+        let inner = inner.clone();
         runtime.spawn(async move {
-            let mut conn = MultiplexedConnection::clone(&conn);
-            let mut invocation = inner.charge.key(&name);
-            invocation.arg(interval).arg(window);
+            let mut conn = hot.conn.clone();
+            let mut invocation = inner.refund.key(&name);
+            invocation.arg(interval);
             let call = invocation.invoke_async::<i64>(&mut conn);
-            let error = match tokio::time::timeout(inner.budget, call).await {
-                Ok(Ok(_)) => return,
-                Ok(Err(e)) => BackendError::new("the Redis rate-limit charge failed", e),
-                Err(_) => {
-                    BackendError::msg("the Redis rate-limit charge was slower than the budget")
+            let (failure, error) = match tokio::time::timeout(inner.budget, call).await {
+                Ok(Ok(_)) => {
+                    inner.succeeded();
+                    return;
                 }
+                Ok(Err(e)) => (
+                    classify(&e),
+                    BackendError::new("the Redis rate-limit refund failed", e),
+                ),
+                Err(_) => (
+                    Failure::Transport,
+                    BackendError::msg("the Redis rate-limit refund was slower than the budget"),
+                ),
             };
-            inner.failed(&error);
-            inner
-                .fallback
-                .charge_shared(&policy, &key, inner.live.get());
+            // The charge stands: a lost refund errs on the side of the limit.
+            inner.failed(&hot, failure, &error);
         });
     }
 
@@ -452,9 +747,9 @@ impl HealthCheck for RedisBackend {
     fn check(&self) -> CheckFuture<'_> {
         let outcome = if self.is_degraded() {
             CheckOutcome::degraded(format!(
-                "Redis is unreachable: rate limits are decided locally at limit / {} instances until it answers (probed every {} ms)",
+                "Redis is unreachable: rate limits are decided locally at limit / {} instances until it answers (reconnecting with backoff up to {} ms)",
                 self.inner.live.get(),
-                self.inner.reconnect_interval.as_millis()
+                self.inner.max_reconnect_interval.as_millis()
             ))
         } else {
             CheckOutcome::Healthy
@@ -466,10 +761,43 @@ impl HealthCheck for RedisBackend {
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("prefix", &self.inner.prefix)
+            .field("prefix", &self.inner.names.prefix())
             .field("budget", &self.inner.budget)
             .field("degraded", &self.is_degraded())
             .field("live_instances", &self.inner.live.get())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_to_full() {
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_millis(100));
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
+        }
+    }
+
+    #[test]
+    fn the_config_debug_hides_credentials() {
+        let mut c = RedisRateLimitConfig::new("redis://:hunter2@cache:6379/0");
+        c.key_secret = Some("s3cret".to_owned());
+        let text = format!("{c:?}");
+        assert!(!text.contains("hunter2") && !text.contains("s3cret"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_reported_without_its_password() {
+        let e = RedisRateLimitConfig::new("redis://:hunter2@cache:notaport/")
+            .build()
+            .await
+            .unwrap_err();
+        let text = e.to_string();
+        assert!(e.is_config());
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("redis://:***@cache:notaport/"), "{text}");
     }
 }

@@ -20,13 +20,16 @@
 //! ```
 
 mod backend;
+mod key_name;
+mod rejections;
 pub mod script;
 
 pub use backend::{LiveInstances, RedisBackend, RedisRateLimitConfig};
 
 /// The Lua script that decides a request's policies, public so that services written in other
-/// languages can share the same limits (same key layout: `<prefix>:{<key>}:<policy>`; the
-/// argument layout is documented on [`script::ACQUIRE`]).
+/// languages can share the same limits (same key layout: `<prefix>:{<digest>}:<policy>`, see
+/// [`RedisRateLimitConfig::key_secret`]; the argument layout is documented on
+/// [`script::ACQUIRE`]).
 pub use script::ACQUIRE as ACQUIRE_SCRIPT;
-/// The Lua script that charges one request after the fact.
-pub use script::CHARGE as CHARGE_SCRIPT;
+/// The Lua script that gives back one admitted request's charge.
+pub use script::REFUND as REFUND_SCRIPT;

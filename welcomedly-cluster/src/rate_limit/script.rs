@@ -4,7 +4,8 @@
 //! Lua numbers are doubles: microseconds since the epoch (~1.8e15) are exact below 2^53 (~9e15),
 //! and TATs are written with `%.0f` because Lua's default number format (`%.14g`) would round them.
 
-/// Decides every check of one request atomically, charging them only if all admit.
+/// Decides every check of one request atomically, charging them only if all admit (deciding and
+/// charging in one script, so concurrent requests can never all pass on one unspent quota).
 ///
 /// `KEYS[i]`: the state key of check i. `ARGV`: per check, 4 values — interval µs, window µs,
 /// charge (0/1), shadow (0/1). Returns, per check, 4 integers: allowed (0/1), remaining,
@@ -52,17 +53,20 @@ end
 return out
 ";
 
-/// Charges one request after the fact: the TAT moves one interval forward, capped at
-/// `now + window`. `KEYS[1]`: the state key; `ARGV`: interval µs, window µs.
-pub const CHARGE: &str = r"
+/// Gives back one admitted request's charge (a policy that charges only some response
+/// statuses reserves at admission and refunds the others): the TAT moves back one interval,
+/// never below now; a key that would be whole again is deleted. `KEYS[1]`: the state key;
+/// `ARGV[1]`: interval µs. Returns 1 when something was refunded, 0 otherwise.
+pub const REFUND: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or 0) or 0
-if tat < now then tat = now end
-tat = tat + interval
-if tat > now + window then tat = now + window end
+if tat <= now then return 0 end
+tat = tat - tonumber(ARGV[1])
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
 local ttl = math.ceil((tat - now) / 1000)
 if ttl < 1 then ttl = 1 end
 redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', ttl)

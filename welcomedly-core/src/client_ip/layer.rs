@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use http::Request;
 use tower::{Layer, Service};
 
-use super::{TrustedProxies, resolve};
+use super::{ForwardingHeader, TrustedProxies, resolve};
 
 /// The client address of a request, as resolved by [`ClientIpLayer`]: a request extension.
 ///
@@ -35,17 +35,35 @@ pub struct PeerAddr(pub SocketAddr);
 #[derive(Debug, Clone, Default)]
 pub struct ClientIpLayer {
     trusted: TrustedProxies,
+    header: ForwardingHeader,
 }
 
 impl ClientIpLayer {
-    /// A layer believing the forwarding headers of `trusted` peers only.
+    /// A layer believing the `X-Forwarded-For` header of `trusted` peers only (see
+    /// [`header`](Self::header) for proxies that write `Forwarded`).
     pub fn new(trusted: TrustedProxies) -> Self {
-        Self { trusted }
+        Self {
+            trusted,
+            header: ForwardingHeader::XForwardedFor,
+        }
+    }
+
+    /// The trusted proxies and their header from `config` (env `TRUSTED_PROXIES` and
+    /// `TRUSTED_PROXY_HEADER`).
+    pub fn from_config(config: &crate::CoreConfig) -> Self {
+        Self::new(config.trusted_proxies.clone()).header(config.trusted_proxy_header)
     }
 
     /// Replaces the trusted proxies.
     pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
         self.trusted = trusted;
+        self
+    }
+
+    /// The forwarding header the trusted proxies write, the only one read. Default
+    /// [`ForwardingHeader::XForwardedFor`].
+    pub fn header(mut self, header: ForwardingHeader) -> Self {
+        self.header = header;
         self
     }
 }
@@ -57,6 +75,7 @@ impl<S> Layer<S> for ClientIpLayer {
         SetClientIp {
             inner,
             trusted: self.trusted.clone(),
+            header: self.header,
         }
     }
 }
@@ -71,12 +90,17 @@ impl<S> Layer<S> for ClientIpLayer {
 pub struct SetClientIp<S> {
     inner: S,
     trusted: TrustedProxies,
+    header: ForwardingHeader,
 }
 
 impl<S> SetClientIp<S> {
-    /// Wraps `inner`, believing the forwarding headers of `trusted` peers only.
-    pub fn new(inner: S, trusted: TrustedProxies) -> Self {
-        Self { inner, trusted }
+    /// Wraps `inner`, believing the `header` of `trusted` peers only.
+    pub fn new(inner: S, trusted: TrustedProxies, header: ForwardingHeader) -> Self {
+        Self {
+            inner,
+            trusted,
+            header,
+        }
     }
 
     /// The wrapped service.
@@ -109,7 +133,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if let Some(peer) = peer_ip(&req) {
-            let ip = resolve(peer, req.headers(), &self.trusted);
+            let ip = resolve(peer, req.headers(), &self.trusted, self.header);
             req.extensions_mut().insert(ClientIp(ip));
         }
         self.inner.call(req)

@@ -1,14 +1,20 @@
 //! The client address of a request behind load balancers and reverse proxies.
 //!
 //! The TCP peer of a request is usually a load balancer, not the client. Proxies report the
-//! address they received the request from in `Forwarded` (RFC 7239) or `X-Forwarded-For`, but a
-//! client can send those headers too. So the headers are believed only as far as they were
-//! written by proxies you trust: when the peer is in [`TrustedProxies`], the header is walked
-//! right-to-left, skipping trusted hops, and the first untrusted hop is the client. Otherwise the
-//! peer itself is the client. See [`resolve`] for the exact rules, including what happens with
-//! malformed, `unknown` and obfuscated hops.
+//! address they received the request from in `X-Forwarded-For` or `Forwarded` (RFC 7239), but a
+//! client can send those headers too. So a header is believed only as far as it was written by
+//! proxies you trust: when the peer is in [`TrustedProxies`], the header is walked right-to-left,
+//! skipping trusted hops, and the first untrusted hop is the client. Otherwise the peer itself is
+//! the client. See [`resolve`] for the exact rules, including what happens with malformed,
+//! `unknown` and obfuscated hops.
+//!
+//! **Which header** is an explicit setting, [`ForwardingHeader`] (`X-Forwarded-For` by default),
+//! never guessed from the request: a proxy that appends to `X-Forwarded-For` passes a client's own
+//! `Forwarded` header through, so a resolver that read "whichever is present" would let every
+//! client pick its address behind NGINX, ALB or Envoy.
 //!
 //! - [`IpNet`], [`TrustedProxies`]: the trusted networks (parse `"10.0.0.0/8, ::1"`; presets).
+//! - [`ForwardingHeader`]: the header the trusted proxies write.
 //! - [`resolve`]: the pure function, allocation-free.
 //! - [`ClientIpLayer`] / [`SetClientIp`]: a tower middleware inserting a [`ClientIp`] extension,
 //!   reading the peer from a [`PeerAddr`] extension (or, with the `axum` feature, from axum's
@@ -48,4 +54,4 @@ mod resolve;
 
 pub use layer::{ClientIp, ClientIpLayer, PeerAddr, SetClientIp};
 pub use net::{IpNet, ParseIpNetError, TrustedProxies, ipv6_prefix};
-pub use resolve::{MAX_HOPS, resolve};
+pub use resolve::{ForwardingHeader, MAX_HOPS, ParseForwardingHeaderError, resolve};

@@ -1,4 +1,5 @@
-//! Walking `Forwarded` (RFC 7239) and `X-Forwarded-For` right-to-left through trusted proxies.
+//! Walking the forwarding header the operator names — `X-Forwarded-For` or `Forwarded` (RFC 7239)
+//! — right-to-left through trusted proxies.
 //!
 //! Each proxy appends the address it received the request from, so the right end of the header
 //! was written by the nearest proxy and everything further left was written by whoever sent the
@@ -6,25 +7,97 @@
 //! at the first address that is not a trusted proxy therefore yields the address the outermost
 //! trusted proxy actually saw, however the client forged the left part.
 
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 
 use http::HeaderMap;
 use http::header::{FORWARDED, HeaderName};
 
 use super::TrustedProxies;
 
+/// Which forwarding header the trusted proxies write: the one [`resolve`] reads. An explicit
+/// setting, never detected from the request: a proxy that writes one header passes a client's
+/// own header of the other kind through untouched, so reading "whichever is present" would let
+/// any client choose its address.
+///
+/// NGINX (`$proxy_add_x_forwarded_for`), AWS ALB, Envoy, HAProxy's `option forwardfor` and most
+/// CDNs write `X-Forwarded-For` (the default). Choose `Forwarded` only when every trusted proxy
+/// writes RFC 7239 `Forwarded` (for instance HAProxy's `option forwarded`).
+///
+/// Parsed from `x-forwarded-for` or `forwarded` in any case (env `TRUSTED_PROXY_HEADER` in
+/// [`CoreConfig`](crate::CoreConfig)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ForwardingHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (the default).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239); only its `for=` parameters are read.
+    Forwarded,
+}
+
+impl ForwardingHeader {
+    /// The header's name.
+    pub fn name(self) -> HeaderName {
+        match self {
+            Self::XForwardedFor => X_FORWARDED_FOR,
+            Self::Forwarded => FORWARDED,
+        }
+    }
+}
+
+impl fmt::Display for ForwardingHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+        })
+    }
+}
+
+impl FromStr for ForwardingHeader {
+    type Err = ParseForwardingHeaderError;
+
+    /// `x-forwarded-for` or `forwarded`, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("x-forwarded-for") {
+            Ok(Self::XForwardedFor)
+        } else if s.eq_ignore_ascii_case("forwarded") {
+            Ok(Self::Forwarded)
+        } else {
+            Err(ParseForwardingHeaderError(()))
+        }
+    }
+}
+
+/// The input of [`ForwardingHeader::from_str`] names neither supported header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseForwardingHeaderError(());
+
+impl fmt::Display for ParseForwardingHeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "not a forwarding header: expected x-forwarded-for (what NGINX, ALB and Envoy write) or forwarded (RFC 7239)",
+        )
+    }
+}
+
+impl std::error::Error for ParseForwardingHeaderError {}
+
 /// At most this many hops are examined per request, so a huge forwarding header cannot make
 /// resolution expensive. Real chains are a handful of proxies long.
 pub const MAX_HOPS: usize = 32;
 
-/// The client address of a request received from `peer`, given its headers and the proxies
-/// whose forwarding headers are believed.
+/// The client address of a request received from `peer`, given its headers, the proxies whose
+/// forwarding headers are believed and the one header those proxies write.
 ///
 /// - If `peer` is not trusted (the common case, and always when `trusted` is empty), the result is
 ///   `peer`: headers are not even read, so a client cannot forge its address.
-/// - Otherwise the `Forwarded` header (its `for=` parameters), or when there is no `Forwarded`
-///   header, `X-Forwarded-For`, is walked from right to left (several header lines count as one
-///   list, in order), skipping trusted addresses; the first untrusted address is the result.
+/// - Otherwise the `header` the operator named (`X-Forwarded-For`, or the `for=` parameters of
+///   `Forwarded`) is walked from right to left (several header lines count as one list, in
+///   order), skipping trusted addresses; the first untrusted address is the result. The other
+///   header is never read: the proxy passes a client's copy of it through unchanged.
 /// - If every hop is trusted, the result is the leftmost hop.
 /// - If a hop cannot be read — malformed, not an address, `for=unknown`, an obfuscated
 ///   identifier such as `for=_hidden`, not ASCII — or more than [`MAX_HOPS`] hops would have to be
@@ -41,30 +114,39 @@ pub const MAX_HOPS: usize = 32;
 /// ```
 /// use http::HeaderMap;
 /// use std::net::IpAddr;
-/// use welcomedly_core::client_ip::{resolve, TrustedProxies};
+/// use welcomedly_core::client_ip::{ForwardingHeader, resolve, TrustedProxies};
 ///
 /// let trusted: TrustedProxies = "10.0.0.0/8".parse()?;
 /// let mut headers = HeaderMap::new();
 /// headers.insert("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.2".parse()?);
+/// // Written by the client and passed through by a proxy that only appends X-Forwarded-For.
+/// headers.insert("forwarded", "for=1.2.3.4".parse()?);
+/// let xff = ForwardingHeader::XForwardedFor;
 ///
 /// // From the trusted load balancer: the first untrusted hop from the right.
 /// let lb: IpAddr = "10.0.0.1".parse()?;
-/// assert_eq!(resolve(lb, &headers, &trusted), "203.0.113.9".parse::<IpAddr>()?);
+/// assert_eq!(resolve(lb, &headers, &trusted, xff), "203.0.113.9".parse::<IpAddr>()?);
 ///
-/// // Straight from a client: its forged header is ignored.
+/// // Straight from a client: its forged headers are ignored.
 /// let client: IpAddr = "198.51.100.4".parse()?;
-/// assert_eq!(resolve(client, &headers, &trusted), client);
+/// assert_eq!(resolve(client, &headers, &trusted, xff), client);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+pub fn resolve(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &TrustedProxies,
+    header: ForwardingHeader,
+) -> IpAddr {
     let peer = peer.to_canonical();
     if !trusted.contains(peer) {
         return peer;
     }
-    if headers.contains_key(FORWARDED) {
-        walk(peer, headers, &FORWARDED, trusted, forwarded_for)
-    } else {
-        walk(peer, headers, &X_FORWARDED_FOR, trusted, bare_hop)
+    match header {
+        ForwardingHeader::XForwardedFor => {
+            walk(peer, headers, &X_FORWARDED_FOR, trusted, bare_hop)
+        }
+        ForwardingHeader::Forwarded => walk(peer, headers, &FORWARDED, trusted, forwarded_for),
     }
 }
 
@@ -216,31 +298,36 @@ mod tests {
 
     const LB: &str = "10.0.0.1";
 
+    const XFF: ForwardingHeader = ForwardingHeader::XForwardedFor;
+    const FWD: ForwardingHeader = ForwardingHeader::Forwarded;
+
     fn resolve_xff(value: &str) -> IpAddr {
-        resolve(ip(LB), &headers(&[("x-forwarded-for", value)]), &trusted())
+        resolve(ip(LB), &headers(&[("x-forwarded-for", value)]), &trusted(), XFF)
     }
 
     fn resolve_fwd(value: &str) -> IpAddr {
-        resolve(ip(LB), &headers(&[("forwarded", value)]), &trusted())
+        resolve(ip(LB), &headers(&[("forwarded", value)]), &trusted(), FWD)
     }
 
     #[test]
     fn untrusted_peer_is_the_client_whatever_the_headers() {
         let h = headers(&[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=2.2.2.2")]);
-        assert_eq!(
-            resolve(ip("203.0.113.5"), &h, &trusted()),
-            ip("203.0.113.5")
-        );
-        // With nobody trusted, not even a loopback peer's headers count.
-        assert_eq!(
-            resolve(ip("127.0.0.1"), &h, &TrustedProxies::default()),
-            ip("127.0.0.1")
-        );
+        for header in [XFF, FWD] {
+            assert_eq!(
+                resolve(ip("203.0.113.5"), &h, &trusted(), header),
+                ip("203.0.113.5")
+            );
+            // With nobody trusted, not even a loopback peer's headers count.
+            assert_eq!(
+                resolve(ip("127.0.0.1"), &h, &TrustedProxies::default(), header),
+                ip("127.0.0.1")
+            );
+        }
     }
 
     #[test]
     fn trusted_peer_without_headers_is_the_client() {
-        assert_eq!(resolve(ip(LB), &HeaderMap::new(), &trusted()), ip(LB));
+        assert_eq!(resolve(ip(LB), &HeaderMap::new(), &trusted(), XFF), ip(LB));
     }
 
     #[test]
@@ -272,12 +359,12 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6, 203.0.113.9"),
             ("x-forwarded-for", "10.0.0.5"),
         ]);
-        assert_eq!(resolve(ip(LB), &h, &trusted()), ip("203.0.113.9"));
+        assert_eq!(resolve(ip(LB), &h, &trusted(), XFF), ip("203.0.113.9"));
         let h = headers(&[
             ("x-forwarded-for", "203.0.113.1"),
             ("x-forwarded-for", "10.0.0.5, 10.0.0.6"),
         ]);
-        assert_eq!(resolve(ip(LB), &h, &trusted()), ip("203.0.113.1"));
+        assert_eq!(resolve(ip(LB), &h, &trusted(), XFF), ip("203.0.113.1"));
     }
 
     #[test]
@@ -340,13 +427,26 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_wins_over_x_forwarded_for() {
+    fn only_the_configured_header_is_read() {
+        // Behind NGINX (X-Forwarded-For), a client's own Forwarded header is passed through:
+        // it must not move the address. This is the bypass of the login limit that was found.
         let h = headers(&[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=2.2.2.2")]);
-        assert_eq!(resolve(ip(LB), &h, &trusted()), ip("2.2.2.2"));
-        // Even an unusable Forwarded header wins: falling back would let a client who can
-        // influence one header choose which is read.
-        let h = headers(&[("x-forwarded-for", "1.1.1.1"), ("forwarded", "for=unknown")]);
-        assert_eq!(resolve(ip(LB), &h, &trusted()), ip(LB));
+        assert_eq!(resolve(ip(LB), &h, &trusted(), XFF), ip("1.1.1.1"));
+        assert_eq!(resolve(ip(LB), &h, &trusted(), FWD), ip("2.2.2.2"));
+        // A Forwarded header alone, behind an X-Forwarded-For proxy, is not believed either.
+        let h = headers(&[("forwarded", "for=2.2.2.2")]);
+        assert_eq!(resolve(ip(LB), &h, &trusted(), XFF), ip(LB));
+        let h = headers(&[("x-forwarded-for", "1.1.1.1")]);
+        assert_eq!(resolve(ip(LB), &h, &trusted(), FWD), ip(LB));
+    }
+
+    #[test]
+    fn forwarding_header_parses_and_prints() {
+        assert_eq!("X-Forwarded-For".parse(), Ok(XFF));
+        assert_eq!("forwarded".parse(), Ok(FWD));
+        assert!("x-real-ip".parse::<ForwardingHeader>().is_err());
+        assert_eq!(FWD.to_string(), "forwarded");
+        assert_eq!(ForwardingHeader::default(), XFF);
     }
 
     #[test]
@@ -364,11 +464,11 @@ mod tests {
         // And the peer itself.
         let h = headers(&[("x-forwarded-for", "203.0.113.9")]);
         assert_eq!(
-            resolve(ip("::ffff:10.0.0.1"), &h, &trusted()),
+            resolve(ip("::ffff:10.0.0.1"), &h, &trusted(), XFF),
             ip("203.0.113.9")
         );
         assert_eq!(
-            resolve(ip("::ffff:198.51.100.1"), &h, &trusted()),
+            resolve(ip("::ffff:198.51.100.1"), &h, &trusted(), XFF),
             ip("198.51.100.1")
         );
     }
@@ -380,12 +480,12 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.9, 10.0.0.2").unwrap(),
         );
-        assert_eq!(resolve(ip(LB), &h, &trusted()), ip("203.0.113.9"));
+        assert_eq!(resolve(ip(LB), &h, &trusted(), XFF), ip("203.0.113.9"));
         h.insert(
             "x-forwarded-for",
             HeaderValue::from_bytes(b"203.0.113.9, \xff, 10.0.0.2").unwrap(),
         );
-        assert_eq!(resolve(ip(LB), &h, &trusted()), ip("10.0.0.2"));
+        assert_eq!(resolve(ip(LB), &h, &trusted(), XFF), ip("10.0.0.2"));
     }
 
     #[test]
@@ -487,7 +587,9 @@ mod tests {
             peer in untrusted_ip(),
             headers in any_headers(),
         ) {
-            prop_assert_eq!(resolve(peer, &headers, &trusted()), peer.to_canonical());
+            for header in [XFF, FWD] {
+                prop_assert_eq!(resolve(peer, &headers, &trusted(), header), peer.to_canonical());
+            }
         }
 
         #[test]
@@ -501,9 +603,9 @@ mod tests {
             let got = if via_header {
                 let name = if forwarded { "forwarded" } else { "x-forwarded-for" };
                 let h = headers(&[(name, &spell(mapped, forwarded, None))]);
-                resolve(ip(LB), &h, &trusted())
+                resolve(ip(LB), &h, &trusted(), if forwarded { FWD } else { XFF })
             } else {
-                resolve(mapped, &HeaderMap::new(), &trusted())
+                resolve(mapped, &HeaderMap::new(), &trusted(), XFF)
             };
             prop_assert_eq!(got, IpAddr::V4(v4));
             prop_assert!(got.is_ipv4());
@@ -513,8 +615,9 @@ mod tests {
         fn arbitrary_headers_never_panic(
             peer in prop_oneof![any_ip(), trusted_ip()],
             headers in any_headers(),
+            forwarded in any::<bool>(),
         ) {
-            let got = resolve(peer, &headers, &trusted());
+            let got = resolve(peer, &headers, &trusted(), if forwarded { FWD } else { XFF });
             // Whatever the input, the result is canonical.
             prop_assert_eq!(got, got.to_canonical());
         }
@@ -533,13 +636,30 @@ mod tests {
             ),
             forwarded in any::<bool>(),
             ports in any::<bool>(),
+            other_kind in proptest::collection::vec(any_header_value(), 0..3),
         ) {
-            let name = if forwarded { "forwarded" } else { "x-forwarded-for" };
+            let (name, other, header) = if forwarded {
+                ("forwarded", "x-forwarded-for", FWD)
+            } else {
+                ("x-forwarded-for", "forwarded", XFF)
+            };
             let mut hops: Vec<String> = vec![spell(client, forwarded, ports.then_some(4711))];
             hops.extend(proxies.iter().map(|p| spell(*p, forwarded, None)));
             let honest = hops.join(", ");
             let expected = client.to_canonical();
-            prop_assert_eq!(resolve(peer, &headers(&[(name, &honest)]), &trusted()), expected);
+            prop_assert_eq!(resolve(peer, &headers(&[(name, &honest)]), &trusted(), header), expected);
+
+            // A header of the other kind, written by the client and passed through by the
+            // proxy, changes nothing, whatever it says and wherever it sits.
+            for value in &other_kind {
+                let mut h = headers(&[(name, &honest)]);
+                h.append(other, value.clone());
+                prop_assert_eq!(resolve(peer, &h, &trusted(), header), expected);
+                let mut h = HeaderMap::new();
+                h.append(other, value.clone());
+                h.append(name, HeaderValue::from_str(&honest).unwrap());
+                prop_assert_eq!(resolve(peer, &h, &trusted(), header), expected);
+            }
 
             // Whatever the client prepends (as separate elements or as an earlier header line),
             // the result is the same.
@@ -548,13 +668,13 @@ mod tests {
             if let Ok(v) = HeaderValue::from_str(&with_prefix) {
                 let mut h = HeaderMap::new();
                 h.insert(name, v);
-                prop_assert_eq!(resolve(peer, &h, &trusted()), expected);
+                prop_assert_eq!(resolve(peer, &h, &trusted(), header), expected);
             }
             if let Ok(v) = HeaderValue::from_str(&prefix) {
                 let mut h = HeaderMap::new();
                 h.append(name, v);
                 h.append(name, HeaderValue::from_str(&honest).unwrap());
-                prop_assert_eq!(resolve(peer, &h, &trusted()), expected);
+                prop_assert_eq!(resolve(peer, &h, &trusted(), header), expected);
             }
         }
     }

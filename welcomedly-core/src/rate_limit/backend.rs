@@ -22,19 +22,21 @@ pub struct Check<'a> {
     pub policy: &'a Arc<PolicySpec>,
     /// The request's key for it.
     pub key: &'a Key,
-    /// Whether admitting the request charges it now (`false` for policies that charge only
-    /// after seeing the response status: those are decided now and charged by
-    /// [`RateLimitBackend::charge`] later).
+    /// Whether admitting the request charges it. The layer always asks for a charge — a policy
+    /// that charges only some response statuses reserves at admission and is
+    /// [refunded](RateLimitBackend::refund) after the others, so concurrent requests can never
+    /// all slip through on one unspent quota. `false` only peeks (a backend's fallback deciding
+    /// a request that another policy already rejects).
     pub charge: bool,
 }
 
 impl<'a> Check<'a> {
-    /// `key` against `policy`, charged at once unless the policy charges by response status.
+    /// `key` against `policy`, charged when admitted.
     pub(crate) fn new(policy: &'a Arc<PolicySpec>, key: &'a Key) -> Self {
         Self {
             policy,
             key,
-            charge: !policy.charges_at_response(),
+            charge: true,
         }
     }
 }
@@ -138,12 +140,13 @@ impl StdError for BackendError {
 /// Decides and charges rate limits. [`LocalBackend`] keeps state in this process;
 /// welcomedly-cluster's Redis backend shares it between instances.
 ///
-/// Contract of [`acquire`](Self::acquire): decide every check as of now; if every check allows
-/// the request or belongs to a shadow policy ([`admits`]), charge each allowed check whose
-/// `charge` is true; otherwise charge nothing — a rejected request consumes nothing. A backend
-/// that can fail should handle the failure itself per [`PolicySpec::failure_mode`] and report
-/// it through [`DecisionSource`]; an `Err` makes the layer admit the request and count a store
-/// error.
+/// Contract of [`acquire`](Self::acquire): decide every check as of now, atomically per key; if
+/// every check allows the request or belongs to a shadow policy ([`admits`]), charge each allowed
+/// check whose `charge` is true; otherwise charge nothing — a rejected request consumes nothing.
+/// Deciding and charging must not be separable by a concurrent request (no peek, then charge
+/// later): N concurrent requests on a burst of B admit at most B. A backend that can fail should
+/// handle the failure itself per [`PolicySpec::failure_mode`] and report it through
+/// [`DecisionSource`]; an `Err` makes the layer admit the request and count a store error.
 pub trait RateLimitBackend: Send + Sync + 'static {
     /// The future of one decision. The layer polls it once at once: a backend that can answer
     /// synchronously returns a ready future and the request goes straight to the service.
@@ -158,9 +161,11 @@ pub trait RateLimitBackend: Send + Sync + 'static {
     /// Decides (and charges) the checks of one request.
     fn acquire(&self, checks: &[Check<'_>]) -> Self::Future;
 
-    /// Charges one request to `policy` for `key` after the fact (a policy that charges only some
-    /// response statuses). Must not block: a remote backend sends it in the background.
-    fn charge(&self, policy: &Arc<PolicySpec>, key: &Key);
+    /// Gives back the charge of one request that `policy` admitted for `key` (a policy that
+    /// charges only some response statuses, after a response it does not charge). Must not
+    /// block: a remote backend sends it in the background; a refund that fails is dropped (the
+    /// charge stands, erring on the side of the limit).
+    fn refund(&self, policy: &Arc<PolicySpec>, key: &Key);
 
     /// Keys held for `policy`, when the backend knows.
     fn key_count(&self, policy: &PolicySpec) -> Option<u64> {
@@ -254,49 +259,52 @@ impl<C: Clock> LocalBackend<C> {
             one.push(Decision::from_outcome(&outcome, source));
             return one;
         }
-        // Several: peek all, then charge only if all admit. Two racing requests may both pass
-        // the peek; both are then charged, so no accounting is lost, and the overshoot is
-        // bounded by the number of requests racing on one key.
+        // Several: reserve each (decide and charge under its key's lock), then give the
+        // reservations back if the request is rejected. Never peek-then-charge: two racing
+        // requests could both pass the peek and overshoot. A rejected request consumes nothing
+        // once its refunds are in; until then a concurrent request may see less capacity,
+        // which errs towards the limit, never past it.
         let mut decisions = Decisions::new();
-        let mut fps: SmallVec<[Option<u64>; 2]> = SmallVec::new();
+        let mut reserved: SmallVec<[Option<u64>; 2]> = SmallVec::new();
         for check in checks {
             match self.store(check.policy) {
                 Some(store) => {
                     let fp = store.fingerprint(check.key);
-                    decisions.push(Decision::from_outcome(
-                        &store.peek(fp, &gcra(check), now),
-                        source,
-                    ));
-                    fps.push(Some(fp));
+                    let g = gcra(check);
+                    let outcome = if check.charge {
+                        store.check_and_charge(fp, &g, now)
+                    } else {
+                        store.peek(fp, &g, now)
+                    };
+                    reserved.push((check.charge && outcome.allowed).then_some(fp));
+                    decisions.push(Decision::from_outcome(&outcome, source));
                 }
                 None => {
                     decisions.push(unprepared());
-                    fps.push(None);
+                    reserved.push(None);
                 }
             }
         }
-        if admits(checks, &decisions) {
-            for ((check, decision), fp) in checks.iter().zip(&decisions).zip(&fps) {
-                if let (true, true, Some(fp), Some(store)) =
-                    (check.charge, decision.allowed, fp, self.store(check.policy))
-                {
-                    store.charge(*fp, &gcra(check), now);
+        if !admits(checks, &decisions) {
+            for (check, fp) in checks.iter().zip(&reserved) {
+                if let (Some(fp), Some(store)) = (fp, self.store(check.policy)) {
+                    store.refund(*fp, &gcra(check), now);
                 }
             }
         }
         decisions
     }
 
-    /// Charges one request after the fact, with the quota divided by `share` (see
+    /// Gives back one admitted request's charge, with the quota divided by `share` (see
     /// [`decide`](Self::decide)).
-    pub fn charge_shared(&self, policy: &PolicySpec, key: &Key, share: u32) {
+    pub fn refund_shared(&self, policy: &PolicySpec, key: &Key, share: u32) {
         if let Some(store) = self.store(policy) {
             let g = if share > 1 {
                 policy.gcra().divided(share)
             } else {
                 policy.gcra()
             };
-            store.charge(store.fingerprint(key), &g, self.clock.now_nanos());
+            store.refund(store.fingerprint(key), &g, self.clock.now_nanos());
         }
     }
 }
@@ -330,8 +338,8 @@ impl<C: Clock> RateLimitBackend for LocalBackend<C> {
         ready(Ok(self.decide(checks, 1)))
     }
 
-    fn charge(&self, policy: &Arc<PolicySpec>, key: &Key) {
-        self.charge_shared(policy, key, 1);
+    fn refund(&self, policy: &Arc<PolicySpec>, key: &Key) {
+        self.refund_shared(policy, key, 1);
     }
 
     fn key_count(&self, policy: &PolicySpec) -> Option<u64> {

@@ -75,7 +75,7 @@ fn values(text: &str, ranges: &[(usize, usize)]) -> Option<Box<[HeaderValue]>> {
 /// `"name";q=5;w=60`, computed once per policy.
 pub(crate) fn policy_header(
     quoted_name: &str,
-    count: u32,
+    count: u64,
     period_secs: u64,
 ) -> Option<HeaderValue> {
     let text = format!("{quoted_name};q={count};w={period_secs}");

@@ -21,6 +21,10 @@ impl UserId {
     }
 }
 
+/// The longest header value that is a key of its own (see [`KeySource::Header`]). API keys and
+/// tenant ids are far shorter.
+pub const MAX_HEADER_KEY_LEN: usize = 256;
+
 /// Where a policy takes its key from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -33,7 +37,9 @@ pub enum KeySource {
     /// The [`UserId`] extension; requests without one are not limited by this policy.
     User,
     /// The value of a request header (an API key, a tenant id); requests without it are not
-    /// limited by this policy.
+    /// limited by this policy. Values longer than [`MAX_HEADER_KEY_LEN`] bytes all share one
+    /// key, [`Key::HeaderTooLong`]: a client sending huge values cannot make a key per value
+    /// (nor make hashing them expensive), and shares one limit with everyone else who does.
     Header(HeaderName),
     /// One key shared by every request: a limit on the whole service.
     Global,
@@ -54,8 +60,10 @@ pub enum Key {
     UnknownIp,
     /// A user id.
     User(Arc<str>),
-    /// A header value.
+    /// A header value (at most [`MAX_HEADER_KEY_LEN`] bytes).
     Header(HeaderValue),
+    /// A header value longer than [`MAX_HEADER_KEY_LEN`] bytes: one key for all of them.
+    HeaderTooLong,
     /// Several parts.
     Composite(Arc<[Key]>),
 }
@@ -69,6 +77,7 @@ impl fmt::Display for Key {
             Key::Global => f.write_str("global"),
             Key::Ip(ip) => write!(f, "ip:{ip}"),
             Key::UnknownIp => f.write_str("ip:unknown"),
+            Key::HeaderTooLong => f.write_str("h-too-long"),
             Key::User(u) => write!(f, "user:{u}"),
             Key::Header(v) => {
                 f.write_str("h:")?;
@@ -112,7 +121,13 @@ impl KeySource {
                 .extensions()
                 .get::<UserId>()
                 .map(|u| Key::User(u.0.clone())),
-            KeySource::Header(name) => req.headers().get(name).cloned().map(Key::Header),
+            KeySource::Header(name) => req.headers().get(name).map(|v| {
+                if v.len() > MAX_HEADER_KEY_LEN {
+                    Key::HeaderTooLong
+                } else {
+                    Key::Header(v.clone())
+                }
+            }),
             KeySource::Global => Some(Key::Global),
             KeySource::Composite(parts) => {
                 let keys = parts
@@ -158,6 +173,21 @@ mod tests {
         assert_eq!(h.extract(&r, 64), None);
         let c = KeySource::Composite(vec![KeySource::Global, KeySource::User]);
         assert_eq!(c.extract(&r, 64), None);
+    }
+
+    #[test]
+    fn over_long_header_values_share_one_key() {
+        let h = KeySource::Header(HeaderName::from_static("x-api-key"));
+        let mut r = req();
+        let fits = "k".repeat(MAX_HEADER_KEY_LEN);
+        r.headers_mut()
+            .insert("x-api-key", HeaderValue::from_str(&fits).unwrap());
+        assert_eq!(h.extract(&r, 64), Some(Key::Header(fits.parse().unwrap())));
+        for n in [MAX_HEADER_KEY_LEN + 1, 100_000] {
+            r.headers_mut()
+                .insert("x-api-key", HeaderValue::from_str(&"k".repeat(n)).unwrap());
+            assert_eq!(h.extract(&r, 64), Some(Key::HeaderTooLong));
+        }
     }
 
     #[test]

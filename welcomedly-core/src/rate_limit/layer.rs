@@ -10,6 +10,7 @@ use tower::Layer;
 use super::backend::{BackendError, LocalBackend, RateLimitBackend};
 use super::headers::{LimitHeaders, policy_header};
 use super::policy::{Policy, PolicySpec};
+use super::quota::Quota;
 use super::response::{HeaderMode, problem_body};
 use super::service::RateLimit;
 use super::stats::{self, PolicyStats, PolicyStatsSnapshot};
@@ -226,8 +227,8 @@ impl<B: RateLimitBackend> RateLimitBuilder<B> {
                     policy: name.clone(),
                 })?;
             let quoted = format!("\"{name}\"");
-            let period_secs = policy.quota.period().as_secs_f64().ceil().max(1.0) as u64;
-            let policy_header = policy_header(&quoted, policy.quota.count(), period_secs)
+            let (q, w) = policy_window(&policy.quota);
+            let policy_header = policy_header(&quoted, q, w)
                 .ok_or_else(|| BuildError::InvalidName { name: name.clone() })?;
             specs.push(Arc::new(PolicySpec {
                 index,
@@ -251,5 +252,43 @@ impl<B: RateLimitBackend> RateLimitBuilder<B> {
                 headers: self.headers,
             }),
         })
+    }
+}
+
+/// The `q` and `w` of a quota's `RateLimit-Policy`: the window in whole seconds (the header's
+/// unit), rounded up, and the quota scaled to that window, rounded down (never promising more
+/// than the policy admits). `1 per 100 ms` is `q=10;w=1`, `3 per 1.5 s` is `q=4;w=2`.
+fn policy_window(quota: &Quota) -> (u64, u64) {
+    let period = quota.period().as_nanos().max(1);
+    let w = period.div_ceil(1_000_000_000).max(1);
+    let q = u128::from(quota.count()) * w * 1_000_000_000 / period;
+    (
+        u64::try_from(q).unwrap_or(u64::MAX),
+        u64::try_from(w).unwrap_or(u64::MAX),
+    )
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn sub_second_and_fractional_windows_scale_the_quota() {
+        assert_eq!(policy_window(&Quota::per_second(10)), (10, 1));
+        assert_eq!(policy_window(&Quota::per_minute(5)), (5, 60));
+        assert_eq!(policy_window(&Quota::new(1, Duration::from_millis(100))), (10, 1));
+        assert_eq!(policy_window(&Quota::new(3, Duration::from_millis(1500))), (4, 2));
+        let governor = governor::Quota::per_second(std::num::NonZeroU32::new(10).unwrap());
+        assert_eq!(policy_window(&Quota::from(governor)), (10, 1));
+    }
+
+    #[test]
+    fn the_header_carries_the_scaled_quota() {
+        let l = RateLimitLayer::builder()
+            .policy(Policy::new("fast", Quota::new(1, Duration::from_millis(100))))
+            .build()
+            .unwrap();
+        assert_eq!(l.policies()[0].policy_header, "\"fast\";q=10;w=1");
     }
 }

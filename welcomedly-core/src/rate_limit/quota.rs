@@ -179,14 +179,12 @@ impl Gcra {
         }
     }
 
-    /// Charges one request at `now` without deciding (a deferred charge, or the commit of a
-    /// request already admitted by [`decide`](Self::decide)): the TAT moves forward by `T`,
-    /// capped at `now + window` so an over-charged key is never locked out for longer than a
-    /// full window.
-    pub fn charge(&self, tat: Option<u64>, now: u64) -> u64 {
-        let tat = tat.map_or(now, |t| t.max(now));
-        tat.saturating_add(self.interval)
-            .min(now.saturating_add(self.window))
+    /// Gives back one admitted request's charge (a policy that charges only some response
+    /// statuses reserves at admission and refunds the others; a request rejected by another
+    /// policy refunds the policies that had admitted it): the TAT moves back by `T`, never below
+    /// `now` (a key cannot bank capacity beyond a full burst).
+    pub fn refund(&self, tat: u64, now: u64) -> u64 {
+        tat.saturating_sub(self.interval).max(now)
     }
 }
 
@@ -218,6 +216,22 @@ mod tests {
         assert_eq!(o.reset, 60 * SEC);
         assert!(!g.decide(tat, 12 * SEC - 1).allowed);
         assert!(g.decide(tat, 12 * SEC).allowed);
+    }
+
+    #[test]
+    fn a_refund_undoes_one_admission() {
+        let g = Quota::per_minute(5).gcra().unwrap();
+        let mut tat = None;
+        for _ in 0..5 {
+            tat = Some(g.decide(tat, 0).new_tat);
+        }
+        assert!(!g.decide(tat, 0).allowed);
+        let refunded = g.refund(tat.unwrap(), 0);
+        let o = g.decide(Some(refunded), 0);
+        assert!(o.allowed);
+        assert_eq!(o.new_tat, tat.unwrap());
+        // Never below now: refunding an idle key banks nothing.
+        assert_eq!(g.refund(3 * SEC, 10 * SEC), 10 * SEC);
     }
 
     #[test]

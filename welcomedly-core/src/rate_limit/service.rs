@@ -109,18 +109,19 @@ fn decide<B: RateLimitBackend>(
     }
 }
 
+/// The policies `req` matches, with its key for each. `otherwise` policies apply when no other
+/// policy both matched the route and found a key: an anonymous request to a user-keyed route
+/// falls through to them instead of being limited by nothing.
 fn match_request<B, ReqB>(shared: &Shared<B>, req: &Request<ReqB>) -> Matched {
     let mut matched = Matched::new();
-    let mut any_route = false;
     for spec in shared.policies.iter().filter(|p| !p.policy.otherwise) {
-        if spec.policy.matches_route(req) {
-            any_route = true;
-            if let Some(key) = spec.extract_key(req) {
-                matched.push((spec.index(), key));
-            }
+        if spec.policy.matches_route(req)
+            && let Some(key) = spec.extract_key(req)
+        {
+            matched.push((spec.index(), key));
         }
     }
-    if !any_route {
+    if matched.is_empty() {
         for spec in shared.policies.iter().filter(|p| p.policy.otherwise) {
             if spec.policy.matches_route(req)
                 && let Some(key) = spec.extract_key(req)
@@ -152,13 +153,18 @@ pub(crate) struct Admit<B> {
     deferred: Option<Box<Deferred<B>>>,
 }
 
+/// The reservations of policies that charge only some response statuses: each was charged at
+/// admission (so concurrent requests cannot all pass on one unspent quota) and is refunded when
+/// the response's status is not one it charges. A response that never comes — the service
+/// failed, or the request was dropped — keeps its charge: a client cannot dodge the limit by
+/// hanging up.
 struct Deferred<B> {
     shared: Arc<Shared<B>>,
-    charges: SmallVec<[(usize, Key); 1]>,
+    reserved: SmallVec<[(usize, Key); 1]>,
 }
 
 impl<B: RateLimitBackend> Admit<B> {
-    /// Adds the headers and sends the deferred charges whose status matches.
+    /// Adds the headers and refunds the reservations the response's status does not charge.
     pub(crate) fn finish<ResB>(self, res: &mut Response<ResB>) {
         if let Some((policy, limit)) = self.headers {
             let headers = res.headers_mut();
@@ -167,11 +173,11 @@ impl<B: RateLimitBackend> Admit<B> {
         }
         if let Some(d) = self.deferred {
             let status = res.status();
-            for (i, key) in &d.charges {
+            for (i, key) in &d.reserved {
                 if let Some(spec) = d.shared.policies.get(*i)
-                    && spec.charges_status(status)
+                    && !spec.charges_status(status)
                 {
-                    d.shared.backend.charge(spec, key);
+                    d.shared.backend.refund(spec, key);
                 }
             }
         }
@@ -259,16 +265,23 @@ pub(crate) fn verdict<B: RateLimitBackend>(
         None
     };
     let deferred = if shared.charges_at_response {
-        let charges: SmallVec<[(usize, Key); 1]> = checks
+        // Only what the store charged can be refunded: an allowed decision of the store (or of
+        // the local fallback standing in for it), never a fail-open admission.
+        let reserved: SmallVec<[(usize, Key); 1]> = checks
             .iter()
             .zip(&decisions)
-            .filter(|(c, d)| !c.charge && d.allowed)
+            .filter(|(c, d)| {
+                c.policy.charges_at_response()
+                    && c.charge
+                    && d.allowed
+                    && matches!(d.source, DecisionSource::Store | DecisionSource::Fallback)
+            })
             .map(|(c, _)| (c.policy.index(), c.key.clone()))
             .collect();
-        (!charges.is_empty()).then(|| {
+        (!reserved.is_empty()).then(|| {
             Box::new(Deferred {
                 shared: shared.clone(),
-                charges,
+                reserved,
             })
         })
     } else {

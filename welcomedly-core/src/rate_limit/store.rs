@@ -105,15 +105,12 @@ impl KeyedStore {
         outcome
     }
 
-    /// Charges one request without deciding.
-    pub(crate) fn charge(&self, fp: Fingerprint, gcra: &Gcra, now: u64) {
+    /// Gives back one admitted request's charge ([`Gcra::refund`]). A key evicted meanwhile has
+    /// nothing to give back.
+    pub(crate) fn refund(&self, fp: Fingerprint, gcra: &Gcra, now: u64) {
         let mut map = self.shard(fp);
-        match map.get_mut(&fp) {
-            Some(tat) => *tat = gcra.charge(Some(*tat), now),
-            None => {
-                let tat = gcra.charge(None, now);
-                self.insert(&mut map, fp, tat, now);
-            }
+        if let Some(tat) = map.get_mut(&fp) {
+            *tat = gcra.refund(*tat, now);
         }
     }
 
@@ -231,7 +228,9 @@ mod tests {
         for _ in 0..10 {
             assert!(store.peek(fp, &g, 0).allowed);
         }
-        store.charge(fp, &g, 0);
+        assert!(store.check_and_charge(fp, &g, 0).allowed);
         assert!(!store.peek(fp, &g, 0).allowed);
+        store.refund(fp, &g, 0);
+        assert!(store.peek(fp, &g, 0).allowed);
     }
 }

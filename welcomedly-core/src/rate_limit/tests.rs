@@ -154,6 +154,110 @@ async fn charging_by_status_never_locks_out_successful_logins() {
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
+/// The bypass found in review: charge-by-status peeked at admission and charged at the
+/// response, so failed logins whose bodies arrived together all reached the handler.
+#[tokio::test]
+async fn concurrent_slow_requests_on_a_charge_by_status_policy_admit_at_most_the_burst() {
+    let (l, _clock) = layer(vec![
+        Policy::new("login", Quota::per_minute(5))
+            .method(Method::POST)
+            .path("/auth/login")
+            .charge_only_statuses([StatusCode::UNAUTHORIZED]),
+    ]);
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let svc = {
+        let (reached, gate) = (reached.clone(), gate.clone());
+        tower::ServiceBuilder::new()
+            .layer(l.clone())
+            .service(service_fn(move |_req: Request<Body>| {
+                let (reached, gate) = (reached.clone(), gate.clone());
+                async move {
+                    reached.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    // A slow password check: every request is in flight at once.
+                    let _permit = gate.acquire().await;
+                    let mut res = Response::new(Body::from("no"));
+                    *res.status_mut() = StatusCode::UNAUTHORIZED;
+                    Ok::<_, Infallible>(res)
+                }
+            }))
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let svc = svc.clone();
+        tasks.push(tokio::spawn(
+            svc.oneshot(req(Method::POST, "/auth/login", "192.0.2.1")),
+        ));
+    }
+    // Let every request reach the limiter (and the admitted ones the handler) before any answers.
+    for _ in 0..10_000 {
+        let finished = tasks.iter().filter(|t| t.is_finished()).count();
+        if finished >= 35 && reached.load(std::sync::atomic::Ordering::SeqCst) >= 5 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 5);
+    gate.add_permits(40);
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap().unwrap().status());
+    }
+    let count = |s: StatusCode| statuses.iter().filter(|x| **x == s).count();
+    assert_eq!(count(StatusCode::UNAUTHORIZED), 5);
+    assert_eq!(count(StatusCode::TOO_MANY_REQUESTS), 35);
+}
+
+#[tokio::test]
+async fn reservations_of_uncharged_statuses_are_refunded() {
+    let (l, _clock) = layer(vec![
+        Policy::new("login", Quota::per_minute(2))
+            .charge_only_statuses([StatusCode::UNAUTHORIZED]),
+    ]);
+    let mut s = svc(&l);
+    // In flight together, two requests hold the whole burst: a third is rejected...
+    let held_a = s.ready().await.unwrap().call(req(Method::POST, "/", "192.0.2.1"));
+    let held_b = s.ready().await.unwrap().call(req(Method::POST, "/", "192.0.2.1"));
+    let third = send(&mut s, req(Method::POST, "/", "192.0.2.1")).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    // ...and once they answer 200 (not charged), their reservations come back.
+    assert_eq!(held_a.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(held_b.await.unwrap().status(), StatusCode::OK);
+    for _ in 0..2 {
+        let mut r = req(Method::POST, "/", "192.0.2.1");
+        r.headers_mut().insert("x-status", "401".parse().unwrap());
+        assert_eq!(send(&mut s, r).await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let res = send(&mut s, req(Method::POST, "/", "192.0.2.1")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn a_rejected_request_gives_back_what_other_policies_reserved() {
+    let (l, _clock) = layer(vec![
+        Policy::new("api", Quota::per_minute(3)).path_prefix("/api"),
+        Policy::new("upload", Quota::per_minute(1)).path_prefix("/api/upload"),
+    ]);
+    let mut s = svc(&l);
+    assert_eq!(
+        send(&mut s, req(Method::POST, "/api/upload", "192.0.2.1"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    for _ in 0..5 {
+        let res = send(&mut s, req(Method::POST, "/api/upload", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    // The five rejected uploads reserved api capacity and gave it back: two api calls remain.
+    for _ in 0..2 {
+        let res = send(&mut s, req(Method::GET, "/api/x", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let res = send(&mut s, req(Method::GET, "/api/x", "192.0.2.1")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
 #[tokio::test]
 async fn shadow_policies_count_but_never_reject() {
     let (l, _clock) = layer(vec![Policy::new("new", Quota::per_minute(1)).shadow(true)]);
@@ -190,6 +294,30 @@ async fn otherwise_applies_only_to_requests_no_other_policy_matched() {
             .status(),
         StatusCode::TOO_MANY_REQUESTS
     );
+}
+
+#[tokio::test]
+async fn a_matched_policy_without_a_key_falls_through_to_otherwise() {
+    let (l, _clock) = layer(vec![
+        Policy::new("per-user", Quota::per_minute(100))
+            .path_prefix("/api")
+            .key(KeySource::User),
+        Policy::new("general", Quota::per_minute(2)).otherwise(),
+    ]);
+    let mut s = svc(&l);
+    // Anonymous requests to the user-keyed route are limited by `general`, not by nothing.
+    for _ in 0..2 {
+        let res = send(&mut s, req(Method::GET, "/api/x", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let res = send(&mut s, req(Method::GET, "/api/x", "192.0.2.1")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    // A logged-in user is counted by the user policy alone.
+    for _ in 0..5 {
+        let mut r = req(Method::GET, "/api/x", "192.0.2.1");
+        r.extensions_mut().insert(UserId::new("alice"));
+        assert_eq!(send(&mut s, r).await.status(), StatusCode::OK);
+    }
 }
 
 #[tokio::test]
