@@ -315,8 +315,16 @@ async fn other_paths_and_methods_are_refused() {
     assert_eq!(status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn a_panicking_check_is_unhealthy_and_the_others_are_still_reported() {
+/// A check whose `check()` panics before it returns a future (not only while polled).
+struct PanicsOnCall;
+
+impl welcomedly_core::health::HealthCheck for PanicsOnCall {
+    fn check(&self) -> welcomedly_core::health::CheckFuture<'_> {
+        panic!("no connection pool");
+    }
+}
+
+fn panicking_registry() -> HealthRegistry {
     let registry = registry();
     registry.register(
         "buggy",
@@ -327,15 +335,74 @@ async fn a_panicking_check_is_unhealthy_and_the_others_are_still_reported() {
         }),
         Affects::Readiness,
     );
+    registry.register(
+        "literal",
+        check_fn(|| async { panic!("static text") }),
+        Affects::Nothing,
+    );
+    registry.register("on_call", PanicsOnCall, Affects::Nothing);
+    registry.register(
+        "opaque",
+        check_fn(|| async { std::panic::panic_any(42_u32) }),
+        Affects::Nothing,
+    );
     registry.register("db", healthy(), Affects::Readiness);
+    registry
+}
+
+#[tokio::test]
+async fn a_panicking_check_is_unhealthy_and_the_others_are_still_reported() {
+    let registry = panicking_registry();
+
+    let report = registry.report().await;
+    let error = |name: &str| {
+        let check = report.check(name).unwrap();
+        assert_eq!(check.status(), CheckStatus::Unhealthy, "{name}");
+        check.error().unwrap().to_owned()
+    };
+    assert_eq!(error("buggy"), "the check panicked: a bug in a check");
+    assert_eq!(error("literal"), "the check panicked: static text");
+    assert_eq!(error("on_call"), "the check panicked: no connection pool");
+    assert_eq!(error("opaque"), "the check panicked");
+    assert_eq!(report.check("db").unwrap().status(), CheckStatus::Healthy);
+    assert_eq!(report.checks().len(), 5);
+    assert_eq!(report.status(), Status::Unavailable);
+
+    let (status, _, body) = get(&registry, "/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(
+        body["checks"]["buggy"]["error"],
+        "the check panicked: a bug in a check"
+    );
+    assert_eq!(body["checks"]["db"]["status"], "healthy");
+
+    let (status, _, body) = get(&registry, "/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body["failing"],
+        serde_json::json!({"buggy": "the check panicked: a bug in a check"})
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_check_that_panics_late_is_still_bounded_by_its_timeout() {
+    let registry = registry();
+    registry.register_with_timeout(
+        "late",
+        check_fn(|| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            panic!("never reached");
+        }),
+        Affects::Readiness,
+        Duration::from_millis(300),
+    );
 
     let report = registry.report().await;
     assert_eq!(
-        report.check("buggy").unwrap().error(),
-        Some("check panicked")
+        report.check("late").unwrap().error(),
+        Some("timed out after 300 ms")
     );
-    assert_eq!(report.check("db").unwrap().status(), CheckStatus::Healthy);
-    assert_eq!(report.status(), Status::Unavailable);
 }
 
 #[tokio::test]
@@ -395,6 +462,36 @@ fn public_types_are_send_and_sync() {
     assert_send_sync::<HealthService>();
     assert_send::<welcomedly_core::health::ResponseFuture>();
     assert_send_sync::<welcomedly_core::health::HealthReport>();
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn the_axum_router_answers_with_a_body_when_a_check_panics() {
+    let app: axum::Router = welcomedly_core::health::router(panicking_registry());
+
+    let req = Request::get("/health")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["checks"]["buggy"]["status"], "unhealthy");
+    assert_eq!(
+        body["checks"]["buggy"]["error"],
+        "the check panicked: a bug in a check"
+    );
+    assert_eq!(body["checks"]["db"]["status"], "healthy");
+
+    let req = Request::get("/health/ready")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = app.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["ready"], false);
 }
 
 #[cfg(feature = "axum")]

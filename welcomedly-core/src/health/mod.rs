@@ -8,6 +8,9 @@
 //! - A [`HealthRegistry`] holds the checks, each registered as affecting readiness
 //!   ([`Affects::Readiness`]) or not ([`Affects::Nothing`]), with a per-check timeout. Its
 //!   [`report`](HealthRegistry::report) runs them concurrently and measures each one's latency.
+//! - A check that panics is reported unhealthy (`"the check panicked: <message>"`) and the rest
+//!   of the report and the HTTP answer are unaffected; a check that outlives its timeout is
+//!   reported unhealthy too (`"timed out after <n> ms"`).
 //! - [`HealthService`] (tower) and, with the `axum` feature, [`router`] serve the endpoints:
 //!
 //! | path | runs | answers |

@@ -1,5 +1,6 @@
 //! [`HealthRegistry`]: the named checks of one instance and its draining flag.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -244,11 +245,12 @@ impl HealthRegistry {
             .map(|(name, check, affects, timeout)| async move {
                 let started = Instant::now();
                 // A panicking check must cost its own line in the report, not the whole
-                // /health response.
-                let probe = AssertUnwindSafe(check.check()).catch_unwind();
+                // /health response. `check()` is called inside the guarded future because an
+                // implementation may panic before it returns its future, not only while polled.
+                let probe = AssertUnwindSafe(async move { check.check().await }).catch_unwind();
                 let outcome = match tokio::time::timeout(timeout, probe).await {
                     Ok(Ok(outcome)) => outcome,
-                    Ok(Err(_)) => CheckOutcome::unhealthy("check panicked"),
+                    Ok(Err(payload)) => CheckOutcome::Unhealthy(panicked(&*payload)),
                     Err(_) => CheckOutcome::unhealthy(format!(
                         "timed out after {} ms",
                         timeout.as_millis()
@@ -260,5 +262,18 @@ impl HealthRegistry {
             .await
             .into_iter()
             .collect()
+    }
+}
+
+/// The error text of a check that panicked, with the panic message when the payload is text
+/// (a `&str` or a `String`: what `panic!`, `expect` and `unwrap` carry).
+fn panicked(payload: &(dyn Any + Send)) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    match message {
+        Some(message) => format!("the check panicked: {message}"),
+        None => "the check panicked".to_owned(),
     }
 }
