@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
+use futures_util::future::join_all;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt as _, Empty};
 use serde_json::Value;
@@ -47,6 +49,20 @@ fn counting(
         counter.fetch_add(1, Ordering::SeqCst);
         let outcome = outcome.clone();
         async move { outcome }
+    });
+    (check, runs)
+}
+
+/// A check that counts its runs and answers healthy after `d` (virtual time in these tests).
+fn counting_sleeping(d: Duration) -> (impl welcomedly_core::health::HealthCheck, Arc<AtomicUsize>) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let check = check_fn(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(d).await;
+            CheckOutcome::Healthy
+        }
     });
     (check, runs)
 }
@@ -315,8 +331,146 @@ async fn other_paths_and_methods_are_refused() {
     assert_eq!(status, StatusCode::OK);
 }
 
-#[tokio::test]
-async fn a_panicking_check_is_unhealthy_and_the_others_are_still_reported() {
+#[tokio::test(start_paused = true)]
+async fn concurrent_reports_share_one_run_and_a_later_report_runs_again() {
+    let registry = registry();
+    let (check, runs) = counting_sleeping(Duration::from_secs(1));
+    registry.register("db", check, Affects::Readiness);
+
+    let reports = join_all((0..50).map(|_| registry.report())).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "50 concurrent reports");
+    assert!(reports.iter().all(|r| r.status() == Status::Ok));
+
+    // Single flight, not a cache: once the run is over, the next call probes again.
+    assert_eq!(registry.report().await.status(), Status::Ok);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_readiness_calls_share_one_run_through_every_clone() {
+    let registry = registry();
+    let (check, runs) = counting_sleeping(Duration::from_secs(1));
+    registry.register("db", check, Affects::Readiness);
+
+    let clones: Vec<_> = (0..50).map(|_| registry.clone()).collect();
+    let answers = join_all(clones.iter().map(HealthRegistry::readiness)).await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "50 concurrent readiness calls"
+    );
+    assert!(answers.iter().all(|r| r.is_ready()));
+
+    assert!(registry.readiness().await.is_ready());
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_http_requests_share_one_run() {
+    let registry = registry();
+    let (check, runs) = counting_sleeping(Duration::from_secs(1));
+    registry.register("db", check, Affects::Readiness);
+
+    let answers = join_all((0..20).map(|_| get(&registry, "/health"))).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(
+        answers
+            .iter()
+            .all(|(status, _, _)| *status == StatusCode::OK)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_caller_that_started_a_run_does_not_starve_the_others() {
+    let registry = registry();
+    let (check, runs) = counting_sleeping(Duration::from_secs(1));
+    registry.register("db", check, Affects::Readiness);
+
+    // The first caller starts the run, then its client hangs up.
+    let mut first = Box::pin(registry.report());
+    assert!(first.as_mut().now_or_never().is_none());
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let mut others: Vec<_> = (0..10).map(|_| Box::pin(registry.report())).collect();
+    for other in &mut others {
+        assert!(other.as_mut().now_or_never().is_none());
+    }
+    drop(first);
+
+    // Bounded so that a starved waiter fails the test instead of hanging it.
+    let reports = tokio::time::timeout(Duration::from_secs(60), join_all(others))
+        .await
+        .expect("the remaining callers must get the result of the run");
+    assert!(reports.iter().all(|r| r.status() == Status::Ok));
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the others joined the same run"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_abandoned_by_every_caller_is_not_resumed_by_the_next_one() {
+    let registry = registry(); // default timeout 2 s
+    let (check, runs) = counting_sleeping(Duration::from_secs(1));
+    registry.register("db", check, Affects::Readiness);
+
+    let mut only = Box::pin(registry.report());
+    assert!(only.as_mut().now_or_never().is_none());
+    drop(only);
+    tokio::time::advance(Duration::from_secs(10)).await;
+
+    // Resuming the abandoned run would report its long-expired timeout.
+    let report = registry.report().await;
+    assert_eq!(report.check("db").unwrap().status(), CheckStatus::Healthy);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_turns_readiness_unavailable_at_once_while_a_run_is_in_flight() {
+    let registry = registry();
+    let (check, runs) = counting_sleeping(Duration::from_secs(3600));
+    registry.register_with_timeout("db", check, Affects::Readiness, Duration::from_secs(7200));
+
+    let mut waiting: Vec<_> = (0..5).map(|_| Box::pin(registry.readiness())).collect();
+    for call in &mut waiting {
+        assert!(call.as_mut().now_or_never().is_none());
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    registry.start_draining();
+
+    // Virtual time: one second is far less than the hour the run still needs.
+    let answers = tokio::time::timeout(Duration::from_secs(1), join_all(waiting))
+        .await
+        .expect("the calls waiting on the run answer as soon as draining starts");
+    assert!(
+        answers
+            .iter()
+            .all(|r| r.status() == Status::Draining && !r.is_ready())
+    );
+    let fresh = tokio::time::timeout(Duration::from_secs(1), registry.readiness())
+        .await
+        .expect("a new call must not join the run");
+    assert_eq!(fresh.status(), Status::Draining);
+    let (status, _, body) =
+        tokio::time::timeout(Duration::from_secs(1), get(&registry, "/health/ready"))
+            .await
+            .expect("/health/ready must not join the run");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "draining");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A check whose `check()` panics before it returns a future (not only while polled).
+struct PanicsOnCall;
+
+impl welcomedly_core::health::HealthCheck for PanicsOnCall {
+    fn check(&self) -> welcomedly_core::health::CheckFuture<'_> {
+        panic!("no connection pool");
+    }
+}
+
+fn panicking_registry() -> HealthRegistry {
     let registry = registry();
     registry.register(
         "buggy",
@@ -327,15 +481,74 @@ async fn a_panicking_check_is_unhealthy_and_the_others_are_still_reported() {
         }),
         Affects::Readiness,
     );
+    registry.register(
+        "literal",
+        check_fn(|| async { panic!("static text") }),
+        Affects::Nothing,
+    );
+    registry.register("on_call", PanicsOnCall, Affects::Nothing);
+    registry.register(
+        "opaque",
+        check_fn(|| async { std::panic::panic_any(42_u32) }),
+        Affects::Nothing,
+    );
     registry.register("db", healthy(), Affects::Readiness);
+    registry
+}
+
+#[tokio::test]
+async fn a_panicking_check_is_unhealthy_and_the_others_are_still_reported() {
+    let registry = panicking_registry();
+
+    let report = registry.report().await;
+    let error = |name: &str| {
+        let check = report.check(name).unwrap();
+        assert_eq!(check.status(), CheckStatus::Unhealthy, "{name}");
+        check.error().unwrap().to_owned()
+    };
+    assert_eq!(error("buggy"), "the check panicked: a bug in a check");
+    assert_eq!(error("literal"), "the check panicked: static text");
+    assert_eq!(error("on_call"), "the check panicked: no connection pool");
+    assert_eq!(error("opaque"), "the check panicked");
+    assert_eq!(report.check("db").unwrap().status(), CheckStatus::Healthy);
+    assert_eq!(report.checks().len(), 5);
+    assert_eq!(report.status(), Status::Unavailable);
+
+    let (status, _, body) = get(&registry, "/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(
+        body["checks"]["buggy"]["error"],
+        "the check panicked: a bug in a check"
+    );
+    assert_eq!(body["checks"]["db"]["status"], "healthy");
+
+    let (status, _, body) = get(&registry, "/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body["failing"],
+        serde_json::json!({"buggy": "the check panicked: a bug in a check"})
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_check_that_panics_late_is_still_bounded_by_its_timeout() {
+    let registry = registry();
+    registry.register_with_timeout(
+        "late",
+        check_fn(|| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            panic!("never reached");
+        }),
+        Affects::Readiness,
+        Duration::from_millis(300),
+    );
 
     let report = registry.report().await;
     assert_eq!(
-        report.check("buggy").unwrap().error(),
-        Some("check panicked")
+        report.check("late").unwrap().error(),
+        Some("timed out after 300 ms")
     );
-    assert_eq!(report.check("db").unwrap().status(), CheckStatus::Healthy);
-    assert_eq!(report.status(), Status::Unavailable);
 }
 
 #[tokio::test]
@@ -395,6 +608,36 @@ fn public_types_are_send_and_sync() {
     assert_send_sync::<HealthService>();
     assert_send::<welcomedly_core::health::ResponseFuture>();
     assert_send_sync::<welcomedly_core::health::HealthReport>();
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn the_axum_router_answers_with_a_body_when_a_check_panics() {
+    let app: axum::Router = welcomedly_core::health::router(panicking_registry());
+
+    let req = Request::get("/health")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["checks"]["buggy"]["status"], "unhealthy");
+    assert_eq!(
+        body["checks"]["buggy"]["error"],
+        "the check panicked: a bug in a check"
+    );
+    assert_eq!(body["checks"]["db"]["status"], "healthy");
+
+    let req = Request::get("/health/ready")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = app.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let body: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(body["ready"], false);
 }
 
 #[cfg(feature = "axum")]

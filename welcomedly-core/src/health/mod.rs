@@ -8,6 +8,15 @@
 //! - A [`HealthRegistry`] holds the checks, each registered as affecting readiness
 //!   ([`Affects::Readiness`]) or not ([`Affects::Nothing`]), with a per-check timeout. Its
 //!   [`report`](HealthRegistry::report) runs them concurrently and measures each one's latency.
+//! - Single flight: concurrent calls share one run of the checks instead of each starting their
+//!   own, so hammering `/health` cannot multiply the load on Redis or the database. `/health` and
+//!   `/health/ready` have a run each (readiness runs only the readiness checks); a call after a
+//!   run has finished starts a new one (nothing is cached), and the run survives the caller that
+//!   started it being dropped. Draining is read at call time: readiness turns 503 at once, also
+//!   for the calls waiting on a run.
+//! - A check that panics is reported unhealthy (`"the check panicked: <message>"`) and the rest
+//!   of the report and the HTTP answer are unaffected; a check that outlives its timeout is
+//!   reported unhealthy too (`"timed out after <n> ms"`).
 //! - [`HealthService`] (tower) and, with the `axum` feature, [`router`] serve the endpoints:
 //!
 //! | path | runs | answers |
@@ -43,6 +52,7 @@
 //! ```
 
 mod check;
+mod flight;
 mod registry;
 mod report;
 #[cfg(feature = "axum")]

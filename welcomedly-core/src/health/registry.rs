@@ -1,5 +1,6 @@
 //! [`HealthRegistry`]: the named checks of one instance and its draining flag.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
@@ -8,8 +9,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::flight::{Checks, Flight};
 use super::{CheckOutcome, CheckReport, HealthCheck, HealthReport, ReadinessReport};
 use crate::{CoreConfig, InstanceId};
 
@@ -38,7 +42,15 @@ struct Inner {
     started: Instant,
     default_timeout: Duration,
     draining: AtomicBool,
+    /// Wakes the readiness callers waiting on a run when draining starts, so they answer 503
+    /// at once instead of after the run.
+    drained: Notify,
     checks: RwLock<Vec<Entry>>,
+    /// The run of every check in progress, shared by concurrent [`HealthRegistry::report`]s.
+    report_flight: Flight,
+    /// The run of the readiness checks in progress, shared by concurrent
+    /// [`HealthRegistry::readiness`] calls.
+    readiness_flight: Flight,
 }
 
 /// The named health checks of one instance, its identity, and whether it is draining.
@@ -105,7 +117,10 @@ impl HealthRegistry {
                 started: Instant::now(),
                 default_timeout,
                 draining: AtomicBool::new(false),
+                drained: Notify::new(),
                 checks: RwLock::new(Vec::new()),
+                report_flight: Flight::default(),
+                readiness_flight: Flight::default(),
             }),
         }
     }
@@ -187,6 +202,7 @@ impl HealthRegistry {
     /// no way back (a draining process is about to exit).
     pub fn start_draining(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
+        self.inner.drained.notify_waiters();
     }
 
     /// Whether [`start_draining`](Self::start_draining) was called.
@@ -195,18 +211,50 @@ impl HealthRegistry {
     }
 
     /// Run every check concurrently, each bounded by its timeout, and collect the results.
+    ///
+    /// Single flight: while a run is in progress, further calls (from any clone) await that
+    /// run instead of starting their own, so a burst of `/health` requests probes each
+    /// dependency once. A call made after the run finished starts a new one; nothing is cached.
+    /// The run belongs to no single caller: dropping the call that started it leaves the others
+    /// their answer, and dropping all of them cancels it. A check registered while a run is in
+    /// progress is in the next run, not in this one.
+    ///
+    /// A check that panics is reported unhealthy (`"the check panicked: <message>"`); the other
+    /// lines of the report are unaffected.
     pub async fn report(&self) -> HealthReport {
-        let checks = self.run(|_| true).await;
+        let run = self
+            .inner
+            .report_flight
+            .join_or_start(|| self.start_run(|_| true));
+        let checks = run.await;
+        // The draining flag is read now, not when the run started.
         self.build(checks)
     }
 
     /// The readiness verdict: runs only the checks that affect readiness, and none at all while
     /// draining (the answer is 503 whatever they say).
+    ///
+    /// Single flight like [`report`](Self::report), but with a run of its own: it runs only the
+    /// readiness checks, so a probe never waits on a slow check that cannot change its answer.
+    /// A readiness check thus runs at most twice at a time (once for each endpoint). The
+    /// draining flag is read at call time, and a call waiting on a run answers 503 as soon as
+    /// [`start_draining`](Self::start_draining) is called, without waiting for the run.
     pub async fn readiness(&self) -> ReadinessReport {
-        let checks = if self.is_draining() {
-            BTreeMap::new()
-        } else {
-            self.run(|affects| affects == Affects::Readiness).await
+        // Created before the flag is read: `notify_waiters` reaches a `Notified` from its
+        // creation on, so a drain starting between the read and the wait is not missed.
+        let drained = self.inner.drained.notified();
+        if self.is_draining() {
+            return self.build(BTreeMap::new()).readiness();
+        }
+        let run = self
+            .inner
+            .readiness_flight
+            .join_or_start(|| self.start_run(|affects| affects == Affects::Readiness));
+        let checks = tokio::select! {
+            checks = run => checks,
+            // The checks' verdict no longer matters; leaving drops this caller's share of the
+            // run (and cancels it if it was the last one).
+            () = drained => BTreeMap::new(),
         };
         self.build(checks).readiness()
     }
@@ -221,9 +269,11 @@ impl HealthRegistry {
         )
     }
 
-    async fn run(&self, wanted: impl Fn(Affects) -> bool) -> BTreeMap<String, CheckReport> {
+    /// A run of the checks `wanted` selects, as registered now.
+    fn start_run(&self, wanted: impl Fn(Affects) -> bool) -> BoxFuture<'static, Checks> {
         // Snapshot the checks so the lock is not held across an await (a check may be slow, and
-        // a registration during a report must not wait for it).
+        // a registration during a report must not wait for it); the run then owns all it needs,
+        // so any of its waiters can drive it.
         let selected: Vec<_> = {
             let checks = self
                 .inner
@@ -244,11 +294,12 @@ impl HealthRegistry {
             .map(|(name, check, affects, timeout)| async move {
                 let started = Instant::now();
                 // A panicking check must cost its own line in the report, not the whole
-                // /health response.
-                let probe = AssertUnwindSafe(check.check()).catch_unwind();
+                // /health response. `check()` is called inside the guarded future because an
+                // implementation may panic before it returns its future, not only while polled.
+                let probe = AssertUnwindSafe(async move { check.check().await }).catch_unwind();
                 let outcome = match tokio::time::timeout(timeout, probe).await {
                     Ok(Ok(outcome)) => outcome,
-                    Ok(Err(_)) => CheckOutcome::unhealthy("check panicked"),
+                    Ok(Err(payload)) => CheckOutcome::Unhealthy(panicked(&*payload)),
                     Err(_) => CheckOutcome::unhealthy(format!(
                         "timed out after {} ms",
                         timeout.as_millis()
@@ -256,9 +307,20 @@ impl HealthRegistry {
                 };
                 (name, CheckReport::new(outcome, started.elapsed(), affects))
             });
-        futures_util::future::join_all(runs)
-            .await
-            .into_iter()
-            .collect()
+        let all = futures_util::future::join_all(runs);
+        Box::pin(async move { all.await.into_iter().collect() })
+    }
+}
+
+/// The error text of a check that panicked, with the panic message when the payload is text
+/// (a `&str` or a `String`: what `panic!`, `expect` and `unwrap` carry).
+fn panicked(payload: &(dyn Any + Send)) -> String {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    match message {
+        Some(message) => format!("the check panicked: {message}"),
+        None => "the check panicked".to_owned(),
     }
 }
