@@ -29,6 +29,11 @@ struct Instance {
 
 impl Instance {
     fn start(envs: &[(&str, String)]) -> Instance {
+        Self::start_logging(envs, None)
+    }
+
+    /// Starts the example; with `stdout`, its stdout (the JSON log) goes to that file.
+    fn start_logging(envs: &[(&str, String)], stdout: Option<&std::path::Path>) -> Instance {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -44,6 +49,9 @@ impl Instance {
             .stderr(Stdio::inherit());
         for (k, v) in envs {
             cmd.env(k, v);
+        }
+        if let Some(path) = stdout {
+            cmd.stdout(std::fs::File::create(path).unwrap());
         }
         let child = cmd
             .spawn()
@@ -61,15 +69,29 @@ impl Instance {
     }
 
     fn request(&self, method: &str, path: &str, body: Option<&str>) -> Response {
+        self.request_with(
+            method,
+            path,
+            &[("content-type", "application/json")],
+            body.unwrap_or(""),
+        )
+    }
+
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Response {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let body = body.unwrap_or("");
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
+        let mut head =
+            format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        write!(s, "{head}content-length: {}\r\n\r\n{body}", body.len()).unwrap();
         let mut raw = String::new();
         s.read_to_string(&mut raw).unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
@@ -203,7 +225,7 @@ fn two_instances_share_the_login_limit_through_redis() {
     for i in 0..8 {
         let app = if i % 2 == 0 { &a } else { &b };
         statuses.push(app.request("POST", "/auth/login", Some(bad)).status);
-        // The 401 is charged after the response, in the background: let it land.
+        // Reserved at admission in Redis; nothing to wait for, but keep the pace of a client.
         std::thread::sleep(Duration::from_millis(30));
     }
     // Five failures in total across both instances, not five each.
@@ -213,4 +235,197 @@ fn two_instances_share_the_login_limit_through_redis() {
     assert_eq!(health["checks"]["rate_limit"]["status"], "healthy");
     assert!(a.terminate().success());
     assert!(b.terminate().success());
+}
+
+/// Every error the example returns is problem+json with type, title, status and detail.
+#[test]
+fn every_error_is_problem_json() {
+    let app = Instance::start(&[]);
+    let cases = [
+        app.request("GET", "/no/such/route", None),
+        app.request("GET", "/auth/login", None),
+        app.request("POST", "/auth/login", Some("{not json")),
+        app.request("POST", "/auth/login", Some(r#"{"username":"agent"}"#)),
+        app.request_with(
+            "POST",
+            "/auth/login",
+            &[],
+            r#"{"username":"a","password":"b"}"#,
+        ),
+        app.request(
+            "POST",
+            "/auth/login",
+            Some(r#"{"username":"x","password":"y"}"#),
+        ),
+    ];
+    let statuses: Vec<u16> = cases.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [404, 405, 400, 422, 415, 401]);
+    for r in &cases {
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/problem+json"),
+            "{} {}",
+            r.status,
+            r.body
+        );
+        let p: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(p["status"], r.status, "{}", r.body);
+        assert!(
+            p["type"].is_string() && p["title"].is_string(),
+            "{}",
+            r.body
+        );
+        assert!(
+            p["detail"].as_str().is_some_and(|d| d.len() > 20),
+            "{}",
+            r.body
+        );
+    }
+    assert!(app.terminate().success());
+}
+
+/// Unknown paths are limited by the general policy (100/min), as the seeds' NGINX did.
+#[test]
+fn unmatched_paths_are_rate_limited_but_health_is_not() {
+    let app = Instance::start(&[]);
+    let statuses: Vec<u16> = (0..110)
+        .map(|i| app.request("GET", &format!("/scan/{i}"), None).status)
+        .collect();
+    assert!(statuses[..100].iter().all(|s| *s == 404), "{statuses:?}");
+    assert!(statuses[100..].iter().all(|s| *s == 429), "{statuses:?}");
+    for _ in 0..120 {
+        assert_eq!(app.request("GET", "/health/ready", None).status, 200);
+    }
+    assert_eq!(app.request("GET", "/metrics", None).status, 200);
+    assert!(app.terminate().success());
+}
+
+/// Behind a trusted proxy that writes X-Forwarded-For, a client's own `Forwarded` header does
+/// not move its address: the review's bypass of the login limit.
+#[test]
+fn a_forged_forwarded_header_does_not_bypass_the_login_limit() {
+    let app = Instance::start(&[("TRUSTED_PROXIES", "127.0.0.1".to_owned())]);
+    let bad = r#"{"username":"agent","password":"nope"}"#;
+    let statuses: Vec<u16> = (0..8)
+        .map(|i| {
+            let forged = format!("for=198.51.100.{i}");
+            app.request_with(
+                "POST",
+                "/auth/login",
+                &[
+                    ("content-type", "application/json"),
+                    ("x-forwarded-for", "203.0.113.5"),
+                    ("forwarded", &forged),
+                ],
+                bad,
+            )
+            .status
+        })
+        .collect();
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
+    // A different client behind the same proxy is not affected.
+    let other = app.request_with(
+        "POST",
+        "/auth/login",
+        &[
+            ("content-type", "application/json"),
+            ("x-forwarded-for", "203.0.113.6"),
+        ],
+        bad,
+    );
+    assert_eq!(other.status, 401);
+    assert!(app.terminate().success());
+}
+
+/// Uploads exist, are size capped (413 as problem+json) and limited to 3 per minute.
+#[test]
+fn uploads_are_capped_and_limited() {
+    let app = Instance::start(&[]);
+    let octets = [("content-type", "application/octet-stream")];
+    let big = "x".repeat(1024 * 1024 + 1);
+    let too_big = app.request_with("POST", "/api/upload", &octets, &big);
+    assert_eq!(too_big.status, 413, "{}", too_big.body);
+    assert_eq!(
+        too_big.header("content-type"),
+        Some("application/problem+json")
+    );
+    let ok = app.request_with("POST", "/api/upload", &octets, "hello");
+    assert_eq!(ok.status, 201);
+    assert_eq!(ok.body, r#"{"bytes":5}"#);
+    let ok = app.request_with("POST", "/api/upload", &octets, "hello");
+    assert_eq!(ok.status, 201);
+    let limited = app.request_with("POST", "/api/upload", &octets, "hello");
+    assert_eq!(limited.status, 429);
+    assert_eq!(
+        limited.header("ratelimit-policy"),
+        Some(r#""upload";q=3;w=60"#)
+    );
+    assert!(app.terminate().success());
+}
+
+/// One JSON access-log line per request, with the request's ids; off with
+/// WELCOMEDLY_ACCESS_LOG=off. Failed logins log the client's user name capped.
+#[test]
+fn access_log_lines_carry_the_request_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("on.log");
+    let app = Instance::start_logging(&[("RUST_LOG", "info".to_owned())], Some(&path));
+    let ping = app.request_with("GET", "/api/ping", &[("x-request-id", "req-abc-123")], "");
+    assert_eq!(ping.status, 200);
+    let long_name = "A".repeat(5000);
+    let bad = format!(r#"{{"username":"{long_name}","password":"nope"}}"#);
+    assert_eq!(app.request("POST", "/auth/login", Some(&bad)).status, 401);
+    assert!(app.terminate().success());
+    let log = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let text = |v: &serde_json::Value| v.to_string();
+    let access = lines
+        .iter()
+        .find(|l| text(l).contains("request completed") && text(l).contains("req-abc-123"))
+        .unwrap_or_else(|| panic!("no access-log line for the ping in:\n{log}"));
+    let access = text(access);
+    for needle in ["/api/ping", "GET", "200", "latency_ms", "instance_id"] {
+        assert!(access.contains(needle), "{needle} missing in {access}");
+    }
+    assert!(
+        !log.contains(&"A".repeat(100)),
+        "an uncapped user name reached the log"
+    );
+    assert!(log.contains("login refused"));
+
+    let path = dir.path().join("off.log");
+    let quiet = Instance::start_logging(
+        &[
+            ("RUST_LOG", "info".to_owned()),
+            ("WELCOMEDLY_ACCESS_LOG", "off".to_owned()),
+        ],
+        Some(&path),
+    );
+    assert_eq!(quiet.request("GET", "/api/ping", None).status, 200);
+    assert!(quiet.terminate().success());
+    let log = std::fs::read_to_string(path).unwrap();
+    assert!(!log.contains("request completed"), "{log}");
+}
+
+/// A bad REDIS_URL fails the start with a message that does not echo its password.
+#[test]
+fn a_rejected_redis_url_is_reported_without_its_password() {
+    let out = Command::new(example_binary())
+        .env_clear()
+        .env("PORT", "1")
+        .env("RUST_LOG", "warn")
+        .env("REDIS_URL", "redis://:hunter2@cache:notaport/")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stderr.contains("redis://:***@cache:notaport/"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2") && !stdout.contains("hunter2"),
+        "{stderr}{stdout}"
+    );
 }

@@ -115,11 +115,7 @@ async fn three_instances_share_one_limit() {
     );
     let keys = redis.command(&["KEYS", "wd:rl:*"]).unwrap();
     assert!(keys.contains(&name), "{keys}");
-    let ttl: i64 = redis
-        .command(&["PTTL", &name])
-        .unwrap()
-        .parse()
-        .unwrap();
+    let ttl: i64 = redis.command(&["PTTL", &name]).unwrap().parse().unwrap();
     assert!(ttl > 55_000 && ttl <= 60_000, "ttl {ttl}");
 }
 
@@ -205,7 +201,10 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
         }
     }
     assert_eq!(admitted, 30);
-    let name = b.key_name(&layer.policies()[0], &Key::Ip("192.0.2.201".parse().unwrap()));
+    let name = b.key_name(
+        &layer.policies()[0],
+        &Key::Ip("192.0.2.201".parse().unwrap()),
+    );
     assert_eq!(redis.command(&["EXISTS", &name]).unwrap(), "1");
 }
 
@@ -398,7 +397,11 @@ async fn a_client_redis_rejected_costs_redis_nothing_until_its_retry_time() {
         let res = svc.clone().oneshot(req("192.0.2.77")).await.unwrap();
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
             limited += 1;
-            let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            let retry: u64 = res.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!((1..=12).contains(&retry), "retry-after {retry}");
         }
     }
@@ -420,8 +423,9 @@ async fn header_keys_are_digested_in_redis() {
     let layer = RateLimitLayer::builder()
         .backend(config.build().await.unwrap())
         .policy(
-            Policy::new("api", Quota::per_minute(10))
-                .key(KeySource::Header(http::HeaderName::from_static("x-api-key"))),
+            Policy::new("api", Quota::per_minute(10)).key(KeySource::Header(
+                http::HeaderName::from_static("x-api-key"),
+            )),
         )
         .build()
         .unwrap();
@@ -430,7 +434,10 @@ async fn header_keys_are_digested_in_redis() {
     for key in [secret.as_str(), "sk_live_short"] {
         let mut r = req("192.0.2.1");
         r.headers_mut().insert("x-api-key", key.parse().unwrap());
-        assert_eq!(svc.clone().oneshot(r).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            svc.clone().oneshot(r).await.unwrap().status(),
+            StatusCode::OK
+        );
     }
     let keys = redis.command(&["KEYS", "*"]).unwrap();
     assert!(!keys.contains("sk_live"), "{keys}");
@@ -478,7 +485,11 @@ async fn a_slow_redis_is_not_reconnected_at_every_pause() {
     for l in load {
         l.await.unwrap();
     }
-    assert!(b.failures() >= 10, "the pauses were noticed: {}", b.failures());
+    assert!(
+        b.failures() >= 10,
+        "the pauses were noticed: {}",
+        b.failures()
+    );
     assert_eq!(b.connections_made(), 1, "no reconnect below the threshold");
     assert!(!b.is_degraded());
 }
@@ -516,7 +527,10 @@ async fn pauses_past_the_threshold_reconnect_once_and_never_strand_the_backend()
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while b.is_degraded() {
-            assert!(Instant::now() < deadline, "round {round}: stuck on the fallback");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: stuck on the fallback"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         for i in 0..32 {
@@ -524,7 +538,11 @@ async fn pauses_past_the_threshold_reconnect_once_and_never_strand_the_backend()
         }
     }
     // One connection per pause at most, not one per failed request.
-    assert!(b.connections_made() <= 6, "{} connections", b.connections_made());
+    assert!(
+        b.connections_made() <= 6,
+        "{} connections",
+        b.connections_made()
+    );
 }
 
 /// `READONLY` (a replica after a failover) replaces the connection at once; `WRONGTYPE` (a key
@@ -562,10 +580,12 @@ async fn server_errors_are_told_apart_from_transport_errors() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !b.is_degraded() {
-        assert!(Instant::now() < deadline, "READONLY did not replace the connection");
+        assert!(
+            Instant::now() < deadline,
+            "READONLY did not replace the connection"
+        );
         let _ = send(&svc, "192.0.2.3").await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     redis.command(&["REPLICAOF", "NO", "ONE"]).unwrap();
 }
-

@@ -3,9 +3,11 @@
 use std::error::Error;
 
 use axum::Router;
-use axum::extract::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{DefaultBodyLimit, Json};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
@@ -18,7 +20,13 @@ use welcomedly_core::rate_limit::{
 };
 use welcomedly_core::telemetry::Telemetry;
 
+use crate::problem::{self, Problem};
+
 const DEFAULT_DEMO_PASSWORD: &str = "welcomedly-demo";
+/// The largest upload accepted (the seeds capped uploads too).
+const MAX_UPLOAD_BYTES: usize = 1024 * 1024;
+/// The longest part of a client-chosen user name written to the log.
+const MAX_LOGGED_USERNAME: usize = 32;
 
 pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let config = CoreConfig::from_env()?;
@@ -30,6 +38,9 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         Some(url) => {
             let mut redis = RedisRateLimitConfig::new(url);
             redis.instances = instances()?;
+            redis.key_secret = std::env::var("WELCOMEDLY_RATE_LIMIT_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty());
             let backend = redis.build().await?;
             registry.register("rate_limit", backend.clone(), Affects::Nothing);
             api_routes(
@@ -45,12 +56,14 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         ),
     };
 
-    let app = Router::new()
-        .merge(api)
+    // `api` carries the rate limits and the fallback: unknown paths are limited by `general`
+    // too (a scanner is not free). Health and metrics are merged after the limits, so a load
+    // balancer and Prometheus polling them are never limited.
+    let app = api
         .merge(health::router(registry.clone()))
         .merge(telemetry.metrics().router())
         // Outermost last: telemetry sees every request, including 429s and 404s.
-        .layer(ClientIpLayer::new(config.trusted_proxies.clone()))
+        .layer(ClientIpLayer::from_config(&config))
         .layer(telemetry.http_layer());
 
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
@@ -89,13 +102,17 @@ fn rate_limits() -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> 
                 .key(KeySource::ClientIp)
                 .charge_only_statuses([StatusCode::UNAUTHORIZED]),
         )
-        .policy(Policy::new("upload", Quota::per_minute(3)).path_prefix("/api/upload"))
+        .policy(
+            Policy::new("upload", Quota::per_minute(3))
+                .method(http::Method::POST)
+                .path("/api/upload"),
+        )
         .policy(Policy::new("api", Quota::per_minute(200)).path_prefix("/api"))
         .policy(Policy::new("general", Quota::per_minute(100)).otherwise())
 }
 
-/// The application's own routes, behind the rate limits (health and metrics are not limited:
-/// a load balancer polls them).
+/// The application's own routes and the fallback of unknown ones, behind the rate limits
+/// (health and metrics are merged outside them: a load balancer polls them).
 fn api_routes<B: RateLimitBackend>(
     limits: RateLimitLayer<B>,
     telemetry: &welcomedly_core::telemetry::TelemetryGuard,
@@ -109,9 +126,42 @@ fn api_routes<B: RateLimitBackend>(
         )
         .route(
             "/auth/login",
-            post(move |Json(body): Json<Login>| login(body, password.clone())),
+            post(move |body: Result<Json<Login>, JsonRejection>| {
+                let password = password.clone();
+                async move {
+                    match body {
+                        Ok(Json(body)) => login(body, password).await,
+                        Err(rejection) => Problem::from(rejection).into_response(),
+                    }
+                }
+            }),
         )
+        .route(
+            "/api/upload",
+            post(upload).layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES)),
+        )
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(limits)
+}
+
+/// Takes a file as the raw request body (at most 1 MiB, else 413) and answers with its size.
+/// A stand-in for the seeds' multipart upload: what matters here is that it is rate limited
+/// (3 per minute per client) and size capped.
+async fn upload(body: Result<Bytes, BytesRejection>) -> Response {
+    match body {
+        Ok(bytes) if bytes.is_empty() => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "the upload is empty: send the file as the request body",
+        )
+        .into_response(),
+        Ok(bytes) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "bytes": bytes.len() })),
+        )
+            .into_response(),
+        Err(rejection) => Problem::from(rejection).into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -121,7 +171,7 @@ struct Login {
 }
 
 /// A stub until sessions land: checks the demo credentials and answers 200 or 401.
-async fn login(body: Login, password: String) -> impl IntoResponse {
+async fn login(body: Login, password: String) -> Response {
     let known = matches!(body.username.as_str(), "supervisor" | "agent");
     if known && constant_time_eq(body.password.as_bytes(), password.as_bytes()) {
         tracing::info!(user = %body.username, "login");
@@ -131,13 +181,33 @@ async fn login(body: Login, password: String) -> impl IntoResponse {
                 serde_json::json!({ "user": body.username, "session": "sessions are coming with welcomedly-cluster" }),
             ),
         )
+            .into_response()
     } else {
-        tracing::info!(user = %body.username, "login refused");
-        (
+        // The name is the client's choice: logged capped, never whole.
+        tracing::info!(
+            user = %capped(&body.username, MAX_LOGGED_USERNAME),
+            user_len = body.username.len(),
+            "login refused"
+        );
+        Problem::new(
             StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({ "error": "unknown user or wrong password" })),
+            "unknown user or wrong password: check both and retry (failed logins are rate limited)",
         )
+        .into_response()
     }
+}
+
+/// At most `max` characters of `text`, with control characters replaced, and `…` when cut.
+fn capped(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -12,12 +12,17 @@
 //! ```
 //!
 //! With `REDIS_URL` set, rate limits are shared by every instance through Redis (and fall back
-//! to `limit / WELCOMEDLY_INSTANCES` locally while Redis is down). Other settings: `PORT`
-//! (3000), `TRUSTED_PROXIES` (CIDRs of the load balancers), `WELCOMEDLY_DEMO_PASSWORD`,
-//! `WELCOMEDLY_LOG_FORMAT` (`json` / `pretty`), `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`,
-//! `WELCOMEDLY_DRAIN_GRACE_MS`, `WELCOMEDLY_DRAIN_DEADLINE_MS`. SIGTERM drains and exits 0.
+//! to `limit / WELCOMEDLY_INSTANCES` locally while Redis is down; client keys appear in Redis
+//! only as digests, keyed by `WELCOMEDLY_RATE_LIMIT_SECRET` when set). Other settings: `PORT`
+//! (3000), `TRUSTED_PROXIES` (CIDRs of the load balancers), `TRUSTED_PROXY_HEADER`
+//! (`x-forwarded-for`, the default, or `forwarded`), `WELCOMEDLY_DEMO_PASSWORD`,
+//! `WELCOMEDLY_ACCESS_LOG` (`info` default, `off`, …), `WELCOMEDLY_LOG_FORMAT` (`json` /
+//! `pretty`), `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `WELCOMEDLY_DRAIN_GRACE_MS`,
+//! `WELCOMEDLY_DRAIN_DEADLINE_MS`. SIGTERM drains and exits 0. Every error is
+//! `application/problem+json`.
 
 mod app;
+mod problem;
 
 use std::process::ExitCode;
 

@@ -56,6 +56,7 @@ mod var {
     pub(super) const DRAIN_GRACE: &str = "WELCOMEDLY_DRAIN_GRACE_MS";
     pub(super) const DRAIN_DEADLINE: &str = "WELCOMEDLY_DRAIN_DEADLINE_MS";
     pub(super) const HEALTH_TIMEOUT: &str = "WELCOMEDLY_HEALTH_TIMEOUT_MS";
+    pub(super) const ACCESS_LOG: &str = "WELCOMEDLY_ACCESS_LOG";
 }
 
 const DEFAULT_SERVICE_NAME: &str = "welcomedly";
@@ -64,6 +65,7 @@ const DEFAULT_LOG_FILTER: &str = "info";
 const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_ACCESS_LOG: Option<tracing::Level> = Some(tracing::Level::INFO);
 /// The longest accepted instance id, the same bound as a request id.
 const MAX_INSTANCE_ID_LEN: usize = 128;
 
@@ -112,6 +114,11 @@ pub struct CoreConfig {
     pub drain_deadline: Duration,
     /// Timeout of each health check. Env `WELCOMEDLY_HEALTH_TIMEOUT_MS`; default 2 s.
     pub health_check_timeout: Duration,
+    /// The level of the access log, one line per HTTP request (method, route, status, latency,
+    /// request id, trace id, instance id), or `None` for no access log. Env
+    /// `WELCOMEDLY_ACCESS_LOG` (`off`, `error`, `warn`, `info`, `debug`, `trace`); default
+    /// `info`. Applied by [`TelemetryGuard::http_layer`](crate::telemetry::TelemetryGuard::http_layer).
+    pub access_log: Option<tracing::Level>,
 }
 
 impl Default for CoreConfig {
@@ -129,6 +136,7 @@ impl Default for CoreConfig {
             drain_grace: DEFAULT_DRAIN_GRACE,
             drain_deadline: DEFAULT_DRAIN_DEADLINE,
             health_check_timeout: DEFAULT_HEALTH_TIMEOUT,
+            access_log: DEFAULT_ACCESS_LOG,
         }
     }
 }
@@ -277,6 +285,14 @@ impl CoreConfig {
                     "is not a usable timeout: expected a whole number of milliseconds greater \
                      than 0, such as 2000",
                 )
+            }),
+            access_log: env.read(var::ACCESS_LOG, DEFAULT_ACCESS_LOG, |v| {
+                if v.eq_ignore_ascii_case("off") {
+                    return Ok(None);
+                }
+                v.parse::<tracing::Level>().map(Some).map_err(|_| {
+                    "is not an access-log level: expected off, error, warn, info, debug or trace"
+                })
             }),
         };
         let mut invalid = env.invalid;
@@ -510,6 +526,7 @@ mod tests {
             var::DRAIN_GRACE,
             var::DRAIN_DEADLINE,
             var::HEALTH_TIMEOUT,
+            var::ACCESS_LOG,
         ];
         for blank in ["", "  ", "\t"] {
             let vars: Vec<_> = names.iter().map(|n| (*n, blank)).collect();
@@ -572,6 +589,16 @@ mod tests {
             error("TRUSTED_PROXY_HEADER", "x-real-ip"),
             r#"TRUSTED_PROXY_HEADER="x-real-ip" is not a forwarding header: expected x-forwarded-for (what NGINX, ALB and Envoy write) or forwarded (RFC 7239)"#
         );
+    }
+
+    #[test]
+    fn access_log() {
+        assert_eq!(load(&[]).unwrap().access_log, Some(tracing::Level::INFO));
+        let c = load(&[("WELCOMEDLY_ACCESS_LOG", "OFF")]).unwrap();
+        assert_eq!(c.access_log, None);
+        let c = load(&[("WELCOMEDLY_ACCESS_LOG", "debug")]).unwrap();
+        assert_eq!(c.access_log, Some(tracing::Level::DEBUG));
+        assert!(error("WELCOMEDLY_ACCESS_LOG", "loud").contains("expected off, error"));
     }
 
     #[test]

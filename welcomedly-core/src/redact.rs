@@ -80,7 +80,10 @@ mod tests {
         assert_eq!(redact_url("redis://:pw@h:1/"), "redis://:***@h:1/");
         assert_eq!(redact_url("redis://u:pw@h"), "redis://u:***@h");
         assert_eq!(redact_url("rediss://u:p@ss@h/0"), "rediss://u:***@h/0");
-        assert_eq!(redact_url("https://token@api.example"), "https://***@api.example");
+        assert_eq!(
+            redact_url("https://token@api.example"),
+            "https://***@api.example"
+        );
         assert_eq!(
             redact_url("a redis://:x@h b postgres://u:y@db/app"),
             "a redis://:***@h b postgres://u:***@db/app"
@@ -90,7 +93,14 @@ mod tests {
 
     #[test]
     fn text_without_credentials_is_borrowed() {
-        for text in ["", "redis://h:6379", "no url", "x://", "http://h/a@b", "u:@h"] {
+        for text in [
+            "",
+            "redis://h:6379",
+            "no url",
+            "x://",
+            "http://h/a@b",
+            "u:@h",
+        ] {
             assert!(matches!(redact_url(text), Cow::Borrowed(_)), "{text}");
         }
         assert_eq!(redact_url("http://u:@h"), "http://u:@h");

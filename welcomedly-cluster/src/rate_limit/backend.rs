@@ -524,7 +524,9 @@ async fn supervise(inner: Weak<Inner>, wake: Arc<Notify>, mut connected: bool) {
     loop {
         if connected {
             wake.notified().await;
-            let Some(strong) = inner.upgrade() else { return };
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
             if strong.hot.load().is_some() {
                 // A stale wake-up: the connection is there.
                 continue;
@@ -539,7 +541,9 @@ async fn supervise(inner: Weak<Inner>, wake: Arc<Notify>, mut connected: bool) {
         };
         let mut attempts = 0u32;
         loop {
-            let Some(strong) = inner.upgrade() else { return };
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
             match strong.connect().await {
                 Ok(conn) => {
                     strong.publish(conn);
@@ -554,7 +558,7 @@ async fn supervise(inner: Weak<Inner>, wake: Arc<Notify>, mut connected: bool) {
                     attempts += 1;
                     // Every attempt at debug, every tenth at warn: a long outage stays visible
                     // without flooding the log.
-                    if attempts % 10 == 0 {
+                    if attempts.is_multiple_of(10) {
                         tracing::warn!(error = %e, attempts, "Redis still unreachable");
                     } else {
                         tracing::debug!(error = %e, attempts, "Redis still unreachable");
@@ -786,7 +790,10 @@ mod tests {
         let mut c = RedisRateLimitConfig::new("redis://:hunter2@cache:6379/0");
         c.key_secret = Some("s3cret".to_owned());
         let text = format!("{c:?}");
-        assert!(!text.contains("hunter2") && !text.contains("s3cret"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 
 use welcomedly_core::rate_limit::Key;
 
+/// Per remembered client (a fingerprint of its key): until when it is rejected.
+type Table = Mutex<HashMap<u64, Instant>>;
+
 pub(crate) struct Rejections {
     cap: usize,
     seed: foldhash::fast::RandomState,
-    tables: OnceLock<Box<[Mutex<HashMap<u64, Instant>>]>>,
+    tables: OnceLock<Box<[Table]>>,
 }
 
 impl Rejections {
@@ -36,7 +39,7 @@ impl Rejections {
             .get_or_init(|| (0..policies).map(|_| Mutex::default()).collect());
     }
 
-    fn table(&self, policy: usize) -> Option<&Mutex<HashMap<u64, Instant>>> {
+    fn table(&self, policy: usize) -> Option<&Table> {
         if self.cap == 0 {
             return None;
         }

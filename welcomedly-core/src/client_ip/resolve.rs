@@ -143,9 +143,7 @@ pub fn resolve(
         return peer;
     }
     match header {
-        ForwardingHeader::XForwardedFor => {
-            walk(peer, headers, &X_FORWARDED_FOR, trusted, bare_hop)
-        }
+        ForwardingHeader::XForwardedFor => walk(peer, headers, &X_FORWARDED_FOR, trusted, bare_hop),
         ForwardingHeader::Forwarded => walk(peer, headers, &FORWARDED, trusted, forwarded_for),
     }
 }
@@ -302,7 +300,12 @@ mod tests {
     const FWD: ForwardingHeader = ForwardingHeader::Forwarded;
 
     fn resolve_xff(value: &str) -> IpAddr {
-        resolve(ip(LB), &headers(&[("x-forwarded-for", value)]), &trusted(), XFF)
+        resolve(
+            ip(LB),
+            &headers(&[("x-forwarded-for", value)]),
+            &trusted(),
+            XFF,
+        )
     }
 
     fn resolve_fwd(value: &str) -> IpAddr {

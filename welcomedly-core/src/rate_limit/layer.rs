@@ -277,8 +277,14 @@ mod window_tests {
     fn sub_second_and_fractional_windows_scale_the_quota() {
         assert_eq!(policy_window(&Quota::per_second(10)), (10, 1));
         assert_eq!(policy_window(&Quota::per_minute(5)), (5, 60));
-        assert_eq!(policy_window(&Quota::new(1, Duration::from_millis(100))), (10, 1));
-        assert_eq!(policy_window(&Quota::new(3, Duration::from_millis(1500))), (4, 2));
+        assert_eq!(
+            policy_window(&Quota::new(1, Duration::from_millis(100))),
+            (10, 1)
+        );
+        assert_eq!(
+            policy_window(&Quota::new(3, Duration::from_millis(1500))),
+            (4, 2)
+        );
         let governor = governor::Quota::per_second(std::num::NonZeroU32::new(10).unwrap());
         assert_eq!(policy_window(&Quota::from(governor)), (10, 1));
     }
@@ -286,7 +292,10 @@ mod window_tests {
     #[test]
     fn the_header_carries_the_scaled_quota() {
         let l = RateLimitLayer::builder()
-            .policy(Policy::new("fast", Quota::new(1, Duration::from_millis(100))))
+            .policy(Policy::new(
+                "fast",
+                Quota::new(1, Duration::from_millis(100)),
+            ))
             .build()
             .unwrap();
         assert_eq!(l.policies()[0].policy_header, "\"fast\";q=10;w=1");

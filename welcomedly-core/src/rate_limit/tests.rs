@@ -185,9 +185,11 @@ async fn concurrent_slow_requests_on_a_charge_by_status_policy_admit_at_most_the
     let mut tasks = Vec::new();
     for _ in 0..40 {
         let svc = svc.clone();
-        tasks.push(tokio::spawn(
-            svc.oneshot(req(Method::POST, "/auth/login", "192.0.2.1")),
-        ));
+        tasks.push(tokio::spawn(svc.oneshot(req(
+            Method::POST,
+            "/auth/login",
+            "192.0.2.1",
+        ))));
     }
     // Let every request reach the limiter (and the admitted ones the handler) before any answers.
     for _ in 0..10_000 {
@@ -211,13 +213,20 @@ async fn concurrent_slow_requests_on_a_charge_by_status_policy_admit_at_most_the
 #[tokio::test]
 async fn reservations_of_uncharged_statuses_are_refunded() {
     let (l, _clock) = layer(vec![
-        Policy::new("login", Quota::per_minute(2))
-            .charge_only_statuses([StatusCode::UNAUTHORIZED]),
+        Policy::new("login", Quota::per_minute(2)).charge_only_statuses([StatusCode::UNAUTHORIZED]),
     ]);
     let mut s = svc(&l);
     // In flight together, two requests hold the whole burst: a third is rejected...
-    let held_a = s.ready().await.unwrap().call(req(Method::POST, "/", "192.0.2.1"));
-    let held_b = s.ready().await.unwrap().call(req(Method::POST, "/", "192.0.2.1"));
+    let held_a = s
+        .ready()
+        .await
+        .unwrap()
+        .call(req(Method::POST, "/", "192.0.2.1"));
+    let held_b = s
+        .ready()
+        .await
+        .unwrap()
+        .call(req(Method::POST, "/", "192.0.2.1"));
     let third = send(&mut s, req(Method::POST, "/", "192.0.2.1")).await;
     assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
     // ...and once they answer 200 (not charged), their reservations come back.

@@ -42,7 +42,8 @@ impl TelemetryError {
 
     pub(crate) fn invalid_endpoint(endpoint: &str, source: Option<BoxError>) -> Self {
         Self {
-            kind: Kind::InvalidEndpoint(endpoint.to_owned()),
+            // Shown in messages: never with a password.
+            kind: Kind::InvalidEndpoint(crate::redact::redact_url(endpoint).into_owned()),
             source,
         }
     }

@@ -44,6 +44,7 @@ pub struct Telemetry {
     log_format: LogFormat,
     log_filter: String,
     otlp_endpoint: Option<String>,
+    access_log: Option<tracing::Level>,
 }
 
 impl Telemetry {
@@ -56,11 +57,12 @@ impl Telemetry {
             log_format: LogFormat::Json,
             log_filter: "info".to_owned(),
             otlp_endpoint: None,
+            access_log: None,
         }
     }
 
     /// Settings taken from `config` (`service_name`, `service_version`, `instance_id`,
-    /// `log_format`, `log_filter`, `otlp_endpoint`).
+    /// `log_format`, `log_filter`, `otlp_endpoint`, `access_log`).
     pub fn from_config(config: &CoreConfig) -> Self {
         Self {
             service_name: config.service_name.clone(),
@@ -69,7 +71,15 @@ impl Telemetry {
             log_format: config.log_format,
             log_filter: config.log_filter.clone(),
             otlp_endpoint: config.otlp_endpoint.clone(),
+            access_log: config.access_log,
         }
+    }
+
+    /// The level of the access log written by [`TelemetryGuard::http_layer`] (one line per
+    /// request), or `None` for none. Default none; `from_config` takes `WELCOMEDLY_ACCESS_LOG`.
+    pub fn access_log(mut self, level: Option<tracing::Level>) -> Self {
+        self.access_log = level;
+        self
     }
 
     /// The `service.name` resource attribute.
@@ -161,6 +171,7 @@ impl Telemetry {
             tracer_provider,
             metrics,
             instance_id: self.instance_id,
+            access_log: self.access_log,
         })
     }
 
@@ -262,6 +273,7 @@ pub struct TelemetryGuard {
     tracer_provider: SdkTracerProvider,
     metrics: Metrics,
     instance_id: InstanceId,
+    access_log: Option<tracing::Level>,
 }
 
 impl TelemetryGuard {
@@ -280,9 +292,15 @@ impl TelemetryGuard {
         &self.tracer_provider
     }
 
-    /// An [`HttpTelemetryLayer`] for this instance, recording into [`metrics`](Self::metrics).
+    /// An [`HttpTelemetryLayer`] for this instance, recording into [`metrics`](Self::metrics),
+    /// writing the access log at the level [`Telemetry::access_log`] set.
     pub fn http_layer(&self) -> HttpTelemetryLayer {
-        HttpTelemetryLayer::new(self.instance_id.clone()).with_metrics(self.metrics.http())
+        let layer =
+            HttpTelemetryLayer::new(self.instance_id.clone()).with_metrics(self.metrics.http());
+        match self.access_log {
+            Some(level) => layer.with_response_event(level),
+            None => layer,
+        }
     }
 }
 
