@@ -8,7 +8,7 @@
 )]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,11 +34,7 @@ impl Instance {
 
     /// Starts the example; with `stdout`, its stdout (the JSON log) goes to that file.
     fn start_logging(envs: &[(&str, String)], stdout: Option<&std::path::Path>) -> Instance {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = welcomedly_test_support::free_port().unwrap();
         let mut cmd = Command::new(example_binary());
         cmd.env_clear()
             .env("PORT", port.to_string())
@@ -56,9 +52,12 @@ impl Instance {
         let child = cmd
             .spawn()
             .expect("the example binary is built by cargo test");
-        let instance = Instance { child, port };
+        let mut instance = Instance { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = instance.child.try_wait().unwrap() {
+                panic!("the example exited during start-up ({status})");
+            }
             assert!(
                 Instant::now() < deadline,
                 "the example did not start listening"

@@ -47,6 +47,7 @@ mod resp;
 mod run_as;
 
 pub use error::Error;
+pub use ports::free_port;
 pub use postgres::{Node, PgCluster, parse_lsn};
 pub use redis::RedisServer;
 pub use resp::Reply;

@@ -21,11 +21,17 @@ const TRIES: usize = 500;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, below the ephemeral range (so a burst of
+/// client sockets in `TIME_WAIT` cannot take it) and distinct from every other port this process
+/// was given.
+///
+/// # Errors
+///
+/// No port of this process's block is free.
 ///
 /// Binding a listener is the check; std sets `SO_REUSEADDR` like Redis and PostgreSQL do, so a
 /// port with lingering `TIME_WAIT` sockets counts as free exactly when the servers can bind it.
-pub(crate) fn free_port() -> Result<u16, Error> {
+pub fn free_port() -> Result<u16, Error> {
     let block_start = (std::process::id() % BLOCKS) * BLOCK;
     for _ in 0..TRIES {
         let step = NEXT.fetch_add(1, Ordering::Relaxed);
