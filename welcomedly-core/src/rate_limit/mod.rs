@@ -8,9 +8,16 @@
 //!   long is admitted), and the IETF draft `RateLimit-Policy` / `RateLimit` headers, also on
 //!   admitted responses ([`HeaderMode`]).
 //! - **Keys** by client IP (IPv6 cut to /64; use `ClientIpLayer` so forged forwarding headers
-//!   cannot move the key), authenticated user ([`UserId`]), header, one global key, or several.
+//!   cannot move the key), authenticated user ([`UserId`]), header (values over
+//!   [`MAX_HEADER_KEY_LEN`] bytes share one key), one global key, or several.
+//! - **Unknown paths**: with axum, put the fallback inside the limits
+//!   (`Router::new().route(..).fallback(not_found).layer(limits)`) so scanners meet the
+//!   `otherwise` policy, and merge health and metrics routes after the layer (see
+//!   [`Policy::otherwise`]).
 //! - **Bounded memory**: a per-policy cap on stored keys with amortised eviction.
-//! - **Shadow mode** and **charging by response status** per policy; per-policy counters
+//! - **Shadow mode** and **charging by response status** per policy (reserved at admission,
+//!   refunded when the status is not charged, so concurrent requests cannot all slip through
+//!   on one unspent quota); per-policy counters
 //!   ([`RateLimitLayer::stats`], [`RateLimitLayer::register_metrics`]).
 //! - **Pluggable state** ([`RateLimitBackend`]): in memory ([`LocalBackend`], the default) or, with
 //!   welcomedly-cluster, in Redis so that N instances share one limit.

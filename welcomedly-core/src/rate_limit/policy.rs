@@ -111,8 +111,15 @@ impl Policy {
         self
     }
 
-    /// Only requests that no other (non-`otherwise`) policy matched: the "general" limit of
-    /// everything else.
+    /// Only requests that no other (non-`otherwise`) policy limits — none matched the route, or
+    /// those that matched found no key (an anonymous request to a user-keyed route): the
+    /// "general" limit of everything else.
+    ///
+    /// With axum, a request to an unknown path reaches the layer only if the layer wraps the
+    /// router's fallback: add `.fallback(..)` before `.layer(limits)` (`Router::layer` wraps the
+    /// fallback too), or apply the layer around the whole `Router` with
+    /// `ServiceBuilder`/`Layer::layer`. Routes merged after `.layer(limits)` are not limited —
+    /// the place for `/health` and `/metrics`, which a load balancer and Prometheus poll.
     pub fn otherwise(mut self) -> Self {
         self.otherwise = true;
         self
