@@ -22,3 +22,8 @@ pub use welcomedly_flags as flags;
 
 #[cfg(feature = "db")]
 pub use welcomedly_db as db;
+
+/// The README's code, compiled and run as doc tests so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -13,7 +13,8 @@ use super::{ForwardingHeader, TrustedProxies, resolve};
 /// The client address of a request, as resolved by [`ClientIpLayer`]: a request extension.
 ///
 /// Absent when the layer did not know the peer address (see [`SetClientIp`]). With the `axum`
-/// feature it is also an extractor, which answers 500 when it is absent (a wiring mistake).
+/// feature it is also an extractor, rejecting with [`MissingClientIp`] (500) when it is absent
+/// (a wiring mistake).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientIp(pub IpAddr);
 
@@ -154,19 +155,53 @@ fn peer_ip<B>(req: &Request<B>) -> Option<IpAddr> {
     None
 }
 
+/// The rejection of the [`ClientIp`] extractor (with the `axum` feature): no [`ClientIpLayer`]
+/// ran before the handler, or it did not know the peer address. A wiring mistake, answered 500.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MissingClientIp;
+
+impl MissingClientIp {
+    /// `500 Internal Server Error`: the service is wired wrong, not the request.
+    pub fn status(&self) -> http::StatusCode {
+        http::StatusCode::INTERNAL_SERVER_ERROR
+    }
+
+    /// What to fix.
+    pub fn body_text(&self) -> &'static str {
+        "client address unknown: add ClientIpLayer and serve with \
+         into_make_service_with_connect_info::<SocketAddr>() or insert PeerAddr"
+    }
+}
+
+impl fmt::Display for MissingClientIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.body_text())
+    }
+}
+
+impl std::error::Error for MissingClientIp {}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for MissingClientIp {
+    fn into_response(self) -> axum::response::Response {
+        (self.status(), self.body_text()).into_response()
+    }
+}
+
 #[cfg(feature = "axum")]
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
-    type Rejection = (http::StatusCode, &'static str);
+    type Rejection = MissingClientIp;
 
     async fn from_request_parts(
         parts: &mut http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<ClientIp>().copied().ok_or((
-            http::StatusCode::INTERNAL_SERVER_ERROR,
-            "client address unknown: add ClientIpLayer and serve with \
-             into_make_service_with_connect_info::<SocketAddr>() or insert PeerAddr",
-        ))
+        parts
+            .extensions
+            .get::<ClientIp>()
+            .copied()
+            .ok_or(MissingClientIp)
     }
 }
 
@@ -259,7 +294,9 @@ mod tests {
         let rejection = ClientIp::from_request_parts(&mut parts, &())
             .await
             .unwrap_err();
-        assert_eq!(rejection.0, http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(rejection, MissingClientIp);
+        assert_eq!(rejection.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(rejection.body_text().contains("ClientIpLayer"));
         parts
             .extensions
             .insert(ClientIp("192.0.2.1".parse().unwrap()));

@@ -52,6 +52,6 @@ mod layer;
 mod net;
 mod resolve;
 
-pub use layer::{ClientIp, ClientIpLayer, PeerAddr, SetClientIp};
+pub use layer::{ClientIp, ClientIpLayer, MissingClientIp, PeerAddr, SetClientIp};
 pub use net::{IpNet, ParseIpNetError, TrustedProxies, ipv6_prefix};
 pub use resolve::{ForwardingHeader, MAX_HOPS, ParseForwardingHeaderError, resolve};
