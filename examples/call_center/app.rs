@@ -13,6 +13,7 @@ use serde::Deserialize;
 use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
 use welcomedly_core::CoreConfig;
 use welcomedly_core::client_ip::ClientIpLayer;
+use welcomedly_core::config::EnvReader;
 use welcomedly_core::drain::{self, DrainConfig};
 use welcomedly_core::health::{self, Affects, HealthRegistry};
 use welcomedly_core::rate_limit::{
@@ -29,18 +30,17 @@ const MAX_UPLOAD_BYTES: usize = 1024 * 1024;
 const MAX_LOGGED_USERNAME: usize = 32;
 
 pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
-    let config = CoreConfig::from_env()?;
+    // One reader for every component's variables: a bad start lists all of them at once.
+    let mut env = EnvReader::from_env();
+    let core = CoreConfig::read(&mut env);
+    let redis = RedisRateLimitConfig::read(&mut env);
+    let (config, redis) = env.finish((core, redis))?;
     let telemetry = Telemetry::from_config(&config).init()?;
     let registry = HealthRegistry::from_config(&config);
     let password = demo_password();
 
-    let api = match std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty()) {
-        Some(url) => {
-            let mut redis = RedisRateLimitConfig::new(url);
-            redis.instances = instances()?;
-            redis.key_secret = std::env::var("WELCOMEDLY_RATE_LIMIT_SECRET")
-                .ok()
-                .filter(|s| !s.is_empty());
+    let api = match redis {
+        Some(redis) => {
             let backend = redis.build().await?;
             registry.register("rate_limit", backend.clone(), Affects::Nothing);
             api_routes(
@@ -56,9 +56,6 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         ),
     };
 
-    // `api` carries the rate limits and the fallback: unknown paths are limited by `general`
-    // too (a scanner is not free). Health and metrics are merged after the limits, so a load
-    // balancer and Prometheus polling them are never limited.
     let app = api
         .merge(health::router(registry.clone()))
         .merge(telemetry.metrics().router())
@@ -226,14 +223,5 @@ fn demo_password() -> String {
             );
             DEFAULT_DEMO_PASSWORD.to_owned()
         }
-    }
-}
-
-fn instances() -> Result<u32, String> {
-    match std::env::var("WELCOMEDLY_INSTANCES").ok().filter(|v| !v.is_empty()) {
-        None => Ok(1),
-        Some(v) => v.trim().parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
-            format!("WELCOMEDLY_INSTANCES={v:?} is not a valid instance count: expected an integer >= 1")
-        }),
     }
 }

@@ -11,6 +11,7 @@ use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use tokio::sync::Notify;
+use welcomedly_core::config::{ConfigError, EnvReader, parse_millis};
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
 use welcomedly_core::rate_limit::{
     BackendError, Check, Decision, DecisionSource, Decisions, FailureMode, Key, LocalBackend,
@@ -109,6 +110,58 @@ impl fmt::Debug for RedisRateLimitConfig {
 }
 
 impl RedisRateLimitConfig {
+    /// Reads the settings from the environment, `None` when `REDIS_URL` is unset (the service
+    /// then runs on local limits): `REDIS_URL`, `WELCOMEDLY_INSTANCES` (the fallback's divisor,
+    /// default 1), `WELCOMEDLY_RATE_LIMIT_SECRET` (see [`key_secret`](Self::key_secret)),
+    /// `WELCOMEDLY_RATE_LIMIT_BUDGET_MS` (default 20).
+    ///
+    /// # Errors
+    ///
+    /// Every invalid variable, as welcomedly-core's `ConfigError` (URL passwords redacted).
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        let mut env = EnvReader::from_env();
+        let config = Self::read(&mut env);
+        env.finish(config)
+    }
+
+    /// [`from_env`](Self::from_env) through a shared reader, so a service reports the problems
+    /// of all its components' variables at once.
+    pub fn read(env: &mut EnvReader<'_>) -> Option<Self> {
+        let url = env.read("REDIS_URL", None, |v| {
+            let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|s| v.starts_with(s));
+            scheme_ok
+                .then(|| Some(v.to_owned()))
+                .ok_or("is not a Redis URL: expected redis://[user:password@]host[:port][/db] or rediss://…")
+        });
+        let instances = env.read("WELCOMEDLY_INSTANCES", 1, |v| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0 && v.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or("is not a valid instance count: expected an integer >= 1")
+        });
+        let secret = env.read("WELCOMEDLY_RATE_LIMIT_SECRET", None, |v| {
+            Ok::<_, String>(Some(v.to_owned()))
+        });
+        let budget = env.read(
+            "WELCOMEDLY_RATE_LIMIT_BUDGET_MS",
+            Duration::from_millis(20),
+            |v| {
+                parse_millis(v).filter(|d| !d.is_zero()).ok_or(
+                    "is not a usable budget: expected a whole number of milliseconds greater than 0, such as 20",
+                )
+            },
+        );
+        url.map(|url| {
+            let mut config = Self::new(url);
+            config.instances = instances;
+            config.key_secret = secret;
+            config.budget = budget;
+            config
+        })
+    }
+
     /// Settings for the Redis at `url`, defaults elsewhere.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
@@ -792,6 +845,44 @@ mod tests {
         let text = format!("{c:?}");
         assert!(
             !text.contains("hunter2") && !text.contains("s3cret"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn settings_from_the_environment() {
+        let read = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let mut env = EnvReader::from_lookup(move |name| {
+                vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            });
+            let config = RedisRateLimitConfig::read(&mut env);
+            env.finish(config)
+        };
+        assert!(read(&[]).unwrap().is_none());
+        let c = read(&[
+            ("REDIS_URL", "redis://:pw@cache:6379/0"),
+            ("WELCOMEDLY_INSTANCES", "3"),
+            ("WELCOMEDLY_RATE_LIMIT_SECRET", "s"),
+            ("WELCOMEDLY_RATE_LIMIT_BUDGET_MS", "35"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.instances, 3);
+        assert_eq!(c.key_secret.as_deref(), Some("s"));
+        assert_eq!(c.budget, Duration::from_millis(35));
+        let e = read(&[
+            ("REDIS_URL", "http://:hunter2@cache/"),
+            ("WELCOMEDLY_INSTANCES", "0"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.invalid_variables().len(), 2);
+        let text = e.to_string();
+        assert!(
+            !text.contains("hunter2") && text.contains("http://:***@cache/"),
             "{text}"
         );
     }

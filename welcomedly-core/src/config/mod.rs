@@ -34,10 +34,13 @@
 //! # Ok::<(), welcomedly_core::config::ConfigError>(())
 //! ```
 
-use std::env::VarError;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
+
+mod env;
+
+pub use env::{EnvReader, parse_millis};
 
 use crate::InstanceId;
 use crate::client_ip::{ForwardingHeader, ParseForwardingHeaderError, TrustedProxies};
@@ -177,13 +180,7 @@ impl CoreConfig {
     /// A [`ConfigError`] listing every variable whose value cannot be used (including one that is
     /// not valid Unicode), each with its value and what is expected.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_source(|name| match std::env::var(name) {
-            Ok(value) => Lookup::Value(value),
-            Err(VarError::NotPresent) => Lookup::Unset,
-            Err(VarError::NotUnicode(raw)) => {
-                Lookup::NotUnicode(raw.to_string_lossy().into_owned())
-            }
-        })
+        Self::from_reader(EnvReader::from_env())
     }
 
     /// [`from_env`](Self::from_env) with the environment given as a function from a variable
@@ -193,15 +190,25 @@ impl CoreConfig {
     ///
     /// As [`from_env`](Self::from_env).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Self::from_source(|name| lookup(name).map_or(Lookup::Unset, Lookup::Value))
+        Self::from_reader(EnvReader::from_lookup(lookup))
     }
 
-    fn from_source(source: impl Fn(&str) -> Lookup) -> Result<Self, ConfigError> {
-        let mut env = Reader {
-            source,
-            invalid: Vec::new(),
-        };
-        let config = Self {
+    /// Reads the configuration through `env`, which may already have read (and collected
+    /// problems with) other components' variables, so one error lists every bad variable of the
+    /// whole service.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_env`](Self::from_env), including the problems `env` collected before.
+    pub fn from_reader(mut env: EnvReader<'_>) -> Result<Self, ConfigError> {
+        let config = Self::read(&mut env);
+        env.finish(config)
+    }
+
+    /// Reads every variable of the configuration through `env`, recording problems there and
+    /// taking the default for each bad variable; [`EnvReader::finish`] reports them.
+    pub fn read(env: &mut EnvReader<'_>) -> Self {
+        Self {
             service_name: env.read(var::SERVICE_NAME, DEFAULT_SERVICE_NAME.to_owned(), |v| {
                 printable(v).ok_or("is not a service name: expected printable characters")
             }),
@@ -294,71 +301,11 @@ impl CoreConfig {
                     "is not an access-log level: expected off, error, warn, info, debug or trace"
                 })
             }),
-        };
-        let mut invalid = env.invalid;
-        match invalid.len() {
-            0 => Ok(config),
-            1 => Err(ConfigError::Invalid(invalid.remove(0))),
-            _ => Err(ConfigError::Several(invalid)),
         }
     }
 }
 
 const OTLP_EXPECTED: &str = "is not an OTLP endpoint: expected an http:// or https:// URL such as http://otel-collector:4318";
-
-/// One variable as found in the environment.
-enum Lookup {
-    Unset,
-    Value(String),
-    /// Not valid Unicode; the value with invalid sequences replaced, for the error message.
-    NotUnicode(String),
-}
-
-/// Reads variables one by one, collecting every invalid one instead of stopping at the first.
-struct Reader<F> {
-    source: F,
-    invalid: Vec<InvalidVariable>,
-}
-
-impl<F: Fn(&str) -> Lookup> Reader<F> {
-    /// `name`'s value passed through `parse`, or `default` when it is unset or blank. When it is
-    /// invalid, the problem `parse` describes is recorded and `default` returned, so the
-    /// remaining variables are still checked.
-    fn read<T, P: Into<String>>(
-        &mut self,
-        name: &'static str,
-        default: T,
-        parse: impl FnOnce(&str) -> Result<T, P>,
-    ) -> T {
-        let raw = match (self.source)(name) {
-            Lookup::Unset => return default,
-            Lookup::Value(raw) => raw,
-            Lookup::NotUnicode(lossy) => {
-                self.invalid.push(InvalidVariable {
-                    variable: name,
-                    value: lossy,
-                    problem: "is not valid UTF-8: expected a text value".to_owned(),
-                });
-                return default;
-            }
-        };
-        let value = raw.trim();
-        if value.is_empty() {
-            return default;
-        }
-        match parse(value) {
-            Ok(parsed) => parsed,
-            Err(problem) => {
-                self.invalid.push(InvalidVariable {
-                    variable: name,
-                    value: raw,
-                    problem: problem.into(),
-                });
-                default
-            }
-        }
-    }
-}
 
 /// `value` when it holds no control characters.
 fn printable(value: &str) -> Option<String> {
@@ -371,7 +318,7 @@ fn digits(value: &str) -> Option<&str> {
 }
 
 fn millis(value: &str) -> Option<Duration> {
-    digits(value)?.parse().ok().map(Duration::from_millis)
+    parse_millis(value)
 }
 
 /// Environment variables hold values [`CoreConfig::from_env`] cannot use.
@@ -419,9 +366,9 @@ impl std::error::Error for ConfigError {}
 /// `PORT="abc" is not a valid port: expected an integer 1-65535`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidVariable {
-    variable: &'static str,
-    value: String,
-    problem: String,
+    pub(super) variable: &'static str,
+    pub(super) value: String,
+    pub(super) problem: String,
 }
 
 impl InvalidVariable {
@@ -794,10 +741,10 @@ mod tests {
 
     #[test]
     fn non_unicode_values_are_reported_not_ignored() {
-        let err = CoreConfig::from_source(|name| match name {
-            "PORT" => Lookup::NotUnicode("80\u{fffd}".to_owned()),
-            _ => Lookup::Unset,
-        })
+        let err = CoreConfig::from_reader(EnvReader::from_raw(|name| match name {
+            "PORT" => Some(Err("80\u{fffd}".to_owned())),
+            _ => None,
+        }))
         .unwrap_err();
         assert_eq!(
             err.to_string(),
