@@ -311,6 +311,14 @@ async fn rolling_restart_behind_nginx(keepalive: Option<u32>) -> (Arc<Tally>, St
     (tally, log)
 }
 
+/// NGINX's lines about connections an instance reset or closed under it (retried or not).
+fn nginx_resets(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("reset by peer") || l.contains("prematurely closed"))
+        .take(5)
+        .collect()
+}
+
 fn nginx_upstream_errors(log: &str) -> BTreeMap<&'static str, usize> {
     [
         "upstream prematurely closed connection",
@@ -327,9 +335,10 @@ fn nginx_upstream_errors(log: &str) -> BTreeMap<&'static str, usize> {
 async fn rolling_restart_behind_nginx_with_upstream_keepalive_loses_at_most_one_post() {
     let (tally, log) = rolling_restart_behind_nginx(Some(64)).await;
     eprintln!(
-        "keepalive 64: {}; nginx: {:?}",
+        "keepalive 64: {}; nginx: {:?} {:#?}",
         tally.summary(),
-        nginx_upstream_errors(&log)
+        nginx_upstream_errors(&log),
+        nginx_resets(&log)
     );
     assert!(
         tally.ok.load(Ordering::Relaxed) > 1000,
@@ -347,9 +356,10 @@ async fn rolling_restart_behind_nginx_with_upstream_keepalive_loses_at_most_one_
 async fn rolling_restart_behind_nginx_without_upstream_keepalive_loses_at_most_one_post() {
     let (tally, log) = rolling_restart_behind_nginx(None).await;
     eprintln!(
-        "no keepalive: {}; nginx: {:?}",
+        "no keepalive: {}; nginx: {:?} {:#?}",
         tally.summary(),
-        nginx_upstream_errors(&log)
+        nginx_upstream_errors(&log),
+        nginx_resets(&log)
     );
     assert!(
         tally.ok.load(Ordering::Relaxed) > 1000,
