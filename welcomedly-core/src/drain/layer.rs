@@ -413,5 +413,6 @@ mod tests {
         send::<DrainBody<Full<Bytes>>>();
         send_sync::<DrainSignal>();
         send_sync::<super::super::Drain>();
+        send_sync::<super::super::ListenConfig>();
     }
 }

@@ -32,6 +32,9 @@
 //! activation (a `.socket` unit with `ListenStream=`, or any supervisor that holds the socket
 //! and passes it as fd 3 with `LISTEN_FDS=1`), and [`ListenConfig::listen`] takes that socket;
 //! connections that arrive while one process drains and the next starts wait in the queue.
+//! Without a supervisor, [`ListenConfig::reuse_port`] lets the new process listen on the port
+//! before the old one is told to stop; Linux hands the old listener's queue over on `close` when
+//! `net.ipv4.tcp_migrate_req = 1`, and resets it otherwise.
 //!
 #![cfg_attr(feature = "axum", doc = "```no_run")]
 #![cfg_attr(not(feature = "axum"), doc = "```ignore")]

@@ -96,6 +96,11 @@ impl Drain {
     /// connections and resolve. Returns the server's own result if it stops before the signal,
     /// `Ok(())` after a drain (also when the deadline had to cut responses).
     ///
+    /// A server of your own gets the layer's `Connection: close` during the grace period, but
+    /// not what [`serve`] does when accepting stops (empty the accept queue before closing the
+    /// listener, wait for the first request of a connection that has not sent one): without
+    /// those, a POST sent at that moment can be reset.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use welcomedly_core::drain::{Drain, DrainConfig};
