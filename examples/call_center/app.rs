@@ -63,14 +63,13 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         .layer(ClientIpLayer::from_config(&config))
         .layer(telemetry.http_layer());
 
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port))
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot listen on port {} (set PORT to a free port): {e}",
-                config.port
-            )
-        })?;
+    // The socket systemd passed (LISTEN_FDS), so a restart keeps its queue; else 0.0.0.0:PORT.
+    let listener = drain::ListenConfig::from(&config).listen().map_err(|e| {
+        format!(
+            "cannot listen on port {} (set PORT to a free port): {e}",
+            config.port
+        )
+    })?;
     tracing::info!(
         port = config.port,
         instance_id = %config.instance_id,

@@ -180,6 +180,9 @@ async fn a_request_in_flight_completes_while_ready_already_answers_503() {
     let (status, body) = text(send(&mut during_grace, "/health/ready").await).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains(r#""status":"draining""#), "{body}");
+    // Draining: every response asks the client to take its next request elsewhere.
+    assert!(during_grace.is_closed() || during_grace.ready().await.is_err());
+    let mut during_grace = connect(addr).await.unwrap();
     let (status, _) = text(send(&mut during_grace, "/health/live").await).await;
     assert_eq!(
         status,
@@ -397,4 +400,145 @@ async fn idle_keep_alive_connections_do_not_hold_shutdown() {
         took < Duration::from_secs(2),
         "an idle connection held shutdown for {took:?}"
     );
+}
+
+/// One raw HTTP/1.1 POST on a fresh connection: the status and the `Connection` header of the
+/// answer, or the I/O error a client would see (a reset connection).
+async fn raw_post(addr: SocketAddr, body: &str) -> io::Result<(u16, String, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = TcpStream::connect(addr).await?;
+    let req = format!(
+        "POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    // The server closes after the answer (Connection: close), so read to the end.
+    stream.read_to_end(&mut raw).await?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::other(format!("no response head in {raw:?}")))?;
+    let status = head
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("no status in {head:?}")))?;
+    let connection = head
+        .lines()
+        .find_map(|l| l.strip_prefix("connection: "))
+        .unwrap_or("")
+        .to_owned();
+    Ok((status, connection, body.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_queued_when_the_grace_period_ends_are_served_not_reset() {
+    // The server runs on its own single-threaded runtime, which a handler then blocks across the
+    // end of the grace period: the POSTs sent meanwhile sit unread in the kernel's accept queue
+    // (or in accepted connections nobody has read yet) when accepting stops. Closing the listener
+    // on them, or closing a connection before reading its request, resets them; a load balancer
+    // does not retry a POST it has sent.
+    let registry = registry();
+    let (fire, shutdown) = trigger();
+    let grace = Duration::from_millis(300);
+    let (addr_tx, addr_rx) = oneshot::channel();
+    let server_registry = registry.clone();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = Router::new()
+                .route(
+                    "/block",
+                    get(|| async {
+                        std::thread::sleep(Duration::from_millis(600));
+                        "unblocked"
+                    }),
+                )
+                .route("/echo", axum::routing::post(|body: String| async { body }))
+                .merge(health::router(server_registry.clone()));
+            let (listener, addr) = bind().await;
+            addr_tx.send(addr).unwrap();
+            let config = DrainConfig::new(grace, Duration::from_secs(3));
+            drain::serve(listener, app, server_registry, config, shutdown).await
+        })
+    });
+    let addr = addr_rx.await.unwrap();
+
+    fire.send(()).unwrap();
+    let signalled = Instant::now();
+    eventually("registry draining", || registry.is_draining()).await;
+    let mut blocker = connect(addr).await.unwrap();
+    let blocked = tokio::spawn(async move { text(send(&mut blocker, "/block").await).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let posts: Vec<_> = (0..8)
+        .map(|i| {
+            tokio::spawn(raw_post(
+                addr,
+                Box::leak(format!("call {i}").into_boxed_str()),
+            ))
+        })
+        .collect();
+    let (status, _) = blocked.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        signalled.elapsed() > grace,
+        "the server was blocked past the end of the grace period"
+    );
+    for (i, post) in posts.into_iter().enumerate() {
+        let (status, connection, body) = post.await.unwrap().unwrap_or_else(|err| {
+            panic!("POST {i}, queued when the grace period ended, was lost: {err}")
+        });
+        assert_eq!(status, 200);
+        assert_eq!(
+            connection, "close",
+            "draining: the client must not reuse it"
+        );
+        assert_eq!(body, format!("call {i}"));
+    }
+
+    // Then the listener is closed: a new connection is refused, not queued.
+    let refused = until_refused(addr).await;
+    assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+    server.join().unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_opened_during_grace_is_not_closed_before_its_first_request() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // A load balancer opens a connection to send a request; closing it at the end of the grace
+    // period before reading would reset that request (hyper closes a connection it has read
+    // nothing from at once on a graceful shutdown).
+    let registry = registry();
+    let app = Router::new().route("/echo", axum::routing::post(|body: String| async { body }));
+    let (listener, addr) = bind().await;
+    let (fire, shutdown) = trigger();
+    let grace = Duration::from_millis(100);
+    let config = DrainConfig::new(grace, Duration::from_secs(3));
+    let server = spawn_serve(listener, app, registry.clone(), config, shutdown);
+
+    fire.send(()).unwrap();
+    eventually("registry draining", || registry.is_draining()).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // The grace period ends while the connection is open and silent.
+    tokio::time::sleep(grace + Duration::from_millis(200)).await;
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 4\r\n\r\nlate")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("connection: close"), "{raw}");
+    assert!(raw.ends_with("late"), "{raw}");
+
+    let (result, _) = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    result.unwrap();
 }

@@ -39,6 +39,7 @@
 //! ```
 
 mod error;
+mod nginx;
 mod ports;
 mod postgres;
 mod process;
@@ -47,6 +48,7 @@ mod resp;
 mod run_as;
 
 pub use error::Error;
+pub use nginx::{Nginx, NginxConfig};
 pub use ports::free_port;
 pub use postgres::{Node, PgCluster, parse_lsn};
 pub use redis::RedisServer;

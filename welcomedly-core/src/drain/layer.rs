@@ -1,5 +1,6 @@
-//! [`DrainLayer`]: counts requests in flight, hands handlers a [`DrainSignal`], and cuts what is
-//! still running when the drain deadline passes.
+//! [`DrainLayer`]: counts requests in flight, hands handlers a [`DrainSignal`], asks HTTP/1 clients
+//! to leave (`Connection: close`) once draining has started, and cuts what is still running when
+//! the drain deadline passes.
 
 use std::fmt;
 use std::future::Future;
@@ -9,7 +10,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
@@ -64,7 +65,10 @@ impl<S> tower::Layer<S> for DrainLayer {
 }
 
 /// Counts each request as in flight until its response body is dropped, inserts a
-/// [`DrainSignal`](super::DrainSignal) into the request extensions, and at the drain deadline
+/// [`DrainSignal`](super::DrainSignal) into the request extensions, adds `Connection: close` to
+/// every HTTP/1 response once draining has started (so a keep-alive client, such as a load
+/// balancer's upstream pool, sends its next request elsewhere instead of on a connection this
+/// instance will close under it), and at the drain deadline
 /// answers a still-pending request with `503` and ends a still-streaming body with
 /// [`DeadlineExceeded`].
 #[derive(Debug, Clone)]
@@ -91,7 +95,10 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         req.extensions_mut().insert(self.shared.signal());
         let guard = InFlight::new(&self.shared);
+        // HTTP/2 has no `Connection` header (a GOAWAY does that job).
+        let http1 = req.version() <= Version::HTTP_11;
         ResponseFuture {
+            http1,
             inner: self.inner.call(req),
             cut: self.shared.cut_notified(),
             shared: Arc::clone(&self.shared),
@@ -109,6 +116,7 @@ pin_project! {
         cut: OwnedNotified,
         shared: Arc<Shared>,
         guard: Option<InFlight>,
+        http1: bool,
     }
 }
 
@@ -132,9 +140,17 @@ where
             if let Poll::Ready(result) = this.inner.poll(cx) {
                 let guard = this.guard.take();
                 let shared = Arc::clone(this.shared);
-                return Poll::Ready(
-                    result.map(|res| res.map(|body| DrainBody::new(body, shared, guard))),
-                );
+                let close = *this.http1 && shared.is_draining();
+                return Poll::Ready(result.map(|mut res| {
+                    if close {
+                        // Checked when the response is ready, not when the request came in: a
+                        // request that started before the signal and ends during the drain must
+                        // still release its connection.
+                        res.headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    res.map(|body| DrainBody::new(body, shared, guard))
+                }));
             }
             if this.cut.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -359,6 +375,30 @@ mod tests {
         assert_eq!(shared.in_flight(), 0);
     }
 
+    #[tokio::test]
+    async fn responses_ask_http1_clients_to_close_once_draining() {
+        let shared = Shared::new();
+        let service = DrainLayer::new(Arc::clone(&shared)).layer(tower::service_fn(
+            |_req: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            },
+        ));
+        let res = service.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.headers().get(CONNECTION), None, "not draining yet");
+
+        shared.enter(DrainPhase::Draining);
+        let res = service.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.headers()[CONNECTION], "close");
+        let mut h2 = Request::new(());
+        *h2.version_mut() = Version::HTTP_2;
+        let res = service.oneshot(h2).await.unwrap();
+        assert_eq!(
+            res.headers().get(CONNECTION),
+            None,
+            "HTTP/2 has no Connection header"
+        );
+    }
+
     #[test]
     fn layer_service_future_and_body_are_send_and_sync() {
         fn send_sync<T: Send + Sync>() {}
@@ -373,5 +413,6 @@ mod tests {
         send::<DrainBody<Full<Bytes>>>();
         send_sync::<DrainSignal>();
         send_sync::<super::super::Drain>();
+        send_sync::<super::super::ListenConfig>();
     }
 }

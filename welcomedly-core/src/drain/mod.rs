@@ -6,11 +6,16 @@
 //!
 //! 1. **at once** the [`HealthRegistry`](crate::health::HealthRegistry) starts draining:
 //!    `/health/ready` answers 503 and `/health` says `"draining"`, while `/health/live` stays 200;
+//!    every HTTP/1 response from now on carries `Connection: close`, so keep-alive clients (a load
+//!    balancer's upstream pool) open their next connection elsewhere instead of reusing one this
+//!    instance is about to close;
 //! 2. **during [`grace`](DrainConfig::grace)** the server still accepts and serves, so requests the
 //!    load balancer sends before it notices readiness failing are not refused;
-//! 3. **then** it stops accepting connections, closes idle keep-alive connections and lets
-//!    in-flight requests finish; long-lived handlers see [`DrainSignal::closing`] and should end
-//!    their streams;
+//! 3. **then** it accepts what is already in the kernel's accept queue and closes the listener
+//!    (new connections are refused, which a load balancer retries elsewhere even for a POST),
+//!    waits for the first request of connections that have not sent one yet, closes idle
+//!    keep-alive connections and lets in-flight requests finish; long-lived handlers see
+//!    [`DrainSignal::closing`] and should end their streams;
 //! 4. **at [`deadline`](DrainConfig::deadline) after the grace period** whatever is still running
 //!    is cut by the [`DrainLayer`] (a pending request gets a 503, a streaming body ends with
 //!    [`DeadlineExceeded`]), so an open SSE stream can never hold shutdown forever;
@@ -18,11 +23,24 @@
 //!
 //! Each phase is logged at info level with the number of requests still in flight.
 //!
+//! **What can still be lost**, and how to lose nothing. Closing a listener resets the
+//! connections the kernel queued on it after the last `accept`; [`serve`] closes it right after
+//! an `accept` that found the queue empty, so only a connection whose handshake completes in
+//! those few microseconds is reset. A keep-alive connection idle for the whole grace period is
+//! closed when the grace period ends, and a client that picks it at that instant sees it close.
+//! Neither happens when the listening socket outlives the process: run under systemd socket
+//! activation (a `.socket` unit with `ListenStream=`, or any supervisor that holds the socket
+//! and passes it as fd 3 with `LISTEN_FDS=1`), and [`ListenConfig::listen`] takes that socket;
+//! connections that arrive while one process drains and the next starts wait in the queue.
+//! Without a supervisor, [`ListenConfig::reuse_port`] lets the new process listen on the port
+//! before the old one is told to stop; Linux hands the old listener's queue over on `close` when
+//! `net.ipv4.tcp_migrate_req = 1`, and resets it otherwise.
+//!
 #![cfg_attr(feature = "axum", doc = "```no_run")]
 #![cfg_attr(not(feature = "axum"), doc = "```ignore")]
 //! // The whole `main` of a service (with the `axum` feature).
 //! use axum::{routing::get, Router};
-//! use welcomedly_core::drain::{self, DrainConfig};
+//! use welcomedly_core::drain::{self, DrainConfig, ListenConfig};
 //! use welcomedly_core::health::{self, HealthRegistry};
 //! use welcomedly_core::CoreConfig;
 //!
@@ -33,17 +51,37 @@
 //!     let app = Router::new()
 //!         .route("/api/ping", get(|| async { "pong" }))
 //!         .merge(health::router(registry.clone()));
-//!     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port)).await?;
+//!     // The socket systemd passed (LISTEN_FDS), or 0.0.0.0:<PORT>.
+//!     let listener = ListenConfig::from(&config).listen()?;
 //!     drain::serve(listener, app, registry, DrainConfig::from(&config), drain::shutdown_signal())
 //!         .await
 //! }
+//! ```
+//!
+//! The systemd units for it (`systemctl restart call-center` then keeps the socket and its
+//! queue; `Restart=always` restarts it after it drains):
+//!
+//! ```ini
+//! # call-center.socket
+//! [Socket]
+//! ListenStream=3000
+//! Backlog=1024
+//!
+//! # call-center.service
+//! [Service]
+//! ExecStart=/usr/local/bin/call-center
+//! KillSignal=SIGTERM
+//! TimeoutStopSec=40
 //! ```
 //!
 //! Handlers that hold a response open (SSE, long polling) take a [`DrainSignal`], from
 //! [`Drain::signal`] or from the request extensions (`Extension<DrainSignal>` in axum), and end
 //! their stream at [`DrainSignal::closing`].
 
+#[cfg(feature = "axum")]
+mod accept;
 mod layer;
+mod listen;
 mod run;
 mod signal;
 
@@ -52,6 +90,7 @@ use std::time::Duration;
 use crate::CoreConfig;
 
 pub use layer::{DeadlineExceeded, DrainBody, DrainLayer, DrainService, ResponseFuture};
+pub use listen::ListenConfig;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use run::serve;

@@ -15,7 +15,7 @@ use crate::health::HealthRegistry;
 /// After the deadline cuts what is left, how long the server may take to write the cut and close
 /// those connections before [`Drain::run`] returns anyway (a client that stopped reading can hold
 /// a connection; it must not hold the process).
-const AFTER_CUT: Duration = Duration::from_secs(1);
+pub(super) const AFTER_CUT: Duration = Duration::from_secs(1);
 
 /// Resolves when the server must stop accepting connections (the grace period is over); given to
 /// the server by [`Drain::run`].
@@ -95,6 +95,11 @@ impl Drain {
     /// resolves when the grace period ends, and the server must then stop accepting, finish its
     /// connections and resolve. Returns the server's own result if it stops before the signal,
     /// `Ok(())` after a drain (also when the deadline had to cut responses).
+    ///
+    /// A server of your own gets the layer's `Connection: close` during the grace period, but
+    /// not what [`serve`] does when accepting stops (empty the accept queue before closing the
+    /// listener, wait for the first request of a connection that has not sent one): without
+    /// those, a POST sent at that moment can be reset.
     ///
     /// ```
     /// use std::time::Duration;
@@ -190,13 +195,12 @@ impl Drain {
         app: axum::Router,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let app = app
-            .layer(self.layer())
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        self.run(shutdown, |stop_accepting| async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop_accepting)
-                .await
+        let app = app.layer(self.layer());
+        let signal = self.signal();
+        // The accept loop follows the phases itself (it must empty the accept queue before the
+        // listener closes), so it watches the signal rather than `StopAccepting`.
+        self.run(shutdown, |_stop_accepting| {
+            super::accept::serve(listener, app, signal)
         })
         .await
     }
@@ -210,9 +214,14 @@ impl Drain {
 /// `ConnectInfo<SocketAddr>` (so the client-IP layer can read the peer). Use [`Drain::serve`]
 /// instead when handlers need the [`DrainSignal`] before the server starts.
 ///
+/// The server speaks HTTP/1.1 (what load balancers speak to their upstreams; upgrades such as
+/// WebSocket work). When the grace period ends it accepts what the kernel has already queued
+/// before closing the listener, and serves the first request of connections that have not sent
+/// it yet, instead of resetting them (see the [module docs](super) for what remains).
+///
 /// ```no_run
 /// use axum::{routing::get, Router};
-/// use welcomedly_core::drain::{self, DrainConfig};
+/// use welcomedly_core::drain::{self, DrainConfig, ListenConfig};
 /// use welcomedly_core::health::{self, HealthRegistry};
 /// use welcomedly_core::CoreConfig;
 ///
@@ -222,7 +231,7 @@ impl Drain {
 /// let app = Router::new()
 ///     .route("/api/ping", get(|| async { "pong" }))
 ///     .merge(health::router(registry.clone()));
-/// let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.port)).await?;
+/// let listener = ListenConfig::from(&config).listen()?;
 /// drain::serve(listener, app, registry, DrainConfig::from(&config), drain::shutdown_signal()).await
 /// # }
 /// ```

@@ -24,6 +24,8 @@ pub enum DrainPhase {
 #[derive(Debug)]
 pub(super) struct Shared {
     phase: watch::Sender<DrainPhase>,
+    /// Set when draining starts; read by the layer on every response (cheaper than the watch).
+    draining: AtomicBool,
     /// Set (before `cut_notify` fires) when the deadline passes; checked first by every body so
     /// one created after the notification is cut too.
     cut: AtomicBool,
@@ -35,6 +37,7 @@ impl Shared {
     pub(super) fn new() -> Arc<Self> {
         Arc::new(Self {
             phase: watch::Sender::new(DrainPhase::Serving),
+            draining: AtomicBool::new(false),
             cut: AtomicBool::new(false),
             cut_notify: Arc::new(Notify::new()),
             in_flight: AtomicUsize::new(0),
@@ -48,11 +51,18 @@ impl Shared {
     }
 
     pub(super) fn enter(&self, phase: DrainPhase) {
+        if phase >= DrainPhase::Draining {
+            self.draining.store(true, Ordering::SeqCst);
+        }
         if phase == DrainPhase::Deadline {
             self.cut.store(true, Ordering::SeqCst);
             self.cut_notify.notify_waiters();
         }
         self.phase.send_replace(phase);
+    }
+
+    pub(super) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     pub(super) fn is_cut(&self) -> bool {
