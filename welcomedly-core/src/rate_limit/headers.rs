@@ -57,9 +57,10 @@ fn intern(text: &str) -> Option<&'static str> {
     Some(s)
 }
 
-/// Header values for the given ranges of `text`, pointing into one interned copy of it.
-fn values(text: &str, ranges: &[(usize, usize)]) -> Option<Box<[HeaderValue]>> {
-    let bytes = match intern(text) {
+/// Header values for the given ranges of `text`, pointing into one interned copy of it (or,
+/// when `interned` is false or the budget is spent, one shared copy).
+fn values(text: &str, ranges: &[(usize, usize)], interned: bool) -> Option<Box<[HeaderValue]>> {
+    let bytes = match interned.then(|| intern(text)).flatten() {
         Some(s) => Bytes::from_static(s.as_bytes()),
         None => Bytes::copy_from_slice(text.as_bytes()),
     };
@@ -79,7 +80,7 @@ pub(crate) fn policy_header(
     period_secs: u64,
 ) -> Option<HeaderValue> {
     let text = format!("{quoted_name};q={count};w={period_secs}");
-    values(&text, &[(0, text.len())])?.into_vec().pop()
+    values(&text, &[(0, text.len())], true)?.into_vec().pop()
 }
 
 /// Every `RateLimit` value a policy's own GCRA can produce, when there are few enough of them.
@@ -99,10 +100,12 @@ pub(crate) struct LimitHeaders {
 impl LimitHeaders {
     /// The table for `gcra`, empty when the policy has too many distinct values.
     pub(crate) fn new(quoted_name: &str, gcra: &Gcra) -> Self {
-        Self::build(quoted_name, gcra).unwrap_or_default()
+        Self::build(quoted_name, gcra, true).unwrap_or_default()
     }
 
-    fn build(quoted_name: &str, gcra: &Gcra) -> Option<Self> {
+    /// `interned`: whether the text goes into the process's bounded interned set (layers do);
+    /// property tests build thousands of tables and must not spend the budget other tests rely on.
+    fn build(quoted_name: &str, gcra: &Gcra, interned: bool) -> Option<Self> {
         let (interval, window) = (gcra.interval_nanos(), gcra.window_nanos());
         let burst = window / interval;
         if burst == 0 || burst > MAX_LIMIT_VALUES {
@@ -144,7 +147,7 @@ impl LimitHeaders {
         rows.push((u32::try_from(ranges.len()).ok()?, 0));
         Some(Self {
             rows: rows.into(),
-            values: values(&text, &ranges)?,
+            values: values(&text, &ranges, interned)?,
         })
     }
 
@@ -224,7 +227,7 @@ mod tests {
             let g = Quota::new(count, Duration::from_secs(period_s)).with_burst(burst).gcra().unwrap();
             // A TAT the GCRA can reach: at most one window ahead of now (or none, or past).
             let tat = ahead.map(|a| (now + g.window_nanos() * a / 1000).saturating_sub(g.window_nanos() / 7));
-            let table = LimitHeaders::new("\"p\"", &g);
+            let table = LimitHeaders::build("\"p\"", &g, false).unwrap_or_default();
             prop_assume!(!table.values.is_empty());
             let d = Decision::from_outcome(&g.decide(tat, now), DecisionSource::Store);
             let reset = ceil_secs(u64::try_from(d.reset.as_nanos()).unwrap());
