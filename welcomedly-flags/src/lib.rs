@@ -20,6 +20,7 @@
 //! | [`context`] | the borrowed evaluation [`Context`] |
 //! | [`bucketing`] | rollout bucketing algorithms (v1, flagd's MurmurHash3) |
 //! | [`flags`] | the [`Flags`] handle and [`FlagChange`] subscriptions |
+//! | [`layer`] | [`FlagsLayer`](layer::FlagsLayer) (one snapshot and context per request), [`FlagGateLayer`](layer::FlagGateLayer) (a route behind a flag) |
 //!
 //! ```
 //! use welcomedly_flags::{Context, Flags, Snapshot};
@@ -58,6 +59,7 @@ pub mod bucketing;
 pub mod context;
 pub mod eval;
 pub mod flags;
+pub mod layer;
 pub mod model;
 pub mod snapshot;
 pub mod validate;
