@@ -326,7 +326,10 @@ impl RedisStore {
             }
         };
         let first_subscription = match subscriber::open(&inner).await {
-            Ok(pubsub) => Some(pubsub),
+            Ok(pubsub) => {
+                inner.subscribed.store(true, Ordering::Release);
+                Some(pubsub)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "the flag store cannot subscribe yet: retrying in the background");
                 None

@@ -61,10 +61,11 @@ impl Inner {
 /// a message): dropping the store ends it.
 pub(super) async fn run(inner: Weak<Inner>, mut first: Option<PubSub>) {
     loop {
-        let pubsub = match first.take() {
-            Some(p) => p,
+        // The subscription made by `build` missed nothing: nobody could follow the store before.
+        let (pubsub, fresh) = match first.take() {
+            Some(p) => (p, false),
             None => match resubscribe(&inner).await {
-                Some(p) => p,
+                Some(p) => (p, true),
                 None => return,
             },
         };
@@ -74,8 +75,10 @@ pub(super) async fn run(inner: Weak<Inner>, mut first: Option<PubSub>) {
             };
             let generation = strong.generations.fetch_add(1, Ordering::Relaxed) + 1;
             strong.subscribed.store(true, Ordering::Release);
-            // Whatever was published while we were not subscribed is unknown: reload.
-            strong.resync();
+            if fresh {
+                // Whatever was published while we were not subscribed is unknown: reload.
+                strong.resync();
+            }
             let timing = Timing {
                 poll: strong.poll_interval,
                 ping: strong.ping_interval,
