@@ -214,3 +214,30 @@ pub(crate) fn bounded(text: &str, max: usize) -> String {
     out.push('…');
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<MemoryStore>();
+        check::<FlagSyncHandle>();
+        check::<SyncHealth>();
+        check::<StoreError>();
+        check::<Document>();
+        check::<Change>();
+        check::<Notice>();
+        #[cfg(feature = "redis")]
+        check::<RedisStore>();
+        // Object-safe, as FlagSync::start takes an `Arc<dyn FlagStore>`.
+        let _: Option<std::sync::Arc<dyn FlagStore>> = None;
+    }
+
+    #[test]
+    fn bounded_cuts_on_a_char_boundary() {
+        assert_eq!(bounded("héllo", 2), "h…");
+        assert_eq!(bounded("short", 10), "short");
+    }
+}

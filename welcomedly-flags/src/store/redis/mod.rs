@@ -152,9 +152,14 @@ fn bad_url(url: &str, e: impl std::error::Error + Send + Sync + 'static) -> Stor
 }
 
 /// The flag store of many instances: one Redis (or one Redis Cluster slot) holds the document,
-/// its version and the history; every write is announced over pub/sub; see the
-/// [module docs](self) for the keys and the script.
+/// its version and the history; every write is announced over pub/sub.
 ///
+/// - **Keys** (default prefix `wd:flags`, one hash tag so the write script runs on a Redis
+///   Cluster too): `{wd:flags}:doc` (the document), `{wd:flags}:version` (the counter),
+///   `{wd:flags}:history` (a capped list, newest first) and the channel `{wd:flags}:changes`
+///   (see [`RedisKeys`]).
+/// - **A write** is one Lua script: compare the version, `SET` the document, bump the version,
+///   `LPUSH` + `LTRIM` the history, `PUBLISH` the new version.
 /// - **Connections**: one multiplexed connection for commands (from the pool, taken once, not
 ///   checked out per call: deadpool-redis pings on every checkout), and one dedicated pub/sub
 ///   connection. Each has exactly one owner task that replaces it: the command connection's

@@ -1,25 +1,4 @@
 //! [`FlagSync`]: keeps an application snapshot current from a [`FlagStore`].
-//!
-//! The sync knows no flag types: it hands the stored JSON to the application's `compile`
-//! (parse + validate + build the snapshot) and the result to its `apply` (swap it in). So:
-//!
-//! - **Push**: each announced version ([`FlagStore::changes`]) is loaded, compiled and applied.
-//!   A version equal to the served one is ignored; a higher one loads the latest document (so a
-//!   gap in the announcements costs nothing more); a lower one is checked, since versions only
-//!   grow unless the store was reset. A new announcement epoch (reconnect, resubscribe, a
-//!   failed version check in the store) forces a full reload.
-//! - **Invalid documents**: `compile` returning `Err` rejects the version; the last good
-//!   snapshot keeps serving; the reason (cut to 512 bytes) is logged and reported through
-//!   [`FlagSyncHandle::last_error`] and the health check until a valid version is applied.
-//! - **Store down**: the last snapshot keeps serving; the sync reports itself stale and retries
-//!   with exponential backoff and jitter until the store answers.
-//! - **Store empty while a version is served** (a Redis restarted without persistence): the
-//!   served version stays, the health check says so; the next document written to the store is
-//!   applied, whatever its version.
-//! - **Startup**: waits up to [`SyncConfig::startup_timeout`] for the store, then fails with an
-//!   [`is_unavailable`](StoreError::is_unavailable) error — or, with a
-//!   [`snapshot_file`](SyncConfig::snapshot_file), starts from the last applied document
-//!   saved there and catches up once the store answers.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -84,7 +63,28 @@ impl SyncConfig {
     }
 }
 
-/// Keeps an application snapshot current from a store; see the [module docs](self).
+/// Keeps an application snapshot current from a store.
+///
+/// The sync knows no flag types: it hands the stored JSON to the application's `compile`
+/// (parse + validate + build the snapshot) and the result to its `apply` (swap it in). So:
+///
+/// - **Push**: each announced version ([`FlagStore::changes`]) is loaded, compiled and applied.
+///   A version equal to the served one is ignored; a higher one loads the latest document (so a
+///   gap in the announcements costs nothing more); a lower one is checked, since versions only
+///   grow unless the store was reset. A new announcement epoch (reconnect, resubscribe, a
+///   failed version check in the store) forces a full reload.
+/// - **Invalid documents**: `compile` returning `Err` rejects the version; the last good
+///   snapshot keeps serving; the reason (cut to 512 bytes) is logged and reported through
+///   [`FlagSyncHandle::last_error`] and the health check until a valid version is applied.
+/// - **Store down**: the last snapshot keeps serving; the sync reports itself stale and retries
+///   with exponential backoff and jitter until the store answers.
+/// - **Store empty while a version is served** (a Redis restarted without persistence): the
+///   served version stays, the health check says so; the next document written to the store is
+///   applied, whatever its version.
+/// - **Startup**: waits up to [`SyncConfig::startup_timeout`] for the store, then fails with an
+///   [`is_unavailable`](StoreError::is_unavailable) error — or, with a
+///   [`snapshot_file`](SyncConfig::snapshot_file), starts from the last applied document
+///   saved there and catches up once the store answers.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct FlagSync;
