@@ -20,6 +20,7 @@
 //! | [`context`] | the borrowed evaluation [`Context`] |
 //! | [`bucketing`] | rollout bucketing algorithms (v1, flagd's MurmurHash3) |
 //! | [`flags`] | the [`Flags`] handle and [`FlagChange`] subscriptions |
+//! | [`store`] | where the flag set lives (memory, Redis with the `redis` feature) and [`store::FlagSync`], which keeps every instance's snapshot current |
 //! | [`layer`] | [`FlagsLayer`](layer::FlagsLayer) (one snapshot and context per request), [`FlagGateLayer`](layer::FlagGateLayer) (a route behind a flag) |
 //!
 //! ```
@@ -62,6 +63,7 @@ pub mod flags;
 pub mod layer;
 pub mod model;
 pub mod snapshot;
+pub mod store;
 pub mod validate;
 
 pub use context::{AttrValue, Context};
