@@ -21,6 +21,7 @@
 //! | [`bucketing`] | rollout bucketing algorithms (v1, flagd's MurmurHash3) |
 //! | [`flags`] | the [`Flags`] handle and [`FlagChange`] subscriptions |
 //! | [`store`] | where the flag set lives (memory, Redis with the `redis` feature) and [`store::FlagSync`], which keeps every instance's snapshot current |
+//! | `admin` (feature `axum`) | the flags admin API: list, get, put with `If-Match`, delete, history |
 //! | [`layer`] | [`FlagsLayer`](layer::FlagsLayer) (one snapshot and context per request), [`FlagGateLayer`](layer::FlagGateLayer) (a route behind a flag) |
 //!
 //! ```
@@ -56,6 +57,9 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod admin;
 pub mod bucketing;
 pub mod context;
 pub mod eval;

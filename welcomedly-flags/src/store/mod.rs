@@ -193,6 +193,29 @@ impl<S: FlagStore + ?Sized> FlagStore for std::sync::Arc<S> {
     }
 }
 
+/// Keeps `flags` current from `store`: [`FlagSync::start`] with the flag model's compiler
+/// ([`Snapshot::compile_json`](crate::Snapshot::compile_json)) and [`Flags::replace`](crate::Flags::replace).
+/// An invalid document is rejected and the last good snapshot keeps serving.
+///
+/// # Errors
+///
+/// As [`FlagSync::start`]: the store stayed unreachable for the startup timeout and no snapshot
+/// file was usable.
+pub async fn sync_flags(
+    store: std::sync::Arc<dyn FlagStore>,
+    flags: &crate::Flags,
+    config: SyncConfig,
+) -> Result<FlagSyncHandle, StoreError> {
+    let flags = flags.clone();
+    FlagSync::start(
+        store,
+        crate::Snapshot::compile_json,
+        move |snapshot| flags.replace(snapshot),
+        config,
+    )
+    .await
+}
+
 pub(crate) fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
