@@ -1,6 +1,12 @@
 //! The admin router over the memory store, driven as HTTP: auth, If-Match, whole-set
 //! validation, history, and instances picking the changes up through the sync.
 #![cfg(feature = "axum")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::sync::Arc;
 use std::time::Duration;
