@@ -1,0 +1,457 @@
+//! The flags admin API (feature `axum`): list, get, put with `If-Match`, delete, and the history
+//! of changes (who, when, diff), over a [`FlagStore`], behind an [`AdminAuth`] hook.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET {base}` | the whole flag set, `ETag: "<document version>"` |
+//! | `PUT {base}` | replace the whole set (flags and segments); `If-Match: "<version>"` required |
+//! | `GET {base}/{key}` | one flag, `ETag` a hash of its definition |
+//! | `PUT {base}/{key}` | create (`If-None-Match: *`) or replace (`If-Match: <etag>`) one flag |
+//! | `DELETE {base}/{key}` | delete one flag (`If-Match` optional); refused while others depend on it |
+//! | `GET {base}/_history?limit=N` | the latest changes, newest first |
+//!
+//! Every write validates the *whole* resulting set before it is stored (a change that breaks a
+//! prerequisite elsewhere is refused): `422` with every problem listed (`{"problems": [{"path",
+//! "message"}]}` inside the problem+json body). A stale `If-Match` is `412`; a missing one `428`.
+//! Writes go through the store's compare-and-set, retried when another admin wrote meanwhile.
+//! Every error is `application/problem+json`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use welcomedly_flags::admin::{self, BearerToken};
+//! use welcomedly_flags::store::MemoryStore;
+//!
+//! let store = Arc::new(MemoryStore::new());
+//! let app: axum::Router = admin::router(store, BearerToken::new("s3cret", "admin"), "/admin/flags");
+//! # let _ = app;
+//! ```
+
+mod auth;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+pub use auth::{AdminAuth, AdminDenied, BearerToken};
+
+use crate::model::{Flag, FlagSet};
+use crate::store::{Change, FlagStore, StoreError};
+use crate::{Snapshot, ValidationErrors};
+
+/// How many times a write is retried when another writer changed the document meanwhile.
+const CAS_ATTEMPTS: usize = 5;
+/// The longest flag key the admin API accepts.
+const MAX_KEY_LEN: usize = 128;
+/// The largest request body accepted (a whole flag set).
+const MAX_BODY: usize = 1024 * 1024;
+
+struct Admin {
+    store: Arc<dyn FlagStore>,
+    auth: Box<dyn AdminAuth>,
+}
+
+/// The admin routes under `base` (for instance `"/admin/flags"`), writing to `store` and
+/// authorising every request with `auth`. Merge it into the application's router; instances
+/// pick the changes up through their [`FlagSync`](crate::store::FlagSync).
+pub fn router<S: Clone + Send + Sync + 'static>(
+    store: Arc<dyn FlagStore>,
+    auth: impl AdminAuth,
+    base: &str,
+) -> Router<S> {
+    let base = base.trim_end_matches('/');
+    let admin = Arc::new(Admin {
+        store,
+        auth: Box::new(auth),
+    });
+    Router::new()
+        .route(base, get(get_set).put(put_set))
+        .route(&format!("{base}/_history"), get(history))
+        .route(
+            &format!("{base}/{{key}}"),
+            get(get_flag).put(put_flag).delete(delete_flag),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(admin)
+}
+
+type AdminState = State<Arc<Admin>>;
+
+/// An admin error as problem+json.
+struct Problem {
+    status: StatusCode,
+    detail: String,
+    problems: Option<ValidationErrors>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+            problems: None,
+        }
+    }
+
+    fn invalid(errors: ValidationErrors) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            detail: format!(
+                "the change would leave an invalid flag set ({} problem(s)); nothing was stored: fix them and retry",
+                errors.problems().len()
+            ),
+            problems: Some(errors),
+        }
+    }
+
+    fn store(e: &StoreError) -> Self {
+        let status = if e.is_unavailable() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        if let (Some(problems), Some(map)) = (self.problems, body.as_object_mut()) {
+            map.insert(
+                "problems".into(),
+                serde_json::to_value(problems.problems()).unwrap_or_default(),
+            );
+        }
+        let mut res = (self.status, body.to_string()).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+}
+
+type Result<T> = std::result::Result<T, Problem>;
+
+fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<String> {
+    // The hook sees the request head; the router only passes what it needs.
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.headers = headers.clone();
+    admin.auth.authorize(&parts).map_err(|d| Problem {
+        status: d.status,
+        detail: d.detail,
+        problems: None,
+    })
+}
+
+fn check_key(key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && key
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "a flag key is 1-128 letters, digits, '-', '_' or '.', starting with a letter or digit",
+        ))
+    }
+}
+
+async fn load(admin: &Admin) -> Result<(u64, FlagSet)> {
+    let doc = admin.store.load().await.map_err(|e| Problem::store(&e))?;
+    if doc.version == 0 || doc.body.trim().is_empty() {
+        return Ok((doc.version, FlagSet::new()));
+    }
+    // What is stored was validated when written; a hand-edited document may not be: say so.
+    let set = FlagSet::parse_json(&doc.body).map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "the stored flag set does not parse ({e}): replace it with PUT on the admin root"
+            ),
+        )
+    })?;
+    Ok((doc.version, set))
+}
+
+/// A stable tag of a flag's definition (FNV-1a over its canonical JSON), the same on every
+/// instance.
+fn etag(flag: &Flag) -> String {
+    let text = serde_json::to_string(flag).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("\"{h:016x}\"")
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+fn json_response(
+    status: StatusCode,
+    etag: Option<String>,
+    body: &impl serde::Serialize,
+) -> Response {
+    let mut res = (status, axum::Json(body)).into_response();
+    if let Some(tag) = etag.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        res.headers_mut().insert(header::ETAG, tag);
+    }
+    res
+}
+
+/// Validates `next` as a whole, then writes it if the store is still at `version`.
+async fn store(admin: &Admin, version: u64, next: &FlagSet, change: Change) -> Result<u64> {
+    Snapshot::compile(next, version + 1).map_err(Problem::invalid)?;
+    admin
+        .store
+        .write(version, next.to_json(), change)
+        .await
+        .map_err(|e| {
+            if e.is_conflict() {
+                Problem::new(StatusCode::CONFLICT, "conflict")
+            } else {
+                Problem::store(&e)
+            }
+        })
+}
+
+async fn get_set(State(admin): AdminState, headers: HeaderMap) -> Result<Response> {
+    authorize(&admin, &headers)?;
+    let (version, set) = load(&admin).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        Some(format!("\"{version}\"")),
+        &serde_json::json!({ "version": version, "flags": set.flags, "segments": set.segments }),
+    ))
+}
+
+async fn put_set(State(admin): AdminState, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    let actor = authorize(&admin, &headers)?;
+    let expected = header_str(&headers, header::IF_MATCH)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::PRECONDITION_REQUIRED,
+                "send If-Match with the ETag of GET on the admin root, so a concurrent change is not overwritten",
+            )
+        })?
+        .trim_matches('"')
+        .parse::<u64>()
+        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "If-Match must be the quoted document version from the ETag"))?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "the body is not UTF-8 JSON"))?;
+    let next = FlagSet::parse_json(text).map_err(Problem::invalid)?;
+    let (version, current) = load(&admin).await?;
+    if version != expected {
+        return Err(Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            format!(
+                "the flag set changed (now version {version}, you sent {expected}): GET it again and reapply your change"
+            ),
+        ));
+    }
+    let change = Change::new(actor, "replaced the whole flag set").with_diff(serde_json::json!({
+        "before": { "flags": current.flags.len(), "segments": current.segments.len() },
+        "after": { "flags": next.flags.len(), "segments": next.segments.len() },
+    }));
+    let new_version = match store(&admin, version, &next, change).await {
+        Err(p) if p.status == StatusCode::CONFLICT => {
+            return Err(Problem::new(
+                StatusCode::PRECONDITION_FAILED,
+                "the flag set changed while saving: GET it again and reapply your change",
+            ));
+        }
+        other => other?,
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        Some(format!("\"{new_version}\"")),
+        &serde_json::json!({ "version": new_version }),
+    ))
+}
+
+async fn get_flag(
+    State(admin): AdminState,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Response> {
+    authorize(&admin, &headers)?;
+    check_key(&key)?;
+    let (_, set) = load(&admin).await?;
+    let flag = set.flags.get(&key).ok_or_else(|| not_found(&key))?;
+    Ok(json_response(StatusCode::OK, Some(etag(flag)), flag))
+}
+
+fn not_found(key: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        format!("there is no flag {key:?}: create it with PUT (If-None-Match: *)"),
+    )
+}
+
+/// What a single-flag write does to the set it loaded; `Err` stops the write.
+type Edit<'a> = &'a (dyn Fn(&mut FlagSet) -> Result<(String, serde_json::Value)> + Send + Sync);
+
+/// Loads, checks preconditions and edits, validates and writes, retrying on a concurrent write.
+async fn edit_flag(
+    admin: &Admin,
+    headers: &HeaderMap,
+    key: &str,
+    actor: &str,
+    edit: Edit<'_>,
+) -> Result<(u64, Option<String>)> {
+    let if_match = header_str(headers, header::IF_MATCH);
+    let if_none_match = header_str(headers, header::IF_NONE_MATCH);
+    for _ in 0..CAS_ATTEMPTS {
+        let (version, mut set) = load(admin).await?;
+        match (set.flags.get(key), if_match, if_none_match) {
+            (Some(_), _, Some("*")) => {
+                return Err(Problem::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!(
+                        "flag {key:?} exists already: send If-Match with its ETag to replace it"
+                    ),
+                ));
+            }
+            (Some(flag), Some(tag), _) if tag != etag(flag) && tag != "*" => {
+                return Err(Problem::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    format!(
+                        "flag {key:?} changed since you read it: GET it again and reapply your change"
+                    ),
+                ));
+            }
+            (None, Some(_), _) => return Err(not_found(key)),
+            _ => {}
+        }
+        let (summary, diff) = edit(&mut set)?;
+        let change = Change::new(actor, summary).with_diff(diff);
+        match store(admin, version, &set, change).await {
+            Ok(v) => return Ok((v, set.flags.get(key).map(etag))),
+            Err(p) if p.status == StatusCode::CONFLICT => continue,
+            Err(p) => return Err(p),
+        }
+    }
+    Err(Problem::new(
+        StatusCode::CONFLICT,
+        "the flag set kept changing while saving: retry",
+    ))
+}
+
+async fn put_flag(
+    State(admin): AdminState,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Result<Response> {
+    let actor = authorize(&admin, &headers)?;
+    check_key(&key)?;
+    let flag: Flag = {
+        let mut de = serde_json::Deserializer::from_slice(&body);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = match e.path().to_string() {
+                p if p == "." => format!("flags.{key}"),
+                p => format!("flags.{key}.{p}"),
+            };
+            Problem::invalid(ValidationErrors::from(vec![crate::Problem::new(
+                path,
+                format!("{}; fix the JSON of the flag", e.inner()),
+            )]))
+        })?
+    };
+    let requires_precondition = header_str(&headers, header::IF_MATCH).is_none()
+        && header_str(&headers, header::IF_NONE_MATCH) != Some("*");
+    let edit = |set: &mut FlagSet| {
+        let before = set.flags.get(&key).cloned();
+        if before.is_some() && requires_precondition {
+            return Err(Problem::new(
+                StatusCode::PRECONDITION_REQUIRED,
+                format!(
+                    "flag {key:?} exists: send If-Match with its ETag (from GET) to replace it"
+                ),
+            ));
+        }
+        let summary = match before {
+            Some(_) => format!("changed flag {key}"),
+            None => format!("created flag {key}"),
+        };
+        let diff = serde_json::json!({ "key": key, "before": before, "after": flag });
+        set.flags.insert(key.clone(), flag.clone());
+        Ok((summary, diff))
+    };
+    let (version, tag) = edit_flag(&admin, &headers, &key, &actor, &edit).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        tag,
+        &serde_json::json!({ "version": version, "key": key }),
+    ))
+}
+
+async fn delete_flag(
+    State(admin): AdminState,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Response> {
+    let actor = authorize(&admin, &headers)?;
+    check_key(&key)?;
+    let edit = |set: &mut FlagSet| {
+        let before = set.flags.remove(&key).ok_or_else(|| not_found(&key))?;
+        Ok((
+            format!("deleted flag {key}"),
+            serde_json::json!({ "key": key, "before": before, "after": null }),
+        ))
+    };
+    let (version, _) = edit_flag(&admin, &headers, &key, &actor, &edit).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        None,
+        &serde_json::json!({ "version": version, "deleted": key }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(admin): AdminState,
+    headers: HeaderMap,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response> {
+    authorize(&admin, &headers)?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let changes = admin
+        .store
+        .history(limit)
+        .await
+        .map_err(|e| Problem::store(&e))?;
+    Ok(json_response(StatusCode::OK, None, &changes))
+}

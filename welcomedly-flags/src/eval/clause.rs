@@ -1,0 +1,351 @@
+//! Clauses compiled for evaluation: operands parsed once (regexes, semvers, dates, string sets),
+//! and the parse errors reported as validation problems.
+
+use regex::Regex;
+use serde_json::Value;
+
+use super::date::parse_rfc3339_millis;
+use super::semver::{OwnedSemver, Semver};
+use crate::context::{AttrValue, Context};
+use crate::model::{Clause, Op};
+use crate::snapshot::{CompiledSegment, KeySet, SegmentIndex};
+use crate::validate::Problem;
+
+/// A number operand: exact as an integer when it is one.
+#[derive(Debug, Clone, Copy)]
+struct Num {
+    int: Option<i64>,
+    float: f64,
+}
+
+impl Num {
+    fn of(v: &Value) -> Option<Num> {
+        Some(Num {
+            int: v.as_i64(),
+            float: v.as_f64()?,
+        })
+    }
+
+    fn equals(&self, attr: AttrValue<'_>) -> bool {
+        match (attr, self.int) {
+            (AttrValue::Int(x), Some(i)) => x == i,
+            (AttrValue::Int(x), None) => x as f64 == self.float,
+            (AttrValue::Float(x), _) => x == self.float,
+            _ => false,
+        }
+    }
+}
+
+fn as_number(attr: AttrValue<'_>) -> Option<f64> {
+    match attr {
+        AttrValue::Int(x) => Some(x as f64),
+        AttrValue::Float(x) => Some(x),
+        _ => None,
+    }
+}
+
+fn as_millis(attr: AttrValue<'_>) -> Option<i64> {
+    match attr {
+        AttrValue::Int(x) => Some(x),
+        AttrValue::Str(s) => parse_rfc3339_millis(s),
+        _ => None,
+    }
+}
+
+#[derive(Debug)]
+enum Test {
+    /// `equals` / `in`: any of these strings, numbers or booleans.
+    OneOf {
+        strs: KeySet,
+        nums: Box<[Num]>,
+        bools: [bool; 2],
+    },
+    StartsWith(Box<[Box<str>]>),
+    EndsWith(Box<[Box<str>]>),
+    Contains(Box<[Box<str>]>),
+    Matches(Box<[Regex]>),
+    /// `attr < bound` (or `<=`): "less than any operand" is "less than the largest".
+    Below {
+        bound: f64,
+        inclusive: bool,
+    },
+    Above {
+        bound: f64,
+        inclusive: bool,
+    },
+    SemverEqual(Box<[OwnedSemver]>),
+    SemverBelow(OwnedSemver),
+    SemverAbove(OwnedSemver),
+    Before(i64),
+    After(i64),
+    InSegment(Box<[u32]>),
+}
+
+/// A clause ready to evaluate.
+#[derive(Debug)]
+pub(crate) struct CompiledClause {
+    attribute: Box<str>,
+    negate: bool,
+    test: Test,
+}
+
+struct Operands<'c, 'p> {
+    clause: &'c Clause,
+    path: &'p str,
+    problems: &'p mut Vec<Problem>,
+}
+
+impl Operands<'_, '_> {
+    fn each<T>(&mut self, what: &str, parse: impl Fn(&Value) -> Option<T>) -> Option<Vec<T>> {
+        let mut out = Vec::with_capacity(self.clause.values.len());
+        let mut ok = true;
+        for (i, v) in self.clause.values.iter().enumerate() {
+            match parse(v) {
+                Some(t) => out.push(t),
+                None => {
+                    ok = false;
+                    self.problems.push(Problem::new(
+                        format!("{}.values[{i}]", self.path),
+                        format!(
+                            "{v} is not {what}, as operator {:?} needs; fix the value or the operator",
+                            self.clause.op.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn strings(&mut self) -> Option<Box<[Box<str>]>> {
+        self.each("a string", |v| v.as_str().map(Box::from))
+            .map(Vec::into_boxed_slice)
+    }
+}
+
+impl CompiledClause {
+    /// Compiles `clause` (at `path`), pushing every problem found; `None` when there was one.
+    pub(crate) fn compile(
+        clause: &Clause,
+        segments: &SegmentIndex<'_>,
+        path: &str,
+        problems: &mut Vec<Problem>,
+    ) -> Option<CompiledClause> {
+        let before = problems.len();
+        let attribute: Box<str> = clause.attribute.as_deref().unwrap_or("").into();
+        match (clause.op, attribute.is_empty()) {
+            (Op::InSegment, false) => problems.push(Problem::new(
+                format!("{path}.attribute"),
+                "inSegment tests the whole context; remove \"attribute\"",
+            )),
+            (Op::InSegment, true) => {}
+            (_, true) => problems.push(Problem::new(
+                format!("{path}.attribute"),
+                "missing attribute; name the context attribute to test (targetingKey for the key)",
+            )),
+            (_, false) => {}
+        }
+        if clause.values.is_empty() {
+            problems.push(Problem::new(
+                format!("{path}.values"),
+                "no values; give at least one operand",
+            ));
+        }
+        if clause.op == Op::Equals && clause.values.len() > 1 {
+            problems.push(Problem::new(
+                format!("{path}.values"),
+                "equals takes exactly one value; use \"in\" for several",
+            ));
+        }
+        let mut ops = Operands {
+            clause,
+            path,
+            problems,
+        };
+        let test = match clause.op {
+            Op::Equals | Op::In => {
+                let mut strs = Vec::new();
+                let mut nums = Vec::new();
+                let mut bools = [false; 2];
+                let parsed = ops.each("a string, number or boolean", |v| match v {
+                    Value::String(_) | Value::Number(_) | Value::Bool(_) => Some(v.clone()),
+                    _ => None,
+                });
+                for v in parsed.unwrap_or_default() {
+                    match v {
+                        Value::String(s) => strs.push(s),
+                        Value::Bool(b) => {
+                            if let Some(slot) = bools.get_mut(usize::from(b)) {
+                                *slot = true;
+                            }
+                        }
+                        other => nums.extend(Num::of(&other)),
+                    }
+                }
+                Some(Test::OneOf {
+                    strs: KeySet::new(strs.iter().map(String::as_str)),
+                    nums: nums.into(),
+                    bools,
+                })
+            }
+            Op::StartsWith => ops.strings().map(Test::StartsWith),
+            Op::EndsWith => ops.strings().map(Test::EndsWith),
+            Op::Contains => ops.strings().map(Test::Contains),
+            Op::Matches => {
+                let mut regexes = Vec::new();
+                for (i, v) in clause.values.iter().enumerate() {
+                    let at = format!("{path}.values[{i}]");
+                    match v.as_str().map(Regex::new) {
+                        Some(Ok(re)) => regexes.push(re),
+                        Some(Err(err)) => ops.problems.push(Problem::new(
+                            at,
+                            format!("regular expression does not compile ({err}); fix its syntax"),
+                        )),
+                        None => ops.problems.push(Problem::new(
+                            at,
+                            format!("{v} is not a string; give the regular expression as a string"),
+                        )),
+                    }
+                }
+                Some(Test::Matches(regexes.into()))
+            }
+            Op::LessThan | Op::LessThanOrEqual => {
+                ops.each("a number", Value::as_f64).map(|v| Test::Below {
+                    bound: v.into_iter().fold(f64::NEG_INFINITY, f64::max),
+                    inclusive: clause.op == Op::LessThanOrEqual,
+                })
+            }
+            Op::GreaterThan | Op::GreaterThanOrEqual => {
+                ops.each("a number", Value::as_f64).map(|v| Test::Above {
+                    bound: v.into_iter().fold(f64::INFINITY, f64::min),
+                    inclusive: clause.op == Op::GreaterThanOrEqual,
+                })
+            }
+            Op::SemverEqual | Op::SemverLessThan | Op::SemverGreaterThan => {
+                let versions = ops.each("a semantic version string (e.g. \"1.4.0-beta.2\")", |v| {
+                    v.as_str().and_then(OwnedSemver::parse)
+                });
+                versions.and_then(|vs| {
+                    let cmp =
+                        |a: &&OwnedSemver, b: &&OwnedSemver| a.borrow().precedence(&b.borrow());
+                    match clause.op {
+                        Op::SemverLessThan => vs.iter().max_by(cmp).cloned().map(Test::SemverBelow),
+                        Op::SemverGreaterThan => {
+                            vs.iter().min_by(cmp).cloned().map(Test::SemverAbove)
+                        }
+                        _ => Some(Test::SemverEqual(vs.into())),
+                    }
+                })
+            }
+            Op::Before | Op::After => {
+                let dates = ops.each(
+                    "a date (RFC 3339 string or unix milliseconds)",
+                    |v| match v {
+                        Value::String(s) => parse_rfc3339_millis(s),
+                        other => other.as_i64(),
+                    },
+                );
+                dates.and_then(|ds| match clause.op {
+                    Op::Before => ds.into_iter().max().map(Test::Before),
+                    _ => ds.into_iter().min().map(Test::After),
+                })
+            }
+            Op::InSegment => {
+                let mut ids = Vec::new();
+                for (i, v) in clause.values.iter().enumerate() {
+                    match v.as_str().and_then(|name| segments.get(name)) {
+                        Some(id) => ids.push(id),
+                        None => ops.problems.push(Problem::new(
+                            format!("{path}.values[{i}]"),
+                            format!(
+                                "unknown segment {v}; define it under \"segments\" or fix the name"
+                            ),
+                        )),
+                    }
+                }
+                Some(Test::InSegment(ids.into()))
+            }
+        };
+        let test = test.filter(|_| problems.len() == before)?;
+        Some(CompiledClause {
+            attribute,
+            negate: clause.negate,
+            test,
+        })
+    }
+
+    /// Whether `ctx` matches. A missing attribute, or one of a type the operator does not take,
+    /// never matches, negated or not.
+    #[inline]
+    pub(crate) fn matches(
+        &self,
+        ctx: &Context<'_>,
+        segments: &[CompiledSegment],
+        depth: usize,
+    ) -> bool {
+        if let Test::InSegment(ids) = &self.test {
+            let inside = ids.iter().any(|&id| {
+                segments
+                    .get(id as usize)
+                    .is_some_and(|s| s.contains(ctx, segments, depth + 1))
+            });
+            return inside != self.negate;
+        }
+        let Some(attr) = ctx.get(&self.attribute) else {
+            return false;
+        };
+        match self.test(attr) {
+            Some(hit) => hit != self.negate,
+            None => false,
+        }
+    }
+
+    /// `None` when the attribute has a type the operator does not take.
+    #[inline]
+    fn test(&self, attr: AttrValue<'_>) -> Option<bool> {
+        let s = || match attr {
+            AttrValue::Str(s) => Some(s),
+            _ => None,
+        };
+        Some(match &self.test {
+            Test::OneOf { strs, nums, bools } => match attr {
+                AttrValue::Str(s) => strs.contains(s),
+                AttrValue::Bool(b) => bools.get(usize::from(b)).copied().unwrap_or(false),
+                num => nums.iter().any(|n| n.equals(num)),
+            },
+            Test::StartsWith(ops) => {
+                let s = s()?;
+                ops.iter().any(|o| s.starts_with(&**o))
+            }
+            Test::EndsWith(ops) => {
+                let s = s()?;
+                ops.iter().any(|o| s.ends_with(&**o))
+            }
+            Test::Contains(ops) => {
+                let s = s()?;
+                ops.iter().any(|o| s.contains(&**o))
+            }
+            Test::Matches(res) => {
+                let s = s()?;
+                res.iter().any(|re| re.is_match(s))
+            }
+            Test::Below { bound, inclusive } => {
+                let x = as_number(attr)?;
+                if *inclusive { x <= *bound } else { x < *bound }
+            }
+            Test::Above { bound, inclusive } => {
+                let x = as_number(attr)?;
+                if *inclusive { x >= *bound } else { x > *bound }
+            }
+            Test::SemverEqual(vs) => {
+                let v = Semver::parse(s()?)?;
+                vs.iter().any(|o| v.precedence(&o.borrow()).is_eq())
+            }
+            Test::SemverBelow(o) => Semver::parse(s()?)?.precedence(&o.borrow()).is_lt(),
+            Test::SemverAbove(o) => Semver::parse(s()?)?.precedence(&o.borrow()).is_gt(),
+            Test::Before(bound) => as_millis(attr)? < *bound,
+            Test::After(bound) => as_millis(attr)? > *bound,
+            Test::InSegment(_) => return None,
+        })
+    }
+}

@@ -1,0 +1,191 @@
+//! Semantic versions (semver 2.0.0) parsed without allocating and compared by precedence.
+//!
+//! `major.minor.patch`, then an optional `-pre.release` and an optional `+build` (ignored for
+//! precedence). Numbers have no leading zeros; no `v` prefix.
+
+use std::cmp::Ordering;
+
+/// A parsed version borrowing its pre-release from the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Semver<'a> {
+    major: u64,
+    minor: u64,
+    patch: u64,
+    pre: &'a str,
+}
+
+fn number(s: &str) -> Option<u64> {
+    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn identifiers_ok(s: &str, numeric_rule: bool) -> bool {
+    s.split('.').all(|id| {
+        !id.is_empty()
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && (!numeric_rule
+                || !id.bytes().all(|b| b.is_ascii_digit())
+                || id.len() == 1
+                || !id.starts_with('0'))
+    })
+}
+
+impl<'a> Semver<'a> {
+    pub(crate) fn parse(s: &'a str) -> Option<Semver<'a>> {
+        let (rest, build) = match s.split_once('+') {
+            Some((rest, build)) => (rest, Some(build)),
+            None => (s, None),
+        };
+        if build.is_some_and(|b| !identifiers_ok(b, false)) {
+            return None;
+        }
+        let (core, pre) = match rest.split_once('-') {
+            Some((core, pre)) => {
+                if !identifiers_ok(pre, true) {
+                    return None;
+                }
+                (core, pre)
+            }
+            None => (rest, ""),
+        };
+        let mut parts = core.split('.');
+        let major = number(parts.next()?)?;
+        let minor = number(parts.next()?)?;
+        let patch = number(parts.next()?)?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Semver {
+            major,
+            minor,
+            patch,
+            pre,
+        })
+    }
+
+    pub(crate) fn precedence(&self, other: &Semver<'_>) -> Ordering {
+        (self.major, self.minor, self.patch)
+            .cmp(&(other.major, other.minor, other.patch))
+            .then_with(|| compare_pre(self.pre, other.pre))
+    }
+}
+
+fn compare_pre(a: &str, b: &str) -> Ordering {
+    match (a.is_empty(), b.is_empty()) {
+        (true, true) => return Ordering::Equal,
+        // A release outranks its pre-releases.
+        (true, false) => return Ordering::Greater,
+        (false, true) => return Ordering::Less,
+        (false, false) => {}
+    }
+    let mut xs = a.split('.');
+    let mut ys = b.split('.');
+    loop {
+        match (xs.next(), ys.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let nx = x.bytes().all(|c| c.is_ascii_digit());
+                let ny = y.bytes().all(|c| c.is_ascii_digit());
+                let ord = match (nx, ny) {
+                    // Numeric identifiers without leading zeros: longer is larger.
+                    (true, true) => x.len().cmp(&y.len()).then_with(|| x.cmp(y)),
+                    (true, false) => Ordering::Less,
+                    (false, true) => Ordering::Greater,
+                    (false, false) => x.cmp(y),
+                };
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+            }
+        }
+    }
+}
+
+/// A version owned by a compiled clause.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnedSemver {
+    major: u64,
+    minor: u64,
+    patch: u64,
+    pre: Box<str>,
+}
+
+impl OwnedSemver {
+    pub(crate) fn parse(s: &str) -> Option<OwnedSemver> {
+        let v = Semver::parse(s)?;
+        Some(OwnedSemver {
+            major: v.major,
+            minor: v.minor,
+            patch: v.patch,
+            pre: v.pre.into(),
+        })
+    }
+
+    pub(crate) fn borrow(&self) -> Semver<'_> {
+        Semver {
+            major: self.major,
+            minor: self.minor,
+            patch: self.patch,
+            pre: &self.pre,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semver_spec_precedence_example() {
+        // The ordering example from semver.org §11.
+        let order = [
+            "1.0.0-alpha",
+            "1.0.0-alpha.1",
+            "1.0.0-alpha.beta",
+            "1.0.0-beta",
+            "1.0.0-beta.2",
+            "1.0.0-beta.11",
+            "1.0.0-rc.1",
+            "1.0.0",
+            "2.0.0",
+            "2.1.0",
+            "2.1.1",
+        ];
+        for pair in order.windows(2) {
+            let [a, b] = pair else { unreachable!() };
+            let (a, b) = (Semver::parse(a).unwrap(), Semver::parse(b).unwrap());
+            assert_eq!(a.precedence(&b), Ordering::Less, "{a:?} < {b:?}");
+            assert_eq!(b.precedence(&a), Ordering::Greater);
+        }
+        let a = Semver::parse("1.2.3+build.5").unwrap();
+        let b = Semver::parse("1.2.3").unwrap();
+        assert_eq!(a.precedence(&b), Ordering::Equal);
+    }
+
+    #[test]
+    fn rejects_malformed_versions() {
+        for bad in [
+            "",
+            "1",
+            "1.2",
+            "1.2.3.4",
+            "01.2.3",
+            "1.02.3",
+            "v1.2.3",
+            "1.2.3-",
+            "1.2.3-01",
+            "1.2.3+",
+            "1.2.3-a..b",
+            "1.2.x",
+            "1.2.3-é",
+        ] {
+            assert!(Semver::parse(bad).is_none(), "{bad:?}");
+        }
+        assert!(Semver::parse("0.0.0-0.a-b+x.y-z").is_some());
+    }
+}

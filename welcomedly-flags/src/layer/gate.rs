@@ -1,0 +1,256 @@
+//! [`FlagGateLayer`]: a route that exists only while its flag is on (a kill switch for routes).
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::RequestFlags;
+
+/// Answers requests whose boolean flag is off (for the request's context, from the
+/// [`RequestFlags`] that [`FlagsLayer`](super::FlagsLayer) set) with `404` and a
+/// problem+json body, without calling the route. A request without [`RequestFlags`] (the
+/// `FlagsLayer` is missing) is treated as off: a gated feature is never exposed by a wiring
+/// mistake.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct FlagGateLayer {
+    key: std::sync::Arc<str>,
+    status: StatusCode,
+}
+
+impl FlagGateLayer {
+    /// A gate on boolean flag `key`, answering `404 Not Found` while it is off.
+    pub fn new(key: impl Into<std::sync::Arc<str>>) -> Self {
+        Self {
+            key: key.into(),
+            status: StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// The status answered while the flag is off (for instance `503` for a feature that is
+    /// switched off for maintenance rather than hidden).
+    pub fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+impl<S> Layer<S> for FlagGateLayer {
+    type Service = FlagGate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        FlagGate {
+            inner,
+            gate: self.clone(),
+        }
+    }
+}
+
+/// The service of [`FlagGateLayer`].
+#[derive(Debug, Clone)]
+pub struct FlagGate<S> {
+    inner: S,
+    gate: FlagGateLayer,
+}
+
+impl<S, B, ResB> Service<Request<B>> for FlagGate<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+{
+    type Response = Response<GateBody<ResB>>;
+    type Error = S::Error;
+    type Future = GateFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let on = req
+            .extensions()
+            .get::<RequestFlags>()
+            .is_some_and(|f| f.is_enabled(&self.gate.key));
+        if on {
+            GateFuture::Inner {
+                fut: self.inner.call(req),
+            }
+        } else {
+            GateFuture::Gated {
+                response: Some(gated(self.gate.status, &self.gate.key)),
+            }
+        }
+    }
+}
+
+fn gated(status: StatusCode, key: &str) -> Response<GateBody<()>> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Unavailable"),
+        "status": status.as_u16(),
+        "detail": format!("this feature is switched off (flag \"{key}\"): it is not available for you right now"),
+    });
+    let mut res = Response::new(GateBody::Gated {
+        body: Some(Bytes::from(body.to_string())),
+    });
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    res
+}
+
+pin_project! {
+    /// The response future of [`FlagGate`].
+    #[project = GateFutureProj]
+    #[allow(missing_docs)] // the variants' fields are documented on the variants
+    pub enum GateFuture<F> {
+        /// The flag is on: the route answers.
+        Inner { #[pin] fut: F },
+        /// The flag is off: the gate's answer.
+        Gated { response: Option<Response<GateBody<()>>> },
+    }
+}
+
+impl<F, ResB, E> Future for GateFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = Result<Response<GateBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GateFutureProj::Inner { fut } => fut
+                .poll(cx)
+                .map(|r| r.map(|res| res.map(|body| GateBody::Inner { body }))),
+            GateFutureProj::Gated { response } => match response.take() {
+                Some(res) => {
+                    let (parts, body) = res.into_parts();
+                    let body = match body {
+                        GateBody::Gated { body } => GateBody::Gated { body },
+                        GateBody::Inner { .. } => GateBody::Gated { body: None },
+                    };
+                    Poll::Ready(Ok(Response::from_parts(parts, body)))
+                }
+                // Polled again after completing: never completes again.
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The body of [`FlagGate`]'s responses: the route's, or the gate's problem+json.
+    #[project = GateBodyProj]
+    #[allow(missing_docs)] // the variants' fields are documented on the variants
+    pub enum GateBody<B> {
+        /// The route's body.
+        Inner { #[pin] body: B },
+        /// The gate's problem+json body (taken when sent).
+        Gated { body: Option<Bytes> },
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for GateBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Inner { body } => f.debug_tuple("Inner").field(body).finish(),
+            Self::Gated { .. } => f.write_str("Gated"),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for GateBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project() {
+            GateBodyProj::Inner { body } => body.poll_frame(cx),
+            GateBodyProj::Gated { body } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Inner { body } => body.is_end_stream(),
+            Self::Gated { body } => body.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Inner { body } => body.size_hint(),
+            Self::Gated { body } => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::FlagsLayer;
+    use crate::{Flags, Snapshot};
+    use http_body_util::BodyExt;
+    use std::convert::Infallible;
+    use tower::{ServiceExt, service_fn};
+
+    fn svc(
+        flags: &Flags,
+    ) -> impl Service<Request<()>, Response = Response<GateBody<String>>, Error = Infallible> + Clone
+    {
+        let route = service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::from("stats")))
+        });
+        FlagsLayer::new(flags.clone()).layer(FlagGateLayer::new("stats").layer(route))
+    }
+
+    fn compile(enabled: bool) -> Snapshot {
+        Snapshot::compile_json(
+            &format!(
+                r#"{{"flags": {{"stats": {{"enabled": {enabled}, "variants": {{"on": true, "off": false}},
+                    "fallthrough": {{"variant": "on"}}}}}}}}"#
+            ),
+            1,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_route_answers_while_its_flag_is_on_and_the_gate_once_it_is_killed() {
+        let flags = Flags::new(compile(true));
+        let res = svc(&flags).oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        flags.replace(compile(false));
+        let res = svc(&flags).oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(p["status"], 404);
+        assert!(p["detail"].as_str().unwrap().contains("stats"));
+    }
+
+    #[tokio::test]
+    async fn without_the_flags_layer_the_route_stays_closed() {
+        let route = service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        });
+        let gate = FlagGateLayer::new("stats")
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .layer(route);
+        let res = gate.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

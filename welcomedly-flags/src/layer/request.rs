@@ -1,0 +1,240 @@
+//! [`RequestFlags`]: the snapshot and context one request evaluates against.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::{AttrValue, Context, Evaluation, Snapshot};
+
+/// An owned attribute value, kept for the request's lifetime.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum OwnedAttr {
+    /// Text.
+    Str(Box<str>),
+    /// An integer.
+    Int(i64),
+    /// A number.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl OwnedAttr {
+    fn as_value(&self) -> AttrValue<'_> {
+        match self {
+            Self::Str(s) => AttrValue::Str(s),
+            Self::Int(i) => AttrValue::Int(*i),
+            Self::Float(f) => AttrValue::Float(*f),
+            Self::Bool(b) => AttrValue::Bool(*b),
+        }
+    }
+}
+
+impl From<&str> for OwnedAttr {
+    fn from(v: &str) -> Self {
+        Self::Str(v.into())
+    }
+}
+
+impl From<String> for OwnedAttr {
+    fn from(v: String) -> Self {
+        Self::Str(v.into())
+    }
+}
+
+impl From<i64> for OwnedAttr {
+    fn from(v: i64) -> Self {
+        Self::Int(v)
+    }
+}
+
+impl From<f64> for OwnedAttr {
+    fn from(v: f64) -> Self {
+        Self::Float(v)
+    }
+}
+
+impl From<bool> for OwnedAttr {
+    fn from(v: bool) -> Self {
+        Self::Bool(v)
+    }
+}
+
+/// The longest attribute text and targeting key taken from a request: longer values (client
+/// text) are cut, so a request cannot make the context arbitrarily large.
+pub const MAX_ATTR_LEN: usize = 256;
+
+/// The attributes of a request's context, filled by the closure given to
+/// [`FlagsLayer::attributes`](super::FlagsLayer::attributes).
+#[derive(Debug, Default, Clone)]
+pub struct Attributes {
+    items: Vec<(Box<str>, OwnedAttr)>,
+}
+
+impl Attributes {
+    /// Sets attribute `name`, replacing an earlier value; text longer than [`MAX_ATTR_LEN`]
+    /// bytes is cut at a character boundary.
+    pub fn insert(&mut self, name: &str, value: impl Into<OwnedAttr>) {
+        let value = match value.into() {
+            OwnedAttr::Str(s) if s.len() > MAX_ATTR_LEN => OwnedAttr::Str(cut(&s).into()),
+            v => v,
+        };
+        match self.items.iter_mut().find(|(n, _)| &**n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.items.push((name.into(), value)),
+        }
+    }
+
+    /// Attribute `name`.
+    pub fn get(&self, name: &str) -> Option<&OwnedAttr> {
+        self.items
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| v)
+    }
+}
+
+pub(crate) fn cut(s: &str) -> &str {
+    let mut end = MAX_ATTR_LEN.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default()
+}
+
+/// What the attribute closure sees of a request: its head, without the body.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RequestInfo<'a> {
+    /// The method.
+    pub method: &'a http::Method,
+    /// The URI.
+    pub uri: &'a http::Uri,
+    /// The headers.
+    pub headers: &'a http::HeaderMap,
+    /// The extensions (the authenticated user, the client IP, …).
+    pub extensions: &'a http::Extensions,
+}
+
+/// The flags of one request: one pinned [`Snapshot`] and the request's context. A request
+/// extension set by [`FlagsLayer`](super::FlagsLayer); cheap to clone.
+#[derive(Clone)]
+pub struct RequestFlags {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    snapshot: Arc<Snapshot>,
+    key: Option<Box<str>>,
+    attributes: Attributes,
+}
+
+impl RequestFlags {
+    pub(crate) fn new(
+        snapshot: Arc<Snapshot>,
+        key: Option<Box<str>>,
+        attributes: Attributes,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                snapshot,
+                key,
+                attributes,
+            }),
+        }
+    }
+
+    /// The snapshot every decision of this request uses.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.inner.snapshot
+    }
+
+    /// The targeting key (the user), if the request had one.
+    pub fn key(&self) -> Option<&str> {
+        self.inner.key.as_deref()
+    }
+
+    /// The request's evaluation context, for the snapshot's typed calls.
+    pub fn context(&self) -> Context<'_> {
+        let mut ctx = match self.key() {
+            Some(key) => Context::new(key),
+            None => Context::anonymous(),
+        };
+        for (name, value) in &self.inner.attributes.items {
+            ctx.set(name, value.as_value());
+        }
+        ctx
+    }
+
+    /// Whether boolean flag `key` is on for this request (`false` when it is off, unknown or
+    /// not boolean).
+    pub fn is_enabled(&self, key: &str) -> bool {
+        self.bool_value(key, false).value
+    }
+
+    /// Boolean flag `key` with `default`, as an [`Evaluation`] (value, variant, reason).
+    pub fn bool_value(&self, key: &str, default: bool) -> Evaluation<'_, bool> {
+        self.snapshot().bool_value(key, &self.context(), default)
+    }
+
+    /// String flag `key` with `default`.
+    pub fn string_value<'a>(&'a self, key: &str, default: &'a str) -> Evaluation<'a, &'a str> {
+        self.snapshot().string_value(key, &self.context(), default)
+    }
+
+    /// Integer flag `key` with `default`.
+    pub fn int_value(&self, key: &str, default: i64) -> Evaluation<'_, i64> {
+        self.snapshot().int_value(key, &self.context(), default)
+    }
+
+    /// Every flag evaluated for this request, as JSON: `{"<key>": {"value", "variant",
+    /// "reason", "error"?}}`, sorted by key (what an "/api/flags" endpoint serves). A flag
+    /// whose default applies has `"value": null`.
+    pub fn evaluate_all(&self) -> serde_json::Value {
+        let ctx = self.context();
+        let snapshot = self.snapshot();
+        let mut keys: Vec<&str> = snapshot.keys().collect();
+        keys.sort_unstable();
+        let mut out = serde_json::Map::new();
+        for key in keys {
+            let e = snapshot.json_value(key, &ctx);
+            let mut entry = serde_json::Map::new();
+            entry.insert("value".into(), e.value.cloned().unwrap_or_default());
+            entry.insert(
+                "variant".into(),
+                e.variant.map_or(serde_json::Value::Null, |v| v.into()),
+            );
+            entry.insert("reason".into(), e.reason.as_str().into());
+            if let Some(code) = e.error {
+                entry.insert("error".into(), code.as_str().into());
+            }
+            out.insert(key.to_owned(), serde_json::Value::Object(entry));
+        }
+        serde_json::Value::Object(out)
+    }
+}
+
+impl fmt::Debug for RequestFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestFlags")
+            .field("version", &self.snapshot().version())
+            .field("key", &self.key())
+            .field("attributes", &self.inner.attributes)
+            .finish()
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestFlags {
+    type Rejection = (http::StatusCode, &'static str);
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<RequestFlags>().cloned().ok_or((
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "no flags for this request: add welcomedly_flags::layer::FlagsLayer around the route",
+        ))
+    }
+}

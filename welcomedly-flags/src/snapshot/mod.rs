@@ -1,0 +1,273 @@
+//! The compiled, immutable snapshot a service evaluates flags against.
+//!
+//! [`Snapshot::compile`] validates a [`FlagSet`] and compiles it: flags indexed by key in a
+//! foldhash map, variants by position, regexes, semvers, dates and key sets parsed, each
+//! rollout's salt pre-hashed. Evaluation then only reads: it takes no lock and allocates nothing
+//! (a counting-allocator test in `tests/no_alloc.rs` holds it to that).
+//!
+//! ```
+//! use welcomedly_flags::{Context, Reason, Snapshot};
+//!
+//! let snapshot = Snapshot::compile_json(r#"{ "flags": {
+//!   "max-upload-mb": { "variants": { "small": 1, "large": 100 },
+//!                      "rules": [{ "clauses": [{ "attribute": "plan", "op": "in", "values": ["pro", "team"] }],
+//!                                  "serve": { "variant": "large" } }],
+//!                      "fallthrough": { "variant": "small" } }
+//! } }"#, 7)?;
+//! assert_eq!(snapshot.version(), 7);
+//! let pro = Context::new("u1").with("plan", "team");
+//! assert_eq!(snapshot.int_value("max-upload-mb", &pro, 5).value, 100);
+//! let free = Context::new("u2");
+//! assert_eq!(snapshot.int_value("max-upload-mb", &free, 5).value, 1);
+//! assert_eq!(snapshot.int_value("max-upload-mb", &free, 5).reason, Reason::Fallthrough);
+//! // Asking for another type is the caller's default with TYPE_MISMATCH.
+//! assert_eq!(snapshot.bool_value("max-upload-mb", &free, false).error.map(|e| e.as_str()), Some("TYPE_MISMATCH"));
+//! # Ok::<(), welcomedly_flags::ValidationErrors>(())
+//! ```
+
+mod compile;
+mod resolve;
+mod typed;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use foldhash::fast::RandomState;
+use serde_json::Value;
+
+use crate::bucketing::Bucketer;
+use crate::eval::CompiledClause;
+use crate::model::FlagSet;
+use crate::validate::ValidationErrors;
+
+/// The type of a flag's variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FlagType {
+    /// Booleans.
+    Bool,
+    /// Strings.
+    String,
+    /// Integers (also readable as floats).
+    Int,
+    /// Numbers, at least one of which is not an integer.
+    Float,
+    /// JSON objects or arrays.
+    Object,
+}
+
+pub(crate) use FlagType as Kind;
+
+impl FlagType {
+    pub(crate) fn of(v: &Value) -> Option<FlagType> {
+        Some(match v {
+            Value::Null => return None,
+            Value::Bool(_) => FlagType::Bool,
+            Value::String(_) => FlagType::String,
+            Value::Number(n) if n.is_i64() => FlagType::Int,
+            Value::Number(_) => FlagType::Float,
+            Value::Array(_) | Value::Object(_) => FlagType::Object,
+        })
+    }
+
+    pub(crate) fn compatible(self, other: FlagType) -> bool {
+        self.join(other).is_some()
+    }
+
+    /// The type of a flag with variants of both types.
+    pub(crate) fn join(self, other: FlagType) -> Option<FlagType> {
+        use FlagType::{Float, Int};
+        match (self, other) {
+            (Int, Float) | (Float, Int) => Some(Float),
+            (a, b) if a == b => Some(a),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            FlagType::Bool => "a boolean",
+            FlagType::String => "a string",
+            FlagType::Int | FlagType::Float => "a number",
+            FlagType::Object => "an object or array",
+        }
+    }
+}
+
+/// Keys to look up: a short list compares directly (faster than hashing for a few keys), a long
+/// one hashes.
+#[derive(Debug)]
+pub(crate) enum KeySet {
+    Few(Box<[Box<str>]>),
+    Many(HashSet<Box<str>, RandomState>),
+}
+
+impl KeySet {
+    pub(crate) fn new<'s>(keys: impl Iterator<Item = &'s str>) -> KeySet {
+        let keys: Vec<Box<str>> = keys.map(Box::from).collect();
+        if keys.len() <= 4 {
+            KeySet::Few(keys.into())
+        } else {
+            KeySet::Many(keys.into_iter().collect())
+        }
+    }
+
+    #[inline]
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        match self {
+            KeySet::Few(keys) => keys.iter().any(|k| **k == *key),
+            KeySet::Many(keys) => keys.contains(key),
+        }
+    }
+}
+
+/// Segment key → position in the compiled snapshot (key order).
+#[derive(Debug)]
+pub(crate) struct SegmentIndex<'a>(BTreeMap<&'a str, u32>);
+
+impl<'a> SegmentIndex<'a> {
+    pub(crate) fn new(set: &'a FlagSet) -> SegmentIndex<'a> {
+        SegmentIndex(
+            (0u32..)
+                .zip(set.segments.keys())
+                .map(|(i, k)| (k.as_str(), i))
+                .collect(),
+        )
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<u32> {
+        self.0.get(key).copied()
+    }
+}
+
+/// What a rule or the fallthrough serves, compiled.
+#[derive(Debug)]
+pub(crate) enum CompiledServe {
+    Variant(u32),
+    Rollout {
+        bucket_by: Box<str>,
+        /// `(end, variant)`: buckets below `end` (and at or above the previous end) get `variant`.
+        slices: Box<[(u32, u32)]>,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledRule {
+    pub(crate) clauses: Box<[CompiledClause]>,
+    pub(crate) serve: CompiledServe,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledPrerequisite {
+    pub(crate) flag: u32,
+    pub(crate) variants: Box<[u32]>,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledFlag {
+    pub(crate) key: Box<str>,
+    pub(crate) enabled: bool,
+    pub(crate) kind: FlagType,
+    /// Variant names and values, by id (key order).
+    pub(crate) variants: Box<[(Box<str>, Value)]>,
+    pub(crate) prerequisites: Box<[CompiledPrerequisite]>,
+    pub(crate) targets: HashMap<Box<str>, u32, RandomState>,
+    pub(crate) rules: Box<[CompiledRule]>,
+    pub(crate) fallthrough: Option<CompiledServe>,
+    pub(crate) bucketer: Bucketer,
+    /// No prerequisites, targets or rules, and a fixed fallthrough.
+    pub(crate) is_static: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledSegment {
+    pub(crate) included: KeySet,
+    pub(crate) excluded: KeySet,
+    pub(crate) rules: Box<[Box<[CompiledClause]>]>,
+}
+
+/// An immutable, compiled flag set with a version. Cheap to share behind an `Arc`; see
+/// [`Flags`](crate::Flags) for the swappable handle.
+pub struct Snapshot {
+    version: u64,
+    source: FlagSet,
+    index: HashMap<Box<str>, u32, RandomState>,
+    flags: Box<[CompiledFlag]>,
+    segments: Box<[CompiledSegment]>,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("version", &self.version)
+            .field("flags", &self.flags.len())
+            .field("segments", &self.segments.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Snapshot {
+    fn default() -> Snapshot {
+        Snapshot::empty()
+    }
+}
+
+impl Snapshot {
+    /// A snapshot without flags, version 0: every evaluation returns the caller's default with
+    /// `FLAG_NOT_FOUND`.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            version: 0,
+            source: FlagSet::default(),
+            index: HashMap::default(),
+            flags: Box::new([]),
+            segments: Box::new([]),
+        }
+    }
+
+    /// Validates and compiles `set`. Every problem is listed on failure.
+    pub fn compile(set: &FlagSet, version: u64) -> Result<Snapshot, ValidationErrors> {
+        compile::compile(set, version)
+    }
+
+    /// Parses, validates and compiles a flag set in its JSON form.
+    pub fn compile_json(text: &str, version: u64) -> Result<Snapshot, ValidationErrors> {
+        Snapshot::compile(&FlagSet::parse_json(text)?, version)
+    }
+
+    /// The version given to [`Snapshot::compile`].
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The flag set this snapshot was compiled from.
+    pub fn flag_set(&self) -> &FlagSet {
+        &self.source
+    }
+
+    /// The number of flags.
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    /// Whether there are no flags.
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+
+    /// Flag keys, in key order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.flags.iter().map(|f| &*f.key)
+    }
+
+    /// The type of flag `key`'s variants, or `None` for an unknown flag.
+    pub fn flag_type(&self, key: &str) -> Option<FlagType> {
+        self.flag(key).map(|(_, f)| f.kind)
+    }
+
+    #[inline]
+    fn flag(&self, key: &str) -> Option<(u32, &CompiledFlag)> {
+        let id = *self.index.get(key)?;
+        Some((id, self.flags.get(id as usize)?))
+    }
+}

@@ -1,0 +1,84 @@
+//! The store's key names and its one write script.
+
+/// The names of the store's keys and channel: one hash tag, so the write script's keys share a
+/// Redis Cluster slot (no `CROSSSLOT`) and the script works unchanged on a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisKeys {
+    /// The document (a string): `{wd:flags}:doc`.
+    pub doc: String,
+    /// The version counter (an integer string; absent = 0): `{wd:flags}:version`.
+    pub version: String,
+    /// The history (a list of JSON entries, newest first): `{wd:flags}:history`.
+    pub history: String,
+    /// The pub/sub channel each new version is published on (its decimal text):
+    /// `{wd:flags}:changes`.
+    pub channel: String,
+}
+
+impl RedisKeys {
+    /// The names under `prefix`. A prefix already holding a hash tag (`app:{flags}`) is used
+    /// as is; otherwise it becomes the tag (`wd:flags` → `{wd:flags}`).
+    pub fn new(prefix: &str) -> Self {
+        let tagged = match (prefix.find('{'), prefix.rfind('}')) {
+            (Some(open), Some(close)) if close > open + 1 => prefix.to_owned(),
+            _ => format!("{{{prefix}}}"),
+        };
+        Self {
+            doc: format!("{tagged}:doc"),
+            version: format!("{tagged}:version"),
+            history: format!("{tagged}:history"),
+            channel: format!("{tagged}:changes"),
+        }
+    }
+}
+
+/// Compare-and-set, store, bump, record, announce — atomically.
+///
+/// `KEYS`: doc, version, history. `ARGV`: expected version, body, history entry (a JSON object
+/// without `version`, starting with `{` and holding at least one field), history cap, channel.
+/// Returns `{1, new_version}` on success, `{0, current_version}` on a conflict, or an error
+/// reply `WDFLAGS …` when the version key holds something else than an integer.
+///
+/// The entry's `version` is spliced in as text rather than through `cjson`, whose number
+/// encoding (`%.14g`) would round large integers inside the caller's diff. Lua numbers are
+/// doubles: versions are exact below 2^53.
+pub(super) const WRITE: &str = r#"
+local raw = redis.call('GET', KEYS[2])
+local current = 0
+if raw then
+  current = tonumber(raw)
+  if not current then
+    return redis.error_reply('WDFLAGS the version key does not hold an integer')
+  end
+end
+if current ~= tonumber(ARGV[1]) then
+  return {0, current}
+end
+local new = current + 1
+local v = string.format('%.0f', new)
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], v)
+redis.call('LPUSH', KEYS[3], '{"version":' .. v .. ',' .. string.sub(ARGV[3], 2))
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
+redis.call('PUBLISH', ARGV[5], v)
+return {1, new}
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_shares_one_hash_tag() {
+        let k = RedisKeys::new("wd:flags");
+        assert_eq!(k.doc, "{wd:flags}:doc");
+        assert_eq!(k.version, "{wd:flags}:version");
+        assert_eq!(k.history, "{wd:flags}:history");
+        assert_eq!(k.channel, "{wd:flags}:changes");
+        let k = RedisKeys::new("app:{flags}");
+        assert_eq!(k.doc, "app:{flags}:doc");
+        // An empty tag `{}` hashes the whole key: wrap instead.
+        assert_eq!(RedisKeys::new("a{}").doc, "{a{}}:doc");
+    }
+}
