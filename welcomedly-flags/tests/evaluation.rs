@@ -50,7 +50,10 @@ fn disabled_flag_is_the_default_whatever_the_rules() {
         "fallthrough": { "variant": "on" } } } }"#,
     );
     let e = s.bool_value("f", &Context::new("u"), false);
-    assert_eq!((e.value, e.variant, e.reason, e.error), (false, None, Reason::Disabled, None));
+    assert_eq!(
+        (e.value, e.variant, e.reason, e.error),
+        (false, None, Reason::Disabled, None)
+    );
     assert_eq!(e.reason.as_str(), "DISABLED");
 }
 
@@ -61,7 +64,10 @@ fn no_match_and_no_fallthrough_is_default_not_error() {
         "rules": [{ "clauses": [{ "attribute": "plan", "op": "equals", "values": ["pro"] }], "serve": { "variant": "on" } }] } } }"#,
     );
     let e = s.bool_value("f", &Context::new("u"), false);
-    assert_eq!((e.value, e.variant, e.reason, e.error), (false, None, Reason::Default, None));
+    assert_eq!(
+        (e.value, e.variant, e.reason, e.error),
+        (false, None, Reason::Default, None)
+    );
     assert_eq!(e.reason.as_str(), "DEFAULT");
 }
 
@@ -78,7 +84,10 @@ fn falsy_values_are_values() {
     );
     let ctx = Context::new("u");
     let b = s.bool_value("b", &ctx, true);
-    assert_eq!((b.value, b.variant, b.reason), (false, Some("no"), Reason::Static));
+    assert_eq!(
+        (b.value, b.variant, b.reason),
+        (false, Some("no"), Reason::Static)
+    );
     assert_eq!(b.reason.as_str(), "STATIC");
     let st = s.string_value("s", &ctx, "dflt");
     assert_eq!((st.value, st.variant), ("", Some("empty")));
@@ -100,12 +109,24 @@ fn wrong_type_is_the_default_with_type_mismatch() {
     );
     let ctx = Context::new("u");
     let e = s.string_value("b", &ctx, "dflt");
-    assert_eq!((e.value, e.reason, e.error), ("dflt", Reason::Error, Some(ErrorCode::TypeMismatch)));
+    assert_eq!(
+        (e.value, e.reason, e.error),
+        ("dflt", Reason::Error, Some(ErrorCode::TypeMismatch))
+    );
     assert_eq!(e.error.unwrap().as_str(), "TYPE_MISMATCH");
-    assert_eq!(s.int_value("x", &ctx, 3).error, Some(ErrorCode::TypeMismatch));
-    assert_eq!(s.bool_value("i", &ctx, true).error, Some(ErrorCode::TypeMismatch));
+    assert_eq!(
+        s.int_value("x", &ctx, 3).error,
+        Some(ErrorCode::TypeMismatch)
+    );
+    assert_eq!(
+        s.bool_value("i", &ctx, true).error,
+        Some(ErrorCode::TypeMismatch)
+    );
     let d = json!(null);
-    assert_eq!(s.object_value("b", &ctx, &d).error, Some(ErrorCode::TypeMismatch));
+    assert_eq!(
+        s.object_value("b", &ctx, &d).error,
+        Some(ErrorCode::TypeMismatch)
+    );
     // Integers read as floats; any flag reads as JSON.
     assert_eq!(s.float_value("i", &ctx, 0.0).value, 1.0);
     assert_eq!(s.json_value("x", &ctx).value, Some(&json!(0.5)));
@@ -126,24 +147,47 @@ fn targets_come_before_rules_and_rules_in_order() {
         let e = s.string_value("f", &ctx, "-");
         (e.value, e.reason)
     };
-    assert_eq!(ev(Context::new("vip").with("plan", "pro")), ("C", Reason::TargetingMatch(Match::Target)));
-    assert_eq!(ev(Context::new("u").with("plan", "pro")), ("A", Reason::TargetingMatch(Match::Rule(0))));
-    assert_eq!(ev(Context::new("u").with("plan", "plus")), ("B", Reason::TargetingMatch(Match::Rule(1))));
-    assert_eq!(ev(Context::new("u").with("plan", "free")), ("C", Reason::Fallthrough));
+    assert_eq!(
+        ev(Context::new("vip").with("plan", "pro")),
+        ("C", Reason::TargetingMatch(Match::Target))
+    );
+    assert_eq!(
+        ev(Context::new("u").with("plan", "pro")),
+        ("A", Reason::TargetingMatch(Match::Rule(0)))
+    );
+    assert_eq!(
+        ev(Context::new("u").with("plan", "plus")),
+        ("B", Reason::TargetingMatch(Match::Rule(1)))
+    );
+    assert_eq!(
+        ev(Context::new("u").with("plan", "free")),
+        ("C", Reason::Fallthrough)
+    );
     assert_eq!(ev(Context::anonymous()), ("C", Reason::Fallthrough));
 }
 
 #[test]
 fn string_operators() {
-    let s = rule(r#"{ "attribute": "email", "op": "endsWith", "values": ["@a.example", "@b.example"] }"#);
+    let s = rule(
+        r#"{ "attribute": "email", "op": "endsWith", "values": ["@a.example", "@b.example"] }"#,
+    );
     assert!(hits(&s, &Context::new("u").with("email", "x@b.example")));
     assert!(!hits(&s, &Context::new("u").with("email", "x@c.example")));
     let s = rule(r#"{ "attribute": "path", "op": "contains", "values": ["/admin/"] }"#);
     assert!(hits(&s, &Context::new("u").with("path", "/x/admin/y")));
-    let s = rule(r#"{ "attribute": "email", "op": "matches", "values": ["^[a-z]+@corp\\.example$"] }"#);
-    assert!(hits(&s, &Context::new("u").with("email", "bob@corp.example")));
-    assert!(!hits(&s, &Context::new("u").with("email", "Bob@corp.example")));
-    let s = rule(r#"{ "attribute": "targetingKey", "op": "in", "values": ["k1", "k2", "k3", "k4", "k5", "k6"] }"#);
+    let s =
+        rule(r#"{ "attribute": "email", "op": "matches", "values": ["^[a-z]+@corp\\.example$"] }"#);
+    assert!(hits(
+        &s,
+        &Context::new("u").with("email", "bob@corp.example")
+    ));
+    assert!(!hits(
+        &s,
+        &Context::new("u").with("email", "Bob@corp.example")
+    ));
+    let s = rule(
+        r#"{ "attribute": "targetingKey", "op": "in", "values": ["k1", "k2", "k3", "k4", "k5", "k6"] }"#,
+    );
     assert!(hits(&s, &Context::new("k6")));
     assert!(!hits(&s, &Context::new("k7")));
 }
@@ -180,13 +224,26 @@ fn numeric_semver_and_date_operators() {
     let s = rule(r#"{ "attribute": "app", "op": "semverGreaterThan", "values": ["1.2.3"] }"#);
     assert!(hits(&s, &Context::new("u").with("app", "1.10.0")));
 
-    let s = rule(r#"{ "attribute": "signup", "op": "before", "values": ["2024-01-01T00:00:00Z"] }"#);
-    assert!(hits(&s, &Context::new("u").with("signup", "2023-12-31T23:59:59.999Z")));
-    assert!(hits(&s, &Context::new("u").with("signup", 1_704_067_199_999_i64)));
-    assert!(!hits(&s, &Context::new("u").with("signup", "2024-01-01T01:00:00+01:00")));
+    let s =
+        rule(r#"{ "attribute": "signup", "op": "before", "values": ["2024-01-01T00:00:00Z"] }"#);
+    assert!(hits(
+        &s,
+        &Context::new("u").with("signup", "2023-12-31T23:59:59.999Z")
+    ));
+    assert!(hits(
+        &s,
+        &Context::new("u").with("signup", 1_704_067_199_999_i64)
+    ));
+    assert!(!hits(
+        &s,
+        &Context::new("u").with("signup", "2024-01-01T01:00:00+01:00")
+    ));
     assert!(!hits(&s, &Context::new("u").with("signup", "yesterday")));
     let s = rule(r#"{ "attribute": "signup", "op": "after", "values": [1704067200000] }"#);
-    assert!(hits(&s, &Context::new("u").with("signup", "2024-01-01T00:00:00.001Z")));
+    assert!(hits(
+        &s,
+        &Context::new("u").with("signup", "2024-01-01T00:00:00.001Z")
+    ));
 }
 
 #[test]
@@ -201,8 +258,14 @@ fn negation_and_missing_attributes() {
         r#"{ "attribute": "country", "op": "equals", "values": ["DE"] },
            { "attribute": "age", "op": "greaterThan", "values": [17] }"#,
     );
-    assert!(hits(&s, &Context::new("u").with("country", "DE").with("age", 18)));
-    assert!(!hits(&s, &Context::new("u").with("country", "DE").with("age", 17)));
+    assert!(hits(
+        &s,
+        &Context::new("u").with("country", "DE").with("age", 18)
+    ));
+    assert!(!hits(
+        &s,
+        &Context::new("u").with("country", "DE").with("age", 17)
+    ));
 }
 
 #[test]
@@ -222,8 +285,14 @@ fn segments_with_keys_rules_and_nesting() {
           "fallthrough": { "variant": "off" } } } }"#,
     );
     assert!(hits(&s, &Context::new("contractor-1")));
-    assert!(hits(&s, &Context::new("bob").with("email", "bob@corp.example")));
-    assert!(!hits(&s, &Context::new("intern-1").with("email", "intern@corp.example")));
+    assert!(hits(
+        &s,
+        &Context::new("bob").with("email", "bob@corp.example")
+    ));
+    assert!(!hits(
+        &s,
+        &Context::new("intern-1").with("email", "intern@corp.example")
+    ));
     assert!(hits(&s, &Context::new("x").with("beta", true)));
     assert!(!hits(&s, &Context::new("x")));
     let g = |ctx: Context<'_>| s.bool_value("g", &ctx, false).value;
@@ -245,14 +314,23 @@ fn prerequisites_chain_and_fail_to_default() {
     } }"#,
     );
     let e = s.bool_value("a", &Context::new("u"), false);
-    assert_eq!((e.value, e.variant, e.reason), (true, Some("on"), Reason::Fallthrough));
+    assert_eq!(
+        (e.value, e.variant, e.reason),
+        (true, Some("on"), Reason::Fallthrough)
+    );
     let e = s.bool_value("a", &Context::new("u").with("color", "red"), false);
-    assert_eq!((e.value, e.variant, e.reason), (false, None, Reason::PrerequisiteFailed("b")));
+    assert_eq!(
+        (e.value, e.variant, e.reason),
+        (false, None, Reason::PrerequisiteFailed("b"))
+    );
     assert_eq!(e.reason.as_str(), "DEFAULT");
     let e = s.bool_value("b", &Context::new("u").with("color", "red"), false);
     assert_eq!(e.reason, Reason::PrerequisiteFailed("c"));
     // A disabled prerequisite fails.
-    assert_eq!(s.bool_value("d", &Context::new("u"), false).reason, Reason::PrerequisiteFailed("off-flag"));
+    assert_eq!(
+        s.bool_value("d", &Context::new("u"), false).reason,
+        Reason::PrerequisiteFailed("off-flag")
+    );
 }
 
 #[test]
@@ -263,15 +341,25 @@ fn rollouts_split_and_need_their_attribute() {
                     "serve": { "rollout": { "bucketBy": "org", "variants": [{ "variant": "on", "weight": 100000 }, { "variant": "off", "weight": 0 }] } } }],
         "fallthrough": { "rollout": { "variants": [{ "variant": "off", "weight": 0 }, { "variant": "on", "weight": 100000 }] } } } } }"#,
     );
-    let e = s.bool_value("f", &Context::new("u").with("plan", "pro").with("org", 42), false);
+    let e = s.bool_value(
+        "f",
+        &Context::new("u").with("plan", "pro").with("org", 42),
+        false,
+    );
     assert_eq!((e.value, e.reason), (true, Reason::Split(Match::Rule(0))));
     assert_eq!(e.reason.as_str(), "SPLIT");
     // Without its bucket-by attribute the rule's rollout does not apply: on to the fallthrough.
     let e = s.bool_value("f", &Context::new("u").with("plan", "pro"), false);
-    assert_eq!((e.value, e.reason), (true, Reason::Split(Match::Fallthrough)));
+    assert_eq!(
+        (e.value, e.reason),
+        (true, Reason::Split(Match::Fallthrough))
+    );
     // The fallthrough buckets by the key; without one it is the caller's default.
     let e = s.bool_value("f", &Context::anonymous(), false);
-    assert_eq!((e.value, e.variant, e.reason), (false, None, Reason::Default));
+    assert_eq!(
+        (e.value, e.variant, e.reason),
+        (false, None, Reason::Default)
+    );
 }
 
 #[test]
@@ -283,8 +371,10 @@ fn integer_and_string_bucket_by_values_agree() {
     for org in 0..200_i64 {
         let text = org.to_string();
         assert_eq!(
-            s.string_value("f", &Context::new("u").with("org", org), "-").value,
-            s.string_value("f", &Context::new("u").with("org", text.as_str()), "-").value
+            s.string_value("f", &Context::new("u").with("org", org), "-")
+                .value,
+            s.string_value("f", &Context::new("u").with("org", text.as_str()), "-")
+                .value
         );
     }
 }

@@ -52,7 +52,11 @@ fn segment_cycle_is_rejected() {
     } }"#,
     );
     assert_eq!(paths(&err), ["segments.s2.rules[0].clauses[0].values[0]"]);
-    assert!(err.problems()[0].message().contains("segment cycle s1 → s2 → s1"));
+    assert!(
+        err.problems()[0]
+            .message()
+            .contains("segment cycle s1 → s2 → s1")
+    );
 }
 
 #[test]
@@ -60,11 +64,16 @@ fn too_deep_prerequisite_chain_is_rejected() {
     let mut flags = Vec::new();
     for i in 0..70 {
         let pre = if i < 69 {
-            format!(r#", "prerequisites": [{{ "flag": "f{:02}", "variants": ["on"] }}]"#, i + 1)
+            format!(
+                r#", "prerequisites": [{{ "flag": "f{:02}", "variants": ["on"] }}]"#,
+                i + 1
+            )
         } else {
             String::new()
         };
-        flags.push(format!(r#""f{i:02}": {{ "variants": {{ "on": true }}{pre} }}"#));
+        flags.push(format!(
+            r#""f{i:02}": {{ "variants": {{ "on": true }}{pre} }}"#
+        ));
     }
     let err = problems(&format!(r#"{{ "flags": {{ {} }} }}"#, flags.join(",")));
     assert_eq!(paths(&err), ["flags.f05"]);
@@ -97,7 +106,12 @@ fn unknown_references_are_listed() {
     );
     let text = err.to_string();
     assert!(text.starts_with("invalid flag set (6 problems)"), "{text}");
-    assert!(text.contains("- flags.f.targets[0].variant: unknown variant \"onn\"; use one of [\"off\", \"on\"]"), "{text}");
+    assert!(
+        text.contains(
+            "- flags.f.targets[0].variant: unknown variant \"onn\"; use one of [\"off\", \"on\"]"
+        ),
+        "{text}"
+    );
     assert!(text.contains("unknown segment \"nobody\""), "{text}");
 }
 
@@ -117,7 +131,11 @@ fn weights_must_sum_to_the_total() {
             "flags.f.fallthrough.rollout.variants"
         ]
     );
-    assert!(err.problems()[0].message().contains("weights sum to 110000, not 100000"));
+    assert!(
+        err.problems()[0]
+            .message()
+            .contains("weights sum to 110000, not 100000")
+    );
     assert!(err.problems()[1].message().contains("weights sum to 99999"));
 }
 
@@ -128,7 +146,10 @@ fn serve_needs_exactly_one_of_variant_or_rollout() {
         "rules": [{ "serve": {} }],
         "fallthrough": { "variant": "a", "rollout": { "variants": [{ "variant": "a", "weight": 100000 }] } } } } }"#,
     );
-    assert_eq!(paths(&err), ["flags.f.rules[0].serve", "flags.f.fallthrough"]);
+    assert_eq!(
+        paths(&err),
+        ["flags.f.rules[0].serve", "flags.f.fallthrough"]
+    );
 }
 
 #[test]
@@ -161,7 +182,11 @@ fn bad_regex_and_bad_operands_are_listed() {
             "flags.f.rules[0].clauses[7].attribute",
         ]
     );
-    assert!(err.problems()[1].message().starts_with("regular expression does not compile"));
+    assert!(
+        err.problems()[1]
+            .message()
+            .starts_with("regular expression does not compile")
+    );
 }
 
 #[test]
@@ -183,7 +208,11 @@ fn inconsistent_variant_types_are_rejected() {
             "flags.nulls.variants.a"
         ]
     );
-    assert!(err.problems()[1].message().contains("is a string but variant \"a\" is a boolean"));
+    assert!(
+        err.problems()[1]
+            .message()
+            .contains("is a string but variant \"a\" is a boolean")
+    );
 }
 
 #[test]
@@ -201,12 +230,18 @@ fn unknown_fields_are_rejected_with_their_path() {
         r#"{ "flags": { "f": { "variants": { "a": 1 }, "rules": [{ "clauses": [{ "attribute": "x", "op": "in", "values": [1], "negated": true }], "serve": { "variant": "a" } }] } } }"#,
     );
     assert_eq!(paths(&err), ["flags.f.rules[0].clauses[0].negated"]);
-    assert!(err.problems()[0].message().contains("unknown field `negated`"));
+    assert!(
+        err.problems()[0]
+            .message()
+            .contains("unknown field `negated`")
+    );
 
     let err = problems(r#"{ "flags": {}, "segmnts": {} }"#);
     assert_eq!(paths(&err), ["segmnts"]);
 
-    let err = problems(r#"{ "flags": { "f": { "variants": { "a": 1 }, "rules": [{ "clauses": [{ "attribute": "x", "op": "isIn", "values": [1] }], "serve": { "variant": "a" } }] } } }"#);
+    let err = problems(
+        r#"{ "flags": { "f": { "variants": { "a": 1 }, "rules": [{ "clauses": [{ "attribute": "x", "op": "isIn", "values": [1] }], "serve": { "variant": "a" } }] } } }"#,
+    );
     assert_eq!(paths(&err), ["flags.f.rules[0].clauses[0].op"]);
 }
 
@@ -242,7 +277,8 @@ fn a_valid_set_round_trips_through_canonical_json() {
     assert_eq!(again, set);
     assert_eq!(again.to_json(), canonical);
     // Defaults are left out of the canonical form.
-    let minimal = FlagSet::from_json(r#"{ "flags": { "g": { "variants": { "on": true } } } }"#).unwrap();
+    let minimal =
+        FlagSet::from_json(r#"{ "flags": { "g": { "variants": { "on": true } } } }"#).unwrap();
     assert!(!minimal.to_json().contains("bucketing"));
     assert!(minimal.to_json().contains("\"enabled\": true"));
 }
