@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use super::{FlagType, Snapshot};
 use crate::context::Context;
-use crate::eval::{ErrorCode, Evaluation};
+use crate::eval::{ErrorCode, Evaluation, Reason};
 
 impl Snapshot {
     #[inline]
@@ -22,7 +22,10 @@ impl Snapshot {
         if !accepts(flag.kind) {
             return Evaluation::error(default, ErrorCode::TypeMismatch);
         }
-        let (served, reason) = self.resolve(id, ctx, 0);
+        let (served, reason) = match flag.static_variant {
+            Some(v) => (Some(v), Reason::Static),
+            None => self.resolve(id, ctx, 0),
+        };
         let Some(v) = served else {
             return Evaluation {
                 value: default,
