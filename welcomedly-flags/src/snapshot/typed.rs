@@ -17,10 +17,10 @@ impl Snapshot {
         read: impl Fn(&'a Value) -> Option<T>,
     ) -> Evaluation<'a, T> {
         let Some((id, flag)) = self.flag(key) else {
-            return Evaluation::error(default, ErrorCode::FlagNotFound);
+            return Evaluation::failed(default, ErrorCode::FlagNotFound);
         };
         if !accepts(flag.kind) {
-            return Evaluation::error(default, ErrorCode::TypeMismatch);
+            return Evaluation::failed(default, ErrorCode::TypeMismatch);
         }
         let (served, reason) = match flag.static_variant {
             Some(v) => (Some(v), Reason::Static),
@@ -42,9 +42,9 @@ impl Snapshot {
                     reason,
                     error: None,
                 },
-                None => Evaluation::error(default, ErrorCode::TypeMismatch),
+                None => Evaluation::failed(default, ErrorCode::TypeMismatch),
             },
-            None => Evaluation::error(default, ErrorCode::General),
+            None => Evaluation::failed(default, ErrorCode::General),
         }
     }
 
