@@ -56,7 +56,7 @@ pub struct Evaluation<'a, T> {
 }
 
 impl<'a, T> Evaluation<'a, T> {
-    pub(crate) fn error(default: T, code: ErrorCode) -> Evaluation<'a, T> {
+    pub(crate) fn failed(default: T, code: ErrorCode) -> Evaluation<'a, T> {
         Evaluation {
             value: default,
             variant: None,

@@ -106,6 +106,10 @@ impl<'a> Compiler<'a> {
             && targets.is_empty()
             && rules.is_empty()
             && matches!(fallthrough, Some(CompiledServe::Variant(_)));
+        let static_variant = match &fallthrough {
+            Some(CompiledServe::Variant(v)) if is_static && flag.enabled => Some(*v),
+            _ => None,
+        };
         CompiledFlag {
             key: key.into(),
             enabled: flag.enabled,
@@ -121,6 +125,7 @@ impl<'a> Compiler<'a> {
             fallthrough,
             bucketer: Bucketer::new(flag.bucketing, flag.salt.as_deref().unwrap_or(key)),
             is_static,
+            static_variant,
         }
     }
 }

@@ -177,6 +177,8 @@ pub(crate) struct CompiledFlag {
     pub(crate) bucketer: Bucketer,
     /// No prerequisites, targets or rules, and a fixed fallthrough.
     pub(crate) is_static: bool,
+    /// The variant an enabled static flag always serves: evaluation skips resolution.
+    pub(crate) static_variant: Option<u32>,
 }
 
 #[derive(Debug)]

@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use super::{FlagType, Snapshot};
 use crate::context::Context;
-use crate::eval::{ErrorCode, Evaluation};
+use crate::eval::{ErrorCode, Evaluation, Reason};
 
 impl Snapshot {
     #[inline]
@@ -17,12 +17,15 @@ impl Snapshot {
         read: impl Fn(&'a Value) -> Option<T>,
     ) -> Evaluation<'a, T> {
         let Some((id, flag)) = self.flag(key) else {
-            return Evaluation::error(default, ErrorCode::FlagNotFound);
+            return Evaluation::failed(default, ErrorCode::FlagNotFound);
         };
         if !accepts(flag.kind) {
-            return Evaluation::error(default, ErrorCode::TypeMismatch);
+            return Evaluation::failed(default, ErrorCode::TypeMismatch);
         }
-        let (served, reason) = self.resolve(id, ctx, 0);
+        let (served, reason) = match flag.static_variant {
+            Some(v) => (Some(v), Reason::Static),
+            None => self.resolve(id, ctx, 0),
+        };
         let Some(v) = served else {
             return Evaluation {
                 value: default,
@@ -39,9 +42,9 @@ impl Snapshot {
                     reason,
                     error: None,
                 },
-                None => Evaluation::error(default, ErrorCode::TypeMismatch),
+                None => Evaluation::failed(default, ErrorCode::TypeMismatch),
             },
-            None => Evaluation::error(default, ErrorCode::General),
+            None => Evaluation::failed(default, ErrorCode::General),
         }
     }
 
