@@ -428,3 +428,139 @@ fn a_rejected_redis_url_is_reported_without_its_password() {
         "{stderr}{stdout}"
     );
 }
+
+const ADMIN_TOKEN: &str = "0123456789abcdef-admin";
+
+/// Polls `GET path` as `user` until it answers `status`, up to `within`; returns the time taken.
+fn wait_for_status(
+    app: &Instance,
+    path: &str,
+    user: &str,
+    status: u16,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = app.request_with("GET", path, &[("x-user-id", user)], "");
+        if r.status == status {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{path} still answers {} ({})",
+            r.status,
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Turns the `campaign-stats` kill switch off through `app`'s admin API.
+fn kill_stats(app: &Instance) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let flag = app.request_with(
+        "GET",
+        "/admin/flags/campaign-stats",
+        &[("authorization", &auth)],
+        "",
+    );
+    assert_eq!(flag.status, 200, "{}", flag.body);
+    let etag = flag.header("etag").unwrap().to_owned();
+    let mut def: serde_json::Value = serde_json::from_str(&flag.body).unwrap();
+    def["enabled"] = serde_json::Value::Bool(false);
+    let put = app.request_with(
+        "PUT",
+        "/admin/flags/campaign-stats",
+        &[
+            ("authorization", &auth),
+            ("if-match", &etag),
+            ("content-type", "application/json"),
+        ],
+        &def.to_string(),
+    );
+    assert_eq!(put.status, 200, "{}", put.body);
+}
+
+#[test]
+fn seeded_flags_are_evaluated_per_user_gate_a_route_and_the_kill_switch_turns_it_off() {
+    let app = Instance::start(&[("WELCOMEDLY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned())]);
+    let flags = app.request_with("GET", "/api/flags", &[("x-user-id", "supervisor")], "");
+    assert_eq!(flags.status, 200);
+    let json: serde_json::Value = serde_json::from_str(&flags.body).unwrap();
+    assert_eq!(json["flags"]["campaign-stats"]["value"], true);
+    assert_eq!(json["flags"]["campaign-stats"]["reason"], "TARGETING_MATCH");
+    assert_eq!(json["flags"]["board-theme"]["value"], "light");
+
+    // The 50 % rollout: some users see the route, the others get the gate's 404.
+    let statuses: Vec<u16> = (0..40)
+        .map(|i| {
+            app.request_with(
+                "GET",
+                "/api/stats",
+                &[("x-user-id", &format!("agent-{i}"))],
+                "",
+            )
+            .status
+        })
+        .collect();
+    let on = statuses.iter().filter(|s| **s == 200).count();
+    assert!((8..=32).contains(&on), "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 404));
+
+    // The admin API needs the token.
+    let r = app.request("GET", "/admin/flags", None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+
+    kill_stats(&app);
+    wait_for_status(
+        &app,
+        "/api/stats",
+        "supervisor",
+        404,
+        Duration::from_secs(2),
+    );
+    let gated = app.request_with("GET", "/api/stats", &[("x-user-id", "supervisor")], "");
+    assert_eq!(
+        gated.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert!(app.terminate().success());
+}
+
+#[test]
+fn without_an_admin_token_there_is_no_admin_api() {
+    let app = Instance::start(&[]);
+    let r = app.request_with("GET", "/admin/flags", &[("authorization", "Bearer x")], "");
+    assert_eq!(r.status, 404);
+    assert!(app.terminate().success());
+}
+
+/// A kill switch thrown on one instance reaches the other through Redis at once.
+#[test]
+fn a_kill_switch_on_one_instance_reaches_the_other_through_redis() {
+    let redis = RedisServer::start().unwrap();
+    let envs = |id: &str| {
+        vec![
+            ("REDIS_URL", redis.url()),
+            ("WELCOMEDLY_INSTANCES", "2".to_owned()),
+            ("WELCOMEDLY_INSTANCE_ID", id.to_owned()),
+            ("WELCOMEDLY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ]
+    };
+    let a = Instance::start(&envs("cc-a"));
+    let b = Instance::start(&envs("cc-b"));
+    assert_eq!(
+        b.request_with("GET", "/api/stats", &[("x-user-id", "supervisor")], "")
+            .status,
+        200
+    );
+    kill_stats(&a);
+    let took = wait_for_status(&b, "/api/stats", "supervisor", 404, Duration::from_secs(1));
+    eprintln!("kill switch reached the other instance after {took:?}");
+    let health: serde_json::Value =
+        serde_json::from_str(&b.request("GET", "/health", None).body).unwrap();
+    assert_eq!(health["checks"]["flags"]["status"], "healthy", "{health}");
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}

@@ -21,6 +21,7 @@ use welcomedly_core::rate_limit::{
 };
 use welcomedly_core::telemetry::Telemetry;
 
+use crate::flags;
 use crate::problem::{self, Problem};
 
 const DEFAULT_DEMO_PASSWORD: &str = "welcomedly-demo";
@@ -34,11 +35,18 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let mut env = EnvReader::from_env();
     let core = CoreConfig::read(&mut env);
     let redis = RedisRateLimitConfig::read(&mut env);
-    let (config, redis) = env.finish((core, redis))?;
+    let admin_token = env.read("WELCOMEDLY_ADMIN_TOKEN", None, |v| {
+        (v.len() >= 16)
+            .then(|| Some(v.to_owned()))
+            .ok_or("is too short to protect the flags admin API: use at least 16 characters")
+    });
+    let (config, redis, admin_token) = env.finish((core, redis, admin_token))?;
     let telemetry = Telemetry::from_config(&config).init()?;
     let registry = HealthRegistry::from_config(&config);
     let password = demo_password();
 
+    let features = flags::start(redis.as_ref().map(|r| r.url.as_str()), &registry).await?;
+    let feature_routes = flags::routes(&features, admin_token);
     let api = match redis {
         Some(redis) => {
             let backend = redis.build().await?;
@@ -47,12 +55,14 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
                 rate_limits().backend(backend).build()?,
                 &telemetry,
                 password,
+                feature_routes,
             )
         }
         None => api_routes(
             rate_limits().backend(LocalBackend::new()).build()?,
             &telemetry,
             password,
+            feature_routes,
         ),
     };
 
@@ -113,9 +123,10 @@ fn api_routes<B: RateLimitBackend>(
     limits: RateLimitLayer<B>,
     telemetry: &welcomedly_core::telemetry::TelemetryGuard,
     password: String,
+    features: Router,
 ) -> Router {
     limits.register_metrics(telemetry.metrics().meter());
-    Router::new()
+    features
         .route(
             "/api/ping",
             get(|| async { Json(serde_json::json!({ "pong": true })) }),

@@ -22,6 +22,7 @@
 //! `application/problem+json`.
 
 mod app;
+mod flags;
 mod problem;
 
 use std::process::ExitCode;

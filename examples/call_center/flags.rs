@@ -1,0 +1,129 @@
+//! Feature flags in the call center: the store (Redis when `REDIS_URL` is set, else memory),
+//! seeded demo flags, the sync that keeps this instance's snapshot current, and the routes that
+//! use them.
+
+use std::error::Error;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Json;
+use axum::routing::get;
+use welcomedly_core::health::{Affects, HealthRegistry};
+use welcomedly_flags::admin::{self, BearerToken};
+use welcomedly_flags::layer::{FlagGateLayer, FlagsLayer, RequestFlags};
+use welcomedly_flags::store::{
+    Change, FlagStore, FlagSyncHandle, MemoryStore, RedisStoreConfig, SyncConfig, sync_flags,
+};
+use welcomedly_flags::{Flags, Snapshot};
+
+/// The flags a new user sees working: campaign statistics rolled out to half of the users (and
+/// always to `supervisor`), behind a kill switch (`enabled`); a board theme.
+const SEED: &str = r#"{
+  "flags": {
+    "campaign-stats": {
+      "variants": { "on": true, "off": false },
+      "targets": [{ "variant": "on", "values": ["supervisor"] }],
+      "fallthrough": { "rollout": { "variants": [
+        { "variant": "on", "weight": 50000 }, { "variant": "off", "weight": 50000 }
+      ] } }
+    },
+    "board-theme": {
+      "variants": { "light": "light", "dark": "dark" },
+      "fallthrough": { "variant": "light" }
+    }
+  }
+}"#;
+
+/// The flag that gates `GET /api/stats`.
+pub(crate) const STATS_FLAG: &str = "campaign-stats";
+
+/// This instance's flags and what keeps them current.
+pub(crate) struct FeatureFlags {
+    pub(crate) flags: Flags,
+    pub(crate) store: Arc<dyn FlagStore>,
+    // Dropping it stops the sync: held for the life of the process.
+    _sync: FlagSyncHandle,
+}
+
+/// Opens the store, seeds it when it is empty, and starts following it.
+pub(crate) async fn start(
+    redis_url: Option<&str>,
+    registry: &HealthRegistry,
+) -> Result<FeatureFlags, Box<dyn Error>> {
+    let store: Arc<dyn FlagStore> = match redis_url {
+        Some(url) => {
+            let store = RedisStoreConfig::new(url).build().await?;
+            registry.register("flag_store", store.clone(), Affects::Nothing);
+            Arc::new(store)
+        }
+        None => Arc::new(MemoryStore::new()),
+    };
+    seed(store.as_ref()).await;
+    let flags = Flags::new(Snapshot::empty());
+    let sync = sync_flags(store.clone(), &flags, SyncConfig::default()).await?;
+    // Stale flags (Redis unreachable) degrade the instance but never take it out of rotation:
+    // the last good snapshot keeps serving.
+    registry.register("flags", sync.health(), Affects::Nothing);
+    Ok(FeatureFlags {
+        flags,
+        store,
+        _sync: sync,
+    })
+}
+
+/// Writes the demo flags into an empty store. Instances starting together race for it through
+/// the store's compare-and-set: one wins, the others see a conflict and keep its version.
+async fn seed(store: &dyn FlagStore) {
+    match store.load().await {
+        Ok(doc) if doc.version > 0 => {}
+        Ok(_) => {
+            let change = Change::new("call_center", "seeded the demo flags");
+            match store.write(0, SEED.to_owned(), change).await {
+                Ok(version) => tracing::info!(version, "seeded the demo feature flags"),
+                Err(e) if e.is_conflict() => {}
+                Err(e) => tracing::warn!(error = %e, "could not seed the demo feature flags"),
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the flag store to seed it"),
+    }
+}
+
+/// `GET /api/flags` (every flag for the caller), the flag-gated `GET /api/stats`, and, when
+/// `admin_token` is set, the admin API under `/admin/flags`; all of it inside [`FlagsLayer`].
+///
+/// Until sessions land, the caller is named by the `x-user-id` header (a demo stand-in for the
+/// logged-in user, which the layer takes from the `UserId` extension once a session sets it).
+pub(crate) fn routes(features: &FeatureFlags, admin_token: Option<String>) -> Router {
+    let mut router = Router::new()
+        .route(
+            "/api/flags",
+            get(|flags: RequestFlags| async move {
+                Json(serde_json::json!({
+                    "user": flags.key(),
+                    "version": flags.snapshot().version(),
+                    "flags": flags.evaluate_all(),
+                }))
+            }),
+        )
+        .route(
+            "/api/stats",
+            get(|| async {
+                Json(serde_json::json!({
+                    "feature": STATS_FLAG,
+                    "detail": "campaign statistics: shown to the users the flag selects; switch it off at /admin/flags/campaign-stats",
+                }))
+            })
+            .layer(FlagGateLayer::new(STATS_FLAG)),
+        );
+    if let Some(token) = admin_token {
+        router = router.merge(admin::router(
+            features.store.clone(),
+            BearerToken::new(token, "admin"),
+            "/admin/flags",
+        ));
+    }
+    router.layer(
+        FlagsLayer::new(features.flags.clone())
+            .key_header(http::HeaderName::from_static("x-user-id")),
+    )
+}
