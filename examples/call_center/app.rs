@@ -45,7 +45,12 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let registry = HealthRegistry::from_config(&config);
     let password = demo_password();
 
-    let features = flags::start(redis.as_ref().map(|r| r.url.as_str()), &registry).await?;
+    let features = flags::start(
+        redis.as_ref().map(|r| r.url.as_str()),
+        &registry,
+        telemetry.metrics().meter(),
+    )
+    .await?;
     let feature_routes = flags::routes(&features, admin_token);
     let api = match redis {
         Some(redis) => {

@@ -49,6 +49,7 @@ pub(crate) struct FeatureFlags {
 pub(crate) async fn start(
     redis_url: Option<&str>,
     registry: &HealthRegistry,
+    meter: &opentelemetry::metrics::Meter,
 ) -> Result<FeatureFlags, Box<dyn Error>> {
     let store: Arc<dyn FlagStore> = match redis_url {
         Some(url) => {
@@ -64,6 +65,7 @@ pub(crate) async fn start(
     // Stale flags (Redis unreachable) degrade the instance but never take it out of rotation:
     // the last good snapshot keeps serving.
     registry.register("flags", sync.health(), Affects::Nothing);
+    sync.health().register_metrics(meter);
     Ok(FeatureFlags {
         flags,
         store,

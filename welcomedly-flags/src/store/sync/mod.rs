@@ -11,6 +11,7 @@ use welcomedly_core::health::{CheckFuture, HealthCheck};
 use super::backoff::Backoff;
 use super::{Document, FlagStore, StoreError, snapshot_file};
 
+mod metrics;
 mod status;
 mod worker;
 
