@@ -10,6 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 use welcomedly_core::config::{ConfigError, EnvReader, parse_millis};
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
@@ -680,7 +681,7 @@ impl RateLimitBackend for RedisBackend {
         if let Some(decisions) = self.inner.remembered(checks) {
             return Box::pin(std::future::ready(Ok(decisions)));
         }
-        let owned: Vec<OwnedCheck> = checks
+        let owned: SmallVec<[OwnedCheck; 2]> = checks
             .iter()
             .map(|c| OwnedCheck {
                 policy: c.policy.clone(),
@@ -695,8 +696,10 @@ impl RateLimitBackend for RedisBackend {
         // One command buffer, written once: EVALSHA sha numkeys keys... args...
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.inner.acquire.get_hash()).arg(owned.len());
+        let mut name = Vec::with_capacity(96);
         for c in &owned {
-            cmd.arg(self.inner.names.name(&c.policy, &c.key));
+            self.inner.names.write_name(&mut name, &c.policy, &c.key);
+            cmd.arg(name.as_slice());
         }
         for c in &owned {
             let g = c.policy.gcra();

@@ -46,7 +46,13 @@ impl KeyNamer {
     }
 
     /// The digest of `key`'s text form, as 32 lowercase hex digits.
+    #[cfg(test)]
     pub(crate) fn digest(&self, key: &Key) -> String {
+        String::from_utf8_lossy(&self.digest_hex(key)).into_owned()
+    }
+
+    /// The digest as hex bytes, on the stack (the hot path writes it straight into a command).
+    fn digest_hex(&self, key: &Key) -> [u8; DIGEST_HEX] {
         let bytes: [u8; 32] = match &self.hasher {
             Hasher::Plain => {
                 let mut h = Feed(Sha256::new());
@@ -60,16 +66,33 @@ impl KeyNamer {
                 h.0.finalize().into_bytes().into()
             }
         };
-        let mut hex = String::with_capacity(DIGEST_HEX);
-        for b in bytes.iter().take(DIGEST_HEX / 2) {
-            let _ = write!(hex, "{b:02x}");
+        let digit = |n: u8| if n < 10 { b'0' + n } else { b'a' + n - 10 };
+        let mut hex = [0u8; DIGEST_HEX];
+        for (pair, b) in hex.chunks_exact_mut(2).zip(bytes) {
+            if let [hi, lo] = pair {
+                *hi = digit(b >> 4);
+                *lo = digit(b & 0x0f);
+            }
         }
         hex
     }
 
     /// `<prefix>:{<digest>}:<policy>`.
     pub(crate) fn name(&self, policy: &PolicySpec, key: &Key) -> String {
-        format!("{}:{{{}}}:{}", self.prefix, self.digest(key), policy.name())
+        let mut name = Vec::with_capacity(self.prefix.len() + DIGEST_HEX + policy.name().len() + 4);
+        self.write_name(&mut name, policy, key);
+        String::from_utf8_lossy(&name).into_owned()
+    }
+
+    /// Writes `<prefix>:{<digest>}:<policy>` into `out` (cleared first): no allocation once
+    /// `out` has grown to a key's size.
+    pub(crate) fn write_name(&self, out: &mut Vec<u8>, policy: &PolicySpec, key: &Key) {
+        out.clear();
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.extend_from_slice(b":{");
+        out.extend_from_slice(&self.digest_hex(key));
+        out.extend_from_slice(b"}:");
+        out.extend_from_slice(policy.name().as_bytes());
     }
 }
 
