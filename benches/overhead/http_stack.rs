@@ -130,15 +130,66 @@ fn variants(metrics: &Metrics) -> Vec<(&'static str, Router, bool)> {
     ]
 }
 
+/// The subscriber `Telemetry::init` installs, logging to a sink, spans to a provider without an
+/// exporter.
+fn deployed_dispatch(provider: &SdkTracerProvider) -> Dispatch {
+    Telemetry::new("bench")
+        .instance_id(InstanceId::new("bench-1"))
+        .dispatch(std::io::sink, provider)
+        .unwrap()
+}
+
+/// With `OVERHEAD_CALLGRIND=<variant index>` (see [`variants`]) the bench only drives that
+/// variant under the deployed subscriber, [`CALLGRIND_REQUESTS`] times inside
+/// [`callgrind_requests`], then exits: for counting instructions per request, repeatably on a
+/// noisy box:
+///
+/// ```text
+/// OVERHEAD_CALLGRIND=1 valgrind --tool=callgrind --toggle-collect='*callgrind_requests*' \
+///     target/release/deps/overhead-<hash> --bench
+/// ```
+///
+/// Instructions per request = the total `Ir` / `CALLGRIND_REQUESTS`.
+fn callgrind_mode() {
+    let Ok(index) = std::env::var("OVERHEAD_CALLGRIND") else {
+        return;
+    };
+    let index: usize = index
+        .parse()
+        .expect("OVERHEAD_CALLGRIND takes a variant index");
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = SdkTracerProvider::builder().build();
+    let dispatch = deployed_dispatch(&provider);
+    let metrics = Metrics::new().unwrap();
+    let (name, app, incoming_ids) = variants(&metrics).swap_remove(index);
+    let mut svc = app.with_state::<()>(());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(&dispatch, || {
+        // Warm up: callsite interest, metric series, thread-locals, allocator pools.
+        rt.block_on(drive(&mut svc, 1000, incoming_ids));
+        callgrind_requests(&rt, &mut svc, incoming_ids);
+    });
+    eprintln!("callgrind: {CALLGRIND_REQUESTS} requests of {name:?} [deployed]");
+    std::process::exit(0);
+}
+
+const CALLGRIND_REQUESTS: u64 = 2000;
+
+#[inline(never)]
+fn callgrind_requests(rt: &tokio::runtime::Runtime, svc: &mut Router, incoming_ids: bool) {
+    black_box(rt.block_on(drive(svc, CALLGRIND_REQUESTS, incoming_ids)));
+}
+
 pub(crate) fn bench(c: &mut Criterion) {
+    callgrind_mode();
     install_fmt_json_subscriber();
     // As `Telemetry::init` does; only the `incoming ids` variants carry a `traceparent`.
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = SdkTracerProvider::builder().build();
-    let deployed = Telemetry::new("bench")
-        .instance_id(InstanceId::new("bench-1"))
-        .dispatch(std::io::sink, &provider)
-        .unwrap();
+    let deployed = deployed_dispatch(&provider);
     let subscribers: [(&str, Option<Dispatch>); 2] =
         [("fmt json", None), ("deployed", Some(deployed))];
 

@@ -14,6 +14,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::future::{ResponseFuture, State, TARGET};
+use super::json;
 use super::layer::Shared;
 use super::request_id::{REQUEST_ID_HEADER, RequestId};
 use super::route::Route;
@@ -140,13 +141,15 @@ fn link_trace(span: &Span, headers: &HeaderMap) -> Option<opentelemetry::Context
     if !span_context.is_valid() {
         return None;
     }
-    // One `record_all` of two strings: every layer looks the span up once, and hex written here
-    // spares each layer a `Display` round trip through `fmt`.
     let mut trace_hex = [0; 32];
     let mut span_hex = [0; 16];
     let trace_id = hex(&span_context.trace_id().to_bytes(), &mut trace_hex);
     let span_id = hex(&span_context.span_id().to_bytes(), &mut span_hex);
-    tracing::record_all!(span, trace_id = trace_id, span_id = span_id);
+    if !json::append_trace_ids(span, trace_id, span_id) {
+        // Another subscriber: one `record_all` of two strings, so every layer looks the span up
+        // once, and hex written here spares each layer a `Display` round trip through `fmt`.
+        tracing::record_all!(span, trace_id = trace_id, span_id = span_id);
+    }
     Some(context)
 }
 
