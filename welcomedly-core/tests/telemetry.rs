@@ -144,13 +144,7 @@ fn logged_to(
     layer: HttpTelemetryLayer,
     provider: &SdkTracerProvider,
 ) -> (Response<String>, Vec<Value>) {
-    // While exactly one dispatcher exists, tracing computes a callsite's interest from the
-    // default dispatcher of whichever thread hits it first: a test thread without a subscriber
-    // would cache "never" for the handler's event and this test would lose it. A second,
-    // idle dispatcher alive for the whole process makes tracing consult every dispatcher.
-    static SECOND_DISPATCHER: OnceLock<tracing::Dispatch> = OnceLock::new();
-    SECOND_DISPATCHER
-        .get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+    keep_interest_dynamic();
     let buffer = Buffer::default();
     let writer = buffer.clone();
     let dispatch = Telemetry::new("test")
@@ -165,6 +159,16 @@ fn logged_to(
         runtime.block_on(app(layer).oneshot(request)).unwrap()
     });
     (response, buffer.lines())
+}
+
+/// While exactly one dispatcher exists, tracing computes a callsite's interest from the default
+/// dispatcher of whichever thread hits it first: a test thread without a subscriber would cache
+/// "never" for the handler's event and a test logging it would lose it. A second, idle
+/// dispatcher alive for the whole process makes tracing consult every dispatcher.
+fn keep_interest_dynamic() {
+    static SECOND_DISPATCHER: OnceLock<tracing::Dispatch> = OnceLock::new();
+    SECOND_DISPATCHER
+        .get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
 }
 
 fn event<'a>(lines: &'a [Value], message: &str) -> &'a Value {
@@ -473,4 +477,52 @@ fn init_in_a_fresh_process() {
     let err = Telemetry::new("init-test").init().unwrap_err();
     assert!(err.is_already_initialized(), "{err}");
     drop(guard);
+}
+
+#[test]
+fn pretty_log_lines_carry_the_trace_id_too() {
+    // The JSON format takes the ids straight into its span fields; any other format gets them
+    // recorded on the span.
+    keep_interest_dynamic();
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let provider = SdkTracerProvider::builder().build();
+    let dispatch = Telemetry::new("test")
+        .log_format(LogFormat::Pretty)
+        .dispatch(move || writer.clone(), &provider)
+        .unwrap();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let request = Request::get("/users/1")
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .body(())
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(&dispatch, || {
+        runtime.block_on(app(layer()).oneshot(request)).unwrap()
+    });
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("user loaded"), "{text}");
+    assert!(text.contains(trace_id), "{text}");
+}
+
+#[test]
+fn the_exported_span_does_not_repeat_its_ids_as_attributes() {
+    let spans = Spans::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(spans.clone())
+        .build();
+    logged_to(Request::get("/").body(()).unwrap(), layer(), &provider);
+    let attributes = request_span_attributes(&spans);
+    let keys: Vec<_> = attributes.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        !keys.contains(&"trace_id") && !keys.contains(&"span_id"),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"request_id") && keys.contains(&"route"),
+        "{keys:?}"
+    );
 }

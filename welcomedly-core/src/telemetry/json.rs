@@ -392,6 +392,35 @@ mod tests {
     }
 
     #[test]
+    fn trace_ids_are_appended_to_json_span_fields() {
+        let lines = lines(|| {
+            let span = tracing::info_span!("request", a = 1, trace_id = tracing::field::Empty);
+            assert!(append_trace_ids(&span, "4bf9", "00f0"));
+            let empty = tracing::info_span!(parent: &span, "empty");
+            assert!(append_trace_ids(&empty, "aa", "bb"));
+            let _s = span.enter();
+            let _e = empty.enter();
+            tracing::info!("inside");
+        });
+        let spans = &lines[0]["spans"];
+        assert_eq!(spans[0]["a"], 1);
+        assert_eq!(spans[0]["trace_id"], "4bf9");
+        assert_eq!(spans[0]["span_id"], "00f0");
+        assert_eq!(spans[1]["trace_id"], "aa", "a span without fields");
+    }
+
+    #[test]
+    fn trace_ids_are_not_appended_under_another_format() {
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(io::sink));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", trace_id = tracing::field::Empty);
+            assert!(!append_trace_ids(&span, "4bf9", "00f0"));
+        });
+        assert!(!append_trace_ids(&tracing::Span::none(), "4bf9", "00f0"));
+    }
+
+    #[test]
     fn events_outside_spans_have_no_span_list() {
         let lines = lines(|| tracing::error!(code = 7, "boom"));
         assert_eq!(lines[0]["code"], 7);

@@ -156,6 +156,9 @@ fn link_trace(span: &Span, headers: &HeaderMap) -> Option<opentelemetry::Context
 /// The W3C TraceContext header that carries the parent span.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// The W3C TraceContext header that carries vendor-specific trace state.
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 /// Lower-case hex of `bytes` into `out` (twice as long), as W3C TraceContext writes ids.
 fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
     fn digit(nibble: u8) -> u8 {
@@ -180,7 +183,14 @@ struct HeaderExtractor<'a>(&'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
+        // A `&str` key is parsed into a header name (validated and lower-cased byte by byte) on
+        // every lookup; the W3C propagator asks for these two on every request that has a parent.
+        let value = match key {
+            "traceparent" => self.0.get(TRACEPARENT),
+            "tracestate" => self.0.get(TRACESTATE),
+            _ => self.0.get(key),
+        };
+        value.and_then(|value| value.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -192,6 +202,20 @@ impl Extractor for HeaderExtractor<'_> {
 mod tests {
     use super::*;
     use opentelemetry::trace::{SpanId, TraceId};
+
+    #[test]
+    fn the_extractor_finds_headers_by_any_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, http::HeaderValue::from_static("00-a-b-01"));
+        headers.insert(TRACESTATE, http::HeaderValue::from_static("k=v"));
+        headers.insert("baggage", http::HeaderValue::from_static("b=1"));
+        let extractor = HeaderExtractor(&headers);
+        assert_eq!(extractor.get("traceparent"), Some("00-a-b-01"));
+        assert_eq!(extractor.get("tracestate"), Some("k=v"));
+        assert_eq!(extractor.get("baggage"), Some("b=1"));
+        assert_eq!(extractor.get("Baggage"), Some("b=1"));
+        assert_eq!(extractor.get("absent"), None);
+    }
 
     #[test]
     fn ids_are_written_as_w3c_lower_case_hex() {
