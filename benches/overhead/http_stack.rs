@@ -2,12 +2,17 @@
 //! telemetry layer (request id + request span + metrics + instance id) and beside tower-http's
 //! request-id and trace layers (the hand-rolled glue it replaces).
 //!
-//! Every variant runs under two subscribers:
+//! Every variant runs under three subscribers:
 //! - `[fmt json]`: the global default, tracing-subscriber's stock `fmt::layer().json()` with an
 //!   "info" filter, the usual hand-rolled setup;
-//! - `[deployed]`: what `Telemetry::init` installs (our JSON format, the OpenTelemetry layer with
-//!   a tracer provider that exports nothing, "info" filter), scoped to the timed block with
-//!   `tracing::dispatcher::with_default` because a global default can be set only once.
+//! - `[deployed, OTLP]`: what `Telemetry::init` installs with an OTLP endpoint (our JSON format,
+//!   the OpenTelemetry layer, "info" filter), its tracer provider without the exporter so that
+//!   nothing leaves the process;
+//! - `[deployed, no OTLP]`: what `Telemetry::init` installs without one (no OpenTelemetry layer;
+//!   the HTTP layer makes the trace ids).
+//!
+//! The deployed ones are scoped to the timed block with `tracing::dispatcher::with_default`
+//! because a global default can be set only once.
 //!
 //! After the criterion group, the same variants run interleaved in short slices within one
 //! process (see `crate::interleaved`), one table per subscriber: steadier ratios on a noisy box.
@@ -130,19 +135,21 @@ fn variants(metrics: &Metrics) -> Vec<(&'static str, Router, bool)> {
     ]
 }
 
-/// The subscriber `Telemetry::init` installs, logging to a sink, spans to a provider without an
-/// exporter.
-fn deployed_dispatch(provider: &SdkTracerProvider) -> Dispatch {
-    Telemetry::new("bench")
-        .instance_id(InstanceId::new("bench-1"))
-        .dispatch(std::io::sink, provider)
-        .unwrap()
+/// The subscriber `Telemetry::init` installs, logging to a sink: with an OTLP endpoint (spans to
+/// `provider`, which has no exporter) or without.
+fn deployed_dispatch(provider: Option<&SdkTracerProvider>) -> Dispatch {
+    let telemetry = Telemetry::new("bench").instance_id(InstanceId::new("bench-1"));
+    match provider {
+        Some(provider) => telemetry.dispatch(std::io::sink, provider),
+        None => telemetry.dispatch_without_export(std::io::sink),
+    }
+    .unwrap()
 }
 
 /// With `OVERHEAD_CALLGRIND=<variant index>` (see [`variants`]) the bench only drives that
-/// variant under the deployed subscriber, [`CALLGRIND_REQUESTS`] times inside
-/// [`callgrind_requests`], then exits: for counting instructions per request, repeatably on a
-/// noisy box:
+/// variant under the `[deployed, OTLP]` subscriber (`[deployed, no OTLP]` with
+/// `OVERHEAD_CALLGRIND_NO_OTLP=1`), [`CALLGRIND_REQUESTS`] times inside [`callgrind_requests`],
+/// then exits: for counting instructions per request, repeatably on a noisy box:
 ///
 /// ```text
 /// OVERHEAD_CALLGRIND=1 valgrind --tool=callgrind --toggle-collect='*callgrind_requests*' \
@@ -159,7 +166,8 @@ fn callgrind_mode() {
         .expect("OVERHEAD_CALLGRIND takes a variant index");
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = SdkTracerProvider::builder().build();
-    let dispatch = deployed_dispatch(&provider);
+    let otlp = std::env::var_os("OVERHEAD_CALLGRIND_NO_OTLP").is_none();
+    let dispatch = deployed_dispatch(otlp.then_some(&provider));
     let metrics = Metrics::new().unwrap();
     let (name, app, incoming_ids) = variants(&metrics).swap_remove(index);
     let mut svc = app.with_state::<()>(());
@@ -172,7 +180,8 @@ fn callgrind_mode() {
         rt.block_on(drive(&mut svc, 1000, incoming_ids));
         callgrind_requests(&rt, &mut svc, incoming_ids);
     });
-    eprintln!("callgrind: {CALLGRIND_REQUESTS} requests of {name:?} [deployed]");
+    let subscriber = if otlp { "OTLP" } else { "no OTLP" };
+    eprintln!("callgrind: {CALLGRIND_REQUESTS} requests of {name:?} [deployed, {subscriber}]");
     std::process::exit(0);
 }
 
@@ -189,9 +198,11 @@ pub(crate) fn bench(c: &mut Criterion) {
     // As `Telemetry::init` does; only the `incoming ids` variants carry a `traceparent`.
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = SdkTracerProvider::builder().build();
-    let deployed = deployed_dispatch(&provider);
-    let subscribers: [(&str, Option<Dispatch>); 2] =
-        [("fmt json", None), ("deployed", Some(deployed))];
+    let subscribers: [(&str, Option<Dispatch>); 3] = [
+        ("fmt json", None),
+        ("deployed, OTLP", Some(deployed_dispatch(Some(&provider)))),
+        ("deployed, no OTLP", Some(deployed_dispatch(None))),
+    ];
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -526,3 +526,94 @@ fn the_exported_span_does_not_repeat_its_ids_as_attributes() {
         "{keys:?}"
     );
 }
+
+/// Runs `request` under the subscriber `Telemetry::init` installs without an OTLP endpoint;
+/// returns the log lines and the `traceparent` the handler would send downstream.
+fn logged_without_export(request: Request<()>) -> (Vec<Value>, String) {
+    keep_interest_dynamic();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let dispatch = Telemetry::new("test")
+        .dispatch_without_export(move || writer.clone())
+        .unwrap();
+    let service =
+        ServiceBuilder::new()
+            .layer(layer())
+            .service(service_fn(|_req: Request<()>| async move {
+                tracing::info!("user loaded");
+                // What an HTTP client propagating the current context would send.
+                let mut outgoing = std::collections::HashMap::new();
+                opentelemetry::global::get_text_map_propagator(|propagator| {
+                    propagator.inject_context(&opentelemetry::Context::current(), &mut outgoing)
+                });
+                let traceparent = outgoing.remove("traceparent").unwrap_or_default();
+                Ok::<_, Infallible>(Response::new(traceparent))
+            }));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let response = tracing::dispatcher::with_default(&dispatch, || {
+        runtime.block_on(service.oneshot(request)).unwrap()
+    });
+    (buffer.lines(), response.into_body())
+}
+
+#[test]
+fn without_export_log_lines_still_carry_trace_and_span_ids() {
+    let (lines, outgoing) = logged_without_export(Request::get("/").body(()).unwrap());
+    let span = &event(&lines, "user loaded")["spans"][0];
+    let trace_id = span["trace_id"].as_str().unwrap();
+    let span_id = span["span_id"].as_str().unwrap();
+    assert_eq!((trace_id.len(), span_id.len()), (32, 16), "{span}");
+    assert_ne!(trace_id, "0".repeat(32));
+    assert_eq!(span["request_id"].as_str().unwrap().len(), 36);
+    // A root request starts a sampled trace, as the SDK's default sampler would.
+    assert_eq!(outgoing, format!("00-{trace_id}-{span_id}-01"));
+
+    let (again, _) = logged_without_export(Request::get("/").body(()).unwrap());
+    assert_ne!(
+        event(&again, "user loaded")["spans"][0]["trace_id"],
+        trace_id
+    );
+}
+
+#[test]
+fn without_export_an_incoming_traceparent_still_parents() {
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_span = "00f067aa0ba902b7";
+    let request = Request::get("/")
+        .header("traceparent", format!("00-{trace_id}-{parent_span}-01"))
+        .body(())
+        .unwrap();
+    let (lines, outgoing) = logged_without_export(request);
+    let span = &event(&lines, "user loaded")["spans"][0];
+    assert_eq!(span["trace_id"], trace_id);
+    let span_id = span["span_id"].as_str().unwrap();
+    assert_ne!(span_id, parent_span, "the request has a span of its own");
+    assert_eq!(outgoing, format!("00-{trace_id}-{span_id}-01"));
+}
+
+#[test]
+fn without_export_the_response_event_has_status_and_latency() {
+    keep_interest_dynamic();
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let dispatch = Telemetry::new("test")
+        .dispatch_without_export(move || writer.clone())
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let request = Request::get("/fail").body(()).unwrap();
+    tracing::dispatcher::with_default(&dispatch, || {
+        runtime
+            .block_on(app(layer().with_response_event(Level::INFO)).oneshot(request))
+            .unwrap()
+    });
+    let lines = buffer.lines();
+    let done = event(&lines, "request completed");
+    assert_eq!(done["status"], 500);
+    assert_eq!(done["spans"][0]["status"], 500);
+    assert_eq!(done["spans"][0]["trace_id"].as_str().unwrap().len(), 32);
+}

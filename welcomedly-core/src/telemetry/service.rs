@@ -18,6 +18,7 @@ use super::json;
 use super::layer::Shared;
 use super::request_id::{REQUEST_ID_HEADER, RequestId};
 use super::route::Route;
+use super::trace_ids::{self, LocalTrace, Trace};
 
 /// Adds request id, request span, trace context, metrics and the `x-request-id` /
 /// `x-instance-id` headers to an HTTP service; see
@@ -80,6 +81,7 @@ where
             }
         };
         let route = Route::of(req.extensions());
+        let local = trace_ids::wanted().then(|| LocalTrace::new(req.headers()));
 
         let span = tracing::info_span!(
             target: TARGET,
@@ -90,14 +92,15 @@ where
             instance_id = self.shared.instance_id.as_str(),
             status = Empty,
             latency_ms = Empty,
-            trace_id = Empty,
-            span_id = Empty,
+            // Known now when traced locally, recorded by `link_trace` otherwise.
+            trace_id = local.as_ref().map(LocalTrace::trace_id),
+            span_id = local.as_ref().map(LocalTrace::span_id),
             otel.kind = "server",
         );
-        let trace = if span.is_disabled() {
-            None
-        } else {
-            link_trace(&span, req.headers())
+        let trace = match local {
+            _ if span.is_disabled() => None,
+            Some(local) => Some(Trace::Local(local.context)),
+            None => link_trace(&span, req.headers()).map(Trace::Exported),
         };
 
         let method = req.method().clone();
@@ -106,6 +109,7 @@ where
 
         let future = {
             let _entered = span.enter();
+            let _context = trace.as_ref().and_then(Trace::attach_local);
             self.inner.call(req)
         };
         let state = State {
@@ -125,16 +129,12 @@ where
 /// be joined to its trace. Returns the OpenTelemetry context of the span when a trace is active;
 /// without the OpenTelemetry layer in the subscriber there is none and this records nothing.
 fn link_trace(span: &Span, headers: &HeaderMap) -> Option<opentelemetry::Context> {
-    // Without a `traceparent` there is no parent to extract: skipping the global propagator
-    // spares every such request a lock shared by all cores and a context clone.
-    if headers.contains_key(TRACEPARENT) {
-        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&HeaderExtractor(headers))
-        });
-        if parent.span().span_context().is_valid() && span.set_parent(parent).is_err() {
-            // No OpenTelemetry layer (or the span is filtered out): there is no trace to record.
-            return None;
-        }
+    if let Some(parent) = incoming_parent(headers)
+        && parent.span().span_context().is_valid()
+        && span.set_parent(parent).is_err()
+    {
+        // No OpenTelemetry layer (or the span is filtered out): there is no trace to record.
+        return None;
     }
     let context = span.context();
     let span_context = context.span().span_context().clone();
@@ -153,6 +153,17 @@ fn link_trace(span: &Span, headers: &HeaderMap) -> Option<opentelemetry::Context
     Some(context)
 }
 
+/// The context the global propagator reads from `headers`, when they have a `traceparent`.
+pub(crate) fn incoming_parent(headers: &HeaderMap) -> Option<opentelemetry::Context> {
+    // Without a `traceparent` there is no parent to extract: skipping the global propagator
+    // spares every such request a lock shared by all cores and a context clone.
+    headers.contains_key(TRACEPARENT).then(|| {
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(headers))
+        })
+    })
+}
+
 /// The W3C TraceContext header that carries the parent span.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -160,7 +171,7 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Lower-case hex of `bytes` into `out` (twice as long), as W3C TraceContext writes ids.
-fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
+pub(crate) fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
     fn digit(nibble: u8) -> u8 {
         if nibble < 10 {
             b'0' + nibble
