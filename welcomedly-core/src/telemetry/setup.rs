@@ -255,12 +255,12 @@ impl Telemetry {
                 .with_location(false)
                 .with_threads(false)
         });
-        let local_trace_ids = spans.is_none().then_some(LocalTraceIds);
+        let local_trace_ids = LocalTraceIds(spans.is_none());
         let subscriber = Registry::default()
             .with(logs)
             .with(spans)
-            .with(local_trace_ids)
-            .with(filter);
+            .with(filter)
+            .with(local_trace_ids);
         Ok(Dispatch::new(subscriber))
     }
 

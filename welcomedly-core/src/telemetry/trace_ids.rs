@@ -22,15 +22,21 @@ use tracing_subscriber::Layer;
 
 use super::service::{hex, incoming_parent};
 
-/// Marks a subscriber without the OpenTelemetry layer whose HTTP layer makes the trace ids.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct LocalTraceIds;
+/// Tells the HTTP layer, from the subscriber, whether to make the trace ids itself (`true`:
+/// there is no OpenTelemetry layer). The outermost layer in both cases, so that finding it costs
+/// one type comparison rather than a walk through every layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LocalTraceIds(pub(crate) bool);
 
 impl<S: Subscriber> Layer<S> for LocalTraceIds {}
 
 /// Whether the current subscriber asks the HTTP layer for its own trace ids.
 pub(crate) fn wanted() -> bool {
-    tracing::dispatcher::get_default(|dispatch| dispatch.is::<LocalTraceIds>())
+    tracing::dispatcher::get_default(|dispatch| {
+        dispatch
+            .downcast_ref::<LocalTraceIds>()
+            .is_some_and(|local| local.0)
+    })
 }
 
 /// The trace of one request, when one is active.
