@@ -2,12 +2,17 @@
 //! telemetry layer (request id + request span + metrics + instance id) and beside tower-http's
 //! request-id and trace layers (the hand-rolled glue it replaces).
 //!
-//! Every variant runs under two subscribers:
+//! Every variant runs under three subscribers:
 //! - `[fmt json]`: the global default, tracing-subscriber's stock `fmt::layer().json()` with an
 //!   "info" filter, the usual hand-rolled setup;
-//! - `[deployed]`: what `Telemetry::init` installs (our JSON format, the OpenTelemetry layer with
-//!   a tracer provider that exports nothing, "info" filter), scoped to the timed block with
-//!   `tracing::dispatcher::with_default` because a global default can be set only once.
+//! - `[deployed, OTLP]`: what `Telemetry::init` installs with an OTLP endpoint (our JSON format,
+//!   the OpenTelemetry layer, "info" filter), its tracer provider without the exporter so that
+//!   nothing leaves the process;
+//! - `[deployed, no OTLP]`: what `Telemetry::init` installs without one (no OpenTelemetry layer;
+//!   the HTTP layer makes the trace ids).
+//!
+//! The deployed ones are scoped to the timed block with `tracing::dispatcher::with_default`
+//! because a global default can be set only once.
 //!
 //! After the criterion group, the same variants run interleaved in short slices within one
 //! process (see `crate::interleaved`), one table per subscriber: steadier ratios on a noisy box.
@@ -130,17 +135,74 @@ fn variants(metrics: &Metrics) -> Vec<(&'static str, Router, bool)> {
     ]
 }
 
+/// The subscriber `Telemetry::init` installs, logging to a sink: with an OTLP endpoint (spans to
+/// `provider`, which has no exporter) or without.
+fn deployed_dispatch(provider: Option<&SdkTracerProvider>) -> Dispatch {
+    let telemetry = Telemetry::new("bench").instance_id(InstanceId::new("bench-1"));
+    match provider {
+        Some(provider) => telemetry.dispatch(std::io::sink, provider),
+        None => telemetry.dispatch_without_export(std::io::sink),
+    }
+    .unwrap()
+}
+
+/// With `OVERHEAD_CALLGRIND=<variant index>` (see [`variants`]) the bench only drives that
+/// variant under the `[deployed, OTLP]` subscriber (`[deployed, no OTLP]` with
+/// `OVERHEAD_CALLGRIND_NO_OTLP=1`), [`CALLGRIND_REQUESTS`] times inside [`callgrind_requests`],
+/// then exits: for counting instructions per request, repeatably on a noisy box:
+///
+/// ```text
+/// OVERHEAD_CALLGRIND=1 valgrind --tool=callgrind --toggle-collect='*callgrind_requests*' \
+///     target/release/deps/overhead-<hash> --bench
+/// ```
+///
+/// Instructions per request = the total `Ir` / `CALLGRIND_REQUESTS`.
+fn callgrind_mode() {
+    let Ok(index) = std::env::var("OVERHEAD_CALLGRIND") else {
+        return;
+    };
+    let index: usize = index
+        .parse()
+        .expect("OVERHEAD_CALLGRIND takes a variant index");
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = SdkTracerProvider::builder().build();
+    let otlp = std::env::var_os("OVERHEAD_CALLGRIND_NO_OTLP").is_none();
+    let dispatch = deployed_dispatch(otlp.then_some(&provider));
+    let metrics = Metrics::new().unwrap();
+    let (name, app, incoming_ids) = variants(&metrics).swap_remove(index);
+    let mut svc = app.with_state::<()>(());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(&dispatch, || {
+        // Warm up: callsite interest, metric series, thread-locals, allocator pools.
+        rt.block_on(drive(&mut svc, 1000, incoming_ids));
+        callgrind_requests(&rt, &mut svc, incoming_ids);
+    });
+    let subscriber = if otlp { "OTLP" } else { "no OTLP" };
+    eprintln!("callgrind: {CALLGRIND_REQUESTS} requests of {name:?} [deployed, {subscriber}]");
+    std::process::exit(0);
+}
+
+const CALLGRIND_REQUESTS: u64 = 2000;
+
+#[inline(never)]
+fn callgrind_requests(rt: &tokio::runtime::Runtime, svc: &mut Router, incoming_ids: bool) {
+    black_box(rt.block_on(drive(svc, CALLGRIND_REQUESTS, incoming_ids)));
+}
+
 pub(crate) fn bench(c: &mut Criterion) {
+    callgrind_mode();
     install_fmt_json_subscriber();
     // As `Telemetry::init` does; only the `incoming ids` variants carry a `traceparent`.
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let provider = SdkTracerProvider::builder().build();
-    let deployed = Telemetry::new("bench")
-        .instance_id(InstanceId::new("bench-1"))
-        .dispatch(std::io::sink, &provider)
-        .unwrap();
-    let subscribers: [(&str, Option<Dispatch>); 2] =
-        [("fmt json", None), ("deployed", Some(deployed))];
+    let subscribers: [(&str, Option<Dispatch>); 3] = [
+        ("fmt json", None),
+        ("deployed, OTLP", Some(deployed_dispatch(Some(&provider)))),
+        ("deployed, no OTLP", Some(deployed_dispatch(None))),
+    ];
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

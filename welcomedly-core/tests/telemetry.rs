@@ -144,13 +144,7 @@ fn logged_to(
     layer: HttpTelemetryLayer,
     provider: &SdkTracerProvider,
 ) -> (Response<String>, Vec<Value>) {
-    // While exactly one dispatcher exists, tracing computes a callsite's interest from the
-    // default dispatcher of whichever thread hits it first: a test thread without a subscriber
-    // would cache "never" for the handler's event and this test would lose it. A second,
-    // idle dispatcher alive for the whole process makes tracing consult every dispatcher.
-    static SECOND_DISPATCHER: OnceLock<tracing::Dispatch> = OnceLock::new();
-    SECOND_DISPATCHER
-        .get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+    keep_interest_dynamic();
     let buffer = Buffer::default();
     let writer = buffer.clone();
     let dispatch = Telemetry::new("test")
@@ -165,6 +159,16 @@ fn logged_to(
         runtime.block_on(app(layer).oneshot(request)).unwrap()
     });
     (response, buffer.lines())
+}
+
+/// While exactly one dispatcher exists, tracing computes a callsite's interest from the default
+/// dispatcher of whichever thread hits it first: a test thread without a subscriber would cache
+/// "never" for the handler's event and a test logging it would lose it. A second, idle
+/// dispatcher alive for the whole process makes tracing consult every dispatcher.
+fn keep_interest_dynamic() {
+    static SECOND_DISPATCHER: OnceLock<tracing::Dispatch> = OnceLock::new();
+    SECOND_DISPATCHER
+        .get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
 }
 
 fn event<'a>(lines: &'a [Value], message: &str) -> &'a Value {
@@ -473,4 +477,143 @@ fn init_in_a_fresh_process() {
     let err = Telemetry::new("init-test").init().unwrap_err();
     assert!(err.is_already_initialized(), "{err}");
     drop(guard);
+}
+
+#[test]
+fn pretty_log_lines_carry_the_trace_id_too() {
+    // The JSON format takes the ids straight into its span fields; any other format gets them
+    // recorded on the span.
+    keep_interest_dynamic();
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let provider = SdkTracerProvider::builder().build();
+    let dispatch = Telemetry::new("test")
+        .log_format(LogFormat::Pretty)
+        .dispatch(move || writer.clone(), &provider)
+        .unwrap();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let request = Request::get("/users/1")
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .body(())
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(&dispatch, || {
+        runtime.block_on(app(layer()).oneshot(request)).unwrap()
+    });
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("user loaded"), "{text}");
+    assert!(text.contains(trace_id), "{text}");
+}
+
+#[test]
+fn the_exported_span_does_not_repeat_its_ids_as_attributes() {
+    let spans = Spans::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(spans.clone())
+        .build();
+    logged_to(Request::get("/").body(()).unwrap(), layer(), &provider);
+    let attributes = request_span_attributes(&spans);
+    let keys: Vec<_> = attributes.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        !keys.contains(&"trace_id") && !keys.contains(&"span_id"),
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&"request_id") && keys.contains(&"route"),
+        "{keys:?}"
+    );
+}
+
+/// Runs `request` under the subscriber `Telemetry::init` installs without an OTLP endpoint;
+/// returns the log lines and the `traceparent` the handler would send downstream.
+fn logged_without_export(request: Request<()>) -> (Vec<Value>, String) {
+    keep_interest_dynamic();
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let dispatch = Telemetry::new("test")
+        .dispatch_without_export(move || writer.clone())
+        .unwrap();
+    let service =
+        ServiceBuilder::new()
+            .layer(layer())
+            .service(service_fn(|_req: Request<()>| async move {
+                tracing::info!("user loaded");
+                // What an HTTP client propagating the current context would send.
+                let mut outgoing = std::collections::HashMap::new();
+                opentelemetry::global::get_text_map_propagator(|propagator| {
+                    propagator.inject_context(&opentelemetry::Context::current(), &mut outgoing)
+                });
+                let traceparent = outgoing.remove("traceparent").unwrap_or_default();
+                Ok::<_, Infallible>(Response::new(traceparent))
+            }));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let response = tracing::dispatcher::with_default(&dispatch, || {
+        runtime.block_on(service.oneshot(request)).unwrap()
+    });
+    (buffer.lines(), response.into_body())
+}
+
+#[test]
+fn without_export_log_lines_still_carry_trace_and_span_ids() {
+    let (lines, outgoing) = logged_without_export(Request::get("/").body(()).unwrap());
+    let span = &event(&lines, "user loaded")["spans"][0];
+    let trace_id = span["trace_id"].as_str().unwrap();
+    let span_id = span["span_id"].as_str().unwrap();
+    assert_eq!((trace_id.len(), span_id.len()), (32, 16), "{span}");
+    assert_ne!(trace_id, "0".repeat(32));
+    assert_eq!(span["request_id"].as_str().unwrap().len(), 36);
+    // A root request starts a sampled trace, as the SDK's default sampler would.
+    assert_eq!(outgoing, format!("00-{trace_id}-{span_id}-01"));
+
+    let (again, _) = logged_without_export(Request::get("/").body(()).unwrap());
+    assert_ne!(
+        event(&again, "user loaded")["spans"][0]["trace_id"],
+        trace_id
+    );
+}
+
+#[test]
+fn without_export_an_incoming_traceparent_still_parents() {
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_span = "00f067aa0ba902b7";
+    let request = Request::get("/")
+        .header("traceparent", format!("00-{trace_id}-{parent_span}-01"))
+        .body(())
+        .unwrap();
+    let (lines, outgoing) = logged_without_export(request);
+    let span = &event(&lines, "user loaded")["spans"][0];
+    assert_eq!(span["trace_id"], trace_id);
+    let span_id = span["span_id"].as_str().unwrap();
+    assert_ne!(span_id, parent_span, "the request has a span of its own");
+    assert_eq!(outgoing, format!("00-{trace_id}-{span_id}-01"));
+}
+
+#[test]
+fn without_export_the_response_event_has_status_and_latency() {
+    keep_interest_dynamic();
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let dispatch = Telemetry::new("test")
+        .dispatch_without_export(move || writer.clone())
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let request = Request::get("/fail").body(()).unwrap();
+    tracing::dispatcher::with_default(&dispatch, || {
+        runtime
+            .block_on(app(layer().with_response_event(Level::INFO)).oneshot(request))
+            .unwrap()
+    });
+    let lines = buffer.lines();
+    let done = event(&lines, "request completed");
+    assert_eq!(done["status"], 500);
+    assert_eq!(done["spans"][0]["status"], 500);
+    assert_eq!(done["spans"][0]["trace_id"].as_str().unwrap().len(), 32);
 }

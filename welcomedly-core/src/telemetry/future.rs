@@ -15,6 +15,7 @@ use tracing::{Level, Span};
 use super::layer::{INSTANCE_ID_HEADER, Shared};
 use super::request_id::REQUEST_ID_HEADER;
 use super::route::Route;
+use super::trace_ids::Trace;
 
 pin_project! {
     /// Response future of [`HttpTelemetry`](super::HttpTelemetry): polls the inner future inside
@@ -35,8 +36,8 @@ pub(crate) struct State {
     pub(crate) request_id: HeaderValue,
     pub(crate) route: Route,
     pub(crate) method: Method,
-    /// The OpenTelemetry context of the request span, when one backs it (see `poll`).
-    pub(crate) trace: Option<opentelemetry::Context>,
+    /// The trace of the request, when one is active (see `poll`).
+    pub(crate) trace: Option<Trace>,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -59,6 +60,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.enter();
+        let _context = this
+            .state
+            .as_ref()
+            .and_then(|state| state.trace.as_ref())
+            .and_then(Trace::attach_local);
         let result = ready!(this.inner.poll(cx));
         let Some(state) = this.state.take() else {
             // Polled again after completion: nothing left to record.
@@ -84,7 +90,7 @@ where
                         this.span.record("latency_ms", latency_ms);
                     }
                 }
-            } else {
+            } else if let Trace::Exported(trace) = trace {
                 let latency = KeyValue::new("latency_ms", latency_ms);
                 match status {
                     Some(status) => trace

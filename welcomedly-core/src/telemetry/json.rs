@@ -15,7 +15,8 @@ use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
 use tracing::span::Record;
-use tracing::{Event, Subscriber};
+use tracing::{Event, Span, Subscriber};
+use tracing_subscriber::Registry;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
@@ -55,6 +56,47 @@ impl<'w> FormatFields<'w> for JsonFields {
         let first = current.fields.is_empty();
         write_fields(&mut current.fields, first, fields)
     }
+}
+
+/// Appends `"trace_id":"…","span_id":"…"` to the JSON fields of `span` directly, when `span`
+/// belongs to a subscriber formatting with [`JsonFields`] (the one [`Telemetry`] builds), and
+/// returns whether it did; otherwise the caller records them with `Span::record`.
+///
+/// Recording would dispatch the two values to every layer, and in that subscriber only this
+/// formatter needs them: the OpenTelemetry span has its ids natively (recorded, they became two
+/// duplicate attributes, a `String` each) and the filter has no directive on them. Skipping
+/// that dispatch spares about a tenth of the layer's cost per request.
+///
+/// [`Telemetry`]: super::Telemetry
+pub(crate) fn append_trace_ids(span: &Span, trace_id: &str, span_id: &str) -> bool {
+    span.with_subscriber(|(id, dispatch)| {
+        let Some(span) = dispatch
+            .downcast_ref::<Registry>()
+            .and_then(|registry| registry.span(id))
+        else {
+            return false;
+        };
+        let mut extensions = span.extensions_mut();
+        let Some(fields) = extensions.get_mut::<FormattedFields<JsonFields>>() else {
+            return false;
+        };
+        let text = &mut fields.fields;
+        if !text.is_empty() {
+            text.push(',');
+        }
+        // Hex digits only: nothing to escape.
+        for part in [
+            "\"trace_id\":\"",
+            trace_id,
+            "\",\"span_id\":\"",
+            span_id,
+            "\"",
+        ] {
+            text.push_str(part);
+        }
+        true
+    })
+    .unwrap_or(false)
 }
 
 /// The largest scratch buffer a thread keeps between two spans.
@@ -347,6 +389,35 @@ mod tests {
         assert_eq!(span["a"], "x");
         assert_eq!(span["r"], "r");
         assert_eq!(span["z"], 2);
+    }
+
+    #[test]
+    fn trace_ids_are_appended_to_json_span_fields() {
+        let lines = lines(|| {
+            let span = tracing::info_span!("request", a = 1, trace_id = tracing::field::Empty);
+            assert!(append_trace_ids(&span, "4bf9", "00f0"));
+            let empty = tracing::info_span!(parent: &span, "empty");
+            assert!(append_trace_ids(&empty, "aa", "bb"));
+            let _s = span.enter();
+            let _e = empty.enter();
+            tracing::info!("inside");
+        });
+        let spans = &lines[0]["spans"];
+        assert_eq!(spans[0]["a"], 1);
+        assert_eq!(spans[0]["trace_id"], "4bf9");
+        assert_eq!(spans[0]["span_id"], "00f0");
+        assert_eq!(spans[1]["trace_id"], "aa", "a span without fields");
+    }
+
+    #[test]
+    fn trace_ids_are_not_appended_under_another_format() {
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(io::sink));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", trace_id = tracing::field::Empty);
+            assert!(!append_trace_ids(&span, "4bf9", "00f0"));
+        });
+        assert!(!append_trace_ids(&tracing::Span::none(), "4bf9", "00f0"));
     }
 
     #[test]

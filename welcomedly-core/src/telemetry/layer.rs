@@ -26,9 +26,10 @@ pub const INSTANCE_ID_HEADER: HeaderName = HeaderName::from_static("x-instance-i
 ///   (read with the global text-map propagator when the request has that header), so every
 ///   log line written while serving the
 ///   request carries its ids. The last four are recorded when a trace is active (the
-///   subscriber has the OpenTelemetry layer, as [`Telemetry`](super::Telemetry) sets up):
+///   subscriber is one [`Telemetry`](super::Telemetry) sets up: with the OpenTelemetry layer
+///   when spans are exported, else asking this layer to make the ids itself):
 ///   `trace_id` and `span_id` as span fields; `status` and `latency_ms` as attributes of the
-///   OpenTelemetry span, and also as span fields when the
+///   exported OpenTelemetry span, and also as span fields when the
 ///   [response event](Self::with_response_event) is on (no other line is written inside the
 ///   span after the response). The response event carries status and latency in any case;
 /// - records `http.server.request.duration` when [metrics](Self::with_metrics) are given;

@@ -2,9 +2,10 @@
 //! one fused HTTP layer that ties them to every request.
 //!
 //! - [`Telemetry`] installs, in one call, the `tracing` subscriber (env filter, JSON or pretty
-//!   logs), OpenTelemetry spans through `tracing-opentelemetry` (exported over OTLP/HTTP only
-//!   when an endpoint is configured), the W3C TraceContext propagator and a meter provider
-//!   exported to Prometheus. Its [`TelemetryGuard`] flushes on drop.
+//!   logs), OpenTelemetry spans through `tracing-opentelemetry` exported over OTLP/HTTP when an
+//!   endpoint is configured (without one no span is built: the HTTP layer makes the trace ids
+//!   itself), the W3C TraceContext propagator and a meter provider exported to Prometheus. Its
+//!   [`TelemetryGuard`] flushes on drop.
 //! - [`HttpTelemetryLayer`] gives each request an id ([`RequestId`], from a well-formed
 //!   `x-request-id` or generated), a `request` span parented to the incoming `traceparent`, the
 //!   `http.server.request.duration` histogram by method, route template and status, and the
@@ -64,6 +65,7 @@ mod request_id;
 mod route;
 mod service;
 mod setup;
+mod trace_ids;
 
 pub use error::TelemetryError;
 pub use exposition::MetricsService;

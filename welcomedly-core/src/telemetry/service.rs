@@ -14,9 +14,11 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::future::{ResponseFuture, State, TARGET};
+use super::json;
 use super::layer::Shared;
 use super::request_id::{REQUEST_ID_HEADER, RequestId};
 use super::route::Route;
+use super::trace_ids::{self, LocalTrace, Trace};
 
 /// Adds request id, request span, trace context, metrics and the `x-request-id` /
 /// `x-instance-id` headers to an HTTP service; see
@@ -79,6 +81,7 @@ where
             }
         };
         let route = Route::of(req.extensions());
+        let local = trace_ids::wanted().then(|| LocalTrace::new(req.headers()));
 
         let span = tracing::info_span!(
             target: TARGET,
@@ -89,14 +92,15 @@ where
             instance_id = self.shared.instance_id.as_str(),
             status = Empty,
             latency_ms = Empty,
-            trace_id = Empty,
-            span_id = Empty,
+            // Known now when traced locally, recorded by `link_trace` otherwise.
+            trace_id = local.as_ref().map(LocalTrace::trace_id),
+            span_id = local.as_ref().map(LocalTrace::span_id),
             otel.kind = "server",
         );
-        let trace = if span.is_disabled() {
-            None
-        } else {
-            link_trace(&span, req.headers())
+        let trace = match local {
+            _ if span.is_disabled() => None,
+            Some(local) => Some(Trace::Local(local.context)),
+            None => link_trace(&span, req.headers()).map(Trace::Exported),
         };
 
         let method = req.method().clone();
@@ -105,6 +109,7 @@ where
 
         let future = {
             let _entered = span.enter();
+            let _context = trace.as_ref().and_then(Trace::attach_local);
             self.inner.call(req)
         };
         let state = State {
@@ -124,37 +129,49 @@ where
 /// be joined to its trace. Returns the OpenTelemetry context of the span when a trace is active;
 /// without the OpenTelemetry layer in the subscriber there is none and this records nothing.
 fn link_trace(span: &Span, headers: &HeaderMap) -> Option<opentelemetry::Context> {
-    // Without a `traceparent` there is no parent to extract: skipping the global propagator
-    // spares every such request a lock shared by all cores and a context clone.
-    if headers.contains_key(TRACEPARENT) {
-        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-            propagator.extract(&HeaderExtractor(headers))
-        });
-        if parent.span().span_context().is_valid() && span.set_parent(parent).is_err() {
-            // No OpenTelemetry layer (or the span is filtered out): there is no trace to record.
-            return None;
-        }
+    if let Some(parent) = incoming_parent(headers)
+        && parent.span().span_context().is_valid()
+        && span.set_parent(parent).is_err()
+    {
+        // No OpenTelemetry layer (or the span is filtered out): there is no trace to record.
+        return None;
     }
     let context = span.context();
     let span_context = context.span().span_context().clone();
     if !span_context.is_valid() {
         return None;
     }
-    // One `record_all` of two strings: every layer looks the span up once, and hex written here
-    // spares each layer a `Display` round trip through `fmt`.
     let mut trace_hex = [0; 32];
     let mut span_hex = [0; 16];
     let trace_id = hex(&span_context.trace_id().to_bytes(), &mut trace_hex);
     let span_id = hex(&span_context.span_id().to_bytes(), &mut span_hex);
-    tracing::record_all!(span, trace_id = trace_id, span_id = span_id);
+    if !json::append_trace_ids(span, trace_id, span_id) {
+        // Another subscriber: one `record_all` of two strings, so every layer looks the span up
+        // once, and hex written here spares each layer a `Display` round trip through `fmt`.
+        tracing::record_all!(span, trace_id = trace_id, span_id = span_id);
+    }
     Some(context)
+}
+
+/// The context the global propagator reads from `headers`, when they have a `traceparent`.
+pub(crate) fn incoming_parent(headers: &HeaderMap) -> Option<opentelemetry::Context> {
+    // Without a `traceparent` there is no parent to extract: skipping the global propagator
+    // spares every such request a lock shared by all cores and a context clone.
+    headers.contains_key(TRACEPARENT).then(|| {
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(headers))
+        })
+    })
 }
 
 /// The W3C TraceContext header that carries the parent span.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// The W3C TraceContext header that carries vendor-specific trace state.
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 /// Lower-case hex of `bytes` into `out` (twice as long), as W3C TraceContext writes ids.
-fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
+pub(crate) fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
     fn digit(nibble: u8) -> u8 {
         if nibble < 10 {
             b'0' + nibble
@@ -177,7 +194,14 @@ struct HeaderExtractor<'a>(&'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
+        // A `&str` key is parsed into a header name (validated and lower-cased byte by byte) on
+        // every lookup; the W3C propagator asks for these two on every request that has a parent.
+        let value = match key {
+            "traceparent" => self.0.get(TRACEPARENT),
+            "tracestate" => self.0.get(TRACESTATE),
+            _ => self.0.get(key),
+        };
+        value.and_then(|value| value.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -189,6 +213,20 @@ impl Extractor for HeaderExtractor<'_> {
 mod tests {
     use super::*;
     use opentelemetry::trace::{SpanId, TraceId};
+
+    #[test]
+    fn the_extractor_finds_headers_by_any_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert(TRACEPARENT, http::HeaderValue::from_static("00-a-b-01"));
+        headers.insert(TRACESTATE, http::HeaderValue::from_static("k=v"));
+        headers.insert("baggage", http::HeaderValue::from_static("b=1"));
+        let extractor = HeaderExtractor(&headers);
+        assert_eq!(extractor.get("traceparent"), Some("00-a-b-01"));
+        assert_eq!(extractor.get("tracestate"), Some("k=v"));
+        assert_eq!(extractor.get("baggage"), Some("b=1"));
+        assert_eq!(extractor.get("Baggage"), Some("b=1"));
+        assert_eq!(extractor.get("absent"), None);
+    }
 
     #[test]
     fn ids_are_written_as_w3c_lower_case_hex() {

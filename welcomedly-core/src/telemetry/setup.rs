@@ -19,6 +19,7 @@ use super::error::TelemetryError;
 use super::json::{JsonFields, JsonFormat};
 use super::layer::HttpTelemetryLayer;
 use super::metrics::Metrics;
+use super::trace_ids::LocalTraceIds;
 use crate::InstanceId;
 use crate::config::{CoreConfig, LogFormat};
 
@@ -115,7 +116,9 @@ impl Telemetry {
 
     /// The base URL of an OTLP/HTTP collector (such as `http://localhost:4318`; spans go to
     /// `/v1/traces` under it), or `None` to export no spans. Trace ids are generated and
-    /// propagated either way, so logs can be joined to upstream traces.
+    /// propagated either way, so logs can be joined to upstream traces (without an endpoint the
+    /// HTTP layer makes them, and no OpenTelemetry span is built: see
+    /// [`dispatch_without_export`](Self::dispatch_without_export)).
     pub fn otlp_endpoint(mut self, endpoint: Option<String>) -> Self {
         self.otlp_endpoint = endpoint;
         self
@@ -134,9 +137,9 @@ impl Telemetry {
     }
 
     /// Installs, for the whole process: the `tracing` subscriber (filter, JSON or pretty logs on
-    /// stdout, OpenTelemetry spans), the W3C TraceContext propagator, the tracer provider
-    /// (exporting over OTLP/HTTP in batches when an endpoint is set) and the meter provider
-    /// feeding the returned guard's [`Metrics`].
+    /// stdout, OpenTelemetry spans when an OTLP endpoint is set), the W3C TraceContext
+    /// propagator, the tracer provider (exporting over OTLP/HTTP in batches when an endpoint is
+    /// set) and the meter provider feeding the returned guard's [`Metrics`].
     ///
     /// Nothing here connects to the collector, so a missing collector neither fails nor delays
     /// startup; export errors are logged later. Keep the guard until the end of `main`: dropping
@@ -157,7 +160,9 @@ impl Telemetry {
         let tracer_provider = self.tracer_provider(resource.clone())?;
         let metrics = Metrics::builder().resource(resource).build()?;
         let ansi = std::io::stdout().is_terminal();
-        let dispatch = self.build_dispatch(std::io::stdout, &tracer_provider, ansi)?;
+        // Spans go to the OpenTelemetry layer only when they are exported; see `trace_ids`.
+        let spans = self.endpoint().is_some().then_some(&tracer_provider);
+        let dispatch = self.build_dispatch(std::io::stdout, spans, ansi)?;
         if let Err(error) = tracing::dispatcher::set_global_default(dispatch) {
             let _ = tracer_provider.shutdown();
             metrics.shutdown();
@@ -175,9 +180,9 @@ impl Telemetry {
         })
     }
 
-    /// The subscriber [`init`](Self::init) would install, writing log lines to `writer` and spans
-    /// to `tracer_provider`, without installing anything: for tests (with
-    /// `tracing::dispatcher::with_default`) and programs that manage their own dispatch.
+    /// The subscriber [`init`](Self::init) would install with an OTLP endpoint, writing log
+    /// lines to `writer` and spans to `tracer_provider`, without installing anything: for tests
+    /// (with `tracing::dispatcher::with_default`) and programs that manage their own dispatch.
     ///
     /// # Errors
     ///
@@ -190,13 +195,30 @@ impl Telemetry {
     where
         W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
     {
-        self.build_dispatch(writer, tracer_provider, false)
+        self.build_dispatch(writer, Some(tracer_provider), false)
+    }
+
+    /// The subscriber [`init`](Self::init) would install without an OTLP endpoint, writing log
+    /// lines to `writer`, without installing anything. It has no OpenTelemetry layer, since no
+    /// span would be exported: [`HttpTelemetryLayer`] makes the trace and span ids of each
+    /// request itself (from the incoming `traceparent` when there is one), so log lines carry
+    /// them all the same, and makes them the current OpenTelemetry context while the request
+    /// is served, so outgoing requests can propagate them.
+    ///
+    /// # Errors
+    ///
+    /// [`TelemetryError::is_invalid_filter`] when the log filter does not parse.
+    pub fn dispatch_without_export<W>(&self, writer: W) -> Result<Dispatch, TelemetryError>
+    where
+        W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    {
+        self.build_dispatch(writer, None, false)
     }
 
     fn build_dispatch<W>(
         &self,
         writer: W,
-        tracer_provider: &SdkTracerProvider,
+        tracer_provider: Option<&SdkTracerProvider>,
         ansi: bool,
     ) -> Result<Dispatch, TelemetryError>
     where
@@ -217,32 +239,42 @@ impl Telemetry {
                 .with_writer(writer)
                 .boxed(),
         };
-        let tracer = tracer_provider.tracer_with_scope(
-            InstrumentationScope::builder(SCOPE_NAME)
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
-        );
+        let spans = tracer_provider.map(|provider| {
+            let tracer = provider.tracer_with_scope(
+                InstrumentationScope::builder(SCOPE_NAME)
+                    .with_version(env!("CARGO_PKG_VERSION"))
+                    .build(),
+            );
+            // Attributes built for every span that no dashboard of ours reads, off: busy/idle
+            // time (four clock reads per request), the source location (three attributes naming
+            // the middleware's own file for every request span) and the thread (a thread name
+            // copied into a new `String` per span; async tasks hop threads anyway).
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                .with_location(false)
+                .with_threads(false)
+        });
+        let local_trace_ids = LocalTraceIds(spans.is_none());
         let subscriber = Registry::default()
             .with(logs)
-            // Busy/idle time per span costs four clock reads per request and exports two
-            // attributes no dashboard of ours reads: off.
-            .with(
-                tracing_opentelemetry::layer()
-                    .with_tracer(tracer)
-                    .with_tracked_inactivity(false),
-            )
-            .with(filter);
+            .with(spans)
+            .with(filter)
+            .with(local_trace_ids);
         Ok(Dispatch::new(subscriber))
+    }
+
+    /// The OTLP endpoint, when one is set.
+    fn endpoint(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
     }
 
     fn tracer_provider(&self, resource: Resource) -> Result<SdkTracerProvider, TelemetryError> {
         let builder = SdkTracerProvider::builder().with_resource(resource);
-        let endpoint = self
-            .otlp_endpoint
-            .as_deref()
-            .map(str::trim)
-            .filter(|e| !e.is_empty());
-        let Some(endpoint) = endpoint else {
+        let Some(endpoint) = self.endpoint() else {
             return Ok(builder.build());
         };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
