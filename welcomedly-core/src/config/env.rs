@@ -1,26 +1,6 @@
 //! [`EnvReader`]: reading settings from environment variables the way every Welcomedly crate
 //! does — blank counts as unset, every variable is checked, and one [`ConfigError`] lists each
 //! bad one with its value (URL passwords redacted) and what is expected.
-//!
-//! Other crates read their own variables through the same reader, so a service gets one error
-//! for all of its configuration:
-//!
-//! ```
-//! use std::time::Duration;
-//! use welcomedly_core::config::{CoreConfig, EnvReader, parse_millis};
-//!
-//! let mut env = EnvReader::from_lookup(|name| match name {
-//!     "PORT" => Some("http".to_owned()),
-//!     "MY_TIMEOUT_MS" => Some("soon".to_owned()),
-//!     _ => None,
-//! });
-//! let timeout = env.read("MY_TIMEOUT_MS", Duration::from_secs(1), |v| {
-//!     parse_millis(v).ok_or("is not a duration: expected milliseconds, such as 1500")
-//! });
-//! let core = CoreConfig::read(&mut env);
-//! let err = env.finish((core, timeout)).unwrap_err();
-//! assert_eq!(err.invalid_variables().len(), 2);
-//! ```
 
 use std::env::VarError;
 use std::time::Duration;
@@ -32,7 +12,28 @@ use super::{ConfigError, InvalidVariable};
 type Raw = Option<Result<String, String>>;
 
 /// Reads environment variables one by one, collecting every invalid one instead of stopping at
-/// the first. See the [module docs](self).
+/// the first: blank counts as unset, and one [`ConfigError`] lists each bad variable with its
+/// value (URL passwords redacted) and what is expected.
+///
+/// Other crates read their own variables through the same reader, so a service gets one error
+/// for all of its configuration:
+///
+/// ```
+/// use std::time::Duration;
+/// use welcomedly_core::config::{CoreConfig, EnvReader, parse_millis};
+///
+/// let mut env = EnvReader::from_lookup(|name| match name {
+///     "PORT" => Some("http".to_owned()),
+///     "MY_TIMEOUT_MS" => Some("soon".to_owned()),
+///     _ => None,
+/// });
+/// let timeout = env.read("MY_TIMEOUT_MS", Duration::from_secs(1), |v| {
+///     parse_millis(v).ok_or("is not a duration: expected milliseconds, such as 1500")
+/// });
+/// let core = CoreConfig::read(&mut env);
+/// let err = env.finish((core, timeout)).unwrap_err();
+/// assert_eq!(err.invalid_variables().len(), 2);
+/// ```
 pub struct EnvReader<'a> {
     source: Box<dyn Fn(&str) -> Raw + 'a>,
     invalid: Vec<InvalidVariable>,
