@@ -169,7 +169,8 @@ async fn presence_is_refcounted_and_listed_cluster_wide() {
     assert!(e.to_string().contains("presence key"), "{e}");
 }
 
-#[tokio::test]
+// Multi-threaded, so a heartbeat can be in flight on another thread while leave() runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_on_drain_is_immediate() {
     let redis = RedisServer::start().unwrap();
     let a = instance(&redis, "a").await;

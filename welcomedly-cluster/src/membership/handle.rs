@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -86,7 +86,10 @@ pub(crate) struct Inner {
     pub(crate) failures: AtomicU64,
     pub(crate) connections: AtomicU64,
     pub(crate) reaped: AtomicU64,
-    worker: OnceLock<tokio::task::AbortHandle>,
+    worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Instances this one reaped whose presences are still to be taken and announced (retried
+    /// at the next heartbeat when Redis failed in between).
+    pub(crate) pending_reaps: Mutex<Vec<String>>,
 }
 
 impl Drop for Inner {
@@ -94,7 +97,12 @@ impl Drop for Inner {
         // Dropped without `leave()`: stop heartbeating, like a crash. The others drop this
         // instance after the timeout; a destructor cannot do I/O reliably (the runtime may be
         // shutting down), so leaving at once is `leave()`'s job.
-        if let Some(task) = self.worker.get() {
+        if let Some(task) = self
+            .worker
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
             task.abort();
         }
     }
@@ -263,7 +271,8 @@ impl Membership {
             failures: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             reaped: AtomicU64::new(0),
-            worker: OnceLock::new(),
+            worker: Mutex::new(None),
+            pending_reaps: Mutex::new(Vec::new()),
         });
         match inner.connect().await {
             Ok(conn) => {
@@ -280,7 +289,7 @@ impl Membership {
             }
         }
         let task = runtime.spawn(heartbeat::run(Arc::downgrade(&inner)));
-        let _ = inner.worker.set(task.abort_handle());
+        *inner.worker.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
         Ok(Self { inner })
     }
 
@@ -410,10 +419,18 @@ impl Membership {
         if inner.left.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        // Aborting first: a heartbeat already queued on the connection is answered before the
-        // leave below (one connection answers in order), so it cannot list this instance again.
-        if let Some(task) = inner.worker.get() {
+        // Stop the heartbeat task and wait until it has ended (on a multi-threaded runtime it
+        // may be sending a heartbeat right now): whatever it sent is queued on the connection
+        // before the leave below, and one connection answers in order, so no late heartbeat
+        // can list this instance again.
+        let task = inner
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
             task.abort();
+            let _ = task.await;
         }
         inner.presence.leave();
         let mut conn = match inner.hot.load_full() {

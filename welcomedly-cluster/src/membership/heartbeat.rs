@@ -4,8 +4,8 @@
 //! around the connection and cannot race another reconnect.
 
 use std::sync::Arc;
-use std::sync::Weak;
 use std::sync::atomic::Ordering;
+use std::sync::{PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -16,6 +16,8 @@ use crate::Error;
 
 /// Presence keys per `HSET`/`HDEL`, so a resync of a large table stays a few bounded commands.
 const CHUNK: usize = 500;
+/// Reaps kept for a retry at most; beyond, the presence hashes expire by their TTL.
+const MAX_PENDING_REAPS: usize = 1000;
 
 /// One heartbeat on the current connection, then the presence writes and reaps it calls for.
 pub(crate) async fn beat(inner: &Inner) -> Result<(), Error> {
@@ -83,11 +85,35 @@ pub(crate) async fn beat(inner: &Inner) -> Result<(), Error> {
             tracing::info!(instance = %inner.id, "joined the cluster");
         }
     }
-    write_presence(inner, &mut conn).await?;
-    for dead in reaped {
-        reap(inner, &mut conn, dead).await?;
+    let pending: Vec<String> = {
+        let mut p = inner
+            .pending_reaps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        p.extend(reaped.iter().cloned());
+        std::mem::take(&mut *p)
+    };
+    write_presence(inner, &mut conn).await.inspect_err(|_| {
+        keep_reaps(inner, pending.clone());
+    })?;
+    for (i, dead) in pending.iter().enumerate() {
+        if let Err(e) = reap(inner, &mut conn, dead).await {
+            keep_reaps(inner, pending.get(i..).unwrap_or_default().to_vec());
+            return Err(e);
+        }
     }
     Ok(())
+}
+
+/// Puts reaps back for the next heartbeat (bounded: the members set lists at most so many).
+fn keep_reaps(inner: &Inner, reaps: Vec<String>) {
+    let mut p = inner
+        .pending_reaps
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    p.extend(reaps);
+    p.dedup();
+    p.truncate(MAX_PENDING_REAPS);
 }
 
 /// Writes what changed in the local presence table (all of it after a rejoin or a failed write).

@@ -81,3 +81,20 @@ pub use config::MembershipConfig;
 pub use handle::Membership;
 pub use member::Member;
 pub use presence::{ClusterPresence, PresenceCause, PresenceChange, PresenceDiff, PresenceGuard};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        send_sync::<Membership>();
+        send_sync::<MembershipConfig>();
+        send_sync::<PresenceGuard>();
+        send_sync::<PresenceDiff>();
+        send_sync::<ClusterPresence>();
+        send_sync::<Member>();
+    }
+}
