@@ -18,7 +18,8 @@ use welcomedly_cluster::membership::{
 };
 use welcomedly_cluster::rate_limit::LiveInstances;
 use welcomedly_core::InstanceId;
-use welcomedly_core::health::{CheckOutcome, HealthCheck};
+use welcomedly_core::drain::{Drain, DrainConfig};
+use welcomedly_core::health::{CheckOutcome, HealthCheck, HealthRegistry};
 use welcomedly_test_support::RedisServer;
 
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -210,6 +211,41 @@ async fn leaving_on_drain_is_immediate() {
     assert!(c.join("agent:8").is_err(), "no presence after leaving");
     c.leave().await.unwrap(); // idempotent
     assert!(matches!(c.check().await, CheckOutcome::Degraded(_)));
+}
+
+#[tokio::test]
+async fn the_drain_signal_makes_an_instance_leave_at_once() {
+    let redis = RedisServer::start().unwrap();
+    let a = instance(&redis, "a").await;
+    let b = instance(&redis, "b").await;
+    let registry = HealthRegistry::new(InstanceId::new("b"), "1", Duration::from_secs(1));
+    // A long grace period: b must leave when draining starts, not when the server stops.
+    let drain = Drain::new(
+        registry.clone(),
+        DrainConfig::new(Duration::from_secs(5), Duration::from_secs(1)),
+    );
+    b.leave_when_draining(drain.signal()).unwrap();
+    let (sigterm, shutdown) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(drain.run(
+        async move {
+            let _ = shutdown.await;
+        },
+        |stop| async move {
+            stop.await;
+            Ok(())
+        },
+    ));
+    assert_eq!(ids(&a).await, ["a", "b"]);
+    sigterm.send(()).unwrap();
+    let started = Instant::now();
+    eventually(INTERVAL, "b gone at drain", || async {
+        (ids(&a).await == ["a"]).then_some(())
+    })
+    .await;
+    assert!(registry.is_draining());
+    assert!(!server.is_finished(), "still in its grace period");
+    println!("left {:?} after the drain signal", started.elapsed());
+    server.abort();
 }
 
 #[tokio::test]

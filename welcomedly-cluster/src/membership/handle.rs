@@ -10,6 +10,7 @@ use redis::Script;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::broadcast;
 use welcomedly_core::InstanceId;
+use welcomedly_core::drain::DrainSignal;
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
 
 use super::config::MembershipConfig;
@@ -435,7 +436,15 @@ impl Membership {
         inner.presence.leave();
         let mut conn = match inner.hot.load_full() {
             Some(c) => (*c).clone(),
-            None => inner.connect().await?,
+            // Redis was already unreachable: try once, within the budget (drain must not wait).
+            None => tokio::time::timeout(inner.budget, inner.connect())
+                .await
+                .map_err(|e| {
+                    Error::redis(
+                        "could not reach Redis to leave the cluster within the budget: the others drop this instance after the timeout",
+                        e,
+                    )
+                })??,
         };
         let mut invocation = inner.scripts.leave.key(&inner.keys.members);
         invocation
@@ -458,6 +467,32 @@ impl Membership {
                 Err(e)
             }
         }
+    }
+
+    /// Calls [`leave`](Self::leave) as soon as `signal` reports draining (SIGTERM: readiness
+    /// turns 503 at the same moment), from a background task that holds this membership only
+    /// weakly (it does not keep a dropped membership heartbeating). Clients still streaming
+    /// from this instance during the grace period are announced as gone now; their reconnect
+    /// (at [`DrainSignal::closing`]) joins them on another instance.
+    ///
+    /// # Errors
+    ///
+    /// Not inside a tokio runtime.
+    pub fn leave_when_draining(&self, signal: DrainSignal) -> Result<(), Error> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(Error::invalid(
+                "Membership::leave_when_draining must be called inside a tokio runtime",
+            ));
+        };
+        let weak = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            signal.draining().await;
+            if let Some(inner) = weak.upgrade() {
+                // leave() logs its own failure; the heartbeat is stopped either way.
+                let _ = Membership { inner }.leave().await;
+            }
+        });
+        Ok(())
     }
 
     /// The live-instance count as a [`LiveInstances`] handle, updated on every heartbeat (at

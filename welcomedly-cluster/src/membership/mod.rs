@@ -39,8 +39,10 @@
 //!   only reconnector (failure threshold, exponential backoff with jitter); every call has a
 //!   time budget (default 250 ms); URLs are redacted; after Redis restarts, each instance is
 //!   listed again at its next heartbeat and rewrites its presences.
-//! - **Drop**: dropping the last clone without [`leave`](Membership::leave) stops the heartbeat
-//!   and nothing else, exactly like a crash: the others drop the instance after the timeout.
+//! - **Drain**: [`Membership::leave_when_draining`] leaves the moment the drain starts (or call
+//!   [`leave`](Membership::leave) yourself). Dropping the last clone without leaving stops the
+//!   heartbeat and nothing else, exactly like a crash: the others drop the instance after the
+//!   timeout.
 //!
 //! ```no_run
 //! use welcomedly_cluster::membership::MembershipConfig;
@@ -64,7 +66,10 @@
 //! assert!(membership.cluster_presence().await?.contains("agent:42"));
 //! drop(guard);
 //!
-//! // At drain: gone from every instance's view at once.
+//! // Register the health check (Degraded while heartbeats fail; never fails readiness):
+//! // registry.register("membership", membership.clone(), Affects::Nothing);
+//! // Leave at drain: gone from every instance's view at once.
+//! // membership.leave_when_draining(drain.signal())?;
 //! membership.leave().await?;
 //! # Ok(())
 //! # }
