@@ -96,6 +96,13 @@ async fn members_join_and_are_listed_with_their_metadata() {
     }
     let members = a.members().await.unwrap();
     assert_eq!(members[1].metadata["addr"], "127.0.0.1:3002");
+    // Heartbeats are stamped with Redis's clock, not the instances'.
+    let time = redis.command(&["TIME"]).unwrap();
+    let secs: u64 = time.split_whitespace().next().unwrap().parse().unwrap();
+    for m in &members {
+        let beat = m.last_heartbeat_ms / 1000;
+        assert!(beat <= secs && secs - beat <= 1, "{beat} vs Redis {secs}");
+    }
     for m in &members {
         assert!(m.last_heartbeat_ms > 0 && m.expires_at_ms > m.last_heartbeat_ms);
         assert_eq!(
@@ -165,6 +172,12 @@ async fn presence_is_refcounted_and_listed_cluster_wide() {
     })
     .await;
     drop(on_b);
+    // Listing never walks the keyspace.
+    let stats = redis.command(&["INFO", "commandstats"]).unwrap();
+    assert!(
+        !stats.contains("cmdstat_scan") && !stats.contains("cmdstat_keys"),
+        "{stats}"
+    );
     // App-chosen keys are bounded.
     let e = a.join("x".repeat(10_000)).unwrap_err();
     assert!(e.to_string().contains("presence key"), "{e}");
@@ -323,7 +336,12 @@ async fn child_instance() {
     let Ok(url) = std::env::var("WD_MEMBERSHIP_CHILD_URL") else {
         return;
     };
-    let m = config(&url).build(InstanceId::new("child")).await.unwrap();
+    let config = if std::env::var_os("WD_MEMBERSHIP_CHILD_DEFAULTS").is_some() {
+        MembershipConfig::new(url)
+    } else {
+        config(&url)
+    };
+    let m = config.build(InstanceId::new("child")).await.unwrap();
     let _g = m.join("agent:child").unwrap();
     // Heartbeat until killed.
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -331,14 +349,27 @@ async fn child_instance() {
 
 #[tokio::test]
 async fn a_sigkilled_process_vanishes_within_the_timeout() {
+    sigkilled_child(TIMEOUT, false).await;
+}
+
+/// The same with the default settings (heartbeat every 1 s, dead after 3 s).
+#[tokio::test]
+async fn a_sigkilled_process_vanishes_within_the_default_3_s() {
+    sigkilled_child(Duration::from_secs(3), true).await;
+}
+
+async fn sigkilled_child(timeout: Duration, defaults: bool) {
     let redis = RedisServer::start().unwrap();
     let a = instance(&redis, "a").await;
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
         .args(["--exact", "child_instance", "--ignored", "--nocapture"])
         .env("WD_MEMBERSHIP_CHILD_URL", redis.url())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        .stdout(std::process::Stdio::null());
+    if defaults {
+        command.env("WD_MEMBERSHIP_CHILD_DEFAULTS", "1");
+    }
+    let mut child = command.spawn().unwrap();
     eventually(
         Duration::from_secs(20),
         "child listed with its presence",
@@ -353,11 +384,12 @@ async fn a_sigkilled_process_vanishes_within_the_timeout() {
     child.kill().unwrap(); // SIGKILL
     let killed = Instant::now();
     child.wait().unwrap();
-    eventually(TIMEOUT + SLACK, "child gone", || async {
+    eventually(timeout + SLACK, "child gone", || async {
         (ids(&a).await == ["a"]).then_some(())
     })
     .await;
     let took = killed.elapsed();
+    assert!(took >= timeout.mul_f64(0.5), "gone too soon: {took:?}");
     assert!(!a.cluster_presence().await.unwrap().contains("agent:child"));
     let d = tokio::time::timeout(INTERVAL * 3, diffs.recv())
         .await
@@ -372,7 +404,7 @@ async fn a_sigkilled_process_vanishes_within_the_timeout() {
         )
     );
     assert_eq!(a.live_instances().get(), 1);
-    println!("SIGKILLed process vanished from members after {took:?}");
+    println!("SIGKILLed process (timeout {timeout:?}) vanished from members after {took:?}");
 }
 
 #[tokio::test]

@@ -592,3 +592,17 @@ impl fmt::Debug for Membership {
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_shares_one_hash_tag() {
+        let k = Keys::new("wd:members", "web-1");
+        assert_eq!(k.members, "{wd:members}:members");
+        assert_eq!(k.info, "{wd:members}:info");
+        assert_eq!(k.own_presence, "{wd:members}:presence:web-1");
+        assert_eq!(k.presence_of("web-2"), "{wd:members}:presence:web-2");
+    }
+}
