@@ -478,3 +478,28 @@ async fn redis_killed_degrades_health_and_a_restart_brings_members_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_redis_that_refuses_the_calls_is_reported_and_recovered_from() {
+    let redis = RedisServer::start().unwrap();
+    let a = instance(&redis, "a").await;
+    // Something else overwrote the members key with a string: every call is refused.
+    redis.command(&["DEL", "{wd:members}:members"]).unwrap();
+    redis
+        .command(&["SET", "{wd:members}:members", "not a sorted set"])
+        .unwrap();
+    let e = a.members().await.unwrap_err();
+    assert!(
+        e.is_redis() && e.to_string().contains("nothing else writes keys"),
+        "{e}"
+    );
+    eventually(INTERVAL * 3, "degraded", || async {
+        matches!(a.check().await, CheckOutcome::Degraded(_)).then_some(())
+    })
+    .await;
+    redis.command(&["DEL", "{wd:members}:members"]).unwrap();
+    eventually(Duration::from_secs(2), "listed again", || async {
+        (a.members().await.ok()?.len() == 1 && !a.is_degraded()).then_some(())
+    })
+    .await;
+}

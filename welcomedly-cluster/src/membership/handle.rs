@@ -178,6 +178,22 @@ pub(crate) async fn within<T>(
 ) -> Result<T, Error> {
     match tokio::time::timeout(budget, call).await {
         Ok(Ok(v)) => Ok(v),
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                redis::ErrorKind::Server(_)
+                    | redis::ErrorKind::Extension
+                    | redis::ErrorKind::Parse
+                    | redis::ErrorKind::UnexpectedReturnType
+            ) =>
+        {
+            Err(Error::redis(
+                format!(
+                    "Redis refused {what}: check that nothing else writes keys under the membership prefix and that Redis accepts writes (not a replica, not out of memory)"
+                ),
+                e,
+            ))
+        }
         Ok(Err(e)) => Err(Error::redis(
             format!("{what} failed: check that Redis runs and is reachable"),
             e,

@@ -197,8 +197,9 @@ async fn reap(
     Ok(())
 }
 
-/// The heartbeat loop. Holds the membership weakly and never across a wait, so dropping the
-/// last [`Membership`](super::Membership) ends it (its `Drop` also aborts it).
+/// The heartbeat loop. Holds the membership weakly, and strongly only for one bounded Redis
+/// call at a time (never while sleeping), so dropping the last
+/// [`Membership`](super::Membership) ends it (its `Drop` also aborts it).
 pub(crate) async fn run(inner: Weak<Inner>) {
     let Some(strong) = inner.upgrade() else {
         return;
