@@ -7,9 +7,10 @@
 //! | [`rate_limit`] | a cluster-wide backend for welcomedly-core's rate-limit layer | works |
 //! | sessions | shared sessions in Redis | coming |
 //! | event bus | typed events fanned out to every instance | coming |
-//! | membership | instance heartbeat and live-instance list | coming |
+//! | [`membership`] | instance heartbeat, live-instance list, presence per instance | works |
 
 mod error;
+pub mod membership;
 pub mod rate_limit;
 
 pub use error::Error;

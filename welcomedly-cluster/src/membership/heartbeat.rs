@@ -1,0 +1,304 @@
+//! The heartbeat task: the one owner of membership's Redis connection. It heartbeats, writes
+//! presence changes, reaps dead instances, and reconnects (failure threshold, exponential
+//! backoff with jitter). Being the only writer and the only reconnector, it needs no lock
+//! around the connection and cannot race another reconnect.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::handle::{Inner, millis, within};
+use super::presence::{PresenceCause, PresenceChange};
+use crate::Error;
+
+/// Presence keys per `HSET`/`HDEL`, so a resync of a large table stays a few bounded commands.
+const CHUNK: usize = 500;
+/// Reaps kept for a retry at most; beyond, the presence hashes expire by their TTL.
+const MAX_PENDING_REAPS: usize = 1000;
+
+/// One heartbeat on the current connection, then the presence writes and reaps it calls for.
+pub(crate) async fn beat(inner: &Inner) -> Result<(), Error> {
+    let Some(conn) = inner.hot.load_full() else {
+        return Err(Error::redis(
+            "membership has no Redis connection",
+            "no connection",
+        ));
+    };
+    let mut conn = (*conn).clone();
+    let mut invocation = inner.scripts.heartbeat.key(&inner.keys.members);
+    invocation
+        .key(&inner.keys.info)
+        .key(&inner.keys.own_presence)
+        .arg(inner.id.as_str())
+        .arg(millis(inner.timeout))
+        .arg(&inner.description)
+        .arg(millis(inner.presence_ttl));
+    let reply: Vec<String> = within(
+        inner.budget,
+        "the membership heartbeat",
+        invocation.invoke_async(&mut conn),
+    )
+    .await?;
+    let (joined, live, reaped) = match reply.as_slice() {
+        [_now, joined, live, reaped @ ..] => (joined == "1", live.parse::<u32>().ok(), reaped),
+        _ => {
+            return Err(Error::redis(
+                "the membership heartbeat came back in an unexpected shape: check that nothing else writes under the membership prefix",
+                "unexpected reply",
+            ));
+        }
+    };
+    inner.heartbeats.fetch_add(1, Ordering::Relaxed);
+    if inner.degraded.swap(false, Ordering::AcqRel) && inner.listed.load(Ordering::Relaxed) {
+        tracing::info!(instance = %inner.id, "membership heartbeats reach Redis again");
+    }
+    if let Some(n) = live {
+        inner.set_live(n);
+    }
+    if joined {
+        let rejoin = inner.listed.swap(true, Ordering::AcqRel);
+        let keys: Vec<String> = {
+            let mut table = inner.presence.table();
+            table.resync = true;
+            if rejoin {
+                table.counts.keys().cloned().collect()
+            } else {
+                Vec::new()
+            }
+        };
+        if rejoin {
+            // Redis lost this instance (restarted, or the instance was away past the timeout
+            // and reaped, its presences announced as gone): it is back with all of them.
+            tracing::info!(instance = %inner.id, presences = keys.len(), "listed as a member again");
+            for key in keys {
+                inner.presence.emit(
+                    PresenceChange::Joined,
+                    &inner.id.to_string(),
+                    key,
+                    PresenceCause::InstanceRejoined,
+                );
+            }
+        } else {
+            tracing::info!(instance = %inner.id, "joined the cluster");
+        }
+    }
+    let pending: Vec<String> = {
+        let mut p = inner
+            .pending_reaps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        p.extend(reaped.iter().cloned());
+        std::mem::take(&mut *p)
+    };
+    write_presence(inner, &mut conn).await.inspect_err(|_| {
+        keep_reaps(inner, pending.clone());
+    })?;
+    for (i, dead) in pending.iter().enumerate() {
+        if let Err(e) = reap(inner, &mut conn, dead).await {
+            keep_reaps(inner, pending.get(i..).unwrap_or_default().to_vec());
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Puts reaps back for the next heartbeat (bounded: the members set lists at most so many).
+fn keep_reaps(inner: &Inner, reaps: Vec<String>) {
+    let mut p = inner
+        .pending_reaps
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    p.extend(reaps);
+    p.dedup();
+    p.truncate(MAX_PENDING_REAPS);
+}
+
+/// Writes what changed in the local presence table (all of it after a rejoin or a failed write).
+pub(crate) async fn write_presence(
+    inner: &Inner,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<(), Error> {
+    let (resync, present, absent) = {
+        let mut table = inner.presence.table();
+        if table.left || (!table.resync && table.pending.is_empty()) {
+            return Ok(());
+        }
+        let resync = std::mem::take(&mut table.resync);
+        let pending = std::mem::take(&mut table.pending);
+        if resync {
+            (true, table.counts.keys().cloned().collect(), Vec::new())
+        } else {
+            let (present, absent): (Vec<String>, Vec<String>) = pending
+                .into_iter()
+                .partition(|k| table.counts.contains_key(k));
+            (false, present, absent)
+        }
+    };
+    let key = &inner.keys.own_presence;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    if resync {
+        pipe.cmd("DEL").arg(key).ignore();
+    }
+    for chunk in present.chunks(CHUNK) {
+        let cmd = pipe.cmd("HSET").arg(key);
+        for k in chunk {
+            cmd.arg(k).arg(1);
+        }
+        cmd.ignore();
+    }
+    for chunk in absent.chunks(CHUNK) {
+        pipe.cmd("HDEL").arg(key).arg(chunk).ignore();
+    }
+    pipe.cmd("PEXPIRE")
+        .arg(key)
+        .arg(millis(inner.presence_ttl))
+        .ignore();
+    let written: Result<(), Error> =
+        within(inner.budget, "writing presences", pipe.query_async(conn)).await;
+    if written.is_err() {
+        // Rewrite the whole table next time: simpler than merging back what was taken, and
+        // correct whatever changed meanwhile.
+        inner.presence.table().resync = true;
+    }
+    written
+}
+
+/// Takes the presences of `dead` (reaped by this heartbeat) and announces each as gone.
+async fn reap(
+    inner: &Inner,
+    conn: &mut redis::aio::MultiplexedConnection,
+    dead: &str,
+) -> Result<(), Error> {
+    let mut invocation = inner.scripts.reap.key(&inner.keys.members);
+    invocation.key(inner.keys.presence_of(dead)).arg(dead);
+    let keys: Vec<String> = within(
+        inner.budget,
+        "reaping a dead instance's presences",
+        invocation.invoke_async(conn),
+    )
+    .await?;
+    inner.reaped.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        instance = %inner.id,
+        dead,
+        presences = keys.len(),
+        timeout_ms = millis(inner.timeout),
+        "an instance missed its heartbeats past the timeout: removed it and its presences"
+    );
+    for key in keys {
+        inner
+            .presence
+            .emit(PresenceChange::Left, dead, key, PresenceCause::InstanceDied);
+    }
+    Ok(())
+}
+
+/// The heartbeat loop. Holds the membership weakly, and strongly only for one bounded Redis
+/// call at a time (never while sleeping), so dropping the last
+/// [`Membership`](super::Membership) ends it (its `Drop` also aborts it).
+pub(crate) async fn run(inner: Weak<Inner>) {
+    let Some(strong) = inner.upgrade() else {
+        return;
+    };
+    let presence = Arc::clone(&strong.presence);
+    let mut next_beat = Instant::now() + strong.interval;
+    let mut delay = strong.reconnect_interval;
+    let mut consecutive = 0u32;
+    drop(strong);
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if strong.is_left() {
+            return;
+        }
+        if strong.hot.load().is_none() {
+            match strong.connect().await {
+                Ok(conn) => {
+                    strong.hot.store(Some(Arc::new(conn)));
+                    delay = strong.reconnect_interval;
+                    consecutive = 0;
+                    // Heartbeat at once: the sooner this instance is listed again, the better.
+                    next_beat = Instant::now();
+                }
+                Err(e) => {
+                    strong.failures.fetch_add(1, Ordering::Relaxed);
+                    log_failure(&strong, &e, consecutive);
+                    strong.set_degraded(e.to_string());
+                    consecutive = consecutive.saturating_add(1);
+                    let pause = jittered(delay);
+                    delay = delay.saturating_mul(2).min(strong.max_reconnect_interval);
+                    drop(strong);
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+            }
+        }
+        if Instant::now() >= next_beat {
+            let started = Instant::now();
+            let result = beat(&strong).await;
+            next_beat = started + strong.interval;
+            match result {
+                Ok(()) => consecutive = 0,
+                Err(e) => {
+                    strong.failures.fetch_add(1, Ordering::Relaxed);
+                    consecutive = consecutive.saturating_add(1);
+                    log_failure(&strong, &e, consecutive);
+                    strong.set_degraded(e.to_string());
+                    if consecutive >= strong.failure_threshold {
+                        // Only this task replaces the connection: no generation race to guard.
+                        strong.hot.store(None);
+                        next_beat = Instant::now();
+                        continue;
+                    }
+                }
+            }
+        } else if let Some(conn) = strong.hot.load_full() {
+            // Woken by a presence change between heartbeats: write it now.
+            let mut conn = (*conn).clone();
+            if let Err(e) = write_presence(&strong, &mut conn).await {
+                strong.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "presence write failed: the whole table is rewritten with the next heartbeat");
+            }
+        }
+        drop(strong);
+        if Instant::now() < next_beat {
+            tokio::select! {
+                () = tokio::time::sleep_until(next_beat) => {}
+                () = presence.wake.notified() => {}
+            }
+        }
+    }
+}
+
+/// Every failure in a row at debug, the first and every tenth at warn: a long outage stays
+/// visible without flooding the log.
+fn log_failure(inner: &Inner, e: &Error, consecutive: u32) {
+    if consecutive <= 1 || consecutive.is_multiple_of(10) {
+        tracing::warn!(error = %e, instance = %inner.id, consecutive, "membership cannot heartbeat into Redis");
+    } else {
+        tracing::debug!(error = %e, instance = %inner.id, consecutive, "membership cannot heartbeat into Redis");
+    }
+}
+
+/// `delay` scaled to a random 50–100 %.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_to_full() {
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_millis(100));
+            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Membership and presence: which instances are alive, and who is connected to each.
+//!
+//! Every instance heartbeats into Redis (default every second). An instance whose last heartbeat
+//! is older than the timeout (default 3 s) is dead: it is no longer listed by
+//! [`Membership::members`], and the next heartbeat of any survivor reaps it. Leaving at drain
+//! ([`Membership::leave`]) is immediate.
+//!
+//! - **Members** live in one sorted set, `{prefix}:members`, scored by expiry time (last
+//!   heartbeat + timeout); descriptions (start time, metadata such as the address) in the hash
+//!   `{prefix}:info`. Listing is `ZRANGEBYSCORE (now +inf`, never `SCAN`/`KEYS`; each heartbeat
+//!   removes expired entries (at most 100 per heartbeat). Every key carries the `{prefix}` hash
+//!   tag, so every script touches one Redis Cluster slot, and every key a script touches is
+//!   declared.
+//! - **Clock**: every "now" is Redis's (`TIME` inside the scripts), never an instance's. Clock
+//!   skew between instances therefore cannot make a live instance look dead or keep a dead one
+//!   listed; the only clock that matters is the Redis primary's, which moves forward at the
+//!   same rate for everyone. (After a Redis failover the new primary's clock takes over; NTP
+//!   keeps the step far below the timeout.) `started_at` is the instance's own clock and only
+//!   informational.
+//! - **Presence**: [`Membership::join`] marks a key (an agent, a user: app-chosen, bounded in
+//!   length and count) present on this instance while its [`PresenceGuard`] lives, refcounted
+//!   for several connections of one key. Each instance writes its own hash
+//!   `{prefix}:presence:<instance>`; the cluster view ([`Membership::cluster_presence`]) reads
+//!   the hashes of live members only, so a dead instance's presences disappear with it the
+//!   moment its heartbeat expires (no ghosts), before any cleanup. The survivor that reaps a
+//!   dead instance deletes its hash and announces its presences as gone; a hash nobody reaps
+//!   (every instance died) expires by its own TTL (10 × timeout, at least 30 s).
+//! - **Diffs**: joins and leaves are broadcast locally as typed, serde [`PresenceDiff`]s
+//!   ([`Membership::presence_diffs`]); forward them to the event bus. Each change is announced
+//!   by exactly one instance: the one the connection is on, or the one that reaped a dead
+//!   instance. A diff is at most once: one reaped while Redis blinks can be lost — rebuild from
+//!   [`Membership::cluster_presence`] after a lag or a reconnect.
+//! - **Feeds**: [`Membership::feed`] keeps the rate limiter's
+//!   [`LiveInstances`](crate::rate_limit::LiveInstances) at the live count (so
+//!   `WELCOMEDLY_INSTANCES` need not be set by hand); [`Membership`] is a
+//!   [`HealthCheck`](welcomedly_core::health::HealthCheck) that reports `Degraded` while it
+//!   cannot heartbeat.
+//! - **Redis discipline**: one multiplexed connection, owned by one heartbeat task that is the
+//!   only reconnector (failure threshold, exponential backoff with jitter); every call has a
+//!   time budget (default 250 ms); URLs are redacted; after Redis restarts, each instance is
+//!   listed again at its next heartbeat and rewrites its presences.
+//! - **Drain**: [`Membership::leave_when_draining`] leaves the moment the drain starts (or call
+//!   [`leave`](Membership::leave) yourself). Dropping the last clone without leaving stops the
+//!   heartbeat and nothing else, exactly like a crash: the others drop the instance after the
+//!   timeout.
+//!
+//! ```no_run
+//! use welcomedly_cluster::membership::MembershipConfig;
+//! use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
+//! use welcomedly_core::InstanceId;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let url = "redis://127.0.0.1:6379/";
+//! let membership = MembershipConfig::new(url)
+//!     .with_metadata("addr", "10.0.0.7:3000")
+//!     .build(InstanceId::generate())
+//!     .await?;
+//! let limiter = RedisRateLimitConfig::new(url).build().await?;
+//! membership.feed(limiter.live_instances()); // the fallback divides by the live count
+//!
+//! // One guard per connection (an SSE stream, a WebSocket) of agent 42.
+//! let guard = membership.join("agent:42")?;
+//! for member in membership.members().await? {
+//!     println!("{} last heard at {:?}", member.id, member.last_heartbeat());
+//! }
+//! assert!(membership.cluster_presence().await?.contains("agent:42"));
+//! drop(guard);
+//!
+//! // Register the health check (Degraded while heartbeats fail; never fails readiness):
+//! // registry.register("membership", membership.clone(), Affects::Nothing);
+//! // Leave at drain: gone from every instance's view at once.
+//! // membership.leave_when_draining(drain.signal())?;
+//! membership.leave().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod config;
+mod handle;
+mod heartbeat;
+mod member;
+mod presence;
+mod script;
+
+pub use config::MembershipConfig;
+pub use handle::Membership;
+pub use member::Member;
+pub use presence::{ClusterPresence, PresenceCause, PresenceChange, PresenceDiff, PresenceGuard};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        send_sync::<Membership>();
+        send_sync::<MembershipConfig>();
+        send_sync::<PresenceGuard>();
+        send_sync::<PresenceDiff>();
+        send_sync::<ClusterPresence>();
+        send_sync::<Member>();
+    }
+}
