@@ -561,6 +561,18 @@ fn a_kill_switch_on_one_instance_reaches_the_other_through_redis() {
     let health: serde_json::Value =
         serde_json::from_str(&b.request("GET", "/health", None).body).unwrap();
     assert_eq!(health["checks"]["flags"]["status"], "healthy", "{health}");
+    assert_eq!(
+        health["checks"]["membership"]["status"], "healthy",
+        "{health}"
+    );
+    // Membership sees both instances.
+    let members: Vec<String> = redis
+        .command(&["ZRANGE", "{wd:members}:members", "0", "-1"])
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert!(members.iter().any(|m| m.contains("cc-a")), "{members:?}");
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }

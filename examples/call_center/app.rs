@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use welcomedly_cluster::membership::MembershipConfig;
 use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
 use welcomedly_core::CoreConfig;
 use welcomedly_core::client_ip::ClientIpLayer;
@@ -35,12 +36,14 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let mut env = EnvReader::from_env();
     let core = CoreConfig::read(&mut env);
     let redis = RedisRateLimitConfig::read(&mut env);
+    let membership = MembershipConfig::read(&mut env);
     let admin_token = env.read("WELCOMEDLY_ADMIN_TOKEN", None, |v| {
         (v.len() >= 16)
             .then(|| Some(v.to_owned()))
             .ok_or("is too short to protect the flags admin API: use at least 16 characters")
     });
-    let (config, redis, admin_token) = env.finish((core, redis, admin_token))?;
+    let (config, redis, admin_token, membership) =
+        env.finish((core, redis, admin_token, membership))?;
     let telemetry = Telemetry::from_config(&config).init()?;
     let registry = HealthRegistry::from_config(&config);
     let password = demo_password();
@@ -52,9 +55,22 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     )
     .await?;
     let feature_routes = flags::routes(&features, admin_token);
+    // Membership: a heartbeat in Redis; the live count feeds the rate limiter's fallback share
+    // (no WELCOMEDLY_INSTANCES to keep in sync by hand), and the instance leaves at drain.
+    let membership = match membership {
+        Some(m) => {
+            let m = m.build(config.instance_id.clone()).await?;
+            registry.register("membership", m.clone(), Affects::Nothing);
+            Some(m)
+        }
+        None => None,
+    };
     let api = match redis {
         Some(redis) => {
             let backend = redis.build().await?;
+            if let Some(m) = &membership {
+                m.feed(backend.live_instances());
+            }
             registry.register("rate_limit", backend.clone(), Affects::Nothing);
             api_routes(
                 rate_limits().backend(backend).build()?,
@@ -90,14 +106,11 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         instance_id = %config.instance_id,
         "call center listening"
     );
-    drain::serve(
-        listener,
-        app,
-        registry,
-        DrainConfig::from(&config),
-        drain::shutdown_signal(),
-    )
-    .await?;
+    let drain = drain::Drain::new(registry, DrainConfig::from(&config));
+    if let Some(m) = &membership {
+        m.leave_when_draining(drain.signal())?;
+    }
+    drain.serve(listener, app, drain::shutdown_signal()).await?;
     tracing::info!("drained, bye");
     Ok(())
 }
