@@ -5,11 +5,12 @@
 //! | module | what | state |
 //! |---|---|---|
 //! | [`rate_limit`] | a cluster-wide backend for welcomedly-core's rate-limit layer | works |
-//! | sessions | shared sessions in Redis | coming |
+//! | [`session`] | shared sessions (memory or Redis): tower layer, `Session` handle, axum extractor | works |
 //! | event bus | typed events fanned out to every instance | coming |
 //! | membership | instance heartbeat and live-instance list | coming |
 
 mod error;
 pub mod rate_limit;
+pub mod session;
 
 pub use error::Error;
