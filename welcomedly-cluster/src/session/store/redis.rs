@@ -79,14 +79,19 @@ return 1
 const INDEX: &str = r"
 if ARGV[5] ~= '' then redis.call('ZREM', KEYS[1], ARGV[5]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+-- Strictly increasing scores, so the bound evicts the oldest login even within one millisecond.
+local score = tonumber(ARGV[2])
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 1 end
+score = string.format('%.0f', score)
+redis.call('ZADD', KEYS[1], score, ARGV[3])
 local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
 local evicted = {}
 if extra > 0 then
   evicted = redis.call('ZRANGE', KEYS[1], 0, extra - 1)
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1)
 end
-redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], score)
 return evicted
 ";
 
@@ -231,6 +236,7 @@ impl RedisSessionStore {
             min_outage: config.min_outage,
             reconnect_interval: config.reconnect_interval,
             max_reconnect_interval: config.max_reconnect_interval.max(config.reconnect_interval),
+            scripts: vec![Script::new(LOAD), Script::new(UPDATE)],
         };
         let conn = Connection::start(pool, settings, &runtime).await;
         Ok(Self {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::MultiplexedConnection;
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use tokio::sync::Notify;
 
 /// The connection requests use, with the generation it was made in.
@@ -56,6 +56,8 @@ pub(super) struct Settings {
     pub(super) min_outage: Duration,
     pub(super) reconnect_interval: Duration,
     pub(super) max_reconnect_interval: Duration,
+    /// Loaded at every connect, so the first request's `EVALSHA` does not meet `NOSCRIPT`.
+    pub(super) scripts: Vec<Script>,
 }
 
 pub(super) struct Connection {
@@ -139,7 +141,14 @@ impl Connection {
                 welcomedly_core::redact::redact_url(&format!("cannot connect to Redis: {e}"))
                     .into_owned()
             })?;
-        Ok(deadpool_redis::Connection::take(conn))
+        let mut conn = deadpool_redis::Connection::take(conn);
+        for script in &self.settings.scripts {
+            tokio::time::timeout(timeout, script.prepare_invoke().load_async(&mut conn))
+                .await
+                .map_err(|_| "loading the session scripts into Redis timed out".to_owned())?
+                .map_err(|e| format!("cannot load the session scripts into Redis: {e}"))?;
+        }
+        Ok(conn)
     }
 
     fn publish(&self, conn: MultiplexedConnection) {
