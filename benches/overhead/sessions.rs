@@ -230,6 +230,7 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         config.budget = Duration::from_secs(1);
         (conn, config.build().await.unwrap())
     });
+    let store_key = store.clone();
     let layer = SessionLayer::new(store, SessionConfig::default()).unwrap();
     let mut svc: Svc = ours_router(layer).with_state::<()>(()).into_service();
     let cookie: &'static str = Box::leak(rt.block_on(seed(&mut svc)).into_boxed_str());
@@ -244,6 +245,40 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             })
         })
     };
+    // The same script our load sends, on the seeded session's key, without the layer.
+    let key = store_key.key_of(cookie.split_once('=').unwrap().1).unwrap();
+    let key: &'static str = Box::leak(key.into_boxed_str());
+    let script = std::rc::Rc::new(redis::Script::new(welcomedly_cluster::session::LOAD_SCRIPT));
+    let raw_load: Call = {
+        let conn = conn.clone();
+        Box::new(move || {
+            let (mut conn, script) = (conn.clone(), script.clone());
+            Box::pin(async move {
+                let v: Option<Vec<String>> = script
+                    .key(key)
+                    .arg(1_800_000u64)
+                    .arg(1u64)
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(v);
+            })
+        })
+    };
+    let hgetall: Call = {
+        let conn = conn.clone();
+        Box::new(move || {
+            let mut conn = conn.clone();
+            Box::pin(async move {
+                let v: Vec<String> = redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(v);
+            })
+        })
+    };
     let route = |path: &'static str, cookie: Option<&'static str>| -> Call {
         let svc = svc.clone();
         Box::new(move || {
@@ -253,8 +288,10 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             })
         })
     };
-    let variants: [(&str, Call); 4] = [
+    let variants: [(&str, Call); 6] = [
         ("redis PING round trip", ping),
+        ("redis HGETALL of the session", hgetall),
+        ("raw EVALSHA of the session load script", raw_load),
         ("welcomedly redis, no cookie", route("/ping", None)),
         (
             "welcomedly redis, read one value",

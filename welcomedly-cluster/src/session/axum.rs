@@ -26,7 +26,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
 impl IntoResponse for SessionError {
     fn into_response(self) -> Response {
         if self.is_unavailable() {
-            tracing::warn!(error = %self, "session store unavailable: answering 503");
+            // The outage itself is logged once, at warn, by the store's supervisor.
+            tracing::debug!(error = %self, "session store unavailable: answering 503");
         } else {
             tracing::error!(error = %self, "session error: answering 500");
         }

@@ -247,9 +247,10 @@ impl Session {
         Ok(state.record.user.clone().map(UserId))
     }
 
-    /// Logs `user` in: the session (its values kept) moves to a fresh id, so an id planted
-    /// before the login is worth nothing (fixation), its absolute expiry starts again, and it
-    /// joins the user's index. Takes effect at once.
+    /// Logs `user` in: the session moves to a fresh id, so an id planted before the login is
+    /// worth nothing (fixation), its absolute expiry starts again, and it joins the user's
+    /// index. Its values are kept (an anonymous cart survives the login), unless another user
+    /// was logged in on it. Takes effect at once.
     ///
     /// # Errors
     ///
@@ -258,7 +259,12 @@ impl Session {
         let mut state = self.loaded().await?;
         let shared = &self.inner.shared;
         let mut record = state.record.clone();
-        record.user = Some(user.into());
+        let user: Arc<str> = user.into();
+        if record.user.as_ref().is_some_and(|u| *u != user) {
+            // Another user's values do not carry over to this one.
+            record.data.clear();
+        }
+        record.user = Some(user);
         record.deadline_ms = shared
             .store
             .now_ms()

@@ -146,7 +146,7 @@ async fn finish<B>(session: Session, res: Response<B>) -> Response<SessionBody<B
     match session.finish().await {
         Ok(cookie) => with_cookie(res, cookie),
         Err(e) => {
-            tracing::warn!(error = %e, "the session changes could not be written: answering 503");
+            tracing::debug!(error = %e, "the session changes could not be written: answering 503");
             let (parts, body) = e.to_response::<Bytes>().into_parts();
             Response::from_parts(parts, SessionBody::Problem { body: Some(body) })
         }

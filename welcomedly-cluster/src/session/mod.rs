@@ -66,7 +66,9 @@ pub use self::config::SessionConfig;
 pub use self::error::SessionError;
 pub use self::handle::{Session, SessionStats};
 pub use self::layer::{ResponseFuture, SessionBody, SessionLayer, SessionService};
-pub use self::store::{MemoryStore, RedisSessionConfig, RedisSessionStore, SessionStore};
+pub use self::store::{
+    LOAD_SCRIPT, MemoryStore, RedisSessionConfig, RedisSessionStore, SessionStore,
+};
 
 #[cfg(test)]
 mod tests;

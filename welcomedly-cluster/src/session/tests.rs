@@ -349,3 +349,34 @@ fn service_is_a_service(l: &SessionLayer) {
     );
     is_service(&svc);
 }
+
+#[tokio::test]
+async fn logging_in_as_another_user_drops_the_previous_users_values() {
+    let l = layer(SessionConfig::default());
+    let a = app(&l, |req: Request<String>, s: Session| async move {
+        match req.uri().query() {
+            Some("alice") => {
+                s.log_in("alice").await?;
+                s.insert("secret", "alice's").await?;
+            }
+            Some("bob") => s.log_in("bob").await?,
+            _ => {}
+        }
+        Ok(format!("{:?}", s.get::<String>("secret").await?))
+    });
+    let mut req = Request::get("/?alice").body(String::new()).unwrap();
+    req.headers_mut().insert(COOKIE, "x=1".parse().unwrap());
+    let res = a.clone().oneshot(req).await.unwrap();
+    let cookie = res.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut req = Request::get("/?bob").body(String::new()).unwrap();
+    req.headers_mut().insert(COOKIE, cookie.parse().unwrap());
+    let res = a.oneshot(req).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"None");
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use self::memory::MemoryStore;
-pub use self::redis::{RedisSessionConfig, RedisSessionStore};
+pub use self::redis::{LOAD_SCRIPT, RedisSessionConfig, RedisSessionStore};
 use super::error::SessionError;
 use super::id::SessionId;
 

@@ -28,8 +28,19 @@ use crate::Error;
 use crate::session::error::SessionError;
 use crate::session::id::{SessionId, hex};
 
-const LOAD: &str = r"
-local d = redis.call('HGET', KEYS[1], 'm:x')
+/// The load script: `KEYS[1]` the session key, `ARGV` the idle timeout (ms) and the current
+/// time (ms since the epoch). Returns the hash's fields and values, or nil when the session is
+/// unknown or past its absolute deadline; slides the idle expiry in the same call. Public for
+/// other languages sharing the sessions, and for benches.
+pub const LOAD_SCRIPT: &str = r"
+local v = redis.call('HGETALL', KEYS[1])
+local d
+for i = 1, #v, 2 do
+  if v[i] == 'm:x' then
+    d = v[i + 1]
+    break
+  end
+end
 if not d then return false end
 local left = tonumber(d) - tonumber(ARGV[2])
 if left <= 0 then
@@ -39,7 +50,7 @@ end
 local ttl = tonumber(ARGV[1])
 if left < ttl then ttl = left end
 redis.call('PEXPIRE', KEYS[1], ttl)
-return redis.call('HGETALL', KEYS[1])
+return v
 ";
 
 const UPDATE: &str = r"
@@ -236,14 +247,14 @@ impl RedisSessionStore {
             min_outage: config.min_outage,
             reconnect_interval: config.reconnect_interval,
             max_reconnect_interval: config.max_reconnect_interval.max(config.reconnect_interval),
-            scripts: vec![Script::new(LOAD), Script::new(UPDATE)],
+            scripts: vec![Script::new(LOAD_SCRIPT), Script::new(UPDATE)],
         };
         let conn = Connection::start(pool, settings, &runtime).await;
         Ok(Self {
             inner: Arc::new(Inner {
                 conn,
                 prefix: config.key_prefix,
-                load: Script::new(LOAD),
+                load: Script::new(LOAD_SCRIPT),
                 update: Script::new(UPDATE),
             }),
         })
