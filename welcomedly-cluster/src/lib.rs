@@ -5,12 +5,13 @@
 //! | module | what | state |
 //! |---|---|---|
 //! | [`rate_limit`] | a cluster-wide backend for welcomedly-core's rate-limit layer | works |
-//! | sessions | shared sessions in Redis | coming |
+//! | [`session`] | shared sessions (memory or Redis): tower layer, `Session` handle, axum extractor | works |
 //! | event bus | typed events fanned out to every instance | coming |
 //! | [`membership`] | instance heartbeat, live-instance list, presence per instance | works |
 
 mod error;
 pub mod membership;
 pub mod rate_limit;
+pub mod session;
 
 pub use error::Error;

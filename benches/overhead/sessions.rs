@@ -1,0 +1,337 @@
+//! Sessions: bare router, our layer and tower-sessions 0.14 (memory stores) side by side —
+//! request without a cookie, request reading one value, request writing one value — then our
+//! Redis store beside a bare Redis round trip.
+//!
+//! tower-sessions-redis-store 0.16 (on fred) is not benched: it would add the whole fred client
+//! to the dev build for one row; its costs are the figures (one GET per authed read,
+//! two round trips once the idle expiry slides).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::{Extension, Router};
+use criterion::{Criterion, Throughput};
+use http::{Request, StatusCode, header};
+use tower::{Service, ServiceExt};
+use welcomedly_cluster::session::{
+    RedisSessionConfig, Session, SessionConfig, SessionLayer, SessionStore,
+};
+
+type Svc = axum::routing::RouterIntoService<Body>;
+
+fn ours_router(layer: SessionLayer) -> Router {
+    let counter = Arc::new(AtomicU64::new(0));
+    Router::new()
+        .route("/ping", get(|| async { "pong" }))
+        .route(
+            "/seed",
+            get(|s: Session| async move {
+                s.insert("user", "alice").await.unwrap();
+                "ok"
+            }),
+        )
+        .route(
+            "/read",
+            get(|s: Session| async move { s.get::<String>("user").await.unwrap().unwrap() }),
+        )
+        .route(
+            "/write",
+            get(move |s: Session| {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    s.insert("n", &n).await.unwrap();
+                    "ok"
+                }
+            }),
+        )
+        .layer(layer)
+}
+
+fn peer_router() -> Router {
+    use tower_sessions::{MemoryStore, SessionManagerLayer};
+    let counter = Arc::new(AtomicU64::new(0));
+    Router::new()
+        .route("/ping", get(|| async { "pong" }))
+        .route(
+            "/seed",
+            get(
+                |Extension(s): Extension<tower_sessions::Session>| async move {
+                    s.insert("user", "alice").await.unwrap();
+                    "ok"
+                },
+            ),
+        )
+        .route(
+            "/read",
+            get(
+                |Extension(s): Extension<tower_sessions::Session>| async move {
+                    s.get::<String>("user").await.unwrap().unwrap()
+                },
+            ),
+        )
+        .route(
+            "/write",
+            get(move |Extension(s): Extension<tower_sessions::Session>| {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    s.insert("n", n).await.unwrap();
+                    "ok"
+                }
+            }),
+        )
+        .layer(SessionManagerLayer::new(MemoryStore::default()).with_secure(false))
+}
+
+fn request(path: &str, cookie: Option<&str>) -> Request<Body> {
+    let mut req = Request::get(path);
+    if let Some(c) = cookie {
+        req = req.header(header::COOKIE, c);
+    }
+    req.body(Body::empty()).unwrap()
+}
+
+async fn call(svc: &mut Svc, path: &str, cookie: Option<&str>) -> http::Response<Body> {
+    ServiceExt::<Request<Body>>::ready(svc)
+        .await
+        .unwrap()
+        .call(request(path, cookie))
+        .await
+        .unwrap()
+}
+
+/// A session cookie (`name=value`) with `user` set, made through `/seed`.
+async fn seed(svc: &mut Svc) -> String {
+    let res = call(svc, "/seed", None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookie = res.headers()[header::SET_COOKIE].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+async fn drive(svc: &mut Svc, iters: u64, path: &str, cookie: Option<&str>) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let res = call(svc, path, cookie).await;
+        debug_assert_eq!(res.status(), StatusCode::OK);
+        black_box(res);
+    }
+    start.elapsed()
+}
+
+pub(crate) fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ours_layer = SessionLayer::new(SessionStore::memory(), SessionConfig::default()).unwrap();
+    let bare: Svc = Router::new()
+        .route("/ping", get(|| async { "pong" }))
+        .with_state::<()>(())
+        .into_service();
+    let mut ours: Svc = ours_router(ours_layer).with_state::<()>(()).into_service();
+    let mut peer: Svc = peer_router().with_state::<()>(()).into_service();
+    let (ours_cookie, peer_cookie) =
+        rt.block_on(async { (seed(&mut ours).await, seed(&mut peer).await) });
+    let ours_cookie: &'static str = Box::leak(ours_cookie.into_boxed_str());
+    let peer_cookie: &'static str = Box::leak(peer_cookie.into_boxed_str());
+
+    let variants: Vec<(&str, Svc, &str, Option<&'static str>)> = vec![
+        ("bare router, no cookie", bare, "/ping", None),
+        ("welcomedly memory, no cookie", ours.clone(), "/ping", None),
+        (
+            "tower-sessions memory, no cookie",
+            peer.clone(),
+            "/ping",
+            None,
+        ),
+        (
+            "welcomedly memory, cookie, untouched",
+            ours.clone(),
+            "/ping",
+            Some(ours_cookie),
+        ),
+        (
+            "tower-sessions memory, cookie, untouched",
+            peer.clone(),
+            "/ping",
+            Some(peer_cookie),
+        ),
+        (
+            "welcomedly memory, read one value",
+            ours.clone(),
+            "/read",
+            Some(ours_cookie),
+        ),
+        (
+            "tower-sessions memory, read one value",
+            peer.clone(),
+            "/read",
+            Some(peer_cookie),
+        ),
+        (
+            "welcomedly memory, write one value",
+            ours,
+            "/write",
+            Some(ours_cookie),
+        ),
+        (
+            "tower-sessions memory, write one value",
+            peer,
+            "/write",
+            Some(peer_cookie),
+        ),
+    ];
+
+    let mut g = c.benchmark_group("sessions");
+    g.throughput(Throughput::Elements(1));
+    let mut table: Vec<crate::Variant<'_>> = Vec::new();
+    for (name, svc, path, cookie) in variants {
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let mut svc = svc.clone();
+                async move { drive(&mut svc, iters, path, cookie).await }
+            })
+        });
+        table.push((
+            name,
+            Box::new(move |iters| {
+                let mut svc = svc.clone();
+                Box::pin(async move { drive(&mut svc, iters, path, cookie).await })
+            }),
+        ));
+    }
+    g.finish();
+    crate::interleaved("sessions (axum router, memory stores)", &rt, &table, 500);
+
+    redis_group(c, &rt);
+}
+
+fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    use std::future::Future;
+    use std::pin::Pin;
+
+    type Call = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()>>>>;
+
+    let redis = match welcomedly_test_support::RedisServer::start() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sessions_redis skipped: {e}");
+            return;
+        }
+    };
+    let url = redis.url();
+    let (conn, store) = rt.block_on(async {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut config = RedisSessionConfig::new(url.clone());
+        config.budget = Duration::from_secs(1);
+        (conn, config.build().await.unwrap())
+    });
+    let store_key = store.clone();
+    let layer = SessionLayer::new(store, SessionConfig::default()).unwrap();
+    let mut svc: Svc = ours_router(layer).with_state::<()>(()).into_service();
+    let cookie: &'static str = Box::leak(rt.block_on(seed(&mut svc)).into_boxed_str());
+
+    let ping: Call = {
+        let conn = conn.clone();
+        Box::new(move || {
+            let mut conn = conn.clone();
+            Box::pin(async move {
+                let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+                black_box(pong);
+            })
+        })
+    };
+    // The same script our load sends, on the seeded session's key, without the layer.
+    let key = store_key.key_of(cookie.split_once('=').unwrap().1).unwrap();
+    let key: &'static str = Box::leak(key.into_boxed_str());
+    let script = std::rc::Rc::new(redis::Script::new(welcomedly_cluster::session::LOAD_SCRIPT));
+    let raw_load: Call = {
+        let conn = conn.clone();
+        Box::new(move || {
+            let (mut conn, script) = (conn.clone(), script.clone());
+            Box::pin(async move {
+                let v: Option<Vec<String>> = script
+                    .key(key)
+                    .arg(1_800_000u64)
+                    .arg(1u64)
+                    .invoke_async(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(v);
+            })
+        })
+    };
+    let hgetall: Call = {
+        let conn = conn.clone();
+        Box::new(move || {
+            let mut conn = conn.clone();
+            Box::pin(async move {
+                let v: Vec<String> = redis::cmd("HGETALL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(v);
+            })
+        })
+    };
+    let route = |path: &'static str, cookie: Option<&'static str>| -> Call {
+        let svc = svc.clone();
+        Box::new(move || {
+            let mut svc = svc.clone();
+            Box::pin(async move {
+                drive(&mut svc, 1, path, cookie).await;
+            })
+        })
+    };
+    let variants: [(&str, Call); 6] = [
+        ("redis PING round trip", ping),
+        ("redis HGETALL of the session", hgetall),
+        ("raw EVALSHA of the session load script", raw_load),
+        ("welcomedly redis, no cookie", route("/ping", None)),
+        (
+            "welcomedly redis, read one value",
+            route("/read", Some(cookie)),
+        ),
+        (
+            "welcomedly redis, write one value",
+            route("/write", Some(cookie)),
+        ),
+    ];
+
+    let mut g = c.benchmark_group("sessions_redis");
+    g.throughput(Throughput::Elements(1));
+    for (name, call) in &variants {
+        g.bench_function(*name, |b| b.to_async(rt).iter(call));
+    }
+    g.finish();
+
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+    rt.block_on(async {
+        for _ in 0..200 {
+            for (i, (_, call)) in variants.iter().enumerate() {
+                for _ in 0..25 {
+                    let t = Instant::now();
+                    call().await;
+                    samples[i].push(t.elapsed());
+                }
+            }
+        }
+    });
+    eprintln!("\nsessions_redis, interleaved (5000 calls each): p10 / p50 / p90");
+    for ((name, _), s) in variants.iter().zip(&mut samples) {
+        s.sort();
+        let p = |q: usize| s[s.len() * q / 100];
+        eprintln!(
+            "  {name:<40} {:>9.1?} {:>9.1?} {:>9.1?}",
+            p(10),
+            p(50),
+            p(90)
+        );
+    }
+    drop(redis);
+}

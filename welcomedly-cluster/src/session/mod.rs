@@ -1,0 +1,74 @@
+//! Shared sessions: any instance serves any user, no sticky sessions.
+//!
+//! [`SessionLayer`] puts a [`Session`] handle in every request's extensions (with the `axum`
+//! feature, `Session` is an extractor). Handlers `get`, `insert` and `remove` serde values,
+//! [`log_in`](Session::log_in) (which cycles the id against fixation),
+//! [`log_out`](Session::log_out) and [`log_out_everywhere`](Session::log_out_everywhere).
+//!
+//! | what | cost |
+//! |---|---|
+//! | request without a session cookie | no store call, ever |
+//! | request with a cookie whose handler never touches the session | no store call (unless [`SessionConfig::load_eagerly`]) |
+//! | first read of a session | one round trip: load **and** slide the idle expiry in one script |
+//! | changed values | one more round trip at the end, writing the changed keys only |
+//!
+//! - **Stores**: [`MemoryStore`] (one process, the embedded default) and
+//!   [`RedisSessionStore`] (every instance). Ids are 128 bits from the OS CSPRNG; stores name a
+//!   session by a SHA-256 digest of its id, so a Redis dump or `MONITOR` leaks no live cookie.
+//! - **No lost updates**: each key is its own field, and a write touches only the keys the
+//!   request changed: two concurrent requests changing different keys both persist. A write to
+//!   a session that was logged out meanwhile is dropped, never reviving it.
+//! - **Cookies**: `HttpOnly`, `SameSite=Lax`, `Secure` (configurable for local HTTP), path,
+//!   optional domain, optional HMAC-SHA-256 signing with key rotation. A malformed, forged or
+//!   unknown cookie is no session (debug log, counted in [`SessionLayer::stats`]).
+//! - **Expiry**: idle (sliding) and absolute; a per-user index, bounded and cleaned on every
+//!   login, for "log out everywhere".
+//! - **Store down**: every Redis call has a budget (default 50 ms); a request that needs the
+//!   session gets `503` problem+json with `Retry-After` ([`SessionError`]), anonymous requests
+//!   are unaffected, and the store reconnects by itself.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, header};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use welcomedly_cluster::session::{Session, SessionConfig, SessionLayer, SessionStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = SessionLayer::new(SessionStore::memory(), SessionConfig::default())?;
+//! let app = ServiceBuilder::new().layer(layer).service(service_fn(|req: Request<String>| async move {
+//!     let session = req.extensions().get::<Session>().cloned().expect("inside the layer");
+//!     let visits: u32 = session.get("visits").await?.unwrap_or(0);
+//!     session.insert("visits", &(visits + 1)).await?;
+//!     Ok::<_, welcomedly_cluster::session::SessionError>(Response::new(format!("visit {}", visits + 1)))
+//! }));
+//!
+//! let res = app.clone().oneshot(Request::new(String::new())).await?;
+//! let cookie = res.headers()[header::SET_COOKIE].to_str()?.split(';').next().unwrap().to_owned();
+//! let again = Request::builder().header(header::COOKIE, cookie).body(String::new())?;
+//! let res = app.oneshot(again).await?;
+//! assert!(res.headers().get(header::SET_COOKIE).is_none(), "same session, no new cookie");
+//! # Ok(())
+//! # }
+//! ```
+
+#[cfg(feature = "axum")]
+mod axum;
+mod config;
+mod cookie;
+mod error;
+mod handle;
+mod id;
+mod layer;
+mod store;
+
+pub use self::config::SessionConfig;
+pub use self::error::SessionError;
+pub use self::handle::{Session, SessionStats};
+pub use self::layer::{ResponseFuture, SessionBody, SessionLayer, SessionService};
+pub use self::store::{
+    LOAD_SCRIPT, MemoryStore, RedisSessionConfig, RedisSessionStore, SessionStore,
+};
+
+#[cfg(test)]
+mod tests;

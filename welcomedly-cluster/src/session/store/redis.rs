@@ -1,0 +1,592 @@
+//! [`RedisSessionStore`]: sessions shared by every instance through one Redis.
+//!
+//! Layout (every key holds a digest, never client text, so `KEYS`, `MONITOR` and a dump show no
+//! usable cookie):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `<prefix>:{<digest of the id>}` | hash | `m:x` absolute deadline (ms since the epoch), `m:u` user id, `d:<key>` each value's JSON; `PEXPIRE` = the idle timeout, never past the deadline |
+//! | `<prefix>:u:{<digest of the user id>}` | sorted set | the user's session digests scored by deadline; cleaned of expired entries and capped on every login; expires with its newest session |
+//!
+//! Every script touches one key (so one Redis Cluster slot). A load is one `EVALSHA` that reads
+//! the hash and slides its expiry; a write of changed values is one `EVALSHA` of `HSET`/`HDEL`
+//! on the changed fields only, refused when the session ended meanwhile (a logout elsewhere is
+//! not undone by a late write).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{Pipeline, Script, Value};
+use sha2::{Digest, Sha256};
+use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
+use welcomedly_core::redact::redact_url;
+
+use super::supervisor::{Connection, Failure, Hot, Settings, classify};
+use super::{Create, Record, millis, system_now_ms};
+use crate::Error;
+use crate::session::error::SessionError;
+use crate::session::id::{SessionId, hex};
+
+/// The load script: `KEYS[1]` the session key, `ARGV` the idle timeout (ms) and the current
+/// time (ms since the epoch). Returns the hash's fields and values, or nil when the session is
+/// unknown or past its absolute deadline; slides the idle expiry in the same call. Public for
+/// other languages sharing the sessions, and for benches.
+pub const LOAD_SCRIPT: &str = r"
+local v = redis.call('HGETALL', KEYS[1])
+local d
+for i = 1, #v, 2 do
+  if v[i] == 'm:x' then
+    d = v[i + 1]
+    break
+  end
+end
+if not d then return false end
+local left = tonumber(d) - tonumber(ARGV[2])
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+  return false
+end
+local ttl = tonumber(ARGV[1])
+if left < ttl then ttl = left end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return v
+";
+
+const UPDATE: &str = r"
+local d = redis.call('HGET', KEYS[1], 'm:x')
+if not d then return 0 end
+local left = tonumber(d) - tonumber(ARGV[2])
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+local n = tonumber(ARGV[3])
+if n > 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 4, 3 + 2 * n))
+end
+if 4 + 2 * n <= #ARGV then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, 4 + 2 * n))
+end
+local ttl = tonumber(ARGV[1])
+if left < ttl then ttl = left end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+";
+
+const CREATE: &str = r"
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local left = tonumber(ARGV[3]) - tonumber(ARGV[2])
+local ttl = tonumber(ARGV[1])
+if left < ttl then ttl = left end
+if ttl < 1 then ttl = 1 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+";
+
+/// ARGV: now, the new session's deadline, its digest, the cap, the replaced digest or ''.
+/// Returns the digests the cap evicted (their sessions are then deleted).
+const INDEX: &str = r"
+if ARGV[5] ~= '' then redis.call('ZREM', KEYS[1], ARGV[5]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+-- Strictly increasing scores, so the bound evicts the oldest login even within one millisecond.
+local score = tonumber(ARGV[2])
+local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 1 end
+score = string.format('%.0f', score)
+redis.call('ZADD', KEYS[1], score, ARGV[3])
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+local evicted = {}
+if extra > 0 then
+  evicted = redis.call('ZRANGE', KEYS[1], 0, extra - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1)
+end
+redis.call('PEXPIREAT', KEYS[1], score)
+return evicted
+";
+
+const DEADLINE: &str = "m:x";
+const USER: &str = "m:u";
+const DATA: &str = "d:";
+
+/// Settings of the Redis session store, plain data with documented defaults.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RedisSessionConfig {
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/`. No default. Shown with its password redacted
+    /// in errors, logs and `Debug`.
+    pub url: String,
+    /// Prefix of every key. Default `"wd:s"`.
+    pub key_prefix: String,
+    /// The longest a request waits for one Redis call before it is answered 503. Default 50 ms.
+    pub budget: Duration,
+    /// Transport failures or timeouts in a row before the connection is dropped and replaced.
+    /// Default 3.
+    pub failure_threshold: u32,
+    /// The least time between dropping a failed connection and reconnecting. Default 250 ms.
+    pub min_outage: Duration,
+    /// First delay between reconnect attempts, doubling per failed attempt up to
+    /// [`max_reconnect_interval`](Self::max_reconnect_interval), each jittered to 50–100 %.
+    /// Default 100 ms.
+    pub reconnect_interval: Duration,
+    /// Upper bound of the reconnect delay. Default 2 s.
+    pub max_reconnect_interval: Duration,
+    /// Connections the pool may open (requests share one multiplexed connection). Default 2.
+    pub pool_size: usize,
+}
+
+impl fmt::Debug for RedisSessionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSessionConfig")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("budget", &self.budget)
+            .field("failure_threshold", &self.failure_threshold)
+            .field("min_outage", &self.min_outage)
+            .field("reconnect_interval", &self.reconnect_interval)
+            .field("max_reconnect_interval", &self.max_reconnect_interval)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+impl RedisSessionConfig {
+    /// Settings for the Redis at `url`, defaults elsewhere.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: "wd:s".to_owned(),
+            budget: Duration::from_millis(50),
+            failure_threshold: 3,
+            min_outage: Duration::from_millis(250),
+            reconnect_interval: Duration::from_millis(100),
+            max_reconnect_interval: Duration::from_secs(2),
+            pool_size: 2,
+        }
+    }
+
+    /// Builds the store and tries a first connection. An unreachable Redis is not an error:
+    /// requests that use a session get 503 until it answers, and the store connects in the
+    /// background. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// An unusable URL or setting (never shows the URL's password).
+    pub async fn build(self) -> Result<RedisSessionStore, Error> {
+        let mut cfg = deadpool_redis::Config::from_url(self.url.clone());
+        cfg.pool = Some(deadpool_redis::PoolConfig::new(self.pool_size.max(1)));
+        let pool = cfg
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| {
+                Error::config(
+                    format!(
+                        "cannot use Redis URL {:?} for sessions: expected redis://[user:password@]host[:port][/db]",
+                        redact_url(&self.url)
+                    ),
+                    e,
+                )
+            })?;
+        RedisSessionStore::from_pool(pool, self).await
+    }
+}
+
+/// Sessions in Redis, shared by every instance. See the module docs for the layout; every call
+/// has the [`budget`](RedisSessionConfig::budget), and a down or slow Redis is a 503 with
+/// `Retry-After` for the requests that use a session, never a hang or a silent logout.
+#[derive(Clone)]
+pub struct RedisSessionStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Arc<Connection>,
+    prefix: String,
+    load: Script,
+    update: Script,
+}
+
+impl fmt::Debug for RedisSessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSessionStore")
+            .field("prefix", &self.inner.prefix)
+            .field("budget", &self.inner.conn.settings.budget)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl RedisSessionStore {
+    /// A store over an existing deadpool-redis pool (shared with the rate limiter and the bus).
+    ///
+    /// # Errors
+    ///
+    /// A zero budget or reconnect interval, or no tokio runtime.
+    pub async fn from_pool(
+        pool: deadpool_redis::Pool,
+        config: RedisSessionConfig,
+    ) -> Result<Self, Error> {
+        if config.budget.is_zero() {
+            return Err(Error::invalid(
+                "the Redis session budget is zero: give Redis at least a few milliseconds (default 50 ms)",
+            ));
+        }
+        if config.reconnect_interval.is_zero() {
+            return Err(Error::invalid(
+                "the Redis session reconnect interval is zero: a dead Redis would be reconnected in a busy loop; use at least a few milliseconds (default 100 ms)",
+            ));
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(Error::invalid(
+                "RedisSessionStore must be built inside a tokio runtime (it reconnects in the background)",
+            ));
+        };
+        let settings = Settings {
+            budget: config.budget,
+            failure_threshold: config.failure_threshold.max(1),
+            min_outage: config.min_outage,
+            reconnect_interval: config.reconnect_interval,
+            max_reconnect_interval: config.max_reconnect_interval.max(config.reconnect_interval),
+            scripts: vec![Script::new(LOAD_SCRIPT), Script::new(UPDATE)],
+        };
+        let conn = Connection::start(pool, settings, &runtime).await;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                prefix: config.key_prefix,
+                load: Script::new(LOAD_SCRIPT),
+                update: Script::new(UPDATE),
+            }),
+        })
+    }
+
+    /// Whether the store has a working connection (false while Redis is down).
+    pub fn is_connected(&self) -> bool {
+        self.inner.conn.is_connected()
+    }
+
+    /// Redis calls that failed or answered after the budget, since start.
+    pub fn failures(&self) -> u64 {
+        self.inner.conn.failures()
+    }
+
+    /// Connections made (1 after a clean start; each reconnect adds one).
+    pub fn connections_made(&self) -> u64 {
+        self.inner.conn.connections_made()
+    }
+
+    /// The Redis key of the session whose cookie carries `cookie_id` (its 32 hex digits),
+    /// `None` when that is not a session id. For tests and operators: what other languages
+    /// sharing the sessions compute too.
+    pub fn key_of(&self, cookie_id: &str) -> Option<String> {
+        SessionId::parse(cookie_id).map(|id| self.session_key(&id.digest()))
+    }
+
+    /// The Redis key of `user`'s session index.
+    pub fn user_index_key(&self, user: &str) -> String {
+        let d: [u8; 32] = Sha256::digest(user.as_bytes()).into();
+        format!(
+            "{}:u:{{{}}}",
+            self.inner.prefix,
+            hex(d.get(..16).unwrap_or(&d))
+        )
+    }
+
+    fn session_key(&self, digest: &str) -> String {
+        format!("{}:{{{digest}}}", self.inner.prefix)
+    }
+
+    fn unavailable(
+        &self,
+        what: &str,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> SessionError {
+        let retry = self
+            .inner
+            .conn
+            .settings
+            .min_outage
+            .max(self.inner.conn.settings.reconnect_interval);
+        SessionError::unavailable(
+            format!(
+                "the session store is unavailable ({what}): check that Redis runs and is reachable; the request can be retried"
+            ),
+            retry,
+            source,
+        )
+    }
+
+    /// Runs `call` on the hot connection within the budget, accounting failures.
+    async fn run<T, F, Fut>(&self, what: &str, call: F) -> Result<T, SessionError>
+    where
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = &self.inner.conn;
+        let Some(hot) = conn.hot() else {
+            return Err(self.unavailable("Redis is not connected", None));
+        };
+        let result = tokio::time::timeout(conn.settings.budget, call(hot.conn.clone())).await;
+        match result {
+            Ok(Ok(v)) => {
+                conn.succeeded();
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                let failure = classify(&e);
+                let text = redact_url(&e.to_string()).into_owned();
+                fail(conn, &hot, failure, &text);
+                Err(self.unavailable(what, Some(Box::new(e))))
+            }
+            Err(_) => {
+                fail(
+                    conn,
+                    &hot,
+                    Failure::Transport,
+                    "Redis answered slower than the session budget",
+                );
+                Err(self.unavailable(
+                    &format!(
+                        "Redis answered slower than the {} ms budget",
+                        conn.settings.budget.as_millis()
+                    ),
+                    None,
+                ))
+            }
+        }
+    }
+
+    pub(crate) async fn load(
+        &self,
+        id: SessionId,
+        idle: Duration,
+    ) -> Result<Option<Record>, SessionError> {
+        let key = self.session_key(&id.digest());
+        let mut invocation = self.inner.load.key(&key);
+        invocation.arg(millis(idle)).arg(system_now_ms());
+        let fields: Option<Vec<String>> = self
+            .run("loading a session", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(fields.and_then(parse_record))
+    }
+
+    pub(crate) async fn update(
+        &self,
+        id: SessionId,
+        set: &[(&str, &str)],
+        remove: &[&str],
+        idle: Duration,
+    ) -> Result<bool, SessionError> {
+        let key = self.session_key(&id.digest());
+        let mut invocation = self.inner.update.key(&key);
+        invocation
+            .arg(millis(idle))
+            .arg(system_now_ms())
+            .arg(set.len());
+        for (k, v) in set {
+            invocation.arg(format!("{DATA}{k}")).arg(*v);
+        }
+        for k in remove {
+            invocation.arg(format!("{DATA}{k}"));
+        }
+        let written: i64 = self
+            .run("writing a session", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(written == 1)
+    }
+
+    pub(crate) async fn create(&self, c: Create<'_>) -> Result<(), SessionError> {
+        let now = system_now_ms();
+        let digest = c.id.digest();
+        let mut pipe = Pipeline::new();
+        let create = pipe
+            .cmd("EVAL")
+            .arg(CREATE)
+            .arg(1)
+            .arg(self.session_key(&digest))
+            .arg(millis(c.idle))
+            .arg(now)
+            .arg(c.record.deadline_ms)
+            .arg(DEADLINE)
+            .arg(c.record.deadline_ms);
+        if let Some(user) = &c.record.user {
+            create.arg(USER).arg(user.as_ref());
+        }
+        for (k, v) in &c.record.data {
+            create.arg(format!("{DATA}{k}")).arg(v);
+        }
+        let mut replaced_digest = String::new();
+        if let Some((old, old_user)) = c.replaces {
+            replaced_digest = old.digest();
+            pipe.cmd("DEL")
+                .arg(self.session_key(&replaced_digest))
+                .ignore();
+            if let Some(old_user) = old_user
+                && Some(old_user) != c.record.user.as_deref()
+            {
+                pipe.cmd("ZREM")
+                    .arg(self.user_index_key(old_user))
+                    .arg(&replaced_digest)
+                    .ignore();
+            }
+        }
+        if let Some(user) = &c.record.user {
+            pipe.cmd("EVAL")
+                .arg(INDEX)
+                .arg(1)
+                .arg(self.user_index_key(user))
+                .arg(now)
+                .arg(c.record.deadline_ms)
+                .arg(&digest)
+                .arg(c.max_per_user.max(1))
+                .arg(&replaced_digest);
+        }
+        let replies: Vec<Value> = self
+            .run("creating a session", |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await?;
+        // The cap's evictions: end those sessions (rare: a user past the bound).
+        let evicted: Vec<String> = match replies.get(1) {
+            Some(v @ Value::Array(_)) => redis::from_redis_value(v.clone()).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if !evicted.is_empty() {
+            let mut pipe = Pipeline::new();
+            for d in &evicted {
+                pipe.cmd("DEL").arg(self.session_key(d)).ignore();
+            }
+            self.run(
+                "ending sessions past the per-user bound",
+                |mut conn| async move { pipe.query_async::<()>(&mut conn).await },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn delete(
+        &self,
+        id: SessionId,
+        user: Option<&str>,
+    ) -> Result<(), SessionError> {
+        let digest = id.digest();
+        let mut pipe = Pipeline::new();
+        pipe.cmd("DEL").arg(self.session_key(&digest)).ignore();
+        if let Some(user) = user {
+            pipe.cmd("ZREM")
+                .arg(self.user_index_key(user))
+                .arg(&digest)
+                .ignore();
+        }
+        self.run("ending a session", |mut conn| async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_user(&self, user: &str) -> Result<u64, SessionError> {
+        let index = self.user_index_key(user);
+        let digests: Vec<String> = {
+            let index = index.clone();
+            self.run("reading a user's sessions", |mut conn| async move {
+                redis::cmd("ZRANGE")
+                    .arg(index)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?
+        };
+        // One DEL per key (not one multi-key DEL): each session is in its own Cluster slot.
+        let mut pipe = Pipeline::new();
+        for d in &digests {
+            pipe.cmd("DEL").arg(self.session_key(d)).ignore();
+        }
+        pipe.cmd("DEL").arg(&index).ignore();
+        self.run("ending a user's sessions", |mut conn| async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await?;
+        Ok(digests.len() as u64)
+    }
+}
+
+fn fail(conn: &Connection, hot: &Arc<Hot>, failure: Failure, text: &str) {
+    conn.failed(hot, failure, text);
+}
+
+/// A hash's fields and values into a record; `None` without a deadline (not a session).
+fn parse_record(fields: Vec<String>) -> Option<Record> {
+    let mut record = Record::default();
+    let mut deadline = None;
+    let mut it = fields.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let Some(key) = k.strip_prefix(DATA) {
+            record.data.insert(key.to_owned(), v);
+        } else if k == DEADLINE {
+            deadline = v.parse::<u64>().ok();
+        } else if k == USER {
+            record.user = Some(Arc::from(v));
+        }
+    }
+    record.deadline_ms = deadline?;
+    Some(record)
+}
+
+/// `Degraded` while Redis is unreachable (logged-in requests get 503; anonymous ones are
+/// served, and every instance shares the same Redis, so failing readiness would take the whole
+/// cluster out): register it with `Affects::Nothing`.
+impl HealthCheck for RedisSessionStore {
+    fn check(&self) -> CheckFuture<'_> {
+        let outcome = if self.is_connected() {
+            CheckOutcome::Healthy
+        } else {
+            CheckOutcome::degraded(
+                "Redis is unreachable: requests that use a session get 503 until it answers",
+            )
+        };
+        Box::pin(std::future::ready(outcome))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_parse_from_hash_fields() {
+        let r = parse_record(
+            ["m:x", "42", "m:u", "alice", "d:cart", "[1,2]", "junk", "x"]
+                .map(str::to_owned)
+                .to_vec(),
+        )
+        .unwrap();
+        assert_eq!(r.deadline_ms, 42);
+        assert_eq!(r.user.as_deref(), Some("alice"));
+        assert_eq!(r.data["cart"], "[1,2]");
+        assert_eq!(r.data.len(), 1);
+        assert!(parse_record(vec!["d:a".to_owned(), "1".to_owned()]).is_none());
+    }
+
+    #[test]
+    fn the_config_debug_hides_credentials() {
+        let c = RedisSessionConfig::new("redis://:hunter2@cache:6379/0");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_url_is_reported_without_its_password() {
+        let e = RedisSessionConfig::new("redis://:hunter2@cache:notaport/")
+            .build()
+            .await
+            .unwrap_err();
+        assert!(e.is_config());
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+}
