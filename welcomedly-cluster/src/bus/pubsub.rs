@@ -92,7 +92,9 @@ async fn follow(
     loop {
         tokio::select! {
             msg = stream.next() => {
-                let msg = msg?;
+                let Some(msg) = msg else {
+                    return Some("the connection closed");
+                };
                 let strong = inner.upgrade()?;
                 let channel = msg.get_channel_name();
                 let Some(topic) = strong.names.ephemeral_topic(channel) else {

@@ -281,6 +281,8 @@ impl Feed {
             });
             self.pending.clear();
             self.catching_up = true;
+            // Whatever the new epoch retains comes next; its own start is not a further gap.
+            self.fresh = true;
             self.inner.stats.gaps.fetch_add(1, Ordering::Relaxed);
             return Some(RawDelivery::Gap(Gap::EpochChanged));
         }
