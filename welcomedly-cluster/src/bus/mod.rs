@@ -1,0 +1,724 @@
+//! The cluster-wide event bus: typed (serde) events published on any instance reach the
+//! subscribers of every instance, through Redis.
+//!
+//! - **Two tiers, honest semantics.** [`Tier::Ephemeral`] travels over Redis pub/sub — at most
+//!   once: what is published while an instance's subscriber connection is down never reaches
+//!   it, and its subscribers are told so ([`Delivery::Interrupted`]). [`Tier::Durable`] is a
+//!   Redis stream (`XADD MAXLEN ~ retention`) — at least once within the retained history: each
+//!   event has an [`Offset`] (stream id + the topic's epoch + a sequence number), a subscriber
+//!   that lost its connection, lagged, or resumes from a stored offset (an SSE
+//!   `Last-Event-ID`, on any instance) catches up from Redis, and is told explicitly with
+//!   [`Delivery::Gap`] when what it missed is no longer there (trimmed, or a new epoch because
+//!   Redis lost the stream).
+//! - **Local fan-out.** One Redis subscription per instance (one pub/sub connection for all
+//!   ephemeral topics; one reader per durable topic that has local subscribers, on a connection
+//!   of its own because `XREAD BLOCK` would stall a shared one) feeds a tokio broadcast per
+//!   topic. Each [`Subscription`] reads at its own pace from a bounded queue of
+//!   [`capacity`](BusConfig::capacity) events: a slow one loses events alone, counted and
+//!   reported ([`Delivery::Dropped`] on ephemeral topics; a durable one re-reads them from
+//!   Redis).
+//! - **Reconnect discipline.** Every call has a time budget; the pub/sub connection is pinged
+//!   and resubscribed after a disconnect, with exponential backoff and jitter; publishing fails
+//!   fast (an error, never a hang) while Redis is unreachable.
+//! - **Redis Cluster ready.** A durable topic's two keys share one hash tag
+//!   (`<prefix>:{<topic>}:s` and `:m`); readers read one stream each; ephemeral channels use
+//!   classic pub/sub, which reaches every node.
+//! - **SSE** (`axum` feature): [`sse::stream`] streams a topic to a browser with `id:` = offset,
+//!   heartbeats, and an end at drain.
+//!
+//! ```no_run
+//! use serde::{Deserialize, Serialize};
+//! use welcomedly_cluster::bus::{BusConfig, Delivery, Topic};
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! struct StatusChanged { agent: String, status: String }
+//!
+//! # async fn run() -> Result<(), welcomedly_cluster::Error> {
+//! let bus = BusConfig::new("redis://127.0.0.1:6379/").build().await?;
+//! let topic = Topic::<StatusChanged>::durable("agents.status")?;
+//! let mut sub = bus.subscribe(&topic).await;
+//! bus.publish(&topic, &StatusChanged { agent: "ana".into(), status: "on_call".into() }).await?;
+//! while let Some(delivery) = sub.recv().await {
+//!     match delivery {
+//!         Delivery::Event(e) => println!("{:?} at {:?}", e.data, e.offset),
+//!         Delivery::Gap(gap) => println!("missed events ({gap:?}): reload the board"),
+//!         other => println!("{other:?}"),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+mod link;
+mod offset;
+mod pubsub;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod sse;
+mod stream;
+mod subscription;
+mod topic;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redis::Script;
+use serde::Serialize;
+use tokio::sync::broadcast;
+use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
+use welcomedly_core::redact::redact_url;
+
+use crate::Error;
+use link::Link;
+pub use offset::{InvalidOffset, Offset};
+pub use subscription::{Delivery, Event, Gap, Subscription};
+pub use topic::{MAX_TOPIC_LEN, Tier, Topic};
+
+use subscription::Feed;
+
+/// Settings of the event bus, plain data with documented defaults.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct BusConfig {
+    /// Redis URL, e.g. `redis://127.0.0.1:6379/`. No default. Shown with its password redacted
+    /// in errors, logs and `Debug`.
+    pub url: String,
+    /// Prefix of every key and channel. Default `"wd:bus"`: durable topic `t` lives in
+    /// `wd:bus:{t}:s` (stream) and `wd:bus:{t}:m` (epoch and sequence), ephemeral topic `t` on
+    /// channel `wd:bus:e:t`. Same character set as topic names.
+    pub key_prefix: String,
+    /// The longest a publish or a catch-up read waits for Redis. Default 50 ms.
+    pub budget: Duration,
+    /// Each subscriber's queue: events it may fall behind by before it loses some (ephemeral)
+    /// or re-reads them from Redis (durable). Default 1024.
+    pub capacity: usize,
+    /// Events a durable topic keeps (`XADD MAXLEN ~`; Redis may keep a few more). A subscriber
+    /// further behind than this gets [`Gap::Trimmed`]. Default 10 000.
+    pub retention: u64,
+    /// The largest event, serialized. Default 64 KiB.
+    pub max_event_bytes: usize,
+    /// How long a durable reader's `XREAD BLOCK` waits before it checks whether it still has
+    /// subscribers. Default 2 s.
+    pub block: Duration,
+    /// Entries read per `XREAD` / `XRANGE` call. Default 256.
+    pub batch: usize,
+    /// How often the pub/sub connection is pinged to find a silently dead one. Default 1 s.
+    pub ping_interval: Duration,
+    /// Failures in a row (calls or pings) before a connection is replaced. Default 3.
+    pub failure_threshold: u32,
+    /// First delay between reconnect attempts; doubles per failure up to
+    /// [`max_reconnect_interval`](Self::max_reconnect_interval), each jittered to 50–100 %.
+    /// Default 100 ms.
+    pub reconnect_interval: Duration,
+    /// Upper bound of the reconnect delay. Default 5 s.
+    pub max_reconnect_interval: Duration,
+    /// SSE: how often a comment line is sent on an idle stream, so proxies keep it open.
+    /// Default 15 s.
+    pub heartbeat: Duration,
+}
+
+impl fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusConfig")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("budget", &self.budget)
+            .field("capacity", &self.capacity)
+            .field("retention", &self.retention)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("block", &self.block)
+            .field("batch", &self.batch)
+            .field("ping_interval", &self.ping_interval)
+            .field("failure_threshold", &self.failure_threshold)
+            .field("reconnect_interval", &self.reconnect_interval)
+            .field("max_reconnect_interval", &self.max_reconnect_interval)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
+}
+
+impl BusConfig {
+    /// Settings for the Redis at `url`, defaults elsewhere.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: "wd:bus".to_owned(),
+            budget: Duration::from_millis(50),
+            capacity: 1024,
+            retention: 10_000,
+            max_event_bytes: 64 * 1024,
+            block: Duration::from_secs(2),
+            batch: 256,
+            ping_interval: Duration::from_secs(1),
+            failure_threshold: 3,
+            reconnect_interval: Duration::from_millis(100),
+            max_reconnect_interval: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(15),
+        }
+    }
+
+    /// Validates the settings, connects (an unreachable Redis is not an error: the bus
+    /// connects in the background and publishing fails fast meanwhile) and starts the
+    /// subscriber task. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// A configuration error for an invalid URL, prefix or setting.
+    pub async fn build(self) -> Result<Bus, Error> {
+        topic::validate(&self.key_prefix).map_err(|_| {
+            Error::invalid(format!(
+                "the bus key prefix {:?} is not usable: 1 to {MAX_TOPIC_LEN} ASCII letters, digits and _ - . : /",
+                self.key_prefix
+            ))
+        })?;
+        let zero = [
+            ("budget", self.budget),
+            ("block", self.block),
+            ("ping_interval", self.ping_interval),
+            ("reconnect_interval", self.reconnect_interval),
+            ("heartbeat", self.heartbeat),
+        ];
+        if let Some((name, _)) = zero.iter().find(|(_, d)| d.is_zero()) {
+            return Err(Error::invalid(format!(
+                "the bus setting {name} is zero: use at least a few milliseconds (see BusConfig's defaults)"
+            )));
+        }
+        if self.capacity == 0 || self.batch == 0 || self.retention == 0 {
+            return Err(Error::invalid(
+                "the bus capacity, batch and retention must be at least 1 (defaults 1024, 256, 10 000)",
+            ));
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(Error::invalid(
+                "the bus must be built inside a tokio runtime (it subscribes in the background)",
+            ));
+        };
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
+            Error::config(
+                format!(
+                    "cannot use Redis URL {:?} for the bus: expected redis://[user:password@]host[:port][/db]",
+                    redact_url(&self.url)
+                ),
+                e,
+            )
+        })?;
+        let link = Arc::new(Link::new(
+            client,
+            self.budget,
+            self.failure_threshold,
+            self.reconnect_interval,
+            self.max_reconnect_interval,
+        ));
+        let inner = Arc::new(Inner {
+            link: link.clone(),
+            names: Names {
+                prefix: self.key_prefix,
+            },
+            publish: Script::new(stream::PUBLISH),
+            capacity: self.capacity,
+            retention: self.retention,
+            max_event_bytes: self.max_event_bytes,
+            block: self.block,
+            batch: self.batch,
+            ping_interval: self.ping_interval,
+            failure_threshold: self.failure_threshold.max(1),
+            heartbeat: self.heartbeat,
+            ephemeral: Mutex::new(HashMap::new()),
+            durable: Mutex::new(HashMap::new()),
+            subscribed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            stats: Counters::default(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let connected = link.connect_first().await;
+        let first = match pubsub::open(&inner).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "the bus cannot subscribe at start: retrying in the background");
+                None
+            }
+        };
+        let supervisor = runtime.spawn(link.supervise(connected));
+        let subscriber = runtime.spawn(pubsub::run(Arc::downgrade(&inner), first));
+        inner
+            .tasks()
+            .extend([supervisor.abort_handle(), subscriber.abort_handle()]);
+        Ok(Bus { inner })
+    }
+}
+
+/// Key and channel names.
+struct Names {
+    prefix: String,
+}
+
+impl Names {
+    fn stream(&self, topic: &str) -> String {
+        format!("{}:{{{topic}}}:s", self.prefix)
+    }
+
+    fn meta(&self, topic: &str) -> String {
+        format!("{}:{{{topic}}}:m", self.prefix)
+    }
+
+    fn channel(&self, topic: &str) -> String {
+        format!("{}:e:{topic}", self.prefix)
+    }
+
+    fn ephemeral_pattern(&self) -> String {
+        format!("{}:e:*", self.prefix)
+    }
+
+    fn ephemeral_topic<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":e:")
+    }
+}
+
+/// What travels through a topic's local broadcast.
+#[derive(Debug, Clone)]
+enum Signal {
+    Event(Entry),
+    /// Ephemeral: the pub/sub connection was lost.
+    Interrupted,
+}
+
+/// One event as received: its JSON and, on durable topics, its offset.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    payload: Arc<str>,
+    offset: Option<Offset>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    published: AtomicU64,
+    publish_failures: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+    recovered: AtomicU64,
+    gaps: AtomicU64,
+    malformed: AtomicU64,
+    resubscribes: AtomicU64,
+    reader_reconnects: AtomicU64,
+}
+
+/// The bus's counters since start (see [`Bus::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct BusStats {
+    /// Events published by this instance.
+    pub published: u64,
+    /// Publishes that failed (Redis unreachable, slow or refusing).
+    pub publish_failures: u64,
+    /// Events this instance received from Redis (each counted once, however many local
+    /// subscribers it reached).
+    pub received: u64,
+    /// Events dropped for slow ephemeral subscribers (each reported to its subscriber).
+    pub dropped: u64,
+    /// Events durable subscribers lagged behind on and re-read from Redis.
+    pub recovered: u64,
+    /// Gaps reported to durable subscribers.
+    pub gaps: u64,
+    /// Messages or stream entries not written by the bus (skipped).
+    pub malformed: u64,
+    /// Times the pub/sub connection was re-established.
+    pub resubscribes: u64,
+    /// Times a durable reader lost its connection.
+    pub reader_reconnects: u64,
+}
+
+struct DurableTopic {
+    tx: broadcast::Sender<Signal>,
+}
+
+struct Inner {
+    link: Arc<Link>,
+    names: Names,
+    publish: Script,
+    capacity: usize,
+    retention: u64,
+    max_event_bytes: usize,
+    block: Duration,
+    batch: usize,
+    ping_interval: Duration,
+    failure_threshold: u32,
+    heartbeat: Duration,
+    ephemeral: Mutex<HashMap<Arc<str>, broadcast::Sender<Signal>>>,
+    durable: Mutex<HashMap<Arc<str>, DurableTopic>>,
+    subscribed: AtomicBool,
+    closed: AtomicBool,
+    stats: Counters,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave a map half-updated: take it as it is.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Inner {
+    fn tasks(&self) -> MutexGuard<'_, Vec<tokio::task::AbortHandle>> {
+        lock(&self.tasks)
+    }
+
+    fn deliver_ephemeral(&self, topic: &str, entry: Entry) {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = lock(&self.ephemeral).get(topic) {
+            // No receiver is fine: nobody here listens to that topic.
+            let _ = tx.send(Signal::Event(entry));
+        }
+    }
+
+    fn interrupt_ephemeral(&self) {
+        for tx in lock(&self.ephemeral).values() {
+            let _ = tx.send(Signal::Interrupted);
+        }
+    }
+
+    /// Called by a durable reader: whether it should stop because nobody listens any more (it
+    /// then unregisters itself, under the same lock `subscribe` takes, so a new subscriber
+    /// either finds this reader running or starts a new one).
+    fn release_reader(&self, topic: &str, tx: &broadcast::Sender<Signal>) -> bool {
+        let mut topics = lock(&self.durable);
+        let ours = topics.get(topic).is_some_and(|t| t.tx.same_channel(tx));
+        if !ours {
+            return true;
+        }
+        if tx.receiver_count() == 0 || self.closed.load(Ordering::Acquire) {
+            topics.remove(topic);
+            return true;
+        }
+        false
+    }
+}
+
+/// The event bus: cloneable, one per process (build it once with [`BusConfig::build`]).
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("prefix", &self.inner.names.prefix)
+            .field("connected", &self.inner.link.is_connected())
+            .field("subscribed", &self.is_subscribed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Publishes `event` to every subscriber of `topic` on every instance. Returns the event's
+    /// offset on a durable topic, `None` on an ephemeral one.
+    ///
+    /// # Errors
+    ///
+    /// When the event does not serialize or is larger than
+    /// [`max_event_bytes`](BusConfig::max_event_bytes) (a configuration error), or when Redis is
+    /// unreachable, slower than the budget or refuses (a Redis error: the event was not
+    /// published — or, on a timeout, possibly was; retrying a durable publish may then deliver
+    /// it twice, which at-least-once subscribers must tolerate anyway).
+    pub async fn publish<T: Serialize>(
+        &self,
+        topic: &Topic<T>,
+        event: &T,
+    ) -> Result<Option<Offset>, Error> {
+        let payload = serde_json::to_string(event).map_err(|e| {
+            Error::config(
+                format!(
+                    "an event for bus topic {} does not serialize to JSON: fix its Serialize implementation",
+                    topic.name()
+                ),
+                e,
+            )
+        })?;
+        self.publish_json(topic.name(), topic.tier(), payload).await
+    }
+
+    async fn publish_json(
+        &self,
+        topic: &str,
+        tier: Tier,
+        payload: String,
+    ) -> Result<Option<Offset>, Error> {
+        let inner = &self.inner;
+        if payload.len() > inner.max_event_bytes {
+            return Err(Error::invalid(format!(
+                "an event for bus topic {topic} is {} bytes, more than max_event_bytes ({}): send a reference to the data instead, or raise the limit",
+                payload.len(),
+                inner.max_event_bytes
+            )));
+        }
+        let result = match tier {
+            Tier::Ephemeral => {
+                let channel = inner.names.channel(topic);
+                inner
+                    .link
+                    .call("publish an ephemeral bus event", |mut conn| async move {
+                        redis::cmd("PUBLISH")
+                            .arg(&channel)
+                            .arg(payload)
+                            .query_async::<i64>(&mut conn)
+                            .await
+                    })
+                    .await
+                    .map(|_| None)
+            }
+            _ => {
+                let epoch = format!("{:016x}", fastrand::u64(1..));
+                let mut invocation = inner.publish.prepare_invoke();
+                invocation
+                    .key(inner.names.stream(topic))
+                    .key(inner.names.meta(topic))
+                    .arg(epoch)
+                    .arg(inner.retention)
+                    .arg(payload);
+                inner
+                    .link
+                    .call("publish a durable bus event", |mut conn| async move {
+                        invocation
+                            .invoke_async::<redis::Value>(&mut conn)
+                            .await
+                    })
+                    .await
+                    .and_then(|value| {
+                        stream::parse_published(&value).map(Some).ok_or_else(|| {
+                            Error::invalid(
+                                "the bus's publish script answered in an unexpected shape: check that nothing else writes under the bus's key prefix",
+                            )
+                        })
+                    })
+            }
+        };
+        match &result {
+            Ok(_) => inner.stats.published.fetch_add(1, Ordering::Relaxed),
+            Err(_) => inner.stats.publish_failures.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    /// Subscribes to `topic` from now: every event published after this returns is delivered
+    /// (durable), or every event published while the subscription is live (ephemeral).
+    ///
+    /// On a durable topic this reads the stream's tip first (one Redis call within the budget);
+    /// when Redis is unreachable the subscription starts with the first event that arrives once
+    /// it is back.
+    pub async fn subscribe<T>(&self, topic: &Topic<T>) -> Subscription<T>
+    where
+        T: serde::de::DeserializeOwned,
+    {
+        self.subscribe_from(topic, None).await
+    }
+
+    /// Subscribes to a durable `topic` after `offset` (exclusive): events since then are read
+    /// from Redis first, then live ones, without duplicates. An offset older than the retained
+    /// history, or from another epoch, yields a [`Delivery::Gap`] first. `None` means from now.
+    /// On an ephemeral topic the offset is ignored.
+    pub async fn subscribe_from<T>(
+        &self,
+        topic: &Topic<T>,
+        offset: Option<Offset>,
+    ) -> Subscription<T>
+    where
+        T: serde::de::DeserializeOwned,
+    {
+        Subscription::new(self.feed(topic.shared_name(), topic.tier(), offset).await)
+    }
+
+    async fn feed(&self, topic: &Arc<str>, tier: Tier, offset: Option<Offset>) -> Feed {
+        let inner = &self.inner;
+        if tier == Tier::Ephemeral {
+            let rx = {
+                let mut topics = lock(&inner.ephemeral);
+                match topics.get(topic) {
+                    Some(tx) => tx.subscribe(),
+                    None => {
+                        let (tx, rx) = broadcast::channel(inner.capacity);
+                        if !inner.closed.load(Ordering::Acquire) {
+                            topics.insert(topic.clone(), tx);
+                        }
+                        rx
+                    }
+                }
+            };
+            return Feed::new(inner.clone(), topic.clone(), tier, rx, None, false, false);
+        }
+        // Listen before reading where to start, so nothing falls between the two.
+        let rx = self.listen_durable(topic);
+        let (cursor, fresh, catching_up) = match offset {
+            Some(o) => (Some(o), false, true),
+            None => {
+                let key = inner.names.stream(topic);
+                match inner
+                    .link
+                    .call("read where a durable topic ends", |conn| {
+                        stream::tip(conn, key)
+                    })
+                    .await
+                {
+                    Ok(Some(tip)) => (Some(tip), false, false),
+                    Ok(None) => (
+                        Some(Offset {
+                            id: offset::StreamId::ZERO,
+                            epoch: 0,
+                            n: 0,
+                        }),
+                        true,
+                        false,
+                    ),
+                    Err(e) => {
+                        tracing::warn!(topic = %topic, error = %e, "a durable subscription starts without knowing the stream's end: it starts with the first event once Redis is back");
+                        (None, false, false)
+                    }
+                }
+            }
+        };
+        Feed::new(
+            inner.clone(),
+            topic.clone(),
+            tier,
+            rx,
+            cursor,
+            fresh,
+            catching_up,
+        )
+    }
+
+    fn listen_durable(&self, topic: &Arc<str>) -> broadcast::Receiver<Signal> {
+        let inner = &self.inner;
+        let mut topics = lock(&inner.durable);
+        if let Some(t) = topics.get(topic) {
+            return t.tx.subscribe();
+        }
+        let (tx, rx) = broadcast::channel(inner.capacity);
+        if inner.closed.load(Ordering::Acquire) {
+            // A closed bus: the sender drops here and the subscription ends at once.
+            return rx;
+        }
+        topics.insert(topic.clone(), DurableTopic { tx: tx.clone() });
+        drop(topics);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let task = runtime.spawn(stream::follow(Arc::downgrade(inner), topic.clone(), tx));
+            let mut tasks = inner.tasks();
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task.abort_handle());
+        }
+        rx
+    }
+
+    /// Ends every subscription (their `recv` returns `None` once they have read what they
+    /// already received) and stops the background tasks. Publishing keeps working.
+    pub fn close(&self) {
+        let inner = &self.inner;
+        inner.closed.store(true, Ordering::Release);
+        lock(&inner.ephemeral).clear();
+        lock(&inner.durable).clear();
+        let mut tasks = inner.tasks();
+        // The first task is the publish connection's supervisor: keep it.
+        for task in tasks.iter().skip(1) {
+            task.abort();
+        }
+        tasks.truncate(1);
+    }
+
+    /// Whether the pub/sub connection is subscribed (ephemeral events arrive).
+    pub fn is_subscribed(&self) -> bool {
+        self.inner.subscribed.load(Ordering::Acquire)
+    }
+
+    /// Whether the publishing connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.inner.link.is_connected()
+    }
+
+    /// The SSE heartbeat interval ([`BusConfig::heartbeat`]).
+    pub fn heartbeat(&self) -> Duration {
+        self.inner.heartbeat
+    }
+
+    /// The bus's counters since start.
+    pub fn stats(&self) -> BusStats {
+        let s = &self.inner.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BusStats {
+            published: get(&s.published),
+            publish_failures: get(&s.publish_failures),
+            received: get(&s.received),
+            dropped: get(&s.dropped),
+            recovered: get(&s.recovered),
+            gaps: get(&s.gaps),
+            malformed: get(&s.malformed),
+            resubscribes: get(&s.resubscribes),
+            reader_reconnects: get(&s.reader_reconnects),
+        }
+    }
+}
+
+/// `Degraded` while Redis is unreachable (the instance still serves; events do not cross
+/// instances until it is back), `Healthy` otherwise. Register it with
+/// `registry.register("bus", bus.clone(), Affects::Nothing)`.
+impl HealthCheck for Bus {
+    fn check(&self) -> CheckFuture<'_> {
+        let outcome = match (self.is_connected(), self.is_subscribed()) {
+            (true, true) => CheckOutcome::Healthy,
+            (false, _) => CheckOutcome::degraded(
+                "the event bus cannot reach Redis: publishing fails and events do not cross instances until it is back (reconnecting)",
+            ),
+            (true, false) => CheckOutcome::degraded(
+                "the event bus's pub/sub subscription is down: ephemeral events from other instances are lost until it is back (resubscribing)",
+            ),
+        };
+        Box::pin(std::future::ready(outcome))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_share_one_hash_tag_per_topic() {
+        let n = Names {
+            prefix: "wd:bus".to_owned(),
+        };
+        assert_eq!(n.stream("agents"), "wd:bus:{agents}:s");
+        assert_eq!(n.meta("agents"), "wd:bus:{agents}:m");
+        assert_eq!(n.channel("agents"), "wd:bus:e:agents");
+        assert_eq!(n.ephemeral_topic("wd:bus:e:agents"), Some("agents"));
+        assert_eq!(n.ephemeral_topic("other:e:agents"), None);
+    }
+
+    #[test]
+    fn the_config_debug_hides_credentials() {
+        let text = format!("{:?}", BusConfig::new("redis://:hunter2@cache:6379/0"));
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn bad_settings_are_refused_before_connecting() {
+        let mut c = BusConfig::new("redis://127.0.0.1:1/");
+        c.key_prefix = "bad prefix*".to_owned();
+        assert!(c.build().await.unwrap_err().is_config());
+        let mut c = BusConfig::new("redis://127.0.0.1:1/");
+        c.budget = Duration::ZERO;
+        assert!(c.build().await.unwrap_err().is_config());
+        let e = BusConfig::new("redis://:hunter2@cache:notaport/")
+            .build()
+            .await
+            .unwrap_err();
+        assert!(e.is_config() && !e.to_string().contains("hunter2"), "{e}");
+    }
+}
