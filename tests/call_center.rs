@@ -576,3 +576,175 @@ fn a_kill_switch_on_one_instance_reaches_the_other_through_redis() {
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }
+
+/// The `name=value` of the session cookie a response sets.
+fn session_cookie(r: &Response) -> String {
+    let set = r
+        .headers
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no session cookie in {:?}", r.headers));
+    set.split(';').next().unwrap().to_owned()
+}
+
+/// Opens `GET /api/events` on `app` and returns the first `data:` line received within
+/// `within`, after `trigger` ran (once the stream is open).
+fn first_event(app: &Instance, within: Duration, trigger: impl FnOnce()) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", app.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    write!(
+        s,
+        "GET /api/events HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let start = Instant::now();
+    let mut trigger = Some(trigger);
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => panic!("the event stream ended: {}", String::from_utf8_lossy(&raw)),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{e}"),
+        }
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if text.contains("\r\n\r\n")
+            && let Some(t) = trigger.take()
+        {
+            t();
+        }
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.starts_with("data:") && l.contains("agent"))
+        {
+            return line.to_owned();
+        }
+        assert!(
+            start.elapsed() < within,
+            "no event within {within:?}: {text}"
+        );
+    }
+}
+
+fn log_in(app: &Instance, user: &str) -> String {
+    let body = format!(r#"{{"username":"{user}","password":"welcomedly-demo"}}"#);
+    let r = app.request("POST", "/auth/login", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.body);
+    session_cookie(&r)
+}
+
+#[test]
+fn sessions_status_changes_and_events_on_the_embedded_default() {
+    let app = Instance::start(&[]);
+    assert_eq!(app.request("GET", "/api/me", None).status, 401);
+    let cookie = log_in(&app, "agent");
+    let me = app.request_with("GET", "/api/me", &[("cookie", &cookie)], "");
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert!(me.body.contains(r#""user":"agent""#));
+
+    let set = |status: &str| {
+        app.request_with(
+            "PUT",
+            "/api/agents/me/status",
+            &[("cookie", &cookie), ("content-type", "application/json")],
+            &format!(r#"{{"status":"{status}"}}"#),
+        )
+    };
+    assert_eq!(set("sleeping").status, 422);
+    let event = first_event(&app, Duration::from_secs(5), || {
+        assert_eq!(set("on_call").status, 200);
+    });
+    assert!(event.contains(r#""status":"on_call""#), "{event}");
+    let agents = app.request("GET", "/api/agents", None);
+    let json: serde_json::Value = serde_json::from_str(&agents.body).unwrap();
+    let agent = json["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent"] == "agent")
+        .unwrap();
+    assert_eq!(agent["status"], "on_call");
+
+    // Logging out ends the session.
+    let out = app.request_with("POST", "/auth/logout", &[("cookie", &cookie)], "");
+    assert_eq!(out.status, 200);
+    assert_eq!(
+        app.request_with("GET", "/api/me", &[("cookie", &cookie)], "")
+            .status,
+        401
+    );
+    assert!(app.terminate().success());
+}
+
+/// No affinity: log in on A, be logged in on B; a status change on A reaches B's event stream;
+/// log out everywhere on B ends the session on A at once.
+#[test]
+fn sessions_and_events_are_shared_by_instances_through_redis() {
+    let redis = RedisServer::start().unwrap();
+    let envs = |id: &str| {
+        vec![
+            ("REDIS_URL", redis.url()),
+            ("WELCOMEDLY_INSTANCE_ID", id.to_owned()),
+        ]
+    };
+    let a = Instance::start(&envs("cc-a"));
+    let b = Instance::start(&envs("cc-b"));
+    let cookie = log_in(&a, "agent");
+    let me = b.request_with("GET", "/api/me", &[("cookie", &cookie)], "");
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert!(me.body.contains(r#""served_by":"cc-b""#), "{}", me.body);
+
+    let event = first_event(&b, Duration::from_secs(5), || {
+        let r = a.request_with(
+            "PUT",
+            "/api/agents/me/status",
+            &[("cookie", &cookie), ("content-type", "application/json")],
+            r#"{"status":"available"}"#,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    });
+    assert!(event.contains(r#""instance":"cc-a""#), "{event}");
+    // B's board has it, and the agent is present (on A) cluster-wide.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let json: serde_json::Value =
+            serde_json::from_str(&b.request("GET", "/api/agents", None).body).unwrap();
+        let agent = json["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["agent"] == "agent")
+            .unwrap()
+            .clone();
+        if agent["status"] == "available" && agent["online"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{agent}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let second = log_in(&a, "agent");
+    let out = b.request_with(
+        "POST",
+        "/auth/logout?everywhere=true",
+        &[("cookie", &cookie)],
+        "",
+    );
+    assert_eq!(out.status, 200, "{}", out.body);
+    for c in [&cookie, &second] {
+        assert_eq!(
+            a.request_with("GET", "/api/me", &[("cookie", c)], "")
+                .status,
+            401
+        );
+    }
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}

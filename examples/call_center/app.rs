@@ -4,14 +4,15 @@ use std::error::Error;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Json};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
+use welcomedly_cluster::bus::{BusConfig, Topic};
 use welcomedly_cluster::membership::MembershipConfig;
 use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
+use welcomedly_cluster::session::{RedisSessionConfig, SessionConfig, SessionLayer, SessionStore};
 use welcomedly_core::CoreConfig;
 use welcomedly_core::client_ip::ClientIpLayer;
 use welcomedly_core::config::EnvReader;
@@ -22,14 +23,13 @@ use welcomedly_core::rate_limit::{
 };
 use welcomedly_core::telemetry::Telemetry;
 
+use crate::agents;
 use crate::flags;
 use crate::problem::{self, Problem};
 
 const DEFAULT_DEMO_PASSWORD: &str = "welcomedly-demo";
 /// The largest upload accepted (the seeds capped uploads too).
 const MAX_UPLOAD_BYTES: usize = 1024 * 1024;
-/// The longest part of a client-chosen user name written to the log.
-const MAX_LOGGED_USERNAME: usize = 32;
 
 pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     // One reader for every component's variables: a bad start lists all of them at once.
@@ -42,11 +42,13 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             .then(|| Some(v.to_owned()))
             .ok_or("is too short to protect the flags admin API: use at least 16 characters")
     });
-    let (config, redis, admin_token, membership) =
-        env.finish((core, redis, admin_token, membership))?;
+    let session_config = SessionConfig::read(&mut env);
+    let (config, redis, admin_token, membership, session_config) =
+        env.finish((core, redis, admin_token, membership, session_config))?;
     let telemetry = Telemetry::from_config(&config).init()?;
     let registry = HealthRegistry::from_config(&config);
-    let password = demo_password();
+    let drain = drain::Drain::new(registry.clone(), DrainConfig::from(&config));
+    let users = agents::Users::seed(demo_password()).await?;
 
     let features = flags::start(
         redis.as_ref().map(|r| r.url.as_str()),
@@ -54,7 +56,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         telemetry.metrics().meter(),
     )
     .await?;
-    let feature_routes = flags::routes(&features, admin_token);
+    let flag_routes = flags::routes(&features, admin_token);
     // Membership: a heartbeat in Redis; the live count feeds the rate limiter's fallback share
     // (no WELCOMEDLY_INSTANCES to keep in sync by hand), and the instance leaves at drain.
     let membership = match membership {
@@ -65,6 +67,34 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         }
         None => None,
     };
+    // Sessions and the event bus: in Redis (any instance serves any user, events reach every
+    // instance), or in this process on the embedded default.
+    let (session_store, events) = match &redis {
+        Some(r) => {
+            let store = RedisSessionConfig::new(r.url.clone()).build().await?;
+            // Degraded, not unready: anonymous requests are still served while Redis is down.
+            registry.register("sessions", store.clone(), Affects::Nothing);
+            let bus = BusConfig::new(r.url.clone()).build().await?;
+            registry.register("bus", bus.clone(), Affects::Nothing);
+            let topic = Topic::durable("agents.status")?;
+            (SessionStore::from(store), agents::Events::Bus(bus, topic))
+        }
+        None => (
+            SessionStore::memory(),
+            agents::Events::Local(tokio::sync::broadcast::channel(1024).0),
+        ),
+    };
+    let agents = agents::Agents::new(
+        users,
+        events,
+        membership.clone(),
+        config.instance_id.to_string(),
+        drain.signal(),
+    );
+    tokio::spawn(agents.clone().follow());
+    let feature_routes = flag_routes
+        .merge(agents::routes(agents))
+        .layer(SessionLayer::new(session_store, session_config)?);
     let api = match redis {
         Some(redis) => {
             let backend = redis.build().await?;
@@ -75,14 +105,12 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             api_routes(
                 rate_limits().backend(backend).build()?,
                 &telemetry,
-                password,
                 feature_routes,
             )
         }
         None => api_routes(
             rate_limits().backend(LocalBackend::new()).build()?,
             &telemetry,
-            password,
             feature_routes,
         ),
     };
@@ -106,7 +134,6 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         instance_id = %config.instance_id,
         "call center listening"
     );
-    let drain = drain::Drain::new(registry, DrainConfig::from(&config));
     if let Some(m) = &membership {
         m.leave_when_draining(drain.signal())?;
     }
@@ -140,7 +167,6 @@ fn rate_limits() -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> 
 fn api_routes<B: RateLimitBackend>(
     limits: RateLimitLayer<B>,
     telemetry: &welcomedly_core::telemetry::TelemetryGuard,
-    password: String,
     features: Router,
 ) -> Router {
     limits.register_metrics(telemetry.metrics().meter());
@@ -148,18 +174,6 @@ fn api_routes<B: RateLimitBackend>(
         .route(
             "/api/ping",
             get(|| async { Json(serde_json::json!({ "pong": true })) }),
-        )
-        .route(
-            "/auth/login",
-            post(move |body: Result<Json<Login>, JsonRejection>| {
-                let password = password.clone();
-                async move {
-                    match body {
-                        Ok(Json(body)) => login(body, password).await,
-                        Err(rejection) => Problem::from(rejection).into_response(),
-                    }
-                }
-            }),
         )
         .route(
             "/api/upload",
@@ -189,41 +203,8 @@ async fn upload(body: Result<Bytes, BytesRejection>) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-struct Login {
-    username: String,
-    password: String,
-}
-
-/// A stub until sessions land: checks the demo credentials and answers 200 or 401.
-async fn login(body: Login, password: String) -> Response {
-    let known = matches!(body.username.as_str(), "supervisor" | "agent");
-    if known && constant_time_eq(body.password.as_bytes(), password.as_bytes()) {
-        tracing::info!(user = %body.username, "login");
-        (
-            StatusCode::OK,
-            Json(
-                serde_json::json!({ "user": body.username, "session": "sessions are coming with welcomedly-cluster" }),
-            ),
-        )
-            .into_response()
-    } else {
-        // The name is the client's choice: logged capped, never whole.
-        tracing::info!(
-            user = %capped(&body.username, MAX_LOGGED_USERNAME),
-            user_len = body.username.len(),
-            "login refused"
-        );
-        Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unknown user or wrong password: check both and retry (failed logins are rate limited)",
-        )
-        .into_response()
-    }
-}
-
 /// At most `max` characters of `text`, with control characters replaced, and `…` when cut.
-fn capped(text: &str, max: usize) -> String {
+pub(crate) fn capped(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
         .take(max)
@@ -233,10 +214,6 @@ fn capped(text: &str, max: usize) -> String {
         out.push('…');
     }
     out
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn demo_password() -> String {

@@ -21,6 +21,7 @@
 //! `WELCOMEDLY_DRAIN_DEADLINE_MS`. SIGTERM drains and exits 0. Every error is
 //! `application/problem+json`.
 
+mod agents;
 mod app;
 mod flags;
 mod problem;
