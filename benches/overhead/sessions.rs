@@ -2,6 +2,12 @@
 //! request without a cookie, request reading one value, request writing one value — then our
 //! Redis store beside a bare Redis round trip.
 //!
+//! Measured 2026-12-01 on the 2-core VM (interleaved p50, ns per request, overhead over the bare
+//! router at 632 ns): no cookie welcomedly +305 / tower-sessions +862; cookie, untouched +506 /
+//! +1411; read one value +947 / +2179; write one value +1436 / +3623. Redis (µs, p10 / p50):
+//! PING 19.8 / 21.1, the raw load script 27.3 / 31.4, an authed read through the layer
+//! 33.4 / 40.2, a write (load + write) 64.6 / 81.3.
+//!
 //! tower-sessions-redis-store 0.16 (on fred) is not benched: it would add the whole fred client
 //! to the dev build for one row; its costs are the figures (one GET per authed read,
 //! two round trips once the idle expiry slides).
