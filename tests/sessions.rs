@@ -388,6 +388,28 @@ async fn the_redis_key_is_a_digest_and_the_idle_expiry_slides() {
 }
 
 #[tokio::test]
+async fn the_absolute_expiry_ends_an_active_session() {
+    let redis = RedisServer::start().unwrap();
+    let mut config = SessionConfig::default();
+    config.idle_timeout = Duration::from_secs(600);
+    config.absolute_timeout = Duration::from_millis(300);
+    let a = instance_with(&redis, Duration::from_millis(200), config).await;
+    let cookie = log_in(&a, "judy").await;
+    assert_eq!(send(&a, "GET", "/me", Some(&cookie)).await.body, "judy");
+    let key = a.store.key_of(cookie.split_once('=').unwrap().1).unwrap();
+    let ttl: i64 = redis.command(&["PTTL", &key]).unwrap().parse().unwrap();
+    assert!(
+        ttl <= 300,
+        "the idle expiry never runs past the deadline: {ttl}"
+    );
+    // Active all along, yet ended at its deadline (the key expires with it, too).
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let me = send(&a, "GET", "/me", Some(&cookie)).await;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(redis.command(&["EXISTS", &key]).unwrap(), "0");
+}
+
+#[tokio::test]
 async fn zero_commands_without_a_cookie_and_exactly_one_on_an_authed_read() {
     let redis = RedisServer::start().unwrap();
     let a = instance(&redis, Duration::from_millis(200)).await;

@@ -47,7 +47,7 @@ impl SessionLayer {
                 store: store.into(),
                 codec,
                 idle: config.idle_timeout,
-                absolute: config.absolute_timeout.max(config.idle_timeout),
+                absolute: config.absolute_timeout,
                 max_per_user: config.max_sessions_per_user.max(1),
                 eager: config.load_eagerly,
                 counters: Counters::default(),

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use redis::{Pipeline, Script, Value};
 use sha2::{Digest, Sha256};
+use welcomedly_core::config::{ConfigError, EnvReader, parse_millis};
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
 use welcomedly_core::redact::redact_url;
 
@@ -164,6 +165,45 @@ impl RedisSessionConfig {
             max_reconnect_interval: Duration::from_secs(2),
             pool_size: 2,
         }
+    }
+
+    /// Reads the settings from the environment, `None` when `REDIS_URL` is unset (the service
+    /// then keeps sessions in memory): `REDIS_URL`, `WELCOMEDLY_SESSION_BUDGET_MS` (default 50).
+    ///
+    /// # Errors
+    ///
+    /// Every invalid variable, as welcomedly-core's `ConfigError` (URL passwords redacted).
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        let mut env = EnvReader::from_env();
+        let config = Self::read(&mut env);
+        env.finish(config)
+    }
+
+    /// [`from_env`](Self::from_env) through a shared reader, so a service reports the problems
+    /// of all its components' variables at once.
+    pub fn read(env: &mut EnvReader<'_>) -> Option<Self> {
+        let url = env.read("REDIS_URL", None, |v| {
+            let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|s| v.starts_with(s));
+            scheme_ok
+                .then(|| Some(v.to_owned()))
+                .ok_or("is not a Redis URL: expected redis://[user:password@]host[:port][/db] or rediss://…")
+        });
+        let budget = env.read(
+            "WELCOMEDLY_SESSION_BUDGET_MS",
+            Duration::from_millis(50),
+            |v| {
+                parse_millis(v).filter(|d| !d.is_zero()).ok_or(
+                    "is not a usable budget: expected a whole number of milliseconds greater than 0, such as 50",
+                )
+            },
+        );
+        url.map(|url| {
+            let mut config = Self::new(url);
+            config.budget = budget;
+            config
+        })
     }
 
     /// Builds the store and tries a first connection. An unreachable Redis is not an error:
@@ -578,6 +618,36 @@ mod tests {
     fn the_config_debug_hides_credentials() {
         let c = RedisSessionConfig::new("redis://:hunter2@cache:6379/0");
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn settings_from_the_environment() {
+        let read = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let mut env = EnvReader::from_lookup(move |name| {
+                vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            });
+            let config = RedisSessionConfig::read(&mut env);
+            env.finish(config)
+        };
+        assert!(read(&[]).unwrap().is_none());
+        let c = read(&[
+            ("REDIS_URL", "redis://cache:6379/0"),
+            ("WELCOMEDLY_SESSION_BUDGET_MS", "80"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.budget, Duration::from_millis(80));
+        let e = read(&[
+            ("REDIS_URL", "http://:hunter2@cache/"),
+            ("WELCOMEDLY_SESSION_BUDGET_MS", "0"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.invalid_variables().len(), 2);
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[tokio::test]
