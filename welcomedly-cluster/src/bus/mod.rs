@@ -842,6 +842,22 @@ mod tests {
     }
 
     #[test]
+    fn handles_and_futures_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<Bus>();
+        send_sync::<Subscription<String>>();
+        send_sync::<Topic<String>>();
+        send_sync::<Delivery<String>>();
+        let bus = BusConfig::new("").build_local().unwrap();
+        let topic = Topic::<String>::durable("t").unwrap();
+        send(&bus.subscribe(&topic));
+        send(&bus.publish(&topic, &String::new()));
+        let mut sub = futures_util::FutureExt::now_or_never(bus.subscribe(&topic)).unwrap();
+        send(&sub.recv());
+    }
+
+    #[test]
     fn the_config_debug_hides_credentials() {
         let text = format!("{:?}", BusConfig::new("redis://:hunter2@cache:6379/0"));
         assert!(!text.contains("hunter2"), "{text}");

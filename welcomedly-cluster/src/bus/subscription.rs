@@ -252,8 +252,8 @@ impl Feed {
                 }
                 Ok(Signal::Interrupted) => {}
                 Err(RecvError::Lagged(n)) => {
-                    self.inner.stats.recovered.fetch_add(n, Ordering::Relaxed);
                     if self.cursor.is_some() {
+                        self.inner.stats.recovered.fetch_add(n, Ordering::Relaxed);
                         self.catching_up = true;
                     } else {
                         self.count_drop(n);
