@@ -155,6 +155,12 @@ struct SseClient {
 
 impl SseClient {
     async fn connect(addr: std::net::SocketAddr, last_event_id: Option<&str>) -> Self {
+        tokio::time::timeout(WAIT, Self::try_connect(addr, last_event_id))
+            .await
+            .expect("no SSE response head within 10 s")
+    }
+
+    async fn try_connect(addr: std::net::SocketAddr, last_event_id: Option<&str>) -> Self {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let mut request =
             "GET /events HTTP/1.0\r\nHost: bus\r\nAccept: text/event-stream\r\n".to_owned();
@@ -340,7 +346,11 @@ async fn an_sse_stream_ends_cleanly_when_the_instance_drains() {
         "{:?}",
         started.elapsed()
     );
-    drained.await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, drained)
+        .await
+        .expect("the drain did not finish")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,6 +452,9 @@ async fn a_slow_subscriber_loses_events_counted_and_reported_and_a_durable_one_r
     let mut slow_e = a.subscribe(&ephemeral).await;
     let mut fast_e = a.subscribe(&ephemeral).await;
     let mut slow_d = a.subscribe(&durable).await;
+    // The durable subscriber is live (past its start-up catch-up read) before the flood.
+    b.publish(&durable, &status(0)).await.unwrap();
+    assert_eq!(next_event(&mut slow_d).await.0, status(0));
     let fast = tokio::spawn(async move {
         let mut got = 0;
         while got < 50 {
@@ -457,7 +470,7 @@ async fn a_slow_subscriber_loses_events_counted_and_reported_and_a_durable_one_r
     }
     // The fast subscriber on the same topic and instance is not affected.
     assert_eq!(fast.await.unwrap(), 50);
-    until("A to receive everything", || a.stats().received == 100).await;
+    until("A to receive everything", || a.stats().received == 101).await;
 
     let (mut events, mut dropped) = (Vec::new(), 0);
     while events.len() as u64 + dropped < 50 {
@@ -599,4 +612,51 @@ async fn publish_to_receive_latency_on_another_instance() {
     for (_, samples) in &report[1..] {
         assert!(percentile(samples, 0.99) < Duration::from_millis(20));
     }
+}
+
+#[tokio::test]
+async fn a_local_bus_without_redis_has_the_same_semantics() {
+    let mut c = BusConfig::new("");
+    c.capacity = 4;
+    c.retention = 20;
+    let bus = c.build_local().unwrap();
+    assert!(bus.is_local() && bus.is_connected() && bus.is_subscribed());
+    let durable = Topic::<Status>::durable("agents.status").unwrap();
+    let ephemeral = Topic::<Status>::ephemeral("agents.typing").unwrap();
+    let mut d = bus.subscribe(&durable).await;
+    let mut e = bus.subscribe(&ephemeral).await;
+    let mut offsets = Vec::new();
+    for n in 1..=10 {
+        offsets.push(bus.publish(&durable, &status(n)).await.unwrap().unwrap());
+        assert_eq!(bus.publish(&ephemeral, &status(n)).await.unwrap(), None);
+    }
+    // Queue of 4: the durable subscriber re-reads what it lagged behind on, in order.
+    for n in 1..=10 {
+        assert_eq!(
+            next_event(&mut d).await,
+            (status(n), Some(offsets[n as usize - 1]))
+        );
+    }
+    // The ephemeral one is told how many it lost.
+    let Delivery::Dropped { count } = next(&mut e).await else {
+        panic!("expected a drop notice")
+    };
+    assert_eq!(count, 6);
+    for n in 7..=10 {
+        assert_eq!(next_event(&mut e).await.0, status(n));
+    }
+    // Resume from an offset; behind the retention of 20, a trimmed gap.
+    let mut resumed = bus.subscribe_from(&durable, Some(offsets[7])).await;
+    assert_eq!(next_event(&mut resumed).await.0, status(9));
+    for n in 11..=40 {
+        bus.publish(&durable, &status(n)).await.unwrap();
+    }
+    let mut late = bus.subscribe_from(&durable, Some(offsets[0])).await;
+    assert_eq!(
+        next(&mut late).await,
+        Delivery::Gap(Gap::Trimmed { missed: 19 })
+    );
+    assert_eq!(next_event(&mut late).await.0, status(21));
+    bus.close();
+    while let Ok(Some(_)) = tokio::time::timeout(WAIT, late.recv()).await {}
 }

@@ -1,7 +1,8 @@
 //! Criterion benches: the overhead each Welcomedly layer adds to a request, side by side with a
 //! bare service and the peer crates.
 //!
-//! Run with `cargo bench --all-features --bench overhead` (add a filter, e.g. `-- rate_limit`, `-- flags` or `-- sessions`). The Redis group
+//! Run with `cargo bench --all-features --bench overhead` (add a filter, e.g. `-- rate_limit`,
+//! `-- flags`, `-- sessions` or `-- bus`). The Redis group
 //! starts its own `redis-server` and is skipped when none is installed.
 //!
 //! Each group ends with an *interleaved* table on stderr (variants alternating in short slices
@@ -16,6 +17,7 @@
     clippy::indexing_slicing
 )]
 
+mod bus;
 mod flags;
 mod http_stack;
 mod rate_limit;
@@ -90,5 +92,6 @@ fn main() {
     rate_limit::bench(&mut c);
     flags::bench(&mut c);
     sessions::bench(&mut c);
+    bus::bench(&mut c);
     c.final_summary();
 }

@@ -49,6 +49,7 @@
 //! ```
 
 mod link;
+mod memory;
 mod offset;
 mod pubsub;
 #[cfg(feature = "axum")]
@@ -66,7 +67,7 @@ use std::time::Duration;
 
 use redis::Script;
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
 use welcomedly_core::redact::redact_url;
 
@@ -76,7 +77,7 @@ pub use offset::{InvalidOffset, Offset};
 pub use subscription::{Delivery, Event, Gap, Subscription};
 pub use topic::{MAX_TOPIC_LEN, Tier, Topic};
 
-use subscription::Feed;
+use subscription::{Feed, Start};
 
 /// Settings of the event bus, plain data with documented defaults.
 #[derive(Clone)]
@@ -167,6 +168,76 @@ impl BusConfig {
     ///
     /// A configuration error for an invalid URL, prefix or setting.
     pub async fn build(self) -> Result<Bus, Error> {
+        self.validate()?;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(Error::invalid(
+                "the bus must be built inside a tokio runtime (it subscribes in the background)",
+            ));
+        };
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
+            Error::config(
+                format!(
+                    "cannot use Redis URL {:?} for the bus: expected redis://[user:password@]host[:port][/db]",
+                    redact_url(&self.url)
+                ),
+                e,
+            )
+        })?;
+        let link = Arc::new(Link::new(
+            client,
+            self.budget,
+            self.failure_threshold,
+            self.reconnect_interval,
+            self.max_reconnect_interval,
+        ));
+        let inner = self.into_inner(Backend::Redis(link.clone()));
+        let connected = link.connect_first().await;
+        let first = match pubsub::open(&inner).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "the bus cannot subscribe at start: retrying in the background");
+                None
+            }
+        };
+        let supervisor = runtime.spawn(link.supervise(connected));
+        let subscriber = runtime.spawn(pubsub::run(Arc::downgrade(&inner), first));
+        inner
+            .tasks()
+            .extend([supervisor.abort_handle(), subscriber.abort_handle()]);
+        Ok(Bus { inner })
+    }
+
+    /// A bus within this process only, without Redis — for a single instance (the embedded
+    /// default when no Redis is configured) and tests. Same API and semantics: durable topics
+    /// keep [`retention`](Self::retention) events in memory with offsets, catch-up and gap
+    /// notices; the history does not survive the process (a browser resuming with an offset
+    /// of a previous process gets [`Gap::EpochChanged`]). `url` and the Redis timings are not
+    /// used.
+    ///
+    /// # Errors
+    ///
+    /// A configuration error for an invalid setting.
+    ///
+    /// ```
+    /// use welcomedly_cluster::bus::{BusConfig, Delivery, Topic};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let bus = BusConfig::new("").build_local().unwrap();
+    /// let topic = Topic::<String>::durable("greetings").unwrap();
+    /// let mut sub = bus.subscribe(&topic).await;
+    /// let offset = bus.publish(&topic, &"hello".to_owned()).await.unwrap();
+    /// let Some(Delivery::Event(event)) = sub.recv().await else { panic!() };
+    /// assert_eq!((event.data.as_str(), event.offset), ("hello", offset));
+    /// # }
+    /// ```
+    pub fn build_local(self) -> Result<Bus, Error> {
+        self.validate()?;
+        let memory = memory::Memory::new(self.retention);
+        let inner = self.into_inner(Backend::Memory(memory));
+        Ok(Bus { inner })
+    }
+
+    fn validate(&self) -> Result<(), Error> {
         topic::validate(&self.key_prefix).map_err(|_| {
             Error::invalid(format!(
                 "the bus key prefix {:?} is not usable: 1 to {MAX_TOPIC_LEN} ASCII letters, digits and _ - . : /",
@@ -190,32 +261,18 @@ impl BusConfig {
                 "the bus capacity, batch and retention must be at least 1 (defaults 1024, 256, 10 000)",
             ));
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Err(Error::invalid(
-                "the bus must be built inside a tokio runtime (it subscribes in the background)",
-            ));
-        };
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
-            Error::config(
-                format!(
-                    "cannot use Redis URL {:?} for the bus: expected redis://[user:password@]host[:port][/db]",
-                    redact_url(&self.url)
-                ),
-                e,
-            )
-        })?;
-        let link = Arc::new(Link::new(
-            client,
-            self.budget,
-            self.failure_threshold,
-            self.reconnect_interval,
-            self.max_reconnect_interval,
-        ));
-        let inner = Arc::new(Inner {
-            link: link.clone(),
+        Ok(())
+    }
+
+    fn into_inner(self, backend: Backend) -> Arc<Inner> {
+        Arc::new(Inner {
+            backend,
             names: Names {
                 prefix: self.key_prefix,
             },
+            budget: self.budget,
+            reconnect_interval: self.reconnect_interval,
+            max_reconnect_interval: self.max_reconnect_interval.max(self.reconnect_interval),
             publish: Script::new(stream::PUBLISH),
             capacity: self.capacity,
             retention: self.retention,
@@ -231,21 +288,7 @@ impl BusConfig {
             closed: AtomicBool::new(false),
             stats: Counters::default(),
             tasks: Mutex::new(Vec::new()),
-        });
-        let connected = link.connect_first().await;
-        let first = match pubsub::open(&inner).await {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::warn!(error = %e, "the bus cannot subscribe at start: retrying in the background");
-                None
-            }
-        };
-        let supervisor = runtime.spawn(link.supervise(connected));
-        let subscriber = runtime.spawn(pubsub::run(Arc::downgrade(&inner), first));
-        inner
-            .tasks()
-            .extend([supervisor.abort_handle(), subscriber.abort_handle()]);
-        Ok(Bus { inner })
+        })
     }
 }
 
@@ -333,11 +376,25 @@ pub struct BusStats {
 
 struct DurableTopic {
     tx: broadcast::Sender<Signal>,
+    /// Turns `true` once the topic's reader knows where it starts: a subscriber's last
+    /// catch-up read must come after that, or events between its start and the reader's
+    /// would be on neither path.
+    positioned: watch::Receiver<bool>,
+}
+
+/// Where events go between instances.
+enum Backend {
+    Redis(Arc<Link>),
+    /// One process, no Redis ([`BusConfig::build_local`]).
+    Memory(memory::Memory),
 }
 
 struct Inner {
-    link: Arc<Link>,
+    backend: Backend,
     names: Names,
+    budget: Duration,
+    reconnect_interval: Duration,
+    max_reconnect_interval: Duration,
     publish: Script,
     capacity: usize,
     retention: u64,
@@ -355,6 +412,11 @@ struct Inner {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
+/// A "reader positioned" flag that is already set (ephemeral topics, memory, a closed bus).
+fn positioned_already() -> watch::Receiver<bool> {
+    watch::channel(true).1
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding these locks cannot leave a map half-updated: take it as it is.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -369,6 +431,20 @@ impl Drop for Inner {
 }
 
 impl Inner {
+    fn link(&self) -> Option<&Arc<Link>> {
+        match &self.backend {
+            Backend::Redis(link) => Some(link),
+            Backend::Memory(_) => None,
+        }
+    }
+
+    fn memory(&self) -> Option<&memory::Memory> {
+        match &self.backend {
+            Backend::Memory(m) => Some(m),
+            Backend::Redis(_) => None,
+        }
+    }
+
     fn tasks(&self) -> MutexGuard<'_, Vec<tokio::task::AbortHandle>> {
         lock(&self.tasks)
     }
@@ -414,7 +490,8 @@ impl fmt::Debug for Bus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bus")
             .field("prefix", &self.inner.names.prefix)
-            .field("connected", &self.inner.link.is_connected())
+            .field("local", &self.inner.memory().is_some())
+            .field("connected", &self.is_connected())
             .field("subscribed", &self.is_subscribed())
             .finish_non_exhaustive()
     }
@@ -462,20 +539,46 @@ impl Bus {
                 inner.max_event_bytes
             )));
         }
+        let link = match &inner.backend {
+            Backend::Redis(link) => link,
+            Backend::Memory(memory) => {
+                inner.stats.published.fetch_add(1, Ordering::Relaxed);
+                return Ok(match tier {
+                    Tier::Ephemeral => {
+                        inner.deliver_ephemeral(
+                            topic,
+                            Entry {
+                                payload: payload.into(),
+                                offset: None,
+                            },
+                        );
+                        None
+                    }
+                    _ => {
+                        let topic: Arc<str> = Arc::from(topic);
+                        let entry = memory.append(&topic, payload.into());
+                        let offset = entry.offset;
+                        inner.stats.received.fetch_add(1, Ordering::Relaxed);
+                        if let Some(t) = lock(&inner.durable).get(&topic) {
+                            let _ = t.tx.send(Signal::Event(entry));
+                        }
+                        offset
+                    }
+                });
+            }
+        };
         let result = match tier {
             Tier::Ephemeral => {
                 let channel = inner.names.channel(topic);
-                inner
-                    .link
-                    .call("publish an ephemeral bus event", |mut conn| async move {
-                        redis::cmd("PUBLISH")
-                            .arg(&channel)
-                            .arg(payload)
-                            .query_async::<i64>(&mut conn)
-                            .await
-                    })
-                    .await
-                    .map(|_| None)
+                link.call("publish an ephemeral bus event", |mut conn| async move {
+                    redis::cmd("PUBLISH")
+                        .arg(&channel)
+                        .arg(payload)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                })
+                .await
+                .map(|_| None)
             }
             _ => {
                 let epoch = format!("{:016x}", fastrand::u64(1..));
@@ -486,9 +589,7 @@ impl Bus {
                     .arg(epoch)
                     .arg(inner.retention)
                     .arg(payload);
-                inner
-                    .link
-                    .call("publish a durable bus event", |mut conn| async move {
+                link.call("publish a durable bus event", |mut conn| async move {
                         invocation
                             .invoke_async::<redis::Value>(&mut conn)
                             .await
@@ -554,22 +655,34 @@ impl Bus {
                     }
                 }
             };
-            return Feed::new(inner.clone(), topic.clone(), tier, rx, None, false, false);
+            return Feed::new(
+                inner.clone(),
+                topic.clone(),
+                tier,
+                rx,
+                positioned_already(),
+                Start::default(),
+            );
         }
         // Listen before reading where to start, so nothing falls between the two.
-        let rx = self.listen_durable(topic);
+        let (rx, positioned) = self.listen_durable(topic);
+        // Every start with a known position does one catch-up read (normally empty): it covers
+        // whatever the topic's reader, perhaps still starting, will not fan out.
         let (cursor, fresh, catching_up) = match offset {
             Some(o) => (Some(o), false, true),
             None => {
                 let key = inner.names.stream(topic);
-                match inner
-                    .link
-                    .call("read where a durable topic ends", |conn| {
-                        stream::tip(conn, key)
-                    })
-                    .await
-                {
-                    Ok(Some(tip)) => (Some(tip), false, false),
+                let tip = match &inner.backend {
+                    Backend::Redis(link) => {
+                        link.call("read where a durable topic ends", |conn| {
+                            stream::tip(conn, key)
+                        })
+                        .await
+                    }
+                    Backend::Memory(memory) => Ok(memory.tip(topic)),
+                };
+                match tip {
+                    Ok(Some(tip)) => (Some(tip), false, true),
                     Ok(None) => (
                         Some(Offset {
                             id: offset::StreamId::ZERO,
@@ -577,7 +690,7 @@ impl Bus {
                             n: 0,
                         }),
                         true,
-                        false,
+                        true,
                     ),
                     Err(e) => {
                         tracing::warn!(topic = %topic, error = %e, "a durable subscription starts without knowing the stream's end: it starts with the first event once Redis is back");
@@ -591,32 +704,54 @@ impl Bus {
             topic.clone(),
             tier,
             rx,
-            cursor,
-            fresh,
-            catching_up,
+            positioned,
+            Start {
+                cursor,
+                fresh,
+                catching_up,
+            },
         )
     }
 
-    fn listen_durable(&self, topic: &Arc<str>) -> broadcast::Receiver<Signal> {
+    fn listen_durable(
+        &self,
+        topic: &Arc<str>,
+    ) -> (broadcast::Receiver<Signal>, watch::Receiver<bool>) {
         let inner = &self.inner;
         let mut topics = lock(&inner.durable);
         if let Some(t) = topics.get(topic) {
-            return t.tx.subscribe();
+            return (t.tx.subscribe(), t.positioned.clone());
         }
         let (tx, rx) = broadcast::channel(inner.capacity);
         if inner.closed.load(Ordering::Acquire) {
             // A closed bus: the sender drops here and the subscription ends at once.
-            return rx;
+            return (rx, positioned_already());
         }
-        topics.insert(topic.clone(), DurableTopic { tx: tx.clone() });
+        // In memory, publishing hands events to the broadcast itself: no reader.
+        let (positioned_tx, positioned) = watch::channel(inner.memory().is_some());
+        topics.insert(
+            topic.clone(),
+            DurableTopic {
+                tx: tx.clone(),
+                positioned: positioned.clone(),
+            },
+        );
         drop(topics);
+        if inner.memory().is_some() {
+            return (rx, positioned);
+        }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let task = runtime.spawn(stream::follow(Arc::downgrade(inner), topic.clone(), tx));
+            let task = runtime.spawn(stream::follow(
+                Arc::downgrade(inner),
+                topic.clone(),
+                tx,
+                positioned_tx,
+            ));
             let mut tasks = inner.tasks();
             tasks.retain(|t| !t.is_finished());
             tasks.push(task.abort_handle());
         }
-        rx
+        (rx, positioned)
     }
 
     /// Ends every subscription (their `recv` returns `None` once they have read what they
@@ -636,12 +771,17 @@ impl Bus {
 
     /// Whether the pub/sub connection is subscribed (ephemeral events arrive).
     pub fn is_subscribed(&self) -> bool {
-        self.inner.subscribed.load(Ordering::Acquire)
+        self.inner.memory().is_some() || self.inner.subscribed.load(Ordering::Acquire)
     }
 
     /// Whether the publishing connection is up.
     pub fn is_connected(&self) -> bool {
-        self.inner.link.is_connected()
+        self.inner.link().is_none_or(|l| l.is_connected())
+    }
+
+    /// Whether this bus is [in-process only](BusConfig::build_local).
+    pub fn is_local(&self) -> bool {
+        self.inner.memory().is_some()
     }
 
     /// The SSE heartbeat interval ([`BusConfig::heartbeat`]).
@@ -699,6 +839,22 @@ mod tests {
         assert_eq!(n.channel("agents"), "wd:bus:e:agents");
         assert_eq!(n.ephemeral_topic("wd:bus:e:agents"), Some("agents"));
         assert_eq!(n.ephemeral_topic("other:e:agents"), None);
+    }
+
+    #[test]
+    fn handles_and_futures_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<Bus>();
+        send_sync::<Subscription<String>>();
+        send_sync::<Topic<String>>();
+        send_sync::<Delivery<String>>();
+        let bus = BusConfig::new("").build_local().unwrap();
+        let topic = Topic::<String>::durable("t").unwrap();
+        send(&bus.subscribe(&topic));
+        send(&bus.publish(&topic, &String::new()));
+        let mut sub = futures_util::FutureExt::now_or_never(bus.subscribe(&topic)).unwrap();
+        send(&sub.recv());
     }
 
     #[test]

@@ -20,12 +20,17 @@ use crate::Error;
 /// A new pub/sub connection subscribed to the bus's ephemeral channels, within the budget.
 pub(super) async fn open(inner: &Inner) -> Result<PubSub, Error> {
     let pattern = inner.names.ephemeral_pattern();
+    let Some(link) = inner.link() else {
+        return Err(Error::invalid(
+            "an in-memory bus has no Redis to subscribe to",
+        ));
+    };
     let subscribe = async {
-        let mut pubsub = inner.link.client().get_async_pubsub().await?;
+        let mut pubsub = link.client().get_async_pubsub().await?;
         pubsub.psubscribe(&pattern).await?;
         Ok::<_, redis::RedisError>(pubsub)
     };
-    let budget = inner.link.budget.max(Duration::from_secs(1));
+    let budget = link.budget.max(Duration::from_secs(1));
     match tokio::time::timeout(budget, subscribe).await {
         Ok(Ok(pubsub)) => Ok(pubsub),
         Ok(Err(e)) => Err(Error::redis(
@@ -58,7 +63,7 @@ pub(super) async fn run(inner: Weak<Inner>, mut first: Option<PubSub>) {
             strong.subscribed.store(true, Ordering::Release);
             (
                 strong.ping_interval,
-                strong.link.budget.max(Duration::from_millis(200)),
+                strong.budget.max(Duration::from_millis(200)),
                 strong.failure_threshold,
             )
         };
@@ -127,10 +132,7 @@ async fn follow(
 async fn resubscribe(inner: &Weak<Inner>) -> Option<PubSub> {
     let (mut delay, max) = {
         let strong = inner.upgrade()?;
-        (
-            strong.link.reconnect_interval,
-            strong.link.max_reconnect_interval,
-        )
+        (strong.reconnect_interval, strong.max_reconnect_interval)
     };
     let mut attempts = 0u32;
     loop {

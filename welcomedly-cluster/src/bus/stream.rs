@@ -171,7 +171,12 @@ pub(super) async fn range_after(
 /// shared one would stall every call queued behind it) and reconnects it with backoff and
 /// jitter. Only moves forward: subscribers that were not listening (a reconnect, a lag, a
 /// resume from an older offset) catch up from Redis themselves.
-pub(super) async fn follow(inner: Weak<Inner>, topic: Arc<str>, tx: broadcast::Sender<Signal>) {
+pub(super) async fn follow(
+    inner: Weak<Inner>,
+    topic: Arc<str>,
+    tx: broadcast::Sender<Signal>,
+    positioned: tokio::sync::watch::Sender<bool>,
+) {
     // Where the reader is: the last id it fanned out and that entry's epoch.
     let mut position: Option<(StreamId, Option<u64>)> = None;
     let mut delay = Duration::ZERO;
@@ -185,13 +190,13 @@ pub(super) async fn follow(inner: Weak<Inner>, topic: Arc<str>, tx: broadcast::S
         if strong.release_reader(&topic, &tx) {
             return;
         }
+        let Some(link) = strong.link().cloned() else {
+            return;
+        };
         let block = strong.block;
         let batch = strong.batch;
         let key = strong.names.stream(&topic);
-        let (first_delay, max_delay) = (
-            strong.link.reconnect_interval,
-            strong.link.max_reconnect_interval,
-        );
+        let (first_delay, max_delay) = (link.reconnect_interval, link.max_reconnect_interval);
         let next_delay = move |d: Duration| {
             if d.is_zero() {
                 first_delay
@@ -199,8 +204,8 @@ pub(super) async fn follow(inner: Weak<Inner>, topic: Arc<str>, tx: broadcast::S
                 d.saturating_mul(2).min(max_delay)
             }
         };
-        let response_timeout = block + strong.link.budget.max(Duration::from_millis(500));
-        let conn = match strong.link.open(response_timeout).await {
+        let response_timeout = block + link.budget.max(Duration::from_millis(500));
+        let conn = match link.open(response_timeout).await {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::debug!(topic = %topic, error = %e, "the bus cannot open a stream reader connection yet");
@@ -212,6 +217,7 @@ pub(super) async fn follow(inner: Weak<Inner>, topic: Arc<str>, tx: broadcast::S
             match tokio::time::timeout(response_timeout, tip(conn.clone(), key.clone())).await {
                 Ok(Ok(tip)) => {
                     position = Some(tip.map_or((StreamId::ZERO, None), |o| (o.id, Some(o.epoch))));
+                    positioned.send_replace(true);
                 }
                 _ => {
                     delay = next_delay(delay);

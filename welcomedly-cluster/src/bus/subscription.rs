@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
 
 use super::link::jittered;
 use super::offset::{Offset, StreamId};
@@ -144,12 +145,25 @@ impl<T: DeserializeOwned> Subscription<T> {
     }
 }
 
+/// Where a durable feed starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Start {
+    /// The last event before the start (`None`: unknown, the first event seen starts).
+    pub(super) cursor: Option<Offset>,
+    /// The start is the beginning of a stream that was empty: any epoch is fine.
+    pub(super) fresh: bool,
+    /// Read from Redis before the live feed.
+    pub(super) catching_up: bool,
+}
+
 /// The untyped subscription machinery.
 pub(super) struct Feed {
     inner: Arc<Inner>,
     topic: Arc<str>,
     tier: Tier,
     rx: broadcast::Receiver<Signal>,
+    /// Durable: whether the topic's reader knows where it starts (see `DurableTopic`).
+    positioned: watch::Receiver<bool>,
     /// Durable: the last event handed out; `None` when the start position is unknown (Redis was
     /// unreachable at subscribe time), then the first event seen sets it.
     cursor: Option<Offset>,
@@ -171,15 +185,20 @@ impl Feed {
         topic: Arc<str>,
         tier: Tier,
         rx: broadcast::Receiver<Signal>,
-        cursor: Option<Offset>,
-        fresh: bool,
-        catching_up: bool,
+        positioned: watch::Receiver<bool>,
+        start: Start,
     ) -> Self {
+        let Start {
+            cursor,
+            fresh,
+            catching_up,
+        } = start;
         Self {
             inner,
             topic,
             tier,
             rx,
+            positioned,
             cursor,
             fresh,
             pending: VecDeque::new(),
@@ -201,6 +220,9 @@ impl Feed {
                 continue;
             }
             if self.catching_up {
+                if self.inner.closed.load(Ordering::Acquire) {
+                    return None;
+                }
                 self.fetch().await;
                 continue;
             }
@@ -230,8 +252,8 @@ impl Feed {
                 }
                 Ok(Signal::Interrupted) => {}
                 Err(RecvError::Lagged(n)) => {
-                    self.inner.stats.recovered.fetch_add(n, Ordering::Relaxed);
                     if self.cursor.is_some() {
+                        self.inner.stats.recovered.fetch_add(n, Ordering::Relaxed);
                         self.catching_up = true;
                     } else {
                         self.count_drop(n);
@@ -316,13 +338,18 @@ impl Feed {
         let after = self.cursor.map_or(StreamId::ZERO, |c| c.id);
         let key = self.inner.names.stream(&self.topic);
         let batch = self.inner.batch;
-        let result = self
-            .inner
-            .link
-            .call("catch up on a durable topic", |conn| {
-                super::stream::range_after(conn, key, after, batch)
-            })
-            .await;
+        let result = match self.inner.link() {
+            Some(link) => {
+                link.call("catch up on a durable topic", |conn| {
+                    super::stream::range_after(conn, key, after, batch)
+                })
+                .await
+            }
+            None => Ok(self
+                .inner
+                .memory()
+                .map(|m| m.range_after(&self.topic, after, batch))),
+        };
         match result {
             Ok(Some(reads)) => {
                 self.failed_fetches = 0;
@@ -344,6 +371,18 @@ impl Feed {
                     }
                 }
                 self.catching_up = full;
+                if !full && !*self.positioned.borrow() {
+                    // The reader has not read where it starts yet: read once more after it
+                    // has (or after a while, if it cannot reach Redis yet).
+                    self.catching_up = true;
+                    let wait = self.inner.block;
+                    if let Ok(Err(_)) =
+                        tokio::time::timeout(wait, self.positioned.wait_for(|p| *p)).await
+                    {
+                        // The reader is gone (the bus was closed): the live feed says so.
+                        self.catching_up = false;
+                    }
+                }
             }
             Ok(None) => {
                 self.inner.stats.malformed.fetch_add(1, Ordering::Relaxed);
@@ -355,10 +394,10 @@ impl Feed {
                 if self.failed_fetches == 1 {
                     tracing::debug!(topic = %self.topic, error = %e, "a durable subscriber cannot catch up yet: retrying");
                 }
-                let base = self.inner.link.reconnect_interval;
+                let base = self.inner.reconnect_interval;
                 let delay = base
                     .saturating_mul(1 << self.failed_fetches.min(6))
-                    .min(self.inner.link.max_reconnect_interval)
+                    .min(self.inner.max_reconnect_interval)
                     .max(Duration::from_millis(1));
                 tokio::time::sleep(jittered(delay)).await;
             }
