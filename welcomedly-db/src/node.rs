@@ -64,6 +64,9 @@ pub(crate) struct NodeState<DB: Database> {
     pub(crate) ejections: AtomicU64,
     pub(crate) readmissions: AtomicU64,
     book: Mutex<Bookkeeping>,
+    /// Wakes the requests waiting on this node when it is ejected, so they move on at once
+    /// instead of waiting out the pool's acquire timeout.
+    pub(crate) ejected: tokio::sync::Notify,
 }
 
 impl<DB: Database> NodeState<DB> {
@@ -96,6 +99,7 @@ impl<DB: Database> NodeState<DB> {
                 successes: 0,
                 ejection: (!healthy).then_some(Ejection::Unknown),
             }),
+            ejected: tokio::sync::Notify::new(),
         }
     }
 
@@ -189,6 +193,7 @@ impl<DB: Database> NodeState<DB> {
         // What it replayed before may not be what it shows after a crash restart: forget it,
         // the probes that readmit it measure it again.
         self.position.store(0, Ordering::Release);
+        self.ejected.notify_waiters();
     }
 }
 

@@ -291,9 +291,14 @@ impl<DB: Database> Router<DB> {
     pub async fn begin(&self) -> Result<Transaction<'static, DB>, Error> {
         let routed = self.write()?;
         let index = routed.index;
-        match routed.pool().begin().await {
-            Ok(tx) => Ok(tx),
-            Err(e) => {
+        let begun = self
+            .inner
+            .unless_ejected(index, routed.pool().begin())
+            .await;
+        match begun {
+            Some(Ok(tx)) => Ok(tx),
+            None => Err(self.writer_lost(index)),
+            Some(Err(e)) => {
                 self.inner.query_failed(index, &e);
                 let url = self.inner.nodes.get(index).map_or("", |n| n.url.as_str());
                 Err(Error::database(
@@ -304,6 +309,52 @@ impl<DB: Database> Router<DB> {
                 ))
             }
         }
+    }
+
+    /// A connection of the node that takes writes, for a sequence of statements on one
+    /// session. Unlike a query on [`write`](Self::write)'s pool, which waits out the pool's
+    /// acquire timeout when the primary dies, this fails as soon as the probes eject it.
+    ///
+    /// # Errors
+    ///
+    /// See [`write`](Self::write); or no connection could be had (see `source()`).
+    pub async fn write_connection(&self) -> Result<sqlx::pool::PoolConnection<DB>, Error> {
+        let routed = self.write()?;
+        let index = routed.index;
+        match self
+            .inner
+            .unless_ejected(index, routed.pool().acquire())
+            .await
+        {
+            Some(Ok(conn)) => Ok(conn),
+            None => Err(self.writer_lost(index)),
+            Some(Err(e)) => {
+                self.inner.query_failed(index, &e);
+                let url = self.inner.nodes.get(index).map_or("", |n| n.url.as_str());
+                Err(Error::database(
+                    format!(
+                        "could not get a connection to the database primary {url}: check that it is reachable and that the pool is large enough"
+                    ),
+                    e,
+                ))
+            }
+        }
+    }
+
+    fn writer_lost(&self, index: usize) -> Error {
+        let (url, why) = self
+            .inner
+            .nodes
+            .get(index)
+            .map_or_else(Default::default, |n| {
+                (
+                    n.url.clone(),
+                    n.ejection().map(|e| e.describe()).unwrap_or_default(),
+                )
+            });
+        Error::no_writer(format!(
+            "the database primary {url} became unreachable while waiting for a connection ({why}): writes fail until it answers again or a replica is promoted"
+        ))
     }
 
     /// A healthy replica with the fewest outstanding requests (ties broken at random), or the
@@ -542,7 +593,10 @@ impl<DB: Database> Inner<DB> {
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
         let index = first.index;
-        let result = f(first.pool().clone()).await;
+        let result = self
+            .unless_ejected(index, f(first.pool().clone()))
+            .await
+            .unwrap_or(Err(sqlx::Error::PoolTimedOut));
         drop(first);
         match result {
             Err(e) if is_connection_error(&e) => {
@@ -564,7 +618,10 @@ impl<DB: Database> Inner<DB> {
                 };
                 self.stats.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, from = self.nodes.get(index).map_or("", |n| n.label.as_str()), to = next.node(), "read failed with a connection error: retried on another node");
-                let result = f(next.pool().clone()).await;
+                let result = self
+                    .unless_ejected(next.index, f(next.pool().clone()))
+                    .await
+                    .unwrap_or(Err(sqlx::Error::PoolTimedOut));
                 if let Err(e) = &result
                     && is_connection_error(e)
                 {
@@ -573,6 +630,30 @@ impl<DB: Database> Inner<DB> {
                 result
             }
             other => other,
+        }
+    }
+
+    /// `fut` (a request on node `index`), abandoned (`None`) if the node is ejected meanwhile:
+    /// a dead node's requests otherwise wait out the pool's acquire timeout (sqlx retries a
+    /// refused connection until then). Only for what is safe to abandon: reads, acquiring a
+    /// connection, beginning a transaction. A node already out of rotation is not raced.
+    pub(crate) async fn unless_ejected<F: Future>(
+        &self,
+        index: usize,
+        fut: F,
+    ) -> Option<F::Output> {
+        let Some(node) = self.nodes.get(index) else {
+            return Some(fut.await);
+        };
+        let notified = node.ejected.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if !node.is_healthy() {
+            return Some(fut.await);
+        }
+        tokio::select! {
+            out = fut => Some(out),
+            () = notified => None,
         }
     }
 
