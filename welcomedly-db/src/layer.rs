@@ -91,7 +91,9 @@ struct Settings {
     secure: bool,
 }
 
-/// The layer; see the [module docs](self).
+/// Carries each client's [`Token`] in a signed cookie and gives handlers a [`Consistency`]
+/// handle in the request extensions: [`Consistency::token`] for reads, [`Consistency::record`]
+/// after a write. A malformed, forged or expired cookie is ignored.
 #[derive(Clone)]
 #[must_use]
 pub struct ConsistencyLayer {
