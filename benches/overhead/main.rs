@@ -1,7 +1,7 @@
 //! Criterion benches: the overhead each Welcomedly layer adds to a request, side by side with a
 //! bare service and the peer crates.
 //!
-//! Run with `cargo bench --all-features --bench overhead` (add a filter, e.g. `-- rate_limit` or `-- flags`). The Redis group
+//! Run with `cargo bench --all-features --bench overhead` (add a filter, e.g. `-- rate_limit`, `-- flags` or `-- db`). The Redis group
 //! starts its own `redis-server` and is skipped when none is installed.
 //!
 //! Each group ends with an *interleaved* table on stderr (variants alternating in short slices
@@ -16,6 +16,7 @@
     clippy::indexing_slicing
 )]
 
+mod db;
 mod flags;
 mod http_stack;
 mod rate_limit;
@@ -88,5 +89,6 @@ fn main() {
     rate_limit::bench_tower(&mut c);
     rate_limit::bench(&mut c);
     flags::bench(&mut c);
+    db::bench(&mut c);
     c.final_summary();
 }
