@@ -101,6 +101,7 @@ impl RouterConfig {
             tasks.push(task.abort_handle());
         }
         drop(done_tx);
+        router.inner.probed.store(true, Ordering::Release);
         *router
             .inner
             .tasks
@@ -322,11 +323,13 @@ impl Inner<Postgres> {
     /// first passed that position (as far as its probes saw).
     fn lag_of(&self, position: u64, timeline: u32) -> (u64, Duration) {
         let w = self.writer.load(Ordering::Acquire);
-        let same_timeline = self.nodes.get(w).is_some_and(|n| {
+        // Measured against a live writer on the same timeline only: with the primary down,
+        // the replicas hold all there is, and ejecting them for "lag" would fail every read.
+        let comparable = self.nodes.get(w).is_some_and(|n| {
             let t = n.timeline.load(Ordering::Acquire);
-            t == 0 || timeline == 0 || t == timeline
+            n.is_healthy() && (t == 0 || timeline == 0 || t == timeline)
         });
-        if !same_timeline {
+        if !comparable {
             return (0, Duration::ZERO);
         }
         let samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
@@ -421,6 +424,10 @@ impl Router<Postgres> {
     /// [`read_after_wait`](RouterConfig::read_after_wait), else the writer. Never a node that
     /// has not replayed the token, and never one on another timeline. Without a token this is
     /// [`read`](Router::read).
+    ///
+    /// A replica's timeline is read from `pg_stat_wal_receiver`: a role that cannot see it
+    /// (neither superuser nor `pg_read_all_stats`) leaves it unknown, and such a replica never
+    /// satisfies a token (those reads go to the primary, still never stale).
     pub async fn read_after(&self, token: Option<&Token>) -> Routed<'_, Postgres> {
         let inner = &*self.inner;
         let Some(t) = token else {

@@ -76,6 +76,8 @@ pub(crate) struct Inner<DB: Database> {
     /// replica's replay position was current.
     pub(crate) samples: Mutex<VecDeque<(Instant, u64)>>,
     pub(crate) tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Whether probes run (and so can readmit what errors eject).
+    pub(crate) probed: std::sync::atomic::AtomicBool,
 }
 
 impl<DB: Database> Drop for Inner<DB> {
@@ -213,9 +215,9 @@ impl<DB: Database> fmt::Debug for Routed<'_, DB> {
 
 impl<DB: Database> Router<DB> {
     /// A router over existing pools, without probes: the primary takes writes, every replica is
-    /// taken as healthy (for PostgreSQL use [`RouterConfig::connect`](crate::RouterConfig::connect),
-    /// which probes). Reads still retry once on a connection-level error, and a replica that
-    /// meets them is ejected and, without probes, readmitted only by later successful reads.
+    /// taken as healthy and stays in rotation (for PostgreSQL use
+    /// [`RouterConfig::connect`](crate::RouterConfig::connect), which probes, ejects and
+    /// readmits). Reads still retry once on another node after a connection-level error.
     pub fn from_pools(primary: Pool<DB>, replicas: impl IntoIterator<Item = Pool<DB>>) -> Self {
         let mut nodes = vec![NodeState::new(
             "primary".to_owned(),
@@ -252,6 +254,7 @@ impl<DB: Database> Router<DB> {
                 stats: Stats::default(),
                 samples: Mutex::new(VecDeque::with_capacity(SAMPLES)),
                 tasks: Mutex::new(Vec::new()),
+                probed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -665,6 +668,11 @@ impl<DB: Database> Inner<DB> {
         let Some(n) = self.nodes.get(index) else {
             return;
         };
+        if !self.probed.load(Ordering::Acquire) {
+            // Without probes nothing would readmit the node: count the error, keep it.
+            n.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let message = redact_url(&e.to_string()).into_owned();
         let t = n.failed(message, self.settings.failure_threshold);
         self.log_transition(index, t);
@@ -773,7 +781,7 @@ mod tests {
     async fn no_usable_replica_means_the_primary() {
         let router = Router::from_pools(lazy(), [lazy()]);
         for _ in 0..2 {
-            router.inner.query_failed(1, &sqlx::Error::PoolTimedOut);
+            router.inner.nodes[1].failed("refused".into(), 2);
         }
         let r = router.read();
         assert_eq!(r.node(), "primary");
