@@ -484,6 +484,7 @@ async fn the_layer_carries_read_your_writes_across_instances() {
     };
     let (on_a, on_b) = (instance(a.clone()), instance(b.clone()));
     let mut stale_without_cookie = 0;
+    let started = Instant::now();
     for v in 1..=40 {
         let post = Request::post(format!("/?{v}")).body(()).unwrap();
         let res = on_a.clone().oneshot(post).await.unwrap();
@@ -514,8 +515,9 @@ async fn the_layer_carries_read_your_writes_across_instances() {
         }
     }
     eprintln!(
-        "layer: 40 writes on instance A read back through instance B with the cookie: none stale; \
+        "layer: 40 writes on instance A read back through instance B with the cookie in {:?}: none stale; \
          without the cookie {stale_without_cookie} of 40 reads were stale (replica 400 ms behind); B's outcomes {:?}",
+        started.elapsed(),
         b.stats()
     );
     assert!(stale_without_cookie > 0, "the replica was expected to lag");

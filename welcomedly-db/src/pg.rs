@@ -438,13 +438,18 @@ impl Router<Postgres> {
             return inner.read_on(i, true);
         }
         let deadline = Instant::now() + inner.settings.read_after_wait;
+        let wait_micros =
+            u64::try_from(inner.settings.read_after_wait.as_micros()).unwrap_or(u64::MAX);
         loop {
             let writer = inner.writer.load(Ordering::Acquire);
             let mut candidates = false;
             for (i, n) in inner.nodes.iter().enumerate() {
+                // A replica known to be further behind than the wait bound will not make it:
+                // waiting for it would only delay the read.
                 if i == writer
                     || !n.is_usable_replica()
                     || n.timeline.load(Ordering::Acquire) != t.timeline()
+                    || n.lag_micros.load(Ordering::Relaxed) > wait_micros
                 {
                     continue;
                 }
