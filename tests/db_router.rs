@@ -522,3 +522,62 @@ async fn the_layer_carries_read_your_writes_across_instances() {
     );
     assert!(stale_without_cookie > 0, "the replica was expected to lag");
 }
+
+/// Connections cut under the reads (`pg_terminate_backend`, error 57P01 or a closed socket):
+/// each such read is retried once on another node; a query error is not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_cut_off_by_the_server_is_retried_and_query_errors_pass_through() {
+    let Some(pg) = cluster(1) else { return };
+    // Failures of the terminated connections would eject the replica: keep it in, so that every
+    // read keeps going to it and meets the cut connections.
+    let router = connect(&pg, |c| c.failure_threshold = 1_000).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (router, stop) = (router.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                router
+                    .read_with(|pool| async move {
+                        sqlx::query_scalar::<_, i32>("SELECT 1 FROM pg_sleep(0.002)")
+                            .fetch_one(&pool)
+                            .await
+                    })
+                    .await
+                    .unwrap();
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for _ in 0..10 {
+        blocking(&pg, |pg| {
+            pg.psql(
+                Node::Replica(0),
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            )
+            .unwrap()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.await.unwrap();
+    let retries = router.stats().retries;
+    let err = router
+        .read_with(|pool| async move {
+            sqlx::query_scalar::<_, i32>("SELECT 1 / 0")
+                .fetch_one(&pool)
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert!(!welcomedly_db::is_connection_error(&err), "{err}");
+    assert!(err.to_string().contains("division by zero"), "{err}");
+    assert_eq!(router.stats().retries, retries, "a query error was retried");
+    eprintln!(
+        "cut connections: {reads} reads, none failed, {retries} retried on the primary after their connection was terminated"
+    );
+    assert!(retries > 0, "no read met a terminated connection");
+}
