@@ -121,17 +121,36 @@ async fn a_dead_replica_leaves_rotation_and_no_read_fails() {
         r.await.unwrap();
     }
 
-    // Idle: only the probes notice.
+    // Idle: only the probes notice (this router's, every 100 ms, and one on the defaults,
+    // every 500 ms).
+    let defaults = RouterConfig::new(pg.primary_url())
+        .replicas(pg.replica_urls())
+        .connect()
+        .await
+        .unwrap();
+    assert!(healthy(&defaults, 2));
+    // Timed from the start of `pg_ctl stop -m immediate` (an upper bound: the server dies
+    // somewhere within that call).
+    let killed = Instant::now();
     blocking(&pg, |pg| pg.kill_replica(1).unwrap()).await;
-    let idle_eject = until("replica 1 ejected", Duration::from_secs(5), || {
+    let kill_took = killed.elapsed();
+    until("replica 1 ejected", Duration::from_secs(5), || {
         !healthy(&router, 2)
     })
     .await;
+    let idle_eject = killed.elapsed();
+    until(
+        "replica 1 ejected (defaults)",
+        Duration::from_secs(5),
+        || !healthy(&defaults, 2),
+    )
+    .await;
+    let default_eject = killed.elapsed();
 
     let reads = done.load(Ordering::Relaxed);
     let stats = router.stats();
     eprintln!(
-        "dead replica: ejected {busy_eject:?} after the kill under reads, {idle_eject:?} idle (probe every 100 ms, 2 failures); \
+        "dead replica: ejected {busy_eject:?} after the kill under reads, {idle_eject:?} idle (probe every 100 ms, 2 failures), {default_eject:?} idle on the defaults (500 ms), both from the start of a {kill_took:?} kill; \
          readmitted {readmit:?} after the restart returned ({readmit_total:?} including the restart); \
          {reads} reads, {} failed, {} retried",
         failed.load(Ordering::Relaxed),

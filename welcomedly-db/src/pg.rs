@@ -149,11 +149,16 @@ async fn probe_loop(
             conn = None;
         }
         strong.apply_probe(index, outcome);
+        let still_in = strong.nodes.get(index).is_some_and(NodeState::is_healthy);
         drop(strong);
         if let Some(tx) = first.take() {
             let _ = tx.try_send(());
         }
-        delay = if failed {
+        delay = if failed && still_in {
+            // Failing but not ejected yet: confirm quickly, so a dead node leaves rotation
+            // about one interval after it died rather than K intervals.
+            (settings.probe_interval / 10).max(Duration::from_millis(10))
+        } else if failed {
             // Back off while it keeps failing, so a long-dead node is not hammered; the
             // first retry comes after one interval.
             (delay.max(settings.probe_interval / 2) * 2).min(settings.max_probe_backoff)
