@@ -28,13 +28,23 @@ async fn routing_a_read_allocates_nothing() {
     for _ in 0..100 {
         black_box(router.read());
     }
-    let region = Region::new(GLOBAL);
-    for _ in 0..10_000 {
-        let a = black_box(router.read());
-        let b = black_box(router.read());
-        drop((a, b));
-        black_box(signer.verify(black_box(&cookie), 1));
+    // The counter sees every thread of the process (the harness, the runtime's blocking pool):
+    // a stray allocation elsewhere can land in one window, so the fewest of a few windows is
+    // what routing itself costs.
+    let mut fewest = None;
+    for _ in 0..5 {
+        let region = Region::new(GLOBAL);
+        for _ in 0..10_000 {
+            let a = black_box(router.read());
+            let b = black_box(router.read());
+            drop((a, b));
+            black_box(signer.verify(black_box(&cookie), 1));
+        }
+        let stats = region.change();
+        if fewest.is_none_or(|f: stats_alloc::Stats| stats.allocations < f.allocations) {
+            fewest = Some(stats);
+        }
     }
-    let stats = region.change();
+    let stats = fewest.unwrap();
     assert_eq!(stats.allocations, 0, "{stats:?}");
 }
