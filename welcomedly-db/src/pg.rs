@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,6 @@ const REPLAY_SQL: &str = "SELECT pg_last_wal_replay_lsn()::text";
 /// How often (at most) one node's replay position is checked on the spot by waiting readers;
 /// concurrent waiters share the answer.
 const SPOT_CHECK_EVERY_MICROS: u64 = 1_000;
-
-static SEGMENT_SIZE: AtomicU64 = AtomicU64::new(16 * 1024 * 1024);
 
 #[derive(Debug, Clone, Copy)]
 struct Probe {
@@ -143,6 +141,12 @@ async fn probe_loop(
                 settings.probe_timeout.as_millis()
             )),
         };
+        let outcome = outcome.map(|(probe, segment)| {
+            if let Some(size) = segment {
+                strong.segment_size.store(size, Ordering::Relaxed);
+            }
+            probe
+        });
         let failed = outcome.is_err();
         if failed {
             // A new connection next time: this one may be half-dead.
@@ -174,7 +178,7 @@ async fn probe_loop(
 async fn probe_once(
     conn: &mut Option<PgConnection>,
     opts: &PgConnectOptions,
-) -> Result<Probe, String> {
+) -> Result<(Probe, Option<u64>), String> {
     if conn.is_none() {
         let c = PgConnection::connect_with(opts)
             .await
@@ -204,17 +208,17 @@ async fn probe_once(
             }
         })
         .unwrap_or(0);
-    if let Some(size) = segment
+    let segment = segment
         .and_then(|s| u64::try_from(s).ok())
-        .filter(|s| *s > 0)
-    {
-        SEGMENT_SIZE.store(size, Ordering::Relaxed);
-    }
-    Ok(Probe {
-        in_recovery,
-        position,
-        timeline,
-    })
+        .filter(|s| *s > 0);
+    Ok((
+        Probe {
+            in_recovery,
+            position,
+            timeline,
+        },
+        segment,
+    ))
 }
 
 impl Inner<Postgres> {
@@ -408,7 +412,7 @@ impl Router<Postgres> {
                         "the database writer answered the token query with an unexpected value: check that it is PostgreSQL 10 or later",
                     ));
                 };
-                let lsn = end_of_last_record(lsn, SEGMENT_SIZE.load(Ordering::Relaxed));
+                let lsn = end_of_last_record(lsn, self.inner.segment_size.load(Ordering::Relaxed));
                 Ok(Token::new(timeline, lsn))
             }
             Ok(_) => Err(Error::no_writer(

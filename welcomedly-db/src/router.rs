@@ -76,6 +76,9 @@ pub(crate) struct Inner<DB: Database> {
     /// replica's replay position was current.
     pub(crate) samples: Mutex<VecDeque<(Instant, u64)>>,
     pub(crate) tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The writer's WAL segment size (PostgreSQL's probes read it), to step tokens back over a
+    /// segment's long page header.
+    pub(crate) segment_size: AtomicU64,
     /// Whether probes run (and so can readmit what errors eject).
     pub(crate) probed: std::sync::atomic::AtomicBool,
 }
@@ -254,6 +257,7 @@ impl<DB: Database> Router<DB> {
                 stats: Stats::default(),
                 samples: Mutex::new(VecDeque::with_capacity(SAMPLES)),
                 tasks: Mutex::new(Vec::new()),
+                segment_size: AtomicU64::new(16 * 1024 * 1024),
                 probed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
