@@ -2,7 +2,7 @@
 //! bare service and the peer crates.
 //!
 //! Run with `cargo bench --all-features --bench overhead` (add a filter, e.g. `-- rate_limit`,
-//! `-- flags`, `-- sessions` or `-- bus`). The Redis group
+//! `-- flags`, `-- sessions`, `-- bus` or `-- db`). The Redis group
 //! starts its own `redis-server` and is skipped when none is installed.
 //!
 //! Each group ends with an *interleaved* table on stderr (variants alternating in short slices
@@ -18,6 +18,7 @@
 )]
 
 mod bus;
+mod db;
 mod flags;
 mod http_stack;
 mod rate_limit;
@@ -93,5 +94,6 @@ fn main() {
     flags::bench(&mut c);
     sessions::bench(&mut c);
     bus::bench(&mut c);
+    db::bench(&mut c);
     c.final_summary();
 }
