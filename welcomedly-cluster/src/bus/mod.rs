@@ -25,6 +25,27 @@
 //!   classic pub/sub, which reaches every node.
 //! - **SSE** (`axum` feature): [`sse::stream`] streams a topic to a browser with `id:` = offset,
 //!   heartbeats, and an end at drain.
+//! - **Without Redis**: [`BusConfig::build_local`] gives the same API and semantics within one
+//!   process (the embedded default of a single instance).
+//!
+//! **What a Redis restart costs.** A Redis without persistence (or one that failed over to a
+//! replica that had not received the latest entries) comes back without the events it had: no
+//! client can bring them back. The bus makes that loss explicit rather than silent — the topic
+//! gets a new epoch, and every durable subscriber whose position is in the old one receives
+//! [`Gap::EpochChanged`] before the new epoch's events — and keeps its guarantee for the rest:
+//! every durable publish acknowledged after the restart reaches every subscriber, in order,
+//! once, including those published before the subscriber's own instance had reconnected.
+//! Publishing while Redis is down fails at once with an error (the publisher decides whether to
+//! retry), never silently. Run Redis with `appendonly yes` (or replicas with `WAIT`) to keep
+//! history across restarts.
+//!
+//! **Costs.** A publish is one Redis call (`PUBLISH`, or one `EVALSHA` for a durable topic) on
+//! the bus's shared multiplexed connection. Each instance holds one pub/sub connection, plus one
+//! connection per durable topic it has local subscribers for. A durable subscription makes one
+//! `XRANGE` when it starts (normally empty) and one per batch when it catches up. Measured on
+//! loopback (2-core VM under load, `cargo bench --bench overhead -- bus`): publish on one
+//! instance → receive on another p50 ≈ 130 µs / p99 ≈ 0.5 ms ephemeral, p50 ≈ 180 µs /
+//! p99 ≈ 0.75 ms durable, beside a Redis PING round trip p50 ≈ 110 µs / p99 ≈ 0.3 ms.
 //!
 //! ```no_run
 //! use serde::{Deserialize, Serialize};
