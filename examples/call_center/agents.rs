@@ -4,8 +4,8 @@
 //! - `POST /auth/login` checks an argon2 hash (off the async threads) and logs the session in
 //!   (a new id: no fixation); `POST /auth/logout` ends it (`?everywhere=true`: every session of
 //!   the user); `GET /api/me` names the user (401 without a session).
-//! - `PUT /api/agents/me/status` publishes the change on the bus (a durable topic with Redis, a
-//!   local broadcast on the embedded default); every instance applies it to its board;
+//! - `PUT /api/agents/me/status` publishes the change on the bus (a durable topic; in Redis, or
+//!   the bus's local mode on the embedded default); every instance applies it to its board;
 //!   `GET /api/agents` lists the agents with status and presence; `GET /api/events` streams the
 //!   changes as SSE (`Last-Event-ID` resumes on any instance with Redis).
 //! - Presence: an agent whose status is not `offline` is present on the instance that took the
@@ -15,18 +15,15 @@
 //! after a change learns that agent's status at the agent's next change.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Json, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 use welcomedly_cluster::bus::{Bus, Delivery, Topic};
 use welcomedly_cluster::membership::{Membership, PresenceGuard};
 use welcomedly_cluster::session::Session;
@@ -111,10 +108,11 @@ impl Users {
     }
 }
 
-/// Where status changes travel: the cluster bus, or (embedded default) this process only.
-pub(crate) enum Events {
-    Bus(Bus, Topic<StatusChanged>),
-    Local(broadcast::Sender<StatusChanged>),
+/// Where status changes travel: the cluster bus (Redis), or on the embedded default the bus's
+/// local mode (same API and semantics, this process only).
+pub(crate) struct Events {
+    pub(crate) bus: Bus,
+    pub(crate) topic: Topic<StatusChanged>,
 }
 
 /// Shared state of the agent routes.
@@ -150,33 +148,17 @@ impl Agents {
     /// Applies every change published anywhere to this instance's board, for as long as the
     /// process runs.
     pub(crate) async fn follow(self: Arc<Self>) {
-        match &self.events {
-            Events::Bus(bus, topic) => {
-                let mut sub = bus.subscribe(topic).await;
-                while let Some(delivery) = sub.recv().await {
-                    match delivery {
-                        Delivery::Event(e) => self.apply(e.data),
-                        Delivery::Gap(gap) => {
-                            tracing::warn!(
-                                ?gap,
-                                "missed agent status changes: the board may be behind until the next ones"
-                            )
-                        }
-                        other => tracing::debug!(?other, "agent status feed"),
-                    }
+        let mut sub = self.events.bus.subscribe(&self.events.topic).await;
+        while let Some(delivery) = sub.recv().await {
+            match delivery {
+                Delivery::Event(e) => self.apply(e.data),
+                Delivery::Gap(gap) => {
+                    tracing::warn!(
+                        ?gap,
+                        "missed agent status changes: the board may be behind until the next ones"
+                    )
                 }
-            }
-            Events::Local(tx) => {
-                let mut rx = tx.subscribe();
-                loop {
-                    match rx.recv().await {
-                        Ok(change) => self.apply(change),
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(missed = n, "the local status feed lagged")
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    }
-                }
+                other => tracing::debug!(?other, "agent status feed"),
             }
         }
     }
@@ -325,15 +307,12 @@ async fn set_status(
             }
         }
     }
-    let published = match &agents.events {
-        Events::Bus(bus, topic) => bus.publish(topic, &change).await.map(|_| ()),
-        Events::Local(tx) => {
-            // No receiver only means nobody follows yet: the board applies it below anyway.
-            let _ = tx.send(change.clone());
-            Ok(())
-        }
-    };
-    if let Err(e) = published {
+    if let Err(e) = agents
+        .events
+        .bus
+        .publish(&agents.events.topic, &change)
+        .await
+    {
         tracing::warn!(error = %e, "could not publish a status change");
         return Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -377,38 +356,8 @@ async fn list(State(agents): State<Arc<Agents>>) -> Response {
 }
 
 async fn events(State(agents): State<Arc<Agents>>, headers: HeaderMap) -> Response {
-    match &agents.events {
-        Events::Bus(bus, topic) => {
-            welcomedly_cluster::bus::sse::stream(bus, topic, &headers, Some(agents.drain.clone()))
-                .await
-        }
-        Events::Local(tx) => {
-            let rx = tx.subscribe();
-            let drain = agents.drain.clone();
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(change) => {
-                            let data = serde_json::to_string(&change).unwrap_or_default();
-                            let event = SseEvent::default().data(data);
-                            return Some((Ok::<_, Infallible>(event), rx));
-                        }
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            let event = SseEvent::default()
-                                .event("dropped")
-                                .data(format!(r#"{{"count":{n}}}"#));
-                            return Some((Ok(event), rx));
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            });
-            let end = async move { drain.closing().await };
-            Sse::new(futures_util::StreamExt::take_until(stream, end))
-                .keep_alive(KeepAlive::default())
-                .into_response()
-        }
-    }
+    let Events { bus, topic } = &agents.events;
+    welcomedly_cluster::bus::sse::stream(bus, topic, &headers, Some(agents.drain.clone())).await
 }
 
 fn now_ms() -> u64 {

@@ -69,20 +69,23 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     };
     // Sessions and the event bus: in Redis (any instance serves any user, events reach every
     // instance), or in this process on the embedded default.
-    let (session_store, events) = match &redis {
+    let (session_store, bus) = match &redis {
         Some(r) => {
             let store = RedisSessionConfig::new(r.url.clone()).build().await?;
             // Degraded, not unready: anonymous requests are still served while Redis is down.
             registry.register("sessions", store.clone(), Affects::Nothing);
             let bus = BusConfig::new(r.url.clone()).build().await?;
             registry.register("bus", bus.clone(), Affects::Nothing);
-            let topic = Topic::durable("agents.status")?;
-            (SessionStore::from(store), agents::Events::Bus(bus, topic))
+            (SessionStore::from(store), bus)
         }
         None => (
             SessionStore::memory(),
-            agents::Events::Local(tokio::sync::broadcast::channel(1024).0),
+            BusConfig::new(String::new()).build_local()?,
         ),
+    };
+    let events = agents::Events {
+        bus,
+        topic: Topic::durable("agents.status")?,
     };
     let agents = agents::Agents::new(
         users,
