@@ -748,3 +748,86 @@ fn sessions_and_events_are_shared_by_instances_through_redis() {
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }
+
+/// The cookie named `name` that a response sets, as `name=value`.
+fn cookie_named(r: &Response, name: &str) -> Option<String> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.split(';').next().unwrap_or_default().to_owned())
+        .find(|c| c.starts_with(&format!("{name}=")))
+}
+
+#[test]
+fn campaigns_on_the_embedded_sqlite() {
+    let app = Instance::start(&[]);
+    let created = app.request(
+        "POST",
+        "/api/campaigns",
+        Some(r#"{"name":"spring","status":"paused"}"#),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let c: serde_json::Value = serde_json::from_str(&created.body).unwrap();
+    assert_eq!(c["status"], "paused");
+    let one = app.request("GET", &format!("/api/campaigns/{}", c["id"]), None);
+    assert_eq!(one.status, 200);
+    assert!(one.body.contains("spring"));
+    let list = app.request("GET", "/api/campaigns", None);
+    assert!(list.body.contains("spring"), "{}", list.body);
+    let bad = app.request(
+        "POST",
+        "/api/campaigns",
+        Some(r#"{"name":"x","status":"lost"}"#),
+    );
+    assert_eq!(bad.status, 422);
+    assert_eq!(app.request("GET", "/api/campaigns/999", None).status, 404);
+    assert!(app.terminate().success());
+}
+
+/// Two instances over a primary and a replica that lags by a second: a client that created a
+/// campaign on A sees it at once on B (its read-your-writes cookie), while reads still go to
+/// the replica when they can.
+#[test]
+fn campaigns_read_your_writes_across_instances_over_a_lagging_replica() {
+    let pg = welcomedly_test_support::PgCluster::start(1).unwrap();
+    pg.set_replay_delay(0, Duration::from_secs(1)).unwrap();
+    let envs = |id: &str| {
+        vec![
+            ("DATABASE_URL", pg.primary_url()),
+            ("DATABASE_REPLICA_URLS", pg.replica_urls().join(",")),
+            ("WELCOMEDLY_INSTANCE_ID", id.to_owned()),
+            (
+                "WELCOMEDLY_CONSISTENCY_SECRET",
+                "0123456789abcdef-consistency".to_owned(),
+            ),
+            ("DATABASE_MAX_LAG_MS", "5000".to_owned()),
+        ]
+    };
+    let a = Instance::start(&envs("cc-a"));
+    let b = Instance::start(&envs("cc-b"));
+    for i in 0..10 {
+        let name = format!("campaign-{i}");
+        let created = a.request(
+            "POST",
+            "/api/campaigns",
+            Some(&format!(r#"{{"name":"{name}"}}"#)),
+        );
+        assert_eq!(created.status, 201, "{}", created.body);
+        let cookie = cookie_named(&created, "wd_rw").expect("a read-your-writes cookie");
+        let list = b.request_with("GET", "/api/campaigns", &[("cookie", &cookie)], "");
+        assert_eq!(list.status, 200, "{}", list.body);
+        assert!(
+            list.body.contains(&name),
+            "B served a state without the client's write: {}",
+            list.body
+        );
+    }
+    let health: serde_json::Value =
+        serde_json::from_str(&b.request("GET", "/health", None).body).unwrap();
+    assert_eq!(
+        health["checks"]["db.primary"]["status"], "healthy",
+        "{health}"
+    );
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}

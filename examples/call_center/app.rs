@@ -23,7 +23,12 @@ use welcomedly_core::rate_limit::{
 };
 use welcomedly_core::telemetry::Telemetry;
 
+use std::sync::Arc;
+
+use welcomedly_db::RouterConfig;
+
 use crate::agents;
+use crate::campaigns;
 use crate::flags;
 use crate::problem::{self, Problem};
 
@@ -43,8 +48,22 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             .ok_or("is too short to protect the flags admin API: use at least 16 characters")
     });
     let session_config = SessionConfig::read(&mut env);
-    let (config, redis, admin_token, membership, session_config) =
-        env.finish((core, redis, admin_token, membership, session_config))?;
+    let database = RouterConfig::read(&mut env);
+    let consistency_secret = env.read("WELCOMEDLY_CONSISTENCY_SECRET", None, |v| {
+        (v.len() >= 16)
+            .then(|| Some(v.to_owned()))
+            .ok_or("is too short to sign read-your-writes cookies: use at least 16 characters")
+    });
+    let (config, redis, admin_token, membership, session_config, database, consistency_secret) =
+        env.finish((
+            core,
+            redis,
+            admin_token,
+            membership,
+            session_config,
+            database,
+            consistency_secret,
+        ))?;
     let telemetry = Telemetry::from_config(&config).init()?;
     let registry = HealthRegistry::from_config(&config);
     let drain = drain::Drain::new(registry.clone(), DrainConfig::from(&config));
@@ -95,8 +114,21 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         drain.signal(),
     );
     tokio::spawn(agents.clone().follow());
+    // Campaigns through the DB router (PostgreSQL primary + replicas from DATABASE_URL and
+    // DATABASE_REPLICA_URLS, or an in-memory SQLite).
+    let db = campaigns::connect(database, &registry, telemetry.metrics().meter()).await?;
+    let secret = consistency_secret.unwrap_or_else(|| {
+        if matches!(db, campaigns::Db::Pg(_)) {
+            tracing::warn!(
+                "WELCOMEDLY_CONSISTENCY_SECRET is not set: read-your-writes cookies are signed with the demo secret; set it (the same on every instance) before exposing this service"
+            );
+        }
+        "welcomedly-demo-consistency-secret".to_owned()
+    });
+    let campaign_routes = campaigns::routes(Arc::new(db), secret.as_bytes(), session_config.secure);
     let feature_routes = flag_routes
         .merge(agents::routes(agents))
+        .merge(campaign_routes)
         .layer(SessionLayer::new(session_store, session_config)?);
     let api = match redis {
         Some(redis) => {

@@ -23,6 +23,7 @@
 
 mod agents;
 mod app;
+mod campaigns;
 mod flags;
 mod problem;
 

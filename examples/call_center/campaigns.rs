@@ -1,0 +1,249 @@
+//! Campaigns through the DB router: writes on the primary, reads on replicas, and
+//! read-your-writes carried in a cookie — or, on the embedded default, one in-memory SQLite.
+//!
+//! `POST /api/campaigns` (`{"name", "status"?}`) answers 201 with the campaign;
+//! `GET /api/campaigns` lists, `GET /api/campaigns/{id}` fetches. With PostgreSQL every read of
+//! a client that just wrote waits for (or skips) replicas that have not replayed its write.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Extension, Json, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, Sqlite};
+use welcomedly_core::health::HealthRegistry;
+use welcomedly_db::{Consistency, ConsistencyLayer, RouterConfig};
+
+use crate::problem::Problem;
+
+/// The database behind the campaigns.
+pub(crate) enum Db {
+    /// A primary and its streaming replicas.
+    Pg(welcomedly_db::Router<Postgres>),
+    /// One in-memory SQLite (the embedded default: no server needed).
+    Lite(welcomedly_db::Router<Sqlite>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+enum CampaignStatus {
+    #[default]
+    Active,
+    Paused,
+    Finished,
+}
+
+impl CampaignStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Paused => "paused",
+            Self::Finished => "finished",
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Campaign {
+    id: i64,
+    name: String,
+    status: String,
+}
+
+/// A row as sqlx reads it (no derive macros needed).
+type Row = (i64, String, String);
+
+impl From<Row> for Campaign {
+    fn from((id, name, status): Row) -> Self {
+        Self { id, name, status }
+    }
+}
+
+#[derive(Deserialize)]
+struct NewCampaign {
+    name: String,
+    #[serde(default)]
+    status: CampaignStatus,
+}
+
+const PG_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS campaigns (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active',
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now())";
+
+const LITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS campaigns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active',
+    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)";
+
+/// Connects (PostgreSQL from `config`, else in-memory SQLite), creates the table, and registers
+/// the router's health checks.
+pub(crate) async fn connect(
+    config: Option<RouterConfig>,
+    registry: &HealthRegistry,
+    meter: &opentelemetry::metrics::Meter,
+) -> Result<Db, Box<dyn std::error::Error>> {
+    match config {
+        Some(config) => {
+            let router = config.connect().await?;
+            router.register_health(registry);
+            router.register_metrics(meter);
+            sqlx::query(PG_SCHEMA)
+                .execute(&*router.write()?)
+                .await
+                .map_err(|e| format!("cannot create the campaigns table on the primary: {e}"))?;
+            Ok(Db::Pg(router))
+        }
+        None => {
+            // One connection: every connection to `sqlite::memory:` is a database of its own.
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect("sqlite::memory:")
+                .await?;
+            sqlx::query(LITE_SCHEMA).execute(&pool).await?;
+            Ok(Db::Lite(welcomedly_db::Router::single(pool)))
+        }
+    }
+}
+
+pub(crate) fn routes(db: Arc<Db>, secret: &[u8], secure: bool) -> Router {
+    Router::new()
+        .route("/api/campaigns", get(list).post(create))
+        .route("/api/campaigns/{id}", get(fetch))
+        .with_state(db)
+        .layer(ConsistencyLayer::new(secret).secure(secure))
+}
+
+fn db_error(e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "campaigns: database call failed");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the campaigns database is not available right now: retry in a moment",
+    )
+    .into_response()
+}
+
+async fn create(
+    State(db): State<Arc<Db>>,
+    Extension(consistency): Extension<Consistency>,
+    body: Result<Json<NewCampaign>, JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(rejection) => return Problem::from(rejection).into_response(),
+    };
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a campaign name is 1 to 200 characters",
+        )
+        .into_response();
+    }
+    const INSERT: &str =
+        "INSERT INTO campaigns (name, status) VALUES ($1, $2) RETURNING id, name, status";
+    let created = match &*db {
+        Db::Pg(router) => {
+            let pool = match router.write() {
+                Ok(pool) => pool,
+                Err(e) => return db_error(e),
+            };
+            let row = sqlx::query_as::<_, Row>(INSERT)
+                .bind(name)
+                .bind(body.status.as_str())
+                .fetch_one(&*pool)
+                .await;
+            match (row, router.token().await) {
+                (Ok(row), Ok(token)) => {
+                    consistency.record(token);
+                    Ok(row)
+                }
+                (Ok(row), Err(e)) => {
+                    // Stored; only the read-your-writes guarantee of the next read is lost.
+                    tracing::warn!(error = %e, "no WAL position after a write");
+                    Ok(row)
+                }
+                (Err(e), _) => Err(e),
+            }
+        }
+        Db::Lite(router) => match router.write() {
+            Ok(pool) => {
+                sqlx::query_as::<_, Row>(INSERT)
+                    .bind(name)
+                    .bind(body.status.as_str())
+                    .fetch_one(&*pool)
+                    .await
+            }
+            Err(e) => return db_error(e),
+        },
+    };
+    match created {
+        Ok(c) => (StatusCode::CREATED, Json(Campaign::from(c))).into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+async fn list(
+    State(db): State<Arc<Db>>,
+    Extension(consistency): Extension<Consistency>,
+) -> Response {
+    const LIST: &str = "SELECT id, name, status FROM campaigns ORDER BY id";
+    let rows = match &*db {
+        Db::Pg(router) => {
+            let token = consistency.token();
+            sqlx::query_as::<_, Row>(LIST)
+                .fetch_all(&*router.read_after(token.as_ref()).await)
+                .await
+        }
+        Db::Lite(router) => {
+            sqlx::query_as::<_, Row>(LIST)
+                .fetch_all(&*router.read())
+                .await
+        }
+    };
+    match rows {
+        Ok(rows) => {
+            let rows: Vec<Campaign> = rows.into_iter().map(Campaign::from).collect();
+            Json(serde_json::json!({ "campaigns": rows })).into_response()
+        }
+        Err(e) => db_error(e),
+    }
+}
+
+async fn fetch(
+    State(db): State<Arc<Db>>,
+    Extension(consistency): Extension<Consistency>,
+    Path(id): Path<i64>,
+) -> Response {
+    const ONE: &str = "SELECT id, name, status FROM campaigns WHERE id = $1";
+    let row = match &*db {
+        Db::Pg(router) => {
+            let token = consistency.token();
+            sqlx::query_as::<_, Row>(ONE)
+                .bind(id)
+                .fetch_optional(&*router.read_after(token.as_ref()).await)
+                .await
+        }
+        Db::Lite(router) => {
+            sqlx::query_as::<_, Row>(ONE)
+                .bind(id)
+                .fetch_optional(&*router.read())
+                .await
+        }
+    };
+    match row {
+        Ok(Some(c)) => Json(Campaign::from(c)).into_response(),
+        Ok(None) => Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no campaign {id}: list them with GET /api/campaigns"),
+        )
+        .into_response(),
+        Err(e) => db_error(e),
+    }
+}
