@@ -9,11 +9,21 @@
 //! curl -s localhost:3000/metrics | grep http_server_request_duration
 //! curl -i -X POST localhost:3000/auth/login -H 'content-type: application/json' \
 //!      -d '{"username":"agent","password":"wrong"}'   # the 6th failure within a minute: 429
+//! curl -c jar -X POST localhost:3000/auth/login -H 'content-type: application/json' \
+//!      -d '{"username":"agent","password":"welcomedly-demo"}'
+//! curl -b jar -X PUT localhost:3000/api/agents/me/status -H 'content-type: application/json' \
+//!      -d '{"status":"on_call"}'                     # seen by `curl -N localhost:3000/api/events`
+//! curl -X POST localhost:3000/api/campaigns -H 'content-type: application/json' -d '{"name":"spring"}'
+//! curl -H 'x-user-id: supervisor' localhost:3000/api/flags
 //! ```
 //!
-//! With `REDIS_URL` set, rate limits are shared by every instance through Redis (and fall back
-//! to `limit / WELCOMEDLY_INSTANCES` locally while Redis is down; client keys appear in Redis
-//! only as digests, keyed by `WELCOMEDLY_RATE_LIMIT_SECRET` when set). Other settings: `PORT`
+//! With `REDIS_URL` set, sessions, the event bus, membership, feature flags and the rate limits
+//! are shared by every instance through Redis (limits fall back to `limit / live instances`
+//! locally while Redis is down; client keys appear in Redis only as digests, keyed by
+//! `WELCOMEDLY_RATE_LIMIT_SECRET` when set). With `DATABASE_URL` (+ `DATABASE_REPLICA_URLS`,
+//! `WELCOMEDLY_CONSISTENCY_SECRET`) campaigns go through the replica-aware router; without, an
+//! in-memory SQLite. `WELCOMEDLY_ADMIN_TOKEN` (≥ 16 characters) enables `/admin/flags`;
+//! `WELCOMEDLY_SESSION_SECURE=false` for plain-HTTP cookies. Other settings: `PORT`
 //! (3000), `TRUSTED_PROXIES` (CIDRs of the load balancers), `TRUSTED_PROXY_HEADER`
 //! (`x-forwarded-for`, the default, or `forwarded`), `WELCOMEDLY_DEMO_PASSWORD`,
 //! `WELCOMEDLY_ACCESS_LOG` (`info` default, `off`, …), `WELCOMEDLY_LOG_FORMAT` (`json` /
