@@ -11,7 +11,8 @@
 #   DURATION=10s     wrk duration of each measured slot (anything wrk's -d accepts)
 #   WARMUP=2s        wrk warm-up before each measured slot (0 to skip)
 #   ROUNDS=3         rounds; every round runs every variant once, in order
-#   VARIANTS="floor embedded embedded+log redis"   which variants, in which order
+#   VARIANTS="floor embedded embedded+log redis"   which variants, in which order (also:
+#                                                  redis-me, GET /api/me with a session cookie)
 #   THREADS=2 CONNECTIONS=64                      wrk -t / -c
 #   SKIP_BUILD=1     use already built binaries
 #   KEEP_TMP=1       keep the temp dir (configs, logs, wrk outputs) instead of removing it
@@ -164,7 +165,7 @@ wait_http() {
 # ---------------------------------------------------------------- Redis (one for the whole run)
 
 REDIS_PORT= REDIS_PGID=
-if [[ " $VARIANTS " == *" redis "* ]]; then
+if [[ " $VARIANTS " == *" redis"* ]]; then
     for attempt in 1 2 3; do
         alloc_port
         spawn "$TMP/redis-server.log" "$REDIS_SERVER" --port "$PORT_OUT" --bind 127.0.0.1 --save "" \
@@ -198,7 +199,7 @@ start_instance() { # variant index : appends to SLOT_PGIDS and UPSTREAM_PORTS
             # The filter applies to the access log's events and spans: info for both.
             envs+=(RUST_LOG=info WELCOMEDLY_ACCESS_LOG=info)
             ;;
-        redis)
+        redis | redis-me)
             bin=$CALL_CENTER ready=/health
             envs+=(REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" WELCOMEDLY_INSTANCES=$INSTANCES)
             ;;
@@ -303,7 +304,7 @@ busy_ticks() { # all CPUs: total busy and total
 run_wrk() { # duration out : wrk through NGINX, in its own group so teardown can stop it
     local offset=$(((RANDOM << 15 | RANDOM) % 16777216))
     setsid "$WRK" -t "$THREADS" -c "$CONNECTIONS" -d "$1" --latency -s "$LUA" \
-        "http://127.0.0.1:$NGINX_PORT/api/ping" -- "$offset" >"$2" 2>&1 </dev/null &
+        "http://127.0.0.1:$NGINX_PORT${WRK_PATH:-/api/ping}" -- "$offset" >"$2" 2>&1 </dev/null &
     local pid=$!
     PGIDS+=("$pid")
     local rc=0
@@ -327,6 +328,18 @@ run_slot() { # variant round
     for ((i = 1; i <= INSTANCES; i++)); do start_instance "$variant" "$i"; done
     start_nginx
     local nginx_pgid=${SLOT_PGIDS[-1]} app_pgids=("${SLOT_PGIDS[@]:0:INSTANCES}")
+    WRK_PATH=/api/ping WRK_COOKIE=
+    if [[ $variant == redis-me ]]; then
+        # An authenticated read: log in once through NGINX, then every request sends the cookie
+        # (one session load in Redis per request, beside the rate limiter's script call).
+        WRK_COOKIE=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$NGINX_PORT/auth/login" \
+            -H 'content-type: application/json' -H 'x-forwarded-for: 10.255.255.254' \
+            -d '{"username":"agent","password":"welcomedly-demo"}' |
+            tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p' | head -1)
+        [[ -n $WRK_COOKIE ]] || die "redis-me: the login through NGINX set no session cookie"
+        WRK_PATH=/api/me
+    fi
+    export WRK_COOKIE
     [[ $WARMUP == 0 || $WARMUP == 0s ]] || run_wrk "$WARMUP" "$TMP/wrk.$variant.$round.warmup.txt"
 
     local out=$TMP/wrk.$variant.$round.txt

@@ -17,6 +17,9 @@ function init(args)
    -- 4,194,304 addresses per thread: far more than a run sends.
    counter = offset + (thread_id or 0) * 4194304
    for k, v in pairs(wrk.headers) do headers[k] = v end
+   -- run.sh sets a session cookie for the authenticated-read variant (redis-me).
+   local cookie = os.getenv("WRK_COOKIE")
+   if cookie and cookie ~= "" then headers["Cookie"] = cookie end
 end
 
 function request()
