@@ -334,7 +334,7 @@ run_slot() { # variant round
         # (one session load in Redis per request, beside the rate limiter's script call).
         WRK_COOKIE=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$NGINX_PORT/auth/login" \
             -H 'content-type: application/json' -H 'x-forwarded-for: 10.255.255.254' \
-            -d '{"username":"agent","password":"welcomedly-demo"}' |
+            -d '{"username":"agent","password":"bench-only"}' |
             tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p' | head -1)
         [[ -n $WRK_COOKIE ]] || die "redis-me: the login through NGINX set no session cookie"
         WRK_PATH=/api/me
