@@ -15,7 +15,7 @@
 use std::fmt;
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 /// The size of a WAL page (PostgreSQL's default `XLOG_BLCKSZ`).
 const WAL_PAGE: u64 = 8192;
@@ -109,12 +109,9 @@ impl fmt::Debug for TokenSigner {
 impl TokenSigner {
     /// A signer with `secret` (every instance must share it).
     pub fn new(secret: &[u8]) -> Self {
-        // HMAC accepts keys of any length: this cannot fail.
-        let key = match Hmac::<Sha256>::new_from_slice(secret) {
-            Ok(key) => key,
-            Err(_) => unreachable_hmac(),
-        };
-        Self { key }
+        Self {
+            key: <Hmac<Sha256> as Mac>::new(&hmac_key_block(secret).into()),
+        }
     }
 
     fn mac(&self, payload: &str) -> [u8; 16] {
@@ -167,19 +164,43 @@ impl TokenSigner {
     }
 }
 
-#[cold]
-fn unreachable_hmac() -> ! {
-    // `Hmac::new_from_slice` only fails for fixed-size-key MACs; SHA-256's HMAC takes any key.
-    #[allow(clippy::panic)]
-    {
-        panic!("HMAC-SHA-256 accepts keys of any length")
+/// The 64-byte key block HMAC-SHA-256 derives from `secret` (RFC 2104: zero-padded, or its
+/// SHA-256 zero-padded when longer than a block), so the MAC is built without a fallible call.
+fn hmac_key_block(secret: &[u8]) -> [u8; 64] {
+    let mut block = [0u8; 64];
+    let digest;
+    let key: &[u8] = if secret.len() > block.len() {
+        digest = Sha256::digest(secret);
+        &digest
+    } else {
+        secret
+    };
+    if let Some(head) = block.get_mut(..key.len()) {
+        head.copy_from_slice(key);
     }
+    block
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_key_block_is_what_hmac_derives_from_any_secret() {
+        for secret in [&b""[..], b"short", &[7u8; 64], &[9u8; 200]] {
+            let ours = <Hmac<Sha256> as Mac>::new(&hmac_key_block(secret).into())
+                .chain_update(b"m")
+                .finalize()
+                .into_bytes();
+            let reference = Hmac::<Sha256>::new_from_slice(secret)
+                .unwrap()
+                .chain_update(b"m")
+                .finalize()
+                .into_bytes();
+            assert_eq!(ours, reference, "secret of {} bytes", secret.len());
+        }
+    }
 
     #[test]
     fn lsn_text_parses() {

@@ -197,6 +197,54 @@ impl<DB: Database> NodeState<DB> {
     }
 }
 
+/// The router's nodes, the primary first: never empty by construction, so there is always a
+/// node to fall back on (no "impossible" panic on a lookup).
+pub(crate) struct Nodes<T> {
+    primary: T,
+    replicas: Vec<T>,
+}
+
+impl<T> Nodes<T> {
+    pub(crate) fn new(primary: T, replicas: Vec<T>) -> Self {
+        Self { primary, replicas }
+    }
+
+    /// The configured primary (index 0).
+    pub(crate) fn first(&self) -> &T {
+        &self.primary
+    }
+
+    /// Node `index` (0 = the configured primary).
+    pub(crate) fn get(&self, index: usize) -> Option<&T> {
+        match index.checked_sub(1) {
+            None => Some(&self.primary),
+            Some(i) => self.replicas.get(i),
+        }
+    }
+
+    /// Node `index`, or the primary when there is no such node.
+    pub(crate) fn get_or_first(&self, index: usize) -> &T {
+        self.get(index).unwrap_or(&self.primary)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        1 + self.replicas.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+        std::iter::once(&self.primary).chain(&self.replicas)
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Nodes<T> {
+    type Item = &'a T;
+    type IntoIter = std::iter::Chain<std::iter::Once<&'a T>, std::slice::Iter<'a, T>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        std::iter::once(&self.primary).chain(self.replicas.iter())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

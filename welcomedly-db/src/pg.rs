@@ -12,7 +12,7 @@ use sqlx::{Connection, Pool, Postgres};
 use welcomedly_core::redact::redact_url;
 
 use crate::consistency::{Token, end_of_last_record, parse_lsn};
-use crate::node::NodeState;
+use crate::node::{NodeState, Nodes};
 use crate::router::{Inner, NO_WRITER, Routed, Router, SAMPLES, Settings};
 use crate::{Error, RouterConfig};
 
@@ -86,7 +86,13 @@ impl RouterConfig {
             nodes.push(NodeState::new(label, redacted, pool, replica, false));
             options.push(opts);
         }
-        let router = Router::from_nodes(nodes, Settings::from(&self));
+        let mut nodes = nodes.into_iter();
+        let Some(primary) = nodes.next() else {
+            // The chain above always yields the primary first.
+            return Err(Error::config("the database router needs a primary URL"));
+        };
+        let router =
+            Router::from_nodes(Nodes::new(primary, nodes.collect()), Settings::from(&self));
         let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(options.len().max(1));
         let mut tasks = Vec::with_capacity(options.len());
         for (index, opts) in options.into_iter().enumerate() {

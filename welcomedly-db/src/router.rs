@@ -14,7 +14,7 @@ use welcomedly_core::redact::redact_url;
 
 use crate::Error;
 use crate::consistency::Token;
-use crate::node::{NodeState, Transition};
+use crate::node::{NodeState, Nodes, Transition};
 
 pub(crate) const NO_WRITER: usize = usize::MAX;
 
@@ -66,7 +66,7 @@ pub(crate) struct Stats {
 }
 
 pub(crate) struct Inner<DB: Database> {
-    pub(crate) nodes: Vec<NodeState<DB>>,
+    pub(crate) nodes: Nodes<NodeState<DB>>,
     /// Index of the node that takes writes, [`NO_WRITER`] when none is known.
     pub(crate) writer: AtomicUsize,
     pub(crate) settings: Settings,
@@ -192,10 +192,7 @@ impl<DB: Database> Deref for Routed<'_, DB> {
 
     fn deref(&self) -> &Pool<DB> {
         // `index` always comes from `nodes`, which never changes after the build.
-        match self.inner.nodes.get(self.index) {
-            Some(n) => &n.pool,
-            None => &self.inner.first().pool,
-        }
+        &self.inner.nodes.get_or_first(self.index).pool
     }
 }
 
@@ -222,23 +219,15 @@ impl<DB: Database> Router<DB> {
     /// [`RouterConfig::connect`](crate::RouterConfig::connect), which probes, ejects and
     /// readmits). Reads still retry once on another node after a connection-level error.
     pub fn from_pools(primary: Pool<DB>, replicas: impl IntoIterator<Item = Pool<DB>>) -> Self {
-        let mut nodes = vec![NodeState::new(
-            "primary".to_owned(),
-            String::new(),
-            primary,
-            false,
-            true,
-        )];
-        for (i, pool) in replicas.into_iter().enumerate() {
-            nodes.push(NodeState::new(
-                format!("replica {i}"),
-                String::new(),
-                pool,
-                true,
-                true,
-            ));
-        }
-        Self::from_nodes(nodes, Settings::default())
+        let primary = NodeState::new("primary".to_owned(), String::new(), primary, false, true);
+        let replicas = replicas
+            .into_iter()
+            .enumerate()
+            .map(|(i, pool)| {
+                NodeState::new(format!("replica {i}"), String::new(), pool, true, true)
+            })
+            .collect();
+        Self::from_nodes(Nodes::new(primary, replicas), Settings::default())
     }
 
     /// A router over one node that takes reads and writes (SQLite, or a PostgreSQL without
@@ -247,7 +236,7 @@ impl<DB: Database> Router<DB> {
         Self::from_pools(pool, [])
     }
 
-    pub(crate) fn from_nodes(nodes: Vec<NodeState<DB>>, settings: Settings) -> Self {
+    pub(crate) fn from_nodes(nodes: Nodes<NodeState<DB>>, settings: Settings) -> Self {
         Self {
             inner: Arc::new(Inner {
                 nodes,
@@ -496,11 +485,7 @@ pub(crate) const SAMPLES: usize = 256;
 
 impl<DB: Database> Inner<DB> {
     pub(crate) fn first(&self) -> &NodeState<DB> {
-        // A router always has its primary: `from_nodes` is only called with it first.
-        match self.nodes.first() {
-            Some(n) => n,
-            None => unreachable_no_nodes(),
-        }
+        self.nodes.first()
     }
 
     pub(crate) fn micros_since_start(&self) -> u64 {
@@ -727,14 +712,6 @@ pub fn is_connection_error(e: &sqlx::Error) -> bool {
     }
 }
 
-#[cold]
-fn unreachable_no_nodes() -> ! {
-    #[allow(clippy::panic)]
-    {
-        panic!("a welcomedly-db router always has a primary node")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -785,7 +762,12 @@ mod tests {
     async fn no_usable_replica_means_the_primary() {
         let router = Router::from_pools(lazy(), [lazy()]);
         for _ in 0..2 {
-            router.inner.nodes[1].failed("refused".into(), 2);
+            router
+                .inner
+                .nodes
+                .get(1)
+                .unwrap()
+                .failed("refused".into(), 2);
         }
         let r = router.read();
         assert_eq!(r.node(), "primary");
