@@ -177,13 +177,7 @@ mod tests {
     use super::*;
 
     fn read(vars: &[(&str, &str)]) -> Result<Option<RouterConfig>, ConfigError> {
-        let vars: Vec<(String, String)> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let mut env = EnvReader::from_lookup(move |name| {
-            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-        });
+        let mut env = EnvReader::from_pairs(vars);
         let config = RouterConfig::read(&mut env);
         env.finish(config)
     }

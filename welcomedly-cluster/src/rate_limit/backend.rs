@@ -128,14 +128,7 @@ impl RedisRateLimitConfig {
     /// [`from_env`](Self::from_env) through a shared reader, so a service reports the problems
     /// of all its components' variables at once.
     pub fn read(env: &mut EnvReader<'_>) -> Option<Self> {
-        let url = env.read("REDIS_URL", None, |v| {
-            let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
-                .iter()
-                .any(|s| v.starts_with(s));
-            scheme_ok
-                .then(|| Some(v.to_owned()))
-                .ok_or("is not a Redis URL: expected redis://[user:password@]host[:port][/db] or rediss://…")
-        });
+        let url = crate::redis_url::read(env);
         let instances = env.read("WELCOMEDLY_INSTANCES", 1, |v| {
             v.parse::<u32>()
                 .ok()
@@ -855,13 +848,7 @@ mod tests {
     #[test]
     fn settings_from_the_environment() {
         let read = |vars: &[(&str, &str)]| {
-            let vars: Vec<(String, String)> = vars
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect();
-            let mut env = EnvReader::from_lookup(move |name| {
-                vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-            });
+            let mut env = EnvReader::from_pairs(vars);
             let config = RedisRateLimitConfig::read(&mut env);
             env.finish(config)
         };

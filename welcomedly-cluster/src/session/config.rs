@@ -140,13 +140,7 @@ mod tests {
     #[test]
     fn settings_from_the_environment() {
         let read = |vars: &[(&str, &str)]| {
-            let vars: Vec<(String, String)> = vars
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect();
-            let mut env = EnvReader::from_lookup(move |name| {
-                vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-            });
+            let mut env = EnvReader::from_pairs(vars);
             let config = SessionConfig::read(&mut env);
             env.finish(config)
         };

@@ -64,6 +64,21 @@ impl<'a> EnvReader<'a> {
         Self::from_raw(move |name| lookup(name).map(Ok))
     }
 
+    /// A reader of exactly these `(name, value)` pairs (tests, and tools that take settings
+    /// from somewhere else than the environment).
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> EnvReader<'static> {
+        let owned: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        EnvReader::from_lookup(move |name| {
+            owned
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
     /// A reader over raw lookups, where `Some(Err(lossy))` is a value that is not valid Unicode.
     pub fn from_raw(source: impl Fn(&str) -> Option<Result<String, String>> + 'a) -> Self {
         Self {
@@ -86,7 +101,7 @@ impl<'a> EnvReader<'a> {
             None => return default,
             Some(Ok(raw)) => raw,
             Some(Err(lossy)) => {
-                self.invalid.push(InvalidVariable {
+                self.record(InvalidVariable {
                     variable: name,
                     value: lossy,
                     problem: "is not valid UTF-8: expected a text value".to_owned(),
@@ -101,13 +116,20 @@ impl<'a> EnvReader<'a> {
         match parse(value) {
             Ok(parsed) => parsed,
             Err(problem) => {
-                self.invalid.push(InvalidVariable {
+                self.record(InvalidVariable {
                     variable: name,
                     value: raw,
                     problem: problem.into(),
                 });
                 default
             }
+        }
+    }
+
+    /// Records a bad variable once: several components may read the same one (`REDIS_URL`).
+    fn record(&mut self, bad: InvalidVariable) {
+        if !self.invalid.iter().any(|v| v.variable == bad.variable) {
+            self.invalid.push(bad);
         }
     }
 
