@@ -403,17 +403,32 @@ impl Membership {
     /// These are local (a tokio broadcast); forward them to the event bus so every instance's
     /// subscribers see every change:
     ///
-    /// ```ignore
+    /// ```no_run
+    /// # async fn run(
+    /// #     membership: welcomedly_cluster::membership::Membership,
+    /// #     bus: welcomedly_cluster::bus::Bus,
+    /// # ) -> Result<(), welcomedly_cluster::Error> {
+    /// use tokio::sync::broadcast::error::RecvError;
+    /// use welcomedly_cluster::bus::Topic;
+    /// use welcomedly_cluster::membership::PresenceDiff;
+    ///
+    /// let topic = Topic::<PresenceDiff>::ephemeral("presence")?;
     /// let mut diffs = membership.presence_diffs();
     /// tokio::spawn(async move {
     ///     loop {
     ///         match diffs.recv().await {
-    ///             Ok(diff) => bus.publish("presence", &diff).await,
-    ///             Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(n, "presence diffs lost"),
-    ///             Err(broadcast::error::RecvError::Closed) => break,
+    ///             Ok(diff) => {
+    ///                 if let Err(e) = bus.publish(&topic, &diff).await {
+    ///                     tracing::warn!(error = %e, "a presence diff was not published");
+    ///                 }
+    ///             }
+    ///             Err(RecvError::Lagged(n)) => tracing::warn!(n, "presence diffs lost"),
+    ///             Err(RecvError::Closed) => break,
     ///         }
     ///     }
     /// });
+    /// # Ok(())
+    /// # }
     /// ```
     ///
     /// A subscriber slower than [`diff_capacity`](MembershipConfig::diff_capacity) diffs gets
