@@ -5,7 +5,7 @@
 //! retained history, and publish → receive latency on another instance.
 //!
 //! **What "zero durable events lost" means here.** The test Redis runs without persistence
-//! (welcomedly-test-support starts it with `--save "" --appendonly no`, and `restart` comes back
+//! (welcomedly-testkit starts it with `--save "" --appendonly no`, and `restart` comes back
 //! empty), so a restart loses the stream itself: nothing can bring back events stored before it.
 //! The bus makes that loss explicit — the topic's epoch changes and every durable subscriber gets
 //! `Gap::EpochChanged` — and guarantees the rest: every durable event acknowledged after the
@@ -31,7 +31,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use welcomedly_cluster::bus::{Bus, BusConfig, Delivery, Gap, Offset, Subscription, Topic, sse};
 use welcomedly_core::drain::DrainSignal;
-use welcomedly_test_support::RedisServer;
+use welcomedly_testkit::RedisServer;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Status {

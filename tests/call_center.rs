@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use welcomedly_test_support::RedisServer;
+use welcomedly_testkit::RedisServer;
 
 /// `cargo test` builds the examples next to the test binaries: target/<profile>/examples/.
 fn example_binary() -> PathBuf {
@@ -34,7 +34,7 @@ impl Instance {
 
     /// Starts the example; with `stdout`, its stdout (the JSON log) goes to that file.
     fn start_logging(envs: &[(&str, String)], stdout: Option<&std::path::Path>) -> Instance {
-        let port = welcomedly_test_support::free_port().unwrap();
+        let port = welcomedly_testkit::free_port().unwrap();
         let mut cmd = Command::new(example_binary());
         cmd.env_clear()
             .env("PORT", port.to_string())
@@ -789,7 +789,7 @@ fn campaigns_on_the_embedded_sqlite() {
 /// the replica when they can.
 #[test]
 fn campaigns_read_your_writes_across_instances_over_a_lagging_replica() {
-    let pg = welcomedly_test_support::PgCluster::start(1).unwrap();
+    let pg = welcomedly_testkit::PgCluster::start(1).unwrap();
     pg.set_replay_delay(0, Duration::from_secs(1)).unwrap();
     let envs = |id: &str| {
         vec![

@@ -17,7 +17,7 @@ use sqlx::Postgres;
 use welcomedly_core::InstanceId;
 use welcomedly_core::health::HealthRegistry;
 use welcomedly_db::{Router, RouterConfig};
-use welcomedly_test_support::{Node, PgCluster};
+use welcomedly_testkit::{Node, PgCluster};
 
 /// Starts a cluster, or `None` (the test is skipped) when PostgreSQL is not installed.
 fn cluster(replicas: usize) -> Option<Arc<PgCluster>> {

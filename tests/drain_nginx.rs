@@ -33,7 +33,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use welcomedly_test_support::{Nginx, NginxConfig, free_port};
+use welcomedly_testkit::{Nginx, NginxConfig, free_port};
 
 /// Concurrent keep-alive clients: enough to keep every instance busy on two cores.
 const CLIENTS: usize = 12;

@@ -17,7 +17,7 @@ use welcomedly_flags::store::{
     Change, FlagStore, FlagSync, FlagSyncHandle, RedisStore, RedisStoreConfig, StoreError,
     SyncConfig,
 };
-use welcomedly_test_support::RedisServer;
+use welcomedly_testkit::RedisServer;
 
 /// What an instance applied: version, document, when.
 type Applied = Arc<Mutex<Vec<(u64, serde_json::Value, Instant)>>>;

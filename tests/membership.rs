@@ -20,7 +20,7 @@ use welcomedly_cluster::rate_limit::LiveInstances;
 use welcomedly_core::InstanceId;
 use welcomedly_core::drain::{Drain, DrainConfig};
 use welcomedly_core::health::{CheckOutcome, HealthCheck, HealthRegistry};
-use welcomedly_test_support::RedisServer;
+use welcomedly_testkit::RedisServer;
 
 const INTERVAL: Duration = Duration::from_millis(100);
 const TIMEOUT: Duration = Duration::from_millis(400);

@@ -20,7 +20,7 @@ use welcomedly_core::rate_limit::{
     FailureMode, Key, KeySource, LocalBackend, Policy, Quota, RateLimitBackend, RateLimitLayer,
     ResponseBody,
 };
-use welcomedly_test_support::RedisServer;
+use welcomedly_testkit::RedisServer;
 
 type Res = Response<ResponseBody<String>>;
 

@@ -22,7 +22,7 @@ use tower::ServiceExt;
 use welcomedly_cluster::session::{
     RedisSessionConfig, RedisSessionStore, Session, SessionConfig, SessionError, SessionLayer,
 };
-use welcomedly_test_support::RedisServer;
+use welcomedly_testkit::RedisServer;
 
 type Params = Query<HashMap<String, String>>;
 

@@ -63,7 +63,7 @@ pub(crate) fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let redis = match welcomedly_test_support::RedisServer::start() {
+    let redis = match welcomedly_testkit::RedisServer::start() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("bus skipped: {e}");

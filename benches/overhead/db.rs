@@ -39,7 +39,7 @@ pub(crate) fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    let pg = match welcomedly_test_support::PgCluster::start(2) {
+    let pg = match welcomedly_testkit::PgCluster::start(2) {
         Ok(pg) => pg,
         Err(e) => {
             eprintln!("db_pg skipped: {e}");

@@ -185,7 +185,7 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 
     type Call = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()>>>>;
 
-    let redis = match welcomedly_test_support::RedisServer::start() {
+    let redis = match welcomedly_testkit::RedisServer::start() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("rate_limit_redis skipped: {e}");

@@ -229,7 +229,7 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 
     type Call = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()>>>>;
 
-    let redis = match welcomedly_test_support::RedisServer::start() {
+    let redis = match welcomedly_testkit::RedisServer::start() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sessions_redis skipped: {e}");

@@ -4,14 +4,14 @@
 //! dir, so it runs as root or as an ordinary user and leaves the machine's own NGINX alone.
 //!
 //! ```no_run
-//! use welcomedly_test_support::{Nginx, NginxConfig, free_port};
+//! use welcomedly_testkit::{Nginx, NginxConfig, free_port};
 //!
 //! let ports = [free_port()?, free_port()?];
 //! // ... start the instances on `ports` ...
 //! let nginx = Nginx::start(&NginxConfig::least_conn(&ports).keepalive(64))?;
 //! println!("send requests to 127.0.0.1:{}", nginx.port());
 //! assert!(!nginx.error_log().contains("prematurely closed"));
-//! # Ok::<(), welcomedly_test_support::Error>(())
+//! # Ok::<(), welcomedly_testkit::Error>(())
 //! ```
 
 use std::fmt;

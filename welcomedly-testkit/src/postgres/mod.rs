@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use welcomedly_test_support::{Node, PgCluster};
+//! use welcomedly_testkit::{Node, PgCluster};
 //!
 //! let pg = PgCluster::start(1)?;
 //! pg.psql(Node::Primary, "CREATE TABLE t (id int)")?;
@@ -20,7 +20,7 @@
 //! pg.kill_replica(0)?; // like a crash: connections are refused
 //! assert!(pg.psql(Node::Replica(0), "SELECT 1").is_err());
 //! pg.restart_replica(0)?; // same port, same data: it catches up again
-//! # Ok::<(), welcomedly_test_support::Error>(())
+//! # Ok::<(), welcomedly_testkit::Error>(())
 //! ```
 
 mod binaries;
@@ -523,7 +523,7 @@ impl Drop for PgCluster {
 /// A WAL position such as `16/B374D848` as a number, to compare positions; `None` if malformed.
 ///
 /// ```
-/// use welcomedly_test_support::parse_lsn;
+/// use welcomedly_testkit::parse_lsn;
 ///
 /// assert_eq!(parse_lsn("0/3000148"), Some(0x0300_0148));
 /// assert!(parse_lsn("1/0") > parse_lsn("0/FFFFFFFF"));
@@ -548,7 +548,7 @@ fn configure_primary(base: &Path, data_dir: &Path, replicas: usize) -> Result<()
     let senders = replicas * 2 + 4;
     let slots = replicas + 4;
     let settings = format!(
-        "\n# welcomedly-test-support\n\
+        "\n# welcomedly-testkit\n\
          listen_addresses = '127.0.0.1'\n\
          unix_socket_directories = '{socket_dir}'\n\
          wal_level = replica\n\

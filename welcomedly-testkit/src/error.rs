@@ -4,7 +4,7 @@
 //! message ends with the tail of that server's log, so a failing test shows why at once.
 //!
 //! ```
-//! use welcomedly_test_support::PgCluster;
+//! use welcomedly_testkit::PgCluster;
 //!
 //! fn print_replica(cluster: &PgCluster) {
 //!     match cluster.replica_url(7) {

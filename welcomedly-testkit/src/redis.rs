@@ -1,7 +1,7 @@
 //! Real `redis-server` instances on free loopback ports.
 //!
 //! ```no_run
-//! use welcomedly_test_support::RedisServer;
+//! use welcomedly_testkit::RedisServer;
 //!
 //! let redis = RedisServer::start()?;
 //! redis.command(&["SET", "greeting", "hello"])?;
@@ -11,7 +11,7 @@
 //! assert!(!redis.is_running());
 //! redis.restart()?; // same port, empty data set
 //! assert_eq!(redis.command(&["GET", "greeting"])?, "");
-//! # Ok::<(), welcomedly_test_support::Error>(())
+//! # Ok::<(), welcomedly_testkit::Error>(())
 //! ```
 
 use std::fmt;

@@ -1,4 +1,4 @@
-//! The support crate against real servers: `cargo test -p welcomedly-test-support`.
+//! The support crate against real servers: `cargo test -p welcomedly-testkit`.
 //!
 //! Needs `redis-server` and PostgreSQL installed (see the crate docs).
 
@@ -14,14 +14,14 @@ use std::net::{Ipv4Addr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use welcomedly_test_support::{Node, PgCluster, RedisServer, Reply, parse_lsn};
+use welcomedly_testkit::{Node, PgCluster, RedisServer, Reply, parse_lsn};
 
 /// Handles can be shared with the code under test, across threads and tasks.
 const _: () = {
     const fn shareable<T: Send + Sync>() {}
     shareable::<RedisServer>();
     shareable::<PgCluster>();
-    shareable::<welcomedly_test_support::Error>();
+    shareable::<welcomedly_testkit::Error>();
 };
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.

@@ -22,9 +22,9 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use welcomedly_test_support::{Node, PgCluster, RedisServer};
+//! use welcomedly_testkit::{Node, PgCluster, RedisServer};
 //!
-//! # fn main() -> Result<(), welcomedly_test_support::Error> {
+//! # fn main() -> Result<(), welcomedly_testkit::Error> {
 //! let redis = RedisServer::start()?;
 //! let pg = PgCluster::start(2)?;
 //! // Hand `redis.url()`, `pg.primary_url()` and `pg.replica_urls()` to the code under test.
