@@ -308,6 +308,54 @@ async fn an_sse_client_reconnecting_to_another_instance_with_last_event_id_misse
     );
 }
 
+async fn events_with_hello(
+    State((bus, topic, drain)): State<AppState>,
+    headers: HeaderMap,
+) -> Response {
+    let hello = axum::response::sse::Event::default()
+        .event("hello")
+        .data(r#"{"instance":"b"}"#);
+    sse::stream_starting_with(&bus, &topic, &headers, drain, hello).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_stream_can_open_with_a_greeting_on_every_connection_then_resume() {
+    let redis = RedisServer::start().unwrap();
+    let bus = bus(&redis).await;
+    let topic = Topic::<Status>::durable("agents.status").unwrap();
+    let app = axum::Router::new()
+        .route("/events", get(events_with_hello))
+        .with_state((bus.clone(), topic.clone(), None));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut browser = SseClient::connect(addr, None).await;
+    let hello = browser.next().await.unwrap();
+    assert_eq!(hello.event.as_deref(), Some("hello"), "{hello:?}");
+    assert_eq!(hello.data, r#"{"instance":"b"}"#);
+    assert_eq!(
+        hello.id, None,
+        "a greeting never moves the client's resume position"
+    );
+    bus.publish(&topic, &status(1)).await.unwrap();
+    let first = browser.next().await.unwrap();
+    assert_eq!(first.event, None);
+    assert_eq!(serde_json::from_str::<Status>(&first.data).unwrap().n, 1);
+    drop(browser);
+
+    bus.publish(&topic, &status(2)).await.unwrap();
+    let mut browser = SseClient::connect(addr, first.id.as_deref()).await;
+    let hello = browser.next().await.unwrap();
+    assert_eq!(
+        hello.event.as_deref(),
+        Some("hello"),
+        "greeted again: {hello:?}"
+    );
+    let resumed = browser.next().await.unwrap();
+    assert_eq!(serde_json::from_str::<Status>(&resumed.data).unwrap().n, 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_stream_ends_cleanly_when_the_instance_drains() {
     use welcomedly_core::InstanceId;

@@ -357,7 +357,19 @@ async fn list(State(agents): State<Arc<Agents>>) -> Response {
 
 async fn events(State(agents): State<Arc<Agents>>, headers: HeaderMap) -> Response {
     let Events { bus, topic } = &agents.events;
-    welcomedly_cluster::bus::sse::stream(bus, topic, &headers, Some(agents.drain.clone())).await
+    // First on every connection: which instance holds this stream (the board shows it).
+    let hello = axum::response::sse::Event::default()
+        .event("hello")
+        .json_data(serde_json::json!({ "instance": agents.instance }))
+        .unwrap_or_default();
+    welcomedly_cluster::bus::sse::stream_starting_with(
+        bus,
+        topic,
+        &headers,
+        Some(agents.drain.clone()),
+        hello,
+    )
+    .await
 }
 
 fn now_ms() -> u64 {

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use welcomedly_db::RouterConfig;
 
 use crate::agents;
+use crate::board;
 use crate::campaigns;
 use crate::flags;
 use crate::problem::{self, Problem};
@@ -64,6 +65,10 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             database,
             consistency_secret,
         ))?;
+    // Load the session before the routes run, so the feature flags (and any limit keyed by
+    // user) see the logged-in user rather than a header.
+    let mut session_config = session_config;
+    session_config.load_eagerly = true;
     let telemetry = Telemetry::from_config(&config).init()?;
     let registry = HealthRegistry::from_config(&config);
     let drain = drain::Drain::new(registry.clone(), DrainConfig::from(&config));
@@ -127,6 +132,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     });
     let campaign_routes = campaigns::routes(Arc::new(db), secret.as_bytes(), session_config.secure);
     let feature_routes = flag_routes
+        .merge(board::routes(config.instance_id.as_str()))
         .merge(agents::routes(agents))
         .merge(campaign_routes)
         .layer(SessionLayer::new(session_store, session_config)?);

@@ -93,8 +93,9 @@ async fn seed(store: &dyn FlagStore) {
 /// `GET /api/flags` (every flag for the caller), the flag-gated `GET /api/stats`, and, when
 /// `admin_token` is set, the admin API under `/admin/flags`; all of it inside [`FlagsLayer`].
 ///
-/// Until sessions land, the caller is named by the `x-user-id` header (a demo stand-in for the
-/// logged-in user, which the layer takes from the `UserId` extension once a session sets it).
+/// The caller is the logged-in user (the session layer, loading eagerly, puts its `UserId` in
+/// the request); without a session, the `x-user-id` header names the caller (a demo stand-in
+/// for scripts; it only picks flag variants, it grants nothing).
 pub(crate) fn routes(features: &FeatureFlags, admin_token: Option<String>) -> Router {
     let mut router = Router::new()
         .route(

@@ -33,6 +33,7 @@
 
 mod agents;
 mod app;
+mod board;
 mod campaigns;
 mod flags;
 mod problem;

@@ -68,6 +68,41 @@ pub async fn stream<T>(
     headers: &HeaderMap,
     drain: Option<DrainSignal>,
 ) -> Response {
+    stream_inner(bus, topic, headers, drain, None).await
+}
+
+/// Like [`stream`], with `first` sent before any event of the topic, on every (re)connection:
+/// say which instance holds the stream, or hand the client a snapshot to apply before the
+/// changes. Give it an event type (`SseEvent::default().event("hello")`) so that
+/// `EventSource.onmessage` keeps seeing only the topic's events.
+///
+/// ```no_run
+/// # use axum::http::HeaderMap;
+/// # use welcomedly_cluster::bus::{sse, Bus, Topic};
+/// # async fn events(bus: Bus, topic: Topic<String>, headers: HeaderMap) -> axum::response::Response {
+/// let hello = axum::response::sse::Event::default()
+///     .event("hello")
+///     .data(r#"{"instance":"call-center-1"}"#);
+/// sse::stream_starting_with(&bus, &topic, &headers, None, hello).await
+/// # }
+/// ```
+pub async fn stream_starting_with<T>(
+    bus: &Bus,
+    topic: &Topic<T>,
+    headers: &HeaderMap,
+    drain: Option<DrainSignal>,
+    first: SseEvent,
+) -> Response {
+    stream_inner(bus, topic, headers, drain, Some(first)).await
+}
+
+async fn stream_inner<T>(
+    bus: &Bus,
+    topic: &Topic<T>,
+    headers: &HeaderMap,
+    drain: Option<DrainSignal>,
+    first: Option<SseEvent>,
+) -> Response {
     let from = match topic.tier() {
         Tier::Durable => last_event_id(headers),
         _ => None,
@@ -77,6 +112,7 @@ pub async fn stream<T>(
         let delivery = feed.recv().await?;
         Some((Ok::<_, Infallible>(to_sse(delivery)), feed))
     });
+    let events = futures_util::stream::iter(first.map(Ok)).chain(events);
     let end = async move {
         match drain {
             Some(d) => d.closing().await,

@@ -1,0 +1,325 @@
+// The agent board: plain JavaScript, no build step, nothing from elsewhere.
+// Data is written with textContent only, never as HTML.
+"use strict";
+
+const STATUS_LABELS = {
+  available: "Available",
+  on_call: "On a call",
+  paused: "Paused",
+  after_call_work: "After-call work",
+  on_break: "On a break",
+  in_training: "In training",
+  offline: "Offline",
+};
+
+const $ = (id) => document.getElementById(id);
+const board = new Map(); // agent -> { status, since_ms, changed_on, online }
+let me = null;
+let stream = null;
+let reconnectTimer = null;
+let reconnectDelay = 500;
+let presenceTimer = null;
+
+// The server's problem+json `detail`, or a plain sentence.
+async function problem(res) {
+  try {
+    const body = await res.json();
+    if (body && body.detail) return body.detail;
+  } catch (_) { /* not JSON */ }
+  return `the server answered ${res.status}`;
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: { accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["content-type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  return fetch(path, init);
+}
+
+function setStreamState(text, cls) {
+  const el = $("stream-state");
+  el.textContent = text;
+  el.className = cls || "";
+}
+
+function renderRow(agent) {
+  const entry = board.get(agent);
+  const tbody = $("agents").tBodies[0];
+  let row = tbody.querySelector(`tr[data-agent="${CSS.escape(agent)}"]`);
+  if (!row) {
+    row = document.createElement("tr");
+    row.dataset.agent = agent;
+    const name = document.createElement("th");
+    name.scope = "row";
+    name.textContent = agent;
+    row.append(name);
+    for (const cls of ["status", "presence", "instance", "since"]) {
+      const td = document.createElement("td");
+      td.className = cls;
+      row.append(td);
+    }
+    tbody.append(row);
+  }
+  row.dataset.status = entry.status;
+  row.querySelector(".status").textContent = STATUS_LABELS[entry.status] || entry.status;
+  const presence = row.querySelector(".presence");
+  presence.textContent = entry.online ? "online" : "away";
+  presence.className = "presence " + (entry.online ? "online" : "away");
+  row.querySelector(".instance").textContent = entry.changed_on || "—";
+  row.querySelector(".since").textContent = entry.since_ms
+    ? new Date(entry.since_ms).toLocaleTimeString()
+    : "—";
+  return row;
+}
+
+function flash(row) {
+  row.classList.remove("changed");
+  void row.offsetWidth; // restart the animation
+  row.classList.add("changed");
+}
+
+// A change from the stream or from our own PUT: the newest wins, whatever order they arrive in.
+function applyChange(change) {
+  const old = board.get(change.agent);
+  if (old && old.since_ms && old.since_ms > change.at_ms) return;
+  board.set(change.agent, {
+    status: change.status,
+    since_ms: change.at_ms,
+    changed_on: change.instance,
+    online: change.status !== "offline" ? true : (old ? old.online : false),
+  });
+  flash(renderRow(change.agent));
+  if (change.agent === me) checkOwnStatus(change.status);
+}
+
+function checkOwnStatus(status) {
+  const radio = document.querySelector(`input[name="status"][value="${CSS.escape(status)}"]`);
+  if (radio) radio.checked = true;
+}
+
+// The whole board (with presence), after login, after a gap and every few seconds.
+async function loadAgents() {
+  const res = await api("GET", "/api/agents");
+  if (res.status === 401) return showLogin();
+  if (!res.ok) return;
+  const body = await res.json();
+  for (const a of body.agents) {
+    const old = board.get(a.agent);
+    // Keep a newer status the stream already delivered.
+    if (old && old.since_ms && a.since_ms && old.since_ms > a.since_ms) {
+      old.online = a.online;
+    } else {
+      board.set(a.agent, {
+        status: a.status,
+        since_ms: a.since_ms,
+        changed_on: a.changed_on,
+        online: a.online,
+      });
+    }
+    renderRow(a.agent);
+    if (a.agent === me) checkOwnStatus(board.get(a.agent).status);
+  }
+}
+
+function openStream() {
+  if (stream) stream.close();
+  clearTimeout(reconnectTimer);
+  setStreamState("connecting…");
+  // EventSource resumes by itself with Last-Event-ID after a dropped connection, on whichever
+  // instance answers; a new EventSource (after it gave up) reloads the board instead.
+  stream = new EventSource("/api/events");
+  stream.addEventListener("hello", (e) => {
+    try {
+      $("stream-instance").textContent = JSON.parse(e.data).instance;
+    } catch (_) { /* ignore a malformed greeting */ }
+    reconnectDelay = 500;
+    setStreamState("live", "live");
+    loadAgents();
+  });
+  stream.onmessage = (e) => {
+    try {
+      applyChange(JSON.parse(e.data));
+    } catch (_) { /* not a status change */ }
+  };
+  stream.addEventListener("gap", () => loadAgents());
+  stream.addEventListener("dropped", () => loadAgents());
+  stream.onerror = () => {
+    setStreamState("reconnecting…", "down");
+    $("stream-instance").textContent = "not connected";
+    if (stream.readyState === EventSource.CLOSED) {
+      // The browser gave up (e.g. an error status): retry with backoff and jitter.
+      const delay = reconnectDelay * (0.5 + Math.random() / 2);
+      reconnectDelay = Math.min(reconnectDelay * 2, 15000);
+      reconnectTimer = setTimeout(() => { if (me) openStream(); }, delay);
+    }
+  };
+}
+
+function closeStream() {
+  if (stream) stream.close();
+  stream = null;
+  clearTimeout(reconnectTimer);
+  setStreamState("offline");
+  $("stream-instance").textContent = "not connected";
+}
+
+async function loadFlags() {
+  const res = await api("GET", "/api/flags");
+  if (!res.ok) return {};
+  const body = await res.json();
+  return body.flags || {};
+}
+
+async function loadCampaigns() {
+  const res = await api("GET", "/api/campaigns");
+  const list = $("campaigns");
+  list.replaceChildren();
+  if (!res.ok) {
+    $("campaign-error").textContent = await problem(res);
+    return;
+  }
+  const body = await res.json();
+  for (const c of body.campaigns) {
+    const li = document.createElement("li");
+    li.textContent = `${c.name} (${c.status})`;
+    li.dataset.campaign = String(c.id);
+    list.append(li);
+  }
+  if (body.campaigns.length === 0) {
+    const li = document.createElement("li");
+    li.textContent = "no campaign yet";
+    list.append(li);
+  }
+}
+
+async function loadStats(flags) {
+  const on = flags["campaign-stats"] && flags["campaign-stats"].value === true;
+  $("stats").hidden = true;
+  if (!on) return;
+  const res = await api("GET", "/api/stats");
+  if (!res.ok) return;
+  const body = await res.json();
+  $("stats-detail").textContent = body.detail;
+  $("stats").hidden = false;
+}
+
+async function showApp(user) {
+  me = user;
+  $("me").textContent = user;
+  $("login").hidden = true;
+  $("app").hidden = false;
+  const flags = await loadFlags();
+  document.body.classList.toggle(
+    "dark",
+    flags["board-theme"] && flags["board-theme"].value === "dark",
+  );
+  await loadAgents();
+  openStream();
+  clearInterval(presenceTimer);
+  presenceTimer = setInterval(loadAgents, 5000);
+  if (user === "supervisor") {
+    $("supervisor").hidden = false;
+    await loadCampaigns();
+    await loadStats(flags);
+  } else {
+    $("supervisor").hidden = true;
+  }
+}
+
+function showLogin() {
+  me = null;
+  closeStream();
+  clearInterval(presenceTimer);
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("username").focus();
+}
+
+async function onLogin(event) {
+  event.preventDefault();
+  const error = $("login-error");
+  error.textContent = "";
+  const username = $("username").value.trim();
+  const password = $("password").value;
+  if (!username || !password) {
+    error.textContent = "Enter a user name and a password.";
+    return;
+  }
+  $("login-button").disabled = true;
+  try {
+    const res = await api("POST", "/auth/login", { username, password });
+    if (!res.ok) {
+      error.textContent = await problem(res);
+      return;
+    }
+    $("password").value = "";
+    const body = await res.json();
+    await showApp(body.user);
+  } catch (_) {
+    error.textContent = "The service cannot be reached: retry in a moment.";
+  } finally {
+    $("login-button").disabled = false;
+  }
+}
+
+async function onStatus(event) {
+  if (event.target.name !== "status") return;
+  const error = $("status-error");
+  error.textContent = "";
+  try {
+    const res = await api("PUT", "/api/agents/me/status", { status: event.target.value });
+    if (res.status === 401) return showLogin();
+    if (!res.ok) {
+      error.textContent = await problem(res);
+      return;
+    }
+    applyChange(await res.json());
+  } catch (_) {
+    error.textContent = "The service cannot be reached: your status was not changed.";
+  }
+}
+
+async function onCampaign(event) {
+  event.preventDefault();
+  const error = $("campaign-error");
+  error.textContent = "";
+  const name = $("campaign-name").value.trim();
+  if (!name) {
+    error.textContent = "Name the campaign.";
+    return;
+  }
+  const res = await api("POST", "/api/campaigns", { name });
+  if (!res.ok) {
+    error.textContent = await problem(res);
+    return;
+  }
+  $("campaign-name").value = "";
+  await loadCampaigns();
+}
+
+async function onLogout() {
+  await api("POST", "/auth/logout").catch(() => {});
+  board.clear();
+  $("agents").tBodies[0].replaceChildren();
+  showLogin();
+}
+
+async function start() {
+  $("login-form").addEventListener("submit", onLogin);
+  $("status-form").addEventListener("change", onStatus);
+  $("campaign-form").addEventListener("submit", onCampaign);
+  $("logout").addEventListener("click", onLogout);
+  try {
+    const res = await api("GET", "/api/me");
+    if (res.ok) {
+      const body = await res.json();
+      await showApp(body.user);
+      return;
+    }
+  } catch (_) { /* not reachable: show the form, its error says so on submit */ }
+  showLogin();
+}
+
+document.addEventListener("DOMContentLoaded", start);
