@@ -1,0 +1,395 @@
+//! The live agent board in a real browser: headless Chromium driven through WebDriver
+//! (chromedriver + fantoccini), two `call_center` processes sharing one real Redis and a real
+//! PostgreSQL primary with a streaming replica.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`bash .ci/test` installs them).
+//! `UPDATE_SCREENSHOTS=1` also writes the screenshot to `docs/board.png` (the README's picture);
+//! it is always written to `target/board.png`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use welcomedly_testkit::{PgCluster, RedisServer, free_port};
+
+const PASSWORD: &str = "board-test-password";
+
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    profile_dir.join("examples").join("call_center")
+}
+
+/// A child process killed (and reaped) on drop, so a failing test leaves nothing behind.
+struct Process {
+    child: Child,
+    port: u16,
+}
+
+impl Process {
+    fn wait_listening(mut self, what: &str) -> Self {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("{what} exited during start-up ({status})");
+            }
+            assert!(Instant::now() < deadline, "{what} did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn instance(name: &str, redis: &RedisServer, pg: &PgCluster) -> Process {
+    let port = free_port().unwrap();
+    let child = Command::new(example_binary())
+        .env_clear()
+        .env("PORT", port.to_string())
+        .env("RUST_LOG", "warn")
+        .env("REDIS_URL", redis.url())
+        .env("DATABASE_URL", pg.primary_url())
+        .env("DATABASE_REPLICA_URLS", pg.replica_urls().join(","))
+        .env(
+            "WELCOMEDLY_CONSISTENCY_SECRET",
+            "board-test-consistency-secret",
+        )
+        .env("WELCOMEDLY_INSTANCE_ID", name)
+        .env("WELCOMEDLY_DEMO_PASSWORD", PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the example binary is built by cargo test");
+    Process { child, port }.wait_listening(&format!("instance {name}"))
+}
+
+fn chromedriver() -> Process {
+    let path = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .or_else(|| which("chromedriver"))
+        .unwrap_or_else(|| {
+            panic!(
+                "chromedriver is not installed: the board's browser test needs Chromium and its \
+                 WebDriver (Debian: apt-get install -y chromium chromium-driver; `bash .ci/test` \
+                 does it)"
+            )
+        });
+    let port = free_port().unwrap();
+    let child = Command::new(path)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    Process { child, port }.wait_listening("chromedriver")
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.exists())
+    })
+}
+
+/// A fresh headless Chromium (its own profile: its own cookies) through chromedriver.
+async fn browser(driver: &Process) -> Client {
+    let mut caps = serde_json::Map::new();
+    let mut chrome = json!({
+        "args": [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1100,1250",
+        ]
+    });
+    if Path::new("/usr/bin/chromium").exists() {
+        chrome["binary"] = json!("/usr/bin/chromium");
+    }
+    caps.insert("goog:chromeOptions".into(), chrome);
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a Chromium session (is `chromium` installed?)")
+}
+
+async fn text(page: &Client, css: &str) -> String {
+    page.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Polls `check` every 25 ms until it holds; the time it took, or a panic naming `what`.
+async fn until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn row_attr(page: &Client, agent: &str, attr: &str) -> Option<String> {
+    let row = page
+        .find(Locator::Css(&format!(r#"tr[data-agent="{agent}"]"#)))
+        .await
+        .ok()?;
+    row.attr(attr).await.ok().flatten()
+}
+
+async fn row_cell(page: &Client, agent: &str, cell: &str) -> String {
+    match page
+        .find(Locator::Css(&format!(
+            r#"tr[data-agent="{agent}"] .{cell}"#
+        )))
+        .await
+    {
+        Ok(el) => el.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn log_in(page: &Client, base: &str, user: &str) {
+    page.goto(&format!("{base}/")).await.unwrap();
+    page.wait()
+        .for_element(Locator::Css("#username"))
+        .await
+        .unwrap();
+    until("the login form shows", Duration::from_secs(5), || async {
+        page.find(Locator::Css("#login"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap()
+    })
+    .await;
+    // Typed, then submitted with Enter: the form works from the keyboard.
+    page.find(Locator::Css("#username"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
+    page.find(Locator::Css("#password"))
+        .await
+        .unwrap()
+        .send_keys(&format!("{PASSWORD}\u{E007}"))
+        .await
+        .unwrap();
+    until(
+        &format!("{user} is logged in"),
+        Duration::from_secs(10),
+        || async { text(page, "#me").await == user },
+    )
+    .await;
+}
+
+async fn stream_is_live_on(page: &Client, instance: &str) -> bool {
+    text(page, "#stream-state").await == "live" && text(page, "#stream-instance").await == instance
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_shows_an_agents_change_made_on_another_instance_live_and_survives_its_death() {
+    let redis = RedisServer::start().unwrap();
+    let pg = PgCluster::start(1).unwrap();
+    let mut a = instance("instance-a", &redis, &pg);
+    let b = instance("instance-b", &redis, &pg);
+    let driver = chromedriver();
+    // `localhost`, not 127.0.0.1: browsers keep `Secure` session cookies on http://localhost.
+    let (url_a, url_b) = (
+        format!("http://localhost:{}", a.port),
+        format!("http://localhost:{}", b.port),
+    );
+    let agent = browser(&driver).await;
+    let supervisor = browser(&driver).await;
+
+    log_in(&agent, &url_a, "agent").await;
+    log_in(&supervisor, &url_b, "supervisor").await;
+
+    // Each page names the instance that served it and the one that holds its stream.
+    assert_eq!(text(&agent, "#page-instance").await, "instance-a");
+    assert_eq!(text(&supervisor, "#page-instance").await, "instance-b");
+    until("both streams are live", Duration::from_secs(10), || async {
+        stream_is_live_on(&agent, "instance-a").await
+            && stream_is_live_on(&supervisor, "instance-b").await
+    })
+    .await;
+
+    // Accessible: a language, every control labelled, nothing fetched from elsewhere.
+    let audit = supervisor
+        .execute(
+            r#"return {
+                lang: document.documentElement.lang,
+                unlabelled: [...document.querySelectorAll('input, select, textarea')]
+                    .filter(i => i.labels.length === 0 && !i.getAttribute('aria-label')).length,
+                foreign: performance.getEntriesByType('resource')
+                    .map(e => e.name).filter(n => !n.startsWith(location.origin)),
+            };"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(audit["lang"], "en", "{audit}");
+    assert_eq!(audit["unlabelled"], 0, "{audit}");
+    assert_eq!(audit["foreign"], json!([]), "{audit}");
+
+    // The supervisor view: campaigns through the DB router, and the flag-gated statistics
+    // (`campaign-stats` targets `supervisor`).
+    until(
+        "the supervisor view shows",
+        Duration::from_secs(5),
+        || async {
+            supervisor
+                .find(Locator::Css("#stats"))
+                .await
+                .unwrap()
+                .is_displayed()
+                .await
+                .unwrap()
+        },
+    )
+    .await;
+    assert!(
+        !agent
+            .find(Locator::Css("#supervisor"))
+            .await
+            .unwrap()
+            .is_displayed()
+            .await
+            .unwrap(),
+        "an agent does not get the supervisor view"
+    );
+    supervisor
+        .find(Locator::Css("#campaign-name"))
+        .await
+        .unwrap()
+        .send_keys("Spring renewals\u{E007}")
+        .await
+        .unwrap();
+    until(
+        "the new campaign is listed",
+        Duration::from_secs(5),
+        || async {
+            text(&supervisor, "#campaigns")
+                .await
+                .contains("Spring renewals (active)")
+        },
+    )
+    .await;
+
+    // The agent goes on a call on A, from the keyboard (space selects the focused radio);
+    // the supervisor's page on B shows it within a second.
+    agent
+        .find(Locator::Css(r#"input[name="status"][value="on_call"]"#))
+        .await
+        .unwrap()
+        .send_keys(" ")
+        .await
+        .unwrap();
+    let took = until(
+        "B's page shows the agent on a call",
+        Duration::from_secs(1),
+        || async {
+            row_attr(&supervisor, "agent", "data-status")
+                .await
+                .as_deref()
+                == Some("on_call")
+        },
+    )
+    .await;
+    println!("A → Redis → B → SSE → B's page: {took:?}");
+    assert_eq!(
+        row_cell(&supervisor, "agent", "instance").await,
+        "instance-a"
+    );
+    assert_eq!(row_cell(&supervisor, "agent", "presence").await, "online");
+
+    let shot = supervisor.screenshot().await.unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(root.join("target")).unwrap();
+    std::fs::write(root.join("target").join("board.png"), &shot).unwrap();
+    if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::write(root.join("docs").join("board.png"), &shot).unwrap();
+    }
+
+    // Instance A dies. The page on B keeps working: its stream stays live, its own changes
+    // still go round the bus, and the agent's presence (held by A) goes away — no ghost.
+    a.kill();
+    supervisor
+        .find(Locator::Css(r#"input[name="status"][value="available"]"#))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        "B's page shows the supervisor's own change",
+        Duration::from_secs(5),
+        || async {
+            row_attr(&supervisor, "supervisor", "data-status")
+                .await
+                .as_deref()
+                == Some("available")
+        },
+    )
+    .await;
+    until(
+        "the agent's presence left with A",
+        Duration::from_secs(15),
+        || async { row_cell(&supervisor, "agent", "presence").await == "away" },
+    )
+    .await;
+    assert!(stream_is_live_on(&supervisor, "instance-b").await);
+    // The last status the agent set is still shown: it is the agent's, not the instance's.
+    assert_eq!(
+        row_attr(&supervisor, "agent", "data-status")
+            .await
+            .as_deref(),
+        Some("on_call")
+    );
+    // The agent's page notices that its instance is gone.
+    until(
+        "A's page says its stream is down",
+        Duration::from_secs(10),
+        || async { text(&agent, "#stream-state").await != "live" },
+    )
+    .await;
+
+    agent.close().await.unwrap();
+    supervisor.close().await.unwrap();
+    drop(b);
+}
