@@ -756,3 +756,32 @@ async fn a_bus_built_while_redis_is_down_connects_by_itself_and_reports_its_heal
         assert_eq!(next_event(&mut d).await.0, status(m));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_from_the_oldest_event_gets_the_retained_history_then_live_events() {
+    let redis = RedisServer::start().unwrap();
+    let topic = Topic::<Status>::durable("agents.status").unwrap();
+    let publisher = bus(&redis).await;
+    let local = BusConfig::new(String::new()).build_local().unwrap();
+    for b in [&publisher, &local] {
+        for n in 1..=3 {
+            b.publish(&topic, &status(n)).await.unwrap();
+        }
+    }
+    // A process starting later (on Redis, and the local mode) rebuilds its state from history.
+    for (late, source) in [(bus(&redis).await, &publisher), (local.clone(), &local)] {
+        let mut sub = late.subscribe_from_oldest(&topic).await;
+        for n in 1..=3 {
+            assert_eq!(next_event(&mut sub).await.0.n, n, "history, in order");
+        }
+        source.publish(&topic, &status(4)).await.unwrap();
+        let (event, offset) = next_event(&mut sub).await;
+        assert_eq!(event.n, 4, "then live, nothing twice");
+        assert_eq!(offset.unwrap().sequence(), 4);
+    }
+    // An empty topic: nothing until the first event, which is delivered.
+    let empty = Topic::<Status>::durable("agents.empty").unwrap();
+    let mut sub = publisher.subscribe_from_oldest(&empty).await;
+    publisher.publish(&empty, &status(1)).await.unwrap();
+    assert_eq!(next_event(&mut sub).await.0.n, 1);
+}

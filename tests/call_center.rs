@@ -749,6 +749,42 @@ fn sessions_and_events_are_shared_by_instances_through_redis() {
     assert!(b.terminate().success());
 }
 
+/// An instance started after a change rebuilds its board from the bus's retained history.
+#[test]
+fn an_instance_started_later_shows_the_statuses_set_before_it_started() {
+    let redis = RedisServer::start().unwrap();
+    let a = Instance::start(&[("REDIS_URL", redis.url())]);
+    let cookie = log_in(&a, "agent");
+    let r = a.request_with(
+        "PUT",
+        "/api/agents/me/status",
+        &[("cookie", &cookie), ("content-type", "application/json")],
+        r#"{"status":"in_training"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let late = Instance::start(&[("REDIS_URL", redis.url())]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let json: serde_json::Value =
+            serde_json::from_str(&late.request("GET", "/api/agents", None).body).unwrap();
+        let agent = json["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["agent"] == "agent")
+            .unwrap()
+            .clone();
+        if agent["status"] == "in_training" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the late instance shows {agent}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(late.terminate().success());
+    assert!(a.terminate().success());
+}
+
 /// The cookie named `name` that a response sets, as `name=value`.
 fn cookie_named(r: &Response, name: &str) -> Option<String> {
     r.headers

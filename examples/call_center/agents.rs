@@ -10,9 +10,9 @@
 //!   changes as SSE (`Last-Event-ID` resumes on any instance with Redis).
 //! - Presence: an agent whose status is not `offline` is present on the instance that took the
 //!   change (membership's presence, so it vanishes with that instance: no ghosts).
-//!
-//! Known gap: the board lives in each instance's memory, fed by the bus; an instance started
-//! after a change learns that agent's status at the agent's next change.
+//! - The board lives in each instance's memory, fed by the bus: an instance rebuilds it at
+//!   start-up from the topic's retained history (`subscribe_from_oldest`), so one started after
+//!   a change shows it too.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -146,9 +146,13 @@ impl Agents {
     }
 
     /// Applies every change published anywhere to this instance's board, for as long as the
-    /// process runs.
+    /// process runs: the retained history first, then live changes.
     pub(crate) async fn follow(self: Arc<Self>) {
-        let mut sub = self.events.bus.subscribe(&self.events.topic).await;
+        let mut sub = self
+            .events
+            .bus
+            .subscribe_from_oldest(&self.events.topic)
+            .await;
         while let Some(delivery) = sub.recv().await {
             match delivery {
                 Delivery::Event(e) => self.apply(e.data),

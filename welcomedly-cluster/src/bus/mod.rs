@@ -448,6 +448,36 @@ impl Bus {
         Subscription::new(self.feed(topic.shared_name(), topic.tier(), offset).await)
     }
 
+    /// Subscribes to a durable `topic` from the oldest event still retained: the whole retained
+    /// history first (no [`Delivery::Gap`] for what was trimmed before it), then live events,
+    /// without duplicates. What a process that rebuilds state from the topic calls at start-up
+    /// (the call center's board does). On an ephemeral topic: from now.
+    pub async fn subscribe_from_oldest<T>(&self, topic: &Topic<T>) -> Subscription<T>
+    where
+        T: serde::de::DeserializeOwned,
+    {
+        if topic.tier() == Tier::Ephemeral {
+            return self.subscribe(topic).await;
+        }
+        let (rx, positioned) = self.listen_durable(topic.shared_name());
+        Subscription::new(Feed::new(
+            self.inner.clone(),
+            topic.shared_name().clone(),
+            Tier::Durable,
+            rx,
+            positioned,
+            Start {
+                cursor: Some(Offset {
+                    id: offset::StreamId::ZERO,
+                    epoch: 0,
+                    n: 0,
+                }),
+                fresh: true,
+                catching_up: true,
+            },
+        ))
+    }
+
     async fn feed(&self, topic: &Arc<str>, tier: Tier, offset: Option<Offset>) -> Feed {
         let inner = &self.inner;
         if tier == Tier::Ephemeral {
