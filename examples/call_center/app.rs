@@ -107,6 +107,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             BusConfig::new(String::new()).build_local()?,
         ),
     };
+    bus.register_metrics(telemetry.metrics().meter());
     let events = agents::Events {
         bus,
         topic: Topic::durable("agents.status")?,
@@ -131,11 +132,13 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         "welcomedly-demo-consistency-secret".to_owned()
     });
     let campaign_routes = campaigns::routes(Arc::new(db), secret.as_bytes(), session_config.secure);
+    let sessions = SessionLayer::new(session_store, session_config)?;
+    sessions.register_metrics(telemetry.metrics().meter());
     let feature_routes = flag_routes
         .merge(board::routes(config.instance_id.as_str()))
         .merge(agents::routes(agents))
         .merge(campaign_routes)
-        .layer(SessionLayer::new(session_store, session_config)?);
+        .layer(sessions);
     let api = match redis {
         Some(redis) => {
             let backend = redis.build().await?;

@@ -25,6 +25,8 @@
 //!   classic pub/sub, which reaches every node.
 //! - **SSE** (`axum` feature): [`sse::stream`] streams a topic to a browser with `id:` = offset,
 //!   heartbeats, and an end at drain.
+//! - **Metrics**: [`Bus::register_metrics`] exports [`Bus::stats`] (published, received,
+//!   dropped, recovered, gaps, reconnects) and the local subscriber count at `/metrics`.
 //! - **Without Redis**: [`BusConfig::build_local`] gives the same API and semantics within one
 //!   process (the embedded default of a single instance).
 //!
@@ -72,6 +74,7 @@
 mod config;
 mod link;
 mod memory;
+mod metrics;
 mod offset;
 mod pubsub;
 #[cfg(feature = "axum")]

@@ -25,7 +25,7 @@ use crate::Error;
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct SessionLayer {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
 impl SessionLayer {

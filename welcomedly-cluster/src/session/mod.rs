@@ -20,7 +20,8 @@
 //!   a session that was logged out meanwhile is dropped, never reviving it.
 //! - **Cookies**: `HttpOnly`, `SameSite=Lax`, `Secure` (configurable for local HTTP), path,
 //!   optional domain, optional HMAC-SHA-256 signing with key rotation. A malformed, forged or
-//!   unknown cookie is no session (debug log, counted in [`SessionLayer::stats`]).
+//!   unknown cookie is no session (debug log, counted in [`SessionLayer::stats`], exported at
+//!   `/metrics` by [`SessionLayer::register_metrics`]).
 //! - **Expiry**: idle (sliding) and absolute; a per-user index, bounded and cleaned on every
 //!   login, for "log out everywhere".
 //! - **Store down**: every Redis call has a budget (default 50 ms); a request that needs the
@@ -60,6 +61,7 @@ mod error;
 mod handle;
 mod id;
 mod layer;
+mod metrics;
 mod store;
 
 pub use self::config::SessionConfig;

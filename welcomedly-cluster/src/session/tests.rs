@@ -380,3 +380,50 @@ async fn logging_in_as_another_user_drops_the_previous_users_values() {
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"None");
 }
+
+#[tokio::test]
+async fn the_counters_are_exported_as_metrics() {
+    let metrics = welcomedly_core::telemetry::Metrics::new().unwrap();
+    let l = layer(SessionConfig::default());
+    l.register_metrics(metrics.meter());
+    let login = app(&l, |_, s: Session| async move {
+        s.log_in("dana").await?;
+        Ok(String::new())
+    });
+    let who = app(&l, |_, s: Session| async move {
+        Ok(format!("{:?}", s.user_id().await?))
+    });
+    let cookie = send(&login, None).await.cookie();
+    send(&who, Some(&cookie)).await;
+    send(&who, Some("wd_session=not-an-id")).await;
+    send(&who, Some("wd_session=00112233445566778899aabbccddeeff")).await;
+
+    let text = metrics.encode().unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    let stats = l.stats();
+    assert_eq!(value("welcomedly_session_loads_total{"), stats.loads as f64);
+    assert_eq!(
+        value("welcomedly_session_writes_total{"),
+        stats.writes as f64
+    );
+    assert!(stats.loads >= 2 && stats.writes >= 1, "{stats:?}");
+    assert_eq!(
+        value(r#"welcomedly_session_refused_total{reason="malformed_cookie""#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"welcomedly_session_refused_total{reason="unknown_session""#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"welcomedly_session_refused_total{reason="forged_cookie""#),
+        0.0
+    );
+    assert_eq!(value("welcomedly_session_writes_after_end_total{"), 0.0);
+}
