@@ -126,6 +126,17 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
     let redis = RedisServer::start().unwrap();
     let budget = Duration::from_millis(50);
     let b = backend(&redis, budget, 3).await;
+    let metrics = welcomedly_core::telemetry::Metrics::new().unwrap();
+    b.register_metrics(metrics.meter());
+    let gauge = |name: &str| -> String {
+        let text = metrics.encode().unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{name} is not exported: {text}"))
+    };
+    assert_eq!(gauge("welcomedly_rate_limit_backend_degraded"), "0");
+    assert_eq!(gauge("welcomedly_rate_limit_live_instances"), "3");
     let layer = RateLimitLayer::builder()
         .backend(b.clone())
         .policy(policy(FailureMode::LocalFallback))
@@ -164,6 +175,8 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
     );
     assert!(b.is_degraded());
     assert!(b.failures() >= 1);
+    assert_eq!(gauge("welcomedly_rate_limit_backend_degraded"), "1");
+    assert_ne!(gauge("welcomedly_rate_limit_backend_failures_total"), "0");
     {
         use welcomedly_core::health::{CheckOutcome, HealthCheck};
         assert!(matches!(b.check().await, CheckOutcome::Degraded(_)));
@@ -193,6 +206,7 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
         use welcomedly_core::health::{CheckOutcome, HealthCheck};
         assert_eq!(b.check().await, CheckOutcome::Healthy);
     }
+    assert_eq!(gauge("welcomedly_rate_limit_backend_degraded"), "0");
     // Shared again: the full burst of 30 for a new client, in Redis.
     let mut admitted = 0;
     for _ in 0..40 {

@@ -146,6 +146,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
                 m.feed(backend.live_instances());
             }
             registry.register("rate_limit", backend.clone(), Affects::Nothing);
+            backend.register_metrics(telemetry.metrics().meter());
             api_routes(
                 rate_limits().backend(backend).build()?,
                 &telemetry,

@@ -218,7 +218,7 @@ impl RedisRateLimitConfig {
 /// would double the cost of each request. The pool provides (and replaces) that connection.
 #[derive(Clone)]
 pub struct RedisBackend {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 /// The connection requests use, with the generation it was made in.
@@ -227,7 +227,7 @@ struct Hot {
     generation: u64,
 }
 
-struct Inner {
+pub(super) struct Inner {
     pool: deadpool_redis::Pool,
     hot: ArcSwapOption<Hot>,
     acquire: Script,

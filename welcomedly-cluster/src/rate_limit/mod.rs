@@ -21,6 +21,7 @@
 
 mod backend;
 mod key_name;
+mod metrics;
 mod rejections;
 pub mod script;
 

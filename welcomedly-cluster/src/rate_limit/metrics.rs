@@ -1,0 +1,78 @@
+//! The Redis rate-limit backend's OpenTelemetry instruments: whether it is on its local
+//! fallback right now, the live-instance count the fallback divides limits by, and its Redis
+//! failures and reconnects.
+
+use std::sync::Arc;
+
+use opentelemetry::metrics::Meter;
+
+use super::backend::RedisBackend;
+
+impl RedisBackend {
+    /// Registers observable instruments read at each collection (nothing is added to the
+    /// request path): gauges `welcomedly.rate_limit.backend_degraded` (1 while decisions are
+    /// made locally because Redis failed, else 0) and `welcomedly.rate_limit.live_instances`
+    /// (what the fallback divides each limit by); counters
+    /// `welcomedly.rate_limit.backend_failures` (calls that failed or answered too late),
+    /// `welcomedly.rate_limit.backend_server_errors` (errors a reconnect would not fix) and
+    /// `welcomedly.rate_limit.backend_connections` (connections made: 1 plus one per
+    /// reconnect). The per-policy decision counters are the layer's
+    /// (`RateLimitLayer::register_metrics`).
+    ///
+    /// The instruments hold the backend weakly: they stop reporting once it is dropped.
+    pub fn register_metrics(&self, meter: &Meter) {
+        let gauges: [(&'static str, &'static str, fn(&RedisBackend) -> u64); 2] = [
+            (
+                "welcomedly.rate_limit.backend_degraded",
+                "1 while rate-limit decisions are made locally because Redis failed, else 0",
+                |b| u64::from(b.is_degraded()),
+            ),
+            (
+                "welcomedly.rate_limit.live_instances",
+                "Live instances the local fallback divides each limit by",
+                |b| u64::from(b.live_instances().get()),
+            ),
+        ];
+        for (name, description, read) in gauges {
+            let weak = Arc::downgrade(&self.inner);
+            let _gauge = meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |o| {
+                    if let Some(inner) = weak.upgrade() {
+                        o.observe(read(&RedisBackend { inner }), &[]);
+                    }
+                })
+                .build();
+        }
+        let counters: [(&'static str, &'static str, fn(&RedisBackend) -> u64); 3] = [
+            (
+                "welcomedly.rate_limit.backend_failures",
+                "Redis calls of the rate limiter that failed or answered too late",
+                RedisBackend::failures,
+            ),
+            (
+                "welcomedly.rate_limit.backend_server_errors",
+                "Redis errors a reconnect would not fix (OOM, WRONGTYPE, script errors)",
+                RedisBackend::server_errors,
+            ),
+            (
+                "welcomedly.rate_limit.backend_connections",
+                "Connections the rate limiter made to Redis (1 plus one per reconnect)",
+                RedisBackend::connections_made,
+            ),
+        ];
+        for (name, description, read) in counters {
+            let weak = Arc::downgrade(&self.inner);
+            let _counter = meter
+                .u64_observable_counter(name)
+                .with_description(description)
+                .with_callback(move |o| {
+                    if let Some(inner) = weak.upgrade() {
+                        o.observe(read(&RedisBackend { inner }), &[]);
+                    }
+                })
+                .build();
+        }
+    }
+}
