@@ -8,6 +8,9 @@ use opentelemetry::metrics::Meter;
 
 use super::backend::RedisBackend;
 
+/// An instrument's name, description and what it reads off the backend.
+type Reading = (&'static str, &'static str, fn(&RedisBackend) -> u64);
+
 impl RedisBackend {
     /// Registers observable instruments read at each collection (nothing is added to the
     /// request path): gauges `welcomedly.rate_limit.backend_degraded` (1 while decisions are
@@ -21,7 +24,7 @@ impl RedisBackend {
     ///
     /// The instruments hold the backend weakly: they stop reporting once it is dropped.
     pub fn register_metrics(&self, meter: &Meter) {
-        let gauges: [(&'static str, &'static str, fn(&RedisBackend) -> u64); 2] = [
+        let gauges: [Reading; 2] = [
             (
                 "welcomedly.rate_limit.backend_degraded",
                 "1 while rate-limit decisions are made locally because Redis failed, else 0",
@@ -45,7 +48,7 @@ impl RedisBackend {
                 })
                 .build();
         }
-        let counters: [(&'static str, &'static str, fn(&RedisBackend) -> u64); 3] = [
+        let counters: [Reading; 3] = [
             (
                 "welcomedly.rate_limit.backend_failures",
                 "Redis calls of the rate limiter that failed or answered too late",
