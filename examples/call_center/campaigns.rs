@@ -70,7 +70,11 @@ struct NewCampaign {
     status: CampaignStatus,
 }
 
-const PG_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS campaigns (
+/// One simple-query string, so one implicit transaction: the advisory lock (held until it ends)
+/// serialises instances starting at once, whose concurrent `CREATE TABLE IF NOT EXISTS` would
+/// otherwise fail with a duplicate key in `pg_type`.
+const PG_SCHEMA: &str = "SELECT pg_advisory_xact_lock(7243270001);
+CREATE TABLE IF NOT EXISTS campaigns (
     id BIGSERIAL PRIMARY KEY,
     name TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'active',
@@ -94,7 +98,7 @@ pub(crate) async fn connect(
             let router = config.connect().await?;
             router.register_health(registry);
             router.register_metrics(meter);
-            sqlx::query(PG_SCHEMA)
+            sqlx::raw_sql(PG_SCHEMA)
                 .execute(&*router.write()?)
                 .await
                 .map_err(|e| format!("cannot create the campaigns table on the primary: {e}"))?;

@@ -50,6 +50,7 @@ enum Kind {
     RedisReply,
     Protocol,
     NoSuchReplica,
+    NotRunning,
 }
 
 impl Error {
@@ -155,6 +156,10 @@ impl Error {
         )
     }
 
+    pub(crate) fn not_running(what: impl fmt::Display, hint: &str) -> Self {
+        Self::new(Kind::NotRunning, format!("{what} is not running: {hint}"))
+    }
+
     /// A server binary (`redis-server`, `initdb`, `psql`, …) is not installed.
     #[must_use]
     pub fn is_not_installed(&self) -> bool {
@@ -215,6 +220,12 @@ impl Error {
     #[must_use]
     pub fn is_no_such_replica(&self) -> bool {
         self.inner.kind == Kind::NoSuchReplica
+    }
+
+    /// A fault control needs a running server (pausing, promoting) and it was stopped or killed.
+    #[must_use]
+    pub fn is_not_running(&self) -> bool {
+        self.inner.kind == Kind::NotRunning
     }
 }
 

@@ -35,23 +35,87 @@ const PORT_ATTEMPTS: usize = 10;
 const DEBIAN_BINARY: &str = "/usr/sbin/nginx";
 
 /// What the proxy in front of the instances looks like: one `upstream` with `least_conn`.
+///
+/// ```
+/// use std::time::Duration;
+/// use welcomedly_testkit::NginxConfig;
+///
+/// // What `cargo run --example cluster` puts in front of its instances.
+/// let config = NginxConfig::least_conn(&[21000, 21001])
+///     .keepalive(32)
+///     .max_fails(2)
+///     .fail_timeout(Duration::from_secs(3))
+///     .forwarded_for()
+///     .buffering(false) // server-sent events reach the client at once
+///     .read_timeout(Duration::from_secs(3600));
+/// # let _ = config;
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct NginxConfig {
     upstreams: Vec<u16>,
     keepalive: Option<u32>,
+    max_fails: u32,
     fail_timeout: Duration,
+    forwarded_for: bool,
+    buffering: bool,
+    read_timeout: Option<Duration>,
 }
 
 impl NginxConfig {
     /// `least_conn` over `127.0.0.1:<port>` for each port, no upstream keep-alive (a connection
-    /// per request), `max_fails=1 fail_timeout=1s`.
+    /// per request), `max_fails=1 fail_timeout=1s`, no `X-Forwarded-For`, NGINX's own defaults
+    /// for buffering (on) and the read timeout (60 s).
     pub fn least_conn(ports: &[u16]) -> Self {
         Self {
             upstreams: ports.to_vec(),
             keepalive: None,
+            max_fails: 1,
             fail_timeout: Duration::from_secs(1),
+            forwarded_for: false,
+            buffering: true,
+            read_timeout: None,
         }
+    }
+
+    /// Passive health checks: after `max_fails` failed attempts within the
+    /// [`fail_timeout`](Self::fail_timeout), a server is skipped for that long (`max_fails=N`;
+    /// default 1, 0 turns the accounting off).
+    pub fn max_fails(mut self, max_fails: u32) -> Self {
+        self.max_fails = max_fails;
+        self
+    }
+
+    /// The window of [`max_fails`](Self::max_fails) and how long a failed server is skipped
+    /// (`fail_timeout=`; default 1 s). Rounded down to whole seconds, at least 1 s: NGINX takes no
+    /// smaller unit here.
+    pub fn fail_timeout(mut self, fail_timeout: Duration) -> Self {
+        self.fail_timeout = fail_timeout;
+        self
+    }
+
+    /// Appends the client's address to `X-Forwarded-For`
+    /// (`proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for`), so instances that trust
+    /// `127.0.0.1/32` as a proxy see the real client. Off by default.
+    pub fn forwarded_for(mut self) -> Self {
+        self.forwarded_for = true;
+        self
+    }
+
+    /// `false` passes every byte of a response on as soon as the upstream sends it
+    /// (`proxy_buffering off`), which server-sent events and other streams need; `true` (the
+    /// default, NGINX's own) collects the response in buffers first.
+    pub fn buffering(mut self, buffering: bool) -> Self {
+        self.buffering = buffering;
+        self
+    }
+
+    /// How long NGINX waits between two reads from an upstream before it gives up on the
+    /// response (`proxy_read_timeout`, whole seconds, at least 1 s; NGINX's default is 60 s).
+    /// Raise it for long-lived streams that may stay silent for long.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = Some(timeout);
+        self
     }
 
     /// Keep up to `connections` idle upstream connections per worker (`keepalive N`, with HTTP/1.1
@@ -65,13 +129,28 @@ impl NginxConfig {
         let dir = dir.display();
         // Whole seconds: NGINX rejects `ms` here.
         let fail_timeout = self.fail_timeout.as_secs().max(1);
+        let max_fails = self.max_fails;
         let servers: String = self
             .upstreams
             .iter()
             .map(|p| {
-                format!("    server 127.0.0.1:{p} max_fails=1 fail_timeout={fail_timeout}s;\n")
+                format!(
+                    "    server 127.0.0.1:{p} max_fails={max_fails} fail_timeout={fail_timeout}s;\n"
+                )
             })
             .collect();
+        let mut location = String::new();
+        if self.forwarded_for {
+            location
+                .push_str("      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n");
+        }
+        if !self.buffering {
+            location.push_str("      proxy_buffering off;\n");
+        }
+        if let Some(timeout) = self.read_timeout {
+            let secs = timeout.as_secs().max(1);
+            location.push_str(&format!("      proxy_read_timeout {secs}s;\n"));
+        }
         let (keepalive, upstream_http) = match self.keepalive {
             Some(n) => (
                 format!("    keepalive {n};\n"),
@@ -101,6 +180,7 @@ impl NginxConfig {
              \x20   location / {{\n\
              \x20     proxy_pass http://app;\n\
              {upstream_http}\
+             {location}\
              \x20   }}\n\
              \x20 }}\n\
              }}\n"
@@ -251,5 +331,25 @@ mod tests {
         assert!(pooled.contains("keepalive 64;"));
         assert!(pooled.contains("proxy_http_version 1.1;"));
         assert!(pooled.contains("proxy_set_header Connection \"\";"));
+        assert!(!pooled.contains("proxy_buffering"));
+        assert!(!pooled.contains("X-Forwarded-For"));
+    }
+
+    #[test]
+    fn streaming_and_health_check_settings_are_rendered() {
+        let text = NginxConfig::least_conn(&[21000])
+            .max_fails(3)
+            .fail_timeout(Duration::from_millis(2500))
+            .forwarded_for()
+            .buffering(false)
+            .read_timeout(Duration::from_secs(3600))
+            .render(Path::new("/tmp/x"), 22000);
+        assert!(
+            text.contains("server 127.0.0.1:21000 max_fails=3 fail_timeout=2s;"),
+            "{text}"
+        );
+        assert!(text.contains("proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"));
+        assert!(text.contains("proxy_buffering off;"));
+        assert!(text.contains("proxy_read_timeout 3600s;"));
     }
 }

@@ -1,11 +1,17 @@
 //! Real `redis-server` instances on free loopback ports.
 //!
 //! ```no_run
+//! use std::time::Duration;
 //! use welcomedly_testkit::RedisServer;
 //!
 //! let redis = RedisServer::start()?;
 //! redis.command(&["SET", "greeting", "hello"])?;
 //! assert_eq!(redis.command(&["GET", "greeting"])?, "hello");
+//!
+//! redis.pause()?; // SIGSTOP: connections are accepted, nothing is answered
+//! let timeout = Duration::from_millis(200);
+//! assert!(redis.query_within(&["PING"], timeout).unwrap_err().is_io());
+//! redis.resume()?; // SIGCONT: everything queued is answered
 //!
 //! redis.kill()?; // SIGKILL: clients see the connection drop
 //! assert!(!redis.is_running());
@@ -17,13 +23,14 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::process::{self, POLL};
+use crate::process::{self, POLL, Signal};
 use crate::resp::{self, Reply};
 use crate::{Error, ports};
 
@@ -49,6 +56,7 @@ pub struct RedisServer {
     port: u16,
     log: PathBuf,
     child: Mutex<Option<Child>>,
+    paused: AtomicBool,
     // Last: dropped after the child is dead.
     dir: TempDir,
 }
@@ -92,6 +100,7 @@ impl RedisServer {
                         port,
                         log,
                         child: Mutex::new(Some(child)),
+                        paused: AtomicBool::new(false),
                         dir,
                     });
                 }
@@ -140,10 +149,79 @@ impl RedisServer {
         resp::request(self.port, args)
     }
 
-    /// Whether the server process is alive.
+    /// [`query`](Self::query) with its own connect, read and write timeout (instead of 5 s), to
+    /// see that a [paused](Self::pause) server does not answer.
+    ///
+    /// # Errors
+    ///
+    /// The server is not reachable or did not answer within `timeout` ([`Error::is_io`]), or it
+    /// answered with an error reply.
+    pub fn query_within(&self, args: &[&str], timeout: Duration) -> Result<Reply, Error> {
+        resp::request_within(self.port, args, timeout)
+    }
+
+    /// Whether the server process is alive (also while [paused](Self::pause)).
     #[must_use]
     pub fn is_running(&self) -> bool {
         self.lock().as_mut().is_some_and(process::is_alive)
+    }
+
+    /// Whether the server is [paused](Self::pause).
+    #[must_use]
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// Freezes the server with SIGSTOP, like a process stuck in a long GC pause or a VM that was
+    /// suspended: the kernel still accepts TCP connections (they queue in the listen backlog) and
+    /// takes in what clients send, but nothing is answered until [`resume`](Self::resume).
+    /// Clients see timeouts, not refused connections. Pausing a paused server does nothing.
+    ///
+    /// [`stop`](Self::stop), [`kill`](Self::kill), [`restart`](Self::restart) and dropping the
+    /// handle work on a paused server too.
+    ///
+    /// # Errors
+    ///
+    /// The server is not running ([`Error::is_not_running`]), or `kill -STOP` failed.
+    pub fn pause(&self) -> Result<(), Error> {
+        let mut guard = self.lock();
+        let Some(pid) = guard
+            .as_mut()
+            .and_then(|child| process::is_alive(child).then(|| child.id()))
+        else {
+            return Err(Error::not_running(
+                format_args!("redis-server on 127.0.0.1:{}", self.port),
+                "restart it before pausing it",
+            ));
+        };
+        process::signal(&[pid], Signal::Stop, self.describe())?;
+        self.paused.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Lets a [paused](Self::pause) server run again (SIGCONT); it answers every queued request.
+    /// Does nothing if it is not paused or not running.
+    ///
+    /// # Errors
+    ///
+    /// `kill -CONT` failed.
+    pub fn resume(&self) -> Result<(), Error> {
+        let guard = self.lock();
+        self.resume_locked(&guard)
+    }
+
+    fn resume_locked(&self, guard: &Option<Child>) -> Result<(), Error> {
+        if !self.paused.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        match guard {
+            Some(child) => process::signal(&[child.id()], Signal::Cont, self.describe()),
+            None => Ok(()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("redis-server on 127.0.0.1:{}", self.port)
     }
 
     /// Stops the server gracefully (`SHUTDOWN NOSAVE`), killing it if it does not exit in time.
@@ -154,9 +232,15 @@ impl RedisServer {
     /// The server did not exit within 10 s and was killed instead.
     pub fn stop(&self) -> Result<(), Error> {
         let mut guard = self.lock();
+        // A frozen server would never read SHUTDOWN.
+        let resumed = self.resume_locked(&guard);
         let Some(mut child) = guard.take() else {
-            return Ok(());
+            return resumed;
         };
+        if resumed.is_err() {
+            process::kill_and_reap(&mut child);
+            return resumed;
+        }
         // The server closes the connection without a reply when it shuts down.
         let _ = resp::request(self.port, &["SHUTDOWN", "NOSAVE"]);
         if process::wait_timeout(&mut child, STOP_TIMEOUT).is_some() {
@@ -178,9 +262,11 @@ impl RedisServer {
     ///
     /// Never in practice; kept fallible for symmetry with [`stop`](Self::stop).
     pub fn kill(&self) -> Result<(), Error> {
+        // SIGKILL ends a stopped process too.
         if let Some(mut child) = self.lock().take() {
             process::kill_and_reap(&mut child);
         }
+        self.paused.store(false, Ordering::SeqCst);
         Ok(())
     }
 
@@ -195,6 +281,7 @@ impl RedisServer {
         if let Some(mut old) = guard.take() {
             process::kill_and_reap(&mut old);
         }
+        self.paused.store(false, Ordering::SeqCst);
         let deadline = Instant::now() + RESTART_PORT_WAIT;
         loop {
             match launch(&self.binary, self.dir.path(), &self.log, self.port) {

@@ -46,6 +46,8 @@ use crate::{Error, ports};
 const PORT_ATTEMPTS: usize = 10;
 /// How long [`PgCluster::set_replay_delay`] waits for the new setting to be visible.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`PgCluster::promote`] waits for the replica to leave recovery.
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A node of a [`PgCluster`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -396,6 +398,112 @@ impl PgCluster {
     /// See [`restart`](Self::restart).
     pub fn restart_replica(&self, index: usize) -> Result<(), Error> {
         self.restart(Node::Replica(index))
+    }
+
+    /// Freezes every process of `node` with SIGSTOP: the postmaster first (so it forks no new
+    /// backend), then each process it forked — client backends, the WAL sender or receiver, the
+    /// checkpointer and the other background processes. A frozen node accepts TCP connections in
+    /// the kernel but never answers them, and open connections hang mid-query: clients see
+    /// timeouts, not refused connections, as with a node stuck in I/O or a suspended VM. A
+    /// paused replica stops receiving WAL; a paused primary stops streaming it.
+    ///
+    /// [`resume`](Self::resume) undoes it; [`stop`](Self::stop), [`kill`](Self::kill),
+    /// [`restart`](Self::restart) and dropping the cluster resume a paused node first, so nothing
+    /// stays frozen. Pausing a paused node does nothing.
+    ///
+    /// # Errors
+    ///
+    /// No such replica, the node is not running ([`Error::is_not_running`]), or `kill -STOP`
+    /// failed.
+    pub fn pause(&self, node: Node) -> Result<(), Error> {
+        self.node(node)?.pause()
+    }
+
+    /// Lets every process of a [paused](Self::pause) node run again (SIGCONT, the postmaster
+    /// last). Does nothing if it is not paused.
+    ///
+    /// # Errors
+    ///
+    /// No such replica, or `kill -CONT` failed.
+    pub fn resume(&self, node: Node) -> Result<(), Error> {
+        self.node(node)?.resume()
+    }
+
+    /// Whether `node` is [paused](Self::pause) (`false` for a replica that does not exist).
+    #[must_use]
+    pub fn is_paused(&self, node: Node) -> bool {
+        self.node(node).is_ok_and(PgNode::is_paused)
+    }
+
+    /// [`pause`](Self::pause) for replica `index`.
+    ///
+    /// # Errors
+    ///
+    /// See [`pause`](Self::pause).
+    pub fn pause_replica(&self, index: usize) -> Result<(), Error> {
+        self.pause(Node::Replica(index))
+    }
+
+    /// [`resume`](Self::resume) for replica `index`.
+    ///
+    /// # Errors
+    ///
+    /// See [`resume`](Self::resume).
+    pub fn resume_replica(&self, index: usize) -> Result<(), Error> {
+        self.resume(Node::Replica(index))
+    }
+
+    /// Promotes replica `index` to a primary (`pg_ctl promote`) and waits until it accepts
+    /// writes (`pg_is_in_recovery()` is false), as a failover would.
+    ///
+    /// Nothing else changes: the old primary keeps running and accepting writes (kill or stop it
+    /// first to model a real failover rather than a split brain), the other replicas keep
+    /// following the old primary, and the promoted node is still `Node::Replica(index)` with the
+    /// same port and URL. A restart keeps it a primary (promotion removed its `standby.signal`).
+    ///
+    /// # Errors
+    ///
+    /// No such replica, it is not running or is paused ([`Error::is_not_running`]), `pg_ctl
+    /// promote` failed (for instance because it was promoted already), or it still was in
+    /// recovery after 30 s.
+    pub fn promote(&self, index: usize) -> Result<(), Error> {
+        let replica = self.replica(index)?;
+        if !replica.is_running() || replica.is_paused() {
+            return Err(Error::not_running(
+                format_args!("replica {index} (127.0.0.1:{})", replica.port),
+                "restart or resume it before promoting it",
+            ));
+        }
+        // `-W`: do not let pg_ctl wait; we wait for what matters to clients, a writable node.
+        PgEnv::run(
+            self.env
+                .server_command(&self.env.bins.pg_ctl)
+                .args(["promote", "-W", "-s", "-D"])
+                .arg(&replica.data_dir),
+            format_args!("pg_ctl promote for replica {index}"),
+        )?;
+        let node = Node::Replica(index);
+        let deadline = Instant::now() + PROMOTE_TIMEOUT;
+        loop {
+            let last = self.psql(node, "SELECT pg_is_in_recovery()");
+            if matches!(&last, Ok(answer) if answer == "f") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let state = match last {
+                    Ok(answer) => format!("pg_is_in_recovery() = {answer}"),
+                    Err(error) => format!("it does not answer: {error}"),
+                };
+                return Err(Error::timeout(
+                    format_args!(
+                        "replica {index} was still in recovery {PROMOTE_TIMEOUT:?} after \
+                         `pg_ctl promote` ({state})"
+                    ),
+                    Some((&replica.log, process::log_tail(&replica.log, 0))),
+                ));
+            }
+            thread::sleep(POLL);
+        }
     }
 
     /// Makes replica `index` apply each commit only `delay` after it happened on the primary

@@ -1,17 +1,18 @@
 //! One PostgreSQL server process (primary or replica): launching it, waiting until it accepts
-//! connections, stopping it.
+//! connections, pausing it, stopping it.
 
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use super::binaries::PgBinaries;
 use crate::Error;
-use crate::process::{self, POLL};
+use crate::process::{self, POLL, Signal};
 use crate::run_as::RunAs;
 
 /// How long a start (including crash recovery after a kill) may take.
@@ -115,6 +116,7 @@ pub(crate) struct PgNode {
     pub(crate) log: PathBuf,
     pub(crate) port: u16,
     child: Mutex<Option<Child>>,
+    paused: AtomicBool,
 }
 
 impl PgNode {
@@ -125,7 +127,50 @@ impl PgNode {
             log,
             port,
             child: Mutex::new(None),
+            paused: AtomicBool::new(false),
         }
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// SIGSTOPs the postmaster, then every process it forked (backends, WAL sender or receiver,
+    /// checkpointer, …). The postmaster goes first so it cannot fork a new backend in between.
+    pub(crate) fn pause(&self) -> Result<(), Error> {
+        let mut guard = self.lock();
+        let Some(pid) = guard
+            .as_mut()
+            .and_then(|child| process::is_alive(child).then(|| child.id()))
+        else {
+            return Err(Error::not_running(
+                format_args!("postgres ({}) on 127.0.0.1:{}", self.label, self.port),
+                "restart it before pausing it",
+            ));
+        };
+        let postmaster = pid;
+        let what = format!("postgres ({})", self.label);
+        process::signal(&[postmaster], Signal::Stop, &what)?;
+        self.paused.store(true, Ordering::SeqCst);
+        process::signal(&process::descendants(postmaster), Signal::Stop, &what)
+    }
+
+    /// SIGCONTs every process of a paused node, the postmaster last. Does nothing if not paused.
+    pub(crate) fn resume(&self) -> Result<(), Error> {
+        let guard = self.lock();
+        self.resume_pid(guard.as_ref().map(Child::id))
+    }
+
+    fn resume_pid(&self, postmaster: Option<u32>) -> Result<(), Error> {
+        if !self.paused.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let Some(postmaster) = postmaster else {
+            return Ok(());
+        };
+        let what = format!("postgres ({})", self.label);
+        let children = process::signal(&process::descendants(postmaster), Signal::Cont, &what);
+        process::signal(&[postmaster], Signal::Cont, &what).and(children)
     }
 
     pub(crate) fn is_running(&self) -> bool {
@@ -239,6 +284,9 @@ impl PgNode {
         if !process::is_alive(child) {
             return true;
         }
+        // A frozen postmaster would not act on pg_ctl's signal, and SIGKILLing it would leave its
+        // frozen backends behind for good.
+        let _ = self.resume_pid(Some(child.id()));
         let mode = match mode {
             Shutdown::Fast => "fast",
             Shutdown::Immediate => "immediate",
@@ -265,6 +313,7 @@ impl PgNode {
         let Some(mut child) = self.lock().take() else {
             return Ok(());
         };
+        self.paused.store(false, Ordering::SeqCst);
         if process::wait_timeout(&mut child, STOP_TIMEOUT).is_some() {
             return Ok(());
         }
