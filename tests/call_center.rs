@@ -590,13 +590,13 @@ fn session_cookie(r: &Response) -> String {
 
 /// Opens `GET /api/events` on `app` and returns the first `data:` line received within
 /// `within`, after `trigger` ran (once the stream is open).
-fn first_event(app: &Instance, within: Duration, trigger: impl FnOnce()) -> String {
+fn first_event(app: &Instance, cookie: &str, within: Duration, trigger: impl FnOnce()) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", app.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     write!(
         s,
-        "GET /api/events HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\n\r\n"
+        "GET /api/events HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\ncookie: {cookie}\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -615,6 +615,7 @@ fn first_event(app: &Instance, within: Duration, trigger: impl FnOnce()) -> Stri
             Err(e) => panic!("{e}"),
         }
         let text = String::from_utf8_lossy(&raw).into_owned();
+        assert!(!text.starts_with("HTTP/1.1 4"), "{text}");
         if text.contains("\r\n\r\n")
             && let Some(t) = trigger.take()
         {
@@ -658,11 +659,14 @@ fn sessions_status_changes_and_events_on_the_embedded_default() {
         )
     };
     assert_eq!(set("sleeping").status, 422);
-    let event = first_event(&app, Duration::from_secs(5), || {
+    let event = first_event(&app, &cookie, Duration::from_secs(5), || {
         assert_eq!(set("on_call").status, 200);
     });
     assert!(event.contains(r#""status":"on_call""#), "{event}");
-    let agents = app.request("GET", "/api/agents", None);
+    // The board is for logged-in users only.
+    assert_eq!(app.request("GET", "/api/agents", None).status, 401);
+    assert_eq!(app.request("GET", "/api/events", None).status, 401);
+    let agents = app.request_with("GET", "/api/agents", &[("cookie", &cookie)], "");
     let json: serde_json::Value = serde_json::from_str(&agents.body).unwrap();
     let agent = json["agents"]
         .as_array()
@@ -701,7 +705,7 @@ fn sessions_and_events_are_shared_by_instances_through_redis() {
     assert_eq!(me.status, 200, "{}", me.body);
     assert!(me.body.contains(r#""served_by":"cc-b""#), "{}", me.body);
 
-    let event = first_event(&b, Duration::from_secs(5), || {
+    let event = first_event(&b, &cookie, Duration::from_secs(5), || {
         let r = a.request_with(
             "PUT",
             "/api/agents/me/status",
@@ -714,8 +718,11 @@ fn sessions_and_events_are_shared_by_instances_through_redis() {
     // B's board has it, and the agent is present (on A) cluster-wide.
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let json: serde_json::Value =
-            serde_json::from_str(&b.request("GET", "/api/agents", None).body).unwrap();
+        let json: serde_json::Value = serde_json::from_str(
+            &b.request_with("GET", "/api/agents", &[("cookie", &cookie)], "")
+                .body,
+        )
+        .unwrap();
         let agent = json["agents"]
             .as_array()
             .unwrap()
@@ -749,6 +756,48 @@ fn sessions_and_events_are_shared_by_instances_through_redis() {
     assert!(b.terminate().success());
 }
 
+/// Opens `GET /api/events` with `cookie` and returns the connection and the response head.
+fn open_stream(app: &Instance, cookie: &str) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", app.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET /api/events HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\ncookie: {cookie}\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&raw).contains("\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the head");
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    (s, text)
+}
+
+#[test]
+fn a_user_holds_at_most_eight_event_streams_per_instance() {
+    let app = Instance::start(&[]);
+    let agent = log_in(&app, "agent");
+    let held: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let (s, head) = open_stream(&app, &agent);
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            s
+        })
+        .collect();
+    let (_, head) = open_stream(&app, &agent);
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    assert!(head.contains("application/problem+json"), "{head}");
+    // Another user is not affected.
+    let supervisor = log_in(&app, "supervisor");
+    let (_, head) = open_stream(&app, &supervisor);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(held);
+    assert!(app.terminate().success());
+}
+
 /// An instance started after a change rebuilds its board from the bus's retained history.
 #[test]
 fn an_instance_started_later_shows_the_statuses_set_before_it_started() {
@@ -766,8 +815,12 @@ fn an_instance_started_later_shows_the_statuses_set_before_it_started() {
     let late = Instance::start(&[("REDIS_URL", redis.url())]);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let json: serde_json::Value =
-            serde_json::from_str(&late.request("GET", "/api/agents", None).body).unwrap();
+        let json: serde_json::Value = serde_json::from_str(
+            &late
+                .request_with("GET", "/api/agents", &[("cookie", &cookie)], "")
+                .body,
+        )
+        .unwrap();
         let agent = json["agents"]
             .as_array()
             .unwrap()

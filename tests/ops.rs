@@ -465,13 +465,13 @@ const JSON: (&str, &str) = ("content-type", "application/json");
 
 /// Opens `GET /api/events` on `port`, runs `trigger` once the response head arrived, and
 /// returns the response head and the first `data:` line naming an agent.
-fn first_event(port: u16, trigger: impl FnOnce()) -> (String, String) {
+fn first_event(port: u16, cookie: &str, trigger: impl FnOnce()) -> (String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     write!(
         s,
-        "GET /api/events HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\n\r\n"
+        "GET /api/events HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\ncookie: {cookie}\r\n\r\n"
     )
     .unwrap();
     let mut raw = Vec::new();
@@ -519,7 +519,7 @@ fn exercise(port: u16) -> String {
     assert_eq!(me.status, 200, "{}", me.body);
 
     // A status change, seen on the event stream.
-    let (_, event) = first_event(port, || {
+    let (_, event) = first_event(port, &session, || {
         let r = request(
             port,
             "PUT",
@@ -530,7 +530,7 @@ fn exercise(port: u16) -> String {
         assert_eq!(r.status, 200, "{}", r.body);
     });
     assert!(event.contains("on_call"), "{event}");
-    let agents = request(port, "GET", "/api/agents", &[], "");
+    let agents = request(port, "GET", "/api/agents", &[("cookie", &session)], "");
     assert_eq!(agents.status, 200, "{}", agents.body);
 
     // Campaigns through the DB router: a write, then a read that must see it.
@@ -784,7 +784,7 @@ fn nginx_config_proxies_to(app: &Instance, session: &str) {
 
     assert_eq!(request(port, "GET", "/metrics", &[], "").status, 403);
     // The event stream passes unbuffered: an event published after the stream opened arrives.
-    let (head, event) = first_event(port, || {
+    let (head, event) = first_event(port, session, || {
         let r = request(
             port,
             "PUT",

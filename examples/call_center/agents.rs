@@ -7,7 +7,9 @@
 //! - `PUT /api/agents/me/status` publishes the change on the bus (a durable topic; in Redis, or
 //!   the bus's local mode on the embedded default); every instance applies it to its board;
 //!   `GET /api/agents` lists the agents with status and presence; `GET /api/events` streams the
-//!   changes as SSE (`Last-Event-ID` resumes on any instance with Redis).
+//!   changes as SSE (`Last-Event-ID` resumes on any instance with Redis). Both need a login
+//!   (who is on which call is the call center's business), and a user holds at most 8 streams
+//!   per instance.
 //! - Presence: an agent whose status is not `offline` is present on the instance that took the
 //!   change (membership's presence, so it vanishes with that instance: no ghosts).
 //! - The board lives in each instance's memory, fed by the bus: an instance rebuilds it at
@@ -119,11 +121,61 @@ pub(crate) struct Events {
 pub(crate) struct Agents {
     pub(crate) users: Arc<Users>,
     events: Events,
-    board: Mutex<BTreeMap<String, StatusChanged>>,
+    board: Mutex<BTreeMap<String, BoardEntry>>,
     membership: Option<Membership>,
     presence: Mutex<BTreeMap<String, PresenceGuard>>,
+    streams: StreamSlots,
     instance: String,
     drain: DrainSignal,
+}
+
+/// An agent's last status on this instance's board, with the change's sequence number on the
+/// bus topic (the order every instance agrees on; publishers' clocks may disagree).
+#[derive(Clone)]
+struct BoardEntry {
+    change: StatusChanged,
+    seq: Option<u64>,
+}
+
+/// The most event streams one user may hold open on one instance (tabs, devices); the next
+/// one is refused with 429 until one closes.
+const MAX_STREAMS_PER_USER: usize = 8;
+
+/// Open event streams per user on this instance.
+#[derive(Default)]
+struct StreamSlots(Arc<Mutex<BTreeMap<String, usize>>>);
+
+/// One open stream's slot, released when the stream's body is dropped.
+struct StreamSlot {
+    slots: Arc<Mutex<BTreeMap<String, usize>>>,
+    user: String,
+}
+
+impl StreamSlots {
+    fn take(&self, user: &str) -> Option<StreamSlot> {
+        let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = slots.entry(user.to_owned()).or_insert(0);
+        if *open >= MAX_STREAMS_PER_USER {
+            return None;
+        }
+        *open += 1;
+        Some(StreamSlot {
+            slots: self.0.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = slots.get_mut(&self.user) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                slots.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl Agents {
@@ -140,6 +192,7 @@ impl Agents {
             board: Mutex::new(BTreeMap::new()),
             membership,
             presence: Mutex::new(BTreeMap::new()),
+            streams: StreamSlots::default(),
             instance,
             drain,
         })
@@ -155,7 +208,8 @@ impl Agents {
             .await;
         while let Some(delivery) = sub.recv().await {
             match delivery {
-                Delivery::Event(e) => self.apply(e.data),
+                // In the topic's order, whatever the publishers' clocks say.
+                Delivery::Event(e) => self.apply(e.data, e.offset.map(|o| o.sequence()), true),
                 Delivery::Gap(gap) => {
                     tracing::warn!(
                         ?gap,
@@ -167,14 +221,17 @@ impl Agents {
         }
     }
 
-    fn apply(&self, change: StatusChanged) {
+    /// Puts `change` on the board: always when it comes from the topic in order (`in_order`),
+    /// else (this instance's own change, applied before the topic delivers it) only when it is
+    /// newer by sequence number than what the board holds.
+    fn apply(&self, change: StatusChanged, seq: Option<u64>, in_order: bool) {
         let mut board = self.board.lock().unwrap_or_else(PoisonError::into_inner);
-        // Keep the newest: a late delivery of an older change never overwrites a newer one.
-        if board
-            .get(&change.agent)
-            .is_none_or(|old| old.at_ms <= change.at_ms)
-        {
-            board.insert(change.agent.clone(), change);
+        let newer = match (board.get(&change.agent).and_then(|e| e.seq), seq) {
+            (Some(old), Some(new)) => new > old,
+            _ => true,
+        };
+        if in_order || newer {
+            board.insert(change.agent.clone(), BoardEntry { change, seq });
         }
     }
 }
@@ -311,24 +368,39 @@ async fn set_status(
             }
         }
     }
-    if let Err(e) = agents
+    let offset = match agents
         .events
         .bus
         .publish(&agents.events.topic, &change)
         .await
     {
-        tracing::warn!(error = %e, "could not publish a status change");
-        return Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the status change could not be shared with the other instances (the event bus is unreachable): retry in a moment",
-        )
-        .into_response();
-    }
-    agents.apply(change.clone());
-    Json(change).into_response()
+        Ok(offset) => offset,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not publish a status change");
+            return Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the status change could not be shared with the other instances (the event bus is unreachable): retry in a moment",
+            )
+            .into_response();
+        }
+    };
+    let seq = offset.map(|o| o.sequence());
+    agents.apply(change.clone(), seq, false);
+    Json(serde_json::json!({
+        "agent": change.agent,
+        "status": change.status,
+        "instance": change.instance,
+        "at_ms": change.at_ms,
+        "seq": seq,
+    }))
+    .into_response()
 }
 
-async fn list(State(agents): State<Arc<Agents>>) -> Response {
+async fn list(State(agents): State<Arc<Agents>>, session: Session) -> Response {
+    // Who is on which call is the call center's business: logged-in users only.
+    if let Err(res) = user(&session).await {
+        return res;
+    }
     let presence = match &agents.membership {
         Some(m) => m.cluster_presence().await.ok(),
         None => None,
@@ -342,7 +414,7 @@ async fn list(State(agents): State<Arc<Agents>>) -> Response {
         .iter()
         .map(|name| {
             let entry = board.get(*name);
-            let status = entry.map_or(AgentStatus::Offline, |e| e.status);
+            let status = entry.map_or(AgentStatus::Offline, |e| e.change.status);
             let online = match &presence {
                 Some(p) => p.contains(name),
                 None => status != AgentStatus::Offline,
@@ -350,8 +422,9 @@ async fn list(State(agents): State<Arc<Agents>>) -> Response {
             serde_json::json!({
                 "agent": name,
                 "status": status,
-                "since_ms": entry.map(|e| e.at_ms),
-                "changed_on": entry.map(|e| e.instance.clone()),
+                "since_ms": entry.map(|e| e.change.at_ms),
+                "changed_on": entry.map(|e| e.change.instance.clone()),
+                "seq": entry.and_then(|e| e.seq),
                 "online": online,
             })
         })
@@ -359,21 +432,46 @@ async fn list(State(agents): State<Arc<Agents>>) -> Response {
     Json(serde_json::json!({ "agents": list, "served_by": agents.instance })).into_response()
 }
 
-async fn events(State(agents): State<Arc<Agents>>, headers: HeaderMap) -> Response {
+async fn events(
+    State(agents): State<Arc<Agents>>,
+    session: Session,
+    headers: HeaderMap,
+) -> Response {
+    let user = match user(&session).await {
+        Ok(user) => user,
+        Err(res) => return res,
+    };
+    let Some(slot) = agents.streams.take(&user) else {
+        return Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "you already have {MAX_STREAMS_PER_USER} event streams open on this instance: close a board tab and retry"
+            ),
+        )
+        .into_response();
+    };
     let Events { bus, topic } = &agents.events;
     // First on every connection: which instance holds this stream (the board shows it).
     let hello = axum::response::sse::Event::default()
         .event("hello")
         .json_data(serde_json::json!({ "instance": agents.instance }))
         .unwrap_or_default();
-    welcomedly_cluster::bus::sse::stream_starting_with(
+    let response = welcomedly_cluster::bus::sse::stream_starting_with(
         bus,
         topic,
         &headers,
         Some(agents.drain.clone()),
         hello,
     )
-    .await
+    .await;
+    // The slot is released when the stream's body is dropped (client gone, drain, shutdown).
+    response.map(|body| {
+        use futures_util::StreamExt;
+        axum::body::Body::from_stream(body.into_data_stream().map(move |chunk| {
+            let _held = &slot;
+            chunk
+        }))
+    })
 }
 
 fn now_ms() -> u64 {

@@ -124,14 +124,16 @@ fn watch_signals(events: Sender<Event>, stopping: Arc<AtomicBool>) -> Result<(),
             };
             runtime.block_on(async move {
                 use tokio::signal::unix::{SignalKind, signal};
-                let (mut interrupt, mut terminate) = match (
+                // SIGHUP too: closing the terminal must tear down, not orphan, the servers.
+                let (mut interrupt, mut terminate, mut hangup) = match (
                     signal(SignalKind::interrupt()),
                     signal(SignalKind::terminate()),
+                    signal(SignalKind::hangup()),
                 ) {
-                    (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
-                    (Err(e), _) | (_, Err(e)) => {
+                    (Ok(interrupt), Ok(terminate), Ok(hangup)) => (interrupt, terminate, hangup),
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                         let _ = ready.send(Err(format!(
-                            "cannot catch SIGINT/SIGTERM ({e}): Ctrl-C would leave servers behind"
+                            "cannot catch SIGINT/SIGTERM/SIGHUP ({e}): Ctrl-C would leave servers behind"
                         )));
                         return;
                     }
@@ -140,6 +142,7 @@ fn watch_signals(events: Sender<Event>, stopping: Arc<AtomicBool>) -> Result<(),
                 let name = tokio::select! {
                     _ = interrupt.recv() => "SIGINT",
                     _ = terminate.recv() => "SIGTERM",
+                    _ = hangup.recv() => "SIGHUP",
                 };
                 stopping.store(true, Ordering::SeqCst);
                 let _ = events.send(Event::Signal(name));
@@ -148,6 +151,7 @@ fn watch_signals(events: Sender<Event>, stopping: Arc<AtomicBool>) -> Result<(),
                     tokio::select! {
                         _ = interrupt.recv() => {}
                         _ = terminate.recv() => {}
+                        _ = hangup.recv() => {}
                     }
                     eprintln!(
                         "cluster: still tearing down; `kill -KILL {}` would leave servers behind",
@@ -167,8 +171,18 @@ fn read_stdin(events: Sender<Event>) {
     let spawned = thread::Builder::new()
         .name("stdin".to_owned())
         .spawn(move || {
-            for line in io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
+            // Bytes, not `lines()`: a stray non-UTF-8 byte is a bad command, not the end of input.
+            let mut stdin = io::stdin().lock();
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match stdin.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned();
                 if events.send(Event::Line(line)).is_err() {
                     return;
                 }

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -34,6 +34,9 @@ pub(crate) struct Stack {
     password: String,
     nginx_note: Option<String>,
     logs: TempDir,
+    /// Bumped by every Redis command: a timed `pause-redis` resumes only if nothing was done
+    /// to Redis since (a later `resume-redis` + `pause-redis` is not cut short by it).
+    redis_generation: Arc<AtomicU64>,
 }
 
 /// Why the start stopped.
@@ -175,6 +178,7 @@ impl Stack {
             password: options.password.clone(),
             nginx_note,
             logs,
+            redis_generation: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -238,6 +242,15 @@ impl Stack {
 
     /// Runs one command and prints what happened.
     pub(crate) fn run(&mut self, command: Command) {
+        if matches!(
+            command,
+            Command::KillRedis
+                | Command::RestartRedis
+                | Command::PauseRedis(_)
+                | Command::ResumeRedis
+        ) {
+            self.redis_generation.fetch_add(1, Ordering::SeqCst);
+        }
         let outcome = match command {
             Command::Nothing => Ok(String::new()),
             Command::Help => Ok(HELP.to_owned()),
@@ -373,8 +386,13 @@ impl Stack {
         };
         // A weak handle: a pause that outlives the cluster must not keep Redis alive.
         let redis: Weak<RedisServer> = Arc::downgrade(&self.redis);
+        let generation = self.redis_generation.clone();
+        let this_pause = generation.load(Ordering::SeqCst);
         thread::spawn(move || {
             thread::sleep(duration);
+            if generation.load(Ordering::SeqCst) != this_pause {
+                return; // Redis was resumed, restarted or paused again since
+            }
             if let Some(redis) = redis.upgrade() {
                 match redis.resume() {
                     Ok(()) => println!("Redis resumed after {} ms", duration.as_millis()),

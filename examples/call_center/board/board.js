@@ -13,12 +13,21 @@ const STATUS_LABELS = {
 };
 
 const $ = (id) => document.getElementById(id);
-const board = new Map(); // agent -> { status, since_ms, changed_on, online }
+// agent -> { status, since_ms, changed_on, online, seq }; `seq` is the change's number on the
+// bus topic: the order every instance agrees on (publishers' clocks may not).
+const board = new Map();
 let me = null;
 let stream = null;
 let reconnectTimer = null;
 let reconnectDelay = 500;
 let presenceTimer = null;
+let statusTimer = null;
+
+// The sequence number in an SSE id (`<stream id>.<epoch>.<sequence>`), or null.
+function seqOf(id) {
+  const n = Number((id || "").split(".").pop());
+  return Number.isSafeInteger(n) && n > 0 ? n : null;
+}
 
 // The server's problem+json `detail`, or a plain sentence.
 async function problem(res) {
@@ -80,15 +89,17 @@ function flash(row) {
   row.classList.add("changed");
 }
 
-// A change from the stream or from our own PUT: the newest wins, whatever order they arrive in.
-function applyChange(change) {
+// A change from the stream (`inOrder`: in the topic's order, always applied) or from our own
+// PUT (applied unless the board already holds a later change).
+function applyChange(change, seq, inOrder) {
   const old = board.get(change.agent);
-  if (old && old.since_ms && old.since_ms > change.at_ms) return;
+  if (!inOrder && old && old.seq != null && seq != null && old.seq >= seq) return;
   board.set(change.agent, {
     status: change.status,
     since_ms: change.at_ms,
     changed_on: change.instance,
     online: change.status !== "offline" ? true : (old ? old.online : false),
+    seq: seq != null ? seq : (old ? old.seq : null),
   });
   flash(renderRow(change.agent));
   if (change.agent === me) checkOwnStatus(change.status);
@@ -99,7 +110,9 @@ function checkOwnStatus(status) {
   if (radio) radio.checked = true;
 }
 
-// The whole board (with presence), after login, after a gap and every few seconds.
+// The whole board (with presence), after login, after a gap and every few seconds. Any
+// instance may answer, one that knows less than the stream told us included: a row is replaced
+// only by a later change (by sequence number); presence always comes from here.
 async function loadAgents() {
   const res = await api("GET", "/api/agents");
   if (res.status === 401) return showLogin();
@@ -107,20 +120,26 @@ async function loadAgents() {
   const body = await res.json();
   for (const a of body.agents) {
     const old = board.get(a.agent);
-    // Keep a newer status the stream already delivered.
-    if (old && old.since_ms && a.since_ms && old.since_ms > a.since_ms) {
-      old.online = a.online;
-    } else {
+    const later = !old || (a.seq != null && (old.seq == null || a.seq > old.seq));
+    if (later) {
       board.set(a.agent, {
         status: a.status,
         since_ms: a.since_ms,
         changed_on: a.changed_on,
         online: a.online,
+        seq: a.seq,
       });
+    } else {
+      old.online = a.online;
     }
     renderRow(a.agent);
     if (a.agent === me) checkOwnStatus(board.get(a.agent).status);
   }
+}
+
+function pollAgents() {
+  if (document.visibilityState === "hidden") return;
+  loadAgents().catch(() => { /* unreachable for now: the next poll retries */ });
 }
 
 function openStream() {
@@ -136,15 +155,23 @@ function openStream() {
     } catch (_) { /* ignore a malformed greeting */ }
     reconnectDelay = 500;
     setStreamState("live", "live");
-    loadAgents();
+    pollAgents();
   });
   stream.onmessage = (e) => {
+    let change;
     try {
-      applyChange(JSON.parse(e.data));
-    } catch (_) { /* not a status change */ }
+      change = JSON.parse(e.data);
+    } catch (_) {
+      return; // not a status change
+    }
+    applyChange(change, seqOf(e.lastEventId), true);
   };
-  stream.addEventListener("gap", () => loadAgents());
-  stream.addEventListener("dropped", () => loadAgents());
+  // History was lost or renumbered: forget the sequence numbers and reload.
+  stream.addEventListener("gap", () => {
+    for (const entry of board.values()) entry.seq = null;
+    pollAgents();
+  });
+  stream.addEventListener("dropped", () => pollAgents());
   stream.onerror = () => {
     setStreamState("reconnecting…", "down");
     $("stream-instance").textContent = "not connected";
@@ -210,21 +237,26 @@ async function showApp(user) {
   $("me").textContent = user;
   $("login").hidden = true;
   $("app").hidden = false;
-  const flags = await loadFlags();
-  document.body.classList.toggle(
-    "dark",
-    flags["board-theme"] && flags["board-theme"].value === "dark",
-  );
-  await loadAgents();
-  openStream();
-  clearInterval(presenceTimer);
-  presenceTimer = setInterval(loadAgents, 5000);
-  if (user === "supervisor") {
-    $("supervisor").hidden = false;
-    await loadCampaigns();
-    await loadStats(flags);
-  } else {
-    $("supervisor").hidden = true;
+  $("me-title").focus();
+  try {
+    const flags = await loadFlags();
+    document.body.classList.toggle(
+      "dark",
+      flags["board-theme"] && flags["board-theme"].value === "dark",
+    );
+    await loadAgents();
+    if (me !== user) return; // logged out meanwhile
+    openStream();
+    clearInterval(presenceTimer);
+    presenceTimer = setInterval(pollAgents, 5000);
+    $("supervisor").hidden = user !== "supervisor";
+    if (user === "supervisor") {
+      await loadCampaigns();
+      await loadStats(flags);
+    }
+  } catch (_) {
+    showLogin();
+    $("login-error").textContent = "The service cannot be reached: log in again in a moment.";
   }
 }
 
@@ -232,6 +264,7 @@ function showLogin() {
   me = null;
   closeStream();
   clearInterval(presenceTimer);
+  clearTimeout(statusTimer);
   $("app").hidden = true;
   $("login").hidden = false;
   $("username").focus();
@@ -264,20 +297,35 @@ async function onLogin(event) {
   }
 }
 
-async function onStatus(event) {
+// Arrow keys move through the radio group one state at a time: only the state the user
+// settles on (250 ms) is sent, not every one passed on the way.
+function onStatus(event) {
   if (event.target.name !== "status") return;
+  clearTimeout(statusTimer);
+  const status = event.target.value;
+  statusTimer = setTimeout(() => sendStatus(status), 250);
+}
+
+async function sendStatus(status) {
   const error = $("status-error");
   error.textContent = "";
+  const restore = () => {
+    const mine = board.get(me);
+    checkOwnStatus(mine ? mine.status : "offline");
+  };
   try {
-    const res = await api("PUT", "/api/agents/me/status", { status: event.target.value });
+    const res = await api("PUT", "/api/agents/me/status", { status });
     if (res.status === 401) return showLogin();
     if (!res.ok) {
       error.textContent = await problem(res);
+      restore();
       return;
     }
-    applyChange(await res.json());
+    const change = await res.json();
+    applyChange(change, change.seq, false);
   } catch (_) {
     error.textContent = "The service cannot be reached: your status was not changed.";
+    restore();
   }
 }
 
@@ -290,13 +338,17 @@ async function onCampaign(event) {
     error.textContent = "Name the campaign.";
     return;
   }
-  const res = await api("POST", "/api/campaigns", { name });
-  if (!res.ok) {
-    error.textContent = await problem(res);
-    return;
+  try {
+    const res = await api("POST", "/api/campaigns", { name });
+    if (!res.ok) {
+      error.textContent = await problem(res);
+      return;
+    }
+    $("campaign-name").value = "";
+    await loadCampaigns();
+  } catch (_) {
+    error.textContent = "The service cannot be reached: the campaign was not added.";
   }
-  $("campaign-name").value = "";
-  await loadCampaigns();
 }
 
 async function onLogout() {
