@@ -12,7 +12,7 @@
 //! curl -c jar -X POST localhost:3000/auth/login -H 'content-type: application/json' \
 //!      -d '{"username":"agent","password":"welcomedly-demo"}'
 //! curl -b jar -X PUT localhost:3000/api/agents/me/status -H 'content-type: application/json' \
-//!      -d '{"status":"on_call"}'                     # seen by `curl -N localhost:3000/api/events`
+//!      -d '{"status":"on_call"}'                     # seen by `curl -N -b jar localhost:3000/api/events`
 //! curl -X POST localhost:3000/api/campaigns -H 'content-type: application/json' -d '{"name":"spring"}'
 //! curl -H 'x-user-id: supervisor' localhost:3000/api/flags
 //! ```
