@@ -309,6 +309,13 @@ async fn the_board_shows_an_agents_change_made_on_another_instance_live_and_surv
         },
     )
     .await;
+    // The gated statistics count it (read-your-writes: whichever node answers).
+    until(
+        "the statistics count it",
+        Duration::from_secs(5),
+        || async { text(&supervisor, "#stats-detail").await == "1 campaign: 1 active" },
+    )
+    .await;
 
     // The agent goes on a call on A, from the keyboard (space selects the focused radio);
     // the supervisor's page on B shows it within a second.

@@ -81,6 +81,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     )
     .await?;
     let flag_routes = flags::routes(&features, admin_token);
+    let flags_layer = flags::layer(&features);
     // Membership: a heartbeat in Redis; the live count feeds the rate limiter's fallback share
     // (no WELCOMEDLY_INSTANCES to keep in sync by hand), and the instance leaves at drain.
     let membership = match membership {
@@ -138,6 +139,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         .merge(board::routes(config.instance_id.as_str()))
         .merge(agents::routes(agents))
         .merge(campaign_routes)
+        .layer(flags_layer)
         .layer(sessions);
     let api = match redis {
         Some(redis) => {

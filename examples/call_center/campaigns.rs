@@ -2,8 +2,10 @@
 //! read-your-writes carried in a cookie — or, on the embedded default, one in-memory SQLite.
 //!
 //! `POST /api/campaigns` (`{"name", "status"?}`) answers 201 with the campaign;
-//! `GET /api/campaigns` lists, `GET /api/campaigns/{id}` fetches. With PostgreSQL every read of
-//! a client that just wrote waits for (or skips) replicas that have not replayed its write.
+//! `GET /api/campaigns` lists, `GET /api/campaigns/{id}` fetches, and `GET /api/stats` counts
+//! them by status (behind the `campaign-stats` flag: 404 for whom it is off). With PostgreSQL
+//! every read of a client that just wrote waits for (or skips) replicas that have not replayed
+//! its write.
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Sqlite};
 use welcomedly_core::health::HealthRegistry;
 use welcomedly_db::{Consistency, ConsistencyLayer, RouterConfig};
+use welcomedly_flags::layer::FlagGateLayer;
 
 use crate::problem::Problem;
 
@@ -120,6 +123,10 @@ pub(crate) fn routes(db: Arc<Db>, secret: &[u8], secure: bool) -> Router {
     Router::new()
         .route("/api/campaigns", get(list).post(create))
         .route("/api/campaigns/{id}", get(fetch))
+        .route(
+            "/api/stats",
+            get(stats).layer(FlagGateLayer::new(crate::flags::STATS_FLAG)),
+        )
         .with_state(db)
         .layer(ConsistencyLayer::new(secret).secure(secure))
 }
@@ -248,6 +255,39 @@ async fn fetch(
             format!("there is no campaign {id}: list them with GET /api/campaigns"),
         )
         .into_response(),
+        Err(e) => db_error(e),
+    }
+}
+
+/// Campaigns counted by status: the flag-gated feature.
+async fn stats(
+    State(db): State<Arc<Db>>,
+    Extension(consistency): Extension<Consistency>,
+) -> Response {
+    const COUNT: &str = "SELECT status, COUNT(*) FROM campaigns GROUP BY status ORDER BY status";
+    let rows: Result<Vec<(String, i64)>, sqlx::Error> = match &*db {
+        Db::Pg(router) => {
+            let token = consistency.token();
+            sqlx::query_as(COUNT)
+                .fetch_all(&*router.read_after(token.as_ref()).await)
+                .await
+        }
+        Db::Lite(router) => sqlx::query_as(COUNT).fetch_all(&*router.read()).await,
+    };
+    match rows {
+        Ok(rows) => {
+            let total: i64 = rows.iter().map(|(_, n)| n).sum();
+            let by_status: serde_json::Map<String, serde_json::Value> = rows
+                .into_iter()
+                .map(|(status, n)| (status, n.into()))
+                .collect();
+            Json(serde_json::json!({
+                "feature": crate::flags::STATS_FLAG,
+                "campaigns": total,
+                "by_status": by_status,
+            }))
+            .into_response()
+        }
         Err(e) => db_error(e),
     }
 }

@@ -10,7 +10,7 @@ use axum::extract::Json;
 use axum::routing::get;
 use welcomedly_core::health::{Affects, HealthRegistry};
 use welcomedly_flags::admin::{self, BearerToken};
-use welcomedly_flags::layer::{FlagGateLayer, FlagsLayer, RequestFlags};
+use welcomedly_flags::layer::{FlagsLayer, RequestFlags};
 use welcomedly_flags::store::{
     Change, FlagStore, FlagSyncHandle, MemoryStore, RedisStoreConfig, SyncConfig, sync_flags,
 };
@@ -34,7 +34,7 @@ const SEED: &str = r#"{
   }
 }"#;
 
-/// The flag that gates `GET /api/stats`.
+/// The flag that gates `GET /api/stats` (campaign statistics, in `campaigns`).
 pub(crate) const STATS_FLAG: &str = "campaign-stats";
 
 /// This instance's flags and what keeps them current.
@@ -90,34 +90,19 @@ async fn seed(store: &dyn FlagStore) {
     }
 }
 
-/// `GET /api/flags` (every flag for the caller), the flag-gated `GET /api/stats`, and, when
-/// `admin_token` is set, the admin API under `/admin/flags`; all of it inside [`FlagsLayer`].
-///
-/// The caller is the logged-in user (the session layer, loading eagerly, puts its `UserId` in
-/// the request); without a session, the `x-user-id` header names the caller (a demo stand-in
-/// for scripts; it only picks flag variants, it grants nothing).
+/// `GET /api/flags` (every flag for the caller) and, when `admin_token` is set, the admin API
+/// under `/admin/flags`. [`layer`] goes around these and every other feature route.
 pub(crate) fn routes(features: &FeatureFlags, admin_token: Option<String>) -> Router {
-    let mut router = Router::new()
-        .route(
-            "/api/flags",
-            get(|flags: RequestFlags| async move {
-                Json(serde_json::json!({
-                    "user": flags.key(),
-                    "version": flags.snapshot().version(),
-                    "flags": flags.evaluate_all(),
-                }))
-            }),
-        )
-        .route(
-            "/api/stats",
-            get(|| async {
-                Json(serde_json::json!({
-                    "feature": STATS_FLAG,
-                    "detail": "campaign statistics: shown to the users the flag selects; switch it off at /admin/flags/campaign-stats",
-                }))
-            })
-            .layer(FlagGateLayer::new(STATS_FLAG)),
-        );
+    let mut router = Router::new().route(
+        "/api/flags",
+        get(|flags: RequestFlags| async move {
+            Json(serde_json::json!({
+                "user": flags.key(),
+                "version": flags.snapshot().version(),
+                "flags": flags.evaluate_all(),
+            }))
+        }),
+    );
     if let Some(token) = admin_token {
         router = router.merge(admin::router(
             features.store.clone(),
@@ -125,8 +110,15 @@ pub(crate) fn routes(features: &FeatureFlags, admin_token: Option<String>) -> Ro
             "/admin/flags",
         ));
     }
-    router.layer(
-        FlagsLayer::new(features.flags.clone())
-            .key_header(http::HeaderName::from_static("x-user-id")),
-    )
+    router
+}
+
+/// One snapshot and targeting context per request, for every route inside it (a flag gate such
+/// as the one on `GET /api/stats` reads them).
+///
+/// The caller is the logged-in user (the session layer, loading eagerly, puts its `UserId` in
+/// the request); without a session, the `x-user-id` header names the caller (a demo stand-in
+/// for scripts; it only picks flag variants, it grants nothing).
+pub(crate) fn layer(features: &FeatureFlags) -> FlagsLayer {
+    FlagsLayer::new(features.flags.clone()).key_header(http::HeaderName::from_static("x-user-id"))
 }

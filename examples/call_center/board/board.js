@@ -22,6 +22,7 @@ let reconnectTimer = null;
 let reconnectDelay = 500;
 let presenceTimer = null;
 let statusTimer = null;
+let statsOn = false;
 
 // The sequence number in an SSE id (`<stream id>.<epoch>.<sequence>`), or null.
 function seqOf(id) {
@@ -221,14 +222,18 @@ async function loadCampaigns() {
   }
 }
 
-async function loadStats(flags) {
-  const on = flags["campaign-stats"] && flags["campaign-stats"].value === true;
+// The flag-gated statistics: shown only when `campaign-stats` is on for this user (the server
+// answers 404 otherwise, whatever the page asks).
+async function loadStats() {
   $("stats").hidden = true;
-  if (!on) return;
+  if (!statsOn) return;
   const res = await api("GET", "/api/stats");
   if (!res.ok) return;
   const body = await res.json();
-  $("stats-detail").textContent = body.detail;
+  const parts = Object.entries(body.by_status).map(([status, n]) => `${n} ${status}`);
+  const noun = body.campaigns === 1 ? "campaign" : "campaigns";
+  $("stats-detail").textContent =
+    `${body.campaigns} ${noun}` + (parts.length ? `: ${parts.join(", ")}` : "");
   $("stats").hidden = false;
 }
 
@@ -251,8 +256,9 @@ async function showApp(user) {
     presenceTimer = setInterval(pollAgents, 5000);
     $("supervisor").hidden = user !== "supervisor";
     if (user === "supervisor") {
+      statsOn = flags["campaign-stats"] && flags["campaign-stats"].value === true;
       await loadCampaigns();
-      await loadStats(flags);
+      await loadStats();
     }
   } catch (_) {
     showLogin();
@@ -346,6 +352,7 @@ async function onCampaign(event) {
     }
     $("campaign-name").value = "";
     await loadCampaigns();
+    await loadStats();
   } catch (_) {
     error.textContent = "The service cannot be reached: the campaign was not added.";
   }
