@@ -400,3 +400,143 @@ async fn the_board_shows_an_agents_change_made_on_another_instance_live_and_surv
     supervisor.close().await.unwrap();
     drop(b);
 }
+
+/// One HTTP/1.1 request on a fresh connection; the status, the `set-cookie` session and body.
+fn http(port: u16, method: &str, path: &str, cookie: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(c) = cookie {
+        head.push_str(&format!("cookie: {c}\r\n"));
+    }
+    write!(s, "{head}\r\n{body}").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    (status, raw)
+}
+
+fn session_cookie(raw: &str) -> String {
+    raw.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.trim().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("wd_session="))
+        .expect("a session cookie")
+}
+
+/// Behind NGINX, the instance holding the page's stream dies: the browser reconnects through
+/// NGINX to the other instance and the board catches up on what changed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_nginx_the_board_survives_the_death_of_the_instance_holding_its_stream() {
+    use welcomedly_testkit::{Nginx, NginxConfig};
+    let redis = RedisServer::start().unwrap();
+    let pg = PgCluster::start(1).unwrap();
+    let mut instances = [
+        ("instance-a", instance("instance-a", &redis, &pg)),
+        ("instance-b", instance("instance-b", &redis, &pg)),
+    ];
+    let ports: Vec<u16> = instances.iter().map(|(_, p)| p.port).collect();
+    let nginx = Nginx::start(
+        &NginxConfig::least_conn(&ports)
+            .keepalive(16)
+            .max_fails(1)
+            .fail_timeout(Duration::from_secs(2))
+            .forwarded_for()
+            .buffering(false)
+            .read_timeout(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    let driver = chromedriver();
+    let supervisor = browser(&driver).await;
+    log_in(
+        &supervisor,
+        &format!("http://localhost:{}", nginx.port()),
+        "supervisor",
+    )
+    .await;
+    until("the stream is live", Duration::from_secs(10), || async {
+        text(&supervisor, "#stream-state").await == "live"
+    })
+    .await;
+    let holder = text(&supervisor, "#stream-instance").await;
+    let (survivor_name, survivor_port) = instances
+        .iter()
+        .find(|(name, _)| *name != holder)
+        .map(|(name, p)| (*name, p.port))
+        .unwrap();
+
+    // The agent works through NGINX too (no browser needed for that side).
+    let login = format!(r#"{{"username":"agent","password":"{PASSWORD}"}}"#);
+    let (status, raw) = http(nginx.port(), "POST", "/auth/login", None, &login);
+    assert_eq!(status, 200, "{raw}");
+    let agent = session_cookie(&raw);
+    let set = |port: u16, state: &str| {
+        let (status, raw) = http(
+            port,
+            "PUT",
+            "/api/agents/me/status",
+            Some(&agent),
+            &format!(r#"{{"status":"{state}"}}"#),
+        );
+        assert_eq!(status, 200, "{raw}");
+    };
+    set(nginx.port(), "on_break");
+    until(
+        "the page shows the break",
+        Duration::from_secs(2),
+        || async {
+            row_attr(&supervisor, "agent", "data-status")
+                .await
+                .as_deref()
+                == Some("on_break")
+        },
+    )
+    .await;
+
+    // The instance holding the stream dies; a change is made while the browser reconnects.
+    instances
+        .iter_mut()
+        .find(|(name, _)| *name == holder)
+        .unwrap()
+        .1
+        .kill();
+    set(survivor_port, "in_training");
+    let took = until(
+        "the page reconnected to the survivor and caught up",
+        Duration::from_secs(15),
+        || async {
+            stream_is_live_on(&supervisor, survivor_name).await
+                && row_attr(&supervisor, "agent", "data-status")
+                    .await
+                    .as_deref()
+                    == Some("in_training")
+        },
+    )
+    .await;
+    println!("{holder} killed: the page streams from {survivor_name} and caught up in {took:?}");
+    // And it keeps working through NGINX: the supervisor's own change goes round.
+    supervisor
+        .find(Locator::Css(r#"input[name="status"][value="available"]"#))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        "the supervisor's change shows",
+        Duration::from_secs(5),
+        || async {
+            row_attr(&supervisor, "supervisor", "data-status")
+                .await
+                .as_deref()
+                == Some("available")
+        },
+    )
+    .await;
+    supervisor.close().await.unwrap();
+}

@@ -452,8 +452,11 @@ async fn events(
     };
     let Events { bus, topic } = &agents.events;
     // First on every connection: which instance holds this stream (the board shows it).
+    // `retry`: a browser whose stream broke (this instance died) reconnects after 1 s, not
+    // the browsers' default 3 s, through the load balancer to an instance that lives.
     let hello = axum::response::sse::Event::default()
         .event("hello")
+        .retry(std::time::Duration::from_secs(1))
         .json_data(serde_json::json!({ "instance": agents.instance }))
         .unwrap_or_default();
     let response = welcomedly_cluster::bus::sse::stream_starting_with(
