@@ -227,9 +227,25 @@ fn json_response(
     res
 }
 
+/// Validates `set` as a whole by compiling it, on a blocking thread: a set's regular
+/// expressions take milliseconds of CPU to compile, which would stall every other request of
+/// this async worker thread.
+async fn validate(set: &FlagSet, version: u64) -> Result<()> {
+    let set = set.clone();
+    tokio::task::spawn_blocking(move || Snapshot::compile(&set, version).map(drop))
+        .await
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "validating the flag set failed on its thread (a bug); nothing was stored: retry, and report it if it persists",
+            )
+        })?
+        .map_err(Problem::invalid)
+}
+
 /// Validates `next` as a whole, then writes it if the store is still at `version`.
 async fn store(admin: &Admin, version: u64, next: &FlagSet, change: Change) -> Result<u64> {
-    Snapshot::compile(next, version + 1).map_err(Problem::invalid)?;
+    validate(next, version + 1).await?;
     admin
         .store
         .write(version, next.to_json(), change)

@@ -8,7 +8,7 @@ use super::{
     KeySet, SegmentIndex, Snapshot,
 };
 use crate::bucketing::Bucketer;
-use crate::eval::CompiledClause;
+use crate::eval::{CompiledClause, Regexes};
 use crate::model::{Clause, Flag, FlagSet, Serve, TARGETING_KEY};
 use crate::validate::{Problem, ValidationErrors, check_structure};
 
@@ -16,6 +16,7 @@ struct Compiler<'a> {
     set: &'a FlagSet,
     flag_ids: BTreeMap<&'a str, u32>,
     segments: SegmentIndex<'a>,
+    regexes: Regexes,
     problems: Vec<Problem>,
 }
 
@@ -33,7 +34,13 @@ impl<'a> Compiler<'a> {
             .enumerate()
             .filter_map(|(j, clause)| {
                 let at = format!("{path}.clauses[{j}]");
-                CompiledClause::compile(clause, &self.segments, &at, &mut self.problems)
+                CompiledClause::compile(
+                    clause,
+                    &self.segments,
+                    &mut self.regexes,
+                    &at,
+                    &mut self.problems,
+                )
             })
             .collect()
     }
@@ -140,6 +147,7 @@ pub(super) fn compile(set: &FlagSet, version: u64) -> Result<Snapshot, Validatio
             .map(|(i, k)| (k.as_str(), i))
             .collect(),
         segments: SegmentIndex::new(set),
+        regexes: Regexes::default(),
         problems,
     };
     let flags: Box<[CompiledFlag]> = set.flags.iter().map(|(k, f)| c.flag(k, f)).collect();

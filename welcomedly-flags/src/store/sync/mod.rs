@@ -133,7 +133,7 @@ impl FlagSync {
         let worker = Worker {
             shared: Arc::new(Shared::new(store.describe())),
             store,
-            compile,
+            compile: Arc::new(compile),
             apply,
             snapshot_file: config.snapshot_file.clone(),
         };
@@ -236,20 +236,17 @@ where
         }
     };
     let saved = saved.map_err(&failed)?;
-    let compiled = (worker.compile)(&saved.doc.body, saved.doc.version).map_err(|e| {
-        failed(format!(
-            "its version {} fails compile: {e}",
-            saved.doc.version
-        ))
-    })?;
+    let (doc, compiled) = worker.compile_off_thread(saved.doc).await;
+    let compiled =
+        compiled.map_err(|e| failed(format!("its version {} fails compile: {e}", doc.version)))?;
     tracing::warn!(
-        version = saved.doc.version,
+        version = doc.version,
         saved_at_unix_ms = saved.saved_at_unix_ms,
         path = %path.display(),
         cause = %cause,
         "starting from the flag snapshot file"
     );
-    worker.install(compiled, &saved.doc).await;
+    worker.install(compiled, &doc).await;
     worker.shared.from_snapshot.store(true, Ordering::Relaxed);
     Ok(())
 }
