@@ -541,9 +541,14 @@ async fn history_is_bounded_in_bytes_oldest_dropped_first_and_recounted_when_its
     }
     let sizes = history_sizes(&redis, &store);
     let total: usize = sizes.iter().sum();
-    assert!(total <= 4 * MAX_CHANGE_BYTES, "{total} bytes kept: {sizes:?}");
+    assert!(
+        total <= 4 * MAX_CHANGE_BYTES,
+        "{total} bytes kept: {sizes:?}"
+    );
     assert_eq!(
-        redis.command(&["GET", &store.keys().history_bytes]).unwrap(),
+        redis
+            .command(&["GET", &store.keys().history_bytes])
+            .unwrap(),
         total.to_string()
     );
     let h = store.history(100).await.unwrap();
@@ -551,7 +556,11 @@ async fn history_is_bounded_in_bytes_oldest_dropped_first_and_recounted_when_its
         h.iter().map(|c| c.version).collect::<Vec<_>>(),
         [10, 9, 8, 7]
     );
-    assert_eq!(h[0].diff["text"], fits.as_str(), "an entry that fits is kept whole");
+    assert_eq!(
+        h[0].diff["text"],
+        fits.as_str(),
+        "an entry that fits is kept whole"
+    );
 
     // An entry over the per-entry limit keeps who, when and its version; its diff becomes a
     // size and a digest.
@@ -565,18 +574,29 @@ async fn history_is_bounded_in_bytes_oldest_dropped_first_and_recounted_when_its
 
     // A history written before the counter existed (or a lost counter): the next write
     // recounts it and trims it to the budget.
-    redis.command(&["DEL", &store.keys().history_bytes]).unwrap();
+    redis
+        .command(&["DEL", &store.keys().history_bytes])
+        .unwrap();
     for i in 0..40 {
         redis
-            .command(&["RPUSH", &store.keys().history, &format!("{{\"old\":\"{}\",\"i\":{i}}}", "o".repeat(8_000))])
+            .command(&[
+                "RPUSH",
+                &store.keys().history,
+                &format!("{{\"old\":\"{}\",\"i\":{i}}}", "o".repeat(8_000)),
+            ])
             .unwrap();
     }
     store.write(11, "{}".into(), change(12)).await.unwrap();
     let sizes = history_sizes(&redis, &store);
     let total: usize = sizes.iter().sum();
-    assert!(total <= 4 * MAX_CHANGE_BYTES, "{total} bytes kept: {sizes:?}");
+    assert!(
+        total <= 4 * MAX_CHANGE_BYTES,
+        "{total} bytes kept: {sizes:?}"
+    );
     assert_eq!(
-        redis.command(&["GET", &store.keys().history_bytes]).unwrap(),
+        redis
+            .command(&["GET", &store.keys().history_bytes])
+            .unwrap(),
         total.to_string()
     );
     assert_eq!(store.history(1).await.unwrap()[0].version, 12);
