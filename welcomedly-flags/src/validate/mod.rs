@@ -4,6 +4,11 @@
 //! A flag set is checked as one unit before it is compiled or stored; an invalid update is
 //! rejected as a whole and the last good snapshot stays in service.
 //!
+//! Every instance compiles every update, so what an update may cost is bounded: nesting depth
+//! ([`MAX_DEPTH`]) and regular expressions ([`MAX_REGEX_PATTERNS`] distinct patterns per set,
+//! [`MAX_REGEX_LEN`] bytes each, [`MAX_REGEX_COMPILED`] compiled). The stores and the admin API
+//! compile on a blocking thread, never on an async worker.
+//!
 //! ```
 //! use welcomedly_flags::model::FlagSet;
 //!
