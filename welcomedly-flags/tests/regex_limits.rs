@@ -144,3 +144,42 @@ fn a_pattern_longer_than_the_limit_is_refused() {
         p.message()
     );
 }
+
+#[test]
+fn an_update_reuses_the_regexes_of_the_snapshot_it_replaces() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let patterns: Vec<String> = (0..MAX_REGEX_PATTERNS)
+        .map(|i| format!(r"\w{{5}}|x{i}"))
+        .collect();
+    let (first, first_live) = compile_measured(&set_with(&patterns));
+    let first = first.unwrap();
+    // The next version changes one pattern: only that one is compiled.
+    let mut next = patterns.clone();
+    next[0] = r"\w{5}|changed".to_owned();
+    let region = Region::new(GLOBAL);
+    let second = Snapshot::compile_json_next(&set_with(&next), 2, &first).unwrap();
+    let stats = region.change();
+    let live = stats
+        .bytes_allocated
+        .saturating_sub(stats.bytes_deallocated);
+    assert!(
+        live < first_live / 8,
+        "{live} bytes for an update of one pattern against {first_live} for the whole set"
+    );
+    // Same answers as a fresh compile.
+    let fresh = Snapshot::compile_json(&set_with(&next), 2).unwrap();
+    for name in ["héllo", "x3", "changed", "ab", "x0"] {
+        let ctx = Context::new("u").with("name", name);
+        assert_eq!(
+            second.bool_value("f", &ctx, false).value,
+            fresh.bool_value("f", &ctx, false).value,
+            "{name}"
+        );
+    }
+    drop(first);
+    assert!(
+        second
+            .bool_value("f", &Context::new("u").with("name", "x9"), false)
+            .value
+    );
+}

@@ -16,7 +16,7 @@ struct Compiler<'a> {
     set: &'a FlagSet,
     flag_ids: BTreeMap<&'a str, u32>,
     segments: SegmentIndex<'a>,
-    regexes: Regexes,
+    regexes: Regexes<'a>,
     problems: Vec<Problem>,
 }
 
@@ -137,7 +137,13 @@ impl<'a> Compiler<'a> {
     }
 }
 
-pub(super) fn compile(set: &FlagSet, version: u64) -> Result<Snapshot, ValidationErrors> {
+/// Compiles `set`; with `previous` (the snapshot it replaces), its regular expressions are
+/// reused where the patterns are the same.
+pub(super) fn compile(
+    set: &FlagSet,
+    version: u64,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ValidationErrors> {
     let mut problems = Vec::new();
     check_structure(set, &mut problems);
     let mut c = Compiler {
@@ -147,7 +153,7 @@ pub(super) fn compile(set: &FlagSet, version: u64) -> Result<Snapshot, Validatio
             .map(|(i, k)| (k.as_str(), i))
             .collect(),
         segments: SegmentIndex::new(set),
-        regexes: Regexes::default(),
+        regexes: previous.map_or_else(Regexes::default, |p| Regexes::after(&p.regexes)),
         problems,
     };
     let flags: Box<[CompiledFlag]> = set.flags.iter().map(|(k, f)| c.flag(k, f)).collect();
@@ -168,6 +174,7 @@ pub(super) fn compile(set: &FlagSet, version: u64) -> Result<Snapshot, Validatio
     if !c.problems.is_empty() {
         return Err(ValidationErrors::from(c.problems));
     }
+    let regexes = c.regexes.into_compiled();
     let index = flags
         .iter()
         .zip(0u32..)
@@ -179,5 +186,6 @@ pub(super) fn compile(set: &FlagSet, version: u64) -> Result<Snapshot, Validatio
         index,
         flags,
         segments,
+        regexes,
     })
 }

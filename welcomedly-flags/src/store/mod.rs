@@ -263,7 +263,8 @@ impl<S: FlagStore + ?Sized> FlagStore for std::sync::Arc<S> {
 }
 
 /// Keeps `flags` current from `store`: [`FlagSync::start`] with the flag model's compiler
-/// ([`Snapshot::compile_json`](crate::Snapshot::compile_json)) and [`Flags::replace`](crate::Flags::replace).
+/// ([`Snapshot::compile_json_next`](crate::Snapshot::compile_json_next), reusing the served
+/// snapshot's regular expressions) and [`Flags::replace`](crate::Flags::replace).
 /// An invalid document is rejected and the last good snapshot keeps serving.
 ///
 /// # Errors
@@ -275,10 +276,14 @@ pub async fn sync_flags(
     flags: &crate::Flags,
     config: SyncConfig,
 ) -> Result<FlagSyncHandle, StoreError> {
+    let current = flags.clone();
     let flags = flags.clone();
     FlagSync::start(
         store,
-        crate::Snapshot::compile_json,
+        // Reusing the served snapshot's regexes: an update compiles only its new patterns.
+        move |body: &str, version: u64| {
+            crate::Snapshot::compile_json_next(body, version, &current.snapshot())
+        },
         move |snapshot| flags.replace(snapshot),
         config,
     )

@@ -18,14 +18,32 @@ use crate::validate::{MAX_REGEX_COMPILED, MAX_REGEX_LEN, MAX_REGEX_PATTERNS, Pro
 /// clauses shares one `Regex` (its clones share the compiled program), and the number of
 /// distinct patterns is capped.
 #[derive(Debug, Default)]
-pub(crate) struct Regexes {
+pub(crate) struct Regexes<'p> {
     /// Pattern → compiled, or `None` when it did not compile (reported where first seen).
     compiled: HashMap<String, Option<Regex>>,
     /// Whether the cap was reported already (once per set).
     over_cap: bool,
+    /// The patterns of the snapshot this one replaces, reused rather than compiled again.
+    previous: Option<&'p HashMap<String, Regex>>,
 }
 
-impl Regexes {
+impl<'p> Regexes<'p> {
+    /// Reusing what `previous` compiled.
+    pub(crate) fn after(previous: &'p HashMap<String, Regex>) -> Regexes<'p> {
+        Regexes {
+            previous: Some(previous),
+            ..Regexes::default()
+        }
+    }
+
+    /// The patterns that compiled, for the snapshot (and the next compile to reuse).
+    pub(crate) fn into_compiled(self) -> HashMap<String, Regex> {
+        self.compiled
+            .into_iter()
+            .filter_map(|(p, re)| Some((p, re?)))
+            .collect()
+    }
+
     /// The compiled `pattern` (at `path`), or `None` after pushing the problem.
     fn get(&mut self, pattern: &str, path: &str, problems: &mut Vec<Problem>) -> Option<Regex> {
         if pattern.len() > MAX_REGEX_LEN {
@@ -52,6 +70,10 @@ impl Regexes {
                 ));
             }
             return None;
+        }
+        if let Some(re) = self.previous.and_then(|p| p.get(pattern)) {
+            self.compiled.insert(pattern.to_owned(), Some(re.clone()));
+            return Some(re.clone());
         }
         let built = RegexBuilder::new(pattern)
             .size_limit(MAX_REGEX_COMPILED)
@@ -122,7 +144,7 @@ impl CompiledClause {
     pub(crate) fn compile(
         clause: &Clause,
         segments: &SegmentIndex<'_>,
-        regexes: &mut Regexes,
+        regexes: &mut Regexes<'_>,
         path: &str,
         problems: &mut Vec<Problem>,
     ) -> Option<CompiledClause> {
