@@ -418,3 +418,45 @@ async fn the_whole_set_is_replaced_only_with_a_current_if_match() {
     .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test]
+async fn validating_a_write_leaves_the_async_thread_free_for_other_requests() {
+    // A current-thread runtime: a compile on the async thread would stall every other task
+    // until it ends. A task beside the PUT counts how often it gets to run meanwhile.
+    let store = Arc::new(MemoryStore::new());
+    let app = app(&store);
+    let auth = ("authorization", TOKEN);
+    let rules: Vec<serde_json::Value> = (0..64)
+        .map(|i| {
+            serde_json::json!({
+                "clauses": [{ "attribute": "name", "op": "matches", "values": [format!(r"\w{{5}}|x{i}")] }],
+                "serve": { "variant": "on" }
+            })
+        })
+        .collect();
+    let flag = serde_json::json!({ "variants": { "on": true, "off": false }, "rules": rules });
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = ticks.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
+    });
+    let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    let r = call(
+        &app,
+        "PUT",
+        "/admin/flags/regexes",
+        &[auth, ("if-none-match", "*")],
+        &flag.to_string(),
+    )
+    .await;
+    let during = ticks.load(std::sync::atomic::Ordering::Relaxed) - before;
+    ticker.abort();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    assert!(
+        during > 10,
+        "another task ran {during} times while the write was validated: the compile blocked the async thread"
+    );
+}
