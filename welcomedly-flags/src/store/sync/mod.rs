@@ -74,6 +74,9 @@ impl SyncConfig {
 ///   gap in the announcements costs nothing more); a lower one is checked, since versions only
 ///   grow unless the store was reset. A new announcement epoch (reconnect, resubscribe, a
 ///   failed version check in the store) forces a full reload.
+/// - **Off the async threads**: `compile` runs on tokio's blocking pool (`spawn_blocking`), at
+///   start, on every update and from the snapshot file, so compiling a large flag set never
+///   stalls the requests an async worker thread serves.
 /// - **Invalid documents**: `compile` returning `Err` rejects the version; the last good
 ///   snapshot keeps serving; the reason (cut to 512 bytes) is logged and reported through
 ///   [`FlagSyncHandle::last_error`] and the health check until a valid version is applied.
