@@ -431,6 +431,14 @@ async function start() {
   $("status-form").addEventListener("change", onStatus);
   $("campaign-form").addEventListener("submit", onCampaign);
   $("logout").addEventListener("click", onLogout);
+  // Leaving the page ends its stream (and so the user's presence from this tab), even when the
+  // browser keeps the page in its back/forward cache; coming back opens a new one.
+  window.addEventListener("pagehide", () => {
+    if (stream) stream.close();
+  });
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted && me) openStream();
+  });
   try {
     const res = await api("GET", "/api/me");
     if (res.ok) {
