@@ -24,7 +24,8 @@
 //!   (`<prefix>:{<topic>}:s` and `:m`); readers read one stream each; ephemeral channels use
 //!   classic pub/sub, which reaches every node.
 //! - **SSE** (`axum` feature): [`sse::stream`] streams a topic to a browser with `id:` = offset,
-//!   heartbeats, and an end at drain.
+//!   heartbeats, and an end at drain; [`sse::SseStream`] also ends it with its session
+//!   (logout anywhere, expiry) and merges the application's own events in.
 //! - **Metrics**: [`Bus::register_metrics`] exports [`Bus::stats`] (published, received,
 //!   dropped, recovered, gaps, reconnects) and the local subscriber count at `/metrics`.
 //! - **Without Redis**: [`BusConfig::build_local`] gives the same API and semantics within one

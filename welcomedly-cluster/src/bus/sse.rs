@@ -428,9 +428,7 @@ mod tests {
 
     /// A logged-in session of `user` through a layer over `store`, and its watch.
     async fn logged_in(store: SessionStore, user: &str) -> (Session, SessionWatch) {
-        let mut config = SessionConfig::default();
-        config.secure = false;
-        let layer = SessionLayer::new(store, config).unwrap();
+        let layer = SessionLayer::new(store, SessionConfig::default()).unwrap();
         let session = layer.session_for_tests();
         session.log_in(user).await.unwrap();
         let watch = session.watch().await.unwrap().unwrap();

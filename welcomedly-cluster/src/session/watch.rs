@@ -39,9 +39,15 @@ use super::error::SessionError;
 use super::id::SessionId;
 use super::store::{Ended, SessionStore};
 
-/// Follows one stored session until it ends; see the [module docs](self). From
-/// [`Session::watch`](super::Session::watch). Holds no lock and no connection: it reads the
-/// store once per check.
+/// Follows one stored session until it ends, from a long-lived connection opened by one of its
+/// requests (an event stream, a WebSocket). From [`Session::watch`](super::Session::watch).
+///
+/// [`ended`](Self::ended) resolves when the session ends, whatever ended it: a logout, a "log
+/// out everywhere" or an id cycle in this process at once (the store tells its watches); the
+/// same on another instance, an idle or absolute expiry, or a per-user eviction at the next
+/// check (one store read per check: pass the stream's heartbeat). A check does not slide the
+/// idle expiry: an open stream is not user activity, so a page left open on an unattended
+/// screen still logs out after the idle timeout. Holds no lock and no connection.
 pub struct SessionWatch {
     store: SessionStore,
     id: SessionId,
