@@ -15,7 +15,7 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use support::call_center::*;
-use welcomedly_testkit::RedisServer;
+use welcomedly_testkit::{Nginx, NginxConfig, RedisServer};
 
 /// The SSE heartbeat the instances run with: a stream ends at most this long after its session
 /// ended elsewhere.
@@ -45,30 +45,33 @@ struct Stream {
 
 impl Stream {
     fn open(app: &Instance, cookie: &str, last_event_id: Option<&str>) -> Stream {
-        let (socket, head) = match last_event_id {
-            None => open_stream(app, cookie),
-            Some(id) => {
-                let mut s = TcpStream::connect(("127.0.0.1", app.port)).unwrap();
-                write!(
-                    s,
-                    "GET /api/events HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\ncookie: {cookie}\r\nlast-event-id: {id}\r\n\r\n"
-                )
-                .unwrap();
-                (s, String::new())
-            }
-        };
-        assert!(
-            head.is_empty() || head.starts_with("HTTP/1.1 200"),
-            "{head}"
-        );
+        Self::open_on(app.port, cookie, last_event_id)
+    }
+
+    /// Opens the stream on `port` (an instance, or a proxy in front of it).
+    fn open_on(port: u16, cookie: &str, last_event_id: Option<&str>) -> Stream {
+        let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let resume = last_event_id
+            .map(|id| format!("last-event-id: {id}\r\n"))
+            .unwrap_or_default();
+        write!(
+            socket,
+            "GET /api/events HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\ncookie: {cookie}\r\n{resume}\r\n"
+        )
+        .unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
-        Stream {
+        let mut s = Stream {
             socket,
-            text: head,
+            text: String::new(),
             ended: false,
-        }
+        };
+        s.until("the response head", Duration::from_secs(5), |t| {
+            t.contains("\r\n\r\n")
+        });
+        assert!(s.text.starts_with("HTTP/1.1 200"), "{}", s.text);
+        s
     }
 
     /// Reads until `done(text so far)` or the end of the stream; panics after `within`.
@@ -416,4 +419,29 @@ fn a_killed_instance_takes_its_agents_offline_within_the_membership_timeout() {
         t.contains(r#""instance":"doomed-a","online":false"#)
     });
     assert!(b.terminate().success());
+}
+
+#[test]
+fn behind_nginx_a_closed_client_connection_takes_the_agent_offline_at_once() {
+    let app = Instance::start(&[]);
+    let nginx = Nginx::start(
+        &NginxConfig::least_conn(&[app.port])
+            .keepalive(16)
+            .buffering(false)
+            .read_timeout(Duration::from_secs(3600)),
+    )
+    .unwrap();
+    let agent = log_in(&app, "agent");
+    let supervisor = log_in(&app, "supervisor");
+    let mut tab = Stream::open_on(nginx.port(), &agent, None);
+    tab.until("hello", Duration::from_secs(5), |t| {
+        t.contains("event: hello")
+    });
+    until_online(&app, &supervisor, "agent", true, Duration::from_secs(2));
+    // The browser goes away: NGINX sees its connection close and closes the upstream one,
+    // which the instance notices without writing to it.
+    tab.close();
+    let took = until_online(&app, &supervisor, "agent", false, Duration::from_secs(2));
+    println!("behind NGINX: offline {took:?} after the client closed its connection");
+    assert!(app.terminate().success());
 }
