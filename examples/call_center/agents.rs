@@ -265,8 +265,10 @@ impl Agents {
 
     /// Publishes this instance's presence diffs (its streams opening and closing, the
     /// instances it reaped) on the bus, so every board sees every change.
-    async fn forward_presence(self: Arc<Self>) {
-        let mut diffs = self.presence.diffs();
+    async fn forward_presence(
+        self: Arc<Self>,
+        mut diffs: tokio::sync::broadcast::Receiver<PresenceDiff>,
+    ) {
         loop {
             match diffs.recv().await {
                 Ok(diff) => {
@@ -289,7 +291,8 @@ impl Agents {
     /// process runs: the retained history first, then live changes. Also shares this
     /// instance's presence changes.
     pub(crate) async fn follow(self: Arc<Self>) {
-        tokio::spawn(self.clone().forward_presence());
+        // Subscribed here, before anything can join, so no diff falls before the task starts.
+        tokio::spawn(self.clone().forward_presence(self.presence.diffs()));
         let mut sub = self
             .events
             .bus
