@@ -28,7 +28,9 @@
 //! (`x-forwarded-for`, the default, or `forwarded`), `WELCOMEDLY_DEMO_PASSWORD`,
 //! `WELCOMEDLY_ACCESS_LOG` (`info` default, `off`, …), `WELCOMEDLY_LOG_FORMAT` (`json` /
 //! `pretty`), `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `WELCOMEDLY_DRAIN_GRACE_MS`,
-//! `WELCOMEDLY_DRAIN_DEADLINE_MS`. SIGTERM drains and exits 0. Every error is
+//! `WELCOMEDLY_DRAIN_DEADLINE_MS`, `WELCOMEDLY_SSE_HEARTBEAT_MS` (15000: the event streams'
+//! heartbeat, and how soon a stream ends after its session ended on another instance or
+//! expired). SIGTERM drains and exits 0. Every error is
 //! `application/problem+json`.
 
 mod agents;
