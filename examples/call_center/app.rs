@@ -82,6 +82,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let telemetry = Telemetry::from_config(&config).init()?;
     let registry = HealthRegistry::from_config(&config);
     let drain = drain::Drain::new(registry.clone(), DrainConfig::from(&config));
+    drain.register_metrics(telemetry.metrics().meter());
     let users = agents::Users::seed(demo_password()).await?;
 
     let features = flags::start(
