@@ -70,11 +70,13 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// How long a refused connection is kept after its 503, discarding what the client sends, so
 /// that closing it does not reset the connection before the client has read the answer.
-const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+const REFUSAL_LINGER: Duration = Duration::from_millis(250);
 
-/// At most this many refused connections linger at once (each holds a descriptor); beyond it a
-/// refused connection is closed right after its 503 is written.
-const REFUSALS_LINGERING_MAX: usize = 64;
+/// At most this many refused connections linger at once (each holds a descriptor, out of the
+/// reserve kept under the open-file limit); beyond it a refused connection is closed right after
+/// its 503 (and what its client had already sent is discarded): a client whose request arrives
+/// after that may see a reset instead of the 503.
+const REFUSALS_LINGERING_MAX: usize = 128;
 
 /// At most this many bytes are read and discarded from a refused connection.
 const REFUSAL_DISCARD_MAX: usize = 64 * 1024;
@@ -184,7 +186,6 @@ pub(super) async fn serve(
         }
     }
 
-    drop(spawn);
     drop(alive_rx);
     let mut deadline = pin!(signal.deadline());
     tokio::select! {
@@ -308,6 +309,18 @@ fn refusal_response(refusal: Refusal) -> &'static [u8] {
 fn refuse(stream: TcpStream, refusal: Refusal, shared: &Arc<Shared>) {
     // A new socket's send buffer is empty: the short answer fits, or is dropped.
     let _ = stream.try_write(refusal_response(refusal));
+    // The client sees the end of the answer.
+    let _ = SockRef::from(&stream).shutdown(Shutdown::Write);
+    // Closing over unread bytes resets the connection (the client may lose the answer): discard
+    // what has already arrived, without waiting.
+    let mut buf = [0u8; 4096];
+    let mut discarded = 0;
+    while discarded < REFUSAL_DISCARD_MAX {
+        match stream.try_read(&mut buf) {
+            Ok(n) if n > 0 => discarded += n,
+            _ => break,
+        }
+    }
     let lingering = shared.lingering.fetch_add(1, Ordering::AcqRel);
     if lingering >= REFUSALS_LINGERING_MAX {
         shared.lingering.fetch_sub(1, Ordering::AcqRel);
@@ -320,10 +333,9 @@ fn refuse(stream: TcpStream, refusal: Refusal, shared: &Arc<Shared>) {
     });
 }
 
-/// Shut down writing (the client sees the end of the answer), then read and drop what the
-/// client sends until it closes or [`REFUSAL_DISCARD_MAX`] bytes have come.
+/// Read and drop what the client sends until it closes or [`REFUSAL_DISCARD_MAX`] bytes have
+/// come.
 async fn discard_until_eof(stream: &TcpStream) {
-    let _ = SockRef::from(stream).shutdown(Shutdown::Write);
     let mut buf = [0u8; 4096];
     let mut discarded = 0;
     while discarded < REFUSAL_DISCARD_MAX {

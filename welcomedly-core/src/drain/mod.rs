@@ -74,6 +74,13 @@
 //! TimeoutStopSec=40
 //! ```
 //!
+//! **Slow and numerous clients.** The server of [`serve`] also closes a connection that does not
+//! send its first request head within a timeout, and a keep-alive connection idle past another
+//! (longer than the load balancer's), caps the connections open in all and per client address
+//! (a clean 503 for the excess; the load balancer's network exempt), raises the soft open-file
+//! limit at start and logs accept errors at most once per 10 s: see [`DrainConfig`], and
+//! [`Drain::register_metrics`] for the counts.
+//!
 //! Handlers that hold a response open (SSE, long polling) take a [`DrainSignal`], from
 //! [`Drain::signal`] or from the request extensions (`Extension<DrainSignal>` in axum), and end
 //! their stream at [`DrainSignal::closing`].

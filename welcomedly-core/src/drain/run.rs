@@ -173,7 +173,8 @@ impl Drain {
     /// A server of your own gets the layer's `Connection: close` during the grace period, but
     /// not what [`serve`] does when accepting stops (empty the accept queue before closing the
     /// listener, wait for the first request of a connection that has not sent one): without
-    /// those, a POST sent at that moment can be reset.
+    /// those, a POST sent at that moment can be reset. Nor does it get the header-read and idle
+    /// timeouts or the connection caps of [`DrainConfig`]: those are [`serve`]'s.
     ///
     /// ```
     /// use std::time::Duration;
