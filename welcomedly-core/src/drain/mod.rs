@@ -72,6 +72,8 @@
 //! ExecStart=/usr/local/bin/call-center
 //! KillSignal=SIGTERM
 //! TimeoutStopSec=40
+//! # The hard open-file limit; the server raises its soft limit to it at start.
+//! LimitNOFILE=65536
 //! ```
 //!
 //! **Slow and numerous clients.** The server of [`serve`] also closes a connection that does not
