@@ -253,7 +253,7 @@ struct Page {
 
 impl Page {
     /// The page size and the id every row must be below.
-    fn parse(&self) -> Result<(i64, i64), Response> {
+    fn parse(&self) -> Result<(i64, i64), Problem> {
         let limit = match self.limit.as_deref() {
             None => DEFAULT_PAGE,
             Some(v) => match v.parse::<i64>() {
@@ -261,9 +261,10 @@ impl Page {
                 _ => {
                     return Err(Problem::new(
                         StatusCode::BAD_REQUEST,
-                        format!("limit must be a whole number from 1 to {MAX_PAGE} (default {DEFAULT_PAGE})"),
-                    )
-                    .into_response());
+                        format!(
+                            "limit must be a whole number from 1 to {MAX_PAGE} (default {DEFAULT_PAGE})"
+                        ),
+                    ));
                 }
             },
         };
@@ -275,8 +276,7 @@ impl Page {
                     return Err(Problem::new(
                         StatusCode::BAD_REQUEST,
                         "after is not a cursor: pass the `next` of the previous page as is, or leave it out for the first page",
-                    )
-                    .into_response());
+                    ));
                 }
             },
         };
@@ -301,7 +301,7 @@ async fn list(
     };
     let (limit, below) = match page.parse() {
         Ok(p) => p,
-        Err(res) => return res,
+        Err(problem) => return problem.into_response(),
     };
     // One row more than the page: whether there is a next page, without a COUNT.
     const LIST: &str =
