@@ -11,9 +11,55 @@
 
 mod support;
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use support::call_center::*;
+
+/// Runs the example with `envs` on a free port; it must refuse to start: returns its stderr and
+/// stdout once it has exited with a failure (killed, and the test failed, if it is still
+/// running after 10 s).
+fn refused_start(envs: &[(&str, &str)]) -> (String, String) {
+    let port = welcomedly_testkit::free_port().unwrap();
+    let mut child = Command::new(example_binary())
+        .env_clear()
+        .env("PORT", port.to_string())
+        .env("RUST_LOG", "warn")
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the example started instead of refusing to: {envs:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "{envs:?}");
+    let mut stderr = String::new();
+    let mut stdout = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    (stderr, stdout)
+}
 
 fn json(r: &Response) -> serde_json::Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
@@ -129,14 +175,8 @@ fn a_trusted_origin_may_post_cross_origin() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(app.terminate().success());
 
-    let out = Command::new(example_binary())
-        .env_clear()
-        .env("PORT", "1")
-        .env("WELCOMEDLY_TRUSTED_ORIGINS", "https://admin.example.com/")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stderr, _) =
+        refused_start(&[("WELCOMEDLY_TRUSTED_ORIGINS", "https://admin.example.com/")]);
     assert!(stderr.contains("WELCOMEDLY_TRUSTED_ORIGINS"), "{stderr}");
 }
 
@@ -275,22 +315,15 @@ fn campaigns_need_a_login_writes_a_supervisor_and_the_list_pages_by_cursor() {
 /// one minimum (16 bytes) for every secret, the rate-limit one included.
 #[test]
 fn short_secrets_are_refused_at_start_without_being_echoed() {
-    let out = Command::new(example_binary())
-        .env_clear()
-        .env("PORT", "1")
-        .env("RUST_LOG", "warn")
-        .env("WELCOMEDLY_ADMIN_TOKEN", "hunter2-admin")
-        .env("WELCOMEDLY_CONSISTENCY_SECRET", "hunter2-rw")
-        .env("WELCOMEDLY_RATE_LIMIT_SECRET", "hunter2-rl")
-        .env(
+    let (stderr, stdout) = refused_start(&[
+        ("WELCOMEDLY_ADMIN_TOKEN", "hunter2-admin"),
+        ("WELCOMEDLY_CONSISTENCY_SECRET", "hunter2-rw"),
+        ("WELCOMEDLY_RATE_LIMIT_SECRET", "hunter2-rl"),
+        (
             "WELCOMEDLY_SESSION_KEYS",
             "hunter2-session-key-long,hunter2",
-        )
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+        ),
+    ]);
     for name in [
         "WELCOMEDLY_ADMIN_TOKEN (a secret of 13 bytes",
         "WELCOMEDLY_CONSISTENCY_SECRET (a secret of 10 bytes",
@@ -309,15 +342,8 @@ fn short_secrets_are_refused_at_start_without_being_echoed() {
 /// cookies signed with a public secret could be forged), and says what to set.
 #[test]
 fn a_database_without_a_consistency_secret_refuses_to_start() {
-    let out = Command::new(example_binary())
-        .env_clear()
-        .env("PORT", "1")
-        .env("RUST_LOG", "warn")
-        .env("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/calls")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stderr, _) =
+        refused_start(&[("DATABASE_URL", "postgres://app:hunter2@127.0.0.1:1/calls")]);
     assert!(
         stderr.contains("WELCOMEDLY_CONSISTENCY_SECRET is not set while DATABASE_URL is"),
         "{stderr}"
