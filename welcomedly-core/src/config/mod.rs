@@ -5,7 +5,8 @@
 //! whitespace is ignored and an empty (or blank) variable counts as unset, so `PORT=` in a
 //! deployment manifest means "the default". Every variable is checked before the function
 //! returns, and a [`ConfigError`] lists each bad one with its value and what is expected, so one
-//! failed start is enough to fix them all.
+//! failed start is enough to fix them all. Secrets are read with [`EnvReader::secret`]: at
+//! least [`MIN_SECRET_LEN`] bytes, and a refused one is reported by its length, never its value.
 //!
 //! ```
 //! use std::collections::HashMap;
