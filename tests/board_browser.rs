@@ -458,7 +458,7 @@ fn session_cookie(raw: &str) -> String {
         .filter_map(|l| l.split_once(':'))
         .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
         .map(|(_, v)| v.trim().split(';').next().unwrap().to_owned())
-        .find(|c| c.starts_with("wd_session="))
+        .find(|c| c.starts_with("__Host-wd_session="))
         .expect("a session cookie")
 }
 

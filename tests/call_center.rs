@@ -299,17 +299,18 @@ fn a_rejected_redis_url_is_reported_without_its_password() {
 
 const ADMIN_TOKEN: &str = "0123456789abcdef-admin";
 
-/// Polls `GET path` as `user` until it answers `status`, up to `within`; returns the time taken.
+/// Polls `GET path` with the session `cookie` until it answers `status`, up to `within`;
+/// returns the time taken.
 fn wait_for_status(
     app: &Instance,
     path: &str,
-    user: &str,
+    cookie: &str,
     status: u16,
     within: Duration,
 ) -> Duration {
     let start = Instant::now();
     loop {
-        let r = app.request_with("GET", path, &[("x-user-id", user)], "");
+        let r = app.request_with("GET", path, &[("cookie", cookie)], "");
         if r.status == status {
             return start.elapsed();
         }
@@ -351,7 +352,12 @@ fn kill_stats(app: &Instance) {
 
 #[test]
 fn seeded_flags_are_evaluated_per_user_gate_a_route_and_the_kill_switch_turns_it_off() {
-    let app = Instance::start(&[("WELCOMEDLY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned())]);
+    // Development mode: `x-user-id` names anonymous callers, so the rollout can be sampled
+    // over many made-up users (only two can log in).
+    let app = Instance::start(&[
+        ("WELCOMEDLY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("WELCOMEDLY_DEV_IDENTITY_HEADER", "true".to_owned()),
+    ]);
     let flags = app.request_with("GET", "/api/flags", &[("x-user-id", "supervisor")], "");
     assert_eq!(flags.status, 200);
     let json: serde_json::Value = serde_json::from_str(&flags.body).unwrap();
@@ -359,21 +365,26 @@ fn seeded_flags_are_evaluated_per_user_gate_a_route_and_the_kill_switch_turns_it
     assert_eq!(json["flags"]["campaign-stats"]["reason"], "TARGETING_MATCH");
     assert_eq!(json["flags"]["board-theme"]["value"], "light");
 
-    // The 50 % rollout: some users see the route, the others get the gate's 404.
-    let statuses: Vec<u16> = (0..40)
+    // The 50 % rollout: some users get the feature, the others not.
+    let values: Vec<bool> = (0..40)
         .map(|i| {
-            app.request_with(
+            let r = app.request_with(
                 "GET",
-                "/api/stats",
+                "/api/flags",
                 &[("x-user-id", &format!("agent-{i}"))],
                 "",
-            )
-            .status
+            );
+            let json: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            json["flags"]["campaign-stats"]["value"].as_bool().unwrap()
         })
         .collect();
-    let on = statuses.iter().filter(|s| **s == 200).count();
-    assert!((8..=32).contains(&on), "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 404));
+    let on = values.iter().filter(|v| **v).count();
+    assert!((8..=32).contains(&on), "{values:?}");
+
+    // The flag gates the route for the logged-in supervisor (targeted).
+    let supervisor = log_in(&app, "supervisor");
+    let stats = app.request_with("GET", "/api/stats", &[("cookie", &supervisor)], "");
+    assert_eq!(stats.status, 200, "{}", stats.body);
 
     // The admin API needs the token.
     let r = app.request("GET", "/admin/flags", None);
@@ -381,14 +392,8 @@ fn seeded_flags_are_evaluated_per_user_gate_a_route_and_the_kill_switch_turns_it
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
 
     kill_stats(&app);
-    wait_for_status(
-        &app,
-        "/api/stats",
-        "supervisor",
-        404,
-        Duration::from_secs(2),
-    );
-    let gated = app.request_with("GET", "/api/stats", &[("x-user-id", "supervisor")], "");
+    wait_for_status(&app, "/api/stats", &supervisor, 404, Duration::from_secs(2));
+    let gated = app.request_with("GET", "/api/stats", &[("cookie", &supervisor)], "");
     assert_eq!(
         gated.header("content-type"),
         Some("application/problem+json")
@@ -418,13 +423,15 @@ fn a_kill_switch_on_one_instance_reaches_the_other_through_redis() {
     };
     let a = Instance::start(&envs("cc-a"));
     let b = Instance::start(&envs("cc-b"));
+    // Sessions are in Redis: logged in on A, known on B.
+    let supervisor = log_in(&a, "supervisor");
     assert_eq!(
-        b.request_with("GET", "/api/stats", &[("x-user-id", "supervisor")], "")
+        b.request_with("GET", "/api/stats", &[("cookie", &supervisor)], "")
             .status,
         200
     );
     kill_stats(&a);
-    let took = wait_for_status(&b, "/api/stats", "supervisor", 404, Duration::from_secs(1));
+    let took = wait_for_status(&b, "/api/stats", &supervisor, 404, Duration::from_secs(1));
     eprintln!("kill switch reached the other instance after {took:?}");
     let health: serde_json::Value =
         serde_json::from_str(&b.request("GET", "/health", None).body).unwrap();
@@ -628,26 +635,37 @@ fn an_instance_started_later_shows_the_statuses_set_before_it_started() {
 #[test]
 fn campaigns_on_the_embedded_sqlite() {
     let app = Instance::start(&[]);
-    let created = app.request(
+    let cookie = log_in(&app, "supervisor");
+    let with = [
+        ("cookie", cookie.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let created = app.request_with(
         "POST",
         "/api/campaigns",
-        Some(r#"{"name":"spring","status":"paused"}"#),
+        &with,
+        r#"{"name":"spring","status":"paused"}"#,
     );
     assert_eq!(created.status, 201, "{}", created.body);
     let c: serde_json::Value = serde_json::from_str(&created.body).unwrap();
     assert_eq!(c["status"], "paused");
-    let one = app.request("GET", &format!("/api/campaigns/{}", c["id"]), None);
+    let one = app.request_with("GET", &format!("/api/campaigns/{}", c["id"]), &with, "");
     assert_eq!(one.status, 200);
     assert!(one.body.contains("spring"));
-    let list = app.request("GET", "/api/campaigns", None);
+    let list = app.request_with("GET", "/api/campaigns", &with, "");
     assert!(list.body.contains("spring"), "{}", list.body);
-    let bad = app.request(
+    let bad = app.request_with(
         "POST",
         "/api/campaigns",
-        Some(r#"{"name":"x","status":"lost"}"#),
+        &with,
+        r#"{"name":"x","status":"lost"}"#,
     );
     assert_eq!(bad.status, 422);
-    assert_eq!(app.request("GET", "/api/campaigns/999", None).status, 404);
+    assert_eq!(
+        app.request_with("GET", "/api/campaigns/999", &with, "")
+            .status,
+        404
+    );
     assert!(app.terminate().success());
 }
 
@@ -672,15 +690,20 @@ fn campaigns_read_your_writes_across_instances_over_a_lagging_replica() {
     };
     let a = Instance::start(&envs("cc-a"));
     let b = Instance::start(&envs("cc-b"));
+    // No Redis: each instance keeps its own sessions, so the client logs in on both.
+    let on_a = log_in(&a, "supervisor");
+    let on_b = log_in(&b, "supervisor");
     for i in 0..10 {
         let name = format!("campaign-{i}");
-        let created = a.request(
+        let created = a.request_with(
             "POST",
             "/api/campaigns",
-            Some(&format!(r#"{{"name":"{name}"}}"#)),
+            &[("cookie", &on_a), ("content-type", "application/json")],
+            &format!(r#"{{"name":"{name}"}}"#),
         );
         assert_eq!(created.status, 201, "{}", created.body);
-        let cookie = cookie_named(&created, "wd_rw").expect("a read-your-writes cookie");
+        let rw = cookie_named(&created, "wd_rw").expect("a read-your-writes cookie");
+        let cookie = format!("{on_b}; {rw}");
         let list = b.request_with("GET", "/api/campaigns", &[("cookie", &cookie)], "");
         assert_eq!(list.status, 200, "{}", list.body);
         assert!(

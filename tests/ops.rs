@@ -515,7 +515,7 @@ fn exercise(port: u16) -> String {
     let login = format!(r#"{{"username":"agent","password":"{PASSWORD}"}}"#);
     let r = request(port, "POST", "/auth/login", &[JSON], &login);
     assert_eq!(r.status, 200, "{}", r.body);
-    let session = r.cookie("wd_session").expect("a session cookie");
+    let session = r.cookie("__Host-wd_session").expect("a session cookie");
     let me = request(port, "GET", "/api/me", &[("cookie", &session)], "");
     assert_eq!(me.status, 200, "{}", me.body);
 
@@ -534,29 +534,30 @@ fn exercise(port: u16) -> String {
     let agents = request(port, "GET", "/api/agents", &[("cookie", &session)], "");
     assert_eq!(agents.status, 200, "{}", agents.body);
 
-    // Campaigns through the DB router: a write, then a read that must see it.
+    // Campaigns through the DB router (a supervisor writes): a write, then a read that must
+    // see it.
+    let login = format!(r#"{{"username":"supervisor","password":"{PASSWORD}"}}"#);
+    let r = request(port, "POST", "/auth/login", &[JSON], &login);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let supervisor = r.cookie("__Host-wd_session").expect("a session cookie");
     let created = request(
         port,
         "POST",
         "/api/campaigns",
-        &[JSON],
+        &[("cookie", &supervisor), JSON],
         r#"{"name":"ops-spring"}"#,
     );
     assert_eq!(created.status, 201, "{}", created.body);
     let rw = created.cookie("wd_rw").expect("a read-your-writes cookie");
-    let list = request(port, "GET", "/api/campaigns", &[("cookie", &rw)], "");
+    let both = format!("{supervisor}; {rw}");
+    let list = request(port, "GET", "/api/campaigns", &[("cookie", &both)], "");
     assert_eq!(list.status, 200, "{}", list.body);
     assert!(list.body.contains("ops-spring"), "{}", list.body);
-    assert_eq!(request(port, "GET", "/api/campaigns", &[], "").status, 200);
+    let list = request(port, "GET", "/api/campaigns", &[("cookie", &session)], "");
+    assert_eq!(list.status, 200, "{}", list.body);
 
     // Flags: an evaluation and an admin write.
-    let flags = request(
-        port,
-        "GET",
-        "/api/flags",
-        &[("x-user-id", "supervisor")],
-        "",
-    );
+    let flags = request(port, "GET", "/api/flags", &[("cookie", &supervisor)], "");
     assert_eq!(flags.status, 200, "{}", flags.body);
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let flag = request(

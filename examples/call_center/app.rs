@@ -15,7 +15,8 @@ use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
 use welcomedly_cluster::session::{RedisSessionConfig, SessionConfig, SessionLayer, SessionStore};
 use welcomedly_core::CoreConfig;
 use welcomedly_core::client_ip::ClientIpLayer;
-use welcomedly_core::config::EnvReader;
+use welcomedly_core::config::{EnvReader, MIN_SECRET_LEN};
+use welcomedly_core::cross_origin::{CrossOriginLayer, TrustedOrigin};
 use welcomedly_core::drain::{self, DrainConfig};
 use welcomedly_core::health::{self, Affects, HealthRegistry};
 use welcomedly_core::rate_limit::{
@@ -43,18 +44,12 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let core = CoreConfig::read(&mut env);
     let redis = RedisRateLimitConfig::read(&mut env);
     let membership = MembershipConfig::read(&mut env);
-    let admin_token = env.read("WELCOMEDLY_ADMIN_TOKEN", None, |v| {
-        (v.len() >= 16)
-            .then(|| Some(v.to_owned()))
-            .ok_or("is too short to protect the flags admin API: use at least 16 characters")
-    });
+    // Secrets: at least MIN_SECRET_LEN bytes; a refused one is reported by length, never shown.
+    let admin_token = env.secret("WELCOMEDLY_ADMIN_TOKEN");
     let session_config = SessionConfig::read(&mut env);
     let database = RouterConfig::read(&mut env);
-    let consistency_secret = env.read("WELCOMEDLY_CONSISTENCY_SECRET", None, |v| {
-        (v.len() >= 16)
-            .then(|| Some(v.to_owned()))
-            .ok_or("is too short to sign read-your-writes cookies: use at least 16 characters")
-    });
+    let consistency_secret = env.secret("WELCOMEDLY_CONSISTENCY_SECRET");
+    let web = WebConfig::read(&mut env);
     // Event streams: a comment line and a check of the stream's session per heartbeat.
     let sse_heartbeat = env.read(
         "WELCOMEDLY_SSE_HEARTBEAT_MS",
@@ -65,16 +60,37 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
                 .ok_or("is not a usable heartbeat: expected a whole number of milliseconds greater than 0, such as 15000")
         },
     );
-    let (config, redis, admin_token, membership, session_config, database, consistency_secret) =
-        env.finish((
-            core,
-            redis,
-            admin_token,
-            membership,
-            session_config,
-            database,
-            consistency_secret,
-        ))?;
+    let (
+        config,
+        redis,
+        admin_token,
+        membership,
+        session_config,
+        database,
+        consistency_secret,
+        web,
+        sse_heartbeat,
+    ) = env.finish((
+        core,
+        redis,
+        admin_token,
+        membership,
+        session_config,
+        database,
+        consistency_secret,
+        web,
+        sse_heartbeat,
+    ))?;
+    // Read-your-writes cookies name WAL positions: signed with a public secret, anyone could
+    // forge a far-future one and make each of their reads wait for replicas. A random secret
+    // per process would break the guarantee across instances (a cookie from one is refused by
+    // the others), silently. So refuse to start instead.
+    if database.is_some() && consistency_secret.is_none() {
+        return Err(format!(
+            "WELCOMEDLY_CONSISTENCY_SECRET is not set while DATABASE_URL is: set it to at least {MIN_SECRET_LEN} random bytes, the same on every instance (for instance the output of `openssl rand -hex 32`), so read-your-writes cookies cannot be forged"
+        )
+        .into());
+    }
     // Load the session before the routes run, so the feature flags (and any limit keyed by
     // user) see the logged-in user rather than a header.
     let mut session_config = session_config;
@@ -92,7 +108,12 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     )
     .await?;
     let flag_routes = flags::routes(&features, admin_token);
-    let flags_layer = flags::layer(&features);
+    let flags_layer = flags::layer(&features, web.dev_identity_header);
+    if web.dev_identity_header {
+        tracing::warn!(
+            "WELCOMEDLY_DEV_IDENTITY_HEADER=true: x-user-id names anonymous callers for feature flags; any client can pick any flag variant, so never use it outside development"
+        );
+    }
     // Membership: a heartbeat in Redis; the live count feeds the rate limiter's fallback share
     // (no WELCOMEDLY_INSTANCES to keep in sync by hand), and the instance leaves at drain.
     let membership = match membership {
@@ -138,15 +159,13 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     // Campaigns through the DB router (PostgreSQL primary + replicas from DATABASE_URL and
     // DATABASE_REPLICA_URLS, or an in-memory SQLite).
     let db = campaigns::connect(database, &registry, telemetry.metrics().meter()).await?;
-    let secret = consistency_secret.unwrap_or_else(|| {
-        if matches!(db, campaigns::Db::Pg(_)) {
-            tracing::warn!(
-                "WELCOMEDLY_CONSISTENCY_SECRET is not set: read-your-writes cookies are signed with the demo secret; set it (the same on every instance) before exposing this service"
-            );
-        }
-        "welcomedly-demo-consistency-secret".to_owned()
-    });
-    let campaign_routes = campaigns::routes(Arc::new(db), secret.as_bytes(), session_config.secure);
+    // Set whenever there is PostgreSQL (checked above). The embedded SQLite has no replicas and
+    // records no position, so its layer only needs a key nobody knows: a random one.
+    let secret = match consistency_secret {
+        Some(secret) => secret.into_bytes(),
+        None => random_key()?,
+    };
+    let campaign_routes = campaigns::routes(Arc::new(db), &secret, session_config.secure);
     let sessions = SessionLayer::new(session_store, session_config)?;
     sessions.register_metrics(telemetry.metrics().meter());
     let feature_routes = flag_routes
@@ -179,7 +198,10 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let app = api
         .merge(health::router(registry.clone()))
         .merge(telemetry.metrics().router())
-        // Outermost last: telemetry sees every request, including 429s and 404s.
+        // Every route: a browser page of another origin cannot make a user's browser log out,
+        // change a status or create a campaign (403 before any session or limit is touched).
+        .layer(CrossOriginLayer::new().trusted_origins(web.trusted_origins))
+        // Outermost last: telemetry sees every request, including 429s, 404s and 403s.
         .layer(ClientIpLayer::from_config(&config))
         .layer(telemetry.http_layer());
 
@@ -201,6 +223,48 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     drain.serve(listener, app, drain::shutdown_signal()).await?;
     tracing::info!("drained, bye");
     Ok(())
+}
+
+/// The example's own web settings.
+struct WebConfig {
+    /// `WELCOMEDLY_TRUSTED_ORIGINS`: origins (`https://admin.example.com`, comma-separated)
+    /// whose pages may send unsafe requests too; default none (this site's pages only).
+    trusted_origins: Vec<TrustedOrigin>,
+    /// `WELCOMEDLY_DEV_IDENTITY_HEADER`: `x-user-id` names anonymous callers for feature flags
+    /// (development only); default `false`.
+    dev_identity_header: bool,
+}
+
+impl WebConfig {
+    fn read(env: &mut EnvReader<'_>) -> Self {
+        let trusted_origins = env.read("WELCOMEDLY_TRUSTED_ORIGINS", Vec::new(), |v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::parse::<TrustedOrigin>)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("is not a list of origins: {e}; separate several with commas"))
+        });
+        let dev_identity_header = env.read("WELCOMEDLY_DEV_IDENTITY_HEADER", false, |v| match v {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err("is not a boolean: expected true (development only) or false"),
+        });
+        Self {
+            trusted_origins,
+            dev_identity_header,
+        }
+    }
+}
+
+/// 32 random bytes from the operating system.
+fn random_key() -> Result<Vec<u8>, String> {
+    use argon2::password_hash::rand_core::{OsRng, RngCore};
+    let mut key = vec![0u8; 32];
+    OsRng.try_fill_bytes(&mut key).map_err(|e| {
+        format!("the operating system refused randomness for a signing key ({e}): check the host's entropy source")
+    })?;
+    Ok(key)
 }
 
 /// The seeds' limits: login 5/min (failed logins only), uploads 3/min, the API 200/min and

@@ -1,22 +1,30 @@
 //! Campaigns through the DB router: writes on the primary, reads on replicas, and
 //! read-your-writes carried in a cookie — or, on the embedded default, one in-memory SQLite.
 //!
+//! Every campaign route needs a login (401 without one): reads any logged-in user, writes a
+//! supervisor (403 for the others).
+//!
 //! `POST /api/campaigns` (`{"name", "status"?}`) answers 201 with the campaign;
-//! `GET /api/campaigns` lists, `GET /api/campaigns/{id}` fetches, and `GET /api/stats` counts
-//! them by status (behind the `campaign-stats` flag: 404 for whom it is off). With PostgreSQL
-//! every read of a client that just wrote waits for (or skips) replicas that have not replayed
-//! its write.
+//! `GET /api/campaigns?limit=&after=` lists them newest first, a page at a time (`limit` 1-100,
+//! default 50): the answer's `next` is the cursor of the following page (`null` on the last),
+//! a keyset on the id (`WHERE id < cursor`, never `OFFSET`: a page costs the same however deep,
+//! and a campaign created meanwhile neither repeats nor hides a row). `GET /api/campaigns/{id}`
+//! fetches one, and `GET /api/stats` counts them by status (behind the `campaign-stats` flag:
+//! 404 for whom it is off). With PostgreSQL every read of a client that just wrote waits for
+//! (or skips) replicas that have not replayed its write.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Extension, Json, Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Extension, Json, Path, Query, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Sqlite};
+use welcomedly_cluster::session::Session;
 use welcomedly_core::health::HealthRegistry;
 use welcomedly_db::{Consistency, ConsistencyLayer, RouterConfig};
 use welcomedly_flags::layer::FlagGateLayer;
@@ -119,6 +127,13 @@ pub(crate) async fn connect(
     }
 }
 
+/// The users who may create campaigns (the demo's one supervisor).
+const SUPERVISORS: [&str; 1] = ["supervisor"];
+/// Campaigns per page when the client does not say.
+const DEFAULT_PAGE: i64 = 50;
+/// The largest page a client may ask for.
+const MAX_PAGE: i64 = 100;
+
 pub(crate) fn routes(db: Arc<Db>, secret: &[u8], secure: bool) -> Router {
     Router::new()
         .route("/api/campaigns", get(list).post(create))
@@ -128,7 +143,35 @@ pub(crate) fn routes(db: Arc<Db>, secret: &[u8], secure: bool) -> Router {
             get(stats).layer(FlagGateLayer::new(crate::flags::STATS_FLAG)),
         )
         .with_state(db)
+        // Outside the flag gate: an anonymous caller learns nothing, not even whether the
+        // feature is on for some name.
+        .route_layer(middleware::from_fn(require_login))
         .layer(ConsistencyLayer::new(secret).secure(secure))
+}
+
+/// 401 without a logged-in user; 403 for a write by someone who is not a supervisor (503 when
+/// the session store is down).
+async fn require_login(session: Session, req: Request, next: Next) -> Response {
+    let user = match session.user_id().await {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            return Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "campaigns need a login: POST /auth/login first and send the session cookie",
+            )
+            .into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !read && !SUPERVISORS.contains(&&*user.0) {
+        return Problem::new(
+            StatusCode::FORBIDDEN,
+            "only a supervisor may create or change campaigns: log in as one",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 fn db_error(e: impl std::fmt::Display) -> Response {
@@ -200,28 +243,95 @@ async fn create(
     }
 }
 
+/// `?limit=&after=` of the list, as text: parsed by hand so a bad one gets a problem that
+/// says what to send.
+#[derive(Deserialize)]
+struct Page {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+impl Page {
+    /// The page size and the id every row must be below.
+    fn parse(&self) -> Result<(i64, i64), Problem> {
+        let limit = match self.limit.as_deref() {
+            None => DEFAULT_PAGE,
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                _ => {
+                    return Err(Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "limit must be a whole number from 1 to {MAX_PAGE} (default {DEFAULT_PAGE})"
+                        ),
+                    ));
+                }
+            },
+        };
+        let below = match self.after.as_deref() {
+            None => i64::MAX,
+            Some(v) => match v.parse::<i64>() {
+                Ok(id) if id > 0 && v.bytes().all(|b| b.is_ascii_digit()) => id,
+                _ => {
+                    return Err(Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "after is not a cursor: pass the `next` of the previous page as is, or leave it out for the first page",
+                    ));
+                }
+            },
+        };
+        Ok((limit, below))
+    }
+}
+
 async fn list(
     State(db): State<Arc<Db>>,
     Extension(consistency): Extension<Consistency>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    const LIST: &str = "SELECT id, name, status FROM campaigns ORDER BY id";
+    let page = match page {
+        Ok(Query(page)) => page,
+        Err(_) => {
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                "the query string is not limit=N&after=CURSOR: fix it and retry",
+            )
+            .into_response();
+        }
+    };
+    let (limit, below) = match page.parse() {
+        Ok(p) => p,
+        Err(problem) => return problem.into_response(),
+    };
+    // One row more than the page: whether there is a next page, without a COUNT.
+    const LIST: &str =
+        "SELECT id, name, status FROM campaigns WHERE id < $1 ORDER BY id DESC LIMIT $2";
     let rows = match &*db {
         Db::Pg(router) => {
             let token = consistency.token();
             sqlx::query_as::<_, Row>(LIST)
+                .bind(below)
+                .bind(limit + 1)
                 .fetch_all(&*router.read_after(token.as_ref()).await)
                 .await
         }
         Db::Lite(router) => {
             sqlx::query_as::<_, Row>(LIST)
+                .bind(below)
+                .bind(limit + 1)
                 .fetch_all(&*router.read())
                 .await
         }
     };
     match rows {
-        Ok(rows) => {
+        Ok(mut rows) => {
+            let more = rows.len() as i64 > limit;
+            rows.truncate(usize::try_from(limit).unwrap_or(0));
+            let next = more
+                .then(|| rows.last().map(|(id, _, _)| id.to_string()))
+                .flatten();
             let rows: Vec<Campaign> = rows.into_iter().map(Campaign::from).collect();
-            Json(serde_json::json!({ "campaigns": rows })).into_response()
+            Json(serde_json::json!({ "campaigns": rows, "next": next })).into_response()
         }
         Err(e) => db_error(e),
     }

@@ -117,8 +117,14 @@ pub(crate) fn routes(features: &FeatureFlags, admin_token: Option<String>) -> Ro
 /// as the one on `GET /api/stats` reads them).
 ///
 /// The caller is the logged-in user (the session layer, loading eagerly, puts its `UserId` in
-/// the request); without a session, the `x-user-id` header names the caller (a demo stand-in
-/// for scripts; it only picks flag variants, it grants nothing).
-pub(crate) fn layer(features: &FeatureFlags) -> FlagsLayer {
-    FlagsLayer::new(features.flags.clone()).key_header(http::HeaderName::from_static("x-user-id"))
+/// the request); an anonymous caller is anonymous. Only with `dev_identity_header`
+/// (`WELCOMEDLY_DEV_IDENTITY_HEADER=true`, for scripts in development) does the `x-user-id`
+/// header name an anonymous caller: any client could name anyone, so it is off by default.
+pub(crate) fn layer(features: &FeatureFlags, dev_identity_header: bool) -> FlagsLayer {
+    let layer = FlagsLayer::new(features.flags.clone());
+    if dev_identity_header {
+        layer.key_header(http::HeaderName::from_static("x-user-id"))
+    } else {
+        layer
+    }
 }

@@ -13,17 +13,35 @@
 //!      -d '{"username":"agent","password":"welcomedly-demo"}'
 //! curl -b jar -X PUT localhost:3000/api/agents/me/status -H 'content-type: application/json' \
 //!      -d '{"status":"on_call"}'                     # seen by `curl -N -b jar localhost:3000/api/events`
-//! curl -X POST localhost:3000/api/campaigns -H 'content-type: application/json' -d '{"name":"spring"}'
-//! curl -H 'x-user-id: supervisor' localhost:3000/api/flags
+//! curl -c sup -X POST localhost:3000/auth/login -H 'content-type: application/json' \
+//!      -d '{"username":"supervisor","password":"welcomedly-demo"}'
+//! curl -b sup -X POST localhost:3000/api/campaigns -H 'content-type: application/json' \
+//!      -d '{"name":"spring"}'                        # 401 without a login, 403 for an agent
+//! curl -b sup 'localhost:3000/api/campaigns?limit=20' # newest first; ?after=<next> for the next page
+//! curl -b sup localhost:3000/api/flags               # the flags as the logged-in user sees them
+//! curl -i -X POST localhost:3000/auth/logout -H 'origin: https://evil.example'   # 403: cross-origin
 //! ```
+//!
+//! Unsafe requests (`POST`, `PUT`, `DELETE`, …) that a browser sends from a page of another
+//! origin are refused with 403 on every route (`Sec-Fetch-Site`, else `Origin` against `Host`;
+//! welcomedly-core's `cross_origin`); `WELCOMEDLY_TRUSTED_ORIGINS` (comma-separated
+//! `https://host[:port]`) lists origins whose pages may. Clients that send neither header
+//! (curl, servers) are not browsers and pass. Over HTTPS settings the session cookie is
+//! `__Host-wd_session`.
 //!
 //! With `REDIS_URL` set, sessions, the event bus, membership, feature flags and the rate limits
 //! are shared by every instance through Redis (limits fall back to `limit / live instances`
 //! locally while Redis is down; client keys appear in Redis only as digests, keyed by
-//! `WELCOMEDLY_RATE_LIMIT_SECRET` when set). With `DATABASE_URL` (+ `DATABASE_REPLICA_URLS`,
-//! `WELCOMEDLY_CONSISTENCY_SECRET`) campaigns go through the replica-aware router; without, an
-//! in-memory SQLite. `WELCOMEDLY_ADMIN_TOKEN` (≥ 16 characters) enables `/admin/flags`;
-//! `WELCOMEDLY_SESSION_SECURE=false` for plain-HTTP cookies. Other settings: `PORT`
+//! `WELCOMEDLY_RATE_LIMIT_SECRET` when set). With `DATABASE_URL` (+ `DATABASE_REPLICA_URLS`)
+//! campaigns go through the replica-aware router, and `WELCOMEDLY_CONSISTENCY_SECRET` (the same
+//! on every instance) is required: without it the start is refused, as a public or per-process
+//! secret would let clients forge read-your-writes positions or break them across instances.
+//! Without `DATABASE_URL`, an in-memory SQLite. `WELCOMEDLY_ADMIN_TOKEN` enables
+//! `/admin/flags`. Every secret (those three, `WELCOMEDLY_SESSION_KEYS`) needs at least 16
+//! bytes, and a refused one is reported by its length, never its value.
+//! `WELCOMEDLY_SESSION_SECURE=false` for plain-HTTP cookies. `WELCOMEDLY_DEV_IDENTITY_HEADER=true`
+//! (development only) lets `x-user-id` name anonymous callers for feature flags; otherwise the
+//! flag identity is the logged-in user. Other settings: `PORT`
 //! (3000), `TRUSTED_PROXIES` (CIDRs of the load balancers), `TRUSTED_PROXY_HEADER`
 //! (`x-forwarded-for`, the default, or `forwarded`), `WELCOMEDLY_DEMO_PASSWORD`,
 //! `WELCOMEDLY_ACCESS_LOG` (`info` default, `off`, …), `WELCOMEDLY_LOG_FORMAT` (`json` /

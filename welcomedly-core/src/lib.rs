@@ -8,6 +8,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`config`] | [`CoreConfig`], loadable from environment variables with validation |
+//! | [`cross_origin`] | refuses cross-origin unsafe requests from browsers (`Sec-Fetch-Site`, `Origin`) |
 //! | [`instance`] | [`InstanceId`], the identity of this process in the cluster |
 //! | [`telemetry`] | tracing + OpenTelemetry setup, request id, request span, HTTP metrics |
 //! | [`health`] | a registry of named checks; `/health`, `/health/live`, `/health/ready` |
@@ -20,6 +21,7 @@
 
 pub mod client_ip;
 pub mod config;
+pub mod cross_origin;
 pub mod drain;
 pub mod health;
 pub mod instance;

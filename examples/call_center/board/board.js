@@ -264,10 +264,15 @@ async function loadFlags() {
   return body.flags || {};
 }
 
-async function loadCampaigns() {
-  const res = await api("GET", "/api/campaigns");
+// The campaigns, newest first, a page at a time: `after` is the server's `next` cursor of the
+// page already shown (absent: start over with the first page).
+let campaignsNext = null;
+
+async function loadCampaigns(after) {
+  const query = after ? `?after=${encodeURIComponent(after)}` : "";
+  const res = await api("GET", `/api/campaigns${query}`);
   const list = $("campaigns");
-  list.replaceChildren();
+  if (!after) list.replaceChildren();
   if (!res.ok) {
     $("campaign-error").textContent = await problem(res);
     return;
@@ -279,11 +284,13 @@ async function loadCampaigns() {
     li.dataset.campaign = String(c.id);
     list.append(li);
   }
-  if (body.campaigns.length === 0) {
+  if (!after && body.campaigns.length === 0) {
     const li = document.createElement("li");
     li.textContent = "no campaign yet";
     list.append(li);
   }
+  campaignsNext = body.next || null;
+  $("campaigns-more").hidden = campaignsNext === null;
 }
 
 // The flag-gated statistics: shown only when `campaign-stats` is on for this user (the server
@@ -430,6 +437,9 @@ async function start() {
   $("login-form").addEventListener("submit", onLogin);
   $("status-form").addEventListener("change", onStatus);
   $("campaign-form").addEventListener("submit", onCampaign);
+  $("campaigns-more").addEventListener("click", () => {
+    if (campaignsNext) loadCampaigns(campaignsNext).catch(() => {});
+  });
   $("logout").addEventListener("click", onLogout);
   // Leaving the page ends its stream (and so the user's presence from this tab), even when the
   // browser keeps the page in its back/forward cache; coming back opens a new one.

@@ -135,9 +135,8 @@ impl RedisRateLimitConfig {
                 .filter(|n| *n > 0 && v.bytes().all(|b| b.is_ascii_digit()))
                 .ok_or("is not a valid instance count: expected an integer >= 1")
         });
-        let secret = env.read("WELCOMEDLY_RATE_LIMIT_SECRET", None, |v| {
-            Ok::<_, String>(Some(v.to_owned()))
-        });
+        // At least MIN_SECRET_LEN bytes; a shorter one is reported by its length, never shown.
+        let secret = env.secret("WELCOMEDLY_RATE_LIMIT_SECRET");
         let budget = env.read(
             "WELCOMEDLY_RATE_LIMIT_BUDGET_MS",
             Duration::from_millis(20),
@@ -316,6 +315,15 @@ impl RedisBackend {
             return Err(Error::invalid(
                 "the Redis reconnect interval is zero: a dead Redis would be reconnected in a busy loop; use at least a few milliseconds (default 250 ms)",
             ));
+        }
+        if let Some(secret) = &config.key_secret
+            && welcomedly_core::config::check_secret(secret).is_err()
+        {
+            return Err(Error::invalid(format!(
+                "the rate-limit key secret is {} bytes long: use at least {} random bytes (the same on every instance), or none",
+                secret.len(),
+                welcomedly_core::config::MIN_SECRET_LEN
+            )));
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(Error::invalid(
@@ -856,13 +864,24 @@ mod tests {
         let c = read(&[
             ("REDIS_URL", "redis://:pw@cache:6379/0"),
             ("WELCOMEDLY_INSTANCES", "3"),
-            ("WELCOMEDLY_RATE_LIMIT_SECRET", "s"),
+            ("WELCOMEDLY_RATE_LIMIT_SECRET", "0123456789abcdef-rl"),
             ("WELCOMEDLY_RATE_LIMIT_BUDGET_MS", "35"),
         ])
         .unwrap()
         .unwrap();
         assert_eq!(c.instances, 3);
-        assert_eq!(c.key_secret.as_deref(), Some("s"));
+        assert_eq!(c.key_secret.as_deref(), Some("0123456789abcdef-rl"));
+        let e = read(&[
+            ("REDIS_URL", "redis://cache:6379/0"),
+            ("WELCOMEDLY_RATE_LIMIT_SECRET", "hunter2"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("WELCOMEDLY_RATE_LIMIT_SECRET (a secret of 7 bytes"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
         assert_eq!(c.budget, Duration::from_millis(35));
         let e = read(&[
             ("REDIS_URL", "http://:hunter2@cache/"),

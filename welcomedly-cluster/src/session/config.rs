@@ -4,14 +4,17 @@
 use std::fmt;
 use std::time::Duration;
 
-use welcomedly_core::config::{ConfigError, EnvReader};
+use welcomedly_core::config::{ConfigError, EnvReader, MIN_SECRET_LEN, check_secret};
 
 /// Settings of the session layer and its cookie. Build the layer with
 /// [`SessionLayer::new`](super::SessionLayer::new), which validates them once.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct SessionConfig {
-    /// Name of the session cookie. Default `"wd_session"`.
+    /// Name of the session cookie. Default `"wd_session"`. Sent as `__Host-wd_session` whenever
+    /// the cookie is `Secure` with path `/` and no domain (the defaults): browsers then refuse
+    /// the name from any other host (a sibling subdomain cannot plant one) and over plain HTTP.
+    /// See [`effective_cookie_name`](Self::effective_cookie_name).
     pub cookie_name: String,
     /// Whether the cookie carries `Secure` (sent over HTTPS only). Default `true`; turn it off
     /// for local plain-HTTP development only.
@@ -79,7 +82,26 @@ impl fmt::Debug for SessionConfig {
     }
 }
 
+/// The cookie-name prefix browsers accept only on a `Secure`, `Path=/` cookie without `Domain`.
+pub(crate) const HOST_PREFIX: &str = "__Host-";
+
 impl SessionConfig {
+    /// The name the cookie is set and read under: [`cookie_name`](Self::cookie_name), with
+    /// `__Host-` in front when the cookie is `Secure`, its path `/` and it has no domain (unless
+    /// the name already starts with a `__Host-` or `__Secure-` prefix).
+    pub fn effective_cookie_name(&self) -> std::borrow::Cow<'_, str> {
+        let already = ["__Host-", "__Secure-"].iter().any(|p| {
+            self.cookie_name
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p))
+        });
+        if self.secure && self.path == "/" && self.domain.is_none() && !already {
+            std::borrow::Cow::Owned(format!("{HOST_PREFIX}{}", self.cookie_name))
+        } else {
+            std::borrow::Cow::Borrowed(&self.cookie_name)
+        }
+    }
+
     /// Reads the settings from the environment, defaults for unset variables:
     /// `WELCOMEDLY_SESSION_SECURE` (`true`/`false`, default `true`),
     /// `WELCOMEDLY_SESSION_KEYS` (comma-separated signing keys, newest first, default none),
@@ -103,15 +125,20 @@ impl SessionConfig {
             "false" | "0" | "no" => Ok(false),
             _ => Err("is not a boolean: expected true or false (false only for local plain-HTTP development)"),
         });
-        // Never rejected here: the reader would show the value (a secret) in its message. The
-        // layer's constructor checks the keys' length without showing them.
-        let keys = env.read("WELCOMEDLY_SESSION_KEYS", Vec::new(), |v| {
-            Ok::<_, String>(
-                v.split(',')
-                    .map(|k| k.trim().to_owned())
-                    .filter(|k| !k.is_empty())
-                    .collect(),
-            )
+        // Read as a secret: a refused value is reported by its length, never shown.
+        let keys = env.read_secret("WELCOMEDLY_SESSION_KEYS", Vec::new(), |v| {
+            let keys: Vec<String> = v
+                .split(',')
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
+                .collect();
+            match keys.iter().position(|k| check_secret(k).is_err()) {
+                Some(i) => Err(format!(
+                    "holds a signing key (#{}, newest first) shorter than {MIN_SECRET_LEN} bytes: use long random keys, such as the output of `openssl rand -hex 32`, separated by commas",
+                    i + 1
+                )),
+                None => Ok(keys),
+            }
         });
         let idle = env.read(
             "WELCOMEDLY_SESSION_IDLE_MINUTES",
@@ -161,11 +188,14 @@ mod tests {
         assert!(!format!("{c:?}").contains("0123456789abcdef"));
         let e = read(&[
             ("WELCOMEDLY_SESSION_SECURE", "maybe"),
-            ("WELCOMEDLY_SESSION_KEYS", "short"),
+            ("WELCOMEDLY_SESSION_KEYS", "tiny"),
             ("WELCOMEDLY_SESSION_IDLE_MINUTES", "0"),
         ])
         .unwrap_err();
-        assert_eq!(e.invalid_variables().len(), 2);
-        assert!(!e.to_string().contains("short"), "{e}");
+        assert_eq!(e.invalid_variables().len(), 3);
+        assert!(!e.to_string().contains("tiny"), "{e}");
+        let e = read(&[("WELCOMEDLY_SESSION_KEYS", "0123456789abcdef0123,hunter2")]).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("#2"), "{e}");
     }
 }

@@ -10,7 +10,9 @@ use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
 
-use super::config::SessionConfig;
+use welcomedly_core::config::MIN_SECRET_LEN;
+
+use super::config::{HOST_PREFIX, SessionConfig};
 use super::id::{ID_BYTES, ID_HEX, SessionId, hex, unhex};
 use crate::Error;
 
@@ -21,8 +23,11 @@ pub(crate) enum Presented {
     None,
     /// A well-formed (and, with signing, verified) id.
     Id(SessionId),
-    /// A session cookie that is not an id (wrong length, not hex, several cookies of the name).
+    /// A session cookie that is not an id (wrong length, not hex).
     Malformed,
+    /// Several cookies of the name: no session, and nothing deleted (a `Set-Cookie` removal
+    /// would hit this host's own cookie, never one planted with another `Domain` or `Path`).
+    Ambiguous,
     /// A well-formed id whose signature no key verifies (or missing while signing is on).
     Forged,
 }
@@ -78,11 +83,24 @@ impl CookieCodec {
                 "the session cookie domain {d:?} is not a domain: give a host name such as example.com, or none for this host only"
             )));
         }
+        let name = config.effective_cookie_name();
+        let prefixed = |p: &str| {
+            name.get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p))
+        };
+        if (prefixed(HOST_PREFIX)
+            && (!config.secure || config.path != "/" || config.domain.is_some()))
+            || (prefixed("__Secure-") && !config.secure)
+        {
+            return Err(Error::invalid(format!(
+                "the session cookie name {name:?} has a prefix browsers refuse with these settings: __Host- needs secure, path / and no domain, __Secure- needs secure; drop the prefix (it is added when the settings allow it)"
+            )));
+        }
         let mut keys = Vec::with_capacity(config.signing_keys.len());
         for (i, k) in config.signing_keys.iter().enumerate() {
-            if k.len() < 16 {
+            if k.len() < MIN_SECRET_LEN {
                 return Err(Error::invalid(format!(
-                    "session signing key #{} is shorter than 16 bytes: use long random keys (32 bytes of hex, say), newest first",
+                    "session signing key #{} is shorter than {MIN_SECRET_LEN} bytes: use long random keys (32 bytes of hex, say), newest first",
                     i + 1
                 )));
             }
@@ -100,20 +118,21 @@ impl CookieCodec {
             attributes.push_str(d);
         }
         let removal =
-            HeaderValue::try_from(format!("{}=; Max-Age=0{attributes}", config.cookie_name))
-                .map_err(|_| {
-                    Error::invalid("the session cookie settings do not make a valid header")
-                })?;
+            HeaderValue::try_from(format!("{name}=; Max-Age=0{attributes}")).map_err(|_| {
+                Error::invalid("the session cookie settings do not make a valid header")
+            })?;
         Ok(Self {
-            name: config.cookie_name.clone(),
+            name: name.into_owned(),
             keys,
             attributes,
             removal,
         })
     }
 
-    /// The session cookie of `headers`. Several cookies of the name are malformed: a browser
-    /// sends one per (path, domain), and guessing which is meant could pick a planted one.
+    /// The session cookie of `headers`. Several cookies of the name are ambiguous: a browser
+    /// sends one per (path, domain), and guessing which is meant could pick a planted one. (A
+    /// `__Host-` cookie cannot be planted by a sibling subdomain nor for another path, so a
+    /// browser never sends two.)
     pub(crate) fn find(&self, headers: &HeaderMap) -> Presented {
         let mut found = None;
         for value in headers.get_all(COOKIE) {
@@ -124,7 +143,7 @@ impl CookieCodec {
                 };
                 if name.trim() == self.name {
                     if found.is_some() {
-                        return Presented::Malformed;
+                        return Presented::Ambiguous;
                     }
                     found = Some(value.trim().trim_matches('"'));
                 }
@@ -228,7 +247,7 @@ mod tests {
         let c = codec(&[]);
         let id = SessionId::generate().unwrap();
         let text = c.set_cookie(id).unwrap().to_str().unwrap().to_owned();
-        assert!(text.starts_with(&format!("wd_session={}", id.to_hex())));
+        assert!(text.starts_with(&format!("__Host-wd_session={}", id.to_hex())));
         for attr in ["Path=/", "HttpOnly", "SameSite=Lax", "Secure"] {
             assert!(text.contains(attr), "{text}");
         }
@@ -248,17 +267,21 @@ mod tests {
     fn finds_the_cookie_among_others() {
         let c = codec(&[]);
         let id = SessionId::generate().unwrap();
-        let h = headers(&format!("a=1; wd_session={}; b=2", id.to_hex()));
+        let h = headers(&format!("a=1; __Host-wd_session={}; b=2", id.to_hex()));
         assert_eq!(c.find(&h), Presented::Id(id));
         assert_eq!(c.find(&headers("a=1")), Presented::None);
         assert_eq!(c.find(&HeaderMap::new()), Presented::None);
-        for bad in ["wd_session=", "wd_session=abc", "wd_session=../../etc"] {
+        for bad in [
+            "__Host-wd_session=",
+            "__Host-wd_session=abc",
+            "__Host-wd_session=../../etc",
+        ] {
             assert_eq!(c.find(&headers(bad)), Presented::Malformed, "{bad}");
         }
-        let twice = format!("wd_session={0}; wd_session={0}", id.to_hex());
-        assert_eq!(c.find(&headers(&twice)), Presented::Malformed);
+        let twice = format!("__Host-wd_session={0}; __Host-wd_session={0}", id.to_hex());
+        assert_eq!(c.find(&headers(&twice)), Presented::Ambiguous);
         // A signed cookie presented to an unsigned deployment.
-        let signed = format!("wd_session={}.{}", id.to_hex(), "0".repeat(32));
+        let signed = format!("__Host-wd_session={}.{}", id.to_hex(), "0".repeat(32));
         assert_eq!(c.find(&headers(&signed)), Presented::Forged);
     }
 
@@ -268,13 +291,19 @@ mod tests {
         let rotated = codec(&["new-key-0123456789", "old-key-0123456789"]);
         let new_only = codec(&["new-key-0123456789"]);
         let id = SessionId::generate().unwrap();
-        let by_old = format!("wd_session={}", value_of(&old.set_cookie(id).unwrap()));
-        let by_new = format!("wd_session={}", value_of(&rotated.set_cookie(id).unwrap()));
+        let by_old = format!(
+            "__Host-wd_session={}",
+            value_of(&old.set_cookie(id).unwrap())
+        );
+        let by_new = format!(
+            "__Host-wd_session={}",
+            value_of(&rotated.set_cookie(id).unwrap())
+        );
         assert_eq!(rotated.find(&headers(&by_old)), Presented::Id(id));
         assert_eq!(rotated.find(&headers(&by_new)), Presented::Id(id));
         assert_eq!(new_only.find(&headers(&by_new)), Presented::Id(id));
         assert_eq!(new_only.find(&headers(&by_old)), Presented::Forged);
-        let bare = format!("wd_session={}", id.to_hex());
+        let bare = format!("__Host-wd_session={}", id.to_hex());
         assert_eq!(rotated.find(&headers(&bare)), Presented::Forged);
         let mut tampered = by_new.clone();
         tampered.pop();
@@ -284,6 +313,58 @@ mod tests {
             rotated.find(&headers(&format!("{by_new}zz"))),
             Presented::Forged
         );
+    }
+
+    #[test]
+    fn the_host_prefix_is_added_when_the_settings_allow_it() {
+        let id = SessionId::generate().unwrap();
+        let name_of = |config: SessionConfig| {
+            let c = CookieCodec::new(&config).unwrap();
+            let set = c.set_cookie(id).unwrap().to_str().unwrap().to_owned();
+            let removal = c.removal().to_str().unwrap().to_owned();
+            let name = set.split_once('=').unwrap().0.to_owned();
+            assert!(removal.starts_with(&format!("{name}=;")), "{removal}");
+            name
+        };
+        assert_eq!(name_of(SessionConfig::default()), "__Host-wd_session");
+        let plain = |f: fn(&mut SessionConfig)| {
+            let mut c = SessionConfig::default();
+            f(&mut c);
+            name_of(c)
+        };
+        assert_eq!(plain(|c| c.secure = false), "wd_session");
+        assert_eq!(
+            plain(|c| c.domain = Some("example.com".to_owned())),
+            "wd_session"
+        );
+        assert_eq!(plain(|c| c.path = "/app".to_owned()), "wd_session");
+        // Already prefixed: kept as is.
+        assert_eq!(
+            plain(|c| c.cookie_name = "__Host-sid".to_owned()),
+            "__Host-sid"
+        );
+        // A prefix the browser would refuse with these settings.
+        for config in [
+            SessionConfig {
+                cookie_name: "__Host-sid".to_owned(),
+                domain: Some("example.com".to_owned()),
+                ..SessionConfig::default()
+            },
+            SessionConfig {
+                cookie_name: "__secure-sid".to_owned(),
+                secure: false,
+                ..SessionConfig::default()
+            },
+        ] {
+            assert!(CookieCodec::new(&config).unwrap_err().is_config());
+        }
+        // The plain name is not read once the prefix is on: a cookie planted by a sibling
+        // subdomain (which cannot set a __Host- one) is no session cookie at all.
+        let c = codec(&[]);
+        let planted = format!("wd_session={}", id.to_hex());
+        assert_eq!(c.find(&headers(&planted)), Presented::None);
+        let both = format!("{planted}; __Host-wd_session={}", id.to_hex());
+        assert_eq!(c.find(&headers(&both)), Presented::Id(id));
     }
 
     #[test]

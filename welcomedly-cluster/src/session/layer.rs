@@ -113,6 +113,13 @@ where
                 tracing::debug!("malformed session cookie: treated as no session");
                 (None, CookieChange::Remove)
             }
+            Presented::Ambiguous => {
+                shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    "several session cookies: treated as no session, none deleted (a removal would only hit this host's own)"
+                );
+                (None, CookieChange::Keep)
+            }
             Presented::Forged => {
                 shared.counters.forged.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("session cookie with a bad signature: treated as no session");

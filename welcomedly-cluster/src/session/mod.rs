@@ -19,9 +19,12 @@
 //!   request changed: two concurrent requests changing different keys both persist. A write to
 //!   a session that was logged out meanwhile is dropped, never reviving it.
 //! - **Cookies**: `HttpOnly`, `SameSite=Lax`, `Secure` (configurable for local HTTP), path,
-//!   optional domain, optional HMAC-SHA-256 signing with key rotation. A malformed, forged or
-//!   unknown cookie is no session (debug log, counted in [`SessionLayer::stats`], exported at
-//!   `/metrics` by [`SessionLayer::register_metrics`]).
+//!   optional domain, optional HMAC-SHA-256 signing with key rotation (keys of at least 16
+//!   bytes). Named `__Host-wd_session` whenever it is `Secure` with path `/` and no domain, so a
+//!   sibling subdomain cannot plant one. A malformed, forged or unknown cookie is no session
+//!   (debug log, counted in [`SessionLayer::stats`], exported at `/metrics` by
+//!   [`SessionLayer::register_metrics`]); so are several cookies of the name, and then none is
+//!   deleted (a removal would only hit this host's own, the legitimate one).
 //! - **Expiry**: idle (sliding) and absolute; a per-user index, bounded and cleaned on every
 //!   login, for "log out everywhere".
 //! - **Streams end with their session**: [`Session::watch`] follows a session from a

@@ -96,7 +96,7 @@ async fn a_request_without_cookie_never_calls_the_store() {
     let untouched = app(&l, |_, _| async { Ok(String::new()) });
     send(
         &untouched,
-        Some("wd_session=00112233445566778899aabbccddeeff"),
+        Some("__Host-wd_session=00112233445566778899aabbccddeeff"),
     )
     .await;
     assert_eq!(
@@ -178,7 +178,7 @@ async fn log_in_cycles_the_id_and_log_out_ends_it() {
     let (_, body) = send_to("", Some(authed.clone())).await;
     assert_eq!(body, "Some(\"alice\") Some([1, 2])");
     let (removed, _) = send_to("logout", Some(authed.clone())).await;
-    assert_eq!(removed.unwrap(), "wd_session=");
+    assert_eq!(removed.unwrap(), "__Host-wd_session=");
     let (_, body) = send_to("", Some(authed)).await;
     assert_eq!(body, "None None");
 }
@@ -214,10 +214,10 @@ async fn malformed_forged_and_unknown_cookies_are_no_session() {
         Ok(format!("{:?}", s.user_id().await?))
     });
     for bad in [
-        "wd_session=%00%ff",
-        "wd_session=0011223344556677889g00112233445566",
-        "wd_session=not-an-id",
-        &format!("wd_session={}", "a".repeat(10_000)),
+        "__Host-wd_session=%00%ff",
+        "__Host-wd_session=0011223344556677889g00112233445566",
+        "__Host-wd_session=not-an-id",
+        &format!("__Host-wd_session={}", "a".repeat(10_000)),
     ] {
         let answer = send(&a, Some(bad)).await;
         assert_eq!(answer.status, StatusCode::OK);
@@ -225,7 +225,7 @@ async fn malformed_forged_and_unknown_cookies_are_no_session() {
         assert!(answer.set_cookie.unwrap().contains("Max-Age=0"));
     }
     let forged = format!(
-        "wd_session=00112233445566778899aabbccddeeff.{}",
+        "__Host-wd_session=00112233445566778899aabbccddeeff.{}",
         "0".repeat(32)
     );
     assert_eq!(send(&a, Some(&forged)).await.body, "None");
@@ -381,6 +381,27 @@ async fn logging_in_as_another_user_drops_the_previous_users_values() {
     assert_eq!(&body[..], b"None");
 }
 
+/// Two session cookies (one planted, say): no session, and the reply deletes neither, since a
+/// removal could only hit this host's own cookie, the legitimate one.
+#[tokio::test]
+async fn several_session_cookies_are_no_session_and_nothing_is_deleted() {
+    let l = layer(SessionConfig::default());
+    let login = app(&l, |_, s: Session| async move {
+        s.log_in("erin").await?;
+        Ok(String::new())
+    });
+    let who = app(&l, |_, s: Session| async move {
+        Ok(format!("{:?}", s.user_id().await?.map(|u| u.0)))
+    });
+    let good = send(&login, None).await.cookie();
+    let planted = "__Host-wd_session=00112233445566778899aabbccddeeff";
+    let answer = send(&who, Some(&format!("{planted}; {good}"))).await;
+    assert_eq!(answer.body, "None");
+    assert!(answer.set_cookie.is_none(), "{:?}", answer.set_cookie);
+    // The legitimate cookie still works once the planted one is gone.
+    assert_eq!(send(&who, Some(&good)).await.body, "Some(\"erin\")");
+}
+
 #[tokio::test]
 async fn the_counters_are_exported_as_metrics() {
     let metrics = welcomedly_core::telemetry::Metrics::new().unwrap();
@@ -395,8 +416,12 @@ async fn the_counters_are_exported_as_metrics() {
     });
     let cookie = send(&login, None).await.cookie();
     send(&who, Some(&cookie)).await;
-    send(&who, Some("wd_session=not-an-id")).await;
-    send(&who, Some("wd_session=00112233445566778899aabbccddeeff")).await;
+    send(&who, Some("__Host-wd_session=not-an-id")).await;
+    send(
+        &who,
+        Some("__Host-wd_session=00112233445566778899aabbccddeeff"),
+    )
+    .await;
 
     let text = metrics.encode().unwrap();
     let value = |series: &str| -> f64 {

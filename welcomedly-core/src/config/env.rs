@@ -5,7 +5,7 @@
 use std::env::VarError;
 use std::time::Duration;
 
-use super::{ConfigError, InvalidVariable};
+use super::{ConfigError, InvalidVariable, check_secret};
 
 /// One variable's raw value: unset (`None`), a value, or (`Err`) a value that is not valid
 /// Unicode, given lossily for the message.
@@ -105,6 +105,7 @@ impl<'a> EnvReader<'a> {
                     variable: name,
                     value: lossy,
                     problem: "is not valid UTF-8: expected a text value".to_owned(),
+                    secret_len: None,
                 });
                 return default;
             }
@@ -120,10 +121,51 @@ impl<'a> EnvReader<'a> {
                     variable: name,
                     value: raw,
                     problem: problem.into(),
+                    secret_len: None,
                 });
                 default
             }
         }
+    }
+
+    /// Like [`read`](Self::read), for a secret (a token, a signing key): a value `parse`
+    /// refuses is never recorded nor shown, only its length, so a start-up error cannot print
+    /// it.
+    pub fn read_secret<T, P: Into<String>>(
+        &mut self,
+        name: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, P>,
+    ) -> T {
+        let raw = match (self.source)(name) {
+            None => return default,
+            Some(Ok(raw)) => raw,
+            Some(Err(lossy)) => {
+                self.record(InvalidVariable::secret(
+                    name,
+                    lossy.len(),
+                    "is not valid UTF-8: expected a text value".to_owned(),
+                ));
+                return default;
+            }
+        };
+        let value = raw.trim();
+        if value.is_empty() {
+            return default;
+        }
+        match parse(value) {
+            Ok(parsed) => parsed,
+            Err(problem) => {
+                self.record(InvalidVariable::secret(name, value.len(), problem.into()));
+                default
+            }
+        }
+    }
+
+    /// A secret of at least [`MIN_SECRET_LEN`](super::MIN_SECRET_LEN) bytes, `None` when unset or blank. A shorter one
+    /// is reported by its length only, never its value.
+    pub fn secret(&mut self, name: &'static str) -> Option<String> {
+        self.read_secret(name, None, |v| check_secret(v).map(|()| Some(v.to_owned())))
     }
 
     /// Records a bad variable once: several components may read the same one (`REDIS_URL`).

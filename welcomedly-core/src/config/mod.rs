@@ -5,7 +5,8 @@
 //! whitespace is ignored and an empty (or blank) variable counts as unset, so `PORT=` in a
 //! deployment manifest means "the default". Every variable is checked before the function
 //! returns, and a [`ConfigError`] lists each bad one with its value and what is expected, so one
-//! failed start is enough to fix them all.
+//! failed start is enough to fix them all. Secrets are read with [`EnvReader::secret`]: at
+//! least [`MIN_SECRET_LEN`] bytes, and a refused one is reported by its length, never its value.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -385,6 +386,28 @@ fn count(value: &str) -> Option<NonZeroUsize> {
     digits(value)?.parse().ok()
 }
 
+/// The shortest secret accepted anywhere in Welcomedly, in bytes: admin tokens, session signing
+/// keys, the read-your-writes secret, the rate-limit key secret. 16 random bytes (128 bits) are
+/// out of reach of guessing; `openssl rand -hex 32` makes a good one.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// `Ok` when `secret` is at least [`MIN_SECRET_LEN`] bytes long; else what to do, with the
+/// length found and never the value (for [`EnvReader::read_secret`] and other settings' checks).
+///
+/// # Errors
+///
+/// The problem, as `is N bytes long: ...`.
+pub fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.len() >= MIN_SECRET_LEN {
+        Ok(())
+    } else {
+        Err(format!(
+            "is too short for a secret ({} bytes): use at least {MIN_SECRET_LEN} random bytes, such as the output of `openssl rand -hex 32`",
+            secret.len()
+        ))
+    }
+}
+
 /// Environment variables hold values [`CoreConfig::from_env`] cannot use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -433,16 +456,34 @@ pub struct InvalidVariable {
     pub(super) variable: &'static str,
     pub(super) value: String,
     pub(super) problem: String,
+    /// A secret's length: its value is neither kept nor shown.
+    pub(super) secret_len: Option<usize>,
 }
 
 impl InvalidVariable {
+    pub(super) fn secret(variable: &'static str, len: usize, problem: String) -> Self {
+        Self {
+            variable,
+            value: String::new(),
+            problem,
+            secret_len: Some(len),
+        }
+    }
+
+    /// Whether the variable holds a secret (read with [`EnvReader::read_secret`]): then
+    /// [`value`](Self::value) is empty and the message shows only its length.
+    pub fn is_secret(&self) -> bool {
+        self.secret_len.is_some()
+    }
+
     /// The variable's name, such as `PORT`.
     pub fn variable(&self) -> &'static str {
         self.variable
     }
 
     /// The value found (with invalid UTF-8 replaced by `�`), as is: it may hold a credential.
-    /// Display the error (which redacts URL passwords) rather than this value.
+    /// Display the error (which redacts URL passwords) rather than this value. Empty for a
+    /// [secret](Self::is_secret).
     pub fn value(&self) -> &str {
         &self.value
     }
@@ -461,6 +502,13 @@ impl fmt::Display for InvalidVariable {
     /// The value is shown with the password of any URL in it replaced (see
     /// [`redact_url`](crate::redact::redact_url)): this message reaches terminals and logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(len) = self.secret_len {
+            return write!(
+                f,
+                "{} (a secret of {len} bytes, not shown) {}",
+                self.variable, self.problem
+            );
+        }
         let value = crate::redact::redact_url(&self.value);
         match value.char_indices().nth(MAX_SHOWN_CHARS) {
             Some((cut, _)) => write!(
@@ -841,6 +889,36 @@ mod tests {
             msg.contains("; WELCOMEDLY_LOG_FORMAT=\"xml\" is not a log format"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn secrets_have_one_minimum_length_and_are_never_shown() {
+        let mut env = EnvReader::from_pairs(&[
+            ("SHORT", "hunter2-secret"),
+            ("LONG", " 0123456789abcdef "),
+            ("BLANK", "  "),
+        ]);
+        assert_eq!(env.secret("LONG").as_deref(), Some("0123456789abcdef"));
+        assert_eq!(env.secret("BLANK"), None);
+        assert_eq!(env.secret("UNSET"), None);
+        assert_eq!(env.secret("SHORT"), None);
+        let err = env.finish(()).unwrap_err();
+        let [one] = err.invalid_variables() else {
+            panic!("{err}");
+        };
+        assert!(one.is_secret() && one.value().is_empty());
+        let msg = err.to_string();
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert_eq!(
+            msg,
+            "SHORT (a secret of 14 bytes, not shown) is too short for a secret (14 bytes): use at least 16 random bytes, such as the output of `openssl rand -hex 32`"
+        );
+        // A custom check of a secret does not show it either.
+        let mut env = EnvReader::from_pairs(&[("KEYS", "s3cret-key,x")]);
+        env.read_secret("KEYS", (), |_| Err("has a short key"));
+        let msg = env.finish(()).unwrap_err().to_string();
+        assert!(!msg.contains("s3cret"), "{msg}");
+        assert!(check_secret(&"k".repeat(MIN_SECRET_LEN)).is_ok());
     }
 
     #[test]

@@ -42,6 +42,11 @@ impl FlagsLayer {
     /// Takes the targeting key from header `name` when the request has no `UserId` (for
     /// instance a device id a client sends). Client-chosen text: at most
     /// [`MAX_ATTR_LEN`](super::MAX_ATTR_LEN) bytes are used.
+    ///
+    /// Off by default, and not an identity: any caller can name any key and so pick any
+    /// targeted variant. Never let a flag keyed this way open a route or data (a
+    /// [`FlagGateLayer`](super::FlagGateLayer) in front of something private); use it for
+    /// anonymous experiments, or behind an explicit development setting.
     pub fn key_header(self, name: HeaderName) -> Self {
         self.update(|s| s.key_header = Some(name))
     }
