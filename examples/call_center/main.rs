@@ -36,6 +36,7 @@ mod app;
 mod board;
 mod campaigns;
 mod flags;
+mod login;
 mod problem;
 
 use std::process::ExitCode;
