@@ -14,6 +14,7 @@ mod support;
 use std::sync::Barrier;
 
 use support::call_center::*;
+use welcomedly_testkit::RedisServer;
 
 fn start() -> Instance {
     Instance::start(&[
@@ -197,6 +198,37 @@ fn failed_logins_are_limited_per_account_whatever_the_address() {
     let r = login_from(&app, "203.0.113.99", "agent", "welcomedly-demo");
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(app.terminate().success());
+}
+
+/// With Redis, the per-account budget is one for the whole cluster: wrong passwords for one
+/// account spread over two instances and six addresses get ten 401s in total, not ten each.
+#[test]
+fn the_account_budget_is_shared_by_the_instances_through_redis() {
+    let redis = RedisServer::start().unwrap();
+    let envs = |id: &str| {
+        vec![
+            ("REDIS_URL", redis.url()),
+            ("WELCOMEDLY_INSTANCE_ID", id.to_owned()),
+            ("TRUSTED_PROXIES", "127.0.0.1/32".to_owned()),
+        ]
+    };
+    let a = Instance::start(&envs("cc-a"));
+    let b = Instance::start(&envs("cc-b"));
+    let statuses: Vec<u16> = (0..12)
+        .map(|i| {
+            let app = if i % 2 == 0 { &a } else { &b };
+            login_from(app, &format!("203.0.113.{}", i % 6 + 1), "nobody", "wrong").status
+        })
+        .collect();
+    let mut expected = vec![401; 10];
+    expected.extend([429, 429]);
+    assert_eq!(statuses, expected);
+    // Nothing of the name reached Redis: only digests.
+    let keys = redis.command(&["KEYS", "wd:rl:*"]).unwrap();
+    assert!(keys.contains("login-account"), "{keys}");
+    assert!(!keys.contains("nobody"), "{keys}");
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
 }
 
 /// Behind one NAT address, one person's five wrong passwords throttle that name only: a colleague
