@@ -55,6 +55,16 @@ fn rss_mb(app: &Instance) -> u64 {
     kb / 1024
 }
 
+/// The instance's `welcomedly_session_loads_total`, from `/metrics`.
+fn session_loads(app: &Instance) -> u64 {
+    let metrics = app.request("GET", "/metrics", None).body;
+    metrics
+        .lines()
+        .find(|l| l.starts_with("welcomedly_session_loads_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// `n` logins at the same moment, the i-th from `address(i)` as `user(i)`.
 fn burst(
     app: &Instance,
@@ -227,6 +237,25 @@ fn the_account_budget_is_shared_by_the_instances_through_redis() {
     let keys = redis.command(&["KEYS", "wd:rl:*"]).unwrap();
     assert!(keys.contains("login-account"), "{keys}");
     assert!(!keys.contains("nobody"), "{keys}");
+
+    // Keying the API by user costs no session load where there was none: a ping with the
+    // session cookie loads nothing, and a request that reads its session loads it once (the
+    // limit and the handler share the one load).
+    let cookie = session_cookie(&login_from(&a, "192.0.2.7", "agent", "welcomedly-demo"));
+    let loads = || session_loads(&a);
+    let before = loads();
+    for _ in 0..20 {
+        assert_eq!(
+            get_from(&a, "192.0.2.7", "/api/ping", Some(&cookie)).status,
+            200
+        );
+    }
+    assert_eq!(loads(), before, "a ping loaded the session");
+    assert_eq!(
+        get_from(&a, "192.0.2.7", "/api/me", Some(&cookie)).status,
+        200
+    );
+    assert_eq!(loads(), before + 1, "more than one load for /api/me");
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }
