@@ -127,7 +127,7 @@ impl Instance {
 }
 
 impl Drop for Instance {
-    pub fn drop(&mut self) {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
