@@ -248,6 +248,39 @@ async fn the_board_shows_an_agents_change_made_on_another_instance_live_and_surv
     })
     .await;
 
+    // Presence is who is connected, pushed to the pages (no polling): the agent's open page
+    // makes them online before any status change, and leaving the page takes them away
+    // within 2 s.
+    let presence_on_b = || async { row_cell(&supervisor, "agent", "presence").await };
+    until(
+        "B's page shows the agent online",
+        Duration::from_secs(2),
+        || async { presence_on_b().await == "online" },
+    )
+    .await;
+    // The agent leaves the page.
+    agent.goto("about:blank").await.unwrap();
+    let took = until(
+        "B's page shows the agent away",
+        Duration::from_secs(2),
+        || async { presence_on_b().await == "away" },
+    )
+    .await;
+    println!("the agent's page closed → away on B's page: {took:?}");
+    agent.goto(&format!("{url_a}/")).await.unwrap();
+    until(
+        "the agent's page is back with a live stream",
+        Duration::from_secs(10),
+        || async { stream_is_live_on(&agent, "instance-a").await },
+    )
+    .await;
+    until(
+        "B's page shows the agent online again",
+        Duration::from_secs(2),
+        || async { presence_on_b().await == "online" },
+    )
+    .await;
+
     // Accessible: a language, every control labelled, nothing fetched from elsewhere.
     let audit = supervisor
         .execute(

@@ -785,3 +785,41 @@ async fn a_subscriber_from_the_oldest_event_gets_the_retained_history_then_live_
     publisher.publish(&empty, &status(1)).await.unwrap();
     assert_eq!(next_event(&mut sub).await.0.n, 1);
 }
+
+/// A resume offset past the end of a topic (a forged `Last-Event-ID`, sequence `u64::MAX`, or
+/// an id after the last entry) starts from now after a `Gap::PastTheEnd`, on Redis: no
+/// overflow, no silence, no replay of the history.
+#[tokio::test]
+async fn a_resume_offset_past_the_end_starts_from_now_with_a_notice() {
+    let redis = RedisServer::start().unwrap();
+    let bus = bus(&redis).await;
+    let topic = Topic::<Status>::durable("past-the-end").unwrap();
+    let mut tip = None;
+    for n in 1..=3 {
+        tip = bus.publish(&topic, &status(n)).await.unwrap();
+    }
+    let tip = tip.unwrap();
+    let epoch = format!("{:016x}", tip.epoch());
+    let forged = [
+        format!("{}.{epoch}.{}", tip.stream_id(), u64::MAX),
+        format!("0-0.{epoch}.{}", u64::MAX),
+        format!("99999999999999-0.{epoch}.2"),
+    ];
+    for (i, text) in forged.iter().enumerate() {
+        let offset: Offset = text.parse().unwrap();
+        let mut sub = bus.subscribe_from(&topic, Some(offset)).await;
+        assert_eq!(
+            next(&mut sub).await,
+            Delivery::Gap(Gap::PastTheEnd),
+            "{text}"
+        );
+        let n = 10 + i as u64;
+        bus.publish(&topic, &status(n)).await.unwrap();
+        let (got, _) = next_event(&mut sub).await;
+        assert_eq!(
+            got,
+            status(n),
+            "{text}: the next live event, not the history"
+        );
+    }
+}

@@ -519,7 +519,10 @@ fn sessions_and_events_are_shared_by_instances_through_redis() {
         assert_eq!(r.status, 200, "{}", r.body);
     });
     assert!(event.contains(r#""instance":"cc-a""#), "{event}");
-    // B's board has it, and the agent is present (on A) cluster-wide.
+    // B's board has it, and the agent, whose stream is open on A, is present cluster-wide
+    // (presence follows open streams, not status changes).
+    let (_held, head) = open_stream(&a, &cookie);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let json: serde_json::Value = serde_json::from_str(

@@ -508,3 +508,96 @@ async fn startup_from_the_snapshot_file_when_redis_is_down_then_catch_up() {
         serde_json::json!({ "fresh": 1 })
     );
 }
+
+/// The sizes of the history's entries, newest first, read straight from Redis.
+fn history_sizes(redis: &RedisServer, store: &RedisStore) -> Vec<usize> {
+    let len: usize = redis
+        .command(&["LLEN", &store.keys().history])
+        .unwrap()
+        .parse()
+        .unwrap();
+    (0..len)
+        .map(|i| {
+            redis
+                .command(&["LINDEX", &store.keys().history, &i.to_string()])
+                .unwrap()
+                .len()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn history_is_bounded_in_bytes_oldest_dropped_first_and_recounted_when_its_counter_is_lost() {
+    use welcomedly_flags::store::MAX_CHANGE_BYTES;
+    let redis = RedisServer::start().unwrap();
+    let mut config = store_config(&redis);
+    config.history_bytes = 4 * MAX_CHANGE_BYTES;
+    let store = config.build().await.unwrap();
+    let fits = "f".repeat(MAX_CHANGE_BYTES - 300);
+    for n in 0..10u64 {
+        let c = Change::new("alice", format!("change {n}"))
+            .with_diff(serde_json::json!({ "n": n, "text": fits }));
+        store.write(n, "{}".into(), c).await.unwrap();
+    }
+    let sizes = history_sizes(&redis, &store);
+    let total: usize = sizes.iter().sum();
+    assert!(
+        total <= 4 * MAX_CHANGE_BYTES,
+        "{total} bytes kept: {sizes:?}"
+    );
+    assert_eq!(
+        redis
+            .command(&["GET", &store.keys().history_bytes])
+            .unwrap(),
+        total.to_string()
+    );
+    let h = store.history(100).await.unwrap();
+    assert_eq!(
+        h.iter().map(|c| c.version).collect::<Vec<_>>(),
+        [10, 9, 8, 7]
+    );
+    assert_eq!(
+        h[0].diff["text"],
+        fits.as_str(),
+        "an entry that fits is kept whole"
+    );
+
+    // An entry over the per-entry limit keeps who, when and its version; its diff becomes a
+    // size and a digest.
+    let huge = "h".repeat(1 << 20);
+    let c = Change::new("bob", "replaced everything").with_diff(serde_json::json!({ "all": huge }));
+    store.write(10, "{}".into(), c).await.unwrap();
+    let h = store.history(1).await.unwrap();
+    assert_eq!((h[0].version, h[0].actor.as_str()), (11, "bob"));
+    assert_eq!(h[0].diff["bytes"], (1 << 20) + r#"{"all":""}"#.len());
+    assert!(history_sizes(&redis, &store)[0] < 1024);
+
+    // A history written before the counter existed (or a lost counter): the next write
+    // recounts it and trims it to the budget.
+    redis
+        .command(&["DEL", &store.keys().history_bytes])
+        .unwrap();
+    for i in 0..40 {
+        redis
+            .command(&[
+                "RPUSH",
+                &store.keys().history,
+                &format!("{{\"old\":\"{}\",\"i\":{i}}}", "o".repeat(8_000)),
+            ])
+            .unwrap();
+    }
+    store.write(11, "{}".into(), change(12)).await.unwrap();
+    let sizes = history_sizes(&redis, &store);
+    let total: usize = sizes.iter().sum();
+    assert!(
+        total <= 4 * MAX_CHANGE_BYTES,
+        "{total} bytes kept: {sizes:?}"
+    );
+    assert_eq!(
+        redis
+            .command(&["GET", &store.keys().history_bytes])
+            .unwrap(),
+        total.to_string()
+    );
+    assert_eq!(store.history(1).await.unwrap()[0].version, 12);
+}

@@ -494,9 +494,10 @@ fn first_event(port: u16, cookie: &str, trigger: impl FnOnce()) -> (String, Stri
             if let Some(t) = trigger.take() {
                 t();
             }
+            // A status change (the `hello` and `presence` events name agents too).
             if let Some(line) = text
                 .lines()
-                .find(|l| l.starts_with("data:") && l.contains("agent"))
+                .find(|l| l.starts_with("data:") && l.contains(r#""status":"#))
             {
                 return (head.to_owned(), line.to_owned());
             }

@@ -7,11 +7,23 @@
 //! - `PUT /api/agents/me/status` publishes the change on the bus (a durable topic; in Redis, or
 //!   the bus's local mode on the embedded default); every instance applies it to its board;
 //!   `GET /api/agents` lists the agents with status and presence; `GET /api/events` streams the
-//!   changes as SSE (`Last-Event-ID` resumes on any instance with Redis). Both need a login
-//!   (who is on which call is the call center's business), and a user holds at most 8 streams
-//!   per instance.
-//! - Presence: an agent whose status is not `offline` is present on the instance that took the
-//!   change (membership's presence, so it vanishes with that instance: no ghosts).
+//!   changes as SSE (`Last-Event-ID` resumes on any instance with Redis; one past the end of
+//!   the topic streams from now after a `gap` notice). Both need a login (who is on which call
+//!   is the call center's business), and a user holds at most 8 streams per instance.
+//! - A stream ends with its session: logout (at once), "log out everywhere" on any instance or
+//!   an expiry (within a heartbeat, `WELCOMEDLY_SSE_HEARTBEAT_MS`, default 15 s), after a last
+//!   `session_ended` event; its slot is freed with it. An open stream does not slide the
+//!   session's idle expiry (watching the board is not activity: an unattended screen still
+//!   logs out).
+//! - Presence is who is connected, as Phoenix Presence and Socket.IO mean it: an agent is
+//!   online while at least one of their event streams is open on a live instance (tabs and
+//!   instances counted: membership's per-instance refcounts, or `LocalPresence` on the
+//!   embedded default). A closed connection is noticed when it closes (hyper reads the EOF of
+//!   a streaming connection), so the agent goes offline at once; an instance that dies takes
+//!   its agents with it within the membership timeout. Joins and leaves go to every board over
+//!   the bus (ephemeral topic `agents.presence`) as `presence` events; each stream starts with
+//!   the whole picture in its `hello` event. Status and presence are independent: an agent may
+//!   be `available` and offline (the board closed) or `offline` and connected.
 //! - The board lives in each instance's memory, fed by the bus: an instance rebuilds it at
 //!   start-up from the topic's retained history (`subscribe_from_oldest`), so one started after
 //!   a change shows it too.
@@ -23,11 +35,16 @@ use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Json, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
-use welcomedly_cluster::bus::{Bus, Delivery, Topic};
-use welcomedly_cluster::membership::{Membership, PresenceGuard};
+use tokio::sync::broadcast::error::RecvError;
+use welcomedly_cluster::bus::sse::SseStream;
+use welcomedly_cluster::bus::{Bus, Delivery, Subscription, Topic};
+use welcomedly_cluster::membership::{
+    ClusterPresence, LocalPresence, Membership, PresenceChange, PresenceDiff, PresenceGuard,
+};
 use welcomedly_cluster::session::Session;
 use welcomedly_core::drain::DrainSignal;
 
@@ -63,12 +80,56 @@ pub(crate) struct Events {
     pub(crate) topic: Topic<StatusChanged>,
 }
 
+/// Who is connected: the cluster's membership (Redis), or this process alone.
+enum Presence {
+    Cluster(Membership),
+    Local(LocalPresence),
+}
+
+impl Presence {
+    fn join(&self, agent: &str) -> Result<PresenceGuard, welcomedly_cluster::Error> {
+        match self {
+            Presence::Cluster(m) => m.join(agent),
+            Presence::Local(l) => l.join(agent),
+        }
+    }
+
+    fn diffs(&self) -> tokio::sync::broadcast::Receiver<PresenceDiff> {
+        match self {
+            Presence::Cluster(m) => m.presence_diffs(),
+            Presence::Local(l) => l.diffs(),
+        }
+    }
+
+    /// Who is connected to a live instance.
+    async fn snapshot(&self) -> Result<ClusterPresence, welcomedly_cluster::Error> {
+        match self {
+            Presence::Cluster(m) => m.cluster_presence().await,
+            Presence::Local(l) => Ok(l.snapshot()),
+        }
+    }
+}
+
+/// The presence of every agent as the board reads it: agent → the instances holding a stream.
+fn presence_json(presence: &ClusterPresence) -> serde_json::Value {
+    presence
+        .keys()
+        .map(|k| {
+            let instances: Vec<&str> = presence.instances_of(k).collect();
+            (k.to_owned(), serde_json::json!(instances))
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// Shared state of the agent routes.
 pub(crate) struct Agents {
     events: Events,
+    /// Ephemeral: a presence diff matters to those listening now; a board that was not gets
+    /// the whole picture when its stream (re)starts.
+    presence_topic: Topic<PresenceDiff>,
     board: Mutex<BTreeMap<String, BoardEntry>>,
-    membership: Option<Membership>,
-    presence: Mutex<BTreeMap<String, PresenceGuard>>,
+    presence: Presence,
     streams: StreamSlots,
     instance: String,
     drain: DrainSignal,
@@ -129,21 +190,52 @@ impl Agents {
         membership: Option<Membership>,
         instance: String,
         drain: DrainSignal,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> Result<Arc<Self>, welcomedly_cluster::Error> {
+        let presence = match membership {
+            Some(m) => Presence::Cluster(m),
+            None => Presence::Local(LocalPresence::new(instance.clone())),
+        };
+        Ok(Arc::new(Self {
             events,
+            presence_topic: Topic::ephemeral("agents.presence")?,
             board: Mutex::new(BTreeMap::new()),
-            membership,
-            presence: Mutex::new(BTreeMap::new()),
+            presence,
             streams: StreamSlots::default(),
             instance,
             drain,
-        })
+        }))
+    }
+
+    /// Publishes this instance's presence diffs (its streams opening and closing, the
+    /// instances it reaped) on the bus, so every board sees every change.
+    async fn forward_presence(
+        self: Arc<Self>,
+        mut diffs: tokio::sync::broadcast::Receiver<PresenceDiff>,
+    ) {
+        loop {
+            match diffs.recv().await {
+                Ok(diff) => {
+                    if let Err(e) = self.events.bus.publish(&self.presence_topic, &diff).await {
+                        tracing::warn!(error = %e, "a presence change was not shared with the other instances: their boards catch up when their streams reconnect");
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "presence changes were not shared (too many at once): boards catch up when their streams reconnect"
+                    );
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
     }
 
     /// Applies every change published anywhere to this instance's board, for as long as the
-    /// process runs: the retained history first, then live changes.
+    /// process runs: the retained history first, then live changes. Also shares this
+    /// instance's presence changes.
     pub(crate) async fn follow(self: Arc<Self>) {
+        // Subscribed here, before anything can join, so no diff falls before the task starts.
+        tokio::spawn(self.clone().forward_presence(self.presence.diffs()));
         let mut sub = self
             .events
             .bus
@@ -256,22 +348,6 @@ async fn set_status(
         instance: agents.instance.clone(),
         at_ms: now_ms(),
     };
-    if let Some(m) = &agents.membership {
-        let mut presence = agents
-            .presence
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if body.status == AgentStatus::Offline {
-            presence.remove(&agent);
-        } else if !presence.contains_key(&agent) {
-            match m.join(agent.clone()) {
-                Ok(guard) => {
-                    presence.insert(agent.clone(), guard);
-                }
-                Err(e) => tracing::warn!(error = %e, "could not record the agent's presence"),
-            }
-        }
-    }
     let offset = match agents
         .events
         .bus
@@ -305,9 +381,13 @@ async fn list(State(agents): State<Arc<Agents>>, session: Session) -> Response {
     if let Err(res) = user(&session).await {
         return res;
     }
-    let presence = match &agents.membership {
-        Some(m) => m.cluster_presence().await.ok(),
-        None => None,
+    // `null` while it cannot be read (Redis down): unknown, not offline.
+    let presence = match agents.presence.snapshot().await {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read who is connected");
+            None
+        }
     };
     let board = agents
         .board
@@ -319,10 +399,7 @@ async fn list(State(agents): State<Arc<Agents>>, session: Session) -> Response {
         .map(|name| {
             let entry = board.get(*name);
             let status = entry.map_or(AgentStatus::Offline, |e| e.change.status);
-            let online = match &presence {
-                Some(p) => p.contains(name),
-                None => status != AgentStatus::Offline,
-            };
+            let online = presence.as_ref().map(|p| p.contains(name));
             serde_json::json!({
                 "agent": name,
                 "status": status,
@@ -345,6 +422,18 @@ async fn events(
         Ok(user) => user,
         Err(res) => return res,
     };
+    // The stream ends with the session (checked at every heartbeat, without sliding it).
+    let watch = match session.watch().await {
+        Ok(Some(watch)) => watch,
+        Ok(None) => {
+            return Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "you are not logged in: POST /auth/login first and send the session cookie",
+            )
+            .into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
     let Some(slot) = agents.streams.take(&user) else {
         return Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -355,29 +444,84 @@ async fn events(
         .into_response();
     };
     let Events { bus, topic } = &agents.events;
-    // First on every connection: which instance holds this stream (the board shows it).
+    // Listen to presence changes first, then join, then read the picture: a change is either
+    // in the picture or comes after it (joins and leaves of one instance are idempotent on the
+    // board, so one in both is harmless).
+    let diffs = bus.subscribe(&agents.presence_topic).await;
+    let guard = match agents.presence.join(&user) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not record the agent's presence");
+            None
+        }
+    };
+    let picture = agents.presence.snapshot().await.ok();
+    // First on every connection: which instance holds this stream, and who is connected.
     // `retry`: a browser whose stream broke (this instance died) reconnects after 1 s, not
     // the browsers' default 3 s, through the load balancer to an instance that lives.
-    let hello = axum::response::sse::Event::default()
+    let hello = SseEvent::default()
         .event("hello")
         .retry(std::time::Duration::from_secs(1))
-        .json_data(serde_json::json!({ "instance": agents.instance }))
+        .json_data(serde_json::json!({
+            "instance": agents.instance,
+            "presence": picture.as_ref().map(presence_json),
+        }))
         .unwrap_or_default();
-    let response = welcomedly_cluster::bus::sse::stream_starting_with(
-        bus,
-        topic,
-        &headers,
-        Some(agents.drain.clone()),
-        hello,
-    )
-    .await;
-    // The slot is released when the stream's body is dropped (client gone, drain, shutdown).
+    let response = SseStream::new(bus, topic)
+        .resume_from(&headers)
+        .drain(agents.drain.clone())
+        .first(hello)
+        .end_with_session(watch)
+        .merge(presence_events(agents.clone(), diffs))
+        .respond()
+        .await;
+    // The slot and the presence are released when the stream's body is dropped: the client
+    // closed the connection (hyper notices at once), the session ended, drain, shutdown.
     response.map(|body| {
         use futures_util::StreamExt;
+        let held = (slot, guard);
         axum::body::Body::from_stream(body.into_data_stream().map(move |chunk| {
-            let _held = &slot;
+            let _held = &held;
             chunk
         }))
+    })
+}
+
+/// Presence diffs as SSE events: `presence` (`{"agent","instance","online"}`: whether the
+/// agent has a stream on that instance), or `presence_snapshot` (`{"presence":{…}}`: the whole
+/// picture again) after diffs were lost.
+fn presence_events(
+    agents: Arc<Agents>,
+    diffs: Subscription<PresenceDiff>,
+) -> impl futures_util::Stream<Item = SseEvent> + Send + 'static {
+    futures_util::stream::unfold((agents, diffs), |(agents, mut diffs)| async move {
+        loop {
+            let event = match diffs.recv().await? {
+                Delivery::Event(e) => {
+                    let diff = e.data;
+                    SseEvent::default()
+                        .event("presence")
+                        .json_data(serde_json::json!({
+                            "agent": diff.key,
+                            "instance": diff.instance,
+                            "online": diff.change == PresenceChange::Joined,
+                        }))
+                }
+                Delivery::Interrupted | Delivery::Dropped { .. } => {
+                    let Ok(picture) = agents.presence.snapshot().await else {
+                        continue;
+                    };
+                    SseEvent::default()
+                        .event("presence_snapshot")
+                        .json_data(serde_json::json!({ "presence": presence_json(&picture) }))
+                }
+                _ => continue,
+            };
+            match event {
+                Ok(event) => return Some((event, (agents, diffs))),
+                Err(e) => tracing::warn!(error = %e, "a presence event does not encode"),
+            }
+        }
     })
 }
 

@@ -56,6 +56,16 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             .then(|| Some(v.to_owned()))
             .ok_or("is too short to sign read-your-writes cookies: use at least 16 characters")
     });
+    // Event streams: a comment line and a check of the stream's session per heartbeat.
+    let sse_heartbeat = env.read(
+        "WELCOMEDLY_SSE_HEARTBEAT_MS",
+        std::time::Duration::from_secs(15),
+        |v| {
+            welcomedly_core::config::parse_millis(v)
+                .filter(|d| !d.is_zero())
+                .ok_or("is not a usable heartbeat: expected a whole number of milliseconds greater than 0, such as 15000")
+        },
+    );
     let (config, redis, admin_token, membership, session_config, database, consistency_secret) =
         env.finish((
             core,
@@ -73,6 +83,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let telemetry = Telemetry::from_config(&config).init()?;
     let registry = HealthRegistry::from_config(&config);
     let drain = drain::Drain::new(registry.clone(), DrainConfig::from(&config));
+    drain.register_metrics(telemetry.metrics().meter());
     // Password hashing on a small fixed pool of threads (see login.rs), started before the
     // demo users are hashed on it.
     let logins = login::Logins::start(demo_password()).await?;
@@ -102,14 +113,17 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             let store = RedisSessionConfig::new(r.url.clone()).build().await?;
             // Degraded, not unready: anonymous requests are still served while Redis is down.
             registry.register("sessions", store.clone(), Affects::Nothing);
-            let bus = BusConfig::new(r.url.clone()).build().await?;
+            let mut bus = BusConfig::new(r.url.clone());
+            bus.heartbeat = sse_heartbeat;
+            let bus = bus.build().await?;
             registry.register("bus", bus.clone(), Affects::Nothing);
             (SessionStore::from(store), bus)
         }
-        None => (
-            SessionStore::memory(),
-            BusConfig::new(String::new()).build_local()?,
-        ),
+        None => {
+            let mut bus = BusConfig::new(String::new());
+            bus.heartbeat = sse_heartbeat;
+            (SessionStore::memory(), bus.build_local()?)
+        }
     };
     bus.register_metrics(telemetry.metrics().meter());
     let events = agents::Events {
@@ -121,7 +135,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         membership.clone(),
         config.instance_id.to_string(),
         drain.signal(),
-    );
+    )?;
     tokio::spawn(agents.clone().follow());
     // Campaigns through the DB router (PostgreSQL primary + replicas from DATABASE_URL and
     // DATABASE_REPLICA_URLS, or an in-memory SQLite).

@@ -33,7 +33,13 @@
 //! (`x-forwarded-for`, the default, or `forwarded`), `WELCOMEDLY_DEMO_PASSWORD`,
 //! `WELCOMEDLY_ACCESS_LOG` (`info` default, `off`, …), `WELCOMEDLY_LOG_FORMAT` (`json` /
 //! `pretty`), `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `WELCOMEDLY_DRAIN_GRACE_MS`,
-//! `WELCOMEDLY_DRAIN_DEADLINE_MS`. SIGTERM drains and exits 0. Every error is
+//! `WELCOMEDLY_DRAIN_DEADLINE_MS`, `WELCOMEDLY_SSE_HEARTBEAT_MS` (15000: the event streams'
+//! heartbeat, and how soon a stream ends after its session ended on another instance or
+//! expired), `WELCOMEDLY_HEADER_READ_TIMEOUT_MS` (10 s for a first request head),
+//! `WELCOMEDLY_IDLE_TIMEOUT_MS` (75 s between keep-alive requests: above the proxy's),
+//! `WELCOMEDLY_MAX_CONNECTIONS` (10 000) and `WELCOMEDLY_MAX_CONNECTIONS_PER_CLIENT` (256;
+//! `TRUSTED_PROXIES` exempt); over a cap a connection gets an immediate 503. SIGTERM drains and
+//! exits 0. Every error is
 //! `application/problem+json`.
 
 mod agents;

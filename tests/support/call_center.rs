@@ -159,8 +159,8 @@ pub fn session_cookie(r: &Response) -> String {
     set.split(';').next().unwrap().to_owned()
 }
 
-/// Opens `GET /api/events` on `app` and returns the first `data:` line received within
-/// `within`, after `trigger` ran (once the stream is open).
+/// Opens `GET /api/events` on `app` and returns the first status change's `data:` line received
+/// within `within`, after `trigger` ran (once the stream is open).
 pub fn first_event(
     app: &Instance,
     cookie: &str,
@@ -197,9 +197,10 @@ pub fn first_event(
         {
             t();
         }
+        // A status change (the `hello` and `presence` events name agents too, never a status).
         if let Some(line) = text
             .lines()
-            .find(|l| l.starts_with("data:") && l.contains("agent"))
+            .find(|l| l.starts_with("data:") && l.contains(r#""status":"#))
         {
             return line.to_owned();
         }

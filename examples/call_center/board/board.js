@@ -16,11 +16,14 @@ const $ = (id) => document.getElementById(id);
 // agent -> { status, since_ms, changed_on, online, seq }; `seq` is the change's number on the
 // bus topic: the order every instance agrees on (publishers' clocks may not).
 const board = new Map();
+// Who is connected, pushed by the stream: agent -> Set of the instances holding one of their
+// event streams. An agent is online while the set is not empty. `null` until the stream's
+// `hello` brought the whole picture (the `online` of GET /api/agents stands in until then).
+let presence = null;
 let me = null;
 let stream = null;
 let reconnectTimer = null;
 let reconnectDelay = 500;
-let presenceTimer = null;
 let statusTimer = null;
 let statsOn = false;
 
@@ -74,14 +77,47 @@ function renderRow(agent) {
   }
   row.dataset.status = entry.status;
   row.querySelector(".status").textContent = STATUS_LABELS[entry.status] || entry.status;
-  const presence = row.querySelector(".presence");
-  presence.textContent = entry.online ? "online" : "away";
-  presence.className = "presence " + (entry.online ? "online" : "away");
+  const online = isOnline(agent);
+  const cell = row.querySelector(".presence");
+  cell.textContent = online ? "online" : "away";
+  cell.className = "presence " + (online ? "online" : "away");
   row.querySelector(".instance").textContent = entry.changed_on || "—";
   row.querySelector(".since").textContent = entry.since_ms
     ? new Date(entry.since_ms).toLocaleTimeString()
     : "—";
   return row;
+}
+
+function isOnline(agent) {
+  if (presence) {
+    const at = presence.get(agent);
+    return !!at && at.size > 0;
+  }
+  const entry = board.get(agent);
+  return !!entry && entry.online === true;
+}
+
+// The whole picture (`{agent: [instances]}`), from `hello` or after lost diffs.
+function setPresence(picture) {
+  if (!picture || typeof picture !== "object") return;
+  presence = new Map();
+  for (const [agent, instances] of Object.entries(picture)) {
+    if (Array.isArray(instances)) presence.set(agent, new Set(instances));
+  }
+  for (const agent of board.keys()) renderRow(agent);
+}
+
+// One diff: `agent` has (`online`) or no longer has a stream on `instance`.
+function applyPresence(diff) {
+  if (!presence || !diff || typeof diff.agent !== "string") return;
+  let at = presence.get(diff.agent);
+  if (!at) {
+    at = new Set();
+    presence.set(diff.agent, at);
+  }
+  if (diff.online) at.add(diff.instance);
+  else at.delete(diff.instance);
+  if (board.has(diff.agent)) renderRow(diff.agent);
 }
 
 function flash(row) {
@@ -99,7 +135,7 @@ function applyChange(change, seq, inOrder) {
     status: change.status,
     since_ms: change.at_ms,
     changed_on: change.instance,
-    online: change.status !== "offline" ? true : (old ? old.online : false),
+    online: old ? old.online : false,
     seq: seq != null ? seq : (old ? old.seq : null),
   });
   flash(renderRow(change.agent));
@@ -111,9 +147,9 @@ function checkOwnStatus(status) {
   if (radio) radio.checked = true;
 }
 
-// The whole board (with presence), after login, after a gap and every few seconds. Any
-// instance may answer, one that knows less than the stream told us included: a row is replaced
-// only by a later change (by sequence number); presence always comes from here.
+// The whole board, after login and after a gap (no polling: changes and presence are pushed by
+// the stream). Any instance may answer, one that knows less than the stream told us included: a
+// row is replaced only by a later change (by sequence number).
 async function loadAgents() {
   const res = await api("GET", "/api/agents");
   if (res.status === 401) return showLogin();
@@ -138,9 +174,20 @@ async function loadAgents() {
   }
 }
 
-function pollAgents() {
-  if (document.visibilityState === "hidden") return;
-  loadAgents().catch(() => { /* unreachable for now: the next poll retries */ });
+function reloadAgents() {
+  loadAgents().catch(() => { /* unreachable for now: the stream's next gap or hello retries */ });
+}
+
+// The stream ended or failed for good: ask for a login if the session is gone, else reconnect.
+async function streamLost() {
+  try {
+    const res = await api("GET", "/api/me");
+    if (res.status === 401) return showLogin();
+  } catch (_) { /* unreachable: retry below */ }
+  const delay = reconnectDelay * (0.5 + Math.random() / 2);
+  reconnectDelay = Math.min(reconnectDelay * 2, 15000);
+  clearTimeout(reconnectTimer);
+  reconnectTimer = setTimeout(() => { if (me) openStream(); }, delay);
 }
 
 function openStream() {
@@ -152,11 +199,28 @@ function openStream() {
   stream = new EventSource("/api/events");
   stream.addEventListener("hello", (e) => {
     try {
-      $("stream-instance").textContent = JSON.parse(e.data).instance;
+      const hello = JSON.parse(e.data);
+      $("stream-instance").textContent = hello.instance;
+      setPresence(hello.presence);
     } catch (_) { /* ignore a malformed greeting */ }
     reconnectDelay = 500;
     setStreamState("live", "live");
-    pollAgents();
+  });
+  stream.addEventListener("presence", (e) => {
+    try {
+      applyPresence(JSON.parse(e.data));
+    } catch (_) { /* ignore a malformed diff */ }
+  });
+  stream.addEventListener("presence_snapshot", (e) => {
+    try {
+      setPresence(JSON.parse(e.data).presence);
+    } catch (_) { /* ignore a malformed picture */ }
+  });
+  // The session ended (logged out here or elsewhere, expired): no reconnect with it.
+  stream.addEventListener("session_ended", () => {
+    stream.close();
+    setStreamState("session ended", "down");
+    streamLost();
   });
   stream.onmessage = (e) => {
     let change;
@@ -170,17 +234,16 @@ function openStream() {
   // History was lost or renumbered: forget the sequence numbers and reload.
   stream.addEventListener("gap", () => {
     for (const entry of board.values()) entry.seq = null;
-    pollAgents();
+    reloadAgents();
   });
-  stream.addEventListener("dropped", () => pollAgents());
+  stream.addEventListener("dropped", () => reloadAgents());
   stream.onerror = () => {
     setStreamState("reconnecting…", "down");
     $("stream-instance").textContent = "not connected";
     if (stream.readyState === EventSource.CLOSED) {
-      // The browser gave up (e.g. an error status): retry with backoff and jitter.
-      const delay = reconnectDelay * (0.5 + Math.random() / 2);
-      reconnectDelay = Math.min(reconnectDelay * 2, 15000);
-      reconnectTimer = setTimeout(() => { if (me) openStream(); }, delay);
+      // The browser gave up (an error status, such as 401 once the session is gone): log in
+      // again, or retry with backoff and jitter.
+      streamLost();
     }
   };
 }
@@ -188,6 +251,7 @@ function openStream() {
 function closeStream() {
   if (stream) stream.close();
   stream = null;
+  presence = null;
   clearTimeout(reconnectTimer);
   setStreamState("offline");
   $("stream-instance").textContent = "not connected";
@@ -252,8 +316,6 @@ async function showApp(user) {
     await loadAgents();
     if (me !== user) return; // logged out meanwhile
     openStream();
-    clearInterval(presenceTimer);
-    presenceTimer = setInterval(pollAgents, 5000);
     $("supervisor").hidden = user !== "supervisor";
     if (user === "supervisor") {
       statsOn = flags["campaign-stats"] && flags["campaign-stats"].value === true;
@@ -269,7 +331,6 @@ async function showApp(user) {
 function showLogin() {
   me = null;
   closeStream();
-  clearInterval(presenceTimer);
   clearTimeout(statusTimer);
   $("app").hidden = true;
   $("login").hidden = false;
@@ -370,6 +431,14 @@ async function start() {
   $("status-form").addEventListener("change", onStatus);
   $("campaign-form").addEventListener("submit", onCampaign);
   $("logout").addEventListener("click", onLogout);
+  // Leaving the page ends its stream (and so the user's presence from this tab), even when the
+  // browser keeps the page in its back/forward cache; coming back opens a new one.
+  window.addEventListener("pagehide", () => {
+    if (stream) stream.close();
+  });
+  window.addEventListener("pageshow", (e) => {
+    if (e.persisted && me) openStream();
+  });
   try {
     const res = await api("GET", "/api/me");
     if (res.ok) {

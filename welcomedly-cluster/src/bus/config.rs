@@ -49,8 +49,10 @@ pub struct BusConfig {
     pub reconnect_interval: Duration,
     /// Upper bound of the reconnect delay. Default 5 s.
     pub max_reconnect_interval: Duration,
-    /// SSE: how often a comment line is sent on an idle stream, so proxies keep it open.
-    /// Default 15 s.
+    /// SSE: how often a comment line is sent on a stream, so proxies keep it open; a stream
+    /// that ends with its session (`sse::SseStream::end_with_session`) also reads the session
+    /// once per heartbeat, so this bounds how long it outlives a logout on another instance
+    /// or an expiry. Default 15 s.
     pub heartbeat: Duration,
 }
 

@@ -24,7 +24,8 @@
 //!   (`<prefix>:{<topic>}:s` and `:m`); readers read one stream each; ephemeral channels use
 //!   classic pub/sub, which reaches every node.
 //! - **SSE** (`axum` feature): [`sse::stream`] streams a topic to a browser with `id:` = offset,
-//!   heartbeats, and an end at drain.
+//!   heartbeats, and an end at drain; [`sse::SseStream`] also ends it with its session
+//!   (logout anywhere, expiry) and merges the application's own events in.
 //! - **Metrics**: [`Bus::register_metrics`] exports [`Bus::stats`] (published, received,
 //!   dropped, recovered, gaps, reconnects) and the local subscriber count at `/metrics`.
 //! - **Without Redis**: [`BusConfig::build_local`] gives the same API and semantics within one
@@ -477,6 +478,7 @@ impl Bus {
                 }),
                 fresh: true,
                 catching_up: true,
+                notice: None,
             },
         ))
     }
@@ -510,36 +512,37 @@ impl Bus {
         let (rx, positioned) = self.listen_durable(topic);
         // Every start with a known position does one catch-up read (normally empty): it covers
         // whatever the topic's reader, perhaps still starting, will not fan out.
+        let mut notice = None;
         let (cursor, fresh, catching_up) = match offset {
-            Some(o) => (Some(o), false, true),
-            None => {
-                let key = inner.names.stream(topic);
-                let tip = match &inner.backend {
-                    Backend::Redis(link) => {
-                        link.call("read where a durable topic ends", |conn| {
-                            stream::tip(conn, key)
-                        })
-                        .await
-                    }
-                    Backend::Memory(memory) => Ok(memory.tip(topic)),
-                };
-                match tip {
-                    Ok(Some(tip)) => (Some(tip), false, true),
-                    Ok(None) => (
-                        Some(Offset {
-                            id: offset::StreamId::ZERO,
-                            epoch: 0,
-                            n: 0,
-                        }),
-                        true,
-                        true,
-                    ),
-                    Err(e) => {
-                        tracing::warn!(topic = %topic, error = %e, "a durable subscription starts without knowing the stream's end: it starts with the first event once Redis is back");
-                        (None, false, false)
-                    }
+            Some(o) => match self.tip(topic).await {
+                // Past the end (a forged or corrupted id, or a history lost within the same
+                // epoch): nothing after it will ever come, so the stream would stay silent.
+                // Start from now instead, and say so.
+                Ok(Some(tip)) if tip.epoch == o.epoch && (o.id > tip.id || o.n > tip.n) => {
+                    tracing::debug!(topic = %topic, "a resume offset past the end of the topic: streaming from now, with a gap notice");
+                    notice = Some(Gap::PastTheEnd);
+                    (Some(tip), false, true)
                 }
-            }
+                // Within the history, another epoch (a gap notice follows), an empty stream,
+                // or Redis unreachable (resume from the offset once it is back).
+                _ => (Some(o), false, true),
+            },
+            None => match self.tip(topic).await {
+                Ok(Some(tip)) => (Some(tip), false, true),
+                Ok(None) => (
+                    Some(Offset {
+                        id: offset::StreamId::ZERO,
+                        epoch: 0,
+                        n: 0,
+                    }),
+                    true,
+                    true,
+                ),
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, "a durable subscription starts without knowing the stream's end: it starts with the first event once Redis is back");
+                    (None, false, false)
+                }
+            },
         };
         Feed::new(
             inner.clone(),
@@ -551,8 +554,23 @@ impl Bus {
                 cursor,
                 fresh,
                 catching_up,
+                notice,
             },
         )
+    }
+
+    /// The last event of a durable topic (one Redis call within the budget).
+    async fn tip(&self, topic: &str) -> Result<Option<Offset>, Error> {
+        let key = self.inner.names.stream(topic);
+        match &self.inner.backend {
+            Backend::Redis(link) => {
+                link.call("read where a durable topic ends", |conn| {
+                    stream::tip(conn, key)
+                })
+                .await
+            }
+            Backend::Memory(memory) => Ok(memory.tip(topic)),
+        }
     }
 
     fn listen_durable(

@@ -31,6 +31,11 @@ pub enum Gap {
     /// persistence, flushed, failed over to a replica that had not received it). How many
     /// events were lost is unknown; reload whatever state the events describe.
     EpochChanged,
+    /// The offset asked to resume from is past the end of the topic (a forged or corrupted
+    /// `Last-Event-ID`, or one from a history Redis lost without changing the epoch): the
+    /// subscription starts from now instead. What happened before is unknown to this
+    /// subscriber; reload whatever state the events describe.
+    PastTheEnd,
 }
 
 /// What [`Subscription::recv`] hands out: an event, or an explicit notice of what was lost.
@@ -145,6 +150,12 @@ impl<T: DeserializeOwned> Subscription<T> {
     }
 }
 
+/// Whether `offset` is the event right after `cursor` (same epoch assumed); never overflows,
+/// whatever number a client put in its `Last-Event-ID`.
+fn follows(offset: Offset, cursor: Offset) -> bool {
+    cursor.n.checked_add(1) == Some(offset.n)
+}
+
 /// Where a durable feed starts.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Start {
@@ -154,6 +165,8 @@ pub(super) struct Start {
     pub(super) fresh: bool,
     /// Read from Redis before the live feed.
     pub(super) catching_up: bool,
+    /// A notice to hand out before anything else (the asked start was unusable).
+    pub(super) notice: Option<Gap>,
 }
 
 /// The untyped subscription machinery.
@@ -177,6 +190,8 @@ pub(super) struct Feed {
     /// Consecutive failed catch-up reads, for the retry delay.
     failed_fetches: u32,
     dropped: u64,
+    /// Handed out first: why the subscription does not start where it was asked to.
+    notice: Option<Gap>,
 }
 
 impl Feed {
@@ -192,6 +207,7 @@ impl Feed {
             cursor,
             fresh,
             catching_up,
+            notice,
         } = start;
         Self {
             inner,
@@ -205,12 +221,17 @@ impl Feed {
             catching_up,
             failed_fetches: 0,
             dropped: 0,
+            notice,
         }
     }
 
     pub(super) async fn recv(&mut self) -> Option<RawDelivery> {
         if self.tier == Tier::Ephemeral {
             return self.recv_ephemeral().await;
+        }
+        if let Some(gap) = self.notice.take() {
+            self.inner.stats.gaps.fetch_add(1, Ordering::Relaxed);
+            return Some(RawDelivery::Gap(gap));
         }
         loop {
             if let Some(entry) = self.pending.pop_front() {
@@ -241,7 +262,7 @@ impl Feed {
                         }
                         Some(_) if self.fresh => self.catching_up = true,
                         Some(c) if offset.epoch == c.epoch && offset.id <= c.id => {}
-                        Some(c) if offset.epoch == c.epoch && offset.n == c.n + 1 => {
+                        Some(c) if offset.epoch == c.epoch && follows(offset, c) => {
                             self.cursor = Some(offset);
                             return Some(RawDelivery::Event(entry));
                         }
@@ -311,14 +332,15 @@ impl Feed {
         if offset.id <= c.id {
             return None;
         }
-        if offset.n == c.n + 1 {
+        if follows(offset, c) {
             self.cursor = Some(offset);
             return Some(RawDelivery::Event(entry));
         }
         self.inner.stats.gaps.fetch_add(1, Ordering::Relaxed);
+        // Checked: a position comes from a client (`Last-Event-ID`), so any number may be here.
         let gap = if offset.n > c.n {
             Gap::Trimmed {
-                missed: offset.n - c.n - 1,
+                missed: offset.n.saturating_sub(c.n).saturating_sub(1),
             }
         } else {
             // A lower sequence number under a newer id: Redis lost acknowledged events (a
@@ -326,7 +348,7 @@ impl Feed {
             Gap::EpochChanged
         };
         self.cursor = Some(Offset {
-            n: offset.n - 1,
+            n: offset.n.saturating_sub(1),
             ..c
         });
         self.pending.push_front(entry);

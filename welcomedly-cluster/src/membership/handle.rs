@@ -345,7 +345,8 @@ impl Membership {
 
     /// Every presence of every live instance: two round trips (the live members, then one
     /// `HKEYS` per live instance, pipelined), never a `SCAN`. A dead or departed instance's
-    /// presences are not in it, even before they are reaped.
+    /// presences are not in it, even before they are reaped. This instance's own are read from
+    /// its table (exact at once; Redis learns them a moment later).
     ///
     /// # Errors
     ///
@@ -368,7 +369,16 @@ impl Membership {
             pipe.query_async(&mut conn),
         )
         .await?;
+        let here = inner.id.as_str();
         for (m, keys) in members.iter().zip(sets) {
+            // This instance's own presences come from its table, not from Redis, where a join
+            // or a leave is written a moment after it happened.
+            if m.id == here {
+                for (key, _) in inner.presence.local() {
+                    out.insert(key, here);
+                }
+                continue;
+            }
             for key in keys {
                 out.insert(key, &m.id);
             }

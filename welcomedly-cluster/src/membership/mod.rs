@@ -30,6 +30,8 @@
 //!   by exactly one instance: the one the connection is on, or the one that reaped a dead
 //!   instance. A diff is at most once: one reaped while Redis blinks can be lost — rebuild from
 //!   [`Membership::cluster_presence`] after a lag or a reconnect.
+//! - **Without Redis**: [`LocalPresence`] is the same table, guards and diffs within one
+//!   process (the embedded default of a single instance).
 //! - **Feeds**: [`Membership::feed`] keeps the rate limiter's
 //!   [`LiveInstances`](crate::rate_limit::LiveInstances) at the live count (so
 //!   `WELCOMEDLY_INSTANCES` need not be set by hand); [`Membership`] is a
@@ -85,7 +87,9 @@ mod script;
 pub use config::MembershipConfig;
 pub use handle::Membership;
 pub use member::Member;
-pub use presence::{ClusterPresence, PresenceCause, PresenceChange, PresenceDiff, PresenceGuard};
+pub use presence::{
+    ClusterPresence, LocalPresence, PresenceCause, PresenceChange, PresenceDiff, PresenceGuard,
+};
 
 #[cfg(test)]
 mod tests {

@@ -135,6 +135,67 @@ impl Drop for PresenceGuard {
     }
 }
 
+/// Presence within one process, without Redis: the same refcounted [`PresenceGuard`]s and
+/// [`PresenceDiff`]s as [`Membership`](super::Membership)'s, for a single instance (the
+/// embedded default). Its [`snapshot`](Self::snapshot) is what
+/// [`Membership::cluster_presence`](super::Membership::cluster_presence) answers in a cluster.
+///
+/// ```
+/// use welcomedly_cluster::membership::LocalPresence;
+///
+/// let presence = LocalPresence::new("web-1");
+/// let mut diffs = presence.diffs();
+/// let tab = presence.join("agent:42").unwrap();
+/// assert!(presence.snapshot().contains("agent:42"));
+/// drop(tab);
+/// assert!(!presence.snapshot().contains("agent:42"));
+/// assert_eq!(diffs.try_recv().unwrap().key, "agent:42");
+/// ```
+#[derive(Debug, Clone)]
+pub struct LocalPresence {
+    shared: Arc<PresenceShared>,
+}
+
+impl LocalPresence {
+    /// An empty presence table for `instance`, with the defaults of
+    /// [`MembershipConfig`](super::MembershipConfig) (keys up to 256 bytes, 100 000 keys, 1024
+    /// buffered diffs).
+    pub fn new(instance: impl Into<String>) -> Self {
+        Self {
+            shared: PresenceShared::new(instance.into(), 1024, 256, 100_000),
+        }
+    }
+
+    /// Marks `key` present while the guard lives (refcounted, like
+    /// [`Membership::join`](super::Membership::join)).
+    ///
+    /// # Errors
+    ///
+    /// The key is empty or too long, or the table is full.
+    pub fn join(&self, key: impl Into<String>) -> Result<PresenceGuard, Error> {
+        self.shared.join(key.into())
+    }
+
+    /// A receiver of this table's joins and leaves.
+    pub fn diffs(&self) -> broadcast::Receiver<PresenceDiff> {
+        self.shared.subscribe()
+    }
+
+    /// Every present key, on this instance.
+    pub fn snapshot(&self) -> ClusterPresence {
+        let mut out = ClusterPresence::default();
+        for (key, _) in self.shared.local() {
+            out.insert(key, &self.shared.instance);
+        }
+        out
+    }
+
+    /// The present keys with their connection counts, sorted.
+    pub fn local(&self) -> Vec<(String, u32)> {
+        self.shared.local()
+    }
+}
+
 /// The local presence table and what the heartbeat task must write.
 #[derive(Debug, Default)]
 pub(crate) struct Table {

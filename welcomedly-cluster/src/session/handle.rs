@@ -17,6 +17,7 @@ use super::cookie::CookieCodec;
 use super::error::SessionError;
 use super::id::SessionId;
 use super::store::{Create, Record, SessionStore, millis};
+use super::watch::SessionWatch;
 
 /// What the layer shares with every request's handle.
 #[derive(Debug)]
@@ -245,6 +246,25 @@ impl Session {
     pub async fn user_id(&self) -> Result<Option<UserId>, SessionError> {
         let state = self.loaded().await?;
         Ok(state.record.user.clone().map(UserId))
+    }
+
+    /// A watch that follows this session after the request (for an event stream or a
+    /// WebSocket it opens): [`SessionWatch::ended`] resolves when the session ends, here or on
+    /// another instance, by logout or expiry. `None` without a stored session. Loads the
+    /// session if it was not yet; the watch itself never slides the idle expiry.
+    ///
+    /// # Errors
+    ///
+    /// The store is unavailable.
+    pub async fn watch(&self) -> Result<Option<SessionWatch>, SessionError> {
+        let state = self.loaded().await?;
+        Ok(state.stored.map(|id| {
+            SessionWatch::new(
+                self.inner.shared.store.clone(),
+                id,
+                state.record.user.clone(),
+            )
+        }))
     }
 
     /// Logs `user` in: the session moves to a fresh id, so an id planted before the login is

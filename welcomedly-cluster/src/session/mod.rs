@@ -24,6 +24,10 @@
 //!   `/metrics` by [`SessionLayer::register_metrics`]).
 //! - **Expiry**: idle (sliding) and absolute; a per-user index, bounded and cleaned on every
 //!   login, for "log out everywhere".
+//! - **Streams end with their session**: [`Session::watch`] follows a session from a
+//!   long-lived connection; [`SessionWatch::ended`] resolves on a logout (at once in this
+//!   process, at the next check elsewhere) or an expiry, without sliding the idle expiry. The
+//!   event bus's SSE helper uses it (`bus::sse::SseStream::end_with_session`).
 //! - **Store down**: every Redis call has a budget (default 50 ms); a request that needs the
 //!   session gets `503` problem+json with `Retry-After` ([`SessionError`]), anonymous requests
 //!   are unaffected, and the store reconnects by itself.
@@ -63,6 +67,7 @@ mod id;
 mod layer;
 mod metrics;
 mod store;
+mod watch;
 
 pub use self::config::SessionConfig;
 pub use self::error::SessionError;
@@ -71,6 +76,7 @@ pub use self::layer::{ResponseFuture, SessionBody, SessionLayer, SessionService}
 pub use self::store::{
     LOAD_SCRIPT, MemoryStore, RedisSessionConfig, RedisSessionStore, SessionStore,
 };
+pub use self::watch::SessionWatch;
 
 #[cfg(test)]
 mod tests;

@@ -35,6 +35,7 @@
 //! ```
 
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -44,6 +45,10 @@ pub use env::{EnvReader, parse_millis};
 
 use crate::InstanceId;
 use crate::client_ip::{ForwardingHeader, ParseForwardingHeaderError, TrustedProxies};
+use crate::drain::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+};
 
 /// Environment variable names read by [`CoreConfig::from_env`].
 mod var {
@@ -60,6 +65,10 @@ mod var {
     pub(super) const DRAIN_DEADLINE: &str = "WELCOMEDLY_DRAIN_DEADLINE_MS";
     pub(super) const HEALTH_TIMEOUT: &str = "WELCOMEDLY_HEALTH_TIMEOUT_MS";
     pub(super) const ACCESS_LOG: &str = "WELCOMEDLY_ACCESS_LOG";
+    pub(super) const HEADER_READ_TIMEOUT: &str = "WELCOMEDLY_HEADER_READ_TIMEOUT_MS";
+    pub(super) const IDLE_TIMEOUT: &str = "WELCOMEDLY_IDLE_TIMEOUT_MS";
+    pub(super) const MAX_CONNECTIONS: &str = "WELCOMEDLY_MAX_CONNECTIONS";
+    pub(super) const MAX_CONNECTIONS_PER_CLIENT: &str = "WELCOMEDLY_MAX_CONNECTIONS_PER_CLIENT";
 }
 
 const DEFAULT_SERVICE_NAME: &str = "welcomedly";
@@ -122,6 +131,20 @@ pub struct CoreConfig {
     /// `WELCOMEDLY_ACCESS_LOG` (`off`, `error`, `warn`, `info`, `debug`, `trace`); default
     /// `info`. Applied by [`TelemetryGuard::http_layer`](crate::telemetry::TelemetryGuard::http_layer).
     pub access_log: Option<tracing::Level>,
+    /// How long a new connection may take to send its first request's head before it is
+    /// closed. Env `WELCOMEDLY_HEADER_READ_TIMEOUT_MS`; default 10 s. See
+    /// [`DrainConfig`](crate::drain::DrainConfig).
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may stay idle between requests before it is closed;
+    /// keep it longer than the load balancer's upstream idle timeout (NGINX `keepalive_timeout`,
+    /// 60 s by default). Env `WELCOMEDLY_IDLE_TIMEOUT_MS`; default 75 s.
+    pub idle_timeout: Duration,
+    /// The most connections open at once (the excess gets a 503); lowered at start to fit under
+    /// the open-file limit. Env `WELCOMEDLY_MAX_CONNECTIONS`; default 10 000.
+    pub max_connections: NonZeroUsize,
+    /// The most connections open at once from one client address (IPv4, or IPv6 /64); the
+    /// `trusted_proxies` are exempt. Env `WELCOMEDLY_MAX_CONNECTIONS_PER_CLIENT`; default 256.
+    pub max_connections_per_client: NonZeroUsize,
 }
 
 impl Default for CoreConfig {
@@ -140,6 +163,10 @@ impl Default for CoreConfig {
             drain_deadline: DEFAULT_DRAIN_DEADLINE,
             health_check_timeout: DEFAULT_HEALTH_TIMEOUT,
             access_log: DEFAULT_ACCESS_LOG,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
         }
     }
 }
@@ -301,6 +328,38 @@ impl CoreConfig {
                     "is not an access-log level: expected off, error, warn, info, debug or trace"
                 })
             }),
+            header_read_timeout: env.read(
+                var::HEADER_READ_TIMEOUT,
+                DEFAULT_HEADER_READ_TIMEOUT,
+                |v| {
+                    millis(v).filter(|d| !d.is_zero()).ok_or(
+                        "is not a usable timeout: expected a whole number of milliseconds \
+                         greater than 0, such as 10000",
+                    )
+                },
+            ),
+            idle_timeout: env.read(var::IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, |v| {
+                millis(v).filter(|d| !d.is_zero()).ok_or(
+                    "is not a usable timeout: expected a whole number of milliseconds greater \
+                     than 0 and longer than the load balancer's keep-alive timeout, such as 75000",
+                )
+            }),
+            max_connections: env.read(var::MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS, |v| {
+                count(v).ok_or(
+                    "is not a connection cap: expected a whole number greater than 0, such as \
+                     10000",
+                )
+            }),
+            max_connections_per_client: env.read(
+                var::MAX_CONNECTIONS_PER_CLIENT,
+                DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+                |v| {
+                    count(v).ok_or(
+                        "is not a connection cap: expected a whole number greater than 0, such \
+                         as 256",
+                    )
+                },
+            ),
         }
     }
 }
@@ -319,6 +378,11 @@ fn digits(value: &str) -> Option<&str> {
 
 fn millis(value: &str) -> Option<Duration> {
     parse_millis(value)
+}
+
+/// A whole number greater than 0 (digits only).
+fn count(value: &str) -> Option<NonZeroUsize> {
+    digits(value)?.parse().ok()
 }
 
 /// Environment variables hold values [`CoreConfig::from_env`] cannot use.
@@ -663,6 +727,46 @@ mod tests {
             error("WELCOMEDLY_DRAIN_GRACE_MS", bad);
             error("WELCOMEDLY_DRAIN_DEADLINE_MS", bad);
             error("WELCOMEDLY_HEALTH_TIMEOUT_MS", bad);
+        }
+    }
+
+    #[test]
+    fn connection_timeouts_and_caps() {
+        let c = load(&[
+            ("WELCOMEDLY_HEADER_READ_TIMEOUT_MS", "2500"),
+            ("WELCOMEDLY_IDLE_TIMEOUT_MS", "65000"),
+            ("WELCOMEDLY_MAX_CONNECTIONS", "900"),
+            ("WELCOMEDLY_MAX_CONNECTIONS_PER_CLIENT", "16"),
+            ("TRUSTED_PROXIES", "10.0.0.0/8"),
+        ])
+        .unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(c.idle_timeout, Duration::from_secs(65));
+        assert_eq!(c.max_connections.get(), 900);
+        assert_eq!(c.max_connections_per_client.get(), 16);
+        let drain = crate::drain::DrainConfig::from(&c);
+        assert_eq!(drain.idle_timeout, Duration::from_secs(65));
+        assert!(
+            drain.per_client_exempt.contains([10, 1, 2, 3].into()),
+            "the trusted proxies are exempt from the per-client cap"
+        );
+        let defaults = load(&[]).unwrap();
+        assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.idle_timeout, Duration::from_secs(75));
+        assert_eq!(defaults.max_connections.get(), 10_000);
+        assert_eq!(defaults.max_connections_per_client.get(), 256);
+        assert_eq!(
+            error("WELCOMEDLY_IDLE_TIMEOUT_MS", "0"),
+            r#"WELCOMEDLY_IDLE_TIMEOUT_MS="0" is not a usable timeout: expected a whole number of milliseconds greater than 0 and longer than the load balancer's keep-alive timeout, such as 75000"#
+        );
+        assert_eq!(
+            error("WELCOMEDLY_MAX_CONNECTIONS_PER_CLIENT", "0"),
+            r#"WELCOMEDLY_MAX_CONNECTIONS_PER_CLIENT="0" is not a connection cap: expected a whole number greater than 0, such as 256"#
+        );
+        for bad in ["-1", "1.5", "+5", "ten", "99999999999999999999999"] {
+            error("WELCOMEDLY_HEADER_READ_TIMEOUT_MS", bad);
+            error("WELCOMEDLY_MAX_CONNECTIONS", bad);
+            error("WELCOMEDLY_MAX_CONNECTIONS_PER_CLIENT", bad);
         }
     }
 

@@ -22,26 +22,43 @@
 //!    `Connection: close` (see the drain layer), so an idle one has been idle for the whole grace
 //!    period: its client did not pick it for as long, the one remaining (narrow) race on a
 //!    keep-alive connection.
+//!
+//! Slow and numerous clients, at any time:
+//! - a connection that has not sent a complete request head within
+//!   [`header_read_timeout`](super::DrainConfig::header_read_timeout) of being accepted is
+//!   closed (a task of this module's); a keep-alive connection whose next request head is not
+//!   complete within [`idle_timeout`](super::DrainConfig::idle_timeout) of its last response is
+//!   closed (hyper's `header_read_timeout`, which runs only while hyper waits for a head, never
+//!   while a response streams). The second also bounds a slowly sent later head: such a
+//!   connection holds no more than an idle one may;
+//! - the caps of [`limits`](super::limits) refuse the excess with a 503 written without reading
+//!   the request, then a short lingering close (shut down writing, discard what the client sent
+//!   for up to [`REFUSAL_LINGER`]) so the client reads the answer instead of a reset;
+//! - accept errors are logged at most once per interval (see [`accept_errors`](super::accept_errors)).
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::pin::pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::DrainSignal;
+use super::accept_errors::{ACCEPT_ERROR_LOG_INTERVAL, AcceptErrorLog};
+use super::limits::{ConnStats, ConnectionLimits, Permit, Refusal};
 use super::run::AFTER_CUT;
+use super::{DrainConfig, DrainSignal, nofile};
 
 /// At the end of the grace period, how long a connection that has not sent its first request
 /// yet may take to send it (it is served, with `Connection: close`) before it is closed.
@@ -51,37 +68,96 @@ const FIRST_REQUEST_WAIT: Duration = Duration::from_secs(1);
 /// before accepting again, so a full file table does not spin the loop.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// How long a refused connection is kept after its 503, discarding what the client sends, so
+/// that closing it does not reset the connection before the client has read the answer.
+const REFUSAL_LINGER: Duration = Duration::from_millis(250);
+
+/// At most this many refused connections linger at once (each holds a descriptor, out of the
+/// reserve kept under the open-file limit); beyond it a refused connection is closed right after
+/// its 503 (and what its client had already sent is discarded): a client whose request arrives
+/// after that may see a reset instead of the 503.
+const REFUSALS_LINGERING_MAX: usize = 128;
+
+/// At most this many bytes are read and discarded from a refused connection.
+const REFUSAL_DISCARD_MAX: usize = 64 * 1024;
+
+/// What every connection task needs, built once per server.
+struct Shared {
+    app: Router,
+    signal: DrainSignal,
+    http: http1::Builder,
+    header_read_timeout: Duration,
+    limits: Arc<ConnectionLimits>,
+    lingering: AtomicUsize,
+}
+
 /// Serve `app` on `listener` through the drain phases seen by `signal`; resolves when every
 /// connection is closed (or, after the deadline, when [`AFTER_CUT`] has passed as well).
 pub(super) async fn serve(
     listener: TcpListener,
     app: Router,
     signal: DrainSignal,
+    config: &DrainConfig,
+    stats: Arc<ConnStats>,
 ) -> io::Result<()> {
-    // Finalises the routes once, not on every request.
-    let app = app.with_state(());
+    let mut http = http1::Builder::new();
+    // hyper's header-read timer runs while it waits for a request head: from the accept, and
+    // from the end of each response. It is the idle timeout of keep-alive connections (no
+    // shorter than the first request's own timeout, so each setting means what it says).
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.idle_timeout.max(config.header_read_timeout));
+    let shared = Arc::new(Shared {
+        // Finalises the routes once, not on every request.
+        app: app.with_state(()),
+        signal: signal.clone(),
+        http,
+        header_read_timeout: config.header_read_timeout,
+        limits: connection_limits(config, stats),
+        lingering: AtomicUsize::new(0),
+    });
     // Every connection task holds a receiver; `closed()` resolves when the last one is gone.
     let (alive, alive_rx) = watch::channel(());
-    let spawn = |stream: TcpStream, peer: SocketAddr| {
-        tokio::spawn(connection(
-            stream,
-            peer,
-            app.clone(),
-            signal.clone(),
-            alive_rx.clone(),
-        ));
+    let mut refusals = AcceptErrorLog::new(ACCEPT_ERROR_LOG_INTERVAL);
+    let mut spawn = |stream: TcpStream, peer: SocketAddr| match shared.limits.admit(peer.ip()) {
+        Ok(permit) => {
+            tokio::spawn(connection(
+                stream,
+                peer,
+                Arc::clone(&shared),
+                permit,
+                alive_rx.clone(),
+            ));
+        }
+        Err(refusal) => {
+            if let Some(suppressed) = refusals.on_error(Instant::now()) {
+                tracing::warn!(
+                    reason = refusal.as_str(),
+                    %peer,
+                    suppressed,
+                    "refusing connections over the cap with a 503 (at most one such line per \
+                     interval, `suppressed` counts the refusals left out); raise \
+                     WELCOMEDLY_MAX_CONNECTIONS(_PER_CLIENT), or list a load balancer's network \
+                     in TRUSTED_PROXIES, if these clients are legitimate"
+                );
+            }
+            refuse(stream, refusal, &shared);
+        }
     };
 
+    let mut accept_errors = AcceptErrorLog::new(ACCEPT_ERROR_LOG_INTERVAL);
     let mut closing = pin!(signal.closing());
     loop {
         tokio::select! {
             biased;
             () = &mut closing => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => spawn(stream, peer),
+                Ok((stream, peer)) => {
+                    accept_errors.accepted();
+                    spawn(stream, peer);
+                }
                 Err(err) if is_connection_error(&err) => {}
                 Err(err) => {
-                    tracing::error!(error = %err, "accept failed; retrying shortly");
+                    accept_errors.error(&err);
                     tokio::select! {
                         () = &mut closing => break,
                         () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
@@ -159,55 +235,194 @@ fn is_connection_error(err: &io::Error) -> bool {
     )
 }
 
-/// One HTTP/1 connection, shut down at the drain phases as the module docs describe.
+/// The caps for this server: the configured ones, the global one lowered to fit under the
+/// open-file limit (raised to its hard limit first).
+fn connection_limits(config: &DrainConfig, stats: Arc<ConnStats>) -> Arc<ConnectionLimits> {
+    let nofile = nofile::raise();
+    let configured = config.max_connections.get();
+    let fit = nofile
+        .connections_that_fit()
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX).max(1));
+    let max = match fit {
+        Some(fit) if fit < configured => {
+            tracing::warn!(
+                configured,
+                lowered_to = fit,
+                open_file_limit = nofile.soft,
+                reserved = nofile::RESERVED_DESCRIPTORS,
+                "the connection cap (WELCOMEDLY_MAX_CONNECTIONS) is above what the open-file \
+                 limit allows: lowered, so a flood meets a 503 rather than \"too many open \
+                 files\"; raise the hard limit (LimitNOFILE= in the systemd unit, ulimit -Hn) \
+                 to allow more"
+            );
+            fit
+        }
+        _ => configured,
+    };
+    tracing::info!(
+        max_connections = max,
+        max_connections_per_client = config.max_connections_per_client.get(),
+        per_client_exempt = %config.per_client_exempt,
+        header_read_timeout_ms = millis(config.header_read_timeout),
+        idle_timeout_ms = millis(config.idle_timeout),
+        open_file_limit = nofile.soft,
+        "connection limits"
+    );
+    ConnectionLimits::new(
+        max,
+        config.max_connections_per_client.get(),
+        config.per_client_exempt.clone(),
+        stats,
+    )
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The answer to a refused connection: a complete HTTP/1.1 503 that closes the connection.
+fn refusal_response(refusal: Refusal) -> &'static [u8] {
+    fn build(detail: &str) -> Vec<u8> {
+        let body = format!(
+            r#"{{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"{detail}"}}"#
+        );
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+             retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+    static GLOBAL: LazyLock<Vec<u8>> =
+        LazyLock::new(|| build("this server has too many connections open: retry in a moment"));
+    static PER_CLIENT: LazyLock<Vec<u8>> = LazyLock::new(|| {
+        build("too many connections open from your address: close some, then retry")
+    });
+    match refusal {
+        Refusal::Global => &GLOBAL,
+        Refusal::PerClient => &PER_CLIENT,
+    }
+}
+
+/// Answer a refused connection with a 503, without reading its request or ever waiting on the
+/// client to write it, then close it (lingering briefly while few refusals do).
+fn refuse(stream: TcpStream, refusal: Refusal, shared: &Arc<Shared>) {
+    // A new socket's send buffer is empty: the short answer fits, or is dropped.
+    let _ = stream.try_write(refusal_response(refusal));
+    // The client sees the end of the answer.
+    let _ = SockRef::from(&stream).shutdown(Shutdown::Write);
+    // Closing over unread bytes resets the connection (the client may lose the answer): discard
+    // what has already arrived, without waiting.
+    let mut buf = [0u8; 4096];
+    let mut discarded = 0;
+    while discarded < REFUSAL_DISCARD_MAX {
+        match stream.try_read(&mut buf) {
+            Ok(n) if n > 0 => discarded += n,
+            _ => break,
+        }
+    }
+    let lingering = shared.lingering.fetch_add(1, Ordering::AcqRel);
+    if lingering >= REFUSALS_LINGERING_MAX {
+        shared.lingering.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REFUSAL_LINGER, discard_until_eof(&stream)).await;
+        shared.lingering.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
+/// Read and drop what the client sends until it closes or [`REFUSAL_DISCARD_MAX`] bytes have
+/// come.
+async fn discard_until_eof(stream: &TcpStream) {
+    let mut buf = [0u8; 4096];
+    let mut discarded = 0;
+    while discarded < REFUSAL_DISCARD_MAX {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => discarded += n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// One HTTP/1 connection, closed when its first request head is late, and shut down at the
+/// drain phases as the module docs describe.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
-    app: Router,
-    signal: DrainSignal,
+    shared: Arc<Shared>,
+    permit: Permit,
     _alive: watch::Receiver<()>,
 ) {
     // Latency over throughput for small responses, as hyper's and axum's users expect.
     let _ = stream.set_nodelay(true);
     let started = Arc::new(AtomicBool::new(false));
     let service = ConnectionService {
-        app,
+        app: shared.app.clone(),
         peer,
         started: Arc::clone(&started),
     };
-    // No timer, as in axum::serve: with one, hyper closes a keep-alive connection idle for 30 s
-    // (its header read timeout), under a load balancer that may be sending on it right then.
-    let conn = hyper::server::conn::http1::Builder::new()
+    let conn = shared
+        .http
         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
         .with_upgrades();
     let mut conn = pin!(conn);
+    let signal = &shared.signal;
 
-    tokio::select! {
-        result = conn.as_mut() => return log_end(result, peer),
-        () = signal.closing() => {}
+    let mut first_request = pin!(tokio::time::sleep(shared.header_read_timeout));
+    let mut waiting_for_first = true;
+    let mut closing = pin!(signal.closing());
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return log_end(result, peer, &permit),
+            () = &mut closing => break,
+            () = &mut first_request, if waiting_for_first => {
+                waiting_for_first = false;
+                if !started.load(Ordering::Acquire) {
+                    // Dropping the connection closes it: a slow (or silent) client holds a
+                    // descriptor and a place under the caps for this long at most.
+                    permit
+                        .stats()
+                        .first_request_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "closing a connection that sent no complete request head in time");
+                    return;
+                }
+            }
+        }
     }
     if !started.load(Ordering::Acquire) {
         // Opened to send a request that may already be in the socket buffer, unread: hyper would
         // close such a connection at once.
         tokio::select! {
-            result = conn.as_mut() => return log_end(result, peer),
+            result = conn.as_mut() => return log_end(result, peer, &permit),
             () = tokio::time::sleep(FIRST_REQUEST_WAIT) => {}
             () = signal.deadline() => {}
         }
     }
     conn.as_mut().graceful_shutdown();
     tokio::select! {
-        result = conn.as_mut() => return log_end(result, peer),
+        result = conn.as_mut() => return log_end(result, peer, &permit),
         () = signal.deadline() => {}
     }
     // The layer cuts the responses still running; let them be written, but not forever.
     if let Ok(result) = tokio::time::timeout(AFTER_CUT, conn).await {
-        log_end(result, peer);
+        log_end(result, peer, &permit);
     }
 }
 
-fn log_end(result: Result<(), hyper::Error>, peer: SocketAddr) {
+fn log_end(result: Result<(), hyper::Error>, peer: SocketAddr, permit: &Permit) {
     if let Err(err) = result {
+        if err.is_timeout() {
+            // hyper's header-read timer: idle past `idle_timeout` between requests.
+            permit.stats().idle_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::debug!(error = %err, %peer, "connection ended with an error");
     }
 }

@@ -72,7 +72,16 @@
 //! ExecStart=/usr/local/bin/call-center
 //! KillSignal=SIGTERM
 //! TimeoutStopSec=40
+//! # The hard open-file limit; the server raises its soft limit to it at start.
+//! LimitNOFILE=65536
 //! ```
+//!
+//! **Slow and numerous clients.** The server of [`serve`] also closes a connection that does not
+//! send its first request head within a timeout, and a keep-alive connection idle past another
+//! (longer than the load balancer's), caps the connections open in all and per client address
+//! (a clean 503 for the excess; the load balancer's network exempt), raises the soft open-file
+//! limit at start and logs accept errors at most once per 10 s: see [`DrainConfig`], and
+//! [`Drain::register_metrics`] for the counts.
 //!
 //! Handlers that hold a response open (SSE, long polling) take a [`DrainSignal`], from
 //! [`Drain::signal`] or from the request extensions (`Extension<DrainSignal>` in axum), and end
@@ -80,14 +89,22 @@
 
 #[cfg(feature = "axum")]
 mod accept;
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+mod accept_errors;
 mod layer;
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+mod limits;
 mod listen;
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
+mod nofile;
 mod run;
 mod signal;
 
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use crate::CoreConfig;
+use crate::client_ip::TrustedProxies;
 
 pub use layer::{DeadlineExceeded, DrainBody, DrainLayer, DrainService, ResponseFuture};
 pub use listen::ListenConfig;
@@ -97,7 +114,8 @@ pub use run::serve;
 pub use run::{Drain, StopAccepting};
 pub use signal::{DrainPhase, DrainSignal, shutdown_signal};
 
-/// How long each drain phase may last.
+/// How long each drain phase may last, and how the accept loop of [`serve`] / [`Drain::serve`]
+/// guards against slow and numerous clients.
 ///
 /// ```
 /// use std::time::Duration;
@@ -106,8 +124,32 @@ pub use signal::{DrainPhase, DrainSignal, shutdown_signal};
 /// let config = DrainConfig::default();
 /// assert_eq!(config.grace, Duration::from_secs(5));
 /// assert_eq!(config.deadline, Duration::from_secs(30));
+/// assert_eq!(config.header_read_timeout, Duration::from_secs(10));
+/// assert_eq!(config.idle_timeout, Duration::from_secs(75));
+/// assert_eq!(config.max_connections.get(), 10_000);
+/// assert_eq!(config.max_connections_per_client.get(), 256);
+/// assert!(config.per_client_exempt.is_empty());
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// **Timeouts and the load balancer.** A connection must send the head of its first request
+/// within [`header_read_timeout`](Self::header_read_timeout) of being accepted, and a keep-alive
+/// connection must send the head of its next request within
+/// [`idle_timeout`](Self::idle_timeout) of the previous response, or it is closed. A response
+/// (an event stream included) is never cut by either. Keep `idle_timeout` *longer* than the
+/// idle timeout of the load balancer's upstream connections (NGINX's `keepalive_timeout` in the
+/// `upstream` block, 60 s by default; an AWS ALB's idle timeout, 60 s by default): the proxy then
+/// always closes an idle connection first. The other way round, the proxy can send a request on
+/// a connection at the moment this server closes it, and NGINX never retries a POST it has sent.
+///
+/// **Caps.** At most [`max_connections`](Self::max_connections) are open at once, and at most
+/// [`max_connections_per_client`](Self::max_connections_per_client) from one client address (an
+/// IPv4 address, or an IPv6 /64). The excess is accepted and answered at once with a 503
+/// (`Retry-After: 1`, `Connection: close`) without reading the request. A load balancer's
+/// address carries many clients: list it in [`per_client_exempt`](Self::per_client_exempt)
+/// (`From<&CoreConfig>` takes `TRUSTED_PROXIES`), nothing is detected. At start the soft
+/// open-file limit (`RLIMIT_NOFILE`) is raised to the hard limit, and the global cap is lowered,
+/// with a warning, to leave 256 descriptors of it to the rest of the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DrainConfig {
     /// After the signal, how long the server keeps accepting while readiness already answers 503,
@@ -117,14 +159,52 @@ pub struct DrainConfig {
     /// After the grace period, how long in-flight requests and open streams may take before they
     /// are cut. Default 30 s.
     pub deadline: Duration,
+    /// How long a new connection may take to send its first request's head (request line and
+    /// headers) before it is closed without an answer. Behind a load balancer the proxy sends at
+    /// once; a browser that preconnects sends within seconds. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may stay idle after a response (including the time to
+    /// receive the next request's head) before it is closed. Keep it longer than the load
+    /// balancer's upstream idle timeout (see above). Default 75 s (NGINX and AWS ALB: 60 s).
+    pub idle_timeout: Duration,
+    /// The most connections open at once; the excess is refused with a 503. Lowered at start to
+    /// fit under the open-file limit. Default 10 000.
+    pub max_connections: NonZeroUsize,
+    /// The most connections open at once from one client address (IPv4 address or IPv6 /64)
+    /// outside [`per_client_exempt`](Self::per_client_exempt). A NAT (an office) shares one
+    /// address; a browser holds up to 6 connections per origin. Default 256.
+    pub max_connections_per_client: NonZeroUsize,
+    /// Peer networks the per-client cap does not apply to: the load balancers in front of this
+    /// server, whose address carries many clients. They still count against
+    /// [`max_connections`](Self::max_connections). Default none; `From<&CoreConfig>` takes
+    /// `trusted_proxies` (`TRUSTED_PROXIES`).
+    pub per_client_exempt: TrustedProxies,
 }
 
 impl DrainConfig {
-    /// A config with this grace period and deadline.
+    /// A config with this grace period and deadline, the other settings at their defaults.
     pub fn new(grace: Duration, deadline: Duration) -> Self {
-        Self { grace, deadline }
+        Self {
+            grace,
+            deadline,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            per_client_exempt: TrustedProxies::none(),
+        }
     }
 }
+
+/// [`DrainConfig::header_read_timeout`]'s default.
+pub(crate) const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`DrainConfig::idle_timeout`]'s default.
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// [`DrainConfig::max_connections`]' default.
+pub(crate) const DEFAULT_MAX_CONNECTIONS: NonZeroUsize = NonZeroUsize::MIN.saturating_add(9_999);
+/// [`DrainConfig::max_connections_per_client`]'s default.
+pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: NonZeroUsize =
+    NonZeroUsize::MIN.saturating_add(255);
 
 impl Default for DrainConfig {
     fn default() -> Self {
@@ -133,8 +213,17 @@ impl Default for DrainConfig {
 }
 
 impl From<&CoreConfig> for DrainConfig {
-    /// `drain_grace` and `drain_deadline` of the core config.
+    /// The drain and connection settings of the core config; its `trusted_proxies` are exempt
+    /// from the per-client cap.
     fn from(config: &CoreConfig) -> Self {
-        Self::new(config.drain_grace, config.drain_deadline)
+        Self {
+            grace: config.drain_grace,
+            deadline: config.drain_deadline,
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            max_connections: config.max_connections,
+            max_connections_per_client: config.max_connections_per_client,
+            per_client_exempt: config.trusted_proxies.clone(),
+        }
     }
 }

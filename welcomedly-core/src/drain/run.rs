@@ -5,9 +5,14 @@ use std::future::Future;
 use std::io;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Meter;
+
+use super::limits::ConnStats;
 use super::signal::Shared;
 use super::{DrainConfig, DrainLayer, DrainPhase, DrainSignal};
 use crate::health::HealthRegistry;
@@ -49,6 +54,7 @@ pub struct Drain {
     registry: HealthRegistry,
     config: DrainConfig,
     shared: Arc<Shared>,
+    connections: Arc<ConnStats>,
 }
 
 impl fmt::Debug for Drain {
@@ -68,6 +74,7 @@ impl Drain {
             registry,
             config,
             shared: Shared::new(),
+            connections: Arc::default(),
         }
     }
 
@@ -89,6 +96,73 @@ impl Drain {
         self.shared.in_flight()
     }
 
+    /// Connections [`Drain::serve`] has open now (admitted under the caps, not closed yet).
+    pub fn connections_open(&self) -> usize {
+        self.connections.open.load(Ordering::Relaxed)
+    }
+
+    /// Report the connections of [`Drain::serve`] through `meter`:
+    /// `welcomedly.connections.open` (gauge), `welcomedly.connections.refused` (counter, by
+    /// `reason`: `global` or `per_client` cap) and `welcomedly.connections.timed_out` (counter, by
+    /// `phase`: `first_request` for a head not sent within the header-read timeout, `idle` for a
+    /// keep-alive connection idle past the idle timeout).
+    ///
+    /// ```
+    /// use welcomedly_core::drain::{Drain, DrainConfig};
+    /// use welcomedly_core::health::HealthRegistry;
+    /// use welcomedly_core::telemetry::Metrics;
+    /// use welcomedly_core::InstanceId;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let registry = HealthRegistry::new(InstanceId::new("a"), "1", std::time::Duration::from_secs(2));
+    /// let drain = Drain::new(registry, DrainConfig::default());
+    /// let metrics = Metrics::new()?;
+    /// drain.register_metrics(metrics.meter());
+    /// assert!(metrics.encode()?.contains("welcomedly_connections_open"));
+    /// # Ok(()) }
+    /// ```
+    pub fn register_metrics(&self, meter: &Meter) {
+        let weak = Arc::downgrade(&self.connections);
+        let _open = meter
+            .u64_observable_gauge("welcomedly.connections.open")
+            .with_description("HTTP connections open now")
+            .with_callback(move |o| {
+                if let Some(stats) = weak.upgrade() {
+                    let open = stats.open.load(Ordering::Relaxed);
+                    o.observe(u64::try_from(open).unwrap_or(u64::MAX), &[]);
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(&self.connections);
+        let _refused = meter
+            .u64_observable_counter("welcomedly.connections.refused")
+            .with_description("HTTP connections refused with a 503 over a cap, by cap")
+            .with_callback(move |o| {
+                if let Some(stats) = weak.upgrade() {
+                    let global = stats.refused_global.load(Ordering::Relaxed);
+                    let per_client = stats.refused_per_client.load(Ordering::Relaxed);
+                    o.observe(global, &[KeyValue::new("reason", "global")]);
+                    o.observe(per_client, &[KeyValue::new("reason", "per_client")]);
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(&self.connections);
+        let _timed_out = meter
+            .u64_observable_counter("welcomedly.connections.timed_out")
+            .with_description(
+                "HTTP connections closed for sending no request head in time, by phase",
+            )
+            .with_callback(move |o| {
+                if let Some(stats) = weak.upgrade() {
+                    let first = stats.first_request_timeouts.load(Ordering::Relaxed);
+                    let idle = stats.idle_timeouts.load(Ordering::Relaxed);
+                    o.observe(first, &[KeyValue::new("phase", "first_request")]);
+                    o.observe(idle, &[KeyValue::new("phase", "idle")]);
+                }
+            })
+            .build();
+    }
+
     /// Run `server` until `shutdown` resolves, then drain it.
     ///
     /// `server` receives a [`StopAccepting`] future to use as its graceful-shutdown signal: it
@@ -99,7 +173,8 @@ impl Drain {
     /// A server of your own gets the layer's `Connection: close` during the grace period, but
     /// not what [`serve`] does when accepting stops (empty the accept queue before closing the
     /// listener, wait for the first request of a connection that has not sent one): without
-    /// those, a POST sent at that moment can be reset.
+    /// those, a POST sent at that moment can be reset. Nor does it get the header-read and idle
+    /// timeouts or the connection caps of [`DrainConfig`]: those are [`serve`]'s.
     ///
     /// ```
     /// use std::time::Duration;
@@ -132,7 +207,7 @@ impl Drain {
             }
         };
         let mut server = pin!(server(stop));
-        let DrainConfig { grace, deadline } = self.config;
+        let (grace, deadline) = (self.config.grace, self.config.deadline);
 
         tokio::select! {
             result = &mut server => {
@@ -197,10 +272,12 @@ impl Drain {
     ) -> io::Result<()> {
         let app = app.layer(self.layer());
         let signal = self.signal();
+        let config = self.config.clone();
+        let connections = Arc::clone(&self.connections);
         // The accept loop follows the phases itself (it must empty the accept queue before the
         // listener closes), so it watches the signal rather than `StopAccepting`.
-        self.run(shutdown, |_stop_accepting| {
-            super::accept::serve(listener, app, signal)
+        self.run(shutdown, |_stop_accepting| async move {
+            super::accept::serve(listener, app, signal, &config, connections).await
         })
         .await
     }

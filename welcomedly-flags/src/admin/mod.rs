@@ -10,6 +10,24 @@
 //! | `DELETE {base}/{key}` | delete one flag (`If-Match` optional); refused while others depend on it |
 //! | `GET {base}/_history?limit=N` | the latest changes, newest first |
 //!
+//! A history entry is `{"version", "actor", "at_unix_ms", "summary", "diff"}`. Its `diff` is
+//! bounded (a few KiB, whatever the size of the flags) and says what changed without copying
+//! the definitions:
+//!
+//! - one flag (`PUT`/`DELETE {base}/{key}`): `{"key", "before", "after", "changes", "more"}`;
+//!   `before` and `after` are `{"etag", "bytes"}` of the definition (the `etag` is the ETag a
+//!   `GET` of that version returned) or `null` when the flag did not exist; `changes` lists up
+//!   to 16 paths inside the flag that changed (`"rules[0].clauses[1].values[2]"`, `""` for the
+//!   whole flag when created or deleted), each with its `before` and `after` value, or
+//!   `{"bytes", "digest"}` for a value over 128 bytes; `more` counts the paths not listed.
+//! - the whole set (`PUT {base}`): `{"before", "after", "flags", "segments"}`; `before` and
+//!   `after` are `{"version", "bytes", "digest", "flags", "segments"}` of each set; `flags` and
+//!   `segments` list the keys `added`, `removed` and `changed` (up to 32 in all, `more` for the
+//!   rest).
+//!
+//! The store keeps the history within a number of entries and a byte budget (see
+//! [`DEFAULT_HISTORY_BYTES`](crate::store::DEFAULT_HISTORY_BYTES)).
+//!
 //! Every write validates the *whole* resulting set before it is stored (a change that breaks a
 //! prerequisite elsewhere is refused): `422` with every problem listed (`{"problems": [{"path",
 //! "message"}]}` inside the problem+json body). A stale `If-Match` is `412`; a missing one `428`.
@@ -27,6 +45,7 @@
 //! ```
 
 mod auth;
+mod diff;
 
 use std::sync::Arc;
 
@@ -199,13 +218,12 @@ async fn load(admin: &Admin) -> Result<(u64, FlagSet)> {
 /// A stable tag of a flag's definition (FNV-1a over its canonical JSON), the same on every
 /// instance.
 fn etag(flag: &Flag) -> String {
-    let text = serde_json::to_string(flag).unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("\"{h:016x}\"")
+    etag_of(&serde_json::to_string(flag).unwrap_or_default())
+}
+
+/// The ETag of a definition's canonical JSON `text`.
+fn etag_of(text: &str) -> String {
+    format!("\"{:016x}\"", crate::store::fnv1a64(text.as_bytes()))
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -227,9 +245,25 @@ fn json_response(
     res
 }
 
+/// Validates `set` as a whole by compiling it, on a blocking thread: a set's regular
+/// expressions take milliseconds of CPU to compile, which would stall every other request of
+/// this async worker thread.
+async fn validate(set: &FlagSet, version: u64) -> Result<()> {
+    let set = set.clone();
+    tokio::task::spawn_blocking(move || Snapshot::compile(&set, version).map(drop))
+        .await
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "validating the flag set failed on its thread (a bug); nothing was stored: retry, and report it if it persists",
+            )
+        })?
+        .map_err(Problem::invalid)
+}
+
 /// Validates `next` as a whole, then writes it if the store is still at `version`.
 async fn store(admin: &Admin, version: u64, next: &FlagSet, change: Change) -> Result<u64> {
-    Snapshot::compile(next, version + 1).map_err(Problem::invalid)?;
+    validate(next, version + 1).await?;
     admin
         .store
         .write(version, next.to_json(), change)
@@ -277,10 +311,8 @@ async fn put_set(State(admin): AdminState, headers: HeaderMap, body: Bytes) -> R
             ),
         ));
     }
-    let change = Change::new(actor, "replaced the whole flag set").with_diff(serde_json::json!({
-        "before": { "flags": current.flags.len(), "segments": current.segments.len() },
-        "after": { "flags": next.flags.len(), "segments": next.segments.len() },
-    }));
+    let change = Change::new(actor, "replaced the whole flag set")
+        .with_diff(diff::set_change((version, &current), (version + 1, &next)));
     let new_version = match store(&admin, version, &next, change).await {
         Err(p) if p.status == StatusCode::CONFLICT => {
             return Err(Problem::new(
@@ -402,7 +434,7 @@ async fn put_flag(
             Some(_) => format!("changed flag {key}"),
             None => format!("created flag {key}"),
         };
-        let diff = serde_json::json!({ "key": key, "before": before, "after": flag });
+        let diff = diff::flag_change(&key, before.as_ref(), Some(&flag));
         set.flags.insert(key.clone(), flag.clone());
         Ok((summary, diff))
     };
@@ -425,7 +457,7 @@ async fn delete_flag(
         let before = set.flags.remove(&key).ok_or_else(|| not_found(&key))?;
         Ok((
             format!("deleted flag {key}"),
-            serde_json::json!({ "key": key, "before": before, "after": null }),
+            diff::flag_change(&key, Some(&before), None),
         ))
     };
     let (version, _) = edit_flag(&admin, &headers, &key, &actor, &edit).await?;

@@ -39,7 +39,7 @@ mod clause;
 mod date;
 mod semver;
 
-pub(crate) use self::clause::CompiledClause;
+pub(crate) use self::clause::{CompiledClause, Regexes};
 
 /// The result of evaluating a flag.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -72,6 +72,9 @@ pub enum Op {
     /// A string containing an operand.
     Contains,
     /// A string matching an operand, a regular expression (`regex` crate syntax, unanchored).
+    /// Bounded: see [`MAX_REGEX_PATTERNS`](crate::validate::MAX_REGEX_PATTERNS),
+    /// [`MAX_REGEX_LEN`](crate::validate::MAX_REGEX_LEN) and
+    /// [`MAX_REGEX_COMPILED`](crate::validate::MAX_REGEX_COMPILED).
     Matches,
     /// A number below an operand.
     LessThan,

@@ -8,7 +8,7 @@ use super::{
     KeySet, SegmentIndex, Snapshot,
 };
 use crate::bucketing::Bucketer;
-use crate::eval::CompiledClause;
+use crate::eval::{CompiledClause, Regexes};
 use crate::model::{Clause, Flag, FlagSet, Serve, TARGETING_KEY};
 use crate::validate::{Problem, ValidationErrors, check_structure};
 
@@ -16,6 +16,7 @@ struct Compiler<'a> {
     set: &'a FlagSet,
     flag_ids: BTreeMap<&'a str, u32>,
     segments: SegmentIndex<'a>,
+    regexes: Regexes<'a>,
     problems: Vec<Problem>,
 }
 
@@ -33,7 +34,13 @@ impl<'a> Compiler<'a> {
             .enumerate()
             .filter_map(|(j, clause)| {
                 let at = format!("{path}.clauses[{j}]");
-                CompiledClause::compile(clause, &self.segments, &at, &mut self.problems)
+                CompiledClause::compile(
+                    clause,
+                    &self.segments,
+                    &mut self.regexes,
+                    &at,
+                    &mut self.problems,
+                )
             })
             .collect()
     }
@@ -130,7 +137,13 @@ impl<'a> Compiler<'a> {
     }
 }
 
-pub(super) fn compile(set: &FlagSet, version: u64) -> Result<Snapshot, ValidationErrors> {
+/// Compiles `set`; with `previous` (the snapshot it replaces), its regular expressions are
+/// reused where the patterns are the same.
+pub(super) fn compile(
+    set: &FlagSet,
+    version: u64,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ValidationErrors> {
     let mut problems = Vec::new();
     check_structure(set, &mut problems);
     let mut c = Compiler {
@@ -140,6 +153,7 @@ pub(super) fn compile(set: &FlagSet, version: u64) -> Result<Snapshot, Validatio
             .map(|(i, k)| (k.as_str(), i))
             .collect(),
         segments: SegmentIndex::new(set),
+        regexes: previous.map_or_else(Regexes::default, |p| Regexes::after(&p.regexes)),
         problems,
     };
     let flags: Box<[CompiledFlag]> = set.flags.iter().map(|(k, f)| c.flag(k, f)).collect();
@@ -160,6 +174,7 @@ pub(super) fn compile(set: &FlagSet, version: u64) -> Result<Snapshot, Validatio
     if !c.problems.is_empty() {
         return Err(ValidationErrors::from(c.problems));
     }
+    let regexes = c.regexes.into_compiled();
     let index = flags
         .iter()
         .zip(0u32..)
@@ -171,5 +186,6 @@ pub(super) fn compile(set: &FlagSet, version: u64) -> Result<Snapshot, Validatio
         index,
         flags,
         segments,
+        regexes,
     })
 }

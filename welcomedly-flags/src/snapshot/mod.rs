@@ -196,6 +196,9 @@ pub struct Snapshot {
     index: HashMap<Box<str>, u32, RandomState>,
     flags: Box<[CompiledFlag]>,
     segments: Box<[CompiledSegment]>,
+    /// Every regular expression of the set by pattern (clones of those in the clauses), for
+    /// [`Snapshot::compile_next`] to reuse.
+    regexes: HashMap<String, regex::Regex>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -224,17 +227,38 @@ impl Snapshot {
             index: HashMap::default(),
             flags: Box::new([]),
             segments: Box::new([]),
+            regexes: HashMap::new(),
         }
     }
 
     /// Validates and compiles `set`. Every problem is listed on failure.
     pub fn compile(set: &FlagSet, version: u64) -> Result<Snapshot, ValidationErrors> {
-        compile::compile(set, version)
+        compile::compile(set, version, None)
     }
 
     /// Parses, validates and compiles a flag set in its JSON form.
     pub fn compile_json(text: &str, version: u64) -> Result<Snapshot, ValidationErrors> {
         Snapshot::compile(&FlagSet::parse_json(text)?, version)
+    }
+
+    /// [`Snapshot::compile`] for the snapshot that replaces `previous`: regular expressions
+    /// whose pattern `previous` holds too are reused, not compiled again, so an update compiles
+    /// only its new patterns. The result is the same as [`Snapshot::compile`]'s.
+    pub fn compile_next(
+        set: &FlagSet,
+        version: u64,
+        previous: &Snapshot,
+    ) -> Result<Snapshot, ValidationErrors> {
+        compile::compile(set, version, Some(previous))
+    }
+
+    /// [`Snapshot::compile_next`] from the JSON form.
+    pub fn compile_json_next(
+        text: &str,
+        version: u64,
+        previous: &Snapshot,
+    ) -> Result<Snapshot, ValidationErrors> {
+        Snapshot::compile_next(&FlagSet::parse_json(text)?, version, previous)
     }
 
     /// The version given to [`Snapshot::compile`].

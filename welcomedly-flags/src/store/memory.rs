@@ -7,11 +7,17 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
-use super::{Change, DEFAULT_HISTORY_CAP, Document, FlagStore, Notice, StoreError};
+use super::{
+    Change, DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_CAP, Document, FlagStore, MAX_CHANGE_BYTES,
+    Notice, StoreError,
+};
 
 /// The embedded default: the document, its version and the history in this process, with the
 /// same compare-and-set semantics as the Redis store. Announcements are never lost, so its
 /// [`Notice::epoch`] never changes. Nothing survives a restart.
+///
+/// The history is bounded by a number of entries and by their total size as JSON (see
+/// [`DEFAULT_HISTORY_BYTES`] and [`MAX_CHANGE_BYTES`]).
 ///
 /// ```
 /// use welcomedly_flags::store::{Change, FlagStore, MemoryStore};
@@ -27,30 +33,49 @@ use super::{Change, DEFAULT_HISTORY_CAP, Document, FlagStore, Notice, StoreError
 pub struct MemoryStore {
     state: Mutex<State>,
     cap: usize,
+    budget: usize,
     notices: watch::Sender<Notice>,
 }
 
 struct State {
     doc: Document,
-    history: VecDeque<Change>,
+    /// Newest first, each with its size as JSON.
+    history: VecDeque<(Change, usize)>,
+    /// The sum of the sizes in `history`.
+    history_bytes: usize,
 }
 
 impl MemoryStore {
-    /// An empty store (version 0) keeping the last [`DEFAULT_HISTORY_CAP`] changes.
+    /// An empty store (version 0) keeping the last [`DEFAULT_HISTORY_CAP`] changes, at most
+    /// [`DEFAULT_HISTORY_BYTES`] of them.
     pub fn new() -> Self {
-        Self::with_history_cap(DEFAULT_HISTORY_CAP)
+        Self::with_history_limits(DEFAULT_HISTORY_CAP, DEFAULT_HISTORY_BYTES)
     }
 
-    /// An empty store keeping the last `cap` changes (at least 1).
+    /// An empty store keeping the last `cap` changes (at least 1), at most
+    /// [`DEFAULT_HISTORY_BYTES`] of them.
     pub fn with_history_cap(cap: usize) -> Self {
+        Self::with_history_limits(cap, DEFAULT_HISTORY_BYTES)
+    }
+
+    /// An empty store keeping the last `cap` changes (at least 1) whose JSON takes at most
+    /// `bytes` together (at least [`MAX_CHANGE_BYTES`], so the newest entry always fits).
+    pub fn with_history_limits(cap: usize, bytes: usize) -> Self {
         Self {
             state: Mutex::new(State {
                 doc: Document::default(),
                 history: VecDeque::new(),
+                history_bytes: 0,
             }),
             cap: cap.max(1),
+            budget: bytes.max(MAX_CHANGE_BYTES),
             notices: watch::Sender::new(Notice::default()),
         }
+    }
+
+    /// The size of the kept history as JSON, in bytes (at most the budget).
+    pub fn history_bytes(&self) -> usize {
+        self.lock().history_bytes
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -72,8 +97,18 @@ impl MemoryStore {
             let version = expected + 1;
             state.doc = Document { version, body };
             change.version = version;
-            state.history.push_front(change);
-            state.history.truncate(self.cap);
+            let size = change.fit().len();
+            state.history.push_front((change, size));
+            state.history_bytes += size;
+            // The oldest go first; the newest stays whatever its size (it fits the budget).
+            while state.history.len() > self.cap
+                || (state.history.len() > 1 && state.history_bytes > self.budget)
+            {
+                match state.history.pop_back() {
+                    Some((_, dropped)) => state.history_bytes -= dropped,
+                    None => break,
+                }
+            }
             version
         };
         // Announced after the lock is released and in version order: concurrent writers are
@@ -102,7 +137,9 @@ impl fmt::Debug for MemoryStore {
         f.debug_struct("MemoryStore")
             .field("version", &state.doc.version)
             .field("history", &state.history.len())
+            .field("history_bytes", &state.history_bytes)
             .field("history_cap", &self.cap)
+            .field("history_budget", &self.budget)
             .finish()
     }
 }
@@ -123,7 +160,13 @@ impl FlagStore for MemoryStore {
     }
 
     fn history(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, StoreError>> {
-        let entries = self.lock().history.iter().take(limit).cloned().collect();
+        let entries = self
+            .lock()
+            .history
+            .iter()
+            .take(limit)
+            .map(|(change, _)| change.clone())
+            .collect();
         Box::pin(std::future::ready(Ok(entries)))
     }
 
@@ -208,6 +251,36 @@ mod tests {
         assert_eq!(h[0].summary, "change 4");
         assert_eq!(h[0].diff, serde_json::json!({ "n": 4 }));
         assert_eq!(store.history(2).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn history_is_bounded_in_bytes_keeping_the_newest() {
+        // The default budget: 30 changes of 100 KB diffs each (3 MB) do not all stay.
+        let store = MemoryStore::new();
+        let text = "x".repeat(100_000);
+        for n in 0..30u64 {
+            let c = change(0).with_diff(serde_json::json!({ "n": n, "text": text }));
+            store.write(n, "{}".into(), c).await.unwrap();
+        }
+        assert!(store.history_bytes() <= DEFAULT_HISTORY_BYTES);
+        let h = store.history(1000).await.unwrap();
+        // Each entry was over the per-entry limit: its diff became a size and a digest.
+        assert_eq!(h[0].version, 30);
+        assert_eq!(h[0].diff["bytes"], 100_000 + r#"{"n":29,"text":""}"#.len());
+        assert_eq!(h.len(), 30, "small digested entries all fit");
+
+        // Entries that fit the per-entry limit are dropped oldest first to fit the budget.
+        let store = MemoryStore::with_history_limits(1000, 3 * MAX_CHANGE_BYTES);
+        let text = "y".repeat(MAX_CHANGE_BYTES - 200);
+        for n in 0..10u64 {
+            let c = change(0).with_diff(serde_json::json!({ "n": n, "text": text }));
+            store.write(n, "{}".into(), c).await.unwrap();
+        }
+        assert!(store.history_bytes() <= 3 * MAX_CHANGE_BYTES);
+        let h = store.history(1000).await.unwrap();
+        let versions: Vec<u64> = h.iter().map(|c| c.version).collect();
+        assert_eq!(versions, [10, 9, 8]);
+        assert_eq!(h[0].diff["text"], text.as_str(), "kept as given");
     }
 
     #[tokio::test]

@@ -68,6 +68,20 @@ pub use sync::{FlagSync, FlagSyncHandle, SyncConfig, SyncHealth};
 /// The default number of history entries a store keeps (older ones are dropped).
 pub const DEFAULT_HISTORY_CAP: usize = 1000;
 
+/// The default byte budget of a store's history: the JSON of every kept entry together, 1 MiB.
+/// The oldest entries are dropped when a new one would go over it (the newest is always kept).
+/// With [`DEFAULT_HISTORY_CAP`] that leaves about 1 KiB per entry, more than the admin API's
+/// digest-and-paths diffs take.
+pub const DEFAULT_HISTORY_BYTES: usize = 1024 * 1024;
+
+/// The most one history entry may take, as JSON: 16 KiB. A larger entry is stored with its
+/// diff replaced by its size and digest (`{"omitted": …, "bytes": …, "digest": …}`), and its
+/// actor and summary cut to 256 bytes: who, when and which version stay.
+pub const MAX_CHANGE_BYTES: usize = 16 * 1024;
+
+/// The longest actor and summary an oversized entry keeps.
+const MAX_CHANGE_TEXT: usize = 256;
+
 /// The stored flag set: an opaque body and its version.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Document {
@@ -78,7 +92,8 @@ pub struct Document {
 }
 
 /// One entry of the history: who changed what, when. The caller computes the diff; the store
-/// keeps it as given.
+/// keeps it as given when the entry fits [`MAX_CHANGE_BYTES`], or with the diff replaced by its
+/// size and digest when it does not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     /// The version this change produced. Set by the store on write (whatever the caller puts
@@ -112,6 +127,60 @@ impl Change {
         self.diff = diff;
         self
     }
+}
+
+impl Change {
+    /// Makes the entry fit [`MAX_CHANGE_BYTES`] (see there) and returns its JSON without
+    /// `version` (the Redis store splices it in; the memory store counts this size).
+    pub(crate) fn fit(&mut self) -> String {
+        let text = self.encode();
+        if text.len() <= MAX_CHANGE_BYTES {
+            return text;
+        }
+        let diff = serde_json::to_vec(&self.diff).unwrap_or_default();
+        self.diff = serde_json::json!({
+            "omitted": format!("the diff was over the {MAX_CHANGE_BYTES}-byte limit of a history entry"),
+            "bytes": diff.len(),
+            "digest": digest(&diff),
+        });
+        self.actor = bounded(&self.actor, MAX_CHANGE_TEXT);
+        self.summary = bounded(&self.summary, MAX_CHANGE_TEXT);
+        self.encode()
+    }
+
+    fn encode(&self) -> String {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            actor: &'a str,
+            at_unix_ms: u64,
+            summary: &'a str,
+            diff: &'a serde_json::Value,
+        }
+        // A `serde_json::Value` always serializes.
+        serde_json::to_string(&Entry {
+            actor: &self.actor,
+            at_unix_ms: self.at_unix_ms,
+            summary: &self.summary,
+            diff: &self.diff,
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// A content digest for history entries and ETags: FNV-1a, 64 bits, as `fnv1a64:<16 hex>`.
+/// Not cryptographic: it tells versions apart, it does not authenticate them.
+pub(crate) fn digest(bytes: &[u8]) -> String {
+    format!("fnv1a64:{:016x}", fnv1a64(bytes))
+}
+
+/// FNV-1a over `bytes`, the same on every instance and platform.
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// What a store announces through [`FlagStore::changes`].
@@ -194,7 +263,8 @@ impl<S: FlagStore + ?Sized> FlagStore for std::sync::Arc<S> {
 }
 
 /// Keeps `flags` current from `store`: [`FlagSync::start`] with the flag model's compiler
-/// ([`Snapshot::compile_json`](crate::Snapshot::compile_json)) and [`Flags::replace`](crate::Flags::replace).
+/// ([`Snapshot::compile_json_next`](crate::Snapshot::compile_json_next), reusing the served
+/// snapshot's regular expressions) and [`Flags::replace`](crate::Flags::replace).
 /// An invalid document is rejected and the last good snapshot keeps serving.
 ///
 /// # Errors
@@ -206,10 +276,14 @@ pub async fn sync_flags(
     flags: &crate::Flags,
     config: SyncConfig,
 ) -> Result<FlagSyncHandle, StoreError> {
+    let current = flags.clone();
     let flags = flags.clone();
     FlagSync::start(
         store,
-        crate::Snapshot::compile_json,
+        // Reusing the served snapshot's regexes: an update compiles only its new patterns.
+        move |body: &str, version: u64| {
+            crate::Snapshot::compile_json_next(body, version, &current.snapshot())
+        },
         move |snapshot| flags.replace(snapshot),
         config,
     )
@@ -256,6 +330,27 @@ mod tests {
         check::<RedisStore>();
         // Object-safe, as FlagSync::start takes an `Arc<dyn FlagStore>`.
         let _: Option<std::sync::Arc<dyn FlagStore>> = None;
+    }
+
+    #[test]
+    fn an_oversized_change_keeps_who_when_and_a_digest_of_its_diff() {
+        let big = "x".repeat(MAX_CHANGE_BYTES);
+        let mut change =
+            Change::new("ops", "changed flag a").with_diff(serde_json::json!({ "after": big }));
+        let text = change.fit();
+        assert!(text.len() <= MAX_CHANGE_BYTES, "{}", text.len());
+        assert_eq!(change.actor, "ops");
+        assert_eq!(change.summary, "changed flag a");
+        assert_eq!(change.diff["bytes"], MAX_CHANGE_BYTES + 12);
+        let digest = change.diff["digest"].as_str().unwrap_or_default();
+        assert!(
+            digest.starts_with("fnv1a64:") && digest.len() == 24,
+            "{digest}"
+        );
+        // A change that fits is kept as given.
+        let mut small = Change::new("ops", "s").with_diff(serde_json::json!({ "n": 1 }));
+        small.fit();
+        assert_eq!(small.diff, serde_json::json!({ "n": 1 }));
     }
 
     #[test]

@@ -120,6 +120,15 @@ impl MemoryStore {
         Ok(None)
     }
 
+    /// Whether the session is live, without sliding its idle expiry.
+    pub(crate) fn is_live(&self, id: SessionId) -> bool {
+        let now = self.now_ms();
+        self.lock()
+            .sessions
+            .get(&id)
+            .is_some_and(|e| e.is_live(now))
+    }
+
     pub(crate) fn update(
         &self,
         id: SessionId,

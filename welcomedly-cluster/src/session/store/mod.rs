@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::broadcast;
+
 pub use self::memory::MemoryStore;
 pub use self::redis::{LOAD_SCRIPT, RedisSessionConfig, RedisSessionStore};
 use super::error::SessionError;
@@ -40,10 +42,25 @@ pub(crate) struct Create<'a> {
     pub(crate) max_per_user: usize,
 }
 
+/// A session this process ended, told to the [`SessionWatch`](crate::session::SessionWatch)es
+/// of this store so their streams end at once rather than at their next check.
+#[derive(Debug, Clone)]
+pub(crate) enum Ended {
+    /// One session (logged out, or its id cycled).
+    Session(SessionId),
+    /// Every session of a user (log out everywhere).
+    User(Arc<str>),
+}
+
+/// How many local "session ended" notices a slow watcher may lag behind before it re-checks
+/// the store instead.
+const ENDED_CAPACITY: usize = 64;
+
 /// The store the session layer uses: a cheap handle (clone it freely).
 #[derive(Debug, Clone)]
 pub struct SessionStore {
     kind: Kind,
+    ended: broadcast::Sender<Ended>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +95,25 @@ impl SessionStore {
         }
     }
 
+    /// Whether the session is live (known, before its idle and absolute expiry), without
+    /// sliding its idle expiry.
+    pub(crate) async fn is_live(&self, id: SessionId) -> Result<bool, SessionError> {
+        match &self.kind {
+            Kind::Memory(m) => Ok(m.is_live(id)),
+            Kind::Redis(r) => r.is_live(id).await,
+        }
+    }
+
+    /// Local notices of sessions this process ended.
+    pub(crate) fn ended(&self) -> broadcast::Receiver<Ended> {
+        self.ended.subscribe()
+    }
+
+    fn tell(&self, ended: Ended) {
+        // Nobody watching is fine.
+        let _ = self.ended.send(ended);
+    }
+
     /// Writes the changed fields of a live session. `false`: it ended meanwhile (logged out
     /// elsewhere, expired), and nothing was written.
     pub(crate) async fn update(
@@ -95,10 +131,15 @@ impl SessionStore {
 
     /// Writes a whole new session (ending the one it replaces) and indexes it by user.
     pub(crate) async fn create(&self, create: Create<'_>) -> Result<(), SessionError> {
+        let replaced = create.replaces.map(|(old, _)| old);
         match &self.kind {
             Kind::Memory(m) => m.create(create),
             Kind::Redis(r) => r.create(create).await,
+        }?;
+        if let Some(old) = replaced {
+            self.tell(Ended::Session(old));
         }
+        Ok(())
     }
 
     /// Ends one session.
@@ -110,15 +151,19 @@ impl SessionStore {
         match &self.kind {
             Kind::Memory(m) => m.delete(id, user),
             Kind::Redis(r) => r.delete(id, user).await,
-        }
+        }?;
+        self.tell(Ended::Session(id));
+        Ok(())
     }
 
     /// Ends every session of `user`; returns how many were indexed.
     pub(crate) async fn delete_user(&self, user: &str) -> Result<u64, SessionError> {
-        match &self.kind {
+        let n = match &self.kind {
             Kind::Memory(m) => m.delete_user(user),
             Kind::Redis(r) => r.delete_user(user).await,
-        }
+        }?;
+        self.tell(Ended::User(Arc::from(user)));
+        Ok(n)
     }
 }
 
@@ -126,6 +171,7 @@ impl From<MemoryStore> for SessionStore {
     fn from(m: MemoryStore) -> Self {
         Self {
             kind: Kind::Memory(m),
+            ended: broadcast::channel(ENDED_CAPACITY).0,
         }
     }
 }
@@ -134,6 +180,7 @@ impl From<RedisSessionStore> for SessionStore {
     fn from(r: RedisSessionStore) -> Self {
         Self {
             kind: Kind::Redis(r),
+            ended: broadcast::channel(ENDED_CAPACITY).0,
         }
     }
 }

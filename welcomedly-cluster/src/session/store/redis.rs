@@ -405,6 +405,25 @@ impl RedisSessionStore {
         Ok(fields.and_then(parse_record))
     }
 
+    /// Whether the session is live, without sliding its idle expiry: one `HGET` of its
+    /// deadline (the key itself is gone once the idle expiry passed).
+    pub(crate) async fn is_live(&self, id: SessionId) -> Result<bool, SessionError> {
+        let key = self.session_key(&id.digest());
+        let deadline: Option<u64> = self
+            .run(
+                "checking that a session is still live",
+                |mut c| async move {
+                    redis::cmd("HGET")
+                        .arg(key)
+                        .arg(DEADLINE)
+                        .query_async(&mut c)
+                        .await
+                },
+            )
+            .await?;
+        Ok(deadline.is_some_and(|d| d > system_now_ms()))
+    }
+
     pub(crate) async fn update(
         &self,
         id: SessionId,

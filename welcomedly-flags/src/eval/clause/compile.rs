@@ -1,7 +1,10 @@
 //! Compiling a clause: operand types checked, operands parsed, every problem reported with its
 //! path.
 
-use regex::Regex;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use regex::{Regex, RegexBuilder};
 use serde_json::Value;
 
 use super::{CompiledClause, Num, Test};
@@ -9,7 +12,98 @@ use crate::eval::date::parse_rfc3339_millis;
 use crate::eval::semver::OwnedSemver;
 use crate::model::{Clause, Op};
 use crate::snapshot::{KeySet, SegmentIndex};
-use crate::validate::Problem;
+use crate::validate::{MAX_REGEX_COMPILED, MAX_REGEX_LEN, MAX_REGEX_PATTERNS, Problem};
+
+/// The regular expressions of one flag set, compiled once each: a pattern used by several
+/// clauses shares one `Regex` (its clones share the compiled program), and the number of
+/// distinct patterns is capped.
+#[derive(Debug, Default)]
+pub(crate) struct Regexes<'p> {
+    /// Pattern → compiled, or `None` when it did not compile (reported where first seen).
+    compiled: HashMap<String, Option<Regex>>,
+    /// Whether the cap was reported already (once per set).
+    over_cap: bool,
+    /// The patterns of the snapshot this one replaces, reused rather than compiled again.
+    previous: Option<&'p HashMap<String, Regex>>,
+}
+
+impl<'p> Regexes<'p> {
+    /// Reusing what `previous` compiled.
+    pub(crate) fn after(previous: &'p HashMap<String, Regex>) -> Regexes<'p> {
+        Regexes {
+            previous: Some(previous),
+            ..Regexes::default()
+        }
+    }
+
+    /// The patterns that compiled, for the snapshot (and the next compile to reuse).
+    pub(crate) fn into_compiled(self) -> HashMap<String, Regex> {
+        self.compiled
+            .into_iter()
+            .filter_map(|(p, re)| Some((p, re?)))
+            .collect()
+    }
+
+    /// The compiled `pattern` (at `path`), or `None` after pushing the problem.
+    fn get(&mut self, pattern: &str, path: &str, problems: &mut Vec<Problem>) -> Option<Regex> {
+        if pattern.len() > MAX_REGEX_LEN {
+            problems.push(Problem::new(
+                path,
+                format!(
+                    "regular expression of {} bytes, over the limit of {MAX_REGEX_LEN}; shorten it, split it over several clauses, or use in/startsWith/endsWith/contains",
+                    pattern.len()
+                ),
+            ));
+            return None;
+        }
+        if let Some(known) = self.compiled.get(pattern) {
+            return known.clone();
+        }
+        if self.compiled.len() >= MAX_REGEX_PATTERNS {
+            if !self.over_cap {
+                self.over_cap = true;
+                problems.push(Problem::new(
+                    path,
+                    format!(
+                        "more than {MAX_REGEX_PATTERNS} distinct regular expressions in the flag set (this is one too many, and later ones are not checked); reuse patterns, or use in/startsWith/endsWith/contains where they do"
+                    ),
+                ));
+            }
+            return None;
+        }
+        if let Some(re) = self.previous.and_then(|p| p.get(pattern)) {
+            self.compiled.insert(pattern.to_owned(), Some(re.clone()));
+            return Some(re.clone());
+        }
+        let built = RegexBuilder::new(pattern)
+            .size_limit(MAX_REGEX_COMPILED)
+            .dfa_size_limit(MAX_REGEX_COMPILED)
+            .build();
+        let compiled = match built {
+            Ok(re) => Some(re),
+            Err(regex::Error::CompiledTooBig(limit)) => {
+                problems.push(Problem::new(
+                    path,
+                    format!(
+                        "regular expression compiles to more than {limit} bytes (the limit); use ASCII classes ([a-z0-9_] or (?-u:\\w)) instead of Unicode ones, smaller counted repetitions ({{n}}), or fewer alternatives"
+                    ),
+                ));
+                None
+            }
+            Err(err) => {
+                problems.push(Problem::new(
+                    path,
+                    format!("regular expression does not compile ({err}); fix its syntax"),
+                ));
+                None
+            }
+        };
+        match self.compiled.entry(pattern.to_owned()) {
+            Entry::Vacant(slot) => slot.insert(compiled).clone(),
+            Entry::Occupied(slot) => slot.get().clone(),
+        }
+    }
+}
 
 struct Operands<'c, 'p> {
     clause: &'c Clause,
@@ -50,6 +144,7 @@ impl CompiledClause {
     pub(crate) fn compile(
         clause: &Clause,
         segments: &SegmentIndex<'_>,
+        regexes: &mut Regexes<'_>,
         path: &str,
         problems: &mut Vec<Problem>,
     ) -> Option<CompiledClause> {
@@ -114,22 +209,20 @@ impl CompiledClause {
             Op::EndsWith => ops.strings().map(Test::EndsWith),
             Op::Contains => ops.strings().map(Test::Contains),
             Op::Matches => {
-                let mut regexes = Vec::new();
+                let mut compiled = Vec::new();
                 for (i, v) in clause.values.iter().enumerate() {
                     let at = format!("{path}.values[{i}]");
-                    match v.as_str().map(Regex::new) {
-                        Some(Ok(re)) => regexes.push(re),
-                        Some(Err(err)) => ops.problems.push(Problem::new(
-                            at,
-                            format!("regular expression does not compile ({err}); fix its syntax"),
-                        )),
+                    match v.as_str() {
+                        Some(pattern) => {
+                            compiled.extend(regexes.get(pattern, &at, ops.problems));
+                        }
                         None => ops.problems.push(Problem::new(
                             at,
                             format!("{v} is not a string; give the regular expression as a string"),
                         )),
                     }
                 }
-                Some(Test::Matches(regexes.into()))
+                Some(Test::Matches(compiled.into()))
             }
             Op::LessThan | Op::LessThanOrEqual => {
                 ops.each("a number", Value::as_f64).map(|v| Test::Below {

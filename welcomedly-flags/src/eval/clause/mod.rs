@@ -3,6 +3,8 @@
 
 mod compile;
 
+pub(crate) use compile::Regexes;
+
 use regex::Regex;
 use serde_json::Value;
 

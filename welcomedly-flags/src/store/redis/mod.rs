@@ -2,9 +2,10 @@
 //!
 //! Keys (default prefix `wd:flags`, one hash tag so the write script runs on a Redis Cluster
 //! too): `{wd:flags}:doc` (the document), `{wd:flags}:version` (the counter),
-//! `{wd:flags}:history` (a capped list, newest first) and the pub/sub channel
-//! `{wd:flags}:changes`. A write is one Lua script: compare the version, `SET` the document,
-//! bump the version, `LPUSH` + `LTRIM` the history, `PUBLISH` the new version.
+//! `{wd:flags}:history` (a list, newest first, capped in entries and in bytes),
+//! `{wd:flags}:history_bytes` (its size) and the pub/sub channel `{wd:flags}:changes`. A write
+//! is one Lua script: compare the version, `SET` the document, bump the version, `LPUSH` the
+//! history entry and drop the oldest over the caps, `PUBLISH` the new version.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -34,13 +35,15 @@ use arc_swap::ArcSwapOption;
 use futures_util::future::BoxFuture;
 use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind};
-use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
 use welcomedly_core::redact::redact_url;
 
 use super::backoff::Backoff;
-use super::{Change, DEFAULT_HISTORY_CAP, Document, FlagStore, Notice, StoreError};
+use super::{
+    Change, DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_CAP, Document, FlagStore, MAX_CHANGE_BYTES,
+    Notice, StoreError,
+};
 
 mod script;
 mod subscriber;
@@ -80,6 +83,11 @@ pub struct RedisStoreConfig {
     pub max_reconnect_interval: Duration,
     /// History entries kept (older ones are trimmed by the write script). Default 1000.
     pub history_cap: usize,
+    /// The most bytes the history's entries take together, as JSON (older ones are trimmed by
+    /// the write script; the newest always stays, and an entry over
+    /// [`MAX_CHANGE_BYTES`](super::MAX_CHANGE_BYTES) is stored with its diff digested). At
+    /// least `MAX_CHANGE_BYTES`. Default [`DEFAULT_HISTORY_BYTES`](super::DEFAULT_HISTORY_BYTES), 1 MiB.
+    pub history_bytes: usize,
     /// Connections the pool may open (the store uses one multiplexed connection for its
     /// commands; the subscription has its own, outside the pool). Default 2.
     pub pool_size: usize,
@@ -98,6 +106,7 @@ impl fmt::Debug for RedisStoreConfig {
             .field("reconnect_interval", &self.reconnect_interval)
             .field("max_reconnect_interval", &self.max_reconnect_interval)
             .field("history_cap", &self.history_cap)
+            .field("history_bytes", &self.history_bytes)
             .field("pool_size", &self.pool_size)
             .finish()
     }
@@ -117,6 +126,7 @@ impl RedisStoreConfig {
             reconnect_interval: Duration::from_millis(100),
             max_reconnect_interval: Duration::from_secs(5),
             history_cap: DEFAULT_HISTORY_CAP,
+            history_bytes: DEFAULT_HISTORY_BYTES,
             pool_size: 2,
         }
     }
@@ -156,10 +166,12 @@ fn bad_url(url: &str, e: impl std::error::Error + Send + Sync + 'static) -> Stor
 ///
 /// - **Keys** (default prefix `wd:flags`, one hash tag so the write script runs on a Redis
 ///   Cluster too): `{wd:flags}:doc` (the document), `{wd:flags}:version` (the counter),
-///   `{wd:flags}:history` (a capped list, newest first) and the channel `{wd:flags}:changes`
-///   (see [`RedisKeys`]).
+///   `{wd:flags}:history` (a list, newest first), `{wd:flags}:history_bytes` (its size) and the
+///   channel `{wd:flags}:changes` (see [`RedisKeys`]).
 /// - **A write** is one Lua script: compare the version, `SET` the document, bump the version,
-///   `LPUSH` + `LTRIM` the history, `PUBLISH` the new version.
+///   `LPUSH` the history entry and drop the oldest beyond
+///   [`history_cap`](RedisStoreConfig::history_cap) entries or
+///   [`history_bytes`](RedisStoreConfig::history_bytes), `PUBLISH` the new version.
 /// - **Connections**: one multiplexed connection for commands (from the pool, taken once, not
 ///   checked out per call: deadpool-redis pings on every checkout), and one dedicated pub/sub
 ///   connection. Each has exactly one owner task that replaces it: the command connection's
@@ -199,6 +211,7 @@ struct Inner {
     reconnect_interval: Duration,
     max_reconnect_interval: Duration,
     history_cap: usize,
+    history_bytes: usize,
     notices: watch::Sender<Notice>,
     subscribed: AtomicBool,
     /// Failures in a row on the current command connection.
@@ -250,16 +263,6 @@ fn classify(e: &RedisError) -> Failure {
     }
 }
 
-/// A history entry as the script receives it: the change without its version, which the
-/// script adds.
-#[derive(Serialize)]
-struct Entry<'a> {
-    actor: &'a str,
-    at_unix_ms: u64,
-    summary: &'a str,
-    diff: &'a serde_json::Value,
-}
-
 impl RedisStore {
     /// A store over an existing deadpool-redis pool (shared with sessions, the event bus, the
     /// rate limiter). `config.url` must point at the same Redis: the subscription connection
@@ -289,6 +292,12 @@ impl RedisStore {
                 "the Redis flag store's history cap is zero: keep at least one entry (default 1000)",
             ));
         }
+        if config.history_bytes < MAX_CHANGE_BYTES {
+            return Err(StoreError::config(format!(
+                "the Redis flag store's history byte budget is {} bytes, below one entry's limit of {MAX_CHANGE_BYTES}: raise it (default {DEFAULT_HISTORY_BYTES})",
+                config.history_bytes
+            )));
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(StoreError::config(
                 "RedisStore must be built inside a tokio runtime (it reconnects and subscribes in the background)",
@@ -311,6 +320,7 @@ impl RedisStore {
             reconnect_interval: config.reconnect_interval,
             max_reconnect_interval: config.max_reconnect_interval.max(config.reconnect_interval),
             history_cap: config.history_cap,
+            history_bytes: config.history_bytes,
             notices: watch::Sender::new(Notice::default()),
             subscribed: AtomicBool::new(false),
             consecutive: AtomicU32::new(0),
@@ -599,21 +609,11 @@ impl FlagStore for RedisStore {
         &self,
         expected: u64,
         body: String,
-        change: Change,
+        mut change: Change,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            let entry = serde_json::to_string(&Entry {
-                actor: &change.actor,
-                at_unix_ms: change.at_unix_ms,
-                summary: &change.summary,
-                diff: &change.diff,
-            })
-            .map_err(|e| {
-                StoreError::config(format!(
-                    "the change's diff cannot be encoded as JSON ({e}): pass a plain JSON value"
-                ))
-            })?;
+            let entry = change.fit();
             let (ok, version): (i64, u64) = inner
                 .call("write", |mut c| async move {
                     let mut invocation = inner.write.prepare_invoke();
@@ -621,11 +621,13 @@ impl FlagStore for RedisStore {
                         .key(&inner.keys.doc)
                         .key(&inner.keys.version)
                         .key(&inner.keys.history)
+                        .key(&inner.keys.history_bytes)
                         .arg(expected)
                         .arg(&body)
                         .arg(&entry)
                         .arg(inner.history_cap)
-                        .arg(&inner.keys.channel);
+                        .arg(&inner.keys.channel)
+                        .arg(inner.history_bytes);
                     invocation.invoke_async(&mut c).await
                 })
                 .await?;

@@ -11,6 +11,9 @@ pub struct RedisKeys {
     pub version: String,
     /// The history (a list of JSON entries, newest first): `{wd:flags}:history`.
     pub history: String,
+    /// The total size of the history's entries in bytes (an integer string, kept by the write
+    /// script; recounted when absent): `{wd:flags}:history_bytes`.
+    pub history_bytes: String,
     /// The pub/sub channel each new version is published on (its decimal text):
     /// `{wd:flags}:changes`.
     pub channel: String,
@@ -28,6 +31,7 @@ impl RedisKeys {
             doc: format!("{tagged}:doc"),
             version: format!("{tagged}:version"),
             history: format!("{tagged}:history"),
+            history_bytes: format!("{tagged}:history_bytes"),
             channel: format!("{tagged}:changes"),
         }
     }
@@ -35,14 +39,21 @@ impl RedisKeys {
 
 /// Compare-and-set, store, bump, record, announce — atomically.
 ///
-/// `KEYS`: doc, version, history. `ARGV`: expected version, body, history entry (a JSON object
-/// without `version`, starting with `{` and holding at least one field), history cap, channel.
-/// Returns `{1, new_version}` on success, `{0, current_version}` on a conflict, or an error
-/// reply `WDFLAGS …` when the version key holds something else than an integer.
+/// `KEYS`: doc, version, history, history bytes. `ARGV`: expected version, body, history entry
+/// (a JSON object without `version`, starting with `{` and holding at least one field), history
+/// cap, channel, history byte budget. Returns `{1, new_version}` on success, `{0,
+/// current_version}` on a conflict, or an error reply `WDFLAGS …` when the version key holds
+/// something else than an integer.
 ///
 /// The entry's `version` is spliced in as text rather than through `cjson`, whose number
 /// encoding (`%.14g`) would round large integers inside the caller's diff. Lua numbers are
 /// doubles: versions are exact below 2^53.
+///
+/// The history is trimmed from its oldest end until it holds at most `cap` entries of at most
+/// `budget` bytes together (the newest entry always stays). The running total lives in the
+/// history-bytes key, so a write reads no old entry; when that key is absent (a history written
+/// before it existed, or the key deleted) the total is recounted from the newest entry on, reading
+/// no more than the budget (plus one entry) before the rest is cut.
 pub(super) const WRITE: &str = r#"
 local raw = redis.call('GET', KEYS[2])
 local current = 0
@@ -57,10 +68,41 @@ if current ~= tonumber(ARGV[1]) then
 end
 local new = current + 1
 local v = string.format('%.0f', new)
+local cap = tonumber(ARGV[4])
+local budget = tonumber(ARGV[6])
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], v)
-redis.call('LPUSH', KEYS[3], '{"version":' .. v .. ',' .. string.sub(ARGV[3], 2))
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
+local entry = '{"version":' .. v .. ',' .. string.sub(ARGV[3], 2)
+redis.call('LPUSH', KEYS[3], entry)
+local total = tonumber(redis.call('GET', KEYS[4]) or '')
+if total then
+  total = total + #entry
+  local len = redis.call('LLEN', KEYS[3])
+  while len > 1 and (len > cap or total > budget) do
+    local dropped = redis.call('RPOP', KEYS[3])
+    if not dropped then break end
+    total = total - #dropped
+    len = len - 1
+  end
+else
+  total = 0
+  local kept = 0
+  local done = false
+  while not done do
+    local chunk = redis.call('LRANGE', KEYS[3], kept, kept + 15)
+    if #chunk == 0 then break end
+    for _, e in ipairs(chunk) do
+      if kept > 0 and (kept >= cap or total + #e > budget) then
+        done = true
+        break
+      end
+      total = total + #e
+      kept = kept + 1
+    end
+  end
+  redis.call('LTRIM', KEYS[3], 0, kept - 1)
+end
+redis.call('SET', KEYS[4], string.format('%.0f', total))
 redis.call('PUBLISH', ARGV[5], v)
 return {1, new}
 "#;
@@ -75,6 +117,7 @@ mod tests {
         assert_eq!(k.doc, "{wd:flags}:doc");
         assert_eq!(k.version, "{wd:flags}:version");
         assert_eq!(k.history, "{wd:flags}:history");
+        assert_eq!(k.history_bytes, "{wd:flags}:history_bytes");
         assert_eq!(k.channel, "{wd:flags}:changes");
         let k = RedisKeys::new("app:{flags}");
         assert_eq!(k.doc, "app:{flags}:doc");

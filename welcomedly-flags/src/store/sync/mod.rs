@@ -74,6 +74,9 @@ impl SyncConfig {
 ///   gap in the announcements costs nothing more); a lower one is checked, since versions only
 ///   grow unless the store was reset. A new announcement epoch (reconnect, resubscribe, a
 ///   failed version check in the store) forces a full reload.
+/// - **Off the async threads**: `compile` runs on tokio's blocking pool (`spawn_blocking`), at
+///   start, on every update and from the snapshot file, so compiling a large flag set never
+///   stalls the requests an async worker thread serves.
 /// - **Invalid documents**: `compile` returning `Err` rejects the version; the last good
 ///   snapshot keeps serving; the reason (cut to 512 bytes) is logged and reported through
 ///   [`FlagSyncHandle::last_error`] and the health check until a valid version is applied.
@@ -133,7 +136,7 @@ impl FlagSync {
         let worker = Worker {
             shared: Arc::new(Shared::new(store.describe())),
             store,
-            compile,
+            compile: Arc::new(compile),
             apply,
             snapshot_file: config.snapshot_file.clone(),
         };
@@ -236,20 +239,17 @@ where
         }
     };
     let saved = saved.map_err(&failed)?;
-    let compiled = (worker.compile)(&saved.doc.body, saved.doc.version).map_err(|e| {
-        failed(format!(
-            "its version {} fails compile: {e}",
-            saved.doc.version
-        ))
-    })?;
+    let (doc, compiled) = worker.compile_off_thread(saved.doc).await;
+    let compiled =
+        compiled.map_err(|e| failed(format!("its version {} fails compile: {e}", doc.version)))?;
     tracing::warn!(
-        version = saved.doc.version,
+        version = doc.version,
         saved_at_unix_ms = saved.saved_at_unix_ms,
         path = %path.display(),
         cause = %cause,
         "starting from the flag snapshot file"
     );
-    worker.install(compiled, &saved.doc).await;
+    worker.install(compiled, &doc).await;
     worker.shared.from_snapshot.store(true, Ordering::Relaxed);
     Ok(())
 }

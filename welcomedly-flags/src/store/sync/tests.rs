@@ -252,3 +252,53 @@ async fn startup_on_an_invalid_document_fails_without_a_snapshot_file() {
     assert!(e.is_rejected(), "{e:?}");
     assert!(e.to_string().contains("marker found"), "{e}");
 }
+
+/// The threads `compile` ran on, to compare with the test's own (a current-thread runtime runs
+/// every task on the test thread).
+type Threads = Arc<Mutex<Vec<std::thread::ThreadId>>>;
+
+async fn sync_recording_threads(
+    store: Arc<dyn FlagStore>,
+    config: SyncConfig,
+) -> (FlagSyncHandle, Threads) {
+    let threads: Threads = Arc::default();
+    let seen = threads.clone();
+    let handle = FlagSync::start(
+        store,
+        move |body: &str, version: u64| -> Result<(u64, String), String> {
+            seen.lock().unwrap().push(std::thread::current().id());
+            Ok((version, body.to_owned()))
+        },
+        |_| {},
+        config,
+    )
+    .await
+    .unwrap();
+    (handle, threads)
+}
+
+#[tokio::test]
+async fn compile_runs_off_the_async_thread_at_start_on_updates_and_from_the_snapshot_file() {
+    let me = std::thread::current().id();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.json");
+    let store = FakeStore::new();
+    store.set(1, r#"{"v":1}"#, true);
+    let (handle, threads) =
+        sync_recording_threads(store.clone(), fast().with_snapshot_file(&path)).await;
+    store.set(2, r#"{"v":2}"#, true);
+    assert!(handle.wait_for_version(2, Duration::from_secs(2)).await);
+    drop(handle);
+    // Start-up from the snapshot file compiles too.
+    store.down(true);
+    let (handle, from_file) =
+        sync_recording_threads(store.clone(), fast().with_snapshot_file(&path)).await;
+    assert!(handle.started_from_snapshot());
+    let mut all = threads.lock().unwrap().clone();
+    all.extend(from_file.lock().unwrap().iter().copied());
+    assert_eq!(all.len(), 3, "start, update, snapshot file");
+    assert!(
+        all.iter().all(|t| *t != me),
+        "compile ran on the async thread: {all:?} (the test thread is {me:?})"
+    );
+}

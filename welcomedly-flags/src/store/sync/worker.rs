@@ -31,7 +31,8 @@ pub(super) enum Outcome {
 
 pub(super) struct Worker<C, A> {
     pub(super) store: Arc<dyn FlagStore>,
-    pub(super) compile: C,
+    /// Shared with the blocking threads that run it.
+    pub(super) compile: Arc<C>,
     pub(super) apply: A,
     pub(super) shared: Arc<Shared>,
     pub(super) snapshot_file: Option<PathBuf>,
@@ -103,16 +104,46 @@ where
                 self.store.describe()
             );
         }
-        // The compile error is dropped before the next await, so it need not be `Send`.
-        let compiled = match (self.compile)(&doc.body, doc.version) {
+        let (doc, compiled) = self.compile_off_thread(doc).await;
+        let compiled = match compiled {
             Ok(compiled) => compiled,
-            Err(e) => {
-                self.reject(doc.version, &e);
+            Err(reason) => {
+                self.reject(doc.version, &reason);
                 return Outcome::Rejected;
             }
         };
         self.install(compiled, &doc).await;
         Outcome::Applied
+    }
+
+    /// Runs `compile` on a blocking thread: compiling a large flag set (its regular expressions
+    /// above all) takes milliseconds of CPU that would stall every other task of this async
+    /// worker thread. The error comes back as text, so it need not be `Send`.
+    pub(super) async fn compile_off_thread(&self, doc: Document) -> (Document, Result<T, String>) {
+        let compile = self.compile.clone();
+        let version = doc.version;
+        let task = tokio::task::spawn_blocking(move || {
+            let compiled = compile(&doc.body, doc.version).map_err(|e| e.to_string());
+            (doc, compiled)
+        });
+        match task.await {
+            Ok(done) => done,
+            // The document went with the task: only its version is left to report.
+            Err(e) => (
+                Document {
+                    version,
+                    body: String::new(),
+                },
+                Err(format!(
+                    "compiling it failed on its thread ({}); this is a bug in the compile function",
+                    if e.is_panic() {
+                        "it panicked"
+                    } else {
+                        "cancelled"
+                    }
+                )),
+            ),
+        }
     }
 
     /// Applies a compiled snapshot and records it (in memory and in the snapshot file).
@@ -129,12 +160,12 @@ where
         self.save(doc).await;
     }
 
-    pub(super) fn reject(&self, version: u64, error: &E) {
+    pub(super) fn reject(&self, version: u64, error: &str) {
         self.shared
             .rejected_payloads
             .fetch_add(1, Ordering::Relaxed);
         let applied = self.shared.applied();
-        let reason = bounded(&error.to_string(), MAX_REASON);
+        let reason = bounded(error, MAX_REASON);
         let message = format!(
             "version {version} of the flag set in {} was rejected ({reason}); still serving version {applied}: fix the document and write it again",
             self.store.describe()
