@@ -647,7 +647,7 @@ fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
     };
     at_least(
         "welcomedly_rate_limit_requests_total",
-        &[r#"policy="login""#, r#"outcome="limited""#],
+        &[r#"policy="login-failures""#, r#"outcome="limited""#],
         1.0,
     );
     at_least("welcomedly_bus_published_total", &[], 1.0);

@@ -1,9 +1,9 @@
 //! Logins with shared sessions, agents' live status on the event bus, and the SSE stream every
 //! instance serves.
 //!
-//! - `POST /auth/login` checks an argon2 hash (off the async threads) and logs the session in
-//!   (a new id: no fixation); `POST /auth/logout` ends it (`?everywhere=true`: every session of
-//!   the user); `GET /api/me` names the user (401 without a session).
+//! - `POST /auth/login` is in `login.rs`; `POST /auth/logout` ends the session
+//!   (`?everywhere=true`: every session of the user); `GET /api/me` names the user (401 without
+//!   a session).
 //! - `PUT /api/agents/me/status` publishes the change on the bus (a durable topic; in Redis, or
 //!   the bus's local mode on the embedded default); every instance applies it to its board;
 //!   `GET /api/agents` lists the agents with status and presence; `GET /api/events` streams the
@@ -48,6 +48,7 @@ use welcomedly_cluster::membership::{
 use welcomedly_cluster::session::Session;
 use welcomedly_core::drain::DrainSignal;
 
+use crate::login::DEMO_USERS;
 use crate::problem::Problem;
 
 /// The seeds' seven agent states.
@@ -70,61 +71,6 @@ pub(crate) struct StatusChanged {
     pub(crate) status: AgentStatus,
     pub(crate) instance: String,
     pub(crate) at_ms: u64,
-}
-
-/// The demo users: name → argon2 hash of the demo password.
-pub(crate) struct Users {
-    hashes: BTreeMap<&'static str, String>,
-    /// Verified against for unknown names, so a login takes as long whoever it names.
-    dummy: String,
-}
-
-pub(crate) const DEMO_USERS: [&str; 2] = ["agent", "supervisor"];
-
-impl Users {
-    /// Hashes `password` for each demo user (argon2id, a random salt each), off the async
-    /// threads.
-    pub(crate) async fn seed(password: String) -> Result<Self, String> {
-        tokio::task::spawn_blocking(move || {
-            let hash = |pw: &str| -> Result<String, String> {
-                use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-                let salt = SaltString::generate(&mut OsRng);
-                argon2::Argon2::default()
-                    .hash_password(pw.as_bytes(), &salt)
-                    .map(|h| h.to_string())
-                    .map_err(|e| format!("cannot hash the demo password: {e}"))
-            };
-            let mut hashes = BTreeMap::new();
-            for user in DEMO_USERS {
-                hashes.insert(user, hash(&password)?);
-            }
-            Ok(Users {
-                hashes,
-                dummy: hash("not the password of anyone")?,
-            })
-        })
-        .await
-        .map_err(|e| format!("hashing the demo passwords failed: {e}"))?
-    }
-
-    /// Whether `password` is `user`'s, checked off the async threads.
-    async fn verify(self: &Arc<Self>, user: &str, password: String) -> bool {
-        let known = self.hashes.contains_key(user);
-        let users = self.clone();
-        let user = user.to_owned();
-        tokio::task::spawn_blocking(move || {
-            use argon2::password_hash::{PasswordHash, PasswordVerifier};
-            let stored = users.hashes.get(user.as_str()).unwrap_or(&users.dummy);
-            PasswordHash::new(stored).is_ok_and(|h| {
-                argon2::Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false)
-            && known
-    }
 }
 
 /// Where status changes travel: the cluster bus (Redis), or on the embedded default the bus's
@@ -178,7 +124,6 @@ fn presence_json(presence: &ClusterPresence) -> serde_json::Value {
 
 /// Shared state of the agent routes.
 pub(crate) struct Agents {
-    pub(crate) users: Arc<Users>,
     events: Events,
     /// Ephemeral: a presence diff matters to those listening now; a board that was not gets
     /// the whole picture when its stream (re)starts.
@@ -241,7 +186,6 @@ impl Drop for StreamSlot {
 
 impl Agents {
     pub(crate) fn new(
-        users: Users,
         events: Events,
         membership: Option<Membership>,
         instance: String,
@@ -252,7 +196,6 @@ impl Agents {
             None => Presence::Local(LocalPresence::new(instance.clone())),
         };
         Ok(Arc::new(Self {
-            users: Arc::new(users),
             events,
             presence_topic: Topic::ephemeral("agents.presence")?,
             board: Mutex::new(BTreeMap::new()),
@@ -330,51 +273,12 @@ impl Agents {
 
 pub(crate) fn routes(agents: Arc<Agents>) -> Router {
     Router::new()
-        .route("/auth/login", post(login))
         .route("/auth/logout", post(logout))
         .route("/api/me", get(me))
         .route("/api/agents", get(list))
         .route("/api/agents/me/status", put(set_status))
         .route("/api/events", get(events))
         .with_state(agents)
-}
-
-#[derive(Deserialize)]
-pub(crate) struct Login {
-    username: String,
-    password: String,
-}
-
-/// The longest part of a client-chosen user name written to the log.
-const MAX_LOGGED_USERNAME: usize = 32;
-
-async fn login(
-    State(agents): State<Arc<Agents>>,
-    session: Session,
-    body: Result<Json<Login>, JsonRejection>,
-) -> Response {
-    let Json(body) = match body {
-        Ok(body) => body,
-        Err(rejection) => return Problem::from(rejection).into_response(),
-    };
-    if !agents.users.verify(&body.username, body.password).await {
-        // The name is the client's choice: logged capped, never whole.
-        tracing::info!(
-            user = %crate::app::capped(&body.username, MAX_LOGGED_USERNAME),
-            user_len = body.username.len(),
-            "login refused"
-        );
-        return Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unknown user or wrong password: check both and retry (failed logins are rate limited)",
-        )
-        .into_response();
-    }
-    if let Err(e) = session.log_in(body.username.as_str()).await {
-        return e.into_response();
-    }
-    tracing::info!(user = %body.username, "login");
-    Json(serde_json::json!({ "user": body.username })).into_response()
 }
 
 #[derive(Deserialize)]

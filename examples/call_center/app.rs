@@ -32,6 +32,7 @@ use crate::agents;
 use crate::board;
 use crate::campaigns;
 use crate::flags;
+use crate::login;
 use crate::problem::{self, Problem};
 
 const DEFAULT_DEMO_PASSWORD: &str = "welcomedly-demo";
@@ -99,7 +100,9 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let registry = HealthRegistry::from_config(&config);
     let drain = drain::Drain::new(registry.clone(), DrainConfig::from(&config));
     drain.register_metrics(telemetry.metrics().meter());
-    let users = agents::Users::seed(demo_password()).await?;
+    // Password hashing on a small fixed pool of threads (see login.rs), started before the
+    // demo users are hashed on it.
+    let logins = login::Logins::start(demo_password()).await?;
 
     let features = flags::start(
         redis.as_ref().map(|r| r.url.as_str()),
@@ -149,7 +152,6 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         topic: Topic::durable("agents.status")?,
     };
     let agents = agents::Agents::new(
-        users,
         events,
         membership.clone(),
         config.instance_id.to_string(),
@@ -171,9 +173,8 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let feature_routes = flag_routes
         .merge(board::routes(config.instance_id.as_str()))
         .merge(agents::routes(agents))
-        .merge(campaign_routes)
-        .layer(flags_layer)
-        .layer(sessions);
+        .merge(login::routes(logins))
+        .merge(campaign_routes);
     let api = match redis {
         Some(redis) => {
             let backend = redis.build().await?;
@@ -186,12 +187,16 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
                 rate_limits().backend(backend).build()?,
                 &telemetry,
                 feature_routes,
+                flags_layer,
+                sessions,
             )
         }
         None => api_routes(
             rate_limits().backend(LocalBackend::new()).build()?,
             &telemetry,
             feature_routes,
+            flags_layer,
+            sessions,
         ),
     };
 
@@ -267,15 +272,43 @@ fn random_key() -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
-/// The seeds' limits: login 5/min (failed logins only), uploads 3/min, the API 200/min and
-/// everything else 100/min, per client IP.
+/// The seeds' limits, with logins split three ways and the API and everything else counted per
+/// logged-in user:
+///
+/// - `login`: every login, 20/min per client IP (bounds the hashing one address can ask for);
+/// - `login-failures`: failed logins (401), 5/min per client IP and account (the digest
+///   `login::account_key` derives from the body): one person's typos behind a NAT throttle that
+///   name only, never everyone behind the address;
+/// - `login-account`: failed logins, 10/min per account from every address (cluster-wide with
+///   Redis), the same for unknown names, so a 429 does not say whether a user exists;
+/// - `upload` 3/min per client IP;
+/// - `api` 200/min and `general` 100/min per logged-in user (all their tabs and devices, on every
+///   instance), per client IP for anonymous requests. The user is the one the session layer
+///   loaded eagerly (it runs outside the limits on the routes that use the session), so this
+///   adds no store call; a request whose session ended (logout) is anonymous again and counts
+///   against its address, while the user's budget refills on its own: logging out and in does
+///   not reset it.
 fn rate_limits() -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> {
+    let account = || KeySource::Derived(login::ACCOUNT_KEY.into());
     RateLimitLayer::builder()
         .policy(
-            Policy::new("login", Quota::per_minute(5))
+            Policy::new("login", Quota::per_minute(20))
                 .method(http::Method::POST)
-                .path("/auth/login")
-                .key(KeySource::ClientIp)
+                .path(login::LOGIN_PATH)
+                .key(KeySource::ClientIp),
+        )
+        .policy(
+            Policy::new("login-failures", Quota::per_minute(5))
+                .method(http::Method::POST)
+                .path(login::LOGIN_PATH)
+                .key(KeySource::Composite(vec![KeySource::ClientIp, account()]))
+                .charge_only_statuses([StatusCode::UNAUTHORIZED]),
+        )
+        .policy(
+            Policy::new("login-account", Quota::per_minute(10))
+                .method(http::Method::POST)
+                .path(login::LOGIN_PATH)
+                .key(account())
                 .charge_only_statuses([StatusCode::UNAUTHORIZED]),
         )
         .policy(
@@ -283,19 +316,44 @@ fn rate_limits() -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> 
                 .method(http::Method::POST)
                 .path("/api/upload"),
         )
-        .policy(Policy::new("api", Quota::per_minute(200)).path_prefix("/api"))
-        .policy(Policy::new("general", Quota::per_minute(100)).otherwise())
+        .policy(
+            Policy::new("api", Quota::per_minute(200))
+                .path_prefix("/api")
+                .key(KeySource::UserOrClientIp),
+        )
+        .policy(
+            Policy::new("general", Quota::per_minute(100))
+                .otherwise()
+                .key(KeySource::UserOrClientIp),
+        )
 }
 
-/// The application's own routes and the fallback of unknown ones, behind the rate limits
-/// (health and metrics are merged outside them: a load balancer polls them).
+/// The application's routes behind the rate limits (health and metrics are merged outside them:
+/// a load balancer polls them), in this order from the outside in:
+///
+/// - routes that use the session (`features`): the login's account key, then the session layer
+///   (loading the session eagerly, so the user is known), then the limits (keyed by that user),
+///   then the feature flags (which see the user too);
+/// - `/api/ping`, `/api/upload` and the fallback of unknown paths: the limits only, no session
+///   layer, so a request there never costs a session load, cookie or not (and is keyed by its
+///   address).
+///
+/// Both groups share one limit layer, so one budget.
 fn api_routes<B: RateLimitBackend>(
     limits: RateLimitLayer<B>,
     telemetry: &welcomedly_core::telemetry::TelemetryGuard,
     features: Router,
+    flags_layer: welcomedly_flags::layer::FlagsLayer,
+    sessions: SessionLayer,
 ) -> Router {
     limits.register_metrics(telemetry.metrics().meter());
-    features
+    let features = features
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(flags_layer)
+        .layer(limits.clone())
+        .layer(sessions)
+        .layer(axum::middleware::from_fn(login::account_key));
+    let plain = Router::new()
         .route(
             "/api/ping",
             get(|| async { Json(serde_json::json!({ "pong": true })) }),
@@ -306,7 +364,8 @@ fn api_routes<B: RateLimitBackend>(
         )
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
-        .layer(limits)
+        .layer(limits);
+    features.merge(plain)
 }
 
 /// Takes a file as the raw request body (at most 1 MiB, else 413) and answers with its size.

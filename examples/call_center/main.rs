@@ -8,7 +8,7 @@
 //! curl -s localhost:3000/health | jq
 //! curl -s localhost:3000/metrics | grep http_server_request_duration
 //! curl -i -X POST localhost:3000/auth/login -H 'content-type: application/json' \
-//!      -d '{"username":"agent","password":"wrong"}'   # the 6th failure within a minute: 429
+//!      -d '{"username":"agent","password":"wrong"}'   # the 6th failure for this name: 429
 //! curl -c jar -X POST localhost:3000/auth/login -H 'content-type: application/json' \
 //!      -d '{"username":"agent","password":"welcomedly-demo"}'
 //! curl -b jar -X PUT localhost:3000/api/agents/me/status -H 'content-type: application/json' \
@@ -28,6 +28,11 @@
 //! `https://host[:port]`) lists origins whose pages may. Clients that send neither header
 //! (curl, servers) are not browsers and pass. Over HTTPS settings the session cookie is
 //! `__Host-wd_session`.
+//!
+//! Logins hash on a small fixed pool of threads (a full queue answers `503` + `Retry-After`) and
+//! are limited per address (20/min), per address and account (5 failures/min) and per account
+//! (10 failures/min, any address); `api` and `general` count per logged-in user, per address
+//! when anonymous (login.rs, `app::rate_limits`).
 //!
 //! With `REDIS_URL` set, sessions, the event bus, membership, feature flags and the rate limits
 //! are shared by every instance through Redis (limits fall back to `limit / live instances`
@@ -60,6 +65,7 @@ mod app;
 mod board;
 mod campaigns;
 mod flags;
+mod login;
 mod problem;
 
 use std::process::ExitCode;

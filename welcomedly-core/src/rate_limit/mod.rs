@@ -8,8 +8,10 @@
 //!   long is admitted), and the IETF draft `RateLimit-Policy` / `RateLimit` headers, also on
 //!   admitted responses ([`HeaderMode`]).
 //! - **Keys** by client IP (IPv6 cut to /64; use `ClientIpLayer` so forged forwarding headers
-//!   cannot move the key), authenticated user ([`UserId`]), header (values over
-//!   [`MAX_HEADER_KEY_LEN`] bytes share one key), one global key, or several.
+//!   cannot move the key), authenticated user ([`UserId`]), the user when logged in and the IP
+//!   otherwise ([`KeySource::UserOrClientIp`]), header (values over [`MAX_HEADER_KEY_LEN`] bytes
+//!   share one key), a key an outer layer derived from the body ([`DerivedKey`]), one global
+//!   key, or several.
 //! - **Unknown paths**: with axum, put the fallback inside the limits
 //!   (`Router::new().route(..).fallback(not_found).layer(limits)`) so scanners meet the
 //!   `otherwise` policy, and merge health and metrics routes after the layer (see
@@ -80,7 +82,7 @@ pub use backend::{
 };
 pub use clock::{Clock, ManualClock, MonotonicClock, TokioClock};
 pub use future::ResponseFuture;
-pub use key::{Key, KeySource, MAX_HEADER_KEY_LEN, UserId};
+pub use key::{DerivedKey, Key, KeySource, MAX_HEADER_KEY_LEN, UserId};
 pub use layer::{BuildError, RateLimitBuilder, RateLimitLayer};
 pub use policy::{FailureMode, Policy, PolicySpec};
 pub use quota::{Gcra, GcraOutcome, Quota};

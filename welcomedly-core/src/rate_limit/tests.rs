@@ -350,6 +350,74 @@ async fn user_keyed_policies_skip_anonymous_requests() {
     );
 }
 
+/// Users behind one address each get the policy's quota; anonymous requests share the address's
+/// and never spend a user's.
+#[tokio::test]
+async fn user_or_client_ip_gives_each_user_behind_one_address_a_budget() {
+    let (l, _clock) = layer(vec![
+        Policy::new("api", Quota::per_minute(2)).key(KeySource::UserOrClientIp),
+    ]);
+    let mut s = svc(&l);
+    let as_user = |user: &str| {
+        let mut r = req(Method::GET, "/api", "192.0.2.1");
+        r.extensions_mut().insert(UserId::new(user));
+        r
+    };
+    for user in ["alice", "bob"] {
+        for _ in 0..2 {
+            assert_eq!(send(&mut s, as_user(user)).await.status(), StatusCode::OK);
+        }
+        assert_eq!(
+            send(&mut s, as_user(user)).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    for _ in 0..2 {
+        let res = send(&mut s, req(Method::GET, "/api", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let res = send(&mut s, req(Method::GET, "/api", "192.0.2.1")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// A failure budget keyed by a derived key (a digest an outer layer took from the body) charges
+/// only the failures, per key; requests without the key are not limited by it.
+#[tokio::test]
+async fn derived_keys_count_failures_per_key() {
+    let (l, _clock) = layer(vec![
+        Policy::new("account", Quota::per_minute(2))
+            .key(KeySource::Derived("account".into()))
+            .charge_only_statuses([StatusCode::UNAUTHORIZED]),
+    ]);
+    let mut s = svc(&l);
+    let login = |account: &str, status: u16| {
+        let mut r = req(Method::POST, "/login", "192.0.2.1");
+        r.extensions_mut()
+            .insert(DerivedKey::new("account", account));
+        r.headers_mut()
+            .insert("x-status", status.to_string().parse().unwrap());
+        r
+    };
+    for _ in 0..2 {
+        let res = send(&mut s, login("d1", 401)).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Successes are not charged, but a spent budget refuses them too.
+    assert_eq!(
+        send(&mut s, login("d1", 200)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        send(&mut s, login("d2", 200)).await.status(),
+        StatusCode::OK
+    );
+    for _ in 0..3 {
+        let mut r = req(Method::POST, "/login", "192.0.2.1");
+        r.headers_mut().insert("x-status", "401".parse().unwrap());
+        assert_eq!(send(&mut s, r).await.status(), StatusCode::UNAUTHORIZED);
+    }
+}
+
 #[tokio::test]
 async fn header_modes() {
     let clock = ManualClock::new();
