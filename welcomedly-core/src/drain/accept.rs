@@ -81,6 +81,35 @@ const REFUSALS_LINGERING_MAX: usize = 128;
 /// At most this many bytes are read and discarded from a refused connection.
 const REFUSAL_DISCARD_MAX: usize = 64 * 1024;
 
+/// TCP keep-alive on every accepted connection: after this long without a segment from the
+/// client, the kernel probes it...
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(20);
+/// ...every this often...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// ...and closes it after this many unanswered probes: a client that vanished without closing
+/// (power cut, network gone, a NAT that forgot the flow) is noticed ≈ 30 s after its last
+/// segment instead of never (an idle keep-alive connection, a quiet event stream).
+const KEEPALIVE_RETRIES: u32 = 2;
+/// How long data written to a connection may stay unacknowledged before the kernel gives up on
+/// it (`TCP_USER_TIMEOUT`, Linux): an event stream writing to a vanished client fails after this
+/// long instead of after the ≈ 15 minutes of the kernel's retransmissions, so its stream ends,
+/// its session's presence goes away and its place under the caps is freed.
+const UNACKED_DATA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sets what [`KEEPALIVE_IDLE`] and [`UNACKED_DATA_TIMEOUT`] describe on an accepted socket.
+/// Best effort: a platform without these options keeps the kernel's defaults.
+fn notice_vanished_peers(stream: &TcpStream) -> io::Result<()> {
+    let socket = SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    socket.set_tcp_keepalive(&keepalive)?;
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    socket.set_tcp_user_timeout(Some(UNACKED_DATA_TIMEOUT))?;
+    Ok(())
+}
+
 /// What every connection task needs, built once per server.
 struct Shared {
     app: Router,
@@ -362,6 +391,9 @@ async fn connection(
 ) {
     // Latency over throughput for small responses, as hyper's and axum's users expect.
     let _ = stream.set_nodelay(true);
+    if let Err(e) = notice_vanished_peers(&stream) {
+        tracing::debug!(%peer, error = %e, "cannot set TCP keep-alive on a connection");
+    }
     let started = Arc::new(AtomicBool::new(false));
     let service = ConnectionService {
         app: shared.app.clone(),
@@ -449,5 +481,29 @@ impl tower::Service<http::Request<Incoming>> for ConnectionService {
         self.started.store(true, Ordering::Release);
         req.extensions_mut().insert(ConnectInfo(self.peer));
         self.app.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_probe_idle_peers_and_bound_unacknowledged_data() -> io::Result<()>
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let _client = TcpStream::connect(listener.local_addr()?).await?;
+        let (server, _) = listener.accept().await?;
+        let socket = SockRef::from(&server);
+        assert!(!socket.keepalive()?, "the kernel's default: no probes at all");
+
+        notice_vanished_peers(&server)?;
+        assert!(socket.keepalive()?);
+        assert_eq!(socket.tcp_keepalive_time()?, KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_interval()?, KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries()?, KEEPALIVE_RETRIES);
+        #[cfg(target_os = "linux")]
+        assert_eq!(socket.tcp_user_timeout()?, Some(UNACKED_DATA_TIMEOUT));
+        Ok(())
     }
 }

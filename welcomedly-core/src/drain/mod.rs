@@ -141,6 +141,13 @@ pub use signal::{DrainPhase, DrainSignal, shutdown_signal};
 /// always closes an idle connection first. The other way round, the proxy can send a request on
 /// a connection at the moment this server closes it, and NGINX never retries a POST it has sent.
 ///
+/// **Vanished clients.** A client that disappears without closing its connection (power cut,
+/// network gone) sends nothing more, so no timeout above notices it while a response streams.
+/// Every accepted connection has TCP keep-alive (a probe after 20 s of silence, every 5 s, closed
+/// after 2 unanswered) and, on Linux, `TCP_USER_TIMEOUT` of 30 s (written data unacknowledged
+/// that long closes it): its event stream ends and its place under the caps is freed within
+/// about 30 s, not after the kernel's ≈ 15 minutes of retransmissions.
+///
 /// **Caps.** At most [`max_connections`](Self::max_connections) are open at once, and at most
 /// [`max_connections_per_client`](Self::max_connections_per_client) from one client address (an
 /// IPv4 address, or an IPv6 /64). The excess is accepted and answered at once with a 503
