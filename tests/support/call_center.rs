@@ -53,18 +53,35 @@ impl Instance {
             .spawn()
             .expect("the example binary is built by cargo test");
         let mut instance = Instance { child, port };
+        // Ready when it answers HTTP (liveness runs no check), not merely when the port is open.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !instance.is_live() {
             if let Some(status) = instance.child.try_wait().unwrap() {
                 panic!("the example exited during start-up ({status})");
             }
             assert!(
                 Instant::now() < deadline,
-                "the example did not start listening"
+                "the example did not start answering /health/live"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
         instance
+    }
+
+    /// Whether `GET /health/live` answers 200.
+    fn is_live(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut raw = String::new();
+        write!(
+            s,
+            "GET /health/live HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+        )
+        .is_ok()
+            && s.read_to_string(&mut raw).is_ok()
+            && raw.starts_with("HTTP/1.1 200")
     }
 
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Response {
@@ -92,7 +109,19 @@ impl Instance {
         }
         write!(s, "{head}content-length: {}\r\n\r\n{body}", body.len()).unwrap();
         let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
+        if let Err(e) = s.read_to_string(&mut raw) {
+            panic!(
+                "{method} {path}: reading the response failed ({e}); the instance on port {} {}; read so far: {raw:?}",
+                self.port,
+                match Command::new("kill")
+                    .args(["-0", &self.child.id().to_string()])
+                    .status()
+                {
+                    Ok(st) if st.success() => "is still running",
+                    _ => "is gone",
+                }
+            );
+        }
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
         let mut lines = head.lines();
         let status = lines.next().unwrap()[9..12].parse().unwrap();

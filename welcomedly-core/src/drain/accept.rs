@@ -495,7 +495,10 @@ mod tests {
         let _client = TcpStream::connect(listener.local_addr()?).await?;
         let (server, _) = listener.accept().await?;
         let socket = SockRef::from(&server);
-        assert!(!socket.keepalive()?, "the kernel's default: no probes at all");
+        assert!(
+            !socket.keepalive()?,
+            "the kernel's default: no probes at all"
+        );
 
         notice_vanished_peers(&server)?;
         assert!(socket.keepalive()?);
