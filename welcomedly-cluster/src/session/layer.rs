@@ -10,7 +10,6 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use http::header::SET_COOKIE;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -155,13 +154,13 @@ async fn finish<B>(session: Session, res: Response<B>) -> Response<SessionBody<B
         Err(e) => {
             tracing::debug!(error = %e, "the session changes could not be written: answering 503");
             let (parts, body) = e.to_response::<Bytes>().into_parts();
-            Response::from_parts(parts, SessionBody::Problem { body: Some(body) })
+            Response::from_parts(parts, SessionBody::own(body))
         }
     }
 }
 
 fn with_cookie<B>(res: Response<B>, cookie: Option<http::HeaderValue>) -> Response<SessionBody<B>> {
-    let mut res = res.map(|body| SessionBody::Inner { body });
+    let mut res = res.map(SessionBody::inner);
     if let Some(c) = cookie {
         res.headers_mut().append(SET_COOKIE, c);
     }
@@ -218,47 +217,6 @@ where
     }
 }
 
-pin_project! {
-    /// The response body of [`SessionService`]: the inner service's, or a 503 problem when the
-    /// session changes could not be written.
-    #[project = BodyProj]
-    #[derive(Debug)]
-    #[allow(missing_docs)] // the fields are the variants' bodies
-    pub enum SessionBody<B> {
-        /// The inner service's body.
-        Inner { #[pin] body: B },
-        /// A problem+json body (taken when sent).
-        Problem { body: Option<Bytes> },
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for SessionBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.project() {
-            BodyProj::Inner { body } => body.poll_frame(cx),
-            BodyProj::Problem { body } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Inner { body } => body.is_end_stream(),
-            Self::Problem { body } => body.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Inner { body } => body.size_hint(),
-            Self::Problem { body } => {
-                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
-            }
-        }
-    }
-}
+/// The response body of [`SessionService`]: the inner service's, or a 503 problem when the
+/// session changes could not be written ([`OrBytes::own`](welcomedly_core::body::OrBytes::own)).
+pub type SessionBody<B> = welcomedly_core::body::OrBytes<B>;

@@ -6,7 +6,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::Response;
 use http::response::Parts;
-use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
@@ -53,12 +52,11 @@ where
         match self.project() {
             FutureProj::Inner { fut } => fut
                 .poll(cx)
-                .map(|r| r.map(|res| res.map(|body| ResponseBody::Inner { body }))),
+                .map(|r| r.map(|res| res.map(ResponseBody::inner))),
             FutureProj::Refused { refusal } => match refusal.take() {
-                Some((parts, body)) => Poll::Ready(Ok(Response::from_parts(
-                    parts,
-                    ResponseBody::Refused { body: Some(body) },
-                ))),
+                Some((parts, body)) => {
+                    Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::own(body))))
+                }
                 // Polled again after completing: never completes again.
                 None => Poll::Pending,
             },
@@ -66,55 +64,6 @@ where
     }
 }
 
-pin_project! {
-    /// The body of [`CrossOrigin`](super::CrossOrigin)'s responses: the inner service's, or the
-    /// refusal's problem+json.
-    #[project = BodyProj]
-    #[allow(missing_docs)] // the variants' fields are documented on the variants
-    pub enum ResponseBody<B> {
-        /// The inner service's body.
-        Inner { #[pin] body: B },
-        /// The refusal's problem+json body (taken when sent).
-        Refused { body: Option<Bytes> },
-    }
-}
-
-impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Inner { body } => f.debug_tuple("Inner").field(body).finish(),
-            Self::Refused { .. } => f.write_str("Refused"),
-        }
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.project() {
-            BodyProj::Inner { body } => body.poll_frame(cx),
-            BodyProj::Refused { body } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Inner { body } => body.is_end_stream(),
-            Self::Refused { body } => body.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Inner { body } => body.size_hint(),
-            Self::Refused { body } => {
-                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
-            }
-        }
-    }
-}
+/// The response body of [`CrossOrigin`](super::CrossOrigin): the service's own body, or the
+/// body of a 403 refusal ([`OrBytes::own`](crate::body::OrBytes::own)).
+pub type ResponseBody<B> = crate::body::OrBytes<B>;

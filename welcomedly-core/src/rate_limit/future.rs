@@ -139,10 +139,7 @@ where
                         return Poll::Pending;
                     };
                     let (parts, body) = *rejection;
-                    return Poll::Ready(Ok(Response::from_parts(
-                        parts,
-                        ResponseBody::rejection(body),
-                    )));
+                    return Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::own(body))));
                 }
             }
         }

@@ -1,14 +1,9 @@
 //! What the layer writes: `RateLimit-Policy` / `RateLimit` / `Retry-After` headers and the 429
 //! `application/problem+json` response.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 
 use super::backend::Decision;
 use super::headers::limit_header;
@@ -74,58 +69,6 @@ pub(crate) fn problem_body(name: &str) -> Bytes {
     Bytes::from(body.to_string())
 }
 
-pin_project! {
-    /// The response body of [`RateLimit`](super::RateLimit): the service's own body, or the
-    /// body of a 429 rejection.
-    #[project = BodyProj]
-    #[derive(Debug)]
-    #[allow(missing_docs)] // the fields are the variants' bodies, documented on the variants
-
-    pub enum ResponseBody<B> {
-        /// The inner service's body.
-        Inner { #[pin] body: B },
-        /// A rejection's problem+json body (taken when sent).
-        Rejection { body: Option<Bytes> },
-    }
-}
-
-impl<B> ResponseBody<B> {
-    pub(crate) fn inner(body: B) -> Self {
-        Self::Inner { body }
-    }
-
-    pub(crate) fn rejection(body: Bytes) -> Self {
-        Self::Rejection { body: Some(body) }
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.project() {
-            BodyProj::Inner { body } => body.poll_frame(cx),
-            BodyProj::Rejection { body } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Inner { body } => body.is_end_stream(),
-            Self::Rejection { body } => body.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Inner { body } => body.size_hint(),
-            Self::Rejection { body } => {
-                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
-            }
-        }
-    }
-}
+/// The response body of [`RateLimit`](super::RateLimit): the service's own body, or the body
+/// of a 429 rejection ([`OrBytes::own`](crate::body::OrBytes::own)).
+pub type ResponseBody<B> = crate::body::OrBytes<B>;
