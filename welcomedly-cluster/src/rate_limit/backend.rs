@@ -209,6 +209,11 @@ impl RedisRateLimitConfig {
 ///   request per failure mode but keep the connection: reconnecting would not fix them.
 /// - **Remembered rejections**: a client Redis rejected is answered 429 locally until its retry
 ///   time, costing Redis nothing more during a flood.
+/// - **Refunds** (policies charging by response status) go back to the store that charged: the
+///   fallback's reservations to the fallback even if Redis answers again before the response
+///   (else a user whose login the outage turned into a 503 found the fallback's small share
+///   spent at the next outage), Redis's to Redis; a refund Redis cannot take is dropped (the
+///   charge stands).
 /// - **Keys**: client keys appear in Redis only as a fixed-length digest (see
 ///   [`key_secret`](RedisRateLimitConfig::key_secret)).
 ///
