@@ -144,7 +144,8 @@ fn correct_logins_are_never_refused_through_a_redis_restart() {
 }
 
 /// While Redis is down, the failed-login limit still holds on each instance (its local share),
-/// and correct logins from another address, answered 503 as no session can be stored, spend
+/// a double click of a correct login is not refused (before: the share of 5 failures over 3
+/// instances was 1, held by the first click's reservation), and correct logins from another address, answered 503 as no session can be stored, spend
 /// nothing (before: the 503s were charged to the per-address login budget, 429 from the 7th).
 #[test]
 fn the_failed_login_limit_holds_during_the_outage() {
@@ -160,6 +161,22 @@ fn the_failed_login_limit_holds_during_the_outage() {
         wrong.contains(&429),
         "no limit during the outage: {wrong:?}"
     );
+    // A double click: two correct logins at once from a third address, on one instance. Each
+    // holds a reservation of the failed-login budget while its password is checked; the local
+    // share of that budget (5 / 3 instances) must hold both.
+    let clicks = std::sync::Barrier::new(2);
+    let both: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    clicks.wait();
+                    status(&apps[0], "198.51.100.32", "supervisor", PASSWORD)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(both, [503, 503], "a double click during the outage");
     // Another address, the right password, retried more often than the local share of the
     // per-address login budget (20 / 3): never refused, as no session could be stored (503).
     let correct: Vec<u16> = (0..8)

@@ -13,7 +13,8 @@ use super::quota::{Gcra, Quota};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FailureMode {
-    /// Decide locally at `limit / live instances` until the store answers again (the default).
+    /// Decide locally at `limit / live instances` until the store answers again (the default;
+    /// the burst's share rounded up, at least 1, see [`Gcra::divided`]).
     #[default]
     LocalFallback,
     /// Admit every request while the store is down.
