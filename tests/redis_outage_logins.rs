@@ -53,8 +53,8 @@ fn rate_limits_on_redis(app: &Instance) -> bool {
 }
 
 /// Three instances of the example on `redis`, as `cargo run --example cluster` runs them, once
-/// each has seen the others' heartbeats (membership, 1 s apart), so each instance's fallback
-/// takes a third of every limit.
+/// each has seen the others' heartbeats (membership), so each instance's fallback takes a
+/// third of every limit.
 fn cluster(redis: &RedisServer) -> Vec<Instance> {
     let apps: Vec<Instance> = ["cc-a", "cc-b", "cc-c"]
         .iter()
@@ -68,7 +68,21 @@ fn cluster(redis: &RedisServer) -> Vec<Instance> {
             ])
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(2500));
+    for app in &apps {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !app
+            .request("GET", "/metrics", None)
+            .body
+            .lines()
+            .any(|l| l.starts_with("welcomedly_rate_limit_live_instances") && l.ends_with(" 3"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "membership never saw 3 instances"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     apps
 }
 
