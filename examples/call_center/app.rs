@@ -275,7 +275,8 @@ fn random_key() -> Result<Vec<u8>, String> {
 /// The seeds' limits, with logins split three ways and the API and everything else counted per
 /// logged-in user:
 ///
-/// - `login`: every login, 20/min per client IP (bounds the hashing one address can ask for);
+/// - `login`: every login, 20/min per client IP (bounds the hashing one address can ask for),
+///   except those answered 503 (our outage, not the client's doing);
 /// - `login-failures`: failed logins (401), 5/min per client IP and account (the digest
 ///   `login::account_key` derives from the body): one person's typos behind a NAT throttle that
 ///   name only, never everyone behind the address;
@@ -295,7 +296,10 @@ fn rate_limits() -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> 
             Policy::new("login", Quota::per_minute(20))
                 .method(http::Method::POST)
                 .path(login::LOGIN_PATH)
-                .key(KeySource::ClientIp),
+                .key(KeySource::ClientIp)
+                // A 503 is our failure (no session store, a full hashing pool), not the
+                // client's: a user retrying through an outage keeps their logins.
+                .refund_statuses([StatusCode::SERVICE_UNAVAILABLE]),
         )
         .policy(
             Policy::new("login-failures", Quota::per_minute(5))

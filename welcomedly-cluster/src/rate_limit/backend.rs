@@ -209,6 +209,11 @@ impl RedisRateLimitConfig {
 ///   request per failure mode but keep the connection: reconnecting would not fix them.
 /// - **Remembered rejections**: a client Redis rejected is answered 429 locally until its retry
 ///   time, costing Redis nothing more during a flood.
+/// - **Refunds** (policies charging by response status) go back to the store that charged: the
+///   fallback's reservations to the fallback even if Redis answers again before the response
+///   (else a user whose login the outage turned into a 503 found the fallback's small share
+///   spent at the next outage), Redis's to Redis; a refund Redis cannot take is dropped (the
+///   charge stands).
 /// - **Keys**: client keys appear in Redis only as a fixed-length digest (see
 ///   [`key_secret`](RedisRateLimitConfig::key_secret)).
 ///
@@ -756,12 +761,27 @@ impl RateLimitBackend for RedisBackend {
         })
     }
 
-    fn refund(&self, policy: &Arc<PolicySpec>, key: &Key) {
+    fn refund(&self, policy: &Arc<PolicySpec>, key: &Key, charged_by: DecisionSource) {
         let inner = &self.inner;
+        // Back to whichever store made the charge, wherever the backend points now: a request
+        // the fallback admitted during an outage and answered after Redis returned must free
+        // its place in the fallback (refunding Redis, which charged nothing, left the
+        // fallback's share spent and refused the client at the next outage), and a charge made
+        // in Redis is never given back to the fallback.
+        match charged_by {
+            DecisionSource::Store => {}
+            DecisionSource::Fallback => {
+                inner.fallback.refund_shared(policy, key, inner.live.get());
+                return;
+            }
+            // Nothing was charged.
+            _ => return,
+        }
         let (Some(hot), Ok(runtime)) =
             (inner.hot.load_full(), tokio::runtime::Handle::try_current())
         else {
-            inner.fallback.refund_shared(policy, key, inner.live.get());
+            // Redis is unreachable: the charge stands there, erring on the side of the limit
+            // (and a restarted Redis has forgotten it anyway).
             return;
         };
         let interval = micros(policy.gcra().interval_nanos());

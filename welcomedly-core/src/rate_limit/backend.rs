@@ -162,10 +162,14 @@ pub trait RateLimitBackend: Send + Sync + 'static {
     fn acquire(&self, checks: &[Check<'_>]) -> Self::Future;
 
     /// Gives back the charge of one request that `policy` admitted for `key` (a policy that
-    /// charges only some response statuses, after a response it does not charge). Must not
-    /// block: a remote backend sends it in the background; a refund that fails is dropped (the
-    /// charge stands, erring on the side of the limit).
-    fn refund(&self, policy: &Arc<PolicySpec>, key: &Key);
+    /// charges only some response statuses, after a response it does not charge).
+    /// `charged_by` is the [`Decision::source`] of the admission: the refund goes to the store
+    /// that made the charge — a charge made by a local fallback while the shared store was down
+    /// is given back to that fallback even if the store answers again meanwhile, and a charge
+    /// made in the store is never "refunded" into the fallback. Must not block: a remote
+    /// backend sends it in the background; a refund that fails is dropped (the charge stands,
+    /// erring on the side of the limit).
+    fn refund(&self, policy: &Arc<PolicySpec>, key: &Key, charged_by: DecisionSource);
 
     /// Keys held for `policy`, when the backend knows.
     fn key_count(&self, policy: &PolicySpec) -> Option<u64> {
@@ -338,8 +342,11 @@ impl<C: Clock> RateLimitBackend for LocalBackend<C> {
         ready(Ok(self.decide(checks, 1)))
     }
 
-    fn refund(&self, policy: &Arc<PolicySpec>, key: &Key) {
-        self.refund_shared(policy, key, 1);
+    fn refund(&self, policy: &Arc<PolicySpec>, key: &Key, charged_by: DecisionSource) {
+        // Only this backend's own store charges (it never falls back or fails open).
+        if charged_by == DecisionSource::Store {
+            self.refund_shared(policy, key, 1);
+        }
     }
 
     fn key_count(&self, policy: &PolicySpec) -> Option<u64> {

@@ -19,7 +19,9 @@
 //! - **Bounded memory**: a per-policy cap on stored keys with amortised eviction.
 //! - **Shadow mode** and **charging by response status** per policy (reserved at admission,
 //!   refunded when the status is not charged, so concurrent requests cannot all slip through
-//!   on one unspent quota); per-policy counters
+//!   on one unspent quota; [`Policy::refund_statuses`] for the statuses that are our failure,
+//!   such as a `503` when a dependency is down, so an outage spends no client's budget; the
+//!   refund goes back to whichever store charged, see [`RateLimitBackend::refund`]); per-policy counters
 //!   ([`RateLimitLayer::stats`], [`RateLimitLayer::register_metrics`]).
 //! - **Pluggable state** ([`RateLimitBackend`]): in memory ([`LocalBackend`], the default) or, with
 //!   welcomedly-cluster, in Redis so that N instances share one limit.

@@ -13,7 +13,8 @@ use super::quota::{Gcra, Quota};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum FailureMode {
-    /// Decide locally at `limit / live instances` until the store answers again (the default).
+    /// Decide locally at `limit / live instances` until the store answers again (the default;
+    /// the burst's share rounded up, at least 1, see [`Gcra::divided`]).
     #[default]
     LocalFallback,
     /// Admit every request while the store is down.
@@ -56,6 +57,7 @@ pub struct Policy {
     pub(crate) ipv6_prefix: u8,
     pub(crate) shadow: bool,
     pub(crate) charge_statuses: Option<Vec<StatusCode>>,
+    pub(crate) refund_statuses: Vec<StatusCode>,
     pub(crate) failure_mode: FailureMode,
     pub(crate) max_keys: usize,
 }
@@ -75,6 +77,7 @@ impl Policy {
             ipv6_prefix: 64,
             shadow: false,
             charge_statuses: None,
+            refund_statuses: Vec::new(),
             failure_mode: FailureMode::LocalFallback,
             max_keys: 100_000,
         }
@@ -149,6 +152,30 @@ impl Policy {
     /// over the limit is still rejected before reaching the service.
     pub fn charge_only_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.charge_statuses = Some(statuses.into_iter().collect());
+        self
+    }
+
+    /// Never charge a request whose response has one of these statuses: it is reserved at
+    /// admission (so concurrent requests cannot overshoot) and refunded after such a response.
+    /// For the statuses that mean *we* failed, not the client — `503` when a dependency of ours
+    /// is down (the session store, a full hashing pool) — so a client retrying through our
+    /// outage does not spend its budget. Takes precedence over
+    /// [`charge_only_statuses`](Self::charge_only_statuses). Default: none (every admitted
+    /// request is charged at once, the cheapest path).
+    ///
+    /// ```
+    /// use http::{Method, StatusCode};
+    /// use welcomedly_core::rate_limit::{Policy, Quota};
+    ///
+    /// // Every login counts, except those our own outage turned into a 503.
+    /// let login = Policy::new("login", Quota::per_minute(20))
+    ///     .method(Method::POST)
+    ///     .path("/auth/login")
+    ///     .refund_statuses([StatusCode::SERVICE_UNAVAILABLE]);
+    /// # let _ = login;
+    /// ```
+    pub fn refund_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.refund_statuses = statuses.into_iter().collect();
         self
     }
 
@@ -246,14 +273,17 @@ impl PolicySpec {
     }
 
     pub(crate) fn charges_at_response(&self) -> bool {
-        self.policy.charge_statuses.is_some()
+        self.policy.charge_statuses.is_some() || !self.policy.refund_statuses.is_empty()
     }
 
     pub(crate) fn charges_status(&self, status: StatusCode) -> bool {
+        if self.policy.refund_statuses.contains(&status) {
+            return false;
+        }
         self.policy
             .charge_statuses
             .as_ref()
-            .is_some_and(|s| s.contains(&status))
+            .is_none_or(|s| s.contains(&status))
     }
 }
 

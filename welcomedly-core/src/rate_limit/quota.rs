@@ -142,7 +142,12 @@ impl Gcra {
     }
 
     /// This quota divided among `share` instances (the local fallback of a cluster-wide limit):
-    /// the emission interval grows `share` times, the burst shrinks to `burst / share` (at least 1).
+    /// the emission interval grows `share` times (the cluster-wide rate stays the quota's), the
+    /// burst shrinks to `burst / share` rounded **up**. Rounded down, a small burst lost most of
+    /// itself — 5 failed logins over 3 instances left 1 per instance, 3 in the cluster, and one
+    /// request in flight on an instance (a reservation) refused the same client's next one —
+    /// while rounding up lets a client spread over every instance burst at most `share - 1`
+    /// requests past the quota.
     #[must_use]
     pub fn divided(&self, share: u32) -> Gcra {
         let share = u64::from(share.max(1));
@@ -150,7 +155,7 @@ impl Gcra {
         let interval = self.interval.saturating_mul(share);
         Gcra {
             interval,
-            window: interval.saturating_mul((burst / share).max(1)),
+            window: interval.saturating_mul(burst.div_ceil(share)),
         }
     }
 
@@ -246,6 +251,13 @@ mod tests {
         let g = Quota::per_minute(6).gcra().unwrap().divided(3);
         assert_eq!(g.interval_nanos(), 30 * SEC);
         assert_eq!(g.window_nanos(), 60 * SEC);
+        // A small burst keeps its fair part, rounded up: 5 over 3 instances is 2 each.
+        let g = Quota::per_minute(5).gcra().unwrap().divided(3);
+        assert_eq!(g.interval_nanos(), 36 * SEC);
+        assert_eq!(g.window_nanos(), 72 * SEC);
+        // Never below one request.
+        let g = Quota::per_minute(2).gcra().unwrap().divided(8);
+        assert_eq!(g.window_nanos(), g.interval_nanos());
     }
 
     #[test]

@@ -160,7 +160,8 @@ pub(crate) struct Admit<B> {
 /// hanging up.
 struct Deferred<B> {
     shared: Arc<Shared<B>>,
-    reserved: SmallVec<[(usize, Key); 1]>,
+    /// Policy index, key, and who charged it (the refund goes back there).
+    reserved: SmallVec<[(usize, Key, DecisionSource); 1]>,
 }
 
 impl<B: RateLimitBackend> Admit<B> {
@@ -173,11 +174,11 @@ impl<B: RateLimitBackend> Admit<B> {
         }
         if let Some(d) = self.deferred {
             let status = res.status();
-            for (i, key) in &d.reserved {
+            for (i, key, charged_by) in &d.reserved {
                 if let Some(spec) = d.shared.policies.get(*i)
                     && !spec.charges_status(status)
                 {
-                    d.shared.backend.refund(spec, key);
+                    d.shared.backend.refund(spec, key, *charged_by);
                 }
             }
         }
@@ -267,7 +268,7 @@ pub(crate) fn verdict<B: RateLimitBackend>(
     let deferred = if shared.charges_at_response {
         // Only what the store charged can be refunded: an allowed decision of the store (or of
         // the local fallback standing in for it), never a fail-open admission.
-        let reserved: SmallVec<[(usize, Key); 1]> = checks
+        let reserved: SmallVec<[(usize, Key, DecisionSource); 1]> = checks
             .iter()
             .zip(&decisions)
             .filter(|(c, d)| {
@@ -276,7 +277,7 @@ pub(crate) fn verdict<B: RateLimitBackend>(
                     && d.allowed
                     && matches!(d.source, DecisionSource::Store | DecisionSource::Fallback)
             })
-            .map(|(c, _)| (c.policy.index(), c.key.clone()))
+            .map(|(c, d)| (c.policy.index(), c.key.clone(), d.source))
             .collect();
         (!reserved.is_empty()).then(|| {
             Box::new(Deferred {

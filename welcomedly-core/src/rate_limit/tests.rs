@@ -543,3 +543,73 @@ proptest! {
         })?;
     }
 }
+
+/// Issue 20: a request that fails because of us (503: our session store or hashing pool is
+/// down) spends nothing of a policy that charges every other response; concurrent requests
+/// still cannot overshoot, as each is reserved at admission.
+#[tokio::test]
+async fn refund_statuses_spend_nothing_and_still_reserve_at_admission() {
+    let (l, _clock) = layer(vec![
+        Policy::new("login", Quota::per_minute(2))
+            .refund_statuses([StatusCode::SERVICE_UNAVAILABLE]),
+    ]);
+    let mut s = svc(&l);
+    let unavailable = || {
+        let mut r = req(Method::POST, "/auth/login", "192.0.2.1");
+        r.headers_mut().insert("x-status", "503".parse().unwrap());
+        r
+    };
+    for _ in 0..10 {
+        assert_eq!(
+            send(&mut s, unavailable()).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    // The whole budget is left for the responses that are charged.
+    for _ in 0..2 {
+        let res = send(&mut s, req(Method::POST, "/auth/login", "192.0.2.1")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    let res = send(&mut s, req(Method::POST, "/auth/login", "192.0.2.1")).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // In flight together, two 503-to-be requests hold the whole burst of another client.
+    let held_a = s.ready().await.unwrap().call(unavailable_from("192.0.2.2"));
+    let held_b = s.ready().await.unwrap().call(unavailable_from("192.0.2.2"));
+    let third = send(&mut s, req(Method::POST, "/auth/login", "192.0.2.2")).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        held_a.await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        held_b.await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let after = send(&mut s, req(Method::POST, "/auth/login", "192.0.2.2")).await;
+    assert_eq!(after.status(), StatusCode::OK);
+}
+
+fn unavailable_from(ip: &str) -> Request<Body> {
+    let mut r = req(Method::POST, "/auth/login", ip);
+    r.headers_mut().insert("x-status", "503".parse().unwrap());
+    r
+}
+
+/// A refund only gives back what the backend's own store charged: a decision that charged
+/// nothing (fail-open) refunds nothing.
+#[test]
+fn the_local_backend_refunds_only_its_own_charges() {
+    let (l, _clock) = layer(vec![Policy::new("login", Quota::per_minute(1))]);
+    let spec = l.policies()[0].clone();
+    let backend = LocalBackend::with_clock(ManualClock::new());
+    backend.prepare_policies(std::slice::from_ref(&spec));
+    let key = Key::Ip("192.0.2.3".parse().unwrap());
+    let decide = || backend.decide(&[Check::new(&spec, &key)], 1)[0].allowed;
+    assert!(decide());
+    assert!(!decide());
+    RateLimitBackend::refund(&backend, &spec, &key, DecisionSource::FailOpen);
+    assert!(!decide(), "a fail-open admission charged nothing to refund");
+    RateLimitBackend::refund(&backend, &spec, &key, DecisionSource::Store);
+    assert!(decide());
+}
