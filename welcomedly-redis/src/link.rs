@@ -11,30 +11,6 @@
 //! # Ok(())
 //! # }
 //! ```
-//!
-//! # How it behaves
-//!
-//! - **Budget**: every call ends within its budget (the link's, or the one passed to
-//!   [`Link::call_within`]), a retry included.
-//! - **Threshold**: a transport failure or a call past the budget counts; the connection is
-//!   dropped after [`failure_threshold`](LinkConfig::failure_threshold) in a row, at once on a
-//!   [`Failure::Replace`] error. Server errors keep it. Only the connection that failed is
-//!   dropped (generation check): a late failure on an old connection never drops its
-//!   replacement.
-//! - **Closed connections are noticed when they close**: the link owns the socket's reader
-//!   task; when Redis closes the connection (`CLIENT KILL`, restart, crash) the task ends, the
-//!   connection is dropped and one background task reconnects at once, before any request
-//!   needs it.
-//! - **Reconnect**: one supervisor task per link: after a drop for failures it waits
-//!   [`min_outage`](LinkConfig::min_outage), then tries with [`backoff`](LinkConfig::backoff)
-//!   (exponential, jittered). A caller that finds no connection asks for an attempt and waits
-//!   for its outcome within its budget; attempts stay single-flight and at most one per
-//!   [`demand_interval`](LinkConfig::demand_interval), so a crowd of callers causes one
-//!   reconnect, not one each.
-//! - **Retry**: a call marked [`Retry::Once`] that fails with a transport error is run once
-//!   more on the replacement connection, within the same budget.
-//! - **Scripts**: [`Link::preload`] loads a script on every new connection before it is used,
-//!   and `EVALSHA` falls back to loading it on `NOSCRIPT`.
 
 use std::fmt;
 use std::future::Future;
@@ -113,7 +89,30 @@ pub struct LinkStats {
 
 /// One supervised multiplexed Redis connection, shared by every component of an instance.
 /// A cheap handle: clone it freely; the supervisor ends when the last clone is dropped.
-/// See the [module docs](self).
+///
+/// # How it behaves
+///
+/// - **Budget**: every call ends within its budget (the link's, or the one passed to
+///   [`Link::call_within`]), a retry included.
+/// - **Threshold**: a transport failure or a call past the budget counts; the connection is
+///   dropped after [`failure_threshold`](LinkConfig::failure_threshold) in a row, at once on a
+///   [`Failure::Replace`] error. Server errors keep it. Only the connection that failed is
+///   dropped (generation check): a late failure on an old connection never drops its
+///   replacement.
+/// - **Closed connections are noticed when they close**: the link owns the socket's reader
+///   task; when Redis closes the connection (`CLIENT KILL`, restart, crash) the task ends, the
+///   connection is dropped and one background task reconnects at once, before any request
+///   needs it.
+/// - **Reconnect**: one supervisor task per link: after a drop for failures it waits
+///   [`min_outage`](LinkConfig::min_outage), then tries with [`backoff`](LinkConfig::backoff)
+///   (exponential, jittered). A caller that finds no connection asks for an attempt and waits
+///   for its outcome within its budget; attempts stay single-flight and at most one per
+///   [`demand_interval`](LinkConfig::demand_interval), so a crowd of callers causes one
+///   reconnect, not one each.
+/// - **Retry**: a call marked [`Retry::Once`] that fails with a transport error is run once
+///   more on the replacement connection, within the same budget.
+/// - **Scripts**: [`Link::preload`] loads a script on every new connection before it is used,
+///   and `EVALSHA` falls back to loading it on `NOSCRIPT`.
 #[derive(Clone)]
 pub struct Link {
     inner: Arc<Inner>,
