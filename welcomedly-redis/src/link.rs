@@ -154,7 +154,9 @@ pub(crate) struct Inner {
     hold_off: std::sync::atomic::AtomicBool,
     /// A caller waits for a connection: try now (within `demand_interval`).
     demand: Arc<Notify>,
-    /// Bumped after every connection attempt, so waiting callers learn its outcome.
+    /// Connection attempts started (numbered from 1).
+    attempts_started: AtomicU64,
+    /// The number of the last attempt that ended, so waiting callers learn its outcome.
     attempts: watch::Sender<u64>,
     scripts: Mutex<Vec<Script>>,
     supervisor: OnceLock<tokio::task::AbortHandle>,
@@ -238,6 +240,7 @@ impl Link {
             dropped: Arc::new(Notify::new()),
             hold_off: std::sync::atomic::AtomicBool::new(false),
             demand: Arc::new(Notify::new()),
+            attempts_started: AtomicU64::new(0),
             attempts,
             scripts: Mutex::new(Vec::new()),
             supervisor: OnceLock::new(),
@@ -454,7 +457,8 @@ impl Inner {
             return Some(hot);
         }
         let mut attempts = self.attempts.subscribe();
-        attempts.borrow_and_update();
+        // Only an attempt started after this caller arrived tells it something new.
+        let asked_after = self.attempts_started.load(Ordering::Acquire);
         if let Some(hot) = usable(self.hot.load_full()) {
             return Some(hot);
         }
@@ -464,8 +468,10 @@ impl Inner {
             return None;
         }
         self.demand.notify_one();
-        match tokio::time::timeout_at(deadline, attempts.changed()).await {
-            Ok(Ok(())) => usable(self.hot.load_full()),
+        // An attempt that was already running when this caller arrived counts if it connects.
+        let fresh = attempts.wait_for(|ended| *ended > asked_after || self.hot.load().is_some());
+        match tokio::time::timeout_at(deadline, fresh).await {
+            Ok(Ok(_)) => usable(self.hot.load_full()),
             _ => None,
         }
     }
@@ -539,6 +545,7 @@ impl Inner {
     /// One connection attempt; publishes the connection on success. Every attempt's end is
     /// told to waiting callers.
     async fn attempt(this: &Arc<Self>) -> Result<(), String> {
+        let number = this.attempts_started.fetch_add(1, Ordering::AcqRel) + 1;
         let result = tokio::time::timeout(this.config.connect_timeout, this.open(this)).await;
         let result = match result {
             Ok(Ok(hot)) => {
@@ -560,12 +567,12 @@ impl Inner {
                 .failed_attempts
                 .fetch_add(1, Ordering::Relaxed);
         }
-        this.attempts.send_modify(|n| *n = n.wrapping_add(1));
+        this.attempts.send_modify(|n| *n = (*n).max(number));
         result
     }
 
     /// Opens a connection: the socket, the handshake (`AUTH`, `SELECT`), the reader task
-    /// (watched: its end drops the connection) and the registered scripts.
+    /// (watched: its end drops the connection), a `PING` and the registered scripts.
     async fn open(&self, this: &Arc<Self>) -> Result<Hot, String> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let cannot = |e: &dyn fmt::Display| {
@@ -599,6 +606,12 @@ impl Inner {
         };
         let scripts = self.scripts.lock().map(|s| s.clone()).unwrap_or_default();
         let mut c = conn.clone();
+        // The handshake may send nothing (no password, database 0): a `PING` proves Redis
+        // answers before the connection is handed to callers (a frozen Redis accepts TCP).
+        redis::cmd("PING")
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| cannot(&e))?;
         for script in &scripts {
             script
                 .prepare_invoke()
