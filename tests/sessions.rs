@@ -573,6 +573,21 @@ async fn redis_down_anonymous_requests_unaffected_session_requests_503_fast_then
     assert!(a.store.link().stats().connections >= 2);
 }
 
+/// The issue-20 defect: Redis stopped and started again with no request in between; the
+/// first request after it answers must not be the one that discovers the dead connection.
+#[tokio::test]
+async fn after_redis_restarts_the_first_login_succeeds() {
+    let redis = RedisServer::start().unwrap();
+    let a = instance(&redis, Duration::from_millis(50)).await;
+    let cookie = log_in(&a, "judy").await;
+    redis.stop().unwrap();
+    redis.restart().unwrap(); // returns once Redis answers (its data is gone)
+    let l = send(&a, "POST", "/login?user=judy", None).await;
+    assert_eq!(l.status, StatusCode::OK, "{}", l.body);
+    assert_ne!(l.cookie().unwrap(), cookie);
+    assert_eq!(a.store.link().stats().connections, 2);
+}
+
 #[tokio::test]
 async fn a_slow_redis_is_a_503_within_the_budget_not_a_hang() {
     let redis = RedisServer::start().unwrap();

@@ -148,6 +148,31 @@ async fn after_a_crash_and_restart_the_first_call_succeeds() {
     assert_eq!(s.connections, 2, "{s:?}");
 }
 
+/// On a current-thread runtime the link's tasks do not run while the test blocks on the
+/// restart, so the next call meets the dead connection itself: a call marked safe is run again
+/// on the new connection, one that is not is not.
+#[tokio::test]
+async fn a_safe_call_on_a_connection_that_died_unnoticed_is_retried_on_the_new_one() {
+    let redis = RedisServer::start().unwrap();
+    let link = Link::connect(config(&redis)).await.unwrap();
+    redis.kill().unwrap();
+    redis.restart().unwrap();
+    assert_eq!(ping(&link, Retry::Once).await.unwrap(), "PONG");
+    assert_eq!(link.stats().retries, 1);
+
+    redis.kill().unwrap();
+    redis.restart().unwrap();
+    let e = link
+        .query::<i64>(redis::cmd("INCR").arg("n"), Retry::Never)
+        .await
+        .unwrap_err();
+    assert!(e.is_transport(), "{e:?}");
+    assert_eq!(link.stats().retries, 1);
+    // The dead connection was dropped by that failure, not after a threshold.
+    assert_eq!(ping(&link, Retry::Never).await.unwrap(), "PONG");
+    assert_eq!(link.stats().connections, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_to_a_frozen_redis_fail_within_the_budget() {
     let redis = RedisServer::start().unwrap();

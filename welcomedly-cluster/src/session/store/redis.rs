@@ -445,8 +445,9 @@ impl RedisSessionStore {
                 .arg(&replaced_digest);
         }
         let replies: Vec<Value> = self
-            // Not retried: a login answered 503 is retried by its client, with a new id.
-            .query_pipe("creating a session", Retry::Never, &pipe)
+            // Idempotent: run twice, the pipeline leaves the same session, index entry and
+            // evictions (the index score only moves up by one).
+            .query_pipe("creating a session", Retry::Once, &pipe)
             .await?;
         // The cap's evictions: end those sessions (rare: a user past the bound).
         let evicted: Vec<String> = match replies.get(1) {
