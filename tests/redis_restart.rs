@@ -67,6 +67,17 @@ fn after_redis_restarts_the_first_login_on_every_instance_succeeds() {
         serde_json::from_str(&a.request("GET", "/health", None).body).unwrap();
     assert_eq!(health["checks"]["redis"]["status"], "healthy", "{health}");
     assert!(health["checks"].get("sessions").is_none(), "{health}");
+    let metrics = a.request("GET", "/metrics", None).body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("welcomedly_redis_connected") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("welcomedly_redis_connections_total"),
+        "{metrics}"
+    );
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }

@@ -113,10 +113,13 @@ impl LinkConfig {
     /// through a shared reader, so a service reports every bad variable at once.
     pub fn read(env: &mut EnvReader<'_>) -> Option<Self> {
         let url = env.read("REDIS_URL", None, |v| {
+            if v.starts_with("rediss://") {
+                return Err("uses TLS (rediss://), which this build does not include: use redis://[user:password@]host[:port][/db] or unix:///path");
+            }
             SCHEMES
                 .iter()
                 .any(|s| v.starts_with(s))
-                .then(|| Some(v.to_owned()))
+                .then(|| Some(RedisUrl::new(v)))
                 .ok_or("is not a Redis URL: expected redis://[user:password@]host[:port][/db] or unix:///path")
         });
         let budget = env.read(
@@ -189,6 +192,9 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(e.invalid_variables().len(), 2);
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = read(&[("REDIS_URL", "rediss://:hunter2@cache/")]).unwrap_err();
+        assert!(e.to_string().contains("TLS"), "{e}");
         assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }

@@ -253,3 +253,11 @@ async fn an_unreachable_redis_is_not_a_build_error() {
     assert!(bad.is_config());
     assert!(!bad.to_string().contains("hunter2"), "{bad}");
 }
+
+#[test]
+fn the_public_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Link>();
+    send_sync::<LinkConfig>();
+    send_sync::<welcomedly_redis::Error>();
+}
