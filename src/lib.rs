@@ -6,6 +6,7 @@
 //! | feature | crate |
 //! |---|---|
 //! | (always) | [`core`] — telemetry, health, drain, client IP, rate limiting |
+//! | `redis` (with `cluster`) | `redis` — the one supervised Redis link every component shares |
 //! | `cluster` | `cluster` — Redis sessions, event bus, membership, cluster-wide rate limits |
 //! | `flags` | `flags` — feature flags with push invalidation |
 //! | `db` | `db` — replica-aware sqlx router |
@@ -13,6 +14,9 @@
 //! | `full` | all of the above |
 
 pub use welcomedly_core as core;
+
+#[cfg(feature = "redis")]
+pub use welcomedly_redis as redis;
 
 #[cfg(feature = "cluster")]
 pub use welcomedly_cluster as cluster;

@@ -22,6 +22,7 @@ use tower::ServiceExt;
 use welcomedly_cluster::session::{
     RedisSessionConfig, RedisSessionStore, Session, SessionConfig, SessionError, SessionLayer,
 };
+use welcomedly_redis::{Backoff, Link, LinkConfig};
 use welcomedly_testkit::RedisServer;
 
 type Params = Query<HashMap<String, String>>;
@@ -82,11 +83,13 @@ async fn instance(redis: &RedisServer, budget: Duration) -> Instance {
 }
 
 async fn instance_with(redis: &RedisServer, budget: Duration, config: SessionConfig) -> Instance {
-    let mut store_config = RedisSessionConfig::new(redis.url());
+    let mut link_config = LinkConfig::new(redis.url());
+    link_config.backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    link_config.min_outage = Duration::from_millis(50);
+    let link = Link::connect(link_config).await.unwrap();
+    let mut store_config = RedisSessionConfig::default();
     store_config.budget = budget;
-    store_config.reconnect_interval = Duration::from_millis(50);
-    store_config.min_outage = Duration::from_millis(50);
-    let store = store_config.build().await.unwrap();
+    let store = RedisSessionStore::new(&link, store_config).await.unwrap();
     assert!(
         store.is_connected(),
         "the store should connect to a running Redis"
@@ -567,7 +570,22 @@ async fn redis_down_anonymous_requests_unaffected_session_requests_503_fast_then
     // Back without a restart of the instance.
     let cookie = log_in(&a, "heidi").await;
     assert_eq!(send(&a, "GET", "/me", Some(&cookie)).await.body, "heidi");
-    assert!(a.store.connections_made() >= 2);
+    assert!(a.store.link().stats().connections >= 2);
+}
+
+/// The issue-20 defect: Redis stopped and started again with no request in between; the
+/// first request after it answers must not be the one that discovers the dead connection.
+#[tokio::test]
+async fn after_redis_restarts_the_first_login_succeeds() {
+    let redis = RedisServer::start().unwrap();
+    let a = instance(&redis, Duration::from_millis(50)).await;
+    let cookie = log_in(&a, "judy").await;
+    redis.stop().unwrap();
+    redis.restart().unwrap(); // returns once Redis answers (its data is gone)
+    let l = send(&a, "POST", "/login?user=judy", None).await;
+    assert_eq!(l.status, StatusCode::OK, "{}", l.body);
+    assert_ne!(l.cookie().unwrap(), cookie);
+    assert_eq!(a.store.link().stats().connections, 2);
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! bare service and the peer crates.
 //!
 //! Run with `cargo bench --all-features --bench overhead` (add a filter, e.g. `-- rate_limit`,
-//! `-- flags`, `-- sessions`, `-- bus` or `-- db`). The Redis group
+//! `-- flags`, `-- sessions`, `-- redis_link`, `-- bus` or `-- db`). The Redis group
 //! starts its own `redis-server` and is skipped when none is installed.
 //!
 //! Each group ends with an *interleaved* table on stderr (variants alternating in short slices
@@ -21,6 +21,7 @@ mod bus;
 mod db;
 mod flags;
 mod http_stack;
+mod link;
 mod rate_limit;
 mod sessions;
 
@@ -93,6 +94,7 @@ fn main() {
     rate_limit::bench(&mut c);
     flags::bench(&mut c);
     sessions::bench(&mut c);
+    link::bench(&mut c);
     bus::bench(&mut c);
     db::bench(&mut c);
     c.final_summary();

@@ -240,9 +240,17 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let (conn, store) = rt.block_on(async {
         let client = redis::Client::open(url.as_str()).unwrap();
         let conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut config = RedisSessionConfig::new(url.clone());
+        let link = welcomedly_redis::Link::connect(welcomedly_redis::LinkConfig::new(url.clone()))
+            .await
+            .unwrap();
+        let mut config = RedisSessionConfig::default();
         config.budget = Duration::from_secs(1);
-        (conn, config.build().await.unwrap())
+        (
+            conn,
+            welcomedly_cluster::session::RedisSessionStore::new(&link, config)
+                .await
+                .unwrap(),
+        )
     });
     let store_key = store.clone();
     let layer = SessionLayer::new(store, SessionConfig::default()).unwrap();

@@ -12,7 +12,9 @@ use axum::routing::{get, post};
 use welcomedly_cluster::bus::{BusConfig, Topic};
 use welcomedly_cluster::membership::MembershipConfig;
 use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
-use welcomedly_cluster::session::{RedisSessionConfig, SessionConfig, SessionLayer, SessionStore};
+use welcomedly_cluster::session::{
+    RedisSessionConfig, RedisSessionStore, SessionConfig, SessionLayer, SessionStore,
+};
 use welcomedly_core::CoreConfig;
 use welcomedly_core::client_ip::ClientIpLayer;
 use welcomedly_core::config::{EnvReader, MIN_SECRET_LEN};
@@ -27,6 +29,7 @@ use welcomedly_core::telemetry::Telemetry;
 use std::sync::Arc;
 
 use welcomedly_db::RouterConfig;
+use welcomedly_redis::{Link, LinkConfig};
 
 use crate::agents;
 use crate::board;
@@ -44,6 +47,10 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let mut env = EnvReader::from_env();
     let core = CoreConfig::read(&mut env);
     let redis = RedisRateLimitConfig::read(&mut env);
+    // The one Redis link (sessions run on it; the other components keep their own
+    // connections for now).
+    let link_config = LinkConfig::read(&mut env);
+    let session_store_config = RedisSessionConfig::read(&mut env);
     let membership = MembershipConfig::read(&mut env);
     // Secrets: at least MIN_SECRET_LEN bytes; a refused one is reported by length, never shown.
     let admin_token = env.secret("WELCOMEDLY_ADMIN_TOKEN");
@@ -62,7 +69,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         },
     );
     let (
-        config,
+        (config, link_config, session_store_config),
         redis,
         admin_token,
         membership,
@@ -72,7 +79,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         web,
         sse_heartbeat,
     ) = env.finish((
-        core,
+        (core, link_config, session_store_config),
         redis,
         admin_token,
         membership,
@@ -129,18 +136,26 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     };
     // Sessions and the event bus: in Redis (any instance serves any user, events reach every
     // instance), or in this process on the embedded default.
-    let (session_store, bus) = match &redis {
-        Some(r) => {
-            let store = RedisSessionConfig::new(r.url.clone()).build().await?;
+    let link = match link_config {
+        Some(c) => {
+            let link = Link::connect(c).await?;
             // Degraded, not unready: anonymous requests are still served while Redis is down.
-            registry.register("sessions", store.clone(), Affects::Nothing);
+            registry.register("redis", link.clone(), Affects::Nothing);
+            link.register_metrics(telemetry.metrics().meter());
+            Some(link)
+        }
+        None => None,
+    };
+    let (session_store, bus) = match (&redis, &link) {
+        (Some(r), Some(link)) => {
+            let store = RedisSessionStore::new(link, session_store_config).await?;
             let mut bus = BusConfig::new(r.url.clone());
             bus.heartbeat = sse_heartbeat;
             let bus = bus.build().await?;
             registry.register("bus", bus.clone(), Affects::Nothing);
             (SessionStore::from(store), bus)
         }
-        None => {
+        _ => {
             let mut bus = BusConfig::new(String::new());
             bus.heartbeat = sse_heartbeat;
             (SessionStore::memory(), bus.build_local()?)

@@ -19,6 +19,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod backoff;
 pub mod body;
 pub mod client_ip;
 pub mod config;

@@ -33,7 +33,9 @@
 //!   event bus's SSE helper uses it (`bus::sse::SseStream::end_with_session`).
 //! - **Store down**: every Redis call has a budget (default 50 ms); a request that needs the
 //!   session gets `503` problem+json with `Retry-After` ([`SessionError`]), anonymous requests
-//!   are unaffected, and the store reconnects by itself.
+//!   are unaffected. The Redis store runs on the instance's `welcomedly_redis::Link`, which
+//!   notices a closed connection when it closes and reconnects in the background, so the first
+//!   request after Redis answers again is served.
 //!
 //! ```
 //! use std::convert::Infallible;

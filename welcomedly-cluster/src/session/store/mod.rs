@@ -7,7 +7,6 @@
 
 mod memory;
 mod redis;
-mod supervisor;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,39 @@
+//! welcomedly-redis: **the link**, one supervised multiplexed Redis connection shared by every
+//! component of an instance (sessions today; the rate limiter, the event bus, membership and
+//! the flag store next), with one connection discipline, one error classifier, one health
+//! check and one set of metrics.
+//!
+//! ```no_run
+//! use welcomedly_core::config::EnvReader;
+//! use welcomedly_redis::{Link, LinkConfig, Retry};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut env = EnvReader::from_env();
+//! let config = LinkConfig::read(&mut env); // REDIS_URL, WELCOMEDLY_REDIS_BUDGET_MS
+//! let Some(config) = env.finish(config)? else {
+//!     return Ok(()); // no REDIS_URL: run on embedded defaults
+//! };
+//! let link = Link::connect(config).await?;
+//! let pong: String = link.query(&redis::cmd("PING"), Retry::Once).await?;
+//! assert_eq!(pong, "PONG");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See [`Link`] for the policy: per-call budget, failure threshold, minimum outage, backoff
+//! with jitter, generation check, a closed connection noticed when it closes, and one retry
+//! of calls marked safe.
+
+mod classify;
+mod config;
+mod error;
+mod link;
+mod metrics;
+
+pub use self::classify::{Failure, classify};
+pub use self::config::{LinkConfig, RedisUrl};
+pub use self::error::Error;
+pub use self::link::{Link, LinkState, LinkStats, Retry};
+/// The redis-rs crate the link is built on, so components use the same version.
+pub use redis;
+pub use welcomedly_core::backoff::Backoff;

@@ -1,0 +1,466 @@
+//! [`Link`]: one supervised multiplexed connection shared by every component of an instance.
+//!
+//! ```no_run
+//! use welcomedly_redis::{Link, LinkConfig, Retry};
+//!
+//! # async fn run() -> Result<(), welcomedly_redis::Error> {
+//! let link = Link::connect(LinkConfig::new("redis://127.0.0.1:6379/")).await?;
+//! let n: i64 = link.query(redis::cmd("INCR").arg("hits"), Retry::Never).await?;
+//! let v: Option<String> = link.query(redis::cmd("GET").arg("greeting"), Retry::Once).await?;
+//! # let _ = (n, v);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+use redis::{
+    Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline, RedisResult, Script,
+    ScriptInvocation,
+};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
+use welcomedly_core::redact::redact_url;
+
+use crate::classify::{Failure, classify};
+use crate::config::LinkConfig;
+
+mod supervisor;
+
+use self::supervisor::supervise;
+use crate::error::Error;
+
+/// Whether a call may be run a second time on a new connection after a transport error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Retry {
+    /// Never run twice (an `INCR`, a non-idempotent script): a transport error fails the call.
+    Never,
+    /// Safe to run twice (reads, idempotent scripts): after a transport error the call is run
+    /// once more on the replacement connection, within the same budget.
+    Once,
+}
+
+/// The link's state, as its health check and metrics report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LinkState {
+    /// A connection is up.
+    Connected,
+    /// The connection was dropped for failures: waiting [`LinkConfig::min_outage`] before
+    /// reconnecting.
+    HoldingOff,
+    /// Reconnecting.
+    Connecting,
+}
+
+const CONNECTED: u8 = 0;
+const HOLDING_OFF: u8 = 1;
+const CONNECTING: u8 = 2;
+
+/// Counters of a link since it was built (see [`Link::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LinkStats {
+    /// Connections made (1 after a clean start; each reconnect adds one).
+    pub connections: u64,
+    /// Connection attempts that failed.
+    pub failed_attempts: u64,
+    /// Connections Redis closed, noticed by the reader task ending.
+    pub closed: u64,
+    /// Failed calls classified [`Failure::Transport`] (calls past the budget included).
+    pub transport_failures: u64,
+    /// Failed calls classified [`Failure::Replace`].
+    pub replace_failures: u64,
+    /// Failed calls classified [`Failure::Server`].
+    pub server_failures: u64,
+    /// Calls that ran past their budget.
+    pub budget_overruns: u64,
+    /// Calls run a second time on a new connection ([`Retry::Once`]).
+    pub retries: u64,
+    /// Calls answered "not connected" without being sent.
+    pub not_connected: u64,
+    /// Calls in flight now.
+    pub in_flight: u64,
+}
+
+/// One supervised multiplexed Redis connection, shared by every component of an instance.
+/// A cheap handle: clone it freely; the supervisor ends when the last clone is dropped.
+///
+/// # How it behaves
+///
+/// - **Budget**: every call ends within its budget (the link's, or the one passed to
+///   [`Link::call_within`]), a retry included.
+/// - **Threshold**: a transport failure or a call past the budget counts; the connection is
+///   dropped after [`failure_threshold`](LinkConfig::failure_threshold) in a row, at once on a
+///   [`Failure::Replace`] error. Server errors keep it. Only the connection that failed is
+///   dropped (generation check): a late failure on an old connection never drops its
+///   replacement.
+/// - **Closed connections are noticed when they close**: the link owns the socket's reader
+///   task; when Redis closes the connection (`CLIENT KILL`, restart, crash) the task ends, the
+///   connection is dropped and one background task reconnects at once, before any request
+///   needs it.
+/// - **Reconnect**: one supervisor task per link: after a drop for failures it waits
+///   [`min_outage`](LinkConfig::min_outage), then tries with [`backoff`](LinkConfig::backoff)
+///   (exponential, jittered). A caller that finds no connection asks for an attempt and waits
+///   for its outcome within its budget; attempts stay single-flight and at most one per
+///   [`demand_interval`](LinkConfig::demand_interval), so a crowd of callers causes one
+///   reconnect, not one each.
+/// - **Retry**: a call marked [`Retry::Once`] that fails with a transport error is run once
+///   more on the replacement connection, within the same budget.
+/// - **Scripts**: [`Link::preload`] loads a script on every new connection before it is used,
+///   and `EVALSHA` falls back to loading it on `NOSCRIPT`.
+#[derive(Clone)]
+pub struct Link {
+    inner: Arc<Inner>,
+}
+
+/// The connection calls use, with the generation it was made in.
+struct Hot {
+    conn: MultiplexedConnection,
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    closed: AtomicU64,
+    failed_attempts: AtomicU64,
+    transport: AtomicU64,
+    replace: AtomicU64,
+    server: AtomicU64,
+    budget: AtomicU64,
+    retries: AtomicU64,
+    not_connected: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    config: LinkConfig,
+    info: redis::ConnectionInfo,
+    hot: ArcSwapOption<Hot>,
+    state: AtomicU8,
+    /// Transport failures in a row on the current connection.
+    consecutive: AtomicU32,
+    /// Generations handed out (connections made, counting the ones being set up).
+    generations: AtomicU64,
+    connections: AtomicU64,
+    counters: Counters,
+    /// Wakes the supervisor when the connection was dropped.
+    dropped: Arc<Notify>,
+    /// Set with `dropped` when the drop was for failures (then `min_outage` applies).
+    hold_off: std::sync::atomic::AtomicBool,
+    /// A caller waits for a connection: try now (within `demand_interval`).
+    demand: Arc<Notify>,
+    /// Connection attempts started (numbered from 1).
+    attempts_started: AtomicU64,
+    /// The number of the last attempt that ended, so waiting callers learn its outcome.
+    attempts: watch::Sender<u64>,
+    scripts: Mutex<Vec<Script>>,
+    supervisor: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.supervisor.get() {
+            task.abort();
+        }
+    }
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("url", &self.inner.config.url)
+            .field("state", &self.state())
+            .field("budget", &self.inner.config.budget)
+            .finish()
+    }
+}
+
+/// Decrements the in-flight count however the call ends (cancellation included).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Link {
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
+    pub(crate) fn upgrade(weak: &Weak<Inner>) -> Option<Self> {
+        weak.upgrade().map(|inner| Self { inner })
+    }
+
+    /// Builds the link, tries a first connection and starts the supervisor. An unreachable
+    /// Redis is not an error: calls fail with [`Error::is_not_connected`] until it answers.
+    ///
+    /// # Errors
+    ///
+    /// Invalid settings (a zero budget or backoff, a URL that is not a Redis URL), or no tokio
+    /// runtime.
+    pub async fn connect(config: LinkConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let info = config.url.expose().into_connection_info().map_err(|_| {
+            Error::config(format!(
+                "cannot use Redis URL {:?}: expected redis://[user:password@]host[:port][/db] or unix:///path",
+                redact_url(config.url.expose())
+            ))
+        })?;
+        if !matches!(
+            info.addr(),
+            ConnectionAddr::Tcp(..) | ConnectionAddr::Unix(_)
+        ) {
+            return Err(Error::config(format!(
+                "cannot use Redis URL {}: TLS (rediss://) is not built in; use redis:// or unix://",
+                config.url
+            )));
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(Error::config(
+                "the Redis link must be built inside a tokio runtime (it reconnects in the background)",
+            ));
+        };
+        let (attempts, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            config,
+            info,
+            hot: ArcSwapOption::empty(),
+            state: AtomicU8::new(CONNECTING),
+            consecutive: AtomicU32::new(0),
+            generations: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            counters: Counters::default(),
+            dropped: Arc::new(Notify::new()),
+            hold_off: std::sync::atomic::AtomicBool::new(false),
+            demand: Arc::new(Notify::new()),
+            attempts_started: AtomicU64::new(0),
+            attempts,
+            scripts: Mutex::new(Vec::new()),
+            supervisor: OnceLock::new(),
+        });
+        if let Err(e) = Inner::attempt(&inner).await {
+            tracing::warn!(url = %inner.config.url, error = %e, "Redis is unreachable: the link keeps trying in the background");
+        }
+        let task = runtime.spawn(supervise(
+            Arc::downgrade(&inner),
+            inner.dropped.clone(),
+            inner.demand.clone(),
+        ));
+        let _ = inner.supervisor.set(task.abort_handle());
+        Ok(Self { inner })
+    }
+
+    /// The settings the link was built with.
+    pub fn config(&self) -> &LinkConfig {
+        &self.inner.config
+    }
+
+    /// Whether a connection is up now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.hot.load().is_some()
+    }
+
+    /// The link's state now.
+    pub fn state(&self) -> LinkState {
+        match self.inner.state.load(Ordering::Acquire) {
+            CONNECTED => LinkState::Connected,
+            HOLDING_OFF => LinkState::HoldingOff,
+            _ => LinkState::Connecting,
+        }
+    }
+
+    /// The link's counters since it was built.
+    pub fn stats(&self) -> LinkStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        LinkStats {
+            connections: get(&self.inner.connections),
+            failed_attempts: get(&c.failed_attempts),
+            closed: get(&c.closed),
+            transport_failures: get(&c.transport),
+            replace_failures: get(&c.replace),
+            server_failures: get(&c.server),
+            budget_overruns: get(&c.budget),
+            retries: get(&c.retries),
+            not_connected: get(&c.not_connected),
+            in_flight: get(&c.in_flight),
+        }
+    }
+
+    /// Registers `script` to be loaded on every new connection before it is used (so the first
+    /// `EVALSHA` after a Redis restart does not meet `NOSCRIPT`), and loads it on the current
+    /// connection now.
+    ///
+    /// # Errors
+    ///
+    /// Loading it on the current connection failed (it is still registered; a failed load
+    /// only costs one `NOSCRIPT` round trip later). No error when Redis is down.
+    pub async fn preload(&self, script: &Script) -> Result<(), Error> {
+        if let Ok(mut scripts) = self.inner.scripts.lock()
+            && !scripts.iter().any(|s| s.get_hash() == script.get_hash())
+        {
+            scripts.push(script.clone());
+        }
+        if !self.is_connected() {
+            return Ok(());
+        }
+        let budget = self.inner.config.connect_timeout;
+        let invocation = script.prepare_invoke();
+        self.call_within(budget, Retry::Once, |mut c| {
+            let invocation = &invocation;
+            async move { invocation.load_async(&mut c).await }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Runs `cmd` within the link's budget.
+    ///
+    /// # Errors
+    ///
+    /// See [`call_within`](Self::call_within).
+    pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd, retry: Retry) -> Result<T, Error> {
+        self.call(retry, |mut c| async move { cmd.query_async(&mut c).await })
+            .await
+    }
+
+    /// Runs `pipe` (one round trip) within the link's budget.
+    ///
+    /// # Errors
+    ///
+    /// See [`call_within`](Self::call_within).
+    pub async fn query_pipe<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+        retry: Retry,
+    ) -> Result<T, Error> {
+        self.call(retry, |mut c| async move { pipe.query_async(&mut c).await })
+            .await
+    }
+
+    /// Runs a script (`EVALSHA`, loading it on `NOSCRIPT`) within the link's budget. Mark it
+    /// [`Retry::Once`] only when running it twice does no harm.
+    ///
+    /// # Errors
+    ///
+    /// See [`call_within`](Self::call_within).
+    pub async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+        retry: Retry,
+    ) -> Result<T, Error> {
+        self.call(retry, |mut c| async move {
+            invocation.invoke_async(&mut c).await
+        })
+        .await
+    }
+
+    /// Runs `f` on the connection within the link's budget.
+    ///
+    /// # Errors
+    ///
+    /// See [`call_within`](Self::call_within).
+    pub async fn call<T, F, Fut>(&self, retry: Retry, f: F) -> Result<T, Error>
+    where
+        F: FnMut(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        self.call_within(self.inner.config.budget, retry, f).await
+    }
+
+    /// Runs `f` on the connection (a clone of the shared multiplexed connection: do not
+    /// issue blocking commands, `WATCH`/`MULTI` or `SUBSCRIBE` on it) within `budget`.
+    /// `f` runs a second time on a new connection when `retry` is [`Retry::Once`] and the
+    /// first run failed with a transport error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_not_connected`] (no connection and none made within the budget),
+    /// [`Error::is_budget`], [`Error::is_transport`] or [`Error::is_server`].
+    pub async fn call_within<T, F, Fut>(
+        &self,
+        budget: Duration,
+        retry: Retry,
+        mut f: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let inner = &self.inner;
+        let deadline = Instant::now() + budget;
+        inner.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = InFlight(&inner.counters.in_flight);
+        let mut hot = match inner.hot_or_wait(deadline, None).await {
+            Some(hot) => hot,
+            None => {
+                inner.counters.not_connected.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::not_connected());
+            }
+        };
+        let mut retried = false;
+        loop {
+            match tokio::time::timeout_at(deadline, f(hot.conn.clone())).await {
+                Ok(Ok(v)) => {
+                    inner.succeeded();
+                    return Ok(v);
+                }
+                Err(_) => {
+                    inner.counters.budget.fetch_add(1, Ordering::Relaxed);
+                    inner.failed(
+                        &hot,
+                        Failure::Transport,
+                        false,
+                        "a call ran past its budget",
+                    );
+                    return Err(Error::budget(budget));
+                }
+                Ok(Err(e)) => {
+                    let failure = classify(&e);
+                    let closed = e.is_connection_dropped() || e.is_unrecoverable_error();
+                    let text = redact_url(&e.to_string()).into_owned();
+                    inner.failed(&hot, failure, closed, &text);
+                    if failure == Failure::Server {
+                        return Err(Error::server(e));
+                    }
+                    if retried || retry == Retry::Never {
+                        return Err(Error::transport(e));
+                    }
+                    match inner.hot_or_wait(deadline, Some(hot.generation)).await {
+                        Some(next) => {
+                            inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+                            retried = true;
+                            hot = next;
+                        }
+                        None => return Err(Error::transport(e)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Degraded` while the link has no connection: each component decides what that means for
+/// its requests, so register it with `Affects::Nothing` unless Redis is required to serve.
+impl HealthCheck for Link {
+    fn check(&self) -> CheckFuture<'_> {
+        let outcome = match self.state() {
+            LinkState::Connected => CheckOutcome::Healthy,
+            _ => CheckOutcome::degraded(
+                "Redis is unreachable: the link reconnects in the background; check that Redis runs and is reachable",
+            ),
+        };
+        Box::pin(std::future::ready(outcome))
+    }
+}

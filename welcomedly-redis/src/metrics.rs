@@ -1,0 +1,89 @@
+//! The link's OpenTelemetry instruments (exported at `/metrics` by welcomedly-core's
+//! Prometheus exporter).
+
+use std::sync::Arc;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Meter;
+
+use crate::link::{Link, LinkState};
+
+impl Link {
+    /// Registers observable instruments reading [`Link::stats`] at each collection, so nothing
+    /// is added to the call path: `welcomedly.redis.connected` (1 or 0),
+    /// `welcomedly.redis.connections` (connections made; reconnects are this minus one),
+    /// `welcomedly.redis.failures` by `class` (`transport` / `replace` / `server`),
+    /// `welcomedly.redis.budget_overruns`, `welcomedly.redis.closed` (connections Redis
+    /// closed), `welcomedly.redis.in_flight`. Labels come from closed sets only.
+    ///
+    /// The instruments hold the link weakly: they stop reporting once it is dropped.
+    pub fn register_metrics(&self, meter: &Meter) {
+        let weak = Arc::downgrade(self.inner());
+        let _connected = meter
+            .u64_observable_gauge("welcomedly.redis.connected")
+            .with_description("Whether the Redis link has a connection (1) or not (0)")
+            .with_callback(move |o| {
+                if let Some(link) = Link::upgrade(&weak) {
+                    o.observe(u64::from(link.state() == LinkState::Connected), &[]);
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(self.inner());
+        let _connections = meter
+            .u64_observable_counter("welcomedly.redis.connections")
+            .with_description("Connections the Redis link made (reconnects are this minus one)")
+            .with_callback(move |o| {
+                if let Some(link) = Link::upgrade(&weak) {
+                    o.observe(link.stats().connections, &[]);
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(self.inner());
+        let _failures = meter
+            .u64_observable_counter("welcomedly.redis.failures")
+            .with_description("Failed Redis calls by class")
+            .with_callback(move |o| {
+                if let Some(link) = Link::upgrade(&weak) {
+                    let s = link.stats();
+                    for (class, v) in [
+                        ("transport", s.transport_failures),
+                        ("replace", s.replace_failures),
+                        ("server", s.server_failures),
+                    ] {
+                        o.observe(v, &[KeyValue::new("class", class)]);
+                    }
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(self.inner());
+        let _budget = meter
+            .u64_observable_counter("welcomedly.redis.budget_overruns")
+            .with_description("Redis calls that ran past their budget")
+            .with_callback(move |o| {
+                if let Some(link) = Link::upgrade(&weak) {
+                    o.observe(link.stats().budget_overruns, &[]);
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(self.inner());
+        let _closed = meter
+            .u64_observable_counter("welcomedly.redis.closed")
+            .with_description("Redis connections closed by the server, noticed without a call")
+            .with_callback(move |o| {
+                if let Some(link) = Link::upgrade(&weak) {
+                    o.observe(link.stats().closed, &[]);
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(self.inner());
+        let _in_flight = meter
+            .u64_observable_gauge("welcomedly.redis.in_flight")
+            .with_description("Redis calls in flight")
+            .with_callback(move |o| {
+                if let Some(link) = Link::upgrade(&weak) {
+                    o.observe(link.stats().in_flight, &[]);
+                }
+            })
+            .build();
+    }
+}
