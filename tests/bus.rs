@@ -539,7 +539,10 @@ async fn a_slow_subscriber_loses_events_counted_and_reported_and_a_durable_one_r
     for n in 1..=50 {
         assert_eq!(next_event(&mut slow_d).await.0, status(n));
     }
-    assert!(a.stats().recovered > 0);
+    // Not `recovered > 0`: when the subscriber happens to be reading from Redis (catching up)
+    // as the flood starts, it reads the whole flood there and never meets the lag on its live
+    // queue within these 50 events (seen once in about 40 runs). What matters is above: every
+    // event, in order, and no gap.
     assert_eq!(a.stats().gaps, 0);
 }
 
