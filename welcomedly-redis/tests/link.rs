@@ -66,7 +66,13 @@ async fn a_slow_answer_below_the_threshold_keeps_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_reconnect_per_outage_under_64_concurrent_callers() {
     let redis = Arc::new(RedisServer::start().unwrap());
-    let link = Link::connect(config(&redis)).await.unwrap();
+    // A budget with headroom: right after Redis resumes, 64 callers land on the new connection
+    // at once on a loaded 2-core box, and a 50 ms budget could see three slow answers in a row
+    // there and drop a connection that is fine (seen once in a clean CI run). The pause still
+    // overruns it, so the outage is still seen and ends in exactly one reconnect.
+    let mut c = config(&redis);
+    c.budget = Duration::from_millis(250);
+    let link = Link::connect(c).await.unwrap();
     redis.pause().unwrap();
 
     // 64 callers keep calling through the outage.
