@@ -97,35 +97,7 @@ impl<'a> EnvReader<'a> {
         default: T,
         parse: impl FnOnce(&str) -> Result<T, P>,
     ) -> T {
-        let raw = match (self.source)(name) {
-            None => return default,
-            Some(Ok(raw)) => raw,
-            Some(Err(lossy)) => {
-                self.record(InvalidVariable {
-                    variable: name,
-                    value: lossy,
-                    problem: "is not valid UTF-8: expected a text value".to_owned(),
-                    secret_len: None,
-                });
-                return default;
-            }
-        };
-        let value = raw.trim();
-        if value.is_empty() {
-            return default;
-        }
-        match parse(value) {
-            Ok(parsed) => parsed,
-            Err(problem) => {
-                self.record(InvalidVariable {
-                    variable: name,
-                    value: raw,
-                    problem: problem.into(),
-                    secret_len: None,
-                });
-                default
-            }
-        }
+        self.read_value(name, default, parse, false)
     }
 
     /// Like [`read`](Self::read), for a secret (a token, a signing key): a value `parse`
@@ -137,13 +109,36 @@ impl<'a> EnvReader<'a> {
         default: T,
         parse: impl FnOnce(&str) -> Result<T, P>,
     ) -> T {
+        self.read_value(name, default, parse, true)
+    }
+
+    /// [`read`](Self::read) and [`read_secret`](Self::read_secret): a refused `secret` is
+    /// recorded by its length only.
+    fn read_value<T, P: Into<String>>(
+        &mut self,
+        name: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, P>,
+        secret: bool,
+    ) -> T {
+        let bad = |value: String, problem: String| {
+            if secret {
+                InvalidVariable::secret(name, value.len(), problem)
+            } else {
+                InvalidVariable {
+                    variable: name,
+                    value,
+                    problem,
+                    secret_len: None,
+                }
+            }
+        };
         let raw = match (self.source)(name) {
             None => return default,
             Some(Ok(raw)) => raw,
             Some(Err(lossy)) => {
-                self.record(InvalidVariable::secret(
-                    name,
-                    lossy.len(),
+                self.record(bad(
+                    lossy,
                     "is not valid UTF-8: expected a text value".to_owned(),
                 ));
                 return default;
@@ -156,7 +151,13 @@ impl<'a> EnvReader<'a> {
         match parse(value) {
             Ok(parsed) => parsed,
             Err(problem) => {
-                self.record(InvalidVariable::secret(name, value.len(), problem.into()));
+                // The secret's length is that of the trimmed value (what was refused).
+                let shown = if secret {
+                    value.to_owned()
+                } else {
+                    raw.clone()
+                };
+                self.record(bad(shown, problem.into()));
                 default
             }
         }
