@@ -107,6 +107,18 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let registry = HealthRegistry::from_config(&config);
     let drain = drain::Drain::new(registry.clone(), DrainConfig::from(&config));
     drain.register_metrics(telemetry.metrics().meter());
+    // The one Redis link every Redis-backed component runs on (REDIS_URL), built first so each
+    // component below is built from it. `/health` names Redis once, here.
+    let link = match link_config {
+        Some(c) => {
+            let link = Link::connect(c).await?;
+            // Degraded, not unready: anonymous requests are still served while Redis is down.
+            registry.register("redis", link.clone(), Affects::Nothing);
+            link.register_metrics(telemetry.metrics().meter());
+            Some(link)
+        }
+        None => None,
+    };
     // Password hashing on a small fixed pool of threads (see login.rs), started before the
     // demo users are hashed on it.
     let logins = login::Logins::start(demo_password()).await?;
@@ -136,16 +148,6 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     };
     // Sessions and the event bus: in Redis (any instance serves any user, events reach every
     // instance), or in this process on the embedded default.
-    let link = match link_config {
-        Some(c) => {
-            let link = Link::connect(c).await?;
-            // Degraded, not unready: anonymous requests are still served while Redis is down.
-            registry.register("redis", link.clone(), Affects::Nothing);
-            link.register_metrics(telemetry.metrics().meter());
-            Some(link)
-        }
-        None => None,
-    };
     let (session_store, bus) = match (&redis, &link) {
         (Some(r), Some(link)) => {
             let store = RedisSessionStore::new(link, session_store_config).await?;
