@@ -23,6 +23,14 @@
 //! See [`Link`] for the policy: per-call budget, failure threshold, minimum outage, backoff
 //! with jitter, generation check, a closed connection noticed when it closes, and one retry
 //! of calls marked safe.
+//!
+//! Which connection for what:
+//! - [`Link::query`], [`Link::query_pipe`], [`Link::invoke`], [`Link::call`]: every ordinary
+//!   command, on the one shared multiplexed connection;
+//! - [`Link::subscriber`]: pub/sub, one [`Subscriber`] connection per link for every channel
+//!   of every component, with one resubscribe loop (see the [`subscriber`] module);
+//! - [`Link::dedicated`]: a pooled connection of its own for what would stall or corrupt the
+//!   shared one (`XREAD BLOCK`, `BLPOP`, `WATCH`/`MULTI`/`EXEC`).
 
 mod classify;
 mod config;

@@ -173,6 +173,18 @@ pub(crate) struct Inner {
     pool: OnceLock<deadpool_redis::Pool>,
 }
 
+impl Inner {
+    /// Whether the link has a connection now.
+    pub(crate) fn is_up(&self) -> bool {
+        self.hot.load().is_some()
+    }
+
+    /// Ticks at the end of every connection attempt.
+    pub(crate) fn attempts(&self) -> watch::Receiver<u64> {
+        self.attempts.subscribe()
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(task) = self.supervisor.get() {
@@ -287,6 +299,7 @@ impl Link {
                     self.inner.config.clone(),
                     self.inner.info.clone(),
                     self.inner.runtime.clone(),
+                    Arc::downgrade(&self.inner),
                 )
             })
             .clone()

@@ -33,7 +33,8 @@
 //! - **One resubscribe loop** with the link's settings: a connection Redis closed is reopened
 //!   at once; one dropped for failures after [`min_outage`](crate::LinkConfig::min_outage);
 //!   failed attempts are spaced by the link's [`backoff`](crate::LinkConfig::backoff)
-//!   (exponential, jittered). Every wanted channel is restored with one `SUBSCRIBE`.
+//!   (exponential, jittered), cut short when the link itself reconnects (Redis answers
+//!   again). Every wanted channel is restored with one `SUBSCRIBE`.
 //! - **Told, not hidden**: every subscription's first delivery on a connection is
 //!   [`Delivery::Subscribed`], with how long the channel was not subscribed after an outage:
 //!   what was published meanwhile is lost (pub/sub is at most once), so catch up from the
@@ -47,7 +48,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -115,6 +116,8 @@ impl fmt::Debug for Subscriber {
 }
 
 pub(crate) struct Shared {
+    /// The link, to retry at once when it reconnects (Redis answers again).
+    link: Weak<crate::link::Inner>,
     config: LinkConfig,
     info: redis::ConnectionInfo,
     runtime: tokio::runtime::Handle,
@@ -245,9 +248,11 @@ impl Subscriber {
         config: LinkConfig,
         info: redis::ConnectionInfo,
         runtime: tokio::runtime::Handle,
+        link: Weak<crate::link::Inner>,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
+                link,
                 config,
                 info,
                 runtime,

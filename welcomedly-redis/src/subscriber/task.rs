@@ -77,7 +77,7 @@ pub(super) async fn run(shared: Weak<Shared>) {
                     tracing::debug!(error = %e, attempts, "Redis pub/sub still unreachable");
                 }
                 drop(strong);
-                tokio::time::sleep(delays.next_delay()).await;
+                retry_after(&shared, delays.next_delay()).await;
                 continue;
             }
         };
@@ -95,7 +95,7 @@ pub(super) async fn run(shared: Weak<Shared>) {
             tracing::debug!(error = %ended.why, attempts, "Redis pub/sub: subscribing failed");
             strong.lost();
             drop(strong);
-            tokio::time::sleep(delays.next_delay()).await;
+            retry_after(&shared, delays.next_delay()).await;
             continue;
         }
         if generation > 1 {
@@ -124,6 +124,31 @@ pub(super) async fn run(shared: Weak<Shared>) {
         // A connection closed as soon as it was made (a client limit Redis enforces on every
         // new one) is not reopened in a busy loop.
         hold_off = ended.hold_off || since.elapsed() < config.min_outage;
+    }
+}
+
+/// Waits `delay` before the next attempt, or less: until the link has made a connection (Redis
+/// answers again, so trying now is worth it).
+async fn retry_after(shared: &Weak<Shared>, delay: Duration) {
+    let Some((link, mut attempts)) = shared.upgrade().and_then(|s| {
+        let link = s.link.clone();
+        let attempts = link.upgrade()?.attempts();
+        Some((link, attempts))
+    }) else {
+        tokio::time::sleep(delay).await;
+        return;
+    };
+    let link_back = async {
+        while attempts.changed().await.is_ok() {
+            if link.upgrade().is_some_and(|l| l.is_up()) {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = link_back => {}
     }
 }
 
