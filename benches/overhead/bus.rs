@@ -1,5 +1,5 @@
-//! Event bus: publish on one bus instance → receive on another (each with its own Redis
-//! connections, as two processes would have), for both tiers, beside a bare Redis round trip.
+//! Event bus: publish on one bus instance → receive on another (each on its own Redis link, as
+//! two processes would have), for both tiers, beside a bare Redis round trip.
 //! Target: fan-out p99 ≤ 2 ms on loopback. Skipped when no `redis-server` is installed.
 
 use std::future::Future;
@@ -72,11 +72,16 @@ pub(crate) fn bench(c: &mut Criterion) {
     };
     let url = redis.url();
     let variants: Vec<(&str, Call)> = rt.block_on(async {
-        let mut config = BusConfig::new(url.clone());
-        config.budget = Duration::from_secs(1);
+        // Two links, as two processes would have.
+        let mut link = welcomedly_redis::LinkConfig::new(url.clone());
+        link.budget = Duration::from_secs(1);
+        let (link_a, link_b) = (
+            welcomedly_redis::Link::connect(link.clone()).await.unwrap(),
+            welcomedly_redis::Link::connect(link).await.unwrap(),
+        );
         let (a, b) = (
-            config.clone().build().await.unwrap(),
-            config.build().await.unwrap(),
+            BusConfig::new().build(&link_a).await.unwrap(),
+            BusConfig::new().build(&link_b).await.unwrap(),
         );
         let client = redis::Client::open(url.as_str()).unwrap();
         let conn = client.get_multiplexed_async_connection().await.unwrap();

@@ -149,16 +149,16 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     // Sessions and the event bus: in Redis (any instance serves any user, events reach every
     // instance), or in this process on the embedded default.
     let (session_store, bus) = match (&redis, &link) {
-        (Some(r), Some(link)) => {
+        (Some(_), Some(link)) => {
             let store = RedisSessionStore::new(link, session_store_config).await?;
-            let mut bus = BusConfig::new(r.url.clone());
+            let mut bus = BusConfig::new();
             bus.heartbeat = sse_heartbeat;
-            let bus = bus.build().await?;
-            registry.register("bus", bus.clone(), Affects::Nothing);
+            // No health check of its own: the link's ("redis") reports the outage.
+            let bus = bus.build(link).await?;
             (SessionStore::from(store), bus)
         }
         _ => {
-            let mut bus = BusConfig::new(String::new());
+            let mut bus = BusConfig::new();
             bus.heartbeat = sse_heartbeat;
             (SessionStore::memory(), bus.build_local()?)
         }

@@ -30,7 +30,7 @@ impl Bus {
     /// use welcomedly_core::telemetry::Metrics;
     ///
     /// let metrics = Metrics::new()?;
-    /// let bus = BusConfig::new(String::new()).build_local()?;
+    /// let bus = BusConfig::new().build_local()?;
     /// bus.register_metrics(metrics.meter());
     /// let text = metrics.encode()?;
     /// assert!(text.contains("welcomedly_bus_published_total"), "{text}");
@@ -117,7 +117,7 @@ fn subscribers(weak: &Weak<Inner>) -> Option<(u64, u64)> {
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     let ephemeral = lock(&inner.ephemeral)
         .values()
-        .map(|tx| count(tx.receiver_count()))
+        .map(|t| count(t.tx.receiver_count()))
         .sum();
     let durable = lock(&inner.durable)
         .values()
@@ -142,7 +142,7 @@ mod tests {
     #[tokio::test]
     async fn counts_published_received_and_local_subscribers() {
         let metrics = Metrics::new().unwrap();
-        let bus = BusConfig::new(String::new()).build_local().unwrap();
+        let bus = BusConfig::new().build_local().unwrap();
         bus.register_metrics(metrics.meter());
         let topic = Topic::<u32>::ephemeral("ops.test").unwrap();
         let mut a = bus.subscribe(&topic).await;

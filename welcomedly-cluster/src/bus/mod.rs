@@ -10,16 +10,18 @@
 //!   `Last-Event-ID`, on any instance) catches up from Redis, and is told explicitly with
 //!   [`Delivery::Gap`] when what it missed is no longer there (trimmed, or a new epoch because
 //!   Redis lost the stream).
-//! - **Local fan-out.** One Redis subscription per instance (one pub/sub connection for all
-//!   ephemeral topics; one reader per durable topic that has local subscribers, on a connection
-//!   of its own because `XREAD BLOCK` would stall a shared one) feeds a tokio broadcast per
+//! - **Local fan-out.** One Redis subscription per topic and instance (a channel on the link's
+//!   shared [`Subscriber`](welcomedly_redis::Subscriber) per ephemeral topic; one reader per
+//!   durable topic that has local subscribers, on a [dedicated](welcomedly_redis::Link::dedicated)
+//!   connection because `XREAD BLOCK` would stall the shared one) feeds a tokio broadcast per
 //!   topic. Each [`Subscription`] reads at its own pace from a bounded queue of
 //!   [`capacity`](BusConfig::capacity) events: a slow one loses events alone, counted and
 //!   reported ([`Delivery::Dropped`] on ephemeral topics; a durable one re-reads them from
 //!   Redis).
-//! - **Reconnect discipline.** Every call has a time budget; the pub/sub connection is pinged
-//!   and resubscribed after a disconnect, with exponential backoff and jitter; publishing fails
-//!   fast (an error, never a hang) while Redis is unreachable.
+//! - **Reconnect discipline** is the [`Link`]'s: every call has its time budget, the pub/sub
+//!   connection is pinged and resubscribed after a disconnect with backoff and jitter, and
+//!   publishing fails fast (an error, never a hang) while Redis is unreachable. The link's
+//!   health check reports the outage (the bus has none of its own).
 //! - **Redis Cluster ready.** A durable topic's two keys share one hash tag
 //!   (`<prefix>:{<topic>}:s` and `:m`); readers read one stream each; ephemeral channels use
 //!   classic pub/sub, which reaches every node.
@@ -43,8 +45,8 @@
 //! history across restarts.
 //!
 //! **Costs.** A publish is one Redis call (`PUBLISH`, or one `EVALSHA` for a durable topic) on
-//! the bus's shared multiplexed connection. Each instance holds one pub/sub connection, plus one
-//! connection per durable topic it has local subscribers for. A durable subscription makes one
+//! the link's shared multiplexed connection. Each instance holds the link's one pub/sub
+//! connection, plus one dedicated connection per durable topic it has local subscribers for. A durable subscription makes one
 //! `XRANGE` when it starts (normally empty) and one per batch when it catches up. Measured on
 //! loopback (2-core VM under load, `cargo bench --bench overhead -- bus`): publish on one
 //! instance → receive on another p50 ≈ 130 µs / p99 ≈ 0.5 ms ephemeral, p50 ≈ 180 µs /
@@ -53,12 +55,14 @@
 //! ```no_run
 //! use serde::{Deserialize, Serialize};
 //! use welcomedly_cluster::bus::{BusConfig, Delivery, Topic};
+//! use welcomedly_redis::{Link, LinkConfig};
 //!
 //! #[derive(Debug, Serialize, Deserialize)]
 //! struct StatusChanged { agent: String, status: String }
 //!
-//! # async fn run() -> Result<(), welcomedly_cluster::Error> {
-//! let bus = BusConfig::new("redis://127.0.0.1:6379/").build().await?;
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let link = Link::connect(LinkConfig::new("redis://127.0.0.1:6379/")).await?;
+//! let bus = BusConfig::new().build(&link).await?;
 //! let topic = Topic::<StatusChanged>::durable("agents.status")?;
 //! let mut sub = bus.subscribe(&topic).await;
 //! bus.publish(&topic, &StatusChanged { agent: "ana".into(), status: "on_call".into() }).await?;
@@ -73,11 +77,10 @@
 //! ```
 
 mod config;
-mod link;
+mod ephemeral;
 mod memory;
 mod metrics;
 mod offset;
-mod pubsub;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod sse;
@@ -94,11 +97,10 @@ use std::time::Duration;
 use redis::Script;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
-use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
+use welcomedly_redis::{Backoff, Link, Retry};
 
 use crate::Error;
 pub use config::BusConfig;
-use link::Link;
 pub use offset::{InvalidOffset, Offset};
 pub use subscription::{Delivery, Event, Gap, Subscription};
 pub use topic::{MAX_TOPIC_LEN, Tier, Topic};
@@ -121,16 +123,6 @@ impl Names {
 
     fn channel(&self, topic: &str) -> String {
         format!("{}:e:{topic}", self.prefix)
-    }
-
-    fn ephemeral_pattern(&self) -> String {
-        format!("{}:e:*", self.prefix)
-    }
-
-    fn ephemeral_topic<'a>(&self, channel: &'a str) -> Option<&'a str> {
-        channel
-            .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(":e:")
     }
 }
 
@@ -158,7 +150,6 @@ struct Counters {
     recovered: AtomicU64,
     gaps: AtomicU64,
     malformed: AtomicU64,
-    resubscribes: AtomicU64,
     reader_reconnects: AtomicU64,
 }
 
@@ -187,6 +178,13 @@ pub struct BusStats {
     pub reader_reconnects: u64,
 }
 
+/// An ephemeral topic with local subscribers: its broadcast, fed by the topic's forwarder.
+struct EphemeralTopic {
+    tx: broadcast::Sender<Signal>,
+    /// Turns `true` once the topic's channel is subscribed in Redis.
+    subscribed: watch::Receiver<bool>,
+}
+
 struct DurableTopic {
     tx: broadcast::Sender<Signal>,
     /// Turns `true` once the topic's reader knows where it starts: a subscriber's last
@@ -197,7 +195,7 @@ struct DurableTopic {
 
 /// Where events go between instances.
 enum Backend {
-    Redis(Arc<Link>),
+    Redis(Link),
     /// One process, no Redis ([`BusConfig::build_local`]).
     Memory(memory::Memory),
 }
@@ -205,21 +203,17 @@ enum Backend {
 struct Inner {
     backend: Backend,
     names: Names,
-    budget: Duration,
-    reconnect_interval: Duration,
-    max_reconnect_interval: Duration,
+    /// Retry delays of catch-up reads and durable readers (the link's).
+    backoff: Backoff,
     publish: Script,
     capacity: usize,
     retention: u64,
     max_event_bytes: usize,
     block: Duration,
     batch: usize,
-    ping_interval: Duration,
-    failure_threshold: u32,
     heartbeat: Duration,
-    ephemeral: Mutex<HashMap<Arc<str>, broadcast::Sender<Signal>>>,
+    ephemeral: Mutex<HashMap<Arc<str>, EphemeralTopic>>,
     durable: Mutex<HashMap<Arc<str>, DurableTopic>>,
-    subscribed: AtomicBool,
     closed: AtomicBool,
     stats: Counters,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
@@ -244,7 +238,7 @@ impl Drop for Inner {
 }
 
 impl Inner {
-    fn link(&self) -> Option<&Arc<Link>> {
+    fn link(&self) -> Option<&Link> {
         match &self.backend {
             Backend::Redis(link) => Some(link),
             Backend::Memory(_) => None,
@@ -264,16 +258,25 @@ impl Inner {
 
     fn deliver_ephemeral(&self, topic: &str, entry: Entry) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        if let Some(tx) = lock(&self.ephemeral).get(topic) {
+        if let Some(t) = lock(&self.ephemeral).get(topic) {
             // No receiver is fine: nobody here listens to that topic.
-            let _ = tx.send(Signal::Event(entry));
+            let _ = t.tx.send(Signal::Event(entry));
         }
     }
 
-    fn interrupt_ephemeral(&self) {
-        for tx in lock(&self.ephemeral).values() {
-            let _ = tx.send(Signal::Interrupted);
+    /// Called by an ephemeral topic's forwarder: whether it should stop because nobody listens
+    /// any more (it then unregisters itself, under the lock `subscribe` takes).
+    fn release_ephemeral(&self, topic: &str, tx: &broadcast::Sender<Signal>) -> bool {
+        let mut topics = lock(&self.ephemeral);
+        let ours = topics.get(topic).is_some_and(|t| t.tx.same_channel(tx));
+        if !ours {
+            return true;
         }
+        if tx.receiver_count() == 0 || self.closed.load(Ordering::Acquire) {
+            topics.remove(topic);
+            return true;
+        }
+        false
     }
 
     /// Called by a durable reader: whether it should stop because nobody listens any more (it
@@ -382,16 +385,12 @@ impl Bus {
         };
         let result = match tier {
             Tier::Ephemeral => {
-                let channel = inner.names.channel(topic);
-                link.call("publish an ephemeral bus event", |mut conn| async move {
-                    redis::cmd("PUBLISH")
-                        .arg(&channel)
-                        .arg(payload)
-                        .query_async::<i64>(&mut conn)
-                        .await
-                })
-                .await
-                .map(|_| None)
+                let mut publish = redis::cmd("PUBLISH");
+                publish.arg(inner.names.channel(topic)).arg(payload);
+                link.query::<i64>(&publish, Retry::Never)
+                    .await
+                    .map(|_| None)
+                    .map_err(|e| redis_error("publish an ephemeral bus event", e))
             }
             _ => {
                 let epoch = format!("{:016x}", fastrand::u64(1..));
@@ -402,12 +401,10 @@ impl Bus {
                     .arg(epoch)
                     .arg(inner.retention)
                     .arg(payload);
-                link.call("publish a durable bus event", |mut conn| async move {
-                        invocation
-                            .invoke_async::<redis::Value>(&mut conn)
-                            .await
-                    })
+                // Never run twice: a second run would append the event a second time.
+                link.invoke::<redis::Value>(&invocation, Retry::Never)
                     .await
+                    .map_err(|e| redis_error("publish a durable bus event", e))
                     .and_then(|value| {
                         stream::parse_published(&value).map(Some).ok_or_else(|| {
                             Error::invalid(
@@ -486,19 +483,16 @@ impl Bus {
     async fn feed(&self, topic: &Arc<str>, tier: Tier, offset: Option<Offset>) -> Feed {
         let inner = &self.inner;
         if tier == Tier::Ephemeral {
-            let rx = {
-                let mut topics = lock(&inner.ephemeral);
-                match topics.get(topic) {
-                    Some(tx) => tx.subscribe(),
-                    None => {
-                        let (tx, rx) = broadcast::channel(inner.capacity);
-                        if !inner.closed.load(Ordering::Acquire) {
-                            topics.insert(topic.clone(), tx);
-                        }
-                        rx
-                    }
-                }
-            };
+            let (rx, mut subscribed) = self.listen_ephemeral(topic);
+            // Events published after `subscribe` returns must arrive: wait for Redis to
+            // acknowledge the channel (within the connect timeout), unless Redis is down (then
+            // the subscription starts once it is back).
+            if let Some(link) = inner.link()
+                && link.is_connected()
+            {
+                let wait = link.config().connect_timeout;
+                let _ = tokio::time::timeout(wait, subscribed.wait_for(|s| *s)).await;
+            }
             return Feed::new(
                 inner.clone(),
                 topic.clone(),
@@ -509,7 +503,16 @@ impl Bus {
             );
         }
         // Listen before reading where to start, so nothing falls between the two.
-        let (rx, positioned) = self.listen_durable(topic);
+        let (rx, mut positioned) = self.listen_durable(topic);
+        // Let the topic's reader find where it starts (one read on its connection), so what is
+        // published after `subscribe` returns comes live rather than by a catch-up read. Not
+        // when Redis is down: the subscription then starts once it is back.
+        if let Some(link) = inner.link()
+            && link.is_connected()
+        {
+            let wait = link.config().connect_timeout;
+            let _ = tokio::time::timeout(wait, positioned.wait_for(|p| *p)).await;
+        }
         // Every start with a known position does one catch-up read (normally empty): it covers
         // whatever the topic's reader, perhaps still starting, will not fan out.
         let mut notice = None;
@@ -563,14 +566,66 @@ impl Bus {
     async fn tip(&self, topic: &str) -> Result<Option<Offset>, Error> {
         let key = self.inner.names.stream(topic);
         match &self.inner.backend {
-            Backend::Redis(link) => {
-                link.call("read where a durable topic ends", |conn| {
-                    stream::tip(conn, key)
-                })
+            Backend::Redis(link) => link
+                .call(Retry::Once, |conn| stream::tip(conn, key.clone()))
                 .await
-            }
+                .map_err(|e| redis_error("read where a durable topic ends", e)),
             Backend::Memory(memory) => Ok(memory.tip(topic)),
         }
+    }
+
+    /// The local broadcast of an ephemeral topic, and whether its channel is subscribed; the
+    /// first local subscriber subscribes the channel and starts its forwarder.
+    fn listen_ephemeral(
+        &self,
+        topic: &Arc<str>,
+    ) -> (broadcast::Receiver<Signal>, watch::Receiver<bool>) {
+        let inner = &self.inner;
+        let mut topics = lock(&inner.ephemeral);
+        if let Some(t) = topics.get(topic) {
+            return (t.tx.subscribe(), t.subscribed.clone());
+        }
+        let (tx, rx) = broadcast::channel(inner.capacity);
+        if inner.closed.load(Ordering::Acquire) {
+            // A closed bus: the sender drops here and the subscription ends at once.
+            return (rx, positioned_already());
+        }
+        let Some(link) = inner.link() else {
+            // In memory, publishing hands events to the broadcast itself.
+            topics.insert(
+                topic.clone(),
+                EphemeralTopic {
+                    tx,
+                    subscribed: positioned_already(),
+                },
+            );
+            return (rx, positioned_already());
+        };
+        let (subscribed_tx, subscribed) = watch::channel(false);
+        topics.insert(
+            topic.clone(),
+            EphemeralTopic {
+                tx: tx.clone(),
+                subscribed: subscribed.clone(),
+            },
+        );
+        drop(topics);
+        let subscriber = link.subscriber();
+        let subscription = subscriber.subscribe(inner.names.channel(topic), inner.capacity);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let task = runtime.spawn(ephemeral::forward(
+                Arc::downgrade(inner),
+                topic.clone(),
+                subscription,
+                subscriber.watch_connected(),
+                tx,
+                subscribed_tx,
+            ));
+            let mut tasks = inner.tasks();
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task.abort_handle());
+        }
+        (rx, subscribed)
     }
 
     fn listen_durable(
@@ -621,20 +676,19 @@ impl Bus {
         inner.closed.store(true, Ordering::Release);
         lock(&inner.ephemeral).clear();
         lock(&inner.durable).clear();
-        let mut tasks = inner.tasks();
-        // The first task is the publish connection's supervisor: keep it.
-        for task in tasks.iter().skip(1) {
+        for task in inner.tasks().drain(..) {
             task.abort();
         }
-        tasks.truncate(1);
     }
 
-    /// Whether the pub/sub connection is subscribed (ephemeral events arrive).
+    /// Whether the link's pub/sub connection is subscribed (ephemeral events arrive).
     pub fn is_subscribed(&self) -> bool {
-        self.inner.memory().is_some() || self.inner.subscribed.load(Ordering::Acquire)
+        self.inner
+            .link()
+            .is_none_or(|l| l.subscriber().is_connected())
     }
 
-    /// Whether the publishing connection is up.
+    /// Whether the link (publishing, catching up) is connected.
     pub fn is_connected(&self) -> bool {
         self.inner.link().is_none_or(|l| l.is_connected())
     }
@@ -661,28 +715,24 @@ impl Bus {
             recovered: get(&s.recovered),
             gaps: get(&s.gaps),
             malformed: get(&s.malformed),
-            resubscribes: get(&s.resubscribes),
+            resubscribes: self
+                .inner
+                .link()
+                .map_or(0, |l| l.subscriber().stats().resubscribes),
             reader_reconnects: get(&s.reader_reconnects),
         }
     }
 }
 
-/// `Degraded` while Redis is unreachable (the instance still serves; events do not cross
-/// instances until it is back), `Healthy` otherwise. Register it with
-/// `registry.register("bus", bus.clone(), Affects::Nothing)`.
-impl HealthCheck for Bus {
-    fn check(&self) -> CheckFuture<'_> {
-        let outcome = match (self.is_connected(), self.is_subscribed()) {
-            (true, true) => CheckOutcome::Healthy,
-            (false, _) => CheckOutcome::degraded(
-                "the event bus cannot reach Redis: publishing fails and events do not cross instances until it is back (reconnecting)",
-            ),
-            (true, false) => CheckOutcome::degraded(
-                "the event bus's pub/sub subscription is down: ephemeral events from other instances are lost until it is back (resubscribing)",
-            ),
-        };
-        Box::pin(std::future::ready(outcome))
-    }
+/// A failed call on the link as a bus error: `what` the bus could not do, and why in the link's
+/// words (the source).
+fn redis_error(what: &str, e: welcomedly_redis::Error) -> Error {
+    let why = if e.is_unavailable() {
+        "Redis is unreachable or slower than the link's budget (the link reconnects in the background); retry later"
+    } else {
+        "Redis refused the call; check that nothing else writes under the bus's key prefix"
+    };
+    Error::redis(format!("cannot {what}: {why}"), e)
 }
 
 #[cfg(test)]
@@ -697,8 +747,6 @@ mod tests {
         assert_eq!(n.stream("agents"), "wd:bus:{agents}:s");
         assert_eq!(n.meta("agents"), "wd:bus:{agents}:m");
         assert_eq!(n.channel("agents"), "wd:bus:e:agents");
-        assert_eq!(n.ephemeral_topic("wd:bus:e:agents"), Some("agents"));
-        assert_eq!(n.ephemeral_topic("other:e:agents"), None);
     }
 
     #[test]
@@ -709,7 +757,7 @@ mod tests {
         send_sync::<Subscription<String>>();
         send_sync::<Topic<String>>();
         send_sync::<Delivery<String>>();
-        let bus = BusConfig::new("").build_local().unwrap();
+        let bus = BusConfig::new().build_local().unwrap();
         let topic = Topic::<String>::durable("t").unwrap();
         send(&bus.subscribe(&topic));
         send(&bus.publish(&topic, &String::new()));
@@ -718,23 +766,12 @@ mod tests {
     }
 
     #[test]
-    fn the_config_debug_hides_credentials() {
-        let text = format!("{:?}", BusConfig::new("redis://:hunter2@cache:6379/0"));
-        assert!(!text.contains("hunter2"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn bad_settings_are_refused_before_connecting() {
-        let mut c = BusConfig::new("redis://127.0.0.1:1/");
+    fn bad_settings_are_refused() {
+        let mut c = BusConfig::new();
         c.key_prefix = "bad prefix*".to_owned();
-        assert!(c.build().await.unwrap_err().is_config());
-        let mut c = BusConfig::new("redis://127.0.0.1:1/");
-        c.budget = Duration::ZERO;
-        assert!(c.build().await.unwrap_err().is_config());
-        let e = BusConfig::new("redis://:hunter2@cache:notaport/")
-            .build()
-            .await
-            .unwrap_err();
-        assert!(e.is_config() && !e.to_string().contains("hunter2"), "{e}");
+        assert!(c.build_local().unwrap_err().is_config());
+        let mut c = BusConfig::new();
+        c.block = Duration::ZERO;
+        assert!(c.build_local().unwrap_err().is_config());
     }
 }

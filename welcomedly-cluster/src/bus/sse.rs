@@ -378,7 +378,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_last_event_id_past_the_end_gets_a_notice_then_live_events() {
-        let bus = BusConfig::new("").build_local().unwrap();
+        let bus = BusConfig::new().build_local().unwrap();
         let topic = Topic::<String>::durable("t").unwrap();
         let mut last = None;
         for i in 0..3 {
@@ -437,7 +437,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_ends_with_its_session() {
-        let bus = BusConfig::new("").build_local().unwrap();
+        let bus = BusConfig::new().build_local().unwrap();
         let topic = Topic::<String>::durable("t").unwrap();
         let heartbeat = bus.heartbeat();
         let memory = MemoryStore::new();
@@ -471,7 +471,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_ends_within_a_heartbeat_of_the_idle_expiry() {
-        let bus = BusConfig::new("").build_local().unwrap();
+        let bus = BusConfig::new().build_local().unwrap();
         let topic = Topic::<String>::durable("t").unwrap();
         let heartbeat = Duration::from_secs(1);
         let now = Arc::new(std::sync::atomic::AtomicU64::new(1_000_000));
@@ -495,7 +495,7 @@ mod tests {
 
     #[tokio::test]
     async fn merged_events_are_interleaved() {
-        let bus = BusConfig::new("").build_local().unwrap();
+        let bus = BusConfig::new().build_local().unwrap();
         let topic = Topic::<String>::durable("t").unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<SseEvent>();
         let extra =

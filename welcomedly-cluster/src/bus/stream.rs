@@ -1,5 +1,5 @@
 //! Durable topics on Redis Streams: the publish script, reply parsing, and the per-topic reader
-//! task that follows a stream with `XREAD BLOCK` on a connection of its own.
+//! task that follows a stream with `XREAD BLOCK` on a dedicated connection of the link.
 
 use std::sync::Arc;
 use std::sync::Weak;
@@ -9,7 +9,6 @@ use std::time::Duration;
 use redis::Value;
 use tokio::sync::broadcast;
 
-use super::link::jittered;
 use super::offset::{Offset, StreamId};
 use super::{Entry, Inner, Signal};
 
@@ -167,9 +166,9 @@ pub(super) async fn range_after(
 }
 
 /// Follows one durable topic's stream and fans its entries out to the local subscribers, until
-/// the last of them is gone or the bus is dropped. Owns its connection (a blocking read on the
-/// shared one would stall every call queued behind it) and reconnects it with backoff and
-/// jitter. Only moves forward: subscribers that were not listening (a reconnect, a lag, a
+/// the last of them is gone or the bus is dropped. Holds a dedicated connection from the link's
+/// pool (a blocking read on the shared one would stall every call queued behind it) and takes
+/// another after a failure, spaced by the link's backoff. Only moves forward: subscribers that were not listening (a reconnect, a lag, a
 /// resume from an older offset) catch up from Redis themselves.
 pub(super) async fn follow(
     inner: Weak<Inner>,
@@ -179,10 +178,10 @@ pub(super) async fn follow(
 ) {
     // Where the reader is: the last id it fanned out and that entry's epoch.
     let mut position: Option<(StreamId, Option<u64>)> = None;
-    let mut delay = Duration::ZERO;
+    let mut delays: Option<welcomedly_core::backoff::Delays> = None;
     loop {
-        if !delay.is_zero() {
-            tokio::time::sleep(jittered(delay)).await;
+        if let Some(delays) = delays.as_mut() {
+            tokio::time::sleep(delays.next_delay()).await;
         }
         let Some(strong) = inner.upgrade() else {
             return;
@@ -196,22 +195,23 @@ pub(super) async fn follow(
         let block = strong.block;
         let batch = strong.batch;
         let key = strong.names.stream(&topic);
-        let (first_delay, max_delay) = (link.reconnect_interval, link.max_reconnect_interval);
-        let next_delay = move |d: Duration| {
-            if d.is_zero() {
-                first_delay
-            } else {
-                d.saturating_mul(2).min(max_delay)
-            }
-        };
-        let response_timeout = block + link.budget.max(Duration::from_millis(500));
-        let conn = match link.open(response_timeout).await {
+        let backoff = strong.backoff;
+        // A blocking read answers after `block`; past that and a margin, Redis is not answering.
+        let response_timeout = block + link.config().budget.max(Duration::from_millis(500));
+        drop(strong);
+        let pooled = match link.dedicated().await {
             Ok(conn) => conn,
             Err(e) => {
-                tracing::debug!(topic = %topic, error = %e, "the bus cannot open a stream reader connection yet");
-                delay = next_delay(delay);
+                tracing::debug!(topic = %topic, error = %e, "the bus cannot get a stream reader connection yet");
+                delays.get_or_insert_with(|| backoff.delays());
                 continue;
             }
+        };
+        // Returned to the pool when this pass ends (the pool checks it before reusing it).
+        let conn = (*pooled).clone();
+        drop(link);
+        let Some(strong) = inner.upgrade() else {
+            return;
         };
         if position.is_none() {
             match tokio::time::timeout(response_timeout, tip(conn.clone(), key.clone())).await {
@@ -220,12 +220,12 @@ pub(super) async fn follow(
                     positioned.send_replace(true);
                 }
                 _ => {
-                    delay = next_delay(delay);
+                    delays.get_or_insert_with(|| backoff.delays());
                     continue;
                 }
             }
         }
-        delay = Duration::ZERO;
+        delays = None;
         drop(strong);
         while let Some((last, epoch)) = position {
             let read = async {
@@ -253,7 +253,7 @@ pub(super) async fn follow(
                         .reader_reconnects
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(topic = %topic, error = %e, "the bus's stream reader lost Redis: subscribers catch up from their offsets once it is back");
-                    delay = next_delay(delay);
+                    delays.get_or_insert_with(|| backoff.delays());
                     break;
                 }
                 Err(_) => {
@@ -262,14 +262,14 @@ pub(super) async fn follow(
                         .reader_reconnects
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(topic = %topic, "the bus's stream reader got no answer from Redis: reconnecting");
-                    delay = next_delay(delay);
+                    delays.get_or_insert_with(|| backoff.delays());
                     break;
                 }
             };
             let Some(reads) = parse_xread(&value) else {
                 strong.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(topic = %topic, "the bus's stream answered XREAD in an unexpected shape: check that only the bus writes its keys");
-                delay = next_delay(delay);
+                delays.get_or_insert_with(|| backoff.delays());
                 break;
             };
             let first_epoch = reads

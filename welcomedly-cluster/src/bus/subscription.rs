@@ -13,7 +13,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
 
-use super::link::jittered;
+use welcomedly_core::backoff::jittered;
+use welcomedly_redis::Retry;
+
 use super::offset::{Offset, StreamId};
 use super::{Entry, Inner, Signal, Tier};
 
@@ -361,12 +363,12 @@ impl Feed {
         let key = self.inner.names.stream(&self.topic);
         let batch = self.inner.batch;
         let result = match self.inner.link() {
-            Some(link) => {
-                link.call("catch up on a durable topic", |conn| {
-                    super::stream::range_after(conn, key, after, batch)
+            Some(link) => link
+                .call(Retry::Once, |conn| {
+                    super::stream::range_after(conn, key.clone(), after, batch)
                 })
                 .await
-            }
+                .map_err(|e| super::redis_error("catch up on a durable topic", e)),
             None => Ok(self
                 .inner
                 .memory()
@@ -416,10 +418,11 @@ impl Feed {
                 if self.failed_fetches == 1 {
                     tracing::debug!(topic = %self.topic, error = %e, "a durable subscriber cannot catch up yet: retrying");
                 }
-                let base = self.inner.reconnect_interval;
-                let delay = base
+                let backoff = self.inner.backoff;
+                let delay = backoff
+                    .initial
                     .saturating_mul(1 << self.failed_fetches.min(6))
-                    .min(self.inner.max_reconnect_interval)
+                    .min(backoff.max)
                     .max(Duration::from_millis(1));
                 tokio::time::sleep(jittered(delay)).await;
             }

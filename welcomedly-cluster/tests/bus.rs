@@ -13,6 +13,7 @@
 //! subscriber's own reader had reconnected. With persistence (`appendonly yes`) or a replica the
 //! stream survives and subscribers simply catch up from their offsets, which
 //! `a_killed_reader_connection_catches_up_from_its_last_offset` shows without a restart.
+#![cfg(feature = "axum")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -31,6 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use welcomedly_cluster::bus::{Bus, BusConfig, Delivery, Gap, Offset, Subscription, Topic, sse};
 use welcomedly_core::drain::DrainSignal;
+use welcomedly_redis::{Backoff, Link, LinkConfig};
 use welcomedly_testkit::RedisServer;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,19 +48,27 @@ fn status(n: u64) -> Status {
     }
 }
 
-fn config(redis: &RedisServer) -> BusConfig {
-    let mut c = BusConfig::new(redis.url());
-    // A noisy shared box: generous budgets, fast reconnects.
-    c.budget = Duration::from_millis(300);
-    c.reconnect_interval = Duration::from_millis(20);
-    c.max_reconnect_interval = Duration::from_millis(200);
+fn config() -> BusConfig {
+    let mut c = BusConfig::new();
     c.block = Duration::from_millis(500);
-    c.ping_interval = Duration::from_millis(200);
     c
 }
 
+/// One instance's link: a noisy shared box, so a generous budget and fast reconnects.
+async fn link(redis: &RedisServer) -> Link {
+    let mut c = LinkConfig::new(redis.url());
+    c.budget = Duration::from_millis(300);
+    c.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(200));
+    Link::connect(c).await.unwrap()
+}
+
+/// A bus on its own link, as one instance has.
+async fn build(redis: &RedisServer, config: BusConfig) -> Bus {
+    config.build(&link(redis).await).await.unwrap()
+}
+
 async fn bus(redis: &RedisServer) -> Bus {
-    config(redis).build().await.unwrap()
+    build(redis, config()).await
 }
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -242,12 +252,12 @@ async fn serve(bus: Bus, topic: Topic<Status>, drain: Option<DrainSignal>) -> st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_client_reconnecting_to_another_instance_with_last_event_id_misses_nothing() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
+    let mut c = config();
     c.heartbeat = Duration::from_millis(100);
     let (a, b, publisher) = (
-        c.clone().build().await.unwrap(),
-        c.clone().build().await.unwrap(),
-        c.build().await.unwrap(),
+        build(&redis, c.clone()).await,
+        build(&redis, c.clone()).await,
+        build(&redis, c).await,
     );
     let topic = Topic::<Status>::durable("agents.status").unwrap();
     let addr_a = serve(a, topic.clone(), None).await;
@@ -491,9 +501,9 @@ async fn a_killed_reader_connection_catches_up_from_its_last_offset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_loses_events_counted_and_reported_and_a_durable_one_recovers() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
+    let mut c = config();
     c.capacity = 8;
-    let a = c.build().await.unwrap();
+    let a = build(&redis, c).await;
     let b = bus(&redis).await;
     let ephemeral = Topic::<Status>::ephemeral("ticks").unwrap();
     let durable = Topic::<Status>::durable("ticks.durable").unwrap();
@@ -553,9 +563,9 @@ async fn a_subscriber_behind_the_retained_history_is_told_how_many_it_missed() {
     redis
         .command(&["CONFIG", "SET", "stream-node-max-entries", "5"])
         .unwrap();
-    let mut c = config(&redis);
+    let mut c = config();
     c.retention = 10;
-    let bus = c.build().await.unwrap();
+    let bus = build(&redis, c).await;
     let topic = Topic::<Status>::durable("history").unwrap();
     let first = bus.publish(&topic, &status(1)).await.unwrap().unwrap();
     for n in 2..=100 {
@@ -580,9 +590,9 @@ async fn a_subscriber_behind_the_retained_history_is_told_how_many_it_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_events_and_oversized_publishes_are_reported() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config(&redis);
+    let mut c = config();
     c.max_event_bytes = 64;
-    let bus = c.build().await.unwrap();
+    let bus = build(&redis, c).await;
     let topic = Topic::<Status>::ephemeral("mixed").unwrap();
     let mut sub = bus.subscribe(&topic).await;
     redis
@@ -668,7 +678,7 @@ async fn publish_to_receive_latency_on_another_instance() {
 
 #[tokio::test]
 async fn a_local_bus_without_redis_has_the_same_semantics() {
-    let mut c = BusConfig::new("");
+    let mut c = BusConfig::new();
     c.capacity = 4;
     c.retention = 20;
     let bus = c.build_local().unwrap();
@@ -719,9 +729,12 @@ async fn a_bus_built_while_redis_is_down_connects_by_itself_and_reports_its_heal
 
     let redis = RedisServer::start().unwrap();
     redis.kill().unwrap();
-    let a = bus(&redis).await;
+    // The bus has no health check of its own: the link's reports the outage (and the
+    // subscriber's), once for every component.
+    let link_a = link(&redis).await;
+    let a = config().build(&link_a).await.unwrap();
     assert!(!a.is_connected() && !a.is_subscribed());
-    assert!(matches!(a.check().await, CheckOutcome::Degraded(_)));
+    assert!(matches!(link_a.check().await, CheckOutcome::Degraded(_)));
     let durable = Topic::<Status>::durable("agents.status").unwrap();
     let ephemeral = Topic::<Status>::ephemeral("agents.typing").unwrap();
     let mut d = a.subscribe(&durable).await;
@@ -735,7 +748,7 @@ async fn a_bus_built_while_redis_is_down_connects_by_itself_and_reports_its_heal
 
     redis.restart().unwrap();
     until("A to connect", || a.is_connected() && a.is_subscribed()).await;
-    assert_eq!(a.check().await, CheckOutcome::Healthy);
+    assert_eq!(link_a.check().await, CheckOutcome::Healthy);
     let b = bus(&redis).await;
     b.publish(&ephemeral, &status(1)).await.unwrap();
     assert_eq!(next_event(&mut e).await.0, status(1));
@@ -765,7 +778,7 @@ async fn a_subscriber_from_the_oldest_event_gets_the_retained_history_then_live_
     let redis = RedisServer::start().unwrap();
     let topic = Topic::<Status>::durable("agents.status").unwrap();
     let publisher = bus(&redis).await;
-    let local = BusConfig::new(String::new()).build_local().unwrap();
+    let local = BusConfig::new().build_local().unwrap();
     for b in [&publisher, &local] {
         for n in 1..=3 {
             b.publish(&topic, &status(n)).await.unwrap();
@@ -825,4 +838,186 @@ async fn a_resume_offset_past_the_end_starts_from_now_with_a_notice() {
             "{text}: the next live event, not the history"
         );
     }
+}
+
+/// Issue #20: the bus on the link. After Redis is SIGKILLed and restarted on the same port, the
+/// first publish on every instance succeeds (no failed request after Redis answers again) and
+/// reaches the subscribers of every instance; durable subscribers learn of the lost history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_redis_restart_the_first_publish_on_every_instance_succeeds_and_is_delivered() {
+    let redis = RedisServer::start().unwrap();
+    let buses = [bus(&redis).await, bus(&redis).await, bus(&redis).await];
+    let durable = Topic::<Status>::durable("restart.durable").unwrap();
+    let ephemeral = Topic::<Status>::ephemeral("restart.ephemeral").unwrap();
+    let mut durables = Vec::new();
+    let mut ephemerals = Vec::new();
+    for bus in &buses {
+        durables.push(bus.subscribe(&durable).await);
+        ephemerals.push(bus.subscribe(&ephemeral).await);
+    }
+    buses[0].publish(&durable, &status(1)).await.unwrap();
+    for d in &mut durables {
+        assert_eq!(next_event(d).await.0, status(1));
+    }
+
+    redis.kill().unwrap();
+    redis.restart().unwrap(); // returns once Redis answers
+    // The first publish on each instance, with no retry.
+    let mut n = 100;
+    for bus in &buses {
+        n += 1;
+        bus.publish(&durable, &status(n)).await.unwrap();
+    }
+    for d in &mut durables {
+        assert_eq!(next(d).await, Delivery::Gap(Gap::EpochChanged));
+        for m in 101..=n {
+            assert_eq!(next_event(d).await.0, status(m));
+        }
+    }
+    // Ephemeral events are at most once: what was published before an instance resubscribed
+    // is lost, and its subscribers were told. Once every instance is subscribed again, every
+    // one receives.
+    for (bus, e) in buses.iter().zip(&mut ephemerals) {
+        until("the instance to resubscribe", || bus.is_subscribed()).await;
+        assert_eq!(next(e).await, Delivery::Interrupted);
+    }
+    buses[2].publish(&ephemeral, &status(7)).await.unwrap();
+    for e in &mut ephemerals {
+        assert_eq!(next_event(e).await.0, status(7));
+    }
+}
+
+/// While Redis is down (killed, then frozen), no publish waits past the link's budget; once it
+/// answers again the first publish succeeds and a durable subscriber misses nothing that was
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_or_frozen_publishing_fails_within_the_budget() {
+    let redis = RedisServer::start().unwrap();
+    let (a, b) = (bus(&redis).await, bus(&redis).await);
+    let topic = Topic::<Status>::durable("outage").unwrap();
+    let mut d = a.subscribe(&topic).await;
+    b.publish(&topic, &status(1)).await.unwrap();
+    assert_eq!(next_event(&mut d).await.0, status(1));
+    // The link's budget in these tests is 300 ms; the slack is for a loaded box.
+    let bound = Duration::from_millis(300 + 200);
+
+    redis.pause().unwrap();
+    for n in 0..5 {
+        let started = Instant::now();
+        let e = b.publish(&topic, &status(90 + n)).await.unwrap_err();
+        assert!(e.is_redis(), "{e}");
+        assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+    }
+    redis.resume().unwrap();
+    // The link reconnects after the freeze (a connection dropped for failures is replaced
+    // after the link's minimum outage).
+    until("B to reconnect", || b.is_connected()).await;
+    // Some publishes that timed out while Redis was frozen may have been applied when it
+    // resumed (at least once): the subscriber may see them, in order, before the next ones.
+    let acked = [
+        b.publish(&topic, &status(2)).await.unwrap().unwrap(),
+        b.publish(&topic, &status(3)).await.unwrap().unwrap(),
+    ];
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let (event, offset) = next_event(&mut d).await;
+        if event.n < 90 {
+            seen.push(offset.unwrap());
+        }
+    }
+    assert_eq!(seen, acked);
+
+    redis.kill().unwrap();
+    for n in 0..5 {
+        let started = Instant::now();
+        let e = b.publish(&topic, &status(80 + n)).await.unwrap_err();
+        assert!(e.is_redis(), "{e}");
+        assert!(started.elapsed() < bound, "{:?}", started.elapsed());
+    }
+    redis.restart().unwrap();
+    b.publish(&topic, &status(4)).await.unwrap();
+    assert_eq!(next(&mut d).await, Delivery::Gap(Gap::EpochChanged));
+    assert_eq!(next_event(&mut d).await.0, status(4));
+}
+
+/// `CLIENT KILL` of every connection of an instance (the link's, the durable reader's and the
+/// subscriber's): the next publish succeeds, the durable reader resumes without losing entries,
+/// and ephemeral subscribers are told and then receive again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_of_the_bus_connections_is_survived() {
+    let redis = RedisServer::start().unwrap();
+    let link_p = link(&redis).await;
+    let publisher = config().build(&link_p).await.unwrap();
+    let link_a = link(&redis).await;
+    let a = config().build(&link_a).await.unwrap();
+    let durable = Topic::<Status>::durable("killed.durable").unwrap();
+    let ephemeral = Topic::<Status>::ephemeral("killed.ephemeral").unwrap();
+    let mut d = a.subscribe(&durable).await;
+    let mut e = a.subscribe(&ephemeral).await;
+    a.publish(&durable, &status(1)).await.unwrap();
+    assert_eq!(next_event(&mut d).await.0, status(1));
+    until("A's reader to block", || {
+        redis
+            .command(&["CLIENT", "LIST"])
+            .unwrap()
+            .contains("cmd=xread")
+    })
+    .await;
+
+    // Every client but the one sending the command: both instances lose everything.
+    redis
+        .command(&["CLIENT", "KILL", "TYPE", "normal"])
+        .unwrap();
+    redis
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .unwrap();
+    // Noticed without a call (the links' readers end): the first publish after that succeeds.
+    until("the links to notice the kill", || {
+        link_a.stats().closed == 1 && link_p.stats().closed == 1
+    })
+    .await;
+    a.publish(&durable, &status(2)).await.unwrap();
+    for n in 3..=20 {
+        publisher.publish(&durable, &status(n)).await.unwrap();
+    }
+    for n in 2..=20 {
+        assert_eq!(next_event(&mut d).await.0, status(n));
+    }
+    assert_eq!(next(&mut e).await, Delivery::Interrupted);
+    until("A to resubscribe", || a.is_subscribed()).await;
+    publisher.publish(&ephemeral, &status(21)).await.unwrap();
+    assert_eq!(next_event(&mut e).await.0, status(21));
+    assert_eq!(a.stats().gaps, 0);
+    assert_eq!(link_a.subscriber().stats().connections, 2);
+}
+
+/// Connections of one instance: the link's, its subscriber's (one for every ephemeral topic)
+/// and one dedicated reader per durable topic with local subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_opens_the_connections_it_needs_and_no_more() {
+    let redis = RedisServer::start().unwrap();
+    let a = bus(&redis).await;
+    let clients = || {
+        redis
+            .command(&["CLIENT", "LIST"])
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .count()
+    };
+    assert_eq!(clients(), 1, "the link");
+    let topics: Vec<_> = (0..3)
+        .map(|i| Topic::<Status>::ephemeral(&format!("count.e{i}")).unwrap())
+        .collect();
+    let mut subs = Vec::new();
+    for t in &topics {
+        subs.push(a.subscribe(t).await);
+    }
+    assert_eq!(clients(), 2, "the link and one pub/sub connection");
+    let durable = Topic::<Status>::durable("count.d").unwrap();
+    let _d1 = a.subscribe(&durable).await;
+    let _d2 = a.subscribe(&durable).await;
+    until("one reader for the durable topic", || clients() == 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(clients(), 3);
 }
