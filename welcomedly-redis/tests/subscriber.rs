@@ -325,3 +325,17 @@ async fn dedicated_connections_block_without_stalling_the_link_and_survive_a_res
     assert!(e.is_unavailable(), "{e:?}");
     assert!(started.elapsed() < Duration::from_millis(1500));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_healthy_connection_is_kept_past_several_pings() {
+    let redis = RedisServer::start().unwrap();
+    let link = link(&redis).await;
+    let mut sub = link.subscriber().subscribe("idle", 4);
+    assert_eq!(subscribed(&mut sub).await, None);
+    // Pings every second, answered: more than the failure threshold's worth of them.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(link.subscriber().stats().connections, 1);
+    assert!(sub.try_recv().is_none(), "nothing to tell");
+    assert_eq!(publish(&link, "idle", "still here").await, 1);
+    assert_eq!(message(&mut sub).await, "still here");
+}
