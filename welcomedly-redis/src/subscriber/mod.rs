@@ -542,6 +542,36 @@ mod tests {
     }
 
     #[test]
+    fn handles_and_futures_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<Subscriber>();
+        send_sync::<Subscription>();
+        send_sync::<Delivery>();
+        let queue = Arc::new(Queue::new(1));
+        let (shared, _) = {
+            let sub = Subscriber::new(
+                LinkConfig::new("redis://127.0.0.1:1/"),
+                redis::IntoConnectionInfo::into_connection_info("redis://127.0.0.1:1/").unwrap(),
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap()
+                    .handle()
+                    .clone(),
+                Weak::new(),
+            );
+            (sub.shared.clone(), sub)
+        };
+        let mut subscription = Subscription {
+            shared,
+            channel: "c".to_owned(),
+            id: 0,
+            queue,
+        };
+        send(&subscription.recv());
+    }
+
+    #[test]
     fn unread_reconnects_fold_into_one() {
         let q = Queue::new(4);
         q.push_subscribed(None);
