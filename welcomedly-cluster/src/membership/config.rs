@@ -49,7 +49,7 @@ pub struct MembershipConfig {
     /// 100 000.
     pub max_presences: usize,
     /// Presence diffs buffered per subscriber of
-    /// [`presence_diffs`](Membership::presence_diffs) before the slowest one lags (it is told
+    /// [`presence_diffs`](super::Membership::presence_diffs) before the slowest one lags (it is told
     /// how many it missed). Default 1024.
     pub diff_capacity: usize,
 }
