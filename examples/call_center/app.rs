@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use welcomedly_cluster::bus::{BusConfig, Topic};
-use welcomedly_cluster::membership::MembershipConfig;
-use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
+use welcomedly_cluster::membership::{Membership, MembershipConfig};
+use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
 use welcomedly_cluster::session::{
     RedisSessionConfig, RedisSessionStore, SessionConfig, SessionLayer, SessionStore,
 };
@@ -124,7 +124,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let logins = login::Logins::start(demo_password()).await?;
 
     let features = flags::start(
-        redis.as_ref().map(|r| r.url.as_str()),
+        link.as_ref().map(|l| l.config().url.expose()),
         &registry,
         telemetry.metrics().meter(),
     )
@@ -138,9 +138,9 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     }
     // Membership: a heartbeat in Redis; the live count feeds the rate limiter's fallback share
     // (no WELCOMEDLY_INSTANCES to keep in sync by hand), and the instance leaves at drain.
-    let membership = match membership {
-        Some(m) => {
-            let m = m.build(config.instance_id.clone()).await?;
+    let membership = match &link {
+        Some(link) => {
+            let m = Membership::new(link, membership, config.instance_id.clone()).await?;
             registry.register("membership", m.clone(), Affects::Nothing);
             Some(m)
         }
@@ -148,16 +148,16 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     };
     // Sessions and the event bus: in Redis (any instance serves any user, events reach every
     // instance), or in this process on the embedded default.
-    let (session_store, bus) = match (&redis, &link) {
-        (Some(r), Some(link)) => {
+    let (session_store, bus) = match &link {
+        Some(link) => {
             let store = RedisSessionStore::new(link, session_store_config).await?;
-            let mut bus = BusConfig::new(r.url.clone());
+            let mut bus = BusConfig::new(link.config().url.expose().to_owned());
             bus.heartbeat = sse_heartbeat;
             let bus = bus.build().await?;
             registry.register("bus", bus.clone(), Affects::Nothing);
             (SessionStore::from(store), bus)
         }
-        _ => {
+        None => {
             let mut bus = BusConfig::new(String::new());
             bus.heartbeat = sse_heartbeat;
             (SessionStore::memory(), bus.build_local()?)
@@ -192,13 +192,14 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         .merge(agents::routes(agents))
         .merge(login::routes(logins))
         .merge(campaign_routes);
-    let api = match redis {
-        Some(redis) => {
-            let backend = redis.build().await?;
+    let api = match &link {
+        Some(link) => {
+            // On the link: `/health` names Redis once (the `redis` check); the limiter's own
+            // state is its `welcomedly_rate_limit_backend_degraded` gauge.
+            let backend = RedisBackend::new(link, redis).await?;
             if let Some(m) = &membership {
                 m.feed(backend.live_instances());
             }
-            registry.register("rate_limit", backend.clone(), Affects::Nothing);
             backend.register_metrics(telemetry.metrics().meter());
             api_routes(
                 rate_limits().backend(backend).build()?,
