@@ -47,8 +47,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let mut env = EnvReader::from_env();
     let core = CoreConfig::read(&mut env);
     let redis = RedisRateLimitConfig::read(&mut env);
-    // The one Redis link (sessions run on it; the other components keep their own
-    // connections for now).
+    // The one Redis link (REDIS_URL) that every Redis-backed component runs on.
     let link_config = LinkConfig::read(&mut env);
     let session_store_config = RedisSessionConfig::read(&mut env);
     let membership = MembershipConfig::read(&mut env);
@@ -202,7 +201,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             }
             backend.register_metrics(telemetry.metrics().meter());
             api_routes(
-                rate_limits().backend(backend).build()?,
+                rate_limits(web.api_per_minute).backend(backend).build()?,
                 &telemetry,
                 feature_routes,
                 flags_layer,
@@ -210,7 +209,9 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             )
         }
         None => api_routes(
-            rate_limits().backend(LocalBackend::new()).build()?,
+            rate_limits(web.api_per_minute)
+                .backend(LocalBackend::new())
+                .build()?,
             &telemetry,
             feature_routes,
             flags_layer,
@@ -256,6 +257,9 @@ struct WebConfig {
     /// `WELCOMEDLY_DEV_IDENTITY_HEADER`: `x-user-id` names anonymous callers for feature flags
     /// (development only); default `false`.
     dev_identity_header: bool,
+    /// `WELCOMEDLY_API_PER_MINUTE`: the `api` policy's quota per user (or client address);
+    /// default 200. Load tests that send every request as one user raise it.
+    api_per_minute: u32,
 }
 
 impl WebConfig {
@@ -273,9 +277,16 @@ impl WebConfig {
             "false" | "0" | "no" => Ok(false),
             _ => Err("is not a boolean: expected true (development only) or false"),
         });
+        let api_per_minute = env.read("WELCOMEDLY_API_PER_MINUTE", 200, |v| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or("is not a quota: expected a whole number of requests per minute greater than 0, such as 200")
+        });
         Self {
             trusted_origins,
             dev_identity_header,
+            api_per_minute,
         }
     }
 }
@@ -307,7 +318,7 @@ fn random_key() -> Result<Vec<u8>, String> {
 ///   adds no store call; a request whose session ended (logout) is anonymous again and counts
 ///   against its address, while the user's budget refills on its own: logging out and in does
 ///   not reset it.
-fn rate_limits() -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> {
+fn rate_limits(api_per_minute: u32) -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> {
     let account = || KeySource::Derived(login::ACCOUNT_KEY.into());
     RateLimitLayer::builder()
         .policy(
@@ -339,7 +350,7 @@ fn rate_limits() -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> 
                 .path("/api/upload"),
         )
         .policy(
-            Policy::new("api", Quota::per_minute(200))
+            Policy::new("api", Quota::per_minute(api_per_minute))
                 .path_prefix("/api")
                 .key(KeySource::UserOrClientIp),
         )
