@@ -1,205 +1,167 @@
-//! The subscriber: the one task that owns the store's pub/sub connection. It turns published
-//! versions into [`Notice`]s, reads the version every poll interval to catch a lost message,
-//! pings to find a silently dead connection, and resubscribes with backoff and jitter.
+//! Interim subscriber, until welcomedly-redis has the shared one (`Link::subscriber`), with
+//! the same shape so the store switches by changing one import: one task per subscription owns
+//! a pub/sub connection opened from the link's settings (URL, connect timeout, backoff),
+//! delivers `Subscribed` on every (re)subscription, each message, and `Lagged` when the buffer
+//! overflowed; it pings to find a silently dead connection and resubscribes with the link's
+//! backoff. Dropping the [`Subscription`] ends the task.
 
-use std::sync::Weak;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::PubSub;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
-use welcomedly_core::redact::redact_url;
+use welcomedly_redis::redis::{self, aio::PubSub};
+use welcomedly_redis::{Link, LinkConfig};
 
-use super::Inner;
-use crate::store::StoreError;
-use crate::store::backoff::Backoff;
+/// How often the pub/sub connection is pinged, so a silently dead one is replaced.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A new pub/sub connection subscribed to the store's channel, within the budget.
-pub(super) async fn open(inner: &Inner) -> Result<PubSub, StoreError> {
-    let subscribe = async {
-        let mut pubsub = inner.client.get_async_pubsub().await?;
-        pubsub.subscribe(&inner.keys.channel).await?;
-        Ok::<_, redis::RedisError>(pubsub)
+/// What a subscription receives.
+#[derive(Debug)]
+#[non_exhaustive]
+pub(super) enum Delivery {
+    /// (Re)subscribed: anything published before may have been missed. `outage` is how long
+    /// the subscription was down (`None` for the first one).
+    Subscribed { outage: Option<Duration> },
+    /// One message on the channel.
+    Message(Bytes),
+    /// This many messages were dropped because the buffer was full.
+    Lagged(u64),
+}
+
+/// One channel's deliveries. Dropping it unsubscribes.
+pub(super) struct Subscription {
+    rx: mpsc::Receiver<Delivery>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Subscription {
+    /// The next delivery; `None` once the subscriber ended.
+    pub(super) async fn recv(&mut self) -> Option<Delivery> {
+        self.rx.recv().await
+    }
+}
+
+/// Subscribes to `channel` in the background (never fails, never waits). Must run inside a
+/// tokio runtime.
+pub(super) fn subscribe(link: &Link, channel: String, capacity: usize) -> Subscription {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let task = tokio::spawn(run(link.config().clone(), channel, tx));
+    Subscription {
+        rx,
+        task: task.abort_handle(),
+    }
+}
+
+async fn open(client: &redis::Client, channel: &str) -> redis::RedisResult<PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
+}
+
+async fn run(config: LinkConfig, channel: String, tx: mpsc::Sender<Delivery>) {
+    // The link already parsed this URL: it cannot fail here.
+    let Ok(client) = redis::Client::open(config.url.expose()) else {
+        tracing::error!(url = %config.url, "the flag store cannot subscribe: the Redis URL does not parse");
+        return;
     };
-    match tokio::time::timeout(inner.budget, subscribe).await {
-        Ok(Ok(pubsub)) => Ok(pubsub),
-        Ok(Err(e)) => Err(StoreError::unavailable_because(
-            format!(
-                "cannot subscribe to {} on {}: check that it runs and is reachable",
-                inner.keys.channel, inner.name
-            ),
-            redact_url(&e.to_string()).into_owned(),
-        )),
-        Err(_) => Err(StoreError::unavailable(format!(
-            "subscribing to {} on {} took longer than the {} ms budget",
-            inner.keys.channel,
-            inner.name,
-            inner.budget.as_millis()
-        ))),
-    }
-}
-
-impl Inner {
-    /// Announces `version` (only a change wakes the receivers).
-    fn announce(&self, version: u64) -> bool {
-        self.notices.send_if_modified(|n| {
-            let changed = n.version != version;
-            n.version = version;
-            changed
-        })
-    }
-
-    /// Tells receivers that announcements may have been lost: they reload.
-    fn resync(&self) {
-        self.notices
-            .send_modify(|n| n.epoch = n.epoch.wrapping_add(1));
-    }
-}
-
-/// The subscriber loop. Holds the store weakly (upgraded per event, never across the wait for
-/// a message): dropping the store ends it.
-pub(super) async fn run(inner: Weak<Inner>, mut first: Option<PubSub>) {
+    let mut lost_at: Option<Instant> = None;
     loop {
-        // The subscription made by `build` missed nothing: nobody could follow the store before.
-        let (pubsub, fresh) = match first.take() {
-            Some(p) => (p, false),
-            None => match resubscribe(&inner).await {
-                Some(p) => (p, true),
-                None => return,
-            },
-        };
-        let (generation, timing) = {
-            let Some(strong) = inner.upgrade() else {
-                return;
-            };
-            let generation = strong.generations.fetch_add(1, Ordering::Relaxed) + 1;
-            strong.subscribed.store(true, Ordering::Release);
-            if fresh {
-                // Whatever was published while we were not subscribed is unknown: reload.
-                strong.resync();
+        let mut delays = config.backoff.delays();
+        let mut attempts = 0u32;
+        let pubsub = loop {
+            match tokio::time::timeout(config.connect_timeout, open(&client, &channel)).await {
+                Ok(Ok(p)) => break p,
+                Ok(Err(e)) => {
+                    attempts += 1;
+                    let e = welcomedly_core::redact::redact_url(&e.to_string()).into_owned();
+                    if attempts.is_multiple_of(10) {
+                        tracing::warn!(error = %e, attempts, "the flag store still cannot subscribe");
+                    } else {
+                        tracing::debug!(error = %e, attempts, "the flag store cannot subscribe yet");
+                    }
+                }
+                Err(_) => {
+                    attempts += 1;
+                    tracing::debug!(
+                        attempts,
+                        "subscribing took longer than the link's connect timeout"
+                    );
+                }
             }
-            let timing = Timing {
-                poll: strong.poll_interval,
-                ping: strong.ping_interval,
-                budget: strong.budget,
-                threshold: strong.failure_threshold,
-            };
-            (generation, timing)
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(delays.next_delay()).await;
         };
-        let Some(reason) = follow(&inner, pubsub, timing).await else {
+        let outage = lost_at.map(|t| t.elapsed());
+        if tx.send(Delivery::Subscribed { outage }).await.is_err() {
             return;
+        }
+        let reason = match follow(pubsub, &tx, &config).await {
+            Some(reason) => reason,
+            None => return,
         };
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        strong.subscribed.store(false, Ordering::Release);
-        strong.resync();
         tracing::warn!(
-            generation,
             reason,
             "the flag store's subscription was lost: flags serve from the last snapshot, resubscribing"
         );
-        let pause = strong.min_reconnect_pause;
-        drop(strong);
-        tokio::time::sleep(pause).await;
+        lost_at = Some(Instant::now());
     }
 }
 
-#[derive(Clone, Copy)]
-struct Timing {
-    poll: Duration,
-    ping: Duration,
-    budget: Duration,
-    threshold: u32,
-}
-
-/// Reads announcements until the subscription fails (`Some(why)`) or the store is dropped
-/// (`None`).
-async fn follow(inner: &Weak<Inner>, pubsub: PubSub, t: Timing) -> Option<&'static str> {
+/// Reads messages until the subscription fails (`Some(why)`) or the receiver is gone (`None`).
+async fn follow(
+    pubsub: PubSub,
+    tx: &mpsc::Sender<Delivery>,
+    config: &LinkConfig,
+) -> Option<&'static str> {
     let (mut sink, mut stream) = pubsub.split();
-    let start = Instant::now();
-    let mut poll = tokio::time::interval_at(start + t.poll, t.poll);
-    poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut ping = tokio::time::interval_at(start + t.ping, t.ping);
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ping_failures = 0u32;
+    let mut lagged = 0u64;
     loop {
         tokio::select! {
             msg = stream.next() => {
                 let Some(msg) = msg else {
                     return Some("the connection closed");
                 };
-                let strong = inner.upgrade()?;
-                match msg.get_payload::<String>().ok().and_then(|t| t.trim().parse::<u64>().ok()) {
-                    Some(version) => {
-                        strong.announce(version);
-                    }
-                    None => {
-                        tracing::warn!(
-                            channel = %strong.keys.channel,
-                            "a message on the flag channel is not a version number: ignored, reloading to be safe (only the store should publish there)"
-                        );
-                        strong.resync();
+                if lagged > 0 {
+                    match tx.try_send(Delivery::Lagged(lagged)) {
+                        Ok(()) => lagged = 0,
+                        Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => return None,
                     }
                 }
-            }
-            _ = poll.tick() => {
-                let strong = inner.upgrade()?;
-                match strong.read_version().await {
-                    Ok(version) => {
-                        if strong.announce(version) {
-                            tracing::info!(version, "the version check found a version no announcement brought (a lost message)");
-                        }
-                    }
-                    // The sync reloads, fails, and reports itself stale until Redis answers.
-                    Err(e) => {
-                        tracing::debug!(error = %e, "the flag version check failed");
-                        strong.resync();
-                    }
+                let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                match tx.try_send(Delivery::Message(payload)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => lagged += 1,
+                    Err(mpsc::error::TrySendError::Closed(_)) => return None,
                 }
             }
             _ = ping.tick() => {
-                match tokio::time::timeout(t.budget, sink.ping::<redis::Value>()).await {
+                if tx.is_closed() {
+                    return None;
+                }
+                match tokio::time::timeout(config.connect_timeout, sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => ping_failures = 0,
                     _ => {
-                        inner.upgrade()?.failures.fetch_add(1, Ordering::Relaxed);
                         ping_failures += 1;
-                        if ping_failures >= t.threshold {
+                        if ping_failures >= config.failure_threshold.max(1) {
                             return Some("pings failed or timed out");
                         }
                     }
                 }
             }
         }
-    }
-}
-
-/// Subscribes again with exponential backoff and jitter; `None` when the store was dropped.
-async fn resubscribe(inner: &Weak<Inner>) -> Option<PubSub> {
-    let mut backoff = {
-        let strong = inner.upgrade()?;
-        Backoff::new(strong.reconnect_interval, strong.max_reconnect_interval)
-    };
-    let mut attempts = 0u32;
-    loop {
-        let strong = inner.upgrade()?;
-        match open(&strong).await {
-            Ok(pubsub) => {
-                strong.reconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(attempts, "the flag store's subscription is back");
-                return Some(pubsub);
-            }
-            Err(e) => {
-                attempts += 1;
-                if attempts.is_multiple_of(10) {
-                    tracing::warn!(error = %e, attempts, "the flag store still cannot subscribe");
-                } else {
-                    tracing::debug!(error = %e, attempts, "the flag store still cannot subscribe");
-                }
-            }
-        }
-        drop(strong);
-        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
