@@ -802,3 +802,42 @@ async fn client_kill_of_the_store_connections_is_survived() {
     );
     assert_eq!(i.last().1, serde_json::json!({ "a": 2 }));
 }
+
+/// The store opens no connection of its own: on one link, two stores and another subscriber
+/// (the event bus's, say) use the link's command connection and its one pub/sub connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_opens_no_connection_of_its_own() {
+    let redis = RedisServer::start().unwrap();
+    // The testkit's own `CLIENT LIST` connection excluded.
+    let clients = || {
+        let list = redis.command(&["CLIENT", "LIST"]).unwrap();
+        let lines: Vec<String> = list
+            .lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .map(str::to_owned)
+            .collect();
+        lines
+    };
+    let config = store_config(&redis);
+    let link = Link::connect(config.link).await.unwrap();
+    assert_eq!(clients().len(), 1, "{:?}", clients());
+    let a = RedisStore::new(&link, config.store).await.unwrap();
+    let mut other = RedisStoreConfig::default();
+    other.key_prefix = "other:flags".to_owned();
+    let b = RedisStore::new(&link, other).await.unwrap();
+    let _bus = link.subscriber().subscribe("bus:events", 16);
+    assert!(a.is_subscribed() && b.is_subscribed(), "{a:?} {b:?}");
+    a.write(0, "{}".into(), change(1)).await.unwrap();
+    b.write(0, "{}".into(), change(1)).await.unwrap();
+    let list = clients();
+    assert_eq!(
+        list.len(),
+        2,
+        "one command and one pub/sub connection: {list:?}"
+    );
+    assert_eq!(
+        list.iter().filter(|l| l.contains("flags=P")).count(),
+        1,
+        "{list:?}"
+    );
+}

@@ -1,21 +1,18 @@
-//! The follower: the one task that turns the store's subscription into [`Notice`]s. It
-//! announces each published version, asks for a reload on every (re)subscription, lost
-//! message and link state change, and reads the version every poll interval to catch a message
-//! lost on the way.
+//! The follower: the one task that turns the store's subscription (on the link's shared
+//! subscriber) into [`Notice`](crate::store::Notice)s. It announces each published version,
+//! asks for a reload on every (re)subscription, lost subscription and dropped message, and
+//! reads the version every poll interval to catch a message lost on the way.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
+use welcomedly_redis::{Delivery, Subscription};
 
 use super::Inner;
-use super::subscriber::{Delivery, Subscription};
-
-/// How often the link's state is looked at (an atomic load): losing or regaining Redis makes
-/// the sync reload at once, so it reports itself stale without waiting for the next poll.
-const LINK_CHECK: Duration = Duration::from_millis(100);
 
 /// The capacity of the subscription's buffer: announcements are tiny and a burst only needs
 /// the latest one; an overflow is a reload.
@@ -27,6 +24,7 @@ pub(super) const CAPACITY: usize = 64;
 pub(super) async fn start(
     inner: &Arc<Inner>,
     mut subscription: Subscription,
+    connected: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send + 'static {
     if inner.link.is_connected()
         && let Ok(first) = tokio::time::timeout(inner.budget, subscription.recv()).await
@@ -42,19 +40,25 @@ pub(super) async fn start(
             }
         }
     }
-    run(Arc::downgrade(inner), subscription, inner.poll_interval)
+    run(
+        Arc::downgrade(inner),
+        subscription,
+        connected,
+        inner.poll_interval,
+    )
 }
 
-async fn run(inner: Weak<Inner>, subscription: Subscription, poll_interval: Duration) {
+async fn run(
+    inner: Weak<Inner>,
+    subscription: Subscription,
+    mut connected: watch::Receiver<bool>,
+    poll_interval: Duration,
+) {
     let mut subscription = Some(subscription);
-    let start = Instant::now();
-    let mut poll = tokio::time::interval_at(start + poll_interval, poll_interval);
+    let mut poll = tokio::time::interval_at(Instant::now() + poll_interval, poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut link_check = tokio::time::interval_at(start + LINK_CHECK, LINK_CHECK);
-    link_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let Some(mut was_connected) = inner.upgrade().map(|s| s.link.is_connected()) else {
-        return;
-    };
+    connected.mark_unchanged();
+    let mut watching = true;
     loop {
         tokio::select! {
             delivery = next(&mut subscription) => {
@@ -88,15 +92,18 @@ async fn run(inner: Weak<Inner>, subscription: Subscription, poll_interval: Dura
                     }
                 }
             }
-            _ = link_check.tick() => {
+            changed = connected.changed(), if watching => {
                 let Some(strong) = inner.upgrade() else {
                     return;
                 };
-                let connected = strong.link.is_connected();
-                if connected != was_connected {
-                    was_connected = connected;
-                    // Lost: the sync tries, fails and reports itself stale. Back: it reloads
-                    // now rather than at its next retry.
+                if changed.is_err() {
+                    watching = false;
+                    continue;
+                }
+                if !*connected.borrow_and_update() && strong.subscribed.swap(false, Ordering::AcqRel) {
+                    // Lost: messages published from now on are missed. The sync reloads now
+                    // (and, if Redis is gone, reports itself stale) and again on `Subscribed`.
+                    tracing::warn!("the flag store's subscription was lost: flags serve from the last snapshot until it is back");
                     strong.resync();
                 }
             }
@@ -114,10 +121,12 @@ async fn next(subscription: &mut Option<Subscription>) -> Option<Delivery> {
 fn on_delivery(inner: &Inner, delivery: Delivery) {
     match delivery {
         Delivery::Subscribed { outage } => {
-            if inner.subscribed.swap(true, Ordering::AcqRel) {
+            inner.subscribed.store(true, Ordering::Release);
+            // `None` on the subscription's first `Subscribed`, the outage after a reconnect.
+            if let Some(outage) = outage {
                 inner.resubscriptions.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
-                    outage_ms = outage.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    outage_ms = u64::try_from(outage.as_millis()).unwrap_or(u64::MAX),
                     "the flag store's subscription is back: reloading the flag set"
                 );
             }
@@ -148,7 +157,6 @@ fn on_delivery(inner: &Inner, delivery: Delivery) {
             );
             inner.resync();
         }
-        #[allow(unreachable_patterns)]
         _ => inner.resync(),
     }
 }

@@ -45,7 +45,6 @@ use super::{
 
 mod follow;
 mod script;
-mod subscriber;
 
 pub use script::RedisKeys;
 
@@ -134,12 +133,14 @@ impl RedisStoreConfig {
 ///   [`history_cap`](RedisStoreConfig::history_cap) entries or
 ///   [`history_bytes`](RedisStoreConfig::history_bytes), `PUBLISH` the new version. It is
 ///   never retried (a second run would write a second version).
-/// - **Connections**: the commands run on the instance's [`Link`], which owns the connection,
-///   its reconnects and the "redis" health check; the store keeps no connection of its own
-///   for commands. Changes arrive on a subscription to the store's channel.
+/// - **Connections**: none of its own. The commands run on the instance's [`Link`], which owns
+///   the connection, its reconnects and the "redis" health check; changes arrive through the
+///   link's shared [`Subscriber`](welcomedly_redis::Subscriber) (one pub/sub connection with
+///   the event bus), which resubscribes after an outage.
 /// - **Announcements** ([`FlagStore::changes`]): each published version; a new
-///   [`Notice::epoch`] on every (re)subscription, when the link loses or regains Redis, on a
-///   lost message and on every failed version check; and the version read every
+///   [`Notice::epoch`] on every (re)subscription, the moment the subscription is lost, on
+///   messages dropped from a full buffer and on every failed version check; and the version
+///   read every
 ///   [`poll_interval`](RedisStoreConfig::poll_interval) when it differs from the last one
 ///   announced (a lost message).
 /// - **Time**: every call is bounded by [`budget`](RedisStoreConfig::budget); reads are run
@@ -214,9 +215,10 @@ impl RedisStore {
             tasks: Mutex::new(Vec::new()),
             keys,
         });
-        let subscription =
-            subscriber::subscribe(link, inner.keys.channel.clone(), follow::CAPACITY);
-        let follower = follow::start(&inner, subscription).await;
+        let subscriber = link.subscriber();
+        let connected = subscriber.watch_connected();
+        let subscription = subscriber.subscribe(inner.keys.channel.clone(), follow::CAPACITY);
+        let follower = follow::start(&inner, subscription, connected).await;
         let task = runtime.spawn(follower);
         inner
             .tasks
@@ -241,8 +243,8 @@ impl RedisStore {
         self.inner.link.is_connected()
     }
 
-    /// Whether the store's channel has been subscribed to (announcements arrive by push, not
-    /// only by polling). True from the first subscription on.
+    /// Whether the store's channel is subscribed now (announcements arrive by push, not only
+    /// by polling).
     pub fn is_subscribed(&self) -> bool {
         self.inner.subscribed.load(Ordering::Acquire)
     }
