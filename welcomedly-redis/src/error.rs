@@ -39,6 +39,15 @@ impl Error {
         }
     }
 
+    /// No connection could be had (a dedicated one: the pool timed out or could not connect).
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            kind: Kind::NotConnected,
+            message: message.into(),
+            source: None,
+        }
+    }
+
     pub(crate) fn budget(budget: Duration) -> Self {
         Self {
             kind: Kind::Budget,

@@ -29,11 +29,15 @@ mod config;
 mod error;
 mod link;
 mod metrics;
+pub mod subscriber;
 
 pub use self::classify::{Failure, classify};
 pub use self::config::{LinkConfig, RedisUrl};
 pub use self::error::Error;
 pub use self::link::{Link, LinkState, LinkStats, Retry};
+pub use self::subscriber::{Delivery, Subscriber, SubscriberStats, Subscription};
+/// The deadpool-redis crate behind [`Link::dedicated`].
+pub use deadpool_redis;
 /// The redis-rs crate the link is built on, so components use the same version.
 pub use redis;
 pub use welcomedly_core::backoff::Backoff;

@@ -14,7 +14,10 @@ impl Link {
     /// `welcomedly.redis.connections` (connections made; reconnects are this minus one),
     /// `welcomedly.redis.failures` by `class` (`transport` / `replace` / `server`),
     /// `welcomedly.redis.budget_overruns`, `welcomedly.redis.closed` (connections Redis
-    /// closed), `welcomedly.redis.in_flight`. Labels come from closed sets only.
+    /// closed), `welcomedly.redis.in_flight`, and for the [`subscriber`](Link::subscriber)
+    /// once it is used: `welcomedly.redis.subscriber.connected` (1 or 0),
+    /// `welcomedly.redis.subscriber.resubscribes`, `welcomedly.redis.subscriber.lagged`
+    /// (messages dropped for slow readers). Labels come from closed sets only.
     ///
     /// The instruments hold the link weakly: they stop reporting once it is dropped.
     pub fn register_metrics(&self, meter: &Meter) {
@@ -82,6 +85,38 @@ impl Link {
             .with_callback(move |o| {
                 if let Some(link) = Link::upgrade(&weak) {
                     o.observe(link.stats().in_flight, &[]);
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(self.inner());
+        let _sub_connected = meter
+            .u64_observable_gauge("welcomedly.redis.subscriber.connected")
+            .with_description("Whether the Redis pub/sub connection is subscribed (1) or not (0)")
+            .with_callback(move |o| {
+                if let Some(s) = Link::upgrade(&weak).and_then(|l| l.used_subscriber()) {
+                    o.observe(u64::from(s.is_connected()), &[]);
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(self.inner());
+        let _resubscribes = meter
+            .u64_observable_counter("welcomedly.redis.subscriber.resubscribes")
+            .with_description(
+                "Times the Redis pub/sub connection was re-established after an outage",
+            )
+            .with_callback(move |o| {
+                if let Some(s) = Link::upgrade(&weak).and_then(|l| l.used_subscriber()) {
+                    o.observe(s.stats().resubscribes, &[]);
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(self.inner());
+        let _lagged = meter
+            .u64_observable_counter("welcomedly.redis.subscriber.lagged")
+            .with_description("Pub/sub messages dropped for subscriptions that read too slowly")
+            .with_callback(move |o| {
+                if let Some(s) = Link::upgrade(&weak).and_then(|l| l.used_subscriber()) {
+                    o.observe(s.stats().lagged, &[]);
                 }
             })
             .build();

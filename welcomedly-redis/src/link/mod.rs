@@ -32,10 +32,12 @@ use welcomedly_core::redact::redact_url;
 use crate::classify::{Failure, classify};
 use crate::config::LinkConfig;
 
+mod dedicated;
 mod supervisor;
 
 use self::supervisor::supervise;
 use crate::error::Error;
+use crate::subscriber::Subscriber;
 
 /// Whether a call may be run a second time on a new connection after a transport error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,12 +166,23 @@ pub(crate) struct Inner {
     attempts: watch::Sender<u64>,
     scripts: Mutex<Vec<Script>>,
     supervisor: OnceLock<tokio::task::AbortHandle>,
+    runtime: tokio::runtime::Handle,
+    /// The pub/sub side, made on first use.
+    subscriber: OnceLock<Subscriber>,
+    /// The pool of dedicated connections, made on first use.
+    pool: OnceLock<deadpool_redis::Pool>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(task) = self.supervisor.get() {
             task.abort();
+        }
+        if let Some(subscriber) = self.subscriber.get() {
+            subscriber.shared().close();
+        }
+        if let Some(pool) = self.pool.get() {
+            pool.close();
         }
     }
 }
@@ -248,6 +261,9 @@ impl Link {
             attempts,
             scripts: Mutex::new(Vec::new()),
             supervisor: OnceLock::new(),
+            runtime: runtime.clone(),
+            subscriber: OnceLock::new(),
+            pool: OnceLock::new(),
         });
         if let Err(e) = Inner::attempt(&inner).await {
             tracing::warn!(url = %inner.config.url, error = %e, "Redis is unreachable: the link keeps trying in the background");
@@ -259,6 +275,26 @@ impl Link {
         ));
         let _ = inner.supervisor.set(task.abort_handle());
         Ok(Self { inner })
+    }
+
+    /// The link's [`Subscriber`]: one pub/sub connection shared by every clone of this link,
+    /// connected on the first [`subscribe`](Subscriber::subscribe).
+    pub fn subscriber(&self) -> Subscriber {
+        self.inner
+            .subscriber
+            .get_or_init(|| {
+                Subscriber::new(
+                    self.inner.config.clone(),
+                    self.inner.info.clone(),
+                    self.inner.runtime.clone(),
+                )
+            })
+            .clone()
+    }
+
+    /// The subscriber if it was ever asked for.
+    pub(crate) fn used_subscriber(&self) -> Option<Subscriber> {
+        self.inner.subscriber.get().cloned()
     }
 
     /// The settings the link was built with.
@@ -451,11 +487,19 @@ impl Link {
     }
 }
 
-/// `Degraded` while the link has no connection: each component decides what that means for
+/// `Degraded` while the link has no connection (or its subscriber, while wanted, has none): each component decides what that means for
 /// its requests, so register it with `Affects::Nothing` unless Redis is required to serve.
 impl HealthCheck for Link {
     fn check(&self) -> CheckFuture<'_> {
+        let subscriber_down = self
+            .inner
+            .subscriber
+            .get()
+            .is_some_and(|s| !s.is_connected() && s.is_wanted());
         let outcome = match self.state() {
+            LinkState::Connected if subscriber_down => CheckOutcome::degraded(
+                "Redis answers commands but the pub/sub connection is down: live updates are delayed until it resubscribes (in the background); check Redis' client limits",
+            ),
             LinkState::Connected => CheckOutcome::Healthy,
             _ => CheckOutcome::degraded(
                 "Redis is unreachable: the link reconnects in the background; check that Redis runs and is reachable",
