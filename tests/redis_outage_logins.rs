@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, StatusCode};
 use support::call_center::*;
 use tower::{ServiceExt, service_fn};
-use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
+use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
 use welcomedly_core::client_ip::ClientIp;
 use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
+use welcomedly_redis::{Backoff, Link, LinkConfig};
 use welcomedly_testkit::RedisServer;
 
 const PASSWORD: &str = "welcomedly-demo";
@@ -45,11 +46,13 @@ fn status(app: &Instance, address: &str, user: &str, password: &str) -> u16 {
     login_from(app, address, user, password).status().as_u16()
 }
 
-/// Whether the instance's rate limits are decided in Redis again (`/health`).
+/// Whether the instance's rate limits are decided in Redis again (the limiter's gauge at
+/// `/metrics`; `/health` names Redis once, as the link's `redis` check).
 fn rate_limits_on_redis(app: &Instance) -> bool {
-    let health: serde_json::Value =
-        serde_json::from_str(&app.request("GET", "/health", None).body).unwrap();
-    health["checks"]["rate_limit"]["status"] == "healthy"
+    app.request("GET", "/metrics", None)
+        .body
+        .lines()
+        .any(|l| l.starts_with("welcomedly_rate_limit_backend_degraded") && l.ends_with(" 0"))
 }
 
 /// Three instances of the example on `redis`, as `cargo run --example cluster` runs them, once
@@ -210,13 +213,14 @@ fn the_failed_login_limit_holds_during_the_outage() {
 #[tokio::test]
 async fn a_reservation_is_refunded_where_it_was_charged() {
     let redis = RedisServer::start().unwrap();
-    let mut config = RedisRateLimitConfig::new(redis.url());
-    config.min_fallback = Duration::from_millis(50);
-    config.reconnect_interval = Duration::from_millis(20);
-    config.max_reconnect_interval = Duration::from_millis(100);
-    config.failure_threshold = 1;
+    let mut link = LinkConfig::new(redis.url());
+    link.min_outage = Duration::from_millis(50);
+    link.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(100));
+    link.failure_threshold = 1;
+    let link = Link::connect(link).await.unwrap();
+    let mut config = RedisRateLimitConfig::default();
     config.budget = Duration::from_millis(300);
-    let backend = config.build().await.unwrap();
+    let backend = RedisBackend::new(&link, config).await.unwrap();
     let layer = RateLimitLayer::builder()
         .backend(backend.clone())
         .policy(

@@ -181,7 +181,7 @@ pub(crate) fn bench(c: &mut Criterion) {
 fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     use std::future::Future;
     use std::pin::Pin;
-    use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
+    use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
 
     type Call = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()>>>>;
 
@@ -196,9 +196,12 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let (conn, backend) = rt.block_on(async {
         let client = redis::Client::open(url.as_str()).unwrap();
         let conn = client.get_multiplexed_async_connection().await.unwrap();
-        let mut config = RedisRateLimitConfig::new(url.clone());
+        let link = welcomedly_redis::Link::connect(welcomedly_redis::LinkConfig::new(url.clone()))
+            .await
+            .unwrap();
+        let mut config = RedisRateLimitConfig::default();
         config.budget = Duration::from_secs(1);
-        (conn, config.build().await.unwrap())
+        (conn, RedisBackend::new(&link, config).await.unwrap())
     });
     let layer = RateLimitLayer::builder()
         .backend(backend)

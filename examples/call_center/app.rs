@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use welcomedly_cluster::bus::{BusConfig, Topic};
-use welcomedly_cluster::membership::MembershipConfig;
-use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
+use welcomedly_cluster::membership::{Membership, MembershipConfig};
+use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
 use welcomedly_cluster::session::{
     RedisSessionConfig, RedisSessionStore, SessionConfig, SessionLayer, SessionStore,
 };
@@ -47,8 +47,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let mut env = EnvReader::from_env();
     let core = CoreConfig::read(&mut env);
     let redis = RedisRateLimitConfig::read(&mut env);
-    // The one Redis link (sessions run on it; the other components keep their own
-    // connections for now).
+    // The one Redis link (REDIS_URL) that every Redis-backed component runs on.
     let link_config = LinkConfig::read(&mut env);
     let session_store_config = RedisSessionConfig::read(&mut env);
     let membership = MembershipConfig::read(&mut env);
@@ -123,12 +122,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     // demo users are hashed on it.
     let logins = login::Logins::start(demo_password()).await?;
 
-    let features = flags::start(
-        redis.as_ref().map(|r| r.url.as_str()),
-        &registry,
-        telemetry.metrics().meter(),
-    )
-    .await?;
+    let features = flags::start(link.as_ref(), &registry, telemetry.metrics().meter()).await?;
     let flag_routes = flags::routes(&features, admin_token);
     let flags_layer = flags::layer(&features, web.dev_identity_header);
     if web.dev_identity_header {
@@ -138,9 +132,9 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     }
     // Membership: a heartbeat in Redis; the live count feeds the rate limiter's fallback share
     // (no WELCOMEDLY_INSTANCES to keep in sync by hand), and the instance leaves at drain.
-    let membership = match membership {
-        Some(m) => {
-            let m = m.build(config.instance_id.clone()).await?;
+    let membership = match &link {
+        Some(link) => {
+            let m = Membership::new(link, membership, config.instance_id.clone()).await?;
             registry.register("membership", m.clone(), Affects::Nothing);
             Some(m)
         }
@@ -148,8 +142,8 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     };
     // Sessions and the event bus: in Redis (any instance serves any user, events reach every
     // instance), or in this process on the embedded default.
-    let (session_store, bus) = match (&redis, &link) {
-        (Some(_), Some(link)) => {
+    let (session_store, bus) = match &link {
+        Some(link) => {
             let store = RedisSessionStore::new(link, session_store_config).await?;
             let mut bus = BusConfig::new();
             bus.heartbeat = sse_heartbeat;
@@ -157,7 +151,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             let bus = bus.build(link).await?;
             (SessionStore::from(store), bus)
         }
-        _ => {
+        None => {
             let mut bus = BusConfig::new();
             bus.heartbeat = sse_heartbeat;
             (SessionStore::memory(), bus.build_local()?)
@@ -192,16 +186,17 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         .merge(agents::routes(agents))
         .merge(login::routes(logins))
         .merge(campaign_routes);
-    let api = match redis {
-        Some(redis) => {
-            let backend = redis.build().await?;
+    let api = match &link {
+        Some(link) => {
+            // On the link: `/health` names Redis once (the `redis` check); the limiter's own
+            // state is its `welcomedly_rate_limit_backend_degraded` gauge.
+            let backend = RedisBackend::new(link, redis).await?;
             if let Some(m) = &membership {
                 m.feed(backend.live_instances());
             }
-            registry.register("rate_limit", backend.clone(), Affects::Nothing);
             backend.register_metrics(telemetry.metrics().meter());
             api_routes(
-                rate_limits().backend(backend).build()?,
+                rate_limits(web.api_per_minute).backend(backend).build()?,
                 &telemetry,
                 feature_routes,
                 flags_layer,
@@ -209,7 +204,9 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             )
         }
         None => api_routes(
-            rate_limits().backend(LocalBackend::new()).build()?,
+            rate_limits(web.api_per_minute)
+                .backend(LocalBackend::new())
+                .build()?,
             &telemetry,
             feature_routes,
             flags_layer,
@@ -255,6 +252,9 @@ struct WebConfig {
     /// `WELCOMEDLY_DEV_IDENTITY_HEADER`: `x-user-id` names anonymous callers for feature flags
     /// (development only); default `false`.
     dev_identity_header: bool,
+    /// `WELCOMEDLY_API_PER_MINUTE`: the `api` policy's quota per user (or client address);
+    /// default 200. Load tests that send every request as one user raise it.
+    api_per_minute: u32,
 }
 
 impl WebConfig {
@@ -272,9 +272,16 @@ impl WebConfig {
             "false" | "0" | "no" => Ok(false),
             _ => Err("is not a boolean: expected true (development only) or false"),
         });
+        let api_per_minute = env.read("WELCOMEDLY_API_PER_MINUTE", 200, |v| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or("is not a quota: expected a whole number of requests per minute greater than 0, such as 200")
+        });
         Self {
             trusted_origins,
             dev_identity_header,
+            api_per_minute,
         }
     }
 }
@@ -306,7 +313,7 @@ fn random_key() -> Result<Vec<u8>, String> {
 ///   adds no store call; a request whose session ended (logout) is anonymous again and counts
 ///   against its address, while the user's budget refills on its own: logging out and in does
 ///   not reset it.
-fn rate_limits() -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> {
+fn rate_limits(api_per_minute: u32) -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> {
     let account = || KeySource::Derived(login::ACCOUNT_KEY.into());
     RateLimitLayer::builder()
         .policy(
@@ -338,7 +345,7 @@ fn rate_limits() -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> 
                 .path("/api/upload"),
         )
         .policy(
-            Policy::new("api", Quota::per_minute(200))
+            Policy::new("api", Quota::per_minute(api_per_minute))
                 .path_prefix("/api")
                 .key(KeySource::UserOrClientIp),
         )

@@ -12,9 +12,11 @@ use welcomedly_core::health::{Affects, HealthRegistry};
 use welcomedly_flags::admin::{self, BearerToken};
 use welcomedly_flags::layer::{FlagsLayer, RequestFlags};
 use welcomedly_flags::store::{
-    Change, FlagStore, FlagSyncHandle, MemoryStore, RedisStoreConfig, SyncConfig, sync_flags,
+    Change, FlagStore, FlagSyncHandle, MemoryStore, RedisStore, RedisStoreConfig, SyncConfig,
+    sync_flags,
 };
 use welcomedly_flags::{Flags, Snapshot};
+use welcomedly_redis::Link;
 
 /// The flags a new user sees working: campaign statistics rolled out to half of the users (and
 /// always to `supervisor`), behind a kill switch (`enabled`); a board theme.
@@ -45,18 +47,15 @@ pub(crate) struct FeatureFlags {
     _sync: FlagSyncHandle,
 }
 
-/// Opens the store, seeds it when it is empty, and starts following it.
+/// Opens the store (on the instance's Redis link, whose health check names Redis), seeds it
+/// when it is empty, and starts following it.
 pub(crate) async fn start(
-    redis_url: Option<&str>,
+    link: Option<&Link>,
     registry: &HealthRegistry,
     meter: &opentelemetry::metrics::Meter,
 ) -> Result<FeatureFlags, Box<dyn Error>> {
-    let store: Arc<dyn FlagStore> = match redis_url {
-        Some(url) => {
-            let store = RedisStoreConfig::new(url).build().await?;
-            registry.register("flag_store", store.clone(), Affects::Nothing);
-            Arc::new(store)
-        }
+    let store: Arc<dyn FlagStore> = match link {
+        Some(link) => Arc::new(RedisStore::new(link, RedisStoreConfig::default()).await?),
         None => Arc::new(MemoryStore::new()),
     };
     seed(store.as_ref()).await;

@@ -13,7 +13,6 @@ pub mod bus;
 mod error;
 pub mod membership;
 pub mod rate_limit;
-mod redis_url;
 pub mod session;
 
 pub use error::Error;

@@ -13,7 +13,6 @@
 //! subscriber's own reader had reconnected. With persistence (`appendonly yes`) or a replica the
 //! stream survives and subscribers simply catch up from their offsets, which
 //! `a_killed_reader_connection_catches_up_from_its_last_offset` shows without a restart.
-#![cfg(feature = "axum")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,

@@ -1,14 +1,11 @@
 //! [`MembershipConfig`]: the operator's settings, plain data with documented defaults.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use welcomedly_core::InstanceId;
 use welcomedly_core::config::{ConfigError, EnvReader, parse_millis};
-use welcomedly_core::redact::redact_url;
 
-use super::Membership;
 use crate::Error;
 
 /// The longest instance id accepted (it is part of a Redis key name).
@@ -18,13 +15,12 @@ const MAX_METADATA_ENTRIES: usize = 32;
 const MAX_METADATA_KEY_LEN: usize = 64;
 const MAX_METADATA_VALUE_LEN: usize = 1024;
 
-/// Settings of [`Membership`], plain data with documented defaults.
-#[derive(Clone)]
+/// Settings of [`Membership`](super::Membership), plain data with documented defaults. The
+/// connection itself (URL, failure threshold, reconnects) is the
+/// [`Link`](welcomedly_redis::Link)'s.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct MembershipConfig {
-    /// Redis URL, e.g. `redis://127.0.0.1:6379/`. No default. Shown with its password redacted
-    /// in errors, logs and `Debug`.
-    pub url: String,
     /// Prefix of every key, used as the Redis Cluster hash tag so every membership key lives in
     /// one slot. Default `"wd:members"`: keys `{wd:members}:members` (sorted set of instance ids
     /// scored by expiry), `{wd:members}:info` (hash of descriptions) and
@@ -37,18 +33,11 @@ pub struct MembershipConfig {
     /// [`heartbeat_interval`](Self::heartbeat_interval) (twice or more, so one slow heartbeat
     /// does not flap). Default 3 s.
     pub timeout: Duration,
-    /// The longest one Redis call (a heartbeat, a listing) may take. Default 250 ms.
+    /// The longest one Redis call (a heartbeat, a listing, leaving) may take on the link, a
+    /// wait for a reconnect included: background heartbeats can afford more than a request's
+    /// budget. Must stay below [`timeout`](Self::timeout). A failed heartbeat is retried at
+    /// the next tick. Default 250 ms.
     pub budget: Duration,
-    /// Failed heartbeats in a row before the connection is dropped and rebuilt. The first
-    /// failure already reports the membership degraded. Default 3.
-    pub failure_threshold: u32,
-    /// First delay between reconnect attempts; doubles per failed attempt up to
-    /// [`max_reconnect_interval`](Self::max_reconnect_interval), each delay jittered to
-    /// 50–100 %. Default 250 ms.
-    pub reconnect_interval: Duration,
-    /// Upper bound of the reconnect delay. Default 2 s (well under the default timeout, so an
-    /// instance is listed again soon after Redis returns).
-    pub max_reconnect_interval: Duration,
     /// What the instance tells about itself in [`Member::metadata`](super::Member::metadata),
     /// such as `"addr" → "10.0.0.7:3000"`. At most 32 entries, keys up to 64 bytes, values up
     /// to 1 KiB (it is written on every heartbeat). Default empty.
@@ -60,53 +49,27 @@ pub struct MembershipConfig {
     /// 100 000.
     pub max_presences: usize,
     /// Presence diffs buffered per subscriber of
-    /// [`presence_diffs`](Membership::presence_diffs) before the slowest one lags (it is told
+    /// [`presence_diffs`](super::Membership::presence_diffs) before the slowest one lags (it is told
     /// how many it missed). Default 1024.
     pub diff_capacity: usize,
-    /// Connections the pool may open (membership uses one multiplexed connection). Default 2.
-    pub pool_size: usize,
 }
 
-impl fmt::Debug for MembershipConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MembershipConfig")
-            .field("url", &redact_url(&self.url))
-            .field("key_prefix", &self.key_prefix)
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("timeout", &self.timeout)
-            .field("budget", &self.budget)
-            .field("failure_threshold", &self.failure_threshold)
-            .field("reconnect_interval", &self.reconnect_interval)
-            .field("max_reconnect_interval", &self.max_reconnect_interval)
-            .field("metadata", &self.metadata)
-            .field("max_presence_key_len", &self.max_presence_key_len)
-            .field("max_presences", &self.max_presences)
-            .field("diff_capacity", &self.diff_capacity)
-            .field("pool_size", &self.pool_size)
-            .finish()
-    }
-}
-
-impl MembershipConfig {
-    /// Settings for the Redis at `url`, defaults elsewhere.
-    pub fn new(url: impl Into<String>) -> Self {
+impl Default for MembershipConfig {
+    fn default() -> Self {
         Self {
-            url: url.into(),
             key_prefix: "wd:members".to_owned(),
             heartbeat_interval: Duration::from_secs(1),
             timeout: Duration::from_secs(3),
             budget: Duration::from_millis(250),
-            failure_threshold: 3,
-            reconnect_interval: Duration::from_millis(250),
-            max_reconnect_interval: Duration::from_secs(2),
             metadata: BTreeMap::new(),
             max_presence_key_len: 256,
             max_presences: 100_000,
             diff_capacity: 1024,
-            pool_size: 2,
         }
     }
+}
 
+impl MembershipConfig {
     /// Adds one [`metadata`](Self::metadata) entry.
     #[must_use]
     pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
@@ -114,14 +77,14 @@ impl MembershipConfig {
         self
     }
 
-    /// Reads the settings from the environment, `None` when `REDIS_URL` is unset (the service
-    /// then runs alone): `REDIS_URL`, `WELCOMEDLY_HEARTBEAT_MS` (default 1000),
-    /// `WELCOMEDLY_MEMBER_TIMEOUT_MS` (default 3000).
+    /// Reads the settings from the environment: `WELCOMEDLY_HEARTBEAT_MS` (default 1000),
+    /// `WELCOMEDLY_MEMBER_TIMEOUT_MS` (default 3000). Where Redis is (`REDIS_URL`) is the
+    /// link's setting ([`LinkConfig::read`](welcomedly_redis::LinkConfig::read)).
     ///
     /// # Errors
     ///
-    /// Every invalid variable, as welcomedly-core's `ConfigError` (URL passwords redacted).
-    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+    /// Every invalid variable, as welcomedly-core's `ConfigError`.
+    pub fn from_env() -> Result<Self, ConfigError> {
         let mut env = EnvReader::from_env();
         let config = Self::read(&mut env);
         env.finish(config)
@@ -129,8 +92,7 @@ impl MembershipConfig {
 
     /// [`from_env`](Self::from_env) through a shared reader, so a service reports the problems
     /// of all its components' variables at once.
-    pub fn read(env: &mut EnvReader<'_>) -> Option<Self> {
-        let url = crate::redis_url::read(env);
+    pub fn read(env: &mut EnvReader<'_>) -> Self {
         let millis = |what: &'static str| {
             move |v: &str| {
                 parse_millis(v).filter(|d| !d.is_zero()).ok_or(format!(
@@ -148,12 +110,11 @@ impl MembershipConfig {
             Duration::from_secs(3),
             millis("member timeout"),
         );
-        url.map(|url| {
-            let mut config = Self::new(url);
-            config.heartbeat_interval = interval;
-            config.timeout = timeout;
-            config
-        })
+        Self {
+            heartbeat_interval: interval,
+            timeout,
+            ..Self::default()
+        }
     }
 
     /// Checks the settings once, before anything connects.
@@ -190,11 +151,6 @@ impl MembershipConfig {
                 "the membership Redis budget must be above zero and below the member timeout (default 250 ms)",
             ));
         }
-        if self.reconnect_interval.is_zero() {
-            return Err(Error::invalid(
-                "the reconnect interval is zero: a dead Redis would be reconnected in a busy loop; use at least a few milliseconds (default 250 ms)",
-            ));
-        }
         if self.max_presence_key_len == 0 || self.max_presences == 0 {
             return Err(Error::invalid(
                 "max_presence_key_len and max_presences must be at least 1 (defaults 256 and 100 000)",
@@ -211,32 +167,6 @@ impl MembershipConfig {
         }
         Ok(())
     }
-
-    /// Builds the membership of `instance` and tries a first heartbeat, so the instance is
-    /// listed when this returns. An unreachable Redis is not an error: the membership starts
-    /// degraded and keeps trying in the background. Must run inside a tokio runtime.
-    ///
-    /// # Errors
-    ///
-    /// Invalid settings (see each field), an instance id unfit for a key name, or a URL that is
-    /// not a Redis URL.
-    pub async fn build(self, instance: InstanceId) -> Result<Membership, Error> {
-        self.validate(&instance)?;
-        let mut cfg = deadpool_redis::Config::from_url(self.url.clone());
-        cfg.pool = Some(deadpool_redis::PoolConfig::new(self.pool_size.max(1)));
-        let pool = cfg
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| {
-                Error::config(
-                    format!(
-                        "cannot use Redis URL {:?}: expected redis://[user:password@]host[:port][/db]",
-                        redact_url(&self.url)
-                    ),
-                    e,
-                )
-            })?;
-        Membership::from_pool(pool, self, instance).await
-    }
 }
 
 #[cfg(test)]
@@ -250,7 +180,7 @@ mod tests {
 
     #[test]
     fn defaults_validate_and_bad_settings_say_what_to_do() {
-        let c = MembershipConfig::new("redis://127.0.0.1/");
+        let c = MembershipConfig::default();
         c.validate(&id()).unwrap();
         let mut bad = c.clone();
         bad.timeout = Duration::from_secs(1);
@@ -270,46 +200,20 @@ mod tests {
     }
 
     #[test]
-    fn debug_hides_the_password() {
-        let c = MembershipConfig::new("redis://:hunter2@cache:6379/0");
-        let text = format!("{c:?}");
-        assert!(!text.contains("hunter2"), "{text}");
-    }
-
-    #[test]
     fn settings_from_the_environment() {
         let read = |vars: &[(&str, &str)]| {
             let mut env = EnvReader::from_pairs(vars);
             let config = MembershipConfig::read(&mut env);
             env.finish(config)
         };
-        assert!(read(&[]).unwrap().is_none());
+        assert_eq!(read(&[]).unwrap().timeout, Duration::from_secs(3));
         let c = read(&[
-            ("REDIS_URL", "redis://cache/"),
             ("WELCOMEDLY_HEARTBEAT_MS", "500"),
             ("WELCOMEDLY_MEMBER_TIMEOUT_MS", "2000"),
         ])
-        .unwrap()
         .unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
         assert_eq!(c.timeout, Duration::from_secs(2));
-        assert!(
-            read(&[
-                ("REDIS_URL", "redis://cache/"),
-                ("WELCOMEDLY_HEARTBEAT_MS", "0")
-            ])
-            .is_err()
-        );
-    }
-
-    #[tokio::test]
-    async fn a_bad_url_is_reported_without_its_password() {
-        let e = MembershipConfig::new("redis://:hunter2@cache:notaport/")
-            .build(id())
-            .await
-            .unwrap_err();
-        let text = e.to_string();
-        assert!(e.is_config());
-        assert!(!text.contains("hunter2"), "{text}");
+        assert!(read(&[("WELCOMEDLY_HEARTBEAT_MS", "0")]).is_err());
     }
 }

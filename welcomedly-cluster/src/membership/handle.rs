@@ -3,15 +3,15 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwapOption;
 use redis::Script;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::broadcast;
 use welcomedly_core::InstanceId;
 use welcomedly_core::drain::DrainSignal;
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
+use welcomedly_redis::{Link, Retry};
 
 use super::config::MembershipConfig;
 use super::heartbeat;
@@ -55,9 +55,8 @@ pub(crate) struct Scripts {
 }
 
 pub(crate) struct Inner {
-    pub(crate) pool: deadpool_redis::Pool,
-    /// The one connection membership uses; only the heartbeat task replaces it.
-    pub(crate) hot: ArcSwapOption<MultiplexedConnection>,
+    /// The instance's link: its connection, reconnects and health check (`redis`).
+    pub(crate) link: Link,
     pub(crate) id: InstanceId,
     pub(crate) keys: Keys,
     pub(crate) scripts: Scripts,
@@ -67,9 +66,6 @@ pub(crate) struct Inner {
     pub(crate) interval: Duration,
     pub(crate) timeout: Duration,
     pub(crate) budget: Duration,
-    pub(crate) failure_threshold: u32,
-    pub(crate) reconnect_interval: Duration,
-    pub(crate) max_reconnect_interval: Duration,
     /// Safety-net TTL of the presence hash: a reaper normally deletes it at once; this bounds
     /// its life if every instance died.
     pub(crate) presence_ttl: Duration,
@@ -79,13 +75,15 @@ pub(crate) struct Inner {
     /// The live count of the last heartbeat, 0 before the first.
     last_count: AtomicU32,
     pub(crate) degraded: AtomicBool,
+    /// Why the last heartbeat failed, as the health check words it.
     pub(crate) degraded_reason: Mutex<String>,
+    /// When the last heartbeat reached Redis (`None` before the first).
+    pub(crate) last_heartbeat: Mutex<Option<Instant>>,
     /// Listed at least once: a later `joined` from the heartbeat is a rejoin.
     pub(crate) listed: AtomicBool,
     left: AtomicBool,
     pub(crate) heartbeats: AtomicU64,
     pub(crate) failures: AtomicU64,
-    pub(crate) connections: AtomicU64,
     pub(crate) reaped: AtomicU64,
     worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Instances this one reaped whose presences are still to be taken and announced (retried
@@ -110,36 +108,37 @@ impl Drop for Inner {
 }
 
 impl Inner {
-    pub(crate) async fn connect(&self) -> Result<MultiplexedConnection, Error> {
-        let timeout = self.budget.max(Duration::from_secs(1));
-        let conn = tokio::time::timeout(timeout, self.pool.get())
+    /// Runs `f` on the link within membership's budget; `retry` says whether running it twice
+    /// is harmless. The error says which call failed and what to do.
+    pub(crate) async fn call<T, F, Fut>(&self, what: &str, retry: Retry, f: F) -> Result<T, Error>
+    where
+        F: FnMut(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.link
+            .call_within(self.budget, retry, f)
             .await
             .map_err(|e| {
-                Error::redis(
+                let message = if e.is_server() {
                     format!(
-                        "connecting to Redis for membership timed out after {} ms: check that Redis runs and is reachable",
-                        timeout.as_millis()
-                    ),
-                    e,
-                )
-            })?
-            .map_err(|e| {
-                Error::redis(
-                    "cannot connect to Redis for membership: check that Redis runs and is reachable",
-                    e,
-                )
-            })?;
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        Ok(deadpool_redis::Connection::take(conn))
-    }
-
-    fn conn(&self) -> Result<MultiplexedConnection, Error> {
-        self.hot.load_full().map(|c| (*c).clone()).ok_or_else(|| {
-            Error::redis(
-                "membership is not connected to Redis (it reconnects in the background): try again later",
-                "no connection",
-            )
-        })
+                        "Redis refused {what}: check that nothing else writes keys under the membership prefix and that Redis accepts writes (not a replica, not out of memory)"
+                    )
+                } else if e.is_budget() {
+                    format!(
+                        "{what} took longer than the {} ms budget: Redis is slow or unreachable; it is retried",
+                        self.budget.as_millis()
+                    )
+                } else if e.is_not_connected() {
+                    format!(
+                        "{what} was not sent: the Redis link has no connection (it reconnects in the background); check that Redis runs and is reachable"
+                    )
+                } else {
+                    format!(
+                        "{what} failed: the connection to Redis failed (the link replaces it); check that Redis runs and is reachable"
+                    )
+                };
+                Error::redis(message, e)
+            })
     }
 
     /// Sets the live count on this membership's handle and every fed one.
@@ -157,11 +156,23 @@ impl Inner {
         }
     }
 
-    pub(crate) fn set_degraded(&self, reason: String) {
-        *self
-            .degraded_reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = reason;
+    /// A heartbeat failed with `e`: remembers why, in the health check's words (which do not
+    /// repeat the `redis` check's "unreachable").
+    pub(crate) fn set_degraded(&self, e: &Error) {
+        let refused = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<welcomedly_redis::Error>())
+            .is_some_and(welcomedly_redis::Error::is_server);
+        let reason = if refused {
+            "Redis refused the heartbeat: check that nothing else writes keys under the membership prefix and that Redis accepts writes"
+        } else {
+            "the heartbeat did not reach Redis (the redis check says why)"
+        };
+        reason.clone_into(
+            &mut self
+                .degraded_reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         self.degraded.store(true, Ordering::Release);
     }
 
@@ -170,48 +181,10 @@ impl Inner {
     }
 }
 
-/// Redis's answer within `budget`, or an error that says which call failed and what to do.
-pub(crate) async fn within<T>(
-    budget: Duration,
-    what: &str,
-    call: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(budget, call).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e))
-            if matches!(
-                e.kind(),
-                redis::ErrorKind::Server(_)
-                    | redis::ErrorKind::Extension
-                    | redis::ErrorKind::Parse
-                    | redis::ErrorKind::UnexpectedReturnType
-            ) =>
-        {
-            Err(Error::redis(
-                format!(
-                    "Redis refused {what}: check that nothing else writes keys under the membership prefix and that Redis accepts writes (not a replica, not out of memory)"
-                ),
-                e,
-            ))
-        }
-        Ok(Err(e)) => Err(Error::redis(
-            format!("{what} failed: check that Redis runs and is reachable"),
-            e,
-        )),
-        Err(e) => Err(Error::redis(
-            format!(
-                "{what} took longer than the {} ms budget: Redis is slow or unreachable",
-                budget.as_millis()
-            ),
-            e,
-        )),
-    }
-}
-
 /// This instance's membership of the cluster: heartbeats into Redis, lists the live instances,
 /// and tracks who is connected here (presence). Cloning is cheap and shares the heartbeat.
 ///
-/// Built by [`MembershipConfig::build`] or [`Membership::from_pool`]. Call
+/// Built by [`Membership::new`] over the instance's [`Link`]. Call
 /// [`leave`](Self::leave) at drain; dropping the last clone without it stops the heartbeat and
 /// the others drop this instance after the timeout, as after a crash.
 #[derive(Clone)]
@@ -220,16 +193,31 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// The membership of `instance` over an existing deadpool-redis pool (shared with the rate
-    /// limiter, sessions and the event bus): validates the settings, tries a first heartbeat
-    /// (so the instance is listed when this returns), then heartbeats in the background. An
-    /// unreachable Redis is not an error: it starts degraded and keeps trying.
+    /// The membership of `instance` over `link` (shared with the instance's other Redis
+    /// components): validates the settings, tries a first heartbeat (so the instance is listed
+    /// when this returns), then heartbeats in the background every
+    /// [`heartbeat_interval`](MembershipConfig::heartbeat_interval). An unreachable Redis is
+    /// not an error: it starts degraded, and each tick tries again.
+    ///
+    /// ```no_run
+    /// use welcomedly_cluster::membership::{Membership, MembershipConfig};
+    /// use welcomedly_core::InstanceId;
+    /// use welcomedly_redis::{Link, LinkConfig};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let link = Link::connect(LinkConfig::new("redis://127.0.0.1:6379/")).await?;
+    /// let membership =
+    ///     Membership::new(&link, MembershipConfig::default(), InstanceId::generate()).await?;
+    /// # let _ = membership;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
     /// Invalid settings or instance id, or no tokio runtime.
-    pub async fn from_pool(
-        pool: deadpool_redis::Pool,
+    pub async fn new(
+        link: &Link,
         config: MembershipConfig,
         instance: InstanceId,
     ) -> Result<Self, Error> {
@@ -255,8 +243,7 @@ impl Membership {
             config.max_presences,
         );
         let inner = Arc::new(Inner {
-            pool,
-            hot: ArcSwapOption::empty(),
+            link: link.clone(),
             keys: Keys::new(&config.key_prefix, instance.as_str()),
             id: instance,
             scripts: Scripts {
@@ -269,9 +256,6 @@ impl Membership {
             interval: config.heartbeat_interval,
             timeout: config.timeout,
             budget: config.budget,
-            failure_threshold: config.failure_threshold.max(1),
-            reconnect_interval: config.reconnect_interval,
-            max_reconnect_interval: config.max_reconnect_interval.max(config.reconnect_interval),
             presence_ttl: config
                 .timeout
                 .saturating_mul(10)
@@ -282,28 +266,19 @@ impl Membership {
             last_count: AtomicU32::new(0),
             degraded: AtomicBool::new(true),
             degraded_reason: Mutex::new("no heartbeat yet".to_owned()),
+            last_heartbeat: Mutex::new(None),
             listed: AtomicBool::new(false),
             left: AtomicBool::new(false),
             heartbeats: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            connections: AtomicU64::new(0),
             reaped: AtomicU64::new(0),
             worker: Mutex::new(None),
             pending_reaps: Mutex::new(Vec::new()),
         });
-        match inner.connect().await {
-            Ok(conn) => {
-                inner.hot.store(Some(Arc::new(conn)));
-                if let Err(e) = heartbeat::beat(&inner).await {
-                    inner.failures.fetch_add(1, Ordering::Relaxed);
-                    inner.set_degraded(e.to_string());
-                    tracing::warn!(error = %e, instance = %inner.id, "first membership heartbeat failed: retrying in the background");
-                }
-            }
-            Err(e) => {
-                inner.set_degraded(e.to_string());
-                tracing::warn!(error = %e, instance = %inner.id, "Redis is unreachable: this instance is not listed as a member until it answers");
-            }
+        if let Err(e) = heartbeat::beat(&inner).await {
+            inner.failures.fetch_add(1, Ordering::Relaxed);
+            inner.set_degraded(&e);
+            tracing::warn!(error = %e, instance = %inner.id, "first membership heartbeat failed: this instance is listed once one reaches Redis (tried every heartbeat interval)");
         }
         let task = runtime.spawn(heartbeat::run(Arc::downgrade(&inner)));
         *inner.worker.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
@@ -324,15 +299,15 @@ impl Membership {
     /// Redis is unreachable or slower than the budget.
     pub async fn members(&self) -> Result<Vec<Member>, Error> {
         let inner = &self.inner;
-        let mut conn = inner.conn()?;
         let mut invocation = inner.scripts.list.key(&inner.keys.members);
         invocation.key(&inner.keys.info);
-        let reply: Vec<String> = within(
-            inner.budget,
-            "listing the cluster members",
-            invocation.invoke_async(&mut conn),
-        )
-        .await?;
+        // Read-only: safe to run again on a new connection.
+        let reply: Vec<String> = inner
+            .call("listing the cluster members", Retry::Once, |mut c| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await?;
         let (_, mut members) = parse_list(&reply).ok_or_else(|| {
             Error::redis(
                 "the member list came back in an unexpected shape: check that nothing else writes under the membership prefix",
@@ -362,13 +337,17 @@ impl Membership {
         for m in &members {
             pipe.cmd("HKEYS").arg(inner.keys.presence_of(&m.id));
         }
-        let mut conn = inner.conn()?;
-        let sets: Vec<Vec<String>> = within(
-            inner.budget,
-            "reading the presences of the live members",
-            pipe.query_async(&mut conn),
-        )
-        .await?;
+        // Read-only: safe to run again on a new connection.
+        let sets: Vec<Vec<String>> = inner
+            .call(
+                "reading the presences of the live members",
+                Retry::Once,
+                |mut c| {
+                    let pipe = &pipe;
+                    async move { pipe.query_async(&mut c).await }
+                },
+            )
+            .await?;
         let here = inner.id.as_str();
         for (m, keys) in members.iter().zip(sets) {
             // This instance's own presences come from its table, not from Redis, where a join
@@ -475,29 +454,19 @@ impl Membership {
             let _ = task.await;
         }
         inner.presence.leave();
-        let mut conn = match inner.hot.load_full() {
-            Some(c) => (*c).clone(),
-            // Redis was already unreachable: try once, within the budget (drain must not wait).
-            None => tokio::time::timeout(inner.budget, inner.connect())
-                .await
-                .map_err(|e| {
-                    Error::redis(
-                        "could not reach Redis to leave the cluster within the budget: the others drop this instance after the timeout",
-                        e,
-                    )
-                })??,
-        };
         let mut invocation = inner.scripts.leave.key(&inner.keys.members);
         invocation
             .key(&inner.keys.info)
             .key(&inner.keys.own_presence)
             .arg(inner.id.as_str());
-        let left: Result<i64, Error> = within(
-            inner.budget,
-            "leaving the cluster",
-            invocation.invoke_async(&mut conn),
-        )
-        .await;
+        // Idempotent (ZREM, HDEL, DEL): safe to run again on a new connection. Within the
+        // budget, a reconnect included, so a drain never waits on a dead Redis.
+        let left: Result<i64, Error> = inner
+            .call("leaving the cluster", Retry::Once, |mut c| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut c).await }
+            })
+            .await;
         match left {
             Ok(_) => {
                 tracing::info!(instance = %inner.id, "left the cluster");
@@ -574,9 +543,9 @@ impl Membership {
         self.inner.failures.load(Ordering::Relaxed)
     }
 
-    /// Connections made to Redis (1 after a clean start; each reconnect adds one).
-    pub fn connections_made(&self) -> u64 {
-        self.inner.connections.load(Ordering::Relaxed)
+    /// The link membership runs on (its state, counters and metrics).
+    pub fn link(&self) -> &Link {
+        &self.inner.link
     }
 
     /// Dead instances this instance reaped since start.
@@ -590,8 +559,10 @@ impl Membership {
     }
 }
 
-/// `Degraded` while this instance cannot heartbeat (it still serves: never fails readiness),
-/// and after it left; `Healthy` otherwise. Register it with
+/// `Degraded` while this instance's heartbeats fail (it still serves: never fails readiness),
+/// saying since when the cluster has not heard from it and when the others drop it, and after
+/// it left; `Healthy` otherwise. Whether Redis is reachable is the link's check (`redis`);
+/// this one reports membership's own state. Register it with
 /// `registry.register("membership", membership.clone(), Affects::Nothing)`.
 impl HealthCheck for Membership {
     fn check(&self) -> CheckFuture<'_> {
@@ -604,10 +575,21 @@ impl HealthCheck for Membership {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
+            let heard = match *inner
+                .last_heartbeat
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+            {
+                Some(at) => format!(
+                    "the cluster last heard from it {} ms ago",
+                    millis(at.elapsed())
+                ),
+                None => "the cluster has not heard from it yet".to_owned(),
+            };
             CheckOutcome::degraded(format!(
-                "cannot heartbeat into Redis, so other instances drop this one {} ms after its last heartbeat (retrying with backoff up to {} ms): {reason}",
+                "this instance cannot heartbeat: {heard}, and the other instances drop it {} ms after its last heartbeat (tried again every {} ms): {reason}",
                 millis(inner.timeout),
-                millis(inner.max_reconnect_interval)
+                millis(inner.interval)
             ))
         } else {
             CheckOutcome::Healthy

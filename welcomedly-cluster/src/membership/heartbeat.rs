@@ -1,16 +1,15 @@
-//! The heartbeat task: the one owner of membership's Redis connection. It heartbeats, writes
-//! presence changes, reaps dead instances, and reconnects (failure threshold, exponential
-//! backoff with jitter). Being the only writer and the only reconnector, it needs no lock
-//! around the connection and cannot race another reconnect.
+//! The heartbeat task: membership's one writer. It heartbeats, writes presence changes and
+//! reaps dead instances, through the instance's link. It does not reconnect: the link does; a
+//! heartbeat that fails is tried again at the next tick.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::{PoisonError, Weak};
-use std::time::Duration;
 
 use tokio::time::Instant;
+use welcomedly_redis::Retry;
 
-use super::handle::{Inner, millis, within};
+use super::handle::{Inner, millis};
 use super::presence::{PresenceCause, PresenceChange};
 use crate::Error;
 
@@ -19,15 +18,8 @@ const CHUNK: usize = 500;
 /// Reaps kept for a retry at most; beyond, the presence hashes expire by their TTL.
 const MAX_PENDING_REAPS: usize = 1000;
 
-/// One heartbeat on the current connection, then the presence writes and reaps it calls for.
+/// One heartbeat, then the presence writes and reaps it calls for.
 pub(crate) async fn beat(inner: &Inner) -> Result<(), Error> {
-    let Some(conn) = inner.hot.load_full() else {
-        return Err(Error::redis(
-            "membership has no Redis connection",
-            "no connection",
-        ));
-    };
-    let mut conn = (*conn).clone();
     let mut invocation = inner.scripts.heartbeat.key(&inner.keys.members);
     invocation
         .key(&inner.keys.info)
@@ -36,12 +28,15 @@ pub(crate) async fn beat(inner: &Inner) -> Result<(), Error> {
         .arg(millis(inner.timeout))
         .arg(&inner.description)
         .arg(millis(inner.presence_ttl));
-    let reply: Vec<String> = within(
-        inner.budget,
-        "the membership heartbeat",
-        invocation.invoke_async(&mut conn),
-    )
-    .await?;
+    // Retry::Never: the reply of a second run would lose what the first one said (the
+    // instances it reaped, whether this one had to rejoin). A failed heartbeat is tried again
+    // at the next tick, well within the timeout.
+    let reply: Vec<String> = inner
+        .call("the membership heartbeat", Retry::Never, |mut c| {
+            let invocation = &invocation;
+            async move { invocation.invoke_async(&mut c).await }
+        })
+        .await?;
     let (joined, live, reaped) = match reply.as_slice() {
         [_now, joined, live, reaped @ ..] => (joined == "1", live.parse::<u32>().ok(), reaped),
         _ => {
@@ -52,6 +47,10 @@ pub(crate) async fn beat(inner: &Inner) -> Result<(), Error> {
         }
     };
     inner.heartbeats.fetch_add(1, Ordering::Relaxed);
+    *inner
+        .last_heartbeat
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
     if inner.degraded.swap(false, Ordering::AcqRel) && inner.listed.load(Ordering::Relaxed) {
         tracing::info!(instance = %inner.id, "membership heartbeats reach Redis again");
     }
@@ -93,11 +92,11 @@ pub(crate) async fn beat(inner: &Inner) -> Result<(), Error> {
         p.extend(reaped.iter().cloned());
         std::mem::take(&mut *p)
     };
-    write_presence(inner, &mut conn).await.inspect_err(|_| {
+    write_presence(inner).await.inspect_err(|_| {
         keep_reaps(inner, pending.clone());
     })?;
     for (i, dead) in pending.iter().enumerate() {
-        if let Err(e) = reap(inner, &mut conn, dead).await {
+        if let Err(e) = reap(inner, dead).await {
             keep_reaps(inner, pending.get(i..).unwrap_or_default().to_vec());
             return Err(e);
         }
@@ -117,10 +116,7 @@ fn keep_reaps(inner: &Inner, reaps: Vec<String>) {
 }
 
 /// Writes what changed in the local presence table (all of it after a rejoin or a failed write).
-pub(crate) async fn write_presence(
-    inner: &Inner,
-    conn: &mut redis::aio::MultiplexedConnection,
-) -> Result<(), Error> {
+pub(crate) async fn write_presence(inner: &Inner) -> Result<(), Error> {
     let (resync, present, absent) = {
         let mut table = inner.presence.table();
         if table.left || (!table.resync && table.pending.is_empty()) {
@@ -157,8 +153,14 @@ pub(crate) async fn write_presence(
         .arg(key)
         .arg(millis(inner.presence_ttl))
         .ignore();
-    let written: Result<(), Error> =
-        within(inner.budget, "writing presences", pipe.query_async(conn)).await;
+    // Idempotent (one MULTI/EXEC of HSET/HDEL/PEXPIRE, a DEL first on a resync): safe to run
+    // again on a new connection.
+    let written: Result<(), Error> = inner
+        .call("writing presences", Retry::Once, |mut c| {
+            let pipe = &pipe;
+            async move { pipe.query_async(&mut c).await }
+        })
+        .await;
     if written.is_err() {
         // Rewrite the whole table next time: simpler than merging back what was taken, and
         // correct whatever changed meanwhile.
@@ -168,19 +170,21 @@ pub(crate) async fn write_presence(
 }
 
 /// Takes the presences of `dead` (reaped by this heartbeat) and announces each as gone.
-async fn reap(
-    inner: &Inner,
-    conn: &mut redis::aio::MultiplexedConnection,
-    dead: &str,
-) -> Result<(), Error> {
+async fn reap(inner: &Inner, dead: &str) -> Result<(), Error> {
     let mut invocation = inner.scripts.reap.key(&inner.keys.members);
     invocation.key(inner.keys.presence_of(dead)).arg(dead);
-    let keys: Vec<String> = within(
-        inner.budget,
-        "reaping a dead instance's presences",
-        invocation.invoke_async(conn),
-    )
-    .await?;
+    // Retry::Never: the script takes the keys and deletes them, so a second run would return
+    // nothing and the presences would never be announced as gone.
+    let keys: Vec<String> = inner
+        .call(
+            "reaping a dead instance's presences",
+            Retry::Never,
+            |mut c| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut c).await }
+            },
+        )
+        .await?;
     inner.reaped.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(
         instance = %inner.id,
@@ -206,7 +210,6 @@ pub(crate) async fn run(inner: Weak<Inner>) {
     };
     let presence = Arc::clone(&strong.presence);
     let mut next_beat = Instant::now() + strong.interval;
-    let mut delay = strong.reconnect_interval;
     let mut consecutive = 0u32;
     drop(strong);
     loop {
@@ -216,31 +219,11 @@ pub(crate) async fn run(inner: Weak<Inner>) {
         if strong.is_left() {
             return;
         }
-        if strong.hot.load().is_none() {
-            match strong.connect().await {
-                Ok(conn) => {
-                    strong.hot.store(Some(Arc::new(conn)));
-                    delay = strong.reconnect_interval;
-                    consecutive = 0;
-                    // Heartbeat at once: the sooner this instance is listed again, the better.
-                    next_beat = Instant::now();
-                }
-                Err(e) => {
-                    strong.failures.fetch_add(1, Ordering::Relaxed);
-                    log_failure(&strong, &e, consecutive);
-                    strong.set_degraded(e.to_string());
-                    consecutive = consecutive.saturating_add(1);
-                    let pause = jittered(delay);
-                    delay = delay.saturating_mul(2).min(strong.max_reconnect_interval);
-                    drop(strong);
-                    tokio::time::sleep(pause).await;
-                    continue;
-                }
-            }
-        }
         if Instant::now() >= next_beat {
             let started = Instant::now();
             let result = beat(&strong).await;
+            // Whatever happened, the next try is one interval later: the link reconnects by
+            // itself, so there is no private retry loop here.
             next_beat = started + strong.interval;
             match result {
                 Ok(()) => consecutive = 0,
@@ -248,22 +231,13 @@ pub(crate) async fn run(inner: Weak<Inner>) {
                     strong.failures.fetch_add(1, Ordering::Relaxed);
                     consecutive = consecutive.saturating_add(1);
                     log_failure(&strong, &e, consecutive);
-                    strong.set_degraded(e.to_string());
-                    if consecutive >= strong.failure_threshold {
-                        // Only this task replaces the connection: no generation race to guard.
-                        strong.hot.store(None);
-                        next_beat = Instant::now();
-                        continue;
-                    }
+                    strong.set_degraded(&e);
                 }
             }
-        } else if let Some(conn) = strong.hot.load_full() {
-            // Woken by a presence change between heartbeats: write it now.
-            let mut conn = (*conn).clone();
-            if let Err(e) = write_presence(&strong, &mut conn).await {
-                strong.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "presence write failed: the whole table is rewritten with the next heartbeat");
-            }
+        } else if let Err(e) = write_presence(&strong).await {
+            // Woken by a presence change between heartbeats, and the write failed.
+            strong.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "presence write failed: the whole table is rewritten with the next heartbeat");
         }
         drop(strong);
         if Instant::now() < next_beat {
@@ -282,23 +256,5 @@ fn log_failure(inner: &Inner, e: &Error, consecutive: u32) {
         tracing::warn!(error = %e, instance = %inner.id, consecutive, "membership cannot heartbeat into Redis");
     } else {
         tracing::debug!(error = %e, instance = %inner.id, consecutive, "membership cannot heartbeat into Redis");
-    }
-}
-
-/// `delay` scaled to a random 50–100 %.
-fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(0.5 + fastrand::f64() * 0.5)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_half_to_full() {
-        for _ in 0..1000 {
-            let d = jittered(Duration::from_millis(100));
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
-        }
     }
 }

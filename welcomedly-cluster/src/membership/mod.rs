@@ -36,28 +36,28 @@
 //!   [`LiveInstances`](crate::rate_limit::LiveInstances) at the live count (so
 //!   `WELCOMEDLY_INSTANCES` need not be set by hand); [`Membership`] is a
 //!   [`HealthCheck`](welcomedly_core::health::HealthCheck) that reports `Degraded` while it
-//!   cannot heartbeat.
-//! - **Redis discipline**: one multiplexed connection, owned by one heartbeat task that is the
-//!   only reconnector (failure threshold, exponential backoff with jitter); every call has a
-//!   time budget (default 250 ms); URLs are redacted; after Redis restarts, each instance is
-//!   listed again at its next heartbeat and rewrites its presences.
+//!   cannot heartbeat (since when the cluster has not heard from it).
+//! - **Redis discipline**: every call goes through the instance's
+//!   [`Link`](welcomedly_redis::Link) (its connection, reconnects, health check and metrics)
+//!   within membership's budget (default 250 ms); a failed heartbeat is tried again at the next
+//!   tick. After Redis restarts, each instance is listed again at its next heartbeat and
+//!   rewrites its presences.
 //! - **Drain**: [`Membership::leave_when_draining`] leaves the moment the drain starts (or call
 //!   [`leave`](Membership::leave) yourself). Dropping the last clone without leaving stops the
 //!   heartbeat and nothing else, exactly like a crash: the others drop the instance after the
 //!   timeout.
 //!
 //! ```no_run
-//! use welcomedly_cluster::membership::MembershipConfig;
-//! use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
+//! use welcomedly_cluster::membership::{Membership, MembershipConfig};
+//! use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
 //! use welcomedly_core::InstanceId;
+//! use welcomedly_redis::{Link, LinkConfig};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let url = "redis://127.0.0.1:6379/";
-//! let membership = MembershipConfig::new(url)
-//!     .with_metadata("addr", "10.0.0.7:3000")
-//!     .build(InstanceId::generate())
-//!     .await?;
-//! let limiter = RedisRateLimitConfig::new(url).build().await?;
+//! let link = Link::connect(LinkConfig::new("redis://127.0.0.1:6379/")).await?;
+//! let config = MembershipConfig::default().with_metadata("addr", "10.0.0.7:3000");
+//! let membership = Membership::new(&link, config, InstanceId::generate()).await?;
+//! let limiter = RedisBackend::new(&link, RedisRateLimitConfig::default()).await?;
 //! membership.feed(limiter.live_instances()); // the fallback divides by the live count
 //!
 //! // One guard per connection (an SSE stream, a WebSocket) of agent 42.

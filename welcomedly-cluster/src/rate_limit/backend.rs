@@ -3,22 +3,19 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use smallvec::SmallVec;
-use tokio::sync::Notify;
 use welcomedly_core::config::{ConfigError, EnvReader, parse_millis};
-use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
 use welcomedly_core::rate_limit::{
     BackendError, Check, Decision, DecisionSource, Decisions, FailureMode, Key, LocalBackend,
     PolicySpec, RateLimitBackend,
 };
 use welcomedly_core::redact::redact_url;
+use welcomedly_redis::{Link, LinkState, Retry};
 
 use super::key_name::KeyNamer;
 use super::rejections::Rejections;
@@ -47,13 +44,11 @@ impl LiveInstances {
     }
 }
 
-/// Settings of the cluster-wide rate-limit backend, plain data with documented defaults.
+/// Settings of the cluster-wide rate-limit backend, plain data with documented defaults. The
+/// connection itself (URL, failure threshold, reconnects) is the [`Link`]'s.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisRateLimitConfig {
-    /// Redis URL, e.g. `redis://127.0.0.1:6379/`. No default. Shown with its password redacted
-    /// in errors, logs and `Debug`.
-    pub url: String,
     /// Prefix of every key. Default `"wd:rl"`: keys look like `wd:rl:{<digest>}:login`,
     /// hash-tagged by the client key's digest so one client's policies share a Redis Cluster
     /// slot.
@@ -65,22 +60,10 @@ pub struct RedisRateLimitConfig {
     /// address, a user id). Set one (env `WELCOMEDLY_RATE_LIMIT_SECRET` in the example) where
     /// that matters.
     pub key_secret: Option<String>,
-    /// The longest a request waits for Redis before the policy's failure mode decides instead.
-    /// Default 20 ms.
+    /// The longest a request waits for Redis (the link's call, a wait for a reconnect
+    /// included) before the policy's failure mode decides instead. Tighter than the link's
+    /// default budget: every request pays it while Redis is slow. Default 20 ms.
     pub budget: Duration,
-    /// Transport failures or timeouts in a row before the connection is dropped and the
-    /// backend falls back until Redis answers again. A single slow answer only decides its own
-    /// request locally. Default 3.
-    pub failure_threshold: u32,
-    /// The least time spent on the fallback once the connection was dropped, so a flapping
-    /// Redis is not hammered with reconnects. Default 1 s.
-    pub min_fallback: Duration,
-    /// First delay between reconnect attempts; it doubles per failed attempt up to
-    /// [`max_reconnect_interval`](Self::max_reconnect_interval), each delay jittered to
-    /// 50–100 % so instances do not reconnect in lockstep. Default 250 ms.
-    pub reconnect_interval: Duration,
-    /// Upper bound of the reconnect delay. Default 5 s.
-    pub max_reconnect_interval: Duration,
     /// Instances sharing the limit while membership is unknown (the fallback's divisor).
     /// Default 1.
     pub instances: u32,
@@ -88,38 +71,43 @@ pub struct RedisRateLimitConfig {
     /// 429 locally, without a Redis call, until their retry time. Default 10 000; 0 turns it
     /// off.
     pub remembered_rejections: usize,
-    /// Connections the pool may open (the hot path uses one multiplexed connection). Default 4.
-    pub pool_size: usize,
+}
+
+impl Default for RedisRateLimitConfig {
+    fn default() -> Self {
+        Self {
+            key_prefix: "wd:rl".to_owned(),
+            key_secret: None,
+            budget: Duration::from_millis(20),
+            instances: 1,
+            remembered_rejections: 10_000,
+        }
+    }
 }
 
 impl fmt::Debug for RedisRateLimitConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRateLimitConfig")
-            .field("url", &redact_url(&self.url))
             .field("key_prefix", &self.key_prefix)
             .field("key_secret", &self.key_secret.as_ref().map(|_| "***"))
             .field("budget", &self.budget)
-            .field("failure_threshold", &self.failure_threshold)
-            .field("min_fallback", &self.min_fallback)
-            .field("reconnect_interval", &self.reconnect_interval)
-            .field("max_reconnect_interval", &self.max_reconnect_interval)
             .field("instances", &self.instances)
             .field("remembered_rejections", &self.remembered_rejections)
-            .field("pool_size", &self.pool_size)
             .finish()
     }
 }
 
 impl RedisRateLimitConfig {
-    /// Reads the settings from the environment, `None` when `REDIS_URL` is unset (the service
-    /// then runs on local limits): `REDIS_URL`, `WELCOMEDLY_INSTANCES` (the fallback's divisor,
-    /// default 1), `WELCOMEDLY_RATE_LIMIT_SECRET` (see [`key_secret`](Self::key_secret)),
-    /// `WELCOMEDLY_RATE_LIMIT_BUDGET_MS` (default 20).
+    /// Reads the settings from the environment: `WELCOMEDLY_INSTANCES` (the fallback's
+    /// divisor, default 1), `WELCOMEDLY_RATE_LIMIT_SECRET` (see
+    /// [`key_secret`](Self::key_secret)), `WELCOMEDLY_RATE_LIMIT_BUDGET_MS` (default 20). Where
+    /// Redis is (`REDIS_URL`) is the link's setting
+    /// ([`LinkConfig::read`](welcomedly_redis::LinkConfig::read)).
     ///
     /// # Errors
     ///
-    /// Every invalid variable, as welcomedly-core's `ConfigError` (URL passwords redacted).
-    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+    /// Every invalid variable, as welcomedly-core's `ConfigError` (secrets never shown).
+    pub fn from_env() -> Result<Self, ConfigError> {
         let mut env = EnvReader::from_env();
         let config = Self::read(&mut env);
         env.finish(config)
@@ -127,8 +115,7 @@ impl RedisRateLimitConfig {
 
     /// [`from_env`](Self::from_env) through a shared reader, so a service reports the problems
     /// of all its components' variables at once.
-    pub fn read(env: &mut EnvReader<'_>) -> Option<Self> {
-        let url = crate::redis_url::read(env);
+    pub fn read(env: &mut EnvReader<'_>) -> Self {
         let instances = env.read("WELCOMEDLY_INSTANCES", 1, |v| {
             v.parse::<u32>()
                 .ok()
@@ -146,50 +133,12 @@ impl RedisRateLimitConfig {
                 )
             },
         );
-        url.map(|url| {
-            let mut config = Self::new(url);
-            config.instances = instances;
-            config.key_secret = secret;
-            config.budget = budget;
-            config
-        })
-    }
-
-    /// Settings for the Redis at `url`, defaults elsewhere.
-    pub fn new(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
-            key_prefix: "wd:rl".to_owned(),
-            key_secret: None,
-            budget: Duration::from_millis(20),
-            failure_threshold: 3,
-            min_fallback: Duration::from_secs(1),
-            reconnect_interval: Duration::from_millis(250),
-            max_reconnect_interval: Duration::from_secs(5),
-            instances: 1,
-            remembered_rejections: 10_000,
-            pool_size: 4,
+            instances,
+            key_secret: secret,
+            budget,
+            ..Self::default()
         }
-    }
-
-    /// Builds the backend and tries a first connection. An unreachable Redis is not an error:
-    /// the backend starts on its local fallback and connects in the background. Must run inside
-    /// a tokio runtime.
-    pub async fn build(self) -> Result<RedisBackend, Error> {
-        let mut cfg = deadpool_redis::Config::from_url(self.url.clone());
-        cfg.pool = Some(deadpool_redis::PoolConfig::new(self.pool_size.max(1)));
-        let pool = cfg
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| {
-                Error::config(
-                    format!(
-                        "cannot use Redis URL {:?}: expected redis://[user:password@]host[:port][/db]",
-                        redact_url(&self.url)
-                    ),
-                    e,
-                )
-            })?;
-        RedisBackend::from_pool(pool, self).await
     }
 }
 
@@ -199,14 +148,13 @@ impl RedisRateLimitConfig {
 /// falls back to its [`FailureMode`] — by default a local limiter at `limit / live instances` —
 /// and the backend returns to Redis by itself once Redis answers again.
 ///
-/// - **Reconnect discipline**: one supervisor task per backend owns reconnection. The hot
-///   connection is dropped only after [`failure_threshold`](RedisRateLimitConfig::failure_threshold)
-///   transport failures in a row (or at once on `READONLY`, `LOADING`, `MASTERDOWN`: a failover
-///   needs a new connection), and only if it is still the connection that failed (a late
-///   timeout on an old connection never drops its replacement). Then the backend stays on the
-///   fallback at least [`min_fallback`](RedisRateLimitConfig::min_fallback) and reconnects with
-///   exponential backoff and jitter. Other server errors (`OOM`, `WRONGTYPE`) decide their
-///   request per failure mode but keep the connection: reconnecting would not fix them.
+/// - **Connection**: the instance's [`Link`] (shared with sessions, the bus, membership): its
+///   failure threshold, minimum outage, backoff and generation check decide when the
+///   connection is replaced; a connection Redis closed is replaced in the background, so the
+///   first request after Redis returns is decided in Redis again. While the link has no
+///   connection the backend is [degraded](Self::is_degraded); a single slow answer decides
+///   only its own request locally. Server errors (`OOM`, `WRONGTYPE`) decide their request per
+///   failure mode and keep the connection.
 /// - **Remembered rejections**: a client Redis rejected is answered 429 locally until its retry
 ///   time, costing Redis nothing more during a flood.
 /// - **Refunds** (policies charging by response status) go back to the store that charged: the
@@ -216,52 +164,22 @@ impl RedisRateLimitConfig {
 ///   charge stands).
 /// - **Keys**: client keys appear in Redis only as a fixed-length digest (see
 ///   [`key_secret`](RedisRateLimitConfig::key_secret)).
-///
-/// The hot path uses one multiplexed connection (concurrent requests are pipelined on it), not a
-/// pooled connection per request: deadpool-redis pings every connection it hands out, which
-/// would double the cost of each request. The pool provides (and replaces) that connection.
 #[derive(Clone)]
 pub struct RedisBackend {
     pub(super) inner: Arc<Inner>,
 }
 
-/// The connection requests use, with the generation it was made in.
-struct Hot {
-    conn: MultiplexedConnection,
-    generation: u64,
-}
-
 pub(super) struct Inner {
-    pool: deadpool_redis::Pool,
-    hot: ArcSwapOption<Hot>,
+    link: Link,
     acquire: Script,
     refund: Script,
     names: KeyNamer,
     budget: Duration,
-    failure_threshold: u32,
-    min_fallback: Duration,
-    reconnect_interval: Duration,
-    max_reconnect_interval: Duration,
     fallback: LocalBackend,
     rejections: Rejections,
     live: LiveInstances,
-    degraded: AtomicBool,
-    /// Transport failures in a row on the current connection.
-    consecutive: AtomicU32,
     failures: AtomicU64,
     server_errors: AtomicU64,
-    generations: AtomicU64,
-    /// Wakes the supervisor when the hot connection was dropped.
-    wake: Arc<Notify>,
-    supervisor: OnceLock<tokio::task::AbortHandle>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(task) = self.supervisor.get() {
-            task.abort();
-        }
-    }
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Decisions, BackendError>> + Send>>;
@@ -273,52 +191,29 @@ struct OwnedCheck {
     charge: bool,
 }
 
-/// What a failed Redis call says about the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    /// The connection or Redis is gone or slow (I/O error, timeout): counts towards the
-    /// threshold.
-    Transport,
-    /// The connection reaches a Redis that cannot serve it (a replica after a failover, a
-    /// Redis still loading its data): replace it now.
-    Replace,
-    /// Redis answered with an error that a new connection would not fix (`OOM`, `WRONGTYPE`,
-    /// a script error): this request is decided per failure mode, the connection stays.
-    Server,
-}
-
-fn classify(e: &RedisError) -> Failure {
-    match e.kind() {
-        ErrorKind::Server(
-            ServerErrorKind::ReadOnly
-            | ServerErrorKind::BusyLoading
-            | ServerErrorKind::MasterDown
-            | ServerErrorKind::ClusterDown
-            | ServerErrorKind::TryAgain,
-        )
-        | ErrorKind::AuthenticationFailed => Failure::Replace,
-        ErrorKind::Server(_)
-        | ErrorKind::Extension
-        | ErrorKind::Parse
-        | ErrorKind::UnexpectedReturnType => Failure::Server,
-        _ => Failure::Transport,
-    }
-}
-
 impl RedisBackend {
-    /// A backend over an existing deadpool-redis pool (shared with sessions and the event bus).
-    pub async fn from_pool(
-        pool: deadpool_redis::Pool,
-        config: RedisRateLimitConfig,
-    ) -> Result<Self, Error> {
+    /// A backend over `link` (shared with the instance's other Redis components). Registers
+    /// its scripts with the link, so every new connection has them before the first request.
+    ///
+    /// ```no_run
+    /// use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
+    /// use welcomedly_redis::{Link, LinkConfig};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let link = Link::connect(LinkConfig::new("redis://127.0.0.1:6379/")).await?;
+    /// let backend = RedisBackend::new(&link, RedisRateLimitConfig::default()).await?;
+    /// # let _ = backend;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A zero budget, or a key secret shorter than welcomedly-core's `MIN_SECRET_LEN`.
+    pub async fn new(link: &Link, config: RedisRateLimitConfig) -> Result<Self, Error> {
         if config.budget.is_zero() {
             return Err(Error::invalid(
                 "the Redis rate-limit budget is zero: give Redis at least a few milliseconds (default 20 ms)",
-            ));
-        }
-        if config.reconnect_interval.is_zero() {
-            return Err(Error::invalid(
-                "the Redis reconnect interval is zero: a dead Redis would be reconnected in a busy loop; use at least a few milliseconds (default 250 ms)",
             ));
         }
         if let Some(secret) = &config.key_secret
@@ -330,50 +225,28 @@ impl RedisBackend {
                 welcomedly_core::config::MIN_SECRET_LEN
             )));
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Err(Error::invalid(
-                "RedisBackend must be built inside a tokio runtime (it reconnects in the background)",
-            ));
-        };
-        let inner = Arc::new(Inner {
-            pool,
-            hot: ArcSwapOption::empty(),
-            acquire: Script::new(script::ACQUIRE),
-            refund: Script::new(script::REFUND),
-            names: KeyNamer::new(config.key_prefix, config.key_secret.as_deref()),
-            budget: config.budget,
-            failure_threshold: config.failure_threshold.max(1),
-            min_fallback: config.min_fallback,
-            reconnect_interval: config.reconnect_interval,
-            max_reconnect_interval: config.max_reconnect_interval.max(config.reconnect_interval),
-            fallback: LocalBackend::new(),
-            rejections: Rejections::new(config.remembered_rejections),
-            live: LiveInstances::new(config.instances),
-            degraded: AtomicBool::new(true),
-            consecutive: AtomicU32::new(0),
-            failures: AtomicU64::new(0),
-            server_errors: AtomicU64::new(0),
-            generations: AtomicU64::new(0),
-            wake: Arc::new(Notify::new()),
-            supervisor: OnceLock::new(),
-        });
-        let connected = match inner.connect().await {
-            Ok(conn) => {
-                inner.publish(conn);
-                true
+        let acquire = Script::new(script::ACQUIRE);
+        let refund = Script::new(script::REFUND);
+        for s in [&acquire, &refund] {
+            // A failed load now only costs one NOSCRIPT round trip later.
+            if let Err(e) = link.preload(s).await {
+                tracing::debug!(error = %e, "the rate-limit scripts are loaded on first use");
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "Redis is unreachable: rate limits are local until it answers");
-                false
-            }
-        };
-        let task = runtime.spawn(supervise(
-            Arc::downgrade(&inner),
-            inner.wake.clone(),
-            connected,
-        ));
-        let _ = inner.supervisor.set(task.abort_handle());
-        Ok(Self { inner })
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                link: link.clone(),
+                acquire,
+                refund,
+                names: KeyNamer::new(config.key_prefix, config.key_secret.as_deref()),
+                budget: config.budget,
+                fallback: LocalBackend::new(),
+                rejections: Rejections::new(config.remembered_rejections),
+                live: LiveInstances::new(config.instances),
+                failures: AtomicU64::new(0),
+                server_errors: AtomicU64::new(0),
+            }),
+        })
     }
 
     /// The handle to the number of live instances (the fallback divides limits by it).
@@ -381,27 +254,28 @@ impl RedisBackend {
         &self.inner.live
     }
 
-    /// Whether decisions are currently made locally because Redis failed.
+    /// Whether decisions are made locally now: the link has no connection to Redis (Redis
+    /// down, or the connection dropped after failures and not yet replaced). A single call
+    /// past the budget decides its own request locally without making the backend degraded.
     pub fn is_degraded(&self) -> bool {
-        self.inner.degraded.load(Ordering::Acquire)
+        self.inner.link.state() != LinkState::Connected
     }
 
-    /// How many Redis calls failed or answered too late since start (transport and server
-    /// errors alike).
+    /// How many of the backend's Redis calls failed or answered too late since start
+    /// (transport and server errors alike).
     pub fn failures(&self) -> u64 {
         self.inner.failures.load(Ordering::Relaxed)
     }
 
-    /// How many Redis calls were answered with an error a reconnect would not fix (`OOM`,
-    /// `WRONGTYPE`, a script error) since start.
+    /// How many of the backend's Redis calls were answered with an error a reconnect would
+    /// not fix (`OOM`, `WRONGTYPE`, a script error) since start.
     pub fn server_errors(&self) -> u64 {
         self.inner.server_errors.load(Ordering::Relaxed)
     }
 
-    /// How many connections the backend has made (1 after a clean start; each reconnect adds
-    /// one).
-    pub fn connections_made(&self) -> u64 {
-        self.inner.generations.load(Ordering::Relaxed)
+    /// The link the backend runs on (its state, counters and metrics).
+    pub fn link(&self) -> &Link {
+        &self.inner.link
     }
 
     /// The Redis key holding `policy`'s state for `key` (what other languages sharing the
@@ -412,70 +286,15 @@ impl RedisBackend {
 }
 
 impl Inner {
-    async fn connect(&self) -> Result<MultiplexedConnection, BackendError> {
-        let timeout = self.budget.max(Duration::from_secs(1));
-        let conn = tokio::time::timeout(timeout, self.pool.get())
-            .await
-            .map_err(|_| BackendError::msg("connecting to Redis timed out"))?
-            .map_err(|e| BackendError::new("cannot connect to Redis", e))?;
-        let mut conn = deadpool_redis::Connection::take(conn);
-        // Loading the scripts now keeps the first request's EVALSHA from meeting NOSCRIPT.
-        for s in [&self.acquire, &self.refund] {
-            tokio::time::timeout(timeout, s.prepare_invoke().load_async(&mut conn))
-                .await
-                .map_err(|_| {
-                    BackendError::msg("loading the rate-limit script into Redis timed out")
-                })?
-                .map_err(|e| {
-                    BackendError::new("cannot load the rate-limit script into Redis", e)
-                })?;
-        }
-        Ok(conn)
-    }
-
-    /// Makes `conn` the hot connection, in a new generation.
-    fn publish(&self, conn: MultiplexedConnection) {
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        self.consecutive.store(0, Ordering::Relaxed);
-        self.hot.store(Some(Arc::new(Hot { conn, generation })));
-        self.degraded.store(false, Ordering::Release);
-    }
-
-    fn succeeded(&self) {
-        if self.consecutive.load(Ordering::Relaxed) != 0 {
-            self.consecutive.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// A call on `hot` failed: count it and, per its kind and the threshold, drop that
-    /// connection — only that one: if it was already replaced, the replacement stays.
-    fn failed(&self, hot: &Arc<Hot>, failure: Failure, error: &BackendError) {
+    /// A call of the backend failed: count it (the link has counted and classified it for
+    /// the connection already).
+    fn failed(&self, what: &str, error: &welcomedly_redis::Error) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let drop_it = match failure {
-            Failure::Server => {
-                self.server_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %error, "Redis refused a rate-limit call: this request is decided per policy failure mode");
-                false
-            }
-            Failure::Replace => true,
-            Failure::Transport => {
-                let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                n >= self.failure_threshold
-            }
-        };
-        if !drop_it {
-            return;
-        }
-        let current = self.hot.compare_and_swap(hot, None::<Arc<Hot>>);
-        let was_current = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, hot));
-        if was_current {
-            self.degraded.store(true, Ordering::Release);
-            tracing::warn!(
-                error = %error,
-                generation = hot.generation,
-                "Redis failed: rate limits fall back per policy until it answers"
-            );
-            self.wake.notify_one();
+        if error.is_server() {
+            self.server_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %error, source = ?error.redis_error().map(|e| redact_url(&e.to_string()).into_owned()), "Redis refused {what}: this request is decided per policy failure mode");
+        } else {
+            tracing::debug!(error = %error, "{what} failed: decided per policy failure mode");
         }
     }
 
@@ -575,70 +394,6 @@ fn fail_closed() -> Decision {
     }
 }
 
-/// The one task that reconnects: waits until the hot connection is dropped, stays on the
-/// fallback for `min_fallback`, then reconnects with exponential backoff and jitter. Being the
-/// only reconnector, it cannot race another one (no flag to clear, no window in which a
-/// failure finds "someone is reconnecting" and nobody is). Holds the backend weakly, so
-/// dropping the backend ends it (its `Drop` also aborts it).
-async fn supervise(inner: Weak<Inner>, wake: Arc<Notify>, mut connected: bool) {
-    loop {
-        if connected {
-            wake.notified().await;
-            let Some(strong) = inner.upgrade() else {
-                return;
-            };
-            if strong.hot.load().is_some() {
-                // A stale wake-up: the connection is there.
-                continue;
-            }
-            let pause = strong.min_fallback;
-            drop(strong);
-            tokio::time::sleep(pause).await;
-        }
-        let mut delay = match inner.upgrade() {
-            Some(strong) => strong.reconnect_interval,
-            None => return,
-        };
-        let mut attempts = 0u32;
-        loop {
-            let Some(strong) = inner.upgrade() else {
-                return;
-            };
-            match strong.connect().await {
-                Ok(conn) => {
-                    strong.publish(conn);
-                    tracing::info!(
-                        generation = strong.generations.load(Ordering::Relaxed),
-                        attempts,
-                        "Redis answers again: rate limits are cluster-wide again"
-                    );
-                    break;
-                }
-                Err(e) => {
-                    attempts += 1;
-                    // Every attempt at debug, every tenth at warn: a long outage stays visible
-                    // without flooding the log.
-                    if attempts.is_multiple_of(10) {
-                        tracing::warn!(error = %e, attempts, "Redis still unreachable");
-                    } else {
-                        tracing::debug!(error = %e, attempts, "Redis still unreachable");
-                    }
-                }
-            }
-            let max = strong.max_reconnect_interval;
-            drop(strong);
-            tokio::time::sleep(jittered(delay)).await;
-            delay = delay.saturating_mul(2).min(max);
-        }
-        connected = true;
-    }
-}
-
-/// `delay` scaled to a random 50–100 %.
-fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(0.5 + fastrand::f64() * 0.5)
-}
-
 fn is_noscript(e: &RedisError) -> bool {
     e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
 }
@@ -676,7 +431,7 @@ impl RateLimitBackend for RedisBackend {
         // The fallback refuses a second layer (policy indexes would collide); say why here.
         RateLimitBackend::prepare(&self.inner.fallback, policies).map_err(|_| {
             BackendError::msg(
-                "this RedisBackend already serves another rate-limit layer: build one backend per layer (RedisBackend::from_pool lets them share a connection pool)",
+                "this RedisBackend already serves another rate-limit layer: build one backend per layer (several backends can share one link)",
             )
         })?;
         self.inner.rejections.prepare(policies.len());
@@ -695,10 +450,6 @@ impl RateLimitBackend for RedisBackend {
                 charge: c.charge,
             })
             .collect();
-        let Some(hot) = self.inner.hot.load_full() else {
-            let decisions = self.inner.decide_without_redis(&owned);
-            return Box::pin(std::future::ready(Ok(decisions)));
-        };
         // One command buffer, written once: EVALSHA sha numkeys keys... args...
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.inner.acquire.get_hash()).arg(owned.len());
@@ -718,45 +469,47 @@ impl RateLimitBackend for RedisBackend {
         }
         let inner = self.inner.clone();
         Box::pin(async move {
-            let mut conn = hot.conn.clone();
-            let call = async {
-                match cmd.query_async::<Vec<i64>>(&mut conn).await {
-                    // Redis restarted or its script cache was flushed: load, then retry once,
-                    // within the same budget.
-                    Err(e) if is_noscript(&e) => {
-                        inner.acquire.prepare_invoke().load_async(&mut conn).await?;
-                        cmd.query_async::<Vec<i64>>(&mut conn).await
+            // Always through the link, even while it has no connection: a caller that finds
+            // none asks it for an attempt within the budget, so the first request after Redis
+            // returns is decided in Redis again (while the link holds off after failures it
+            // answers at once and the failure mode decides).
+            //
+            // Retry::Never: the script charges, so a second run after a transport error (whose
+            // first run may have reached Redis) could spend two of the client's requests; that
+            // one request is decided by the failure mode instead. NOSCRIPT is not such a
+            // failure: the script did not run, so it is loaded and run again, within the same
+            // budget.
+            let result = inner
+                .link
+                .call_within(inner.budget, Retry::Never, |mut conn| {
+                    let (cmd, script) = (&cmd, &inner.acquire);
+                    async move {
+                        match cmd.query_async::<Vec<i64>>(&mut conn).await {
+                            Err(e) if is_noscript(&e) => {
+                                script.prepare_invoke().load_async(&mut conn).await?;
+                                cmd.query_async::<Vec<i64>>(&mut conn).await
+                            }
+                            other => other,
+                        }
                     }
-                    other => other,
-                }
-            };
-            let (failure, error) = match tokio::time::timeout(inner.budget, call).await {
-                Ok(Ok(values)) => match parse(&values, owned.len()) {
+                })
+                .await;
+            match result {
+                Ok(values) => match parse(&values, owned.len()) {
                     Some(d) => {
-                        inner.succeeded();
                         inner.remember_rejections(&owned, &d);
                         return Ok(d);
                     }
-                    None => (
-                        Failure::Server,
-                        BackendError::msg(
-                            "the Redis rate-limit script answered in an unexpected shape: check that no other program writes keys under the rate-limit prefix",
-                        ),
-                    ),
+                    None => {
+                        inner.failures.fetch_add(1, Ordering::Relaxed);
+                        inner.server_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            "the Redis rate-limit script answered in an unexpected shape: check that no other program writes keys under the rate-limit prefix"
+                        );
+                    }
                 },
-                Ok(Err(e)) => (
-                    classify(&e),
-                    BackendError::new("the Redis rate-limit call failed", e),
-                ),
-                Err(_) => (
-                    Failure::Transport,
-                    BackendError::msg(format!(
-                        "Redis answered slower than the {} ms budget",
-                        inner.budget.as_millis()
-                    )),
-                ),
-            };
-            inner.failed(&hot, failure, &error);
+                Err(e) => inner.failed("a rate-limit call", &e),
+            }
             Ok(inner.decide_without_redis(&owned))
         })
     }
@@ -777,37 +530,33 @@ impl RateLimitBackend for RedisBackend {
             // Nothing was charged.
             _ => return,
         }
-        let (Some(hot), Ok(runtime)) =
-            (inner.hot.load_full(), tokio::runtime::Handle::try_current())
-        else {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !inner.link.is_connected() {
             // Redis is unreachable: the charge stands there, erring on the side of the limit
             // (and a restarted Redis has forgotten it anyway).
             return;
-        };
+        }
         let interval = micros(policy.gcra().interval_nanos());
         let name = inner.names.name(policy, key);
         let inner = inner.clone();
         runtime.spawn(async move {
-            let mut conn = hot.conn.clone();
             let mut invocation = inner.refund.key(&name);
             invocation.arg(interval);
-            let call = invocation.invoke_async::<i64>(&mut conn);
-            let (failure, error) = match tokio::time::timeout(inner.budget, call).await {
-                Ok(Ok(_)) => {
-                    inner.succeeded();
-                    return;
-                }
-                Ok(Err(e)) => (
-                    classify(&e),
-                    BackendError::new("the Redis rate-limit refund failed", e),
-                ),
-                Err(_) => (
-                    Failure::Transport,
-                    BackendError::msg("the Redis rate-limit refund was slower than the budget"),
-                ),
-            };
-            // The charge stands: a lost refund errs on the side of the limit.
-            inner.failed(&hot, failure, &error);
+            // Retry::Never: each run gives one interval back, so a second run after a lost
+            // reply could refund a charge twice; a lost refund errs on the side of the limit.
+            let refunded: Result<i64, _> = inner
+                .link
+                .call_within(inner.budget, Retry::Never, |mut conn| {
+                    let invocation = &invocation;
+                    async move { invocation.invoke_async(&mut conn).await }
+                })
+                .await;
+            if let Err(e) = refunded {
+                // The charge stands: a lost refund errs on the side of the limit.
+                inner.failed("a rate-limit refund", &e);
+            }
         });
     }
 
@@ -818,24 +567,6 @@ impl RateLimitBackend for RedisBackend {
 
     fn evicted_keys(&self, policy: &PolicySpec) -> Option<u64> {
         self.inner.fallback.evicted_keys(policy)
-    }
-}
-
-/// `Degraded` while decisions are local because Redis failed (the instance still serves, so this
-/// never fails readiness), `Healthy` otherwise. Register it with
-/// `registry.register("rate_limit", backend.clone(), Affects::Nothing)`.
-impl HealthCheck for RedisBackend {
-    fn check(&self) -> CheckFuture<'_> {
-        let outcome = if self.is_degraded() {
-            CheckOutcome::degraded(format!(
-                "Redis is unreachable: rate limits are decided locally at limit / {} instances until it answers (reconnecting with backoff up to {} ms)",
-                self.inner.live.get(),
-                self.inner.max_reconnect_interval.as_millis()
-            ))
-        } else {
-            CheckOutcome::Healthy
-        };
-        Box::pin(std::future::ready(outcome))
     }
 }
 
@@ -855,22 +586,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jitter_stays_within_half_to_full() {
-        for _ in 0..1000 {
-            let d = jittered(Duration::from_millis(100));
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100));
-        }
-    }
-
-    #[test]
-    fn the_config_debug_hides_credentials() {
-        let mut c = RedisRateLimitConfig::new("redis://:hunter2@cache:6379/0");
-        c.key_secret = Some("s3cret".to_owned());
+    fn the_config_debug_hides_the_secret() {
+        let c = RedisRateLimitConfig {
+            key_secret: Some("s3cret".to_owned()),
+            ..RedisRateLimitConfig::default()
+        };
         let text = format!("{c:?}");
-        assert!(
-            !text.contains("hunter2") && !text.contains("s3cret"),
-            "{text}"
-        );
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[test]
@@ -880,51 +602,58 @@ mod tests {
             let config = RedisRateLimitConfig::read(&mut env);
             env.finish(config)
         };
-        assert!(read(&[]).unwrap().is_none());
+        let c = read(&[]).unwrap();
+        assert_eq!(c.budget, Duration::from_millis(20));
+        assert_eq!(c.instances, 1);
         let c = read(&[
-            ("REDIS_URL", "redis://:pw@cache:6379/0"),
             ("WELCOMEDLY_INSTANCES", "3"),
             ("WELCOMEDLY_RATE_LIMIT_SECRET", "0123456789abcdef-rl"),
             ("WELCOMEDLY_RATE_LIMIT_BUDGET_MS", "35"),
         ])
-        .unwrap()
         .unwrap();
         assert_eq!(c.instances, 3);
         assert_eq!(c.key_secret.as_deref(), Some("0123456789abcdef-rl"));
-        let e = read(&[
-            ("REDIS_URL", "redis://cache:6379/0"),
-            ("WELCOMEDLY_RATE_LIMIT_SECRET", "hunter2"),
-        ])
-        .unwrap_err()
-        .to_string();
+        assert_eq!(c.budget, Duration::from_millis(35));
+        let e = read(&[("WELCOMEDLY_RATE_LIMIT_SECRET", "hunter2")])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("WELCOMEDLY_RATE_LIMIT_SECRET (a secret of 7 bytes"),
             "{e}"
         );
         assert!(!e.contains("hunter2"), "{e}");
-        assert_eq!(c.budget, Duration::from_millis(35));
         let e = read(&[
-            ("REDIS_URL", "http://:hunter2@cache/"),
             ("WELCOMEDLY_INSTANCES", "0"),
+            ("WELCOMEDLY_RATE_LIMIT_BUDGET_MS", "0"),
         ])
         .unwrap_err();
         assert_eq!(e.invalid_variables().len(), 2);
-        let text = e.to_string();
-        assert!(
-            !text.contains("hunter2") && text.contains("http://:***@cache/"),
-            "{text}"
-        );
     }
 
     #[tokio::test]
-    async fn a_bad_url_is_reported_without_its_password() {
-        let e = RedisRateLimitConfig::new("redis://:hunter2@cache:notaport/")
-            .build()
+    async fn bad_settings_are_refused() {
+        // No Redis needed: the link starts unconnected and keeps trying.
+        let link = Link::connect(welcomedly_redis::LinkConfig::new("redis://127.0.0.1:1/"))
             .await
-            .unwrap_err();
-        let text = e.to_string();
-        assert!(e.is_config());
-        assert!(!text.contains("hunter2"), "{text}");
-        assert!(text.contains("redis://:***@cache:notaport/"), "{text}");
+            .unwrap();
+        let zero = RedisRateLimitConfig {
+            budget: Duration::ZERO,
+            ..RedisRateLimitConfig::default()
+        };
+        let e = RedisBackend::new(&link, zero).await.unwrap_err();
+        assert!(
+            e.is_config() && e.to_string().contains("budget is zero"),
+            "{e}"
+        );
+        let short = RedisRateLimitConfig {
+            key_secret: Some("hunter2".to_owned()),
+            ..RedisRateLimitConfig::default()
+        };
+        let e = RedisBackend::new(&link, short).await.unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let b = RedisBackend::new(&link, RedisRateLimitConfig::default())
+            .await
+            .unwrap();
+        assert!(b.is_degraded());
     }
 }

@@ -1,6 +1,6 @@
 //! The Redis rate-limit backend's OpenTelemetry instruments: whether it is on its local
-//! fallback right now, the live-instance count the fallback divides limits by, and its Redis
-//! failures and reconnects.
+//! fallback right now, the live-instance count the fallback divides limits by, and its failed
+//! Redis calls. Connections and reconnects are the link's metrics (`welcomedly.redis.*`).
 
 use std::sync::Arc;
 
@@ -14,12 +14,12 @@ type Reading = (&'static str, &'static str, fn(&RedisBackend) -> u64);
 impl RedisBackend {
     /// Registers observable instruments read at each collection (nothing is added to the
     /// request path): gauges `welcomedly.rate_limit.backend_degraded` (1 while decisions are
-    /// made locally because Redis failed, else 0) and `welcomedly.rate_limit.live_instances`
-    /// (what the fallback divides each limit by); counters
-    /// `welcomedly.rate_limit.backend_failures` (calls that failed or answered too late),
-    /// `welcomedly.rate_limit.backend_server_errors` (errors a reconnect would not fix) and
-    /// `welcomedly.rate_limit.backend_connections` (connections made: 1 plus one per
-    /// reconnect). The per-policy decision counters are the layer's
+    /// made locally because the link has no connection, else 0) and
+    /// `welcomedly.rate_limit.live_instances` (what the fallback divides each limit by);
+    /// counters `welcomedly.rate_limit.backend_failures` (the backend's calls that failed or
+    /// answered too late) and `welcomedly.rate_limit.backend_server_errors` (errors a reconnect
+    /// would not fix). Connections and reconnects are the link's
+    /// (`Link::register_metrics`); the per-policy decision counters are the layer's
     /// (`RateLimitLayer::register_metrics`).
     ///
     /// The instruments hold the backend weakly: they stop reporting once it is dropped.
@@ -27,7 +27,7 @@ impl RedisBackend {
         let gauges: [Reading; 2] = [
             (
                 "welcomedly.rate_limit.backend_degraded",
-                "1 while rate-limit decisions are made locally because Redis failed, else 0",
+                "1 while rate-limit decisions are made locally because the Redis link has no connection, else 0",
                 |b| u64::from(b.is_degraded()),
             ),
             (
@@ -48,7 +48,7 @@ impl RedisBackend {
                 })
                 .build();
         }
-        let counters: [Reading; 3] = [
+        let counters: [Reading; 2] = [
             (
                 "welcomedly.rate_limit.backend_failures",
                 "Redis calls of the rate limiter that failed or answered too late",
@@ -58,11 +58,6 @@ impl RedisBackend {
                 "welcomedly.rate_limit.backend_server_errors",
                 "Redis errors a reconnect would not fix (OOM, WRONGTYPE, script errors)",
                 RedisBackend::server_errors,
-            ),
-            (
-                "welcomedly.rate_limit.backend_connections",
-                "Connections the rate limiter made to Redis (1 plus one per reconnect)",
-                RedisBackend::connections_made,
             ),
         ];
         for (name, description, read) in counters {

@@ -1,14 +1,20 @@
 //! A cluster-wide rate-limit backend: N instances share one limit through Redis.
 //!
 //! Plug [`RedisBackend`] into welcomedly-core's `RateLimitLayer`; the policies, headers and 429
-//! answers stay the same, only the state moves to Redis.
+//! answers stay the same, only the state moves to Redis. The backend runs on the instance's
+//! [`Link`](welcomedly_redis::Link): the connection, its reconnects and its health check
+//! (`redis`) are the link's; the backend keeps its per-policy fallback and its metrics
+//! ([`RedisBackend::register_metrics`]).
 //!
 //! ```no_run
 //! use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
-//! use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
+//! use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
+//! use welcomedly_redis::{Link, LinkConfig};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let backend = RedisRateLimitConfig::new("redis://127.0.0.1:6379/").build().await?;
+//! // One link per instance, shared by every Redis component (sessions, bus, membership).
+//! let link = Link::connect(LinkConfig::new("redis://127.0.0.1:6379/")).await?;
+//! let backend = RedisBackend::new(&link, RedisRateLimitConfig::default()).await?;
 //! backend.live_instances().set(3); // the fallback then admits limit / 3 per instance
 //! let limits = RateLimitLayer::builder()
 //!     .backend(backend)

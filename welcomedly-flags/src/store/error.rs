@@ -75,18 +75,6 @@ impl StoreError {
         }
     }
 
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn config_because(
-        message: impl Into<String>,
-        source: impl Into<Box<dyn StdError + Send + Sync>>,
-    ) -> Self {
-        Self {
-            kind: Kind::Config,
-            message: message.into(),
-            source: Some(source.into()),
-        }
-    }
-
     /// Whether a compare-and-set write found another version than the one it expected (see
     /// [`current_version`](Self::current_version)).
     pub fn is_conflict(&self) -> bool {

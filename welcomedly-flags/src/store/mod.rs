@@ -50,7 +50,6 @@
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-mod backoff;
 mod error;
 mod memory;
 #[cfg(feature = "redis")]

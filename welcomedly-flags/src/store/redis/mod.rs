@@ -1,4 +1,5 @@
-//! [`RedisStore`]: the flag set of every instance in one Redis.
+//! [`RedisStore`]: the flag set of every instance in one Redis, over the instance's
+//! [`Link`].
 //!
 //! Keys (default prefix `wd:flags`, one hash tag so the write script runs on a Redis Cluster
 //! too): `{wd:flags}:doc` (the document), `{wd:flags}:version` (the counter),
@@ -9,10 +10,12 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use welcomedly_flags::store::{FlagSync, RedisStoreConfig, SyncConfig};
+//! use welcomedly_flags::store::{FlagSync, RedisStore, RedisStoreConfig, SyncConfig};
+//! use welcomedly_redis::{Link, LinkConfig};
 //!
-//! # async fn run() -> Result<(), welcomedly_flags::store::StoreError> {
-//! let store = RedisStoreConfig::new("redis://127.0.0.1:6379/").build().await?;
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let link = Link::connect(LinkConfig::new("redis://127.0.0.1:6379/")).await?;
+//! let store = RedisStore::new(&link, RedisStoreConfig::default()).await?;
 //! let sync = FlagSync::start(
 //!     Arc::new(store),
 //!     |body: &str, _v: u64| serde_json::from_str::<serde_json::Value>(body),
@@ -26,61 +29,41 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use futures_util::future::BoxFuture;
-use redis::aio::MultiplexedConnection;
-use redis::{ErrorKind, RedisError, RedisResult, Script, ServerErrorKind};
-use tokio::sync::{Notify, watch};
-use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
-use welcomedly_core::redact::redact_url;
+use tokio::sync::watch;
+use welcomedly_redis::redis::{self, Script};
+use welcomedly_redis::{Link, Retry};
 
-use super::backoff::Backoff;
 use super::{
     Change, DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_CAP, Document, FlagStore, MAX_CHANGE_BYTES,
     Notice, StoreError,
 };
 
+mod follow;
 mod script;
-mod subscriber;
 
 pub use script::RedisKeys;
 
-/// Settings of the Redis flag store, plain data with documented defaults.
-#[derive(Clone)]
+/// Settings of the Redis flag store, plain data with documented defaults. The connection
+/// itself (URL, failure threshold, reconnects and their backoff) is the [`Link`]'s
+/// ([`LinkConfig`](welcomedly_redis::LinkConfig)).
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RedisStoreConfig {
-    /// Redis URL, e.g. `redis://127.0.0.1:6379/`. No default. Shown with its password redacted
-    /// in errors, logs and `Debug`.
-    pub url: String,
     /// Prefix of every key, made the hash tag (see [`RedisKeys::new`]). Default `"wd:flags"`.
     pub key_prefix: String,
-    /// The longest any one Redis call (a load, a write, a version check, a ping, a connect)
-    /// may take before it fails. Default 500 ms, which is also redis-rs's response timeout.
+    /// The longest any one Redis call of the store (a load, a write, a version check) may
+    /// take before it fails with [`StoreError::is_unavailable`]. The flag store is off the
+    /// request path (requests read the in-memory snapshot), so it may be longer than the
+    /// link's. Default 500 ms.
     pub budget: Duration,
     /// How often the current version is read to catch an announcement lost on the way
     /// (pub/sub delivers at most once): the bound on staleness while Redis works. Default 30 s.
     pub poll_interval: Duration,
-    /// How often the subscription connection is pinged, so a silently dead connection is
-    /// replaced. Default 10 s.
-    pub ping_interval: Duration,
-    /// Failures or timeouts in a row on a connection before it is dropped and replaced (at
-    /// once on `READONLY`, `LOADING`, `MASTERDOWN`: a failover needs a new connection).
-    /// Default 3.
-    pub failure_threshold: u32,
-    /// The least time between dropping a connection and the first reconnect attempt, so a
-    /// flapping Redis is not hammered. Default 250 ms.
-    pub min_reconnect_pause: Duration,
-    /// First delay between reconnect attempts; doubles per failed attempt up to
-    /// [`max_reconnect_interval`](Self::max_reconnect_interval), jittered to 50–100 % so
-    /// instances do not reconnect in lockstep. Default 100 ms.
-    pub reconnect_interval: Duration,
-    /// Upper bound of the reconnect delay. Default 5 s.
-    pub max_reconnect_interval: Duration,
     /// History entries kept (older ones are trimmed by the write script). Default 1000.
     pub history_cap: usize,
     /// The most bytes the history's entries take together, as JSON (older ones are trimmed by
@@ -88,77 +71,54 @@ pub struct RedisStoreConfig {
     /// [`MAX_CHANGE_BYTES`](super::MAX_CHANGE_BYTES) is stored with its diff digested). At
     /// least `MAX_CHANGE_BYTES`. Default [`DEFAULT_HISTORY_BYTES`](super::DEFAULT_HISTORY_BYTES), 1 MiB.
     pub history_bytes: usize,
-    /// Connections the pool may open (the store uses one multiplexed connection for its
-    /// commands; the subscription has its own, outside the pool). Default 2.
-    pub pool_size: usize,
 }
 
-impl fmt::Debug for RedisStoreConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisStoreConfig")
-            .field("url", &redact_url(&self.url))
-            .field("key_prefix", &self.key_prefix)
-            .field("budget", &self.budget)
-            .field("poll_interval", &self.poll_interval)
-            .field("ping_interval", &self.ping_interval)
-            .field("failure_threshold", &self.failure_threshold)
-            .field("min_reconnect_pause", &self.min_reconnect_pause)
-            .field("reconnect_interval", &self.reconnect_interval)
-            .field("max_reconnect_interval", &self.max_reconnect_interval)
-            .field("history_cap", &self.history_cap)
-            .field("history_bytes", &self.history_bytes)
-            .field("pool_size", &self.pool_size)
-            .finish()
+impl Default for RedisStoreConfig {
+    fn default() -> Self {
+        Self {
+            key_prefix: "wd:flags".to_owned(),
+            budget: Duration::from_millis(500),
+            poll_interval: Duration::from_secs(30),
+            history_cap: DEFAULT_HISTORY_CAP,
+            history_bytes: DEFAULT_HISTORY_BYTES,
+        }
     }
 }
 
 impl RedisStoreConfig {
-    /// Settings for the Redis at `url`, defaults elsewhere.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            key_prefix: "wd:flags".to_owned(),
-            budget: Duration::from_millis(500),
-            poll_interval: Duration::from_secs(30),
-            ping_interval: Duration::from_secs(10),
-            failure_threshold: 3,
-            min_reconnect_pause: Duration::from_millis(250),
-            reconnect_interval: Duration::from_millis(100),
-            max_reconnect_interval: Duration::from_secs(5),
-            history_cap: DEFAULT_HISTORY_CAP,
-            history_bytes: DEFAULT_HISTORY_BYTES,
-            pool_size: 2,
-        }
-    }
-
-    /// Builds the store and tries a first connection and subscription. An unreachable Redis
-    /// is not an error: the store connects in the background (its calls fail with
-    /// [`StoreError::is_unavailable`] meanwhile), and [`FlagSync::start`](super::FlagSync::start)
-    /// decides how long to wait. Must run inside a tokio runtime.
+    /// Builds the store over `link`: [`RedisStore::new`].
     ///
     /// # Errors
     ///
-    /// [`StoreError::is_config`]: a URL that is not a Redis URL, a zero budget, interval or
-    /// cap, or no tokio runtime.
-    pub async fn build(self) -> Result<RedisStore, StoreError> {
-        let mut cfg = deadpool_redis::Config::from_url(self.url.clone());
-        cfg.pool = Some(deadpool_redis::PoolConfig::new(self.pool_size.max(1)));
-        let pool = cfg
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| bad_url(&self.url, e))?;
-        RedisStore::from_pool(pool, self).await
+    /// See [`RedisStore::new`].
+    pub async fn build(self, link: &Link) -> Result<RedisStore, StoreError> {
+        RedisStore::new(link, self).await
     }
-}
 
-fn bad_url(url: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::config_because(
-        format!(
-            "cannot use Redis URL {:?} for the flag store: expected redis://[user:password@]host[:port][/db]",
-            redact_url(url)
-        ),
-        // The cause may quote the URL: keep only its redacted text.
-        redact_url(&e.to_string()).into_owned(),
-    )
+    fn validate(&self) -> Result<(), StoreError> {
+        for (what, d) in [
+            ("budget", self.budget),
+            ("poll interval", self.poll_interval),
+        ] {
+            if d.is_zero() {
+                return Err(StoreError::config(format!(
+                    "the Redis flag store's {what} is zero: use at least a few milliseconds (see RedisStoreConfig for the defaults)"
+                )));
+            }
+        }
+        if self.history_cap == 0 {
+            return Err(StoreError::config(
+                "the Redis flag store's history cap is zero: keep at least one entry (default 1000)",
+            ));
+        }
+        if self.history_bytes < MAX_CHANGE_BYTES {
+            return Err(StoreError::config(format!(
+                "the Redis flag store's history byte budget is {} bytes, below one entry's limit of {MAX_CHANGE_BYTES}: raise it (default {DEFAULT_HISTORY_BYTES})",
+                self.history_bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The flag store of many instances: one Redis (or one Redis Cluster slot) holds the document,
@@ -171,56 +131,38 @@ fn bad_url(url: &str, e: impl std::error::Error + Send + Sync + 'static) -> Stor
 /// - **A write** is one Lua script: compare the version, `SET` the document, bump the version,
 ///   `LPUSH` the history entry and drop the oldest beyond
 ///   [`history_cap`](RedisStoreConfig::history_cap) entries or
-///   [`history_bytes`](RedisStoreConfig::history_bytes), `PUBLISH` the new version.
-/// - **Connections**: one multiplexed connection for commands (from the pool, taken once, not
-///   checked out per call: deadpool-redis pings on every checkout), and one dedicated pub/sub
-///   connection. Each has exactly one owner task that replaces it: the command connection's
-///   supervisor and the subscriber. A connection is dropped after
-///   [`failure_threshold`](RedisStoreConfig::failure_threshold) failures in a row, and only if
-///   it is still the one that failed (a late timeout never drops its replacement); then the
-///   owner reconnects with exponential backoff and jitter.
+///   [`history_bytes`](RedisStoreConfig::history_bytes), `PUBLISH` the new version. It is
+///   never retried (a second run would write a second version).
+/// - **Connections**: none of its own. The commands run on the instance's [`Link`], which owns
+///   the connection, its reconnects and the "redis" health check; changes arrive through the
+///   link's shared [`Subscriber`](welcomedly_redis::Subscriber) (one pub/sub connection with
+///   the event bus), which resubscribes after an outage.
 /// - **Announcements** ([`FlagStore::changes`]): each published version; a new
-///   [`Notice::epoch`] on every (re)subscription, every lost subscription and every failed
-///   version check; and the version read every
+///   [`Notice::epoch`] on every (re)subscription, the moment the subscription is lost, on
+///   messages dropped from a full buffer and on every failed version check; and the version
+///   read every
 ///   [`poll_interval`](RedisStoreConfig::poll_interval) when it differs from the last one
 ///   announced (a lost message).
-/// - **Time**: every call is bounded by [`budget`](RedisStoreConfig::budget).
+/// - **Time**: every call is bounded by [`budget`](RedisStoreConfig::budget); reads are run
+///   once more on a new connection when the first one died under them (within the budget).
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
-/// The command connection, with the generation it was made in.
-struct Hot {
-    conn: MultiplexedConnection,
-    generation: u64,
-}
-
-struct Inner {
-    pool: deadpool_redis::Pool,
-    client: redis::Client,
+pub(super) struct Inner {
+    link: Link,
     name: String,
     keys: RedisKeys,
     write: Script,
-    hot: ArcSwapOption<Hot>,
     budget: Duration,
     poll_interval: Duration,
-    ping_interval: Duration,
-    failure_threshold: u32,
-    min_reconnect_pause: Duration,
-    reconnect_interval: Duration,
-    max_reconnect_interval: Duration,
     history_cap: usize,
     history_bytes: usize,
     notices: watch::Sender<Notice>,
     subscribed: AtomicBool,
-    /// Failures in a row on the current command connection.
-    consecutive: AtomicU32,
     failures: AtomicU64,
-    reconnects: AtomicU64,
-    generations: AtomicU64,
-    /// Wakes the supervisor when the command connection was dropped.
-    wake: Arc<Notify>,
+    resubscriptions: AtomicU64,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -232,135 +174,57 @@ impl Drop for Inner {
     }
 }
 
-/// What a failed Redis call says about its connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    /// Gone or slow (I/O error, timeout): counts towards the threshold.
-    Transport,
-    /// Reaches a Redis that cannot serve it (a replica after a failover, still loading):
-    /// replace it now.
-    Replace,
-    /// Redis answered with an error a new connection would not fix (`WRONGTYPE`, `OOM`, a
-    /// script error): the call fails, the connection stays.
-    Server,
-}
-
-fn classify(e: &RedisError) -> Failure {
-    match e.kind() {
-        ErrorKind::Server(
-            ServerErrorKind::ReadOnly
-            | ServerErrorKind::BusyLoading
-            | ServerErrorKind::MasterDown
-            | ServerErrorKind::ClusterDown
-            | ServerErrorKind::TryAgain,
-        )
-        | ErrorKind::AuthenticationFailed => Failure::Replace,
-        ErrorKind::Server(_)
-        | ErrorKind::Extension
-        | ErrorKind::Parse
-        | ErrorKind::UnexpectedReturnType => Failure::Server,
-        _ => Failure::Transport,
-    }
-}
-
 impl RedisStore {
-    /// A store over an existing deadpool-redis pool (shared with sessions, the event bus, the
-    /// rate limiter). `config.url` must point at the same Redis: the subscription connection
-    /// is opened from it, outside the pool.
+    /// A store over `link` (shared with the instance's other Redis components). Registers the
+    /// write script with the link (so every new connection has it), subscribes to the store's
+    /// channel and, when Redis answers, waits up to the budget for the subscription. An
+    /// unreachable Redis is not an error: the store's calls fail with
+    /// [`StoreError::is_unavailable`] until the link reconnects, and
+    /// [`FlagSync::start`](super::FlagSync::start) decides how long to wait. Must run inside
+    /// a tokio runtime.
     ///
     /// # Errors
     ///
-    /// See [`RedisStoreConfig::build`].
-    pub async fn from_pool(
-        pool: deadpool_redis::Pool,
-        config: RedisStoreConfig,
-    ) -> Result<Self, StoreError> {
-        for (what, d) in [
-            ("budget", config.budget),
-            ("poll interval", config.poll_interval),
-            ("ping interval", config.ping_interval),
-            ("reconnect interval", config.reconnect_interval),
-        ] {
-            if d.is_zero() {
-                return Err(StoreError::config(format!(
-                    "the Redis flag store's {what} is zero: use at least a few milliseconds (see RedisStoreConfig for the defaults)"
-                )));
-            }
-        }
-        if config.history_cap == 0 {
-            return Err(StoreError::config(
-                "the Redis flag store's history cap is zero: keep at least one entry (default 1000)",
-            ));
-        }
-        if config.history_bytes < MAX_CHANGE_BYTES {
-            return Err(StoreError::config(format!(
-                "the Redis flag store's history byte budget is {} bytes, below one entry's limit of {MAX_CHANGE_BYTES}: raise it (default {DEFAULT_HISTORY_BYTES})",
-                config.history_bytes
-            )));
-        }
+    /// [`StoreError::is_config`]: a zero budget, poll interval or history cap, a history byte
+    /// budget below [`MAX_CHANGE_BYTES`], or no tokio runtime.
+    pub async fn new(link: &Link, config: RedisStoreConfig) -> Result<Self, StoreError> {
+        config.validate()?;
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(StoreError::config(
-                "RedisStore must be built inside a tokio runtime (it reconnects and subscribes in the background)",
+                "RedisStore must be built inside a tokio runtime (it follows the store's channel in the background)",
             ));
         };
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| bad_url(&config.url, e))?;
+        let write = Script::new(script::WRITE);
+        // A failed load now only costs one NOSCRIPT round trip later.
+        if let Err(e) = link.preload(&write).await {
+            tracing::debug!(error = %e, "the flag store's write script is loaded on first use");
+        }
+        let keys = RedisKeys::new(&config.key_prefix);
         let inner = Arc::new(Inner {
-            pool,
-            client,
-            name: format!("Redis at {}", redact_url(&config.url)),
-            keys: RedisKeys::new(&config.key_prefix),
-            write: Script::new(script::WRITE),
-            hot: ArcSwapOption::empty(),
+            link: link.clone(),
+            name: format!("Redis at {}", link.config().url),
+            write,
             budget: config.budget,
             poll_interval: config.poll_interval,
-            ping_interval: config.ping_interval,
-            failure_threshold: config.failure_threshold.max(1),
-            min_reconnect_pause: config.min_reconnect_pause,
-            reconnect_interval: config.reconnect_interval,
-            max_reconnect_interval: config.max_reconnect_interval.max(config.reconnect_interval),
             history_cap: config.history_cap,
             history_bytes: config.history_bytes,
             notices: watch::Sender::new(Notice::default()),
             subscribed: AtomicBool::new(false),
-            consecutive: AtomicU32::new(0),
             failures: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
-            generations: AtomicU64::new(0),
-            wake: Arc::new(Notify::new()),
+            resubscriptions: AtomicU64::new(0),
             tasks: Mutex::new(Vec::new()),
+            keys,
         });
-        let connected = match inner.connect().await {
-            Ok(conn) => {
-                inner.install(conn);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the flag store's Redis is unreachable: connecting in the background");
-                false
-            }
-        };
-        let first_subscription = match subscriber::open(&inner).await {
-            Ok(pubsub) => {
-                inner.subscribed.store(true, Ordering::Release);
-                Some(pubsub)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the flag store cannot subscribe yet: retrying in the background");
-                None
-            }
-        };
-        let supervisor = runtime.spawn(supervise(
-            Arc::downgrade(&inner),
-            inner.wake.clone(),
-            connected,
-        ));
-        let subscriber = runtime.spawn(subscriber::run(Arc::downgrade(&inner), first_subscription));
+        let subscriber = link.subscriber();
+        let connected = subscriber.watch_connected();
+        let subscription = subscriber.subscribe(inner.keys.channel.clone(), follow::CAPACITY);
+        let follower = follow::start(&inner, subscription, connected).await;
+        let task = runtime.spawn(follower);
         inner
             .tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .extend([supervisor.abort_handle(), subscriber.abort_handle()]);
+            .push(task.abort_handle());
         Ok(Self { inner })
     }
 
@@ -369,135 +233,107 @@ impl RedisStore {
         &self.inner.keys
     }
 
-    /// Whether the command connection is up.
-    pub fn is_connected(&self) -> bool {
-        self.inner.hot.load().is_some()
+    /// The link the store runs on (its state, counters, health check and metrics).
+    pub fn link(&self) -> &Link {
+        &self.inner.link
     }
 
-    /// Whether the subscription is up (announcements arrive by push, not only by polling).
+    /// Whether the link has a working connection (false while Redis is down).
+    pub fn is_connected(&self) -> bool {
+        self.inner.link.is_connected()
+    }
+
+    /// Whether the store's channel is subscribed now (announcements arrive by push, not only
+    /// by polling).
     pub fn is_subscribed(&self) -> bool {
         self.inner.subscribed.load(Ordering::Acquire)
     }
 
-    /// Redis calls that failed or took longer than the budget since start (a counter).
+    /// Redis calls of the store that failed or took longer than the budget since start (a
+    /// counter; the link counts them by class too).
     pub fn failures(&self) -> u64 {
         self.inner.failures.load(Ordering::Relaxed)
     }
 
-    /// Connections (command and subscription) made again after one was lost (a counter).
+    /// Subscriptions to the store's channel made again after one was lost (a counter): each
+    /// made the store announce a reload.
     pub fn reconnects(&self) -> u64 {
-        self.inner.reconnects.load(Ordering::Relaxed)
+        self.inner.resubscriptions.load(Ordering::Relaxed)
     }
 }
 
 impl Inner {
-    /// A new command connection, within the budget.
-    async fn connect(&self) -> Result<MultiplexedConnection, StoreError> {
-        match tokio::time::timeout(self.budget, self.pool.get()).await {
-            Ok(Ok(conn)) => Ok(deadpool_redis::Connection::take(conn)),
-            Ok(Err(e)) => Err(StoreError::unavailable_because(
-                format!(
-                    "cannot connect to {}: check that it runs and is reachable",
-                    self.name
-                ),
-                redact_url(&e.to_string()).into_owned(),
-            )),
-            Err(_) => Err(StoreError::unavailable(format!(
-                "connecting to {} took longer than the {} ms budget",
+    /// Runs one call on the link within the store's budget, turning the link's error into the
+    /// store's (unavailable, or corrupt when Redis refused it for the data under our keys).
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        what: &str,
+        retry: Retry,
+        run: Call<'_>,
+    ) -> Result<T, StoreError> {
+        let result = match run {
+            Call::Cmd(cmd) => {
+                self.link
+                    .call_within(self.budget, retry, |mut c| async move {
+                        cmd.query_async(&mut c).await
+                    })
+                    .await
+            }
+            Call::Script(invocation) => {
+                self.link
+                    .call_within(self.budget, retry, |mut c| async move {
+                        invocation.invoke_async(&mut c).await
+                    })
+                    .await
+            }
+        };
+        result.map_err(|e| {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.error(what, e)
+        })
+    }
+
+    fn error(&self, what: &str, e: welcomedly_redis::Error) -> StoreError {
+        if e.is_server() {
+            let message = format!(
+                "{} refused the flag {what}: check that nothing else writes under the {} keys",
+                self.name, self.keys.doc
+            );
+            let cause = e
+                .redis_error()
+                .map(|r| welcomedly_core::redact::redact_url(&r.to_string()).into_owned())
+                .unwrap_or_default();
+            return if cause.contains("WRONGTYPE") || cause.contains("WDFLAGS") {
+                StoreError::corrupt(format!("{message} ({cause})"))
+            } else {
+                StoreError::unavailable_because(message, cause)
+            };
+        }
+        let message = if e.is_budget() {
+            format!(
+                "the flag {what} on {} took longer than the {} ms budget: check that it runs and is reachable",
                 self.name,
                 self.budget.as_millis()
-            ))),
-        }
-    }
-
-    fn install(&self, conn: MultiplexedConnection) {
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        self.consecutive.store(0, Ordering::Relaxed);
-        self.hot.store(Some(Arc::new(Hot { conn, generation })));
-    }
-
-    /// Runs one command on the command connection within the budget; counts failures and drops
-    /// the connection per [`Failure`] and the threshold — only if it is still that connection.
-    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(MultiplexedConnection) -> Fut,
-        Fut: Future<Output = RedisResult<T>>,
-    {
-        let Some(hot) = self.hot.load_full() else {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            return Err(StoreError::unavailable(format!(
-                "the flag {what} failed: {} is not connected (reconnecting in the background); check that it runs and is reachable",
+            )
+        } else if e.is_not_connected() {
+            format!(
+                "the flag {what} failed: {} is not connected (the link reconnects in the background); check that it runs and is reachable",
                 self.name
-            )));
+            )
+        } else {
+            format!(
+                "the flag {what} on {} failed: check that it runs and is reachable",
+                self.name
+            )
         };
-        let (failure, error) = match tokio::time::timeout(self.budget, f(hot.conn.clone())).await {
-            Ok(Ok(v)) => {
-                if self.consecutive.load(Ordering::Relaxed) != 0 {
-                    self.consecutive.store(0, Ordering::Relaxed);
-                }
-                return Ok(v);
-            }
-            Ok(Err(e)) => {
-                let failure = classify(&e);
-                let message = match failure {
-                    Failure::Server => format!(
-                        "{} refused the flag {what}: check that nothing else writes under the {} keys",
-                        self.name, self.keys.doc
-                    ),
-                    _ => format!(
-                        "the flag {what} on {} failed: check that it runs and is reachable",
-                        self.name
-                    ),
-                };
-                let cause = redact_url(&e.to_string()).into_owned();
-                let error = if failure == Failure::Server
-                    && (cause.contains("WRONGTYPE") || cause.contains("WDFLAGS"))
-                {
-                    StoreError::corrupt(format!("{message} ({cause})"))
-                } else {
-                    StoreError::unavailable_because(message, cause)
-                };
-                (failure, error)
-            }
-            Err(_) => (
-                Failure::Transport,
-                StoreError::unavailable(format!(
-                    "the flag {what} on {} took longer than the {} ms budget",
-                    self.name,
-                    self.budget.as_millis()
-                )),
-            ),
-        };
-        self.failed(&hot, failure, &error);
-        Err(error)
-    }
-
-    fn failed(&self, hot: &Arc<Hot>, failure: Failure, error: &StoreError) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        let drop_it = match failure {
-            Failure::Server => false,
-            Failure::Replace => true,
-            Failure::Transport => {
-                let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                n >= self.failure_threshold
-            }
-        };
-        if !drop_it {
-            return;
-        }
-        let current = self.hot.compare_and_swap(hot, None::<Arc<Hot>>);
-        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, hot)) {
-            tracing::warn!(error = %error, generation = hot.generation, "the flag store's Redis connection failed: reconnecting");
-            self.wake.notify_one();
-        }
+        StoreError::unavailable_because(message, e)
     }
 
     async fn read_version(&self) -> Result<u64, StoreError> {
-        let key = self.keys.version.clone();
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&self.keys.version);
         let raw: Option<String> = self
-            .call("version check", |mut c| async move {
-                redis::cmd("GET").arg(&key).query_async(&mut c).await
-            })
+            .call("version check", Retry::Once, Call::Cmd(&cmd))
             .await?;
         self.parse_version(raw.as_deref())
     }
@@ -515,80 +351,38 @@ impl Inner {
             }),
         }
     }
+
+    /// Announces `version` (only a change wakes the receivers).
+    fn announce(&self, version: u64) -> bool {
+        self.notices.send_if_modified(|n| {
+            let changed = n.version != version;
+            n.version = version;
+            changed
+        })
+    }
+
+    /// Tells receivers that announcements may have been lost: they reload.
+    fn resync(&self) {
+        self.notices
+            .send_modify(|n| n.epoch = n.epoch.wrapping_add(1));
+    }
 }
 
-/// The one task that replaces the command connection: waits until it is dropped, pauses, then
-/// reconnects with exponential backoff and jitter. Being the only reconnector it cannot race
-/// another. Holds the store weakly, so dropping the store ends it.
-async fn supervise(inner: Weak<Inner>, wake: Arc<Notify>, mut connected: bool) {
-    loop {
-        if connected {
-            // `notify_one` leaves a permit when nobody waits: a drop is never missed.
-            wake.notified().await;
-            let Some(strong) = inner.upgrade() else {
-                return;
-            };
-            if strong.hot.load().is_some() {
-                // A stale wake-up: the connection is there.
-                continue;
-            }
-            let pause = strong.min_reconnect_pause;
-            drop(strong);
-            tokio::time::sleep(pause).await;
-        }
-        let mut backoff = match inner.upgrade() {
-            Some(s) => Backoff::new(s.reconnect_interval, s.max_reconnect_interval),
-            None => return,
-        };
-        let mut attempts = 0u32;
-        loop {
-            let Some(strong) = inner.upgrade() else {
-                return;
-            };
-            match strong.connect().await {
-                Ok(conn) => {
-                    strong.install(conn);
-                    strong.reconnects.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        generation = strong.generations.load(Ordering::Relaxed),
-                        attempts,
-                        "the flag store's Redis connection is back"
-                    );
-                    break;
-                }
-                Err(e) => {
-                    attempts += 1;
-                    // Every attempt at debug, every tenth at warn: a long outage stays visible
-                    // without flooding the log.
-                    if attempts.is_multiple_of(10) {
-                        tracing::warn!(error = %e, attempts, "the flag store's Redis is still unreachable");
-                    } else {
-                        tracing::debug!(error = %e, attempts, "the flag store's Redis is still unreachable");
-                    }
-                }
-            }
-            drop(strong);
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
-        connected = true;
-    }
+/// What [`Inner::call`] runs.
+enum Call<'a> {
+    Cmd(&'a redis::Cmd),
+    Script(&'a redis::ScriptInvocation<'a>),
 }
 
 impl FlagStore for RedisStore {
     fn load(&self) -> BoxFuture<'_, Result<Document, StoreError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            let (version_key, doc_key) = (inner.keys.version.clone(), inner.keys.doc.clone());
             // One MGET: the version and the document it belongs to, read atomically.
-            let (version, body): (Option<String>, Option<String>) = inner
-                .call("load", |mut c| async move {
-                    redis::cmd("MGET")
-                        .arg(&version_key)
-                        .arg(&doc_key)
-                        .query_async(&mut c)
-                        .await
-                })
-                .await?;
+            let mut cmd = redis::cmd("MGET");
+            cmd.arg(&inner.keys.version).arg(&inner.keys.doc);
+            let (version, body): (Option<String>, Option<String>) =
+                inner.call("load", Retry::Once, Call::Cmd(&cmd)).await?;
             let version = inner.parse_version(version.as_deref())?;
             match (version, body) {
                 (0, None) => Ok(Document::default()),
@@ -614,22 +408,21 @@ impl FlagStore for RedisStore {
         Box::pin(async move {
             let inner = &self.inner;
             let entry = change.fit();
+            let mut invocation = inner.write.prepare_invoke();
+            invocation
+                .key(&inner.keys.doc)
+                .key(&inner.keys.version)
+                .key(&inner.keys.history)
+                .key(&inner.keys.history_bytes)
+                .arg(expected)
+                .arg(&body)
+                .arg(&entry)
+                .arg(inner.history_cap)
+                .arg(&inner.keys.channel)
+                .arg(inner.history_bytes);
+            // Never retried: a second run after a lost answer would write a second version.
             let (ok, version): (i64, u64) = inner
-                .call("write", |mut c| async move {
-                    let mut invocation = inner.write.prepare_invoke();
-                    invocation
-                        .key(&inner.keys.doc)
-                        .key(&inner.keys.version)
-                        .key(&inner.keys.history)
-                        .key(&inner.keys.history_bytes)
-                        .arg(expected)
-                        .arg(&body)
-                        .arg(&entry)
-                        .arg(inner.history_cap)
-                        .arg(&inner.keys.channel)
-                        .arg(inner.history_bytes);
-                    invocation.invoke_async(&mut c).await
-                })
+                .call("write", Retry::Never, Call::Script(&invocation))
                 .await?;
             if ok == 1 {
                 Ok(version)
@@ -645,17 +438,11 @@ impl FlagStore for RedisStore {
                 return Ok(Vec::new());
             }
             let inner = &self.inner;
-            let key = inner.keys.history.clone();
             let stop = i64::try_from(limit).unwrap_or(i64::MAX) - 1;
+            let mut cmd = redis::cmd("LRANGE");
+            cmd.arg(&inner.keys.history).arg(0).arg(stop);
             let raw: Vec<String> = inner
-                .call("history read", |mut c| async move {
-                    redis::cmd("LRANGE")
-                        .arg(&key)
-                        .arg(0)
-                        .arg(stop)
-                        .query_async(&mut c)
-                        .await
-                })
+                .call("history read", Retry::Once, Call::Cmd(&cmd))
                 .await?;
             raw.iter()
                 .map(|text| {
@@ -683,28 +470,6 @@ impl FlagStore for RedisStore {
     }
 }
 
-/// `Degraded` while the command connection or the subscription is down (flags still serve from
-/// the last snapshot), `Healthy` otherwise. The [`FlagSync`](super::FlagSync) health check says
-/// how stale the snapshot is; this one says why.
-impl HealthCheck for RedisStore {
-    fn check(&self) -> CheckFuture<'_> {
-        let outcome = match (self.is_connected(), self.is_subscribed()) {
-            (true, true) => CheckOutcome::Healthy,
-            (false, _) => CheckOutcome::degraded(format!(
-                "{} is unreachable: flag reads and writes fail, flags serve from the last snapshot (reconnecting with backoff up to {} ms)",
-                self.inner.name,
-                self.inner.max_reconnect_interval.as_millis()
-            )),
-            (true, false) => CheckOutcome::degraded(format!(
-                "the flag store's subscription to {} is down: changes arrive by polling only, every {} s (resubscribing)",
-                self.inner.name,
-                self.inner.poll_interval.as_secs()
-            )),
-        };
-        Box::pin(std::future::ready(outcome))
-    }
-}
-
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
@@ -722,35 +487,25 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn the_config_debug_hides_the_password() {
-        let text = format!(
-            "{:?}",
-            RedisStoreConfig::new("redis://:hunter2@cache:6379/0")
-        );
-        assert!(!text.contains("hunter2"), "{text}");
-    }
-
     #[tokio::test]
-    async fn a_bad_url_is_reported_without_its_password() {
-        let e = RedisStoreConfig::new("redis://:hunter2@cache:notaport/")
-            .build()
+    async fn zero_settings_are_refused_with_what_to_do() {
+        let link = Link::connect(welcomedly_redis::LinkConfig::new("redis://127.0.0.1:1/"))
             .await
-            .unwrap_err();
-        let text = format!("{e} {:?}", std::error::Error::source(&e));
-        assert!(e.is_config());
-        assert!(!text.contains("hunter2"), "{text}");
-        assert!(text.contains("redis://:***@cache:notaport/"), "{text}");
-    }
-
-    #[test]
-    fn failovers_replace_the_connection_and_script_errors_do_not() {
-        let readonly = RedisError::from((ErrorKind::Server(ServerErrorKind::ReadOnly), "ro"));
-        assert_eq!(classify(&readonly), Failure::Replace);
-        let script =
-            RedisError::from((ErrorKind::Server(ServerErrorKind::ResponseError), "WDFLAGS"));
-        assert_eq!(classify(&script), Failure::Server);
-        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-        assert_eq!(classify(&io), Failure::Transport);
+            .unwrap();
+        let config = RedisStoreConfig {
+            poll_interval: Duration::ZERO,
+            ..RedisStoreConfig::default()
+        };
+        let e = RedisStore::new(&link, config).await.unwrap_err();
+        assert!(
+            e.is_config() && e.to_string().contains("poll interval"),
+            "{e}"
+        );
+        let config = RedisStoreConfig {
+            history_bytes: 1,
+            ..RedisStoreConfig::default()
+        };
+        let e = RedisStore::new(&link, config).await.unwrap_err();
+        assert!(e.is_config() && e.to_string().contains("raise it"), "{e}");
     }
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use welcomedly_core::backoff::{Backoff, Delays};
 use welcomedly_core::health::{CheckFuture, HealthCheck};
 
-use super::backoff::Backoff;
 use super::{Document, FlagStore, StoreError, snapshot_file};
 
 mod metrics;
@@ -132,7 +132,7 @@ impl FlagSync {
         let mut notices = store.changes();
         // Marked seen before the first load: anything announced from here on is caught.
         let seen_epoch = notices.borrow_and_update().epoch;
-        let mut backoff = Backoff::new(config.retry_interval, config.max_retry_interval);
+        let backoff = Backoff::new(config.retry_interval, config.max_retry_interval);
         let worker = Worker {
             shared: Arc::new(Shared::new(store.describe())),
             store,
@@ -141,7 +141,7 @@ impl FlagSync {
             snapshot_file: config.snapshot_file.clone(),
         };
 
-        let pending = match first_load(&worker, &config, &mut backoff).await {
+        let pending = match first_load(&worker, &config, &mut backoff.delays()).await {
             Ok(doc) => match worker.offer(doc).await {
                 Outcome::Rejected => {
                     let rejected = worker.shared.problems().rejected.clone();
@@ -159,7 +159,6 @@ impl FlagSync {
                 true
             }
         };
-        backoff.reset();
         let view = SyncHealth {
             shared: worker.shared.clone(),
         };
@@ -175,7 +174,7 @@ impl FlagSync {
 async fn first_load<C, A>(
     worker: &Worker<C, A>,
     config: &SyncConfig,
-    backoff: &mut Backoff,
+    delays: &mut Delays,
 ) -> Result<Document, StoreError> {
     let started = tokio::time::Instant::now();
     let deadline = started + config.startup_timeout;
@@ -204,7 +203,7 @@ async fn first_load<C, A>(
             ));
         }
         tracing::debug!(error = %error, attempts, "the flag store is not answering yet");
-        tokio::time::sleep(backoff.next_delay().min(deadline - now)).await;
+        tokio::time::sleep(delays.next_delay().min(deadline - now)).await;
     }
 }
 

@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
+use welcomedly_core::backoff::Backoff;
 
 use super::status::Shared;
-use crate::store::backoff::Backoff;
 use crate::store::{Document, FlagStore, Notice, StoreError, bounded, snapshot_file};
 
 /// The longest a compile error is quoted in logs and health (it may quote the payload).
@@ -219,13 +219,14 @@ pub(super) async fn run<C, A, T, E>(
     mut notices: watch::Receiver<Notice>,
     mut seen_epoch: u64,
     mut pending: bool,
-    mut backoff: Backoff,
+    backoff: Backoff,
 ) where
     C: Fn(&str, u64) -> Result<T, E> + Send + Sync + 'static,
     A: Fn(T) + Send + Sync + 'static,
     T: Send + 'static,
     E: fmt::Display,
 {
+    let mut delays = backoff.delays();
     loop {
         let notice = if pending {
             tokio::select! {
@@ -233,7 +234,7 @@ pub(super) async fn run<C, A, T, E>(
                     Ok(()) => Some(*notices.borrow_and_update()),
                     Err(_) => return,
                 },
-                () = tokio::time::sleep(backoff.next_delay()) => None,
+                () = tokio::time::sleep(delays.next_delay()) => None,
             }
         } else {
             if notices.changed().await.is_err() {
@@ -253,7 +254,7 @@ pub(super) async fn run<C, A, T, E>(
         match worker.sync_once().await {
             Ok(_) => {
                 pending = false;
-                backoff.reset();
+                delays = backoff.delays();
             }
             Err(e) => {
                 tracing::debug!(error = %e, "flag sync failed; retrying with backoff");

@@ -1,7 +1,11 @@
 //! The flag stores and the sync against a real `redis-server`: propagation to three instances
 //! (with latency percentiles), a lost message healed by the version check, a killed
 //! subscription, Redis killed and restarted empty, a malformed payload, compare-and-set
-//! conflicts, the capped history, startup with Redis down (failing, or from the snapshot file).
+//! conflicts, the capped history, startup with Redis down (failing, or from the snapshot file);
+//! and the store on the link: the first read and write after Redis is SIGKILLed and restarted
+//! succeed, a change made then reaches a second instance, no call waits past its budget while
+//! Redis is down or frozen, a `CLIENT KILL` of its connections is survived.
+#![cfg(feature = "redis")]
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -17,6 +21,7 @@ use welcomedly_flags::store::{
     Change, FlagStore, FlagSync, FlagSyncHandle, RedisStore, RedisStoreConfig, StoreError,
     SyncConfig,
 };
+use welcomedly_redis::{Backoff, Link, LinkConfig};
 use welcomedly_testkit::RedisServer;
 
 /// What an instance applied: version, document, when.
@@ -36,13 +41,29 @@ impl Instance {
     }
 }
 
-fn store_config(redis: &RedisServer) -> RedisStoreConfig {
-    let mut c = RedisStoreConfig::new(redis.url());
-    c.budget = Duration::from_millis(300);
-    c.reconnect_interval = Duration::from_millis(20);
-    c.max_reconnect_interval = Duration::from_millis(200);
-    c.min_reconnect_pause = Duration::from_millis(20);
-    c
+/// The store's settings for `redis`, and the link's (each store gets its own link: one per
+/// instance).
+struct Config {
+    link: LinkConfig,
+    store: RedisStoreConfig,
+}
+
+impl Config {
+    async fn build(self) -> Result<RedisStore, StoreError> {
+        let link = Link::connect(self.link).await.unwrap();
+        RedisStore::new(&link, self.store).await
+    }
+}
+
+const BUDGET: Duration = Duration::from_millis(300);
+
+fn store_config(redis: &RedisServer) -> Config {
+    let mut link = LinkConfig::new(redis.url());
+    link.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(200));
+    link.min_outage = Duration::from_millis(20);
+    let mut store = RedisStoreConfig::default();
+    store.budget = BUDGET;
+    Config { link, store }
 }
 
 fn sync_config() -> SyncConfig {
@@ -80,7 +101,7 @@ async fn start_sync(
     (sync, applied)
 }
 
-async fn instance(config: RedisStoreConfig) -> Instance {
+async fn instance(config: Config) -> Instance {
     let store = Arc::new(config.build().await.unwrap());
     assert!(store.is_connected() && store.is_subscribed(), "{store:?}");
     let (sync, applied) = start_sync(store.clone(), sync_config()).await;
@@ -150,7 +171,7 @@ async fn a_write_reaches_three_instances_and_the_propagation_time_is_measured() 
         assert_eq!(doc, serde_json::json!({ "n": 49, "rollout": 98 }));
         assert_eq!(i.applied.lock().unwrap().len(), 50, "one apply per write");
         assert_eq!(i.sync.check().await, CheckOutcome::Healthy);
-        assert_eq!(i.store.check().await, CheckOutcome::Healthy);
+        assert_eq!(i.store.link().check().await, CheckOutcome::Healthy);
     }
     times.sort();
     let (p50, p99) = (percentile(&times, 0.50), percentile(&times, 0.99));
@@ -169,7 +190,7 @@ async fn a_write_reaches_three_instances_and_the_propagation_time_is_measured() 
 async fn a_lost_message_is_healed_by_the_periodic_version_check() {
     let redis = RedisServer::start().unwrap();
     let mut config = store_config(&redis);
-    config.poll_interval = Duration::from_millis(200);
+    config.store.poll_interval = Duration::from_millis(200);
     let i = instance(config).await;
     let v = i
         .store
@@ -260,7 +281,12 @@ async fn redis_killed_keeps_the_snapshot_then_an_empty_restart_is_not_applied() 
         reason.contains(&redis.url()),
         "the store is named: {reason}"
     );
-    assert!(matches!(i.store.check().await, CheckOutcome::Degraded(_)));
+    // Redis itself is the link's health check (the store has none of its own: "flags stale" is
+    // the sync's).
+    assert!(matches!(
+        i.store.link().check().await,
+        CheckOutcome::Degraded(_)
+    ));
     let e = i.store.write(2, "{}".into(), change(3)).await.unwrap_err();
     assert!(e.is_unavailable(), "{e:?}");
     // The last snapshot keeps serving.
@@ -397,7 +423,7 @@ async fn a_stale_write_is_a_conflict_and_concurrent_writers_let_one_win() {
 async fn history_is_capped_newest_first_and_keeps_the_diff_exactly() {
     let redis = RedisServer::start().unwrap();
     let mut config = store_config(&redis);
-    config.history_cap = 5;
+    config.store.history_cap = 5;
     let store = config.build().await.unwrap();
     // Above 2^53: a Lua re-encoding of the diff would round it.
     let big = 9_007_199_254_740_993u64;
@@ -531,7 +557,7 @@ async fn history_is_bounded_in_bytes_oldest_dropped_first_and_recounted_when_its
     use welcomedly_flags::store::MAX_CHANGE_BYTES;
     let redis = RedisServer::start().unwrap();
     let mut config = store_config(&redis);
-    config.history_bytes = 4 * MAX_CHANGE_BYTES;
+    config.store.history_bytes = 4 * MAX_CHANGE_BYTES;
     let store = config.build().await.unwrap();
     let fits = "f".repeat(MAX_CHANGE_BYTES - 300);
     for n in 0..10u64 {
@@ -600,4 +626,218 @@ async fn history_is_bounded_in_bytes_oldest_dropped_first_and_recounted_when_its
         total.to_string()
     );
     assert_eq!(store.history(1).await.unwrap()[0].version, 12);
+}
+
+/// Issue 20: Redis SIGKILLed and restarted on the same port (empty: no persistence). The first
+/// write and the first read after `restart` returns (Redis answers) succeed, on two instances
+/// each with its own link, and the write reaches the other instance's flags through its
+/// subscription well before the 30 s version check could.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_is_killed_and_restarted_the_first_read_and_write_succeed_and_reach_another_instance()
+ {
+    let redis = RedisServer::start().unwrap();
+    let writer = store_config(&redis).build().await.unwrap();
+    let reader = instance(store_config(&redis)).await;
+    assert_eq!(writer.load().await.unwrap().version, 0);
+
+    redis.kill().unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || !writer.is_connected()
+            && !reader.store.is_connected())
+        .await,
+        "the links did not notice Redis died"
+    );
+    let e = writer.write(0, "{}".into(), change(0)).await.unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    let e = reader.store.load().await.unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+
+    redis.restart().unwrap(); // returns once Redis answers
+    let restarted = Instant::now();
+    let v = writer
+        .write(0, r#"{"after":"restart"}"#.into(), change(1))
+        .await
+        .expect("the first write after Redis answers again failed");
+    assert_eq!(v, 1);
+    let doc = reader
+        .store
+        .load()
+        .await
+        .expect("the first read on the other instance after Redis answers again failed");
+    assert_eq!(doc.version, 1);
+    assert!(
+        reader
+            .sync
+            .wait_for_version(1, Duration::from_secs(3))
+            .await,
+        "the change made after the restart did not reach the other instance"
+    );
+    let reached = restarted.elapsed();
+    println!("after the restart: write, read and propagation to the other instance in {reached:?}");
+    assert_eq!(reader.last().1, serde_json::json!({ "after": "restart" }));
+    assert!(!reader.sync.is_stale());
+    // And push works on the new subscription (no reload needed): a second change arrives.
+    writer
+        .write(1, r#"{"after":"again"}"#.into(), change(2))
+        .await
+        .unwrap();
+    assert!(
+        reader
+            .sync
+            .wait_for_version(2, Duration::from_secs(2))
+            .await
+    );
+}
+
+/// Every call of the store ends within its budget while Redis is killed, and while it is frozen
+/// (SIGSTOP: connections open, nothing answered), and fails as unavailable; once Redis answers
+/// again the store serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_waits_past_its_budget_while_redis_is_down_or_frozen() {
+    let redis = RedisServer::start().unwrap();
+    let store = store_config(&redis).build().await.unwrap();
+    store.write(0, "{}".into(), change(0)).await.unwrap();
+    // The budget is 300 ms; the margin is for a loaded test machine, not a speed check.
+    let limit = BUDGET + Duration::from_millis(200);
+
+    async fn each_call_fails_within(store: &RedisStore, limit: Duration, when: &str) {
+        for round in 0..3 {
+            let mut waits = Vec::new();
+            let started = Instant::now();
+            let e = store.load().await.unwrap_err();
+            waits.push(("load", started.elapsed(), e));
+            let started = Instant::now();
+            let e = store.version().await.unwrap_err();
+            waits.push(("version", started.elapsed(), e));
+            let started = Instant::now();
+            let e = store.history(10).await.unwrap_err();
+            waits.push(("history", started.elapsed(), e));
+            let started = Instant::now();
+            // A stale version: should Redis run it after all (sent before a freeze, read when it
+            // thaws), it is a conflict and changes nothing.
+            let e = store.write(99, "{}".into(), change(99)).await.unwrap_err();
+            waits.push(("write", started.elapsed(), e));
+            for (what, waited, e) in waits {
+                assert!(
+                    waited < limit,
+                    "{when}, round {round}: {what} waited {waited:?}"
+                );
+                assert!(e.is_unavailable(), "{when}: {what}: {e:?}");
+            }
+        }
+    }
+
+    redis.kill().unwrap();
+    each_call_fails_within(&store, limit, "Redis killed").await;
+    redis.restart().unwrap();
+    store.write(0, "{}".into(), change(0)).await.unwrap();
+
+    redis.pause().unwrap();
+    each_call_fails_within(&store, limit, "Redis frozen").await;
+    redis.resume().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || store.is_connected()).await,
+        "the link did not reconnect after the freeze"
+    );
+    assert_eq!(store.load().await.unwrap().version, 1);
+}
+
+/// `CLIENT KILL` of every connection the store uses (the link's command connection and the
+/// subscription): the next read succeeds, and a change written afterwards reaches the
+/// instance's flags by push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_kill_of_the_store_connections_is_survived() {
+    let redis = RedisServer::start().unwrap();
+    let mut config = store_config(&redis);
+    // Long enough that only push can bring the change within the test's bound.
+    config.store.poll_interval = Duration::from_secs(60);
+    let i = instance(config).await;
+    let writer = store_config(&redis).build().await.unwrap();
+    writer
+        .write(0, r#"{"a":1}"#.into(), change(1))
+        .await
+        .unwrap();
+    assert!(i.sync.wait_for_version(1, Duration::from_secs(2)).await);
+    let resyncs = i.sync.resyncs();
+    let closed = i.store.link().stats().closed;
+    let writer_closed = writer.link().stats().closed;
+
+    for kind in ["normal", "pubsub"] {
+        let killed: u32 = redis
+            .command(&["CLIENT", "KILL", "TYPE", kind])
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(killed >= 1, "no {kind} connection to kill");
+    }
+    // A read right away: retried on the new connection if it meets the dead one.
+    assert_eq!(i.store.load().await.unwrap().version, 1);
+    assert!(
+        eventually(Duration::from_secs(3), || i.store.link().stats().closed
+            > closed
+            && i.store.is_connected()
+            && i.store.reconnects() >= 1
+            && writer.link().stats().closed > writer_closed
+            && writer.is_connected())
+        .await,
+        "the store did not reconnect and resubscribe: {:?}",
+        i.store
+    );
+    assert!(
+        eventually(Duration::from_secs(2), || i.sync.resyncs() > resyncs).await,
+        "no reload after the resubscription"
+    );
+    let started = Instant::now();
+    writer
+        .write(1, r#"{"a":2}"#.into(), change(2))
+        .await
+        .unwrap();
+    assert!(
+        i.sync.wait_for_version(2, Duration::from_secs(2)).await,
+        "the change after the kill did not arrive by push"
+    );
+    println!(
+        "change after CLIENT KILL applied in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(i.last().1, serde_json::json!({ "a": 2 }));
+}
+
+/// The store opens no connection of its own: on one link, two stores and another subscriber
+/// (the event bus's, say) use the link's command connection and its one pub/sub connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_opens_no_connection_of_its_own() {
+    let redis = RedisServer::start().unwrap();
+    // The testkit's own `CLIENT LIST` connection excluded.
+    let clients = || {
+        let list = redis.command(&["CLIENT", "LIST"]).unwrap();
+        let lines: Vec<String> = list
+            .lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .map(str::to_owned)
+            .collect();
+        lines
+    };
+    let config = store_config(&redis);
+    let link = Link::connect(config.link).await.unwrap();
+    assert_eq!(clients().len(), 1, "{:?}", clients());
+    let a = RedisStore::new(&link, config.store).await.unwrap();
+    let mut other = RedisStoreConfig::default();
+    other.key_prefix = "other:flags".to_owned();
+    let b = RedisStore::new(&link, other).await.unwrap();
+    let _bus = link.subscriber().subscribe("bus:events", 16);
+    assert!(a.is_subscribed() && b.is_subscribed(), "{a:?} {b:?}");
+    a.write(0, "{}".into(), change(1)).await.unwrap();
+    b.write(0, "{}".into(), change(1)).await.unwrap();
+    let list = clients();
+    assert_eq!(
+        list.len(),
+        2,
+        "one command and one pub/sub connection: {list:?}"
+    );
+    assert_eq!(
+        list.iter().filter(|l| l.contains("flags=P")).count(),
+        1,
+        "{list:?}"
+    );
 }

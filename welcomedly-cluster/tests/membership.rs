@@ -20,6 +20,7 @@ use welcomedly_cluster::rate_limit::LiveInstances;
 use welcomedly_core::InstanceId;
 use welcomedly_core::drain::{Drain, DrainConfig};
 use welcomedly_core::health::{CheckOutcome, HealthCheck, HealthRegistry};
+use welcomedly_redis::{Backoff, Link, LinkConfig};
 use welcomedly_testkit::RedisServer;
 
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -28,20 +29,29 @@ const TIMEOUT: Duration = Duration::from_millis(400);
 /// timeout (it filters by Redis time); this is polling and scheduling slack on a busy box.
 const SLACK: Duration = Duration::from_millis(250);
 
-fn config(url: &str) -> MembershipConfig {
-    let mut c = MembershipConfig::new(url);
+fn config() -> MembershipConfig {
+    let mut c = MembershipConfig::default();
     c.heartbeat_interval = INTERVAL;
     c.timeout = TIMEOUT;
     c.budget = Duration::from_millis(100);
-    c.reconnect_interval = Duration::from_millis(50);
-    c.max_reconnect_interval = Duration::from_millis(200);
     c
 }
 
+/// A link of its own per instance (as separate processes have), reconnecting quickly.
+async fn link(url: &str) -> Link {
+    let mut c = LinkConfig::new(url);
+    c.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(200));
+    c.min_outage = Duration::from_millis(50);
+    Link::connect(c).await.unwrap()
+}
+
 async fn instance(redis: &RedisServer, id: &str) -> Membership {
-    let m = config(&redis.url())
-        .with_metadata("addr", format!("127.0.0.1:{}", 3000 + id.len()))
-        .build(InstanceId::new(id))
+    instance_with(&link(&redis.url()).await, config(), id).await
+}
+
+async fn instance_with(link: &Link, config: MembershipConfig, id: &str) -> Membership {
+    let config = config.with_metadata("addr", format!("127.0.0.1:{}", 3000 + id.len()));
+    let m = Membership::new(link, config, InstanceId::new(id))
         .await
         .unwrap();
     assert!(
@@ -337,11 +347,14 @@ async fn child_instance() {
         return;
     };
     let config = if std::env::var_os("WD_MEMBERSHIP_CHILD_DEFAULTS").is_some() {
-        MembershipConfig::new(url)
+        MembershipConfig::default()
     } else {
-        config(&url)
+        config()
     };
-    let m = config.build(InstanceId::new("child")).await.unwrap();
+    let link = Link::connect(LinkConfig::new(url)).await.unwrap();
+    let m = Membership::new(&link, config, InstanceId::new("child"))
+        .await
+        .unwrap();
     let _g = m.join("agent:child").unwrap();
     // Heartbeat until killed.
     tokio::time::sleep(Duration::from_secs(60)).await;
@@ -465,7 +478,7 @@ async fn redis_killed_degrades_health_and_a_restart_brings_members_back() {
             .then_some(())
     })
     .await;
-    assert!(a.connections_made() >= 2 && a.failures() > 0);
+    assert!(a.link().stats().connections >= 2 && a.failures() > 0);
     // b was lost by Redis and is back with its presences: announced as a rejoin.
     let got = drain(&mut diffs);
     assert!(
@@ -502,4 +515,117 @@ async fn a_redis_that_refuses_the_calls_is_reported_and_recovered_from() {
         (a.members().await.ok()?.len() == 1 && !a.is_degraded()).then_some(())
     })
     .await;
+}
+
+/// Membership on a link with the default reconnect settings (backoff up to 2 s), so a call
+/// after a long outage is only served at once if it asks the link for a connection.
+async fn default_link_instance(redis: &RedisServer, id: &str, budget: Duration) -> Membership {
+    let link = Link::connect(LinkConfig::new(redis.url())).await.unwrap();
+    let mut c = config();
+    c.budget = budget;
+    instance_with(&link, c, id).await
+}
+
+/// Redis SIGKILLed, nobody calls for a while (the link's backoff grows), Redis restarted on the
+/// same port: the first listing after Redis answers succeeds, and the instance is listed again
+/// within a heartbeat interval (Redis lost everything).
+#[tokio::test]
+async fn after_redis_restarts_the_first_call_succeeds_and_the_instance_is_listed_again() {
+    let redis = RedisServer::start().unwrap();
+    let a = default_link_instance(&redis, "a", Duration::from_millis(250)).await;
+    assert_eq!(ids(&a).await, ["a"]);
+    redis.kill().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart().unwrap(); // returns once Redis answers
+    let first = a.members().await;
+    assert!(
+        first.is_ok(),
+        "the first listing after Redis answers again: {first:?}"
+    );
+    // Within a heartbeat interval (and slack): the others never see it gone for a timeout.
+    eventually(INTERVAL * 3 + SLACK, "a listed again", || async {
+        let members = a.members().await.ok()?;
+        (members.len() == 1).then_some(())
+    })
+    .await;
+    eventually(INTERVAL * 3, "healthy again", || async {
+        (a.check().await == CheckOutcome::Healthy).then_some(())
+    })
+    .await;
+}
+
+/// While Redis is down (SIGKILL) and while it is frozen (SIGSTOP), no call waits past its
+/// budget (generous slack: this is behaviour, not a benchmark), leaving included.
+#[tokio::test]
+async fn no_call_waits_past_its_budget_while_redis_is_down_or_frozen() {
+    let redis = RedisServer::start().unwrap();
+    let budget = Duration::from_millis(100);
+    let a = default_link_instance(&redis, "a", budget).await;
+    let b = default_link_instance(&redis, "b", budget).await;
+    let bound = budget + Duration::from_millis(200);
+    let timed = |what: &'static str, took: Duration| {
+        assert!(
+            took < bound,
+            "{what} took {took:?} with a {budget:?} budget"
+        );
+    };
+    redis.kill().unwrap();
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert!(a.members().await.is_err());
+        timed("members() while Redis is down", t.elapsed());
+        let t = Instant::now();
+        assert!(a.cluster_presence().await.is_err());
+        timed("cluster_presence() while Redis is down", t.elapsed());
+    }
+    redis.restart().unwrap();
+    eventually(Duration::from_secs(3), "both listed again", || async {
+        let members = a.members().await.ok()?;
+        (members.len() == 2).then_some(())
+    })
+    .await;
+    redis.pause().unwrap();
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert!(a.members().await.is_err());
+        timed("members() while Redis is frozen", t.elapsed());
+    }
+    let t = Instant::now();
+    assert!(b.leave().await.is_err());
+    timed("leave() while Redis is frozen", t.elapsed());
+    redis.resume().unwrap();
+    // b's heartbeat stopped: the others drop it after the timeout, as after a crash.
+    eventually(TIMEOUT + Duration::from_secs(2), "b dropped", || async {
+        let members = a.members().await.ok()?;
+        (members.len() == 1 && members[0].id == "a").then_some(())
+    })
+    .await;
+}
+
+/// `CLIENT KILL` of the link's connection: the next call succeeds, heartbeats go on.
+#[tokio::test]
+async fn client_kill_of_the_connection_is_survived() {
+    let redis = RedisServer::start().unwrap();
+    let a = default_link_instance(&redis, "a", Duration::from_millis(250)).await;
+    let _g = a.join("agent:9").unwrap();
+    eventually(INTERVAL * 3, "agent:9 written", || async {
+        a.cluster_presence()
+            .await
+            .ok()?
+            .contains("agent:9")
+            .then_some(())
+    })
+    .await;
+    let before = a.link().stats().connections;
+    let killed = redis
+        .command(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+        .unwrap();
+    assert!(killed.parse::<u32>().unwrap() >= 1, "killed {killed}");
+    let first = a.members().await;
+    assert!(first.is_ok(), "the first call after CLIENT KILL: {first:?}");
+    tokio::time::sleep(INTERVAL * 3).await;
+    assert!(!a.is_degraded(), "heartbeats go on after CLIENT KILL");
+    assert_eq!(ids(&a).await, ["a"]);
+    assert!(a.cluster_presence().await.unwrap().contains("agent:9"));
+    assert_eq!(a.link().stats().connections, before + 1, "one reconnect");
 }

@@ -1,5 +1,6 @@
 //! The cluster-wide rate limit against a real `redis-server`: shared accuracy across instances,
-//! Redis killed under load, Redis restarted, script cache flushed, failure modes.
+//! Redis killed under load, Redis restarted, frozen and its connection killed, script cache
+//! flushed, failure modes. Each backend runs on a link of its own, as separate instances do.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -17,9 +18,10 @@ use tower::{Service, ServiceExt, service_fn};
 use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
 use welcomedly_core::client_ip::ClientIp;
 use welcomedly_core::rate_limit::{
-    FailureMode, Key, KeySource, LocalBackend, Policy, Quota, RateLimitBackend, RateLimitLayer,
-    ResponseBody,
+    Check, DecisionSource, FailureMode, Key, KeySource, LocalBackend, Policy, Quota,
+    RateLimitBackend, RateLimitLayer, ResponseBody,
 };
+use welcomedly_redis::{Backoff, Link, LinkConfig};
 use welcomedly_testkit::RedisServer;
 
 type Res = Response<ResponseBody<String>>;
@@ -50,12 +52,26 @@ where
     s.clone().oneshot(req(ip)).await.unwrap().status()
 }
 
-async fn backend(redis: &RedisServer, budget: Duration, instances: u32) -> RedisBackend {
-    let mut config = RedisRateLimitConfig::new(redis.url());
+/// A link reconnecting quickly (first retry after 50 ms), other settings as given by `tune`.
+async fn link_with(redis: &RedisServer, tune: impl FnOnce(&mut LinkConfig)) -> Link {
+    let mut c = LinkConfig::new(redis.url());
+    c.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+    tune(&mut c);
+    Link::connect(c).await.unwrap()
+}
+
+fn limiter_config(budget: Duration, instances: u32) -> RedisRateLimitConfig {
+    let mut config = RedisRateLimitConfig::default();
     config.budget = budget;
     config.instances = instances;
-    config.reconnect_interval = Duration::from_millis(50);
-    let b = config.build().await.unwrap();
+    config
+}
+
+async fn backend(redis: &RedisServer, budget: Duration, instances: u32) -> RedisBackend {
+    let link = link_with(redis, |_| {}).await;
+    let b = RedisBackend::new(&link, limiter_config(budget, instances))
+        .await
+        .unwrap();
     assert!(
         !b.is_degraded(),
         "the backend should connect to a running Redis"
@@ -177,9 +193,10 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
     assert!(b.failures() >= 1);
     assert_eq!(gauge("welcomedly_rate_limit_backend_degraded"), "1");
     assert_ne!(gauge("welcomedly_rate_limit_backend_failures_total"), "0");
+    // The outage is the link's health check's to report (`redis`); the backend has none.
     {
         use welcomedly_core::health::{CheckOutcome, HealthCheck};
-        assert!(matches!(b.check().await, CheckOutcome::Degraded(_)));
+        assert!(matches!(b.link().check().await, CheckOutcome::Degraded(_)));
     }
 
     // While Redis is down each instance admits its share: 30 / 3 = 10 for a fresh client.
@@ -204,7 +221,7 @@ async fn redis_killed_under_load_falls_back_then_recovers() {
     }
     {
         use welcomedly_core::health::{CheckOutcome, HealthCheck};
-        assert_eq!(b.check().await, CheckOutcome::Healthy);
+        assert_eq!(b.link().check().await, CheckOutcome::Healthy);
     }
     assert_eq!(gauge("welcomedly_rate_limit_backend_degraded"), "0");
     // Shared again: the full burst of 30 for a new client, in Redis.
@@ -432,10 +449,11 @@ async fn a_client_redis_rejected_costs_redis_nothing_until_its_retry_time() {
 #[tokio::test]
 async fn header_keys_are_digested_in_redis() {
     let redis = RedisServer::start().unwrap();
-    let mut config = RedisRateLimitConfig::new(redis.url());
+    let mut config = RedisRateLimitConfig::default();
     config.key_secret = Some("deployment secret".to_owned());
+    let link = link_with(&redis, |_| {}).await;
     let layer = RateLimitLayer::builder()
-        .backend(config.build().await.unwrap())
+        .backend(RedisBackend::new(&link, config).await.unwrap())
         .policy(
             Policy::new("api", Quota::per_minute(10)).key(KeySource::Header(
                 http::HeaderName::from_static("x-api-key"),
@@ -468,10 +486,10 @@ async fn header_keys_are_digested_in_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_is_not_reconnected_at_every_pause() {
     let redis = RedisServer::start().unwrap();
-    let mut config = RedisRateLimitConfig::new(redis.url());
-    config.budget = Duration::from_millis(20);
-    config.failure_threshold = 1_000;
-    let b = config.build().await.unwrap();
+    let link = link_with(&redis, |c| c.failure_threshold = 1_000).await;
+    let b = RedisBackend::new(&link, limiter_config(Duration::from_millis(20), 1))
+        .await
+        .unwrap();
     let layer = RateLimitLayer::builder()
         .backend(b.clone())
         .policy(Policy::new("api", Quota::per_minute(1_000_000)).path_prefix("/api"))
@@ -504,22 +522,29 @@ async fn a_slow_redis_is_not_reconnected_at_every_pause() {
         "the pauses were noticed: {}",
         b.failures()
     );
-    assert_eq!(b.connections_made(), 1, "no reconnect below the threshold");
+    assert_eq!(
+        b.link().stats().connections,
+        1,
+        "no reconnect below the threshold"
+    );
     assert!(!b.is_degraded());
 }
 
 /// Past the threshold the connection is dropped once, the backend stays on the fallback for
-/// `min_fallback`, reconnects by itself, and concurrent late failures of the old connection
+/// the link's `min_outage`, reconnects by itself, and concurrent late failures of the old connection
 /// never drop the new one (the generation check): it ends connected, not stuck on the fallback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pauses_past_the_threshold_reconnect_once_and_never_strand_the_backend() {
     let redis = RedisServer::start().unwrap();
-    let mut config = RedisRateLimitConfig::new(redis.url());
-    config.budget = Duration::from_millis(25);
-    config.failure_threshold = 3;
-    config.min_fallback = Duration::from_millis(100);
-    config.reconnect_interval = Duration::from_millis(20);
-    let b = config.build().await.unwrap();
+    let link = link_with(&redis, |c| {
+        c.failure_threshold = 3;
+        c.min_outage = Duration::from_millis(100);
+        c.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+    })
+    .await;
+    let b = RedisBackend::new(&link, limiter_config(Duration::from_millis(25), 1))
+        .await
+        .unwrap();
     let layer = RateLimitLayer::builder()
         .backend(b.clone())
         .policy(Policy::new("api", Quota::per_minute(1_000_000)).path_prefix("/api"))
@@ -552,11 +577,8 @@ async fn pauses_past_the_threshold_reconnect_once_and_never_strand_the_backend()
         }
     }
     // One connection per pause at most, not one per failed request.
-    assert!(
-        b.connections_made() <= 6,
-        "{} connections",
-        b.connections_made()
-    );
+    let connections = b.link().stats().connections;
+    assert!(connections <= 6, "{connections} connections");
 }
 
 /// `READONLY` (a replica after a failover) replaces the connection at once; `WRONGTYPE` (a key
@@ -579,7 +601,7 @@ async fn server_errors_are_told_apart_from_transport_errors() {
     }
     assert_eq!(b.server_errors(), 10);
     assert!(!b.is_degraded());
-    assert_eq!(b.connections_made(), 1);
+    assert_eq!(b.link().stats().connections, 1);
     assert_eq!(layer.stats()[0].store_errors, 10);
     // Other clients are served by Redis meanwhile.
     for _ in 0..30 {
@@ -602,4 +624,166 @@ async fn server_errors_are_told_apart_from_transport_errors() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     redis.command(&["REPLICAOF", "NO", "ONE"]).unwrap();
+}
+
+/// Who decided one fresh request of `ip` under the layer's first policy, and how long it took.
+async fn decide(
+    b: &RedisBackend,
+    layer: &RateLimitLayer<RedisBackend>,
+    ip: &str,
+) -> (DecisionSource, Duration) {
+    let key = Key::Ip(ip.parse().unwrap());
+    let check = Check {
+        policy: &layer.policies()[0],
+        key: &key,
+        charge: true,
+    };
+    let t = Instant::now();
+    let decisions = b.acquire(&[check]).await.unwrap();
+    (decisions[0].source, t.elapsed())
+}
+
+/// A backend on a link with the default reconnect settings (backoff up to 2 s): after a long
+/// outage the link's own next attempt may be seconds away, so only a request that asks the link
+/// for a connection is decided in Redis at once.
+async fn default_link_backend(
+    redis: &RedisServer,
+    budget: Duration,
+) -> (RedisBackend, RateLimitLayer<RedisBackend>) {
+    let link = Link::connect(LinkConfig::new(redis.url())).await.unwrap();
+    let b = RedisBackend::new(&link, limiter_config(budget, 2))
+        .await
+        .unwrap();
+    let layer = RateLimitLayer::builder()
+        .backend(b.clone())
+        .policy(policy(FailureMode::LocalFallback))
+        .build()
+        .unwrap();
+    (b, layer)
+}
+
+/// Redis SIGKILLed: every decision is the fallback's, none past its budget; nobody asks for a
+/// while; Redis restarted on the same port: the first decision after Redis answers is made in
+/// Redis (not by the fallback), and the ones after it too.
+#[tokio::test]
+async fn after_redis_restarts_the_first_decision_is_made_in_redis() {
+    let redis = RedisServer::start().unwrap();
+    // Generous, so a loaded machine's slow reconnect does not decide the test; the bound below
+    // is what matters.
+    let budget = Duration::from_millis(250);
+    let (b, layer) = default_link_backend(&redis, budget).await;
+    assert_eq!(
+        decide(&b, &layer, "192.0.2.1").await.0,
+        DecisionSource::Store
+    );
+    redis.kill().unwrap();
+    for i in 0..20 {
+        let (source, took) = decide(&b, &layer, &format!("192.0.2.{}", 10 + i)).await;
+        assert_eq!(source, DecisionSource::Fallback, "request {i} while down");
+        assert!(
+            took < budget + Duration::from_millis(200),
+            "a decision took {took:?} with a {budget:?} budget while Redis was down"
+        );
+    }
+    assert!(b.is_degraded());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart().unwrap(); // returns once Redis answers
+    let (source, took) = decide(&b, &layer, "192.0.2.1").await;
+    assert_eq!(
+        source,
+        DecisionSource::Store,
+        "the first decision after Redis answers again (took {took:?})"
+    );
+    assert!(!b.is_degraded());
+    for i in 0..10 {
+        assert_eq!(
+            decide(&b, &layer, &format!("192.0.2.{}", 100 + i)).await.0,
+            DecisionSource::Store
+        );
+    }
+    let name = b.key_name(&layer.policies()[0], &Key::Ip("192.0.2.1".parse().unwrap()));
+    assert_eq!(redis.command(&["EXISTS", &name]).unwrap(), "1");
+}
+
+/// Redis frozen (SIGSTOP): the connection stays open but nothing answers. No decision waits past
+/// its budget (the slack is generous: behaviour, not a benchmark), every one is the fallback's;
+/// once Redis runs again, decisions return to Redis by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_decision_waits_past_its_budget_while_redis_is_frozen() {
+    let redis = RedisServer::start().unwrap();
+    let budget = Duration::from_millis(50);
+    let (b, layer) = default_link_backend(&redis, budget).await;
+    let svc = app(&layer);
+    assert_eq!(
+        decide(&b, &layer, "192.0.2.1").await.0,
+        DecisionSource::Store
+    );
+    redis.pause().unwrap();
+    let started = Instant::now();
+    let mut i = 0u32;
+    // Long enough to cross the link's threshold, its minimum outage and a hung reconnect.
+    while started.elapsed() < Duration::from_millis(1500) {
+        let (source, took) = decide(&b, &layer, &format!("198.51.100.{}", i % 200)).await;
+        assert_ne!(source, DecisionSource::Store, "Redis is frozen");
+        assert!(
+            took < budget + Duration::from_millis(200),
+            "a decision took {took:?} with a {budget:?} budget while Redis was frozen"
+        );
+        let t = Instant::now();
+        // Admitted on the fallback's share, or refused once that share is spent: never an error.
+        let status = send(&svc, "203.0.113.9").await;
+        assert!(
+            status == StatusCode::OK || status == StatusCode::TOO_MANY_REQUESTS,
+            "{status}"
+        );
+        let took = t.elapsed();
+        assert!(
+            took < budget + Duration::from_millis(200),
+            "a request took {took:?} with a {budget:?} budget while Redis was frozen"
+        );
+        i += 1;
+    }
+    redis.resume().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if decide(&b, &layer, "192.0.2.2").await.0 == DecisionSource::Store {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never back on Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!b.is_degraded());
+}
+
+/// `CLIENT KILL` of the backend's connection: the link notices the close by itself (no request
+/// needed) and reconnects once; the next decision is Redis's.
+#[tokio::test]
+async fn client_kill_of_the_connection_is_survived() {
+    let redis = RedisServer::start().unwrap();
+    let (b, layer) = default_link_backend(&redis, Duration::from_millis(250)).await;
+    assert_eq!(
+        decide(&b, &layer, "192.0.2.1").await.0,
+        DecisionSource::Store
+    );
+    let killed = redis
+        .command(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"])
+        .unwrap();
+    assert!(killed.parse::<u32>().unwrap() >= 1, "killed {killed}");
+    // No request meanwhile: the close is noticed when it happens, not by the next request.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !(b.link().stats().closed == 1 && b.link().is_connected()) {
+        assert!(
+            Instant::now() < deadline,
+            "the close was not noticed: {:?}",
+            b.link().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        decide(&b, &layer, "192.0.2.1").await.0,
+        DecisionSource::Store,
+        "the first decision after CLIENT KILL"
+    );
+    assert_eq!(b.link().stats().connections, 2, "one reconnect");
+    assert_eq!(b.failures(), 0, "no request failed");
 }
