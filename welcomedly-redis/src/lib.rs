@@ -1,7 +1,8 @@
 //! welcomedly-redis: **the link**, one supervised multiplexed Redis connection shared by every
-//! component of an instance (sessions today; the rate limiter, the event bus, membership and
-//! the flag store next), with one connection discipline, one error classifier, one health
-//! check and one set of metrics.
+//! component of an instance (sessions, the rate limiter, the event bus, membership, the flag
+//! store), with one connection discipline, one error classifier, one health check and one set
+//! of metrics; its [`Subscriber`] (one pub/sub connection, one resubscribe loop) and
+//! [`Link::dedicated`] connections (blocking reads, transactions) complete it.
 //!
 //! ```no_run
 //! use welcomedly_core::config::EnvReader;
