@@ -53,4 +53,6 @@ pub use config::RouterConfig;
 pub use consistency::{Token, TokenSigner};
 pub use error::Error;
 pub use layer::{Consistency, ConsistencyLayer, ConsistencyService, ResponseFuture};
-pub use router::{NodeStatus, Routed, Router, RouterStats, is_connection_error};
+pub use router::{
+    NodeStatus, Routed, Router, RouterStats, is_connection_error, is_read_only_error,
+};
