@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions};
 use sqlx::{Connection, Pool, Postgres};
 use welcomedly_core::redact::redact_url;
 
@@ -257,6 +257,12 @@ async fn probe_once(
     timeout: Duration,
 ) -> Result<(Probe, Option<u64>), String> {
     if conn.is_none() {
+        // A direct connection first: a pool retries a refused connection until its acquire
+        // timeout, and a dead node must fail its probe at once. Only on (re)connection.
+        let direct = PgConnection::connect_with(opts)
+            .await
+            .map_err(|e| format!("cannot connect: {}", redact_url(&e.to_string())))?;
+        let _ = direct.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
