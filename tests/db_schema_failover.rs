@@ -481,3 +481,80 @@ async fn an_idle_dead_replica_leaves_rotation_quickly() {
 fn fastrand_ms() -> u64 {
     u64::from(std::process::id() % 7) * 60 + 100
 }
+
+/// Turns the stopped old primary into a standby of replica `index` (as an operator rejoins a
+/// demoted primary), files owned like the data directory.
+fn rejoin_as_standby(pg: &PgCluster, index: usize) {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let dir = pg.dir().join("primary");
+    let meta = std::fs::metadata(&dir).unwrap();
+    let signal = dir.join("standby.signal");
+    std::fs::write(&signal, "").unwrap();
+    std::os::unix::fs::chown(&signal, Some(meta.uid()), Some(meta.gid())).unwrap();
+    let port = pg.replica_port(index).unwrap();
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("postgresql.auto.conf"))
+        .unwrap();
+    writeln!(
+        conf,
+        "primary_conninfo = 'host=127.0.0.1 port={port} user=postgres'\nrecovery_target_timeline = 'latest'"
+    )
+    .unwrap();
+    pg.restart(Node::Primary).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_primary_rejoining_as_a_standby_takes_no_writes() {
+    let Some(pg) = cluster(1) else { return };
+    let router = connect(&pg).await;
+    router
+        .write_with(async |c| sqlx::query("CREATE TABLE t (v int)").execute(c).await)
+        .await
+        .unwrap();
+    let new_port = i32::from(pg.replica_port(0).unwrap());
+    blocking(&pg, |pg| {
+        pg.wait_replica_caught_up(0, Duration::from_secs(5))
+            .unwrap();
+        pg.stop(Node::Primary).unwrap();
+        pg.promote(0).unwrap();
+    })
+    .await;
+    let _ = router.write();
+    until(
+        "writes go to the promoted replica",
+        Duration::from_secs(3),
+        || router.writer_label() == Some("replica 0") && router.has_writer(),
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = tokio::spawn(write_loop(router.clone(), stop.clone()));
+    blocking(&pg, |pg| rejoin_as_standby(pg, 0)).await;
+    // The old primary is back, in recovery: in rotation as a replica, never the writer.
+    let back = until(
+        "the old primary serves as a replica",
+        Duration::from_secs(10),
+        || {
+            let n = &router.nodes()[0];
+            n.healthy && n.in_recovery && !n.writer
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let landed = writes.await.unwrap();
+    assert!(!landed.is_empty());
+    assert!(
+        landed.iter().all(|(_, port)| *port == new_port),
+        "a write landed on the demoted primary"
+    );
+    assert_eq!(router.writer_label(), Some("replica 0"));
+    let on_old = router.read();
+    assert_eq!(on_old.node(), "primary", "the demoted primary serves reads");
+    drop(on_old);
+    eprintln!(
+        "demoted primary rejoined as a standby: in rotation as a replica {back:?} after its restart returned; {} writes, all on the new primary",
+        landed.len()
+    );
+}
