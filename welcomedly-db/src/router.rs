@@ -448,8 +448,9 @@ impl<DB: Database> Router<DB> {
         ))
     }
 
-    /// A healthy replica with the fewest outstanding requests (ties broken at random), or the
-    /// primary when no replica is usable. Never fails: with every node down, the query itself
+    /// A healthy replica past the schema floor ([`raise_floor`](Self::raise_floor)) with the
+    /// fewest outstanding requests (ties broken at random), or the primary when no replica is
+    /// usable. Never fails: with every node down, the query itself
     /// reports the error.
     pub fn read(&self) -> Routed<'_, DB> {
         self.inner.read(None)
