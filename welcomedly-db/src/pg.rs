@@ -233,6 +233,7 @@ async fn probe_loop(
                 if closed {
                     conn = None;
                 }
+                tokio::time::sleep_until((started + MIN_PROBE_GAP).into()).await;
             }
         }
     }

@@ -267,7 +267,10 @@ impl<DB: Database> Router<DB> {
         }
     }
 
-    /// The node that takes writes.
+    /// The node that takes writes. Prefer [`write_with`](Self::write_with), which tells the
+    /// router when a write fails because the node is gone or no longer the primary (so writes
+    /// move at once) and fails fast while the primary is lost; a query on this pool waits out
+    /// the pool's acquire timeout when the primary dies.
     ///
     /// # Errors
     ///
@@ -976,6 +979,23 @@ mod tests {
             .unwrap();
         assert_eq!(v.0, "x");
         assert_eq!(router.writer_label(), Some("primary"));
+    }
+
+    #[tokio::test]
+    async fn a_connection_error_on_the_writer_asks_every_probe_loop_for_a_probe_now() {
+        let router = Router::from_pools(lazy(), [lazy()]);
+        router.inner.probed.store(true, Ordering::Release);
+        let woken = router.inner.reprobe.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let e = sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert!(!is_read_only_error(&e));
+        // A connection error on the writer asks every probe loop for a probe now.
+        router.inner.query_failed(0, &e);
+        tokio::time::timeout(Duration::from_millis(100), woken)
+            .await
+            .unwrap();
+        assert_eq!(router.nodes()[0].errors, 1);
     }
 
     #[test]
