@@ -195,6 +195,14 @@ async fn an_online_migration_while_replicas_lag_fails_no_read() {
     ));
     // The migration tool (another instance) adds a column, then publishes the floor.
     let tool = connect(&pg).await;
+    let before = old.floor();
+    let watched = old.clone();
+    let learned_at = tokio::spawn(async move {
+        while watched.floor() <= before {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Instant::now()
+    });
     tool.write_with(async |c| {
         sqlx::query("ALTER TABLE campaigns ADD COLUMN priority int NOT NULL DEFAULT 0")
             .execute(c)
@@ -203,6 +211,7 @@ async fn an_online_migration_while_replicas_lag_fails_no_read() {
     .await
     .unwrap();
     let floor = tool.publish_floor().await.unwrap();
+    let published = Instant::now();
     // The same instance reads the new column at once.
     let tool_reads = tokio::spawn(read_loop(
         tool.clone(),
@@ -218,12 +227,17 @@ async fn an_online_migration_while_replicas_lag_fails_no_read() {
         stop.clone(),
     ));
     // The old instance learns the floor from its probes of the primary.
-    let learned = until(
-        "the old instance learns the floor",
-        Duration::from_secs(3),
-        || old.floor() >= floor,
-    )
-    .await;
+    let learned = tokio::time::timeout(Duration::from_secs(3), learned_at)
+        .await
+        .expect("the old instance learns the floor within 3 s")
+        .unwrap()
+        .saturating_duration_since(published);
+    assert!(old.floor() >= floor);
+    // Told by a notification when the floor commits, not at its next probe (every 500 ms).
+    assert!(
+        learned < Duration::from_millis(200),
+        "learned after {learned:?}"
+    );
     let old_new_reads = tokio::spawn(read_loop(
         old.clone(),
         "SELECT id, priority FROM campaigns",

@@ -36,7 +36,7 @@ const FLOOR_SQL: &str = "SELECT lsn::text FROM welcomedly_schema_floor WHERE id 
 /// Records the primary's current WAL position as the schema floor, never lowering it, in one
 /// transaction serialised by an advisory lock (so concurrent first runs do not race on the
 /// table's creation). Returns the floor.
-const PUBLISH_FLOOR_SQL: [&str; 3] = [
+const PUBLISH_FLOOR_SQL: [&str; 4] = [
     "SELECT pg_advisory_xact_lock(7243270002)",
     "CREATE TABLE IF NOT EXISTS welcomedly_schema_floor ( \
         id int PRIMARY KEY CHECK (id = 1), \
@@ -45,7 +45,12 @@ const PUBLISH_FLOOR_SQL: [&str; 3] = [
     "INSERT INTO welcomedly_schema_floor (id, lsn) VALUES (1, pg_current_wal_insert_lsn()) \
         ON CONFLICT (id) DO UPDATE SET lsn = GREATEST(welcomedly_schema_floor.lsn, EXCLUDED.lsn), raised_at = now() \
         RETURNING lsn::text",
+    "SELECT pg_notify('welcomedly_schema_floor', '')",
 ];
+
+/// The channel on which [`Router::publish_floor`] tells every instance's probe of the primary
+/// that the floor moved (delivered when its transaction commits).
+const FLOOR_CHANNEL: &str = "welcomedly_schema_floor";
 
 /// The writer's insert position (stepped back over a page header) and its timeline.
 const TOKEN_SQL: &str = "SELECT pg_current_wal_insert_lsn()::text, \
@@ -75,6 +80,8 @@ struct Probe {
 struct ProbeConn {
     _pool: Pool<Postgres>,
     listener: PgListener,
+    /// Listening for floor changes (on a node that takes writes).
+    listening: bool,
 }
 
 impl RouterConfig {
@@ -243,8 +250,8 @@ async fn probe_loop(
 const MIN_PROBE_GAP: Duration = Duration::from_millis(5);
 
 /// Waits until the probe connection says something while idle: it closed or the server sent
-/// an error (the server is going away) — `true`, drop it — or a notification — `false`. Never
-/// returns without a connection.
+/// an error (the server is going away) — `true`, drop it — or a notification (the schema
+/// floor moved: probe now, which reads it) — `false`. Never returns without a connection.
 async fn closed(conn: &mut Option<ProbeConn>) -> bool {
     match conn.as_mut() {
         Some(c) => !matches!(c.listener.try_recv().await, Ok(Some(_))),
@@ -279,6 +286,7 @@ async fn probe_once(
         *conn = Some(ProbeConn {
             _pool: pool,
             listener,
+            listening: false,
         });
     }
     let Some(c) = conn.as_mut() else {
@@ -295,6 +303,16 @@ async fn probe_once(
         .fetch_one(&mut c.listener)
         .await
         .map_err(|e| format!("the health probe failed: {}", redact_url(&e.to_string())))?;
+    if !in_recovery && !read_only && !c.listening {
+        // A primary: hear floor changes as they commit (a standby refuses LISTEN). Best
+        // effort: without it the floor is still read at every probe.
+        match c.listener.listen(FLOOR_CHANNEL).await {
+            Ok(()) => c.listening = true,
+            Err(e) => {
+                tracing::debug!(error = %redact_url(&e.to_string()), "cannot listen for schema floor changes: read at each probe instead")
+            }
+        }
+    }
     let floor = if has_floor && !in_recovery {
         let floor: Option<(Option<String>,)> = sqlx::query_as(FLOOR_SQL)
             .fetch_optional(&mut c.listener)
@@ -558,6 +576,7 @@ impl Router<Postgres> {
                 let (lsn,): (String,) = sqlx::query_as(PUBLISH_FLOOR_SQL[2])
                     .fetch_one(&mut *tx)
                     .await?;
+                sqlx::query(PUBLISH_FLOOR_SQL[3]).execute(&mut *tx).await?;
                 tx.commit().await?;
                 Ok(lsn)
             })
