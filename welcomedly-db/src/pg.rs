@@ -169,6 +169,8 @@ async fn probe_loop(
 ) {
     let mut first = Some(first);
     let mut conn: Option<ProbeConn> = None;
+    // The node failed or its connection closed: the next connection attempt must fail fast.
+    let mut lost = false;
     let mut delay = Duration::ZERO;
     let Some(reprobe) = inner.upgrade().map(|i| i.reprobe.clone()) else {
         return;
@@ -185,7 +187,7 @@ async fn probe_loop(
         let started = Instant::now();
         let outcome = match tokio::time::timeout(
             settings.probe_timeout,
-            probe_once(&mut conn, &opts, settings.probe_timeout),
+            probe_once(&mut conn, &opts, settings.probe_timeout, lost),
         )
         .await
         {
@@ -202,6 +204,7 @@ async fn probe_loop(
             probe
         });
         let failed = outcome.is_err();
+        lost = failed;
         if failed {
             // A new connection next time: this one may be half-dead.
             conn = None;
@@ -239,6 +242,7 @@ async fn probe_loop(
             closed = closed(&mut conn) => {
                 if closed {
                     conn = None;
+                    lost = true;
                 }
                 tokio::time::sleep_until((started + MIN_PROBE_GAP).into()).await;
             }
@@ -263,14 +267,18 @@ async fn probe_once(
     conn: &mut Option<ProbeConn>,
     opts: &PgConnectOptions,
     timeout: Duration,
+    lost: bool,
 ) -> Result<(Probe, Option<u64>), String> {
     if conn.is_none() {
-        // A direct connection first: a pool retries a refused connection until its acquire
-        // timeout, and a dead node must fail its probe at once. Only on (re)connection.
-        let direct = PgConnection::connect_with(opts)
-            .await
-            .map_err(|e| format!("cannot connect: {}", redact_url(&e.to_string())))?;
-        let _ = direct.close().await;
+        if lost {
+            // After a failure or a closed connection, a direct connection first: a pool
+            // retries a refused connection until its acquire timeout, and a dead node must
+            // fail its probe at once.
+            let direct = PgConnection::connect_with(opts)
+                .await
+                .map_err(|e| format!("cannot connect: {}", redact_url(&e.to_string())))?;
+            let _ = direct.close().await;
+        }
         let pool = PgPoolOptions::new()
             .max_connections(1)
             .min_connections(0)
