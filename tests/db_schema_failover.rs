@@ -386,6 +386,29 @@ async fn failover(kill_old: bool) -> Option<Vec<Duration>> {
     let promoted = Instant::now();
     eprintln!("promote took {:?}", promoted - called);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    if !kill_old {
+        // The new primary hangs long enough to be ejected: the old one, still running on an
+        // older timeline, is fenced and must not take the writes back.
+        blocking(&pg, |pg| pg.pause(Node::Replica(0)).unwrap()).await;
+        until(
+            "the hung new primary is ejected",
+            Duration::from_secs(5),
+            || !a.has_writer() && !b.has_writer(),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !a.has_writer() && !b.has_writer(),
+            "the fenced old primary took writes"
+        );
+        blocking(&pg, |pg| pg.resume(Node::Replica(0)).unwrap()).await;
+        until("the new primary is back", Duration::from_secs(5), || {
+            a.has_writer() && b.has_writer()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(a.writer_label(), Some("replica 0"));
+    }
     stop.store(true, Ordering::Relaxed);
     let mut firsts = Vec::new();
     for (name, w) in ["a", "b"].into_iter().zip(writers) {
