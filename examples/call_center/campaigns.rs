@@ -81,24 +81,19 @@ struct NewCampaign {
     status: CampaignStatus,
 }
 
-/// One simple-query string, so one implicit transaction: the advisory lock (held until it ends)
-/// serialises instances starting at once, whose concurrent `CREATE TABLE IF NOT EXISTS` would
-/// otherwise fail with a duplicate key in `pg_type`.
-const PG_SCHEMA: &str = "SELECT pg_advisory_xact_lock(7243270001);
-CREATE TABLE IF NOT EXISTS campaigns (
-    id BIGSERIAL PRIMARY KEY,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'active',
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now())";
+/// The PostgreSQL schema: sqlx's migrator, which serialises instances starting at once with an
+/// advisory lock and records what ran in `_sqlx_migrations`, so each migration runs once.
+static PG_MIGRATIONS: sqlx::migrate::Migrator =
+    sqlx::migrate!("examples/call_center/migrations/postgres");
 
-const LITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS campaigns (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'active',
-    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)";
+/// The same schema for the embedded SQLite, in SQLite's types (a second directory: the key and
+/// timestamp columns are not portable between the two).
+static LITE_MIGRATIONS: sqlx::migrate::Migrator =
+    sqlx::migrate!("examples/call_center/migrations/sqlite");
 
-/// Connects (PostgreSQL from `config`, else in-memory SQLite), creates the table, and registers
-/// the router's health checks.
+/// Connects (PostgreSQL from `config`, else in-memory SQLite), runs the migrations, and
+/// registers the router's health checks. With PostgreSQL the schema floor is then published,
+/// so no read goes to a replica that has not replayed the schema.
 pub(crate) async fn connect(
     config: Option<RouterConfig>,
     registry: &HealthRegistry,
@@ -109,10 +104,7 @@ pub(crate) async fn connect(
             let router = config.connect().await?;
             router.register_health(registry);
             router.register_metrics(meter);
-            sqlx::raw_sql(PG_SCHEMA)
-                .execute(&*router.write()?)
-                .await
-                .map_err(|e| format!("cannot create the campaigns table on the primary: {e}"))?;
+            migrate(&router).await?;
             Ok(Db::Pg(router))
         }
         None => {
@@ -121,10 +113,32 @@ pub(crate) async fn connect(
                 .max_connections(1)
                 .connect("sqlite::memory:")
                 .await?;
-            sqlx::query(LITE_SCHEMA).execute(&pool).await?;
+            LITE_MIGRATIONS
+                .run(&pool)
+                .await
+                .map_err(|e| format!("cannot create the campaigns table in SQLite: {e}"))?;
             Ok(Db::Lite(welcomedly_db::Router::single(pool)))
         }
     }
+}
+
+/// Runs the PostgreSQL migrations on the primary, then publishes the schema floor.
+pub(crate) async fn migrate(
+    router: &welcomedly_db::Router<Postgres>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut conn = router.write_connection().await?;
+    if let Err(e) = PG_MIGRATIONS.run(&mut *conn).await {
+        // The migrator's advisory lock is held by the session: end it rather than give the
+        // connection back to the pool with the lock.
+        conn.close_on_drop();
+        return Err(format!(
+            "cannot migrate the campaigns schema on the primary: {e}; fix the migration or the database and restart"
+        )
+        .into());
+    }
+    drop(conn);
+    router.publish_floor().await?;
+    Ok(())
 }
 
 /// The users who may create campaigns (the demo's one supervisor).
@@ -204,14 +218,15 @@ async fn create(
         "INSERT INTO campaigns (name, status) VALUES ($1, $2) RETURNING id, name, status";
     let created = match &*db {
         Db::Pg(router) => {
-            let pool = match router.write() {
-                Ok(pool) => pool,
-                Err(e) => return db_error(e),
-            };
-            let row = sqlx::query_as::<_, Row>(INSERT)
-                .bind(name)
-                .bind(body.status.as_str())
-                .fetch_one(&*pool)
+            let status = body.status.as_str();
+            let row = router
+                .write_with(async |conn| {
+                    sqlx::query_as::<_, Row>(INSERT)
+                        .bind(name)
+                        .bind(status)
+                        .fetch_one(conn)
+                        .await
+                })
                 .await;
             match (row, router.token().await) {
                 (Ok(row), Ok(token)) => {
@@ -223,7 +238,7 @@ async fn create(
                     tracing::warn!(error = %e, "no WAL position after a write");
                     Ok(row)
                 }
-                (Err(e), _) => Err(e),
+                (Err(e), _) => return db_error(e),
             }
         }
         Db::Lite(router) => match router.write() {

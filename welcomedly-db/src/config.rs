@@ -15,7 +15,13 @@ pub struct RouterConfig {
     pub primary_url: String,
     /// The replicas' URLs. Default none (every read goes to the primary).
     pub replica_urls: Vec<String>,
-    /// How often each node is probed. Default 500 ms.
+    /// How often each node is probed. Default 500 ms. Probes also run at once when the
+    /// probe's own connection closes (the node died or shut down: a dead node is out of
+    /// rotation within tens of milliseconds, idle or not) and when a write met a connection
+    /// error or a read-only answer, or found no writer (see
+    /// [`Router::write_with`](crate::Router::write_with)). What only a tick reveals is a
+    /// replica promoted while the old primary keeps running (writes move within one interval)
+    /// and a node that hangs without closing its connections.
     pub probe_interval: Duration,
     /// The longest one probe (connect included) may take before it counts as a failure.
     /// Default 250 ms.

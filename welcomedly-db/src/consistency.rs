@@ -71,6 +71,11 @@ impl fmt::Display for Token {
     }
 }
 
+/// A WAL position as PostgreSQL writes it (`16/B374D848`).
+pub(crate) fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
 /// `16/B374D848` as a number; `None` if malformed.
 pub(crate) fn parse_lsn(text: &str) -> Option<u64> {
     let (high, low) = text.trim().split_once('/')?;

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,17 @@ pub(crate) struct Inner<DB: Database> {
     pub(crate) segment_size: AtomicU64,
     /// Whether probes run (and so can readmit what errors eject).
     pub(crate) probed: std::sync::atomic::AtomicBool,
+    /// The schema floor: a WAL position every replica must have replayed before it serves any
+    /// read (0: none). Raised after migrations, never lowered.
+    pub(crate) floor: AtomicU64,
+    /// The newest timeline a node out of recovery was seen on: a primary on an older one is
+    /// fenced (never takes writes again).
+    pub(crate) newest_timeline: AtomicU32,
+    /// Wakes every probe loop at once (a write met a connection error or a read-only answer,
+    /// or there is no writer): shared with the loops, which must not hold `Inner` while idle.
+    pub(crate) reprobe: Arc<tokio::sync::Notify>,
+    /// Wakes requests waiting for a connection of the writer when writes move elsewhere.
+    pub(crate) writer_moved: tokio::sync::Notify,
 }
 
 impl<DB: Database> Drop for Inner<DB> {
@@ -248,11 +259,18 @@ impl<DB: Database> Router<DB> {
                 tasks: Mutex::new(Vec::new()),
                 segment_size: AtomicU64::new(16 * 1024 * 1024),
                 probed: std::sync::atomic::AtomicBool::new(false),
+                floor: AtomicU64::new(0),
+                newest_timeline: AtomicU32::new(0),
+                reprobe: Arc::new(tokio::sync::Notify::new()),
+                writer_moved: tokio::sync::Notify::new(),
             }),
         }
     }
 
-    /// The node that takes writes.
+    /// The node that takes writes. Prefer [`write_with`](Self::write_with), which tells the
+    /// router when a write fails because the node is gone or no longer the primary (so writes
+    /// move at once) and fails fast while the primary is lost; a query on this pool waits out
+    /// the pool's acquire timeout when the primary dies.
     ///
     /// # Errors
     ///
@@ -263,12 +281,15 @@ impl<DB: Database> Router<DB> {
         let inner = &*self.inner;
         let w = inner.writer.load(Ordering::Acquire);
         let Some(node) = inner.nodes.get(w) else {
+            // Look for the node that now takes writes at once, not at the next probe tick.
+            inner.reprobe_all();
             return Err(Error::no_writer(format!(
                 "no database node accepts writes: the primary {} is unreachable or in recovery and no promoted replica was found; bring it back or promote a replica (the router follows within a probe interval)",
                 inner.first().url
             )));
         };
         if !node.is_healthy() {
+            inner.reprobe_all();
             let why = node.ejection().map(|e| e.describe()).unwrap_or_default();
             return Err(Error::no_writer(format!(
                 "the database primary {} ({}) is unreachable ({why}): writes fail until it answers again or a replica is promoted",
@@ -289,7 +310,7 @@ impl<DB: Database> Router<DB> {
         let index = routed.index;
         let begun = self
             .inner
-            .unless_ejected(index, routed.pool().begin())
+            .unless_writer_lost(index, routed.pool().begin())
             .await;
         match begun {
             Some(Ok(tx)) => Ok(tx),
@@ -315,14 +336,18 @@ impl<DB: Database> Router<DB> {
     ///
     /// See [`write`](Self::write); or no connection could be had (see `source()`).
     pub async fn write_connection(&self) -> Result<sqlx::pool::PoolConnection<DB>, Error> {
+        self.writer_connection().await.map(|(_, conn)| conn)
+    }
+
+    async fn writer_connection(&self) -> Result<(usize, sqlx::pool::PoolConnection<DB>), Error> {
         let routed = self.write()?;
         let index = routed.index;
         match self
             .inner
-            .unless_ejected(index, routed.pool().acquire())
+            .unless_writer_lost(index, routed.pool().acquire())
             .await
         {
-            Some(Ok(conn)) => Ok(conn),
+            Some(Ok(conn)) => Ok((index, conn)),
             None => Err(self.writer_lost(index)),
             Some(Err(e)) => {
                 self.inner.query_failed(index, &e);
@@ -335,6 +360,79 @@ impl<DB: Database> Router<DB> {
                 ))
             }
         }
+    }
+
+    /// Runs the write `f` on a connection of the node that takes writes, and tells the router
+    /// how it went: a connection-level error ([`is_connection_error`]) or a read-only answer
+    /// (`25006`: the node is no longer the primary, as after a managed failover behind a DNS
+    /// name or a proxy) makes the router probe every node at once, so the next write goes to
+    /// the new primary as soon as it accepts writes, and closes that connection rather than
+    /// giving it back to the pool. Never retried (a write may have landed before the error).
+    /// While the primary is down, this fails fast ([`Error::is_no_writer`]) instead of
+    /// waiting out the pool's acquire timeout.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// # let router = welcomedly_db::Router::single(pool);
+    /// let n = router
+    ///     .write_with(async |conn| sqlx::query("CREATE TABLE t (id INTEGER)").execute(conn).await)
+    ///     .await?;
+    /// # let _ = n; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// No node takes writes ([`Error::is_no_writer`]), or the connection or `f` failed
+    /// ([`Error::is_database`], `f`'s error as `source()`).
+    pub async fn write_with<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: AsyncFnOnce(&mut DB::Connection) -> Result<T, sqlx::Error>,
+    {
+        let (index, mut conn) = self.writer_connection().await?;
+        match f(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                let url = self.inner.nodes.get(index).map_or("", |n| n.url.as_str());
+                let message = if is_read_only_error(&e) {
+                    format!(
+                        "the database node {url} refused the write as read-only: it is no longer the primary; the router is looking for the new one, retry in a moment"
+                    )
+                } else if is_connection_error(&e) {
+                    format!(
+                        "the write to the database primary {url} was cut off: it may or may not have been applied; retry only if it is safe to run twice"
+                    )
+                } else {
+                    format!("the write on the database primary {url} failed (see the cause)")
+                };
+                if is_connection_error(&e) || is_read_only_error(&e) {
+                    conn.close_on_drop();
+                }
+                self.inner.query_failed(index, &e);
+                Err(Error::database(message, e))
+            }
+        }
+    }
+
+    /// Raises the schema floor to WAL position `lsn` (never lowers it): from now on no read
+    /// goes to a replica that has not replayed it ([`read`](Self::read) goes to the writer
+    /// instead, [`read_after`](Self::read_after) waits for a replica up to
+    /// [`read_after_wait`](crate::RouterConfig::read_after_wait) first). For PostgreSQL,
+    /// [`publish_floor`](Self::publish_floor) raises it on every instance; this raises it on
+    /// this router only.
+    pub fn raise_floor(&self, lsn: u64) {
+        let before = self.inner.floor.fetch_max(lsn, Ordering::AcqRel);
+        if lsn > before {
+            tracing::info!(
+                floor = %crate::consistency::format_lsn(lsn),
+                "database schema floor raised: replicas serve reads once they have replayed it"
+            );
+        }
+    }
+
+    /// The schema floor (0 when none): see [`raise_floor`](Self::raise_floor).
+    pub fn floor(&self) -> u64 {
+        self.inner.floor.load(Ordering::Acquire)
     }
 
     fn writer_lost(&self, index: usize) -> Error {
@@ -353,8 +451,9 @@ impl<DB: Database> Router<DB> {
         ))
     }
 
-    /// A healthy replica with the fewest outstanding requests (ties broken at random), or the
-    /// primary when no replica is usable. Never fails: with every node down, the query itself
+    /// A healthy replica past the schema floor ([`raise_floor`](Self::raise_floor)) with the
+    /// fewest outstanding requests (ties broken at random), or the primary when no replica is
+    /// usable. Never fails: with every node down, the query itself
     /// reports the error.
     pub fn read(&self) -> Routed<'_, DB> {
         self.inner.read(None)
@@ -503,7 +602,8 @@ impl<DB: Database> Inner<DB> {
         }
     }
 
-    /// The usable replica (not `exclude`, having replayed `token` if given) with the fewest
+    /// The usable replica (not `exclude`, past the schema floor, having replayed `token` if
+    /// given) with the fewest
     /// outstanding requests, ties broken at random. No allocation.
     pub(crate) fn pick_replica(
         &self,
@@ -511,11 +611,16 @@ impl<DB: Database> Inner<DB> {
         token: Option<&Token>,
     ) -> Option<usize> {
         let writer = self.writer.load(Ordering::Acquire);
+        let floor = self.floor.load(Ordering::Acquire);
         let mut best = None;
         let mut best_load = u32::MAX;
         let mut ties = 0u32;
         for (i, n) in self.nodes.iter().enumerate() {
-            if i == writer || Some(i) == exclude || !n.is_usable_replica() {
+            if i == writer
+                || Some(i) == exclude
+                || !n.is_usable_replica()
+                || n.position.load(Ordering::Acquire) < floor
+            {
                 continue;
             }
             if let Some(t) = token
@@ -649,14 +754,53 @@ impl<DB: Database> Inner<DB> {
         }
     }
 
-    /// A query on `index` failed: connection-level errors count towards its ejection.
+    /// Like [`unless_ejected`](Self::unless_ejected), and also abandoned when writes move
+    /// to another node: for requests on the writer (acquiring a connection, beginning).
+    pub(crate) async fn unless_writer_lost<F: Future>(
+        &self,
+        index: usize,
+        fut: F,
+    ) -> Option<F::Output> {
+        let moved = self.writer_moved.notified();
+        tokio::pin!(moved);
+        moved.as_mut().enable();
+        if self.writer.load(Ordering::Acquire) != index {
+            return None;
+        }
+        tokio::select! {
+            out = self.unless_ejected(index, fut) => out,
+            () = moved => None,
+        }
+    }
+
+    /// Wakes every probe loop: probe now rather than at the next tick.
+    pub(crate) fn reprobe_all(&self) {
+        if self.probed.load(Ordering::Acquire) {
+            self.reprobe.notify_waiters();
+        }
+    }
+
+    /// A query on `index` failed: connection-level errors count towards its ejection and, on
+    /// the writer, make every node be probed at once; a read-only answer (`25006`) makes every
+    /// node be probed at once (the node is no longer the primary: the probe finds out).
     pub(crate) fn query_failed(&self, index: usize, e: &sqlx::Error) {
+        if is_read_only_error(e) {
+            tracing::warn!(
+                node = self.nodes.get(index).map_or("", |n| n.label.as_str()),
+                "a write was refused as read-only: probing every database node for the new primary"
+            );
+            self.reprobe_all();
+            return;
+        }
         if !is_connection_error(e) {
             return;
         }
         let Some(n) = self.nodes.get(index) else {
             return;
         };
+        if index == self.writer.load(Ordering::Acquire) {
+            self.reprobe_all();
+        }
         if !self.probed.load(Ordering::Acquire) {
             // Without probes nothing would readmit the node: count the error, keep it.
             n.errors.fetch_add(1, Ordering::Relaxed);
@@ -691,6 +835,13 @@ impl<DB: Database> Inner<DB> {
 pub(crate) fn replayed<DB: Database>(n: &NodeState<DB>, t: &Token) -> bool {
     n.timeline.load(Ordering::Acquire) == t.timeline()
         && n.position.load(Ordering::Acquire) >= t.lsn()
+}
+
+/// Whether `e` is PostgreSQL's `25006` (read_only_sql_transaction): a write reached a node
+/// that does not take writes (a standby, or a primary set read-only). The router treats it on a
+/// write like a connection error: it probes every node at once to find the primary.
+pub fn is_read_only_error(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "25006"))
 }
 
 /// Whether `e` says the connection or the server is gone (so another node may well answer),
@@ -828,6 +979,23 @@ mod tests {
             .unwrap();
         assert_eq!(v.0, "x");
         assert_eq!(router.writer_label(), Some("primary"));
+    }
+
+    #[tokio::test]
+    async fn a_connection_error_on_the_writer_asks_every_probe_loop_for_a_probe_now() {
+        let router = Router::from_pools(lazy(), [lazy()]);
+        router.inner.probed.store(true, Ordering::Release);
+        let woken = router.inner.reprobe.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let e = sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert!(!is_read_only_error(&e));
+        // A connection error on the writer asks every probe loop for a probe now.
+        router.inner.query_failed(0, &e);
+        tokio::time::timeout(Duration::from_millis(100), woken)
+            .await
+            .unwrap();
+        assert_eq!(router.nodes()[0].errors, 1);
     }
 
     #[test]
