@@ -63,8 +63,9 @@ pub struct LinkConfig {
     /// call. Default 50 ms.
     pub budget: Duration,
     /// Transport failures or calls past the budget in a row before the connection is dropped
-    /// and replaced; a single slow answer keeps it. A closed connection is replaced at once.
-    /// Default 3.
+    /// and replaced; a single slow answer keeps it, and so does any number of calls past the
+    /// budget while Redis answers other calls on the connection (a loaded Redis or instance,
+    /// not a dead connection). A closed connection is replaced at once. Default 3.
     pub failure_threshold: u32,
     /// The least time between dropping a connection for failures (threshold or a
     /// [`Replace`](crate::Failure::Replace) error) and the next connection attempt, so a

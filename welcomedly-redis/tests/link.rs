@@ -63,6 +63,56 @@ async fn a_slow_answer_below_the_threshold_keeps_the_connection() {
     assert_eq!(link_clients(&redis), 1);
 }
 
+/// Redis busy but answering: a queue of calls each taking ~10 ms of Redis time, so the later
+/// ones run past a 25 ms budget while an earlier one is answered. Those calls fail on their
+/// budget, but the connection is not counted as failing (it answers) and is kept: dropping it
+/// under load would fail every call during the reconnect (seen as 503s in the whole-stack
+/// bench before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_the_budget_while_others_are_answered_keep_the_connection() {
+    let redis = RedisServer::start().unwrap();
+    let link = Link::connect(config(&redis)).await.unwrap();
+    // Busy for 10 ms inside Redis (a script may call TIME).
+    let busy = redis::Script::new(
+        "local s = redis.call('TIME') local t0 = s[1] * 1000000 + s[2] \
+         repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - t0 >= 10000 return 1",
+    );
+    link.preload(&busy).await.unwrap();
+    let call = |budget: Duration| {
+        let (link, busy) = (link.clone(), busy.clone());
+        tokio::spawn(async move {
+            link.call_within(budget, Retry::Never, |mut conn| {
+                let busy = busy.clone();
+                async move { busy.invoke_async::<_, i64>(&mut conn).await }
+            })
+            .await
+        })
+    };
+    // The first call waits as long as it takes and is read by Redis alone: its answer comes
+    // while the others wait (Redis answers a batch of pipelined calls only after running all
+    // of them, so they are sent a moment later, as requests arrive in production).
+    let mut calls = vec![call(Duration::from_secs(2))];
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    calls.extend((0..19).map(|_| call(Duration::from_millis(25))));
+    for call in calls {
+        let _ = call.await.unwrap();
+    }
+    let s = link.stats();
+    assert!(
+        s.budget_overruns >= 3,
+        "not enough calls ran past the budget: {s:?}"
+    );
+    assert_eq!(
+        s.transport_failures, 0,
+        "slow calls counted as failures: {s:?}"
+    );
+    assert!(link.is_connected(), "{s:?}");
+    // Once Redis has worked through the queue (20 x 10 ms), the same connection serves.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ping(&link, Retry::Never).await.unwrap(), "PONG");
+    assert_eq!(link.stats().connections, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_reconnect_per_outage_under_64_concurrent_callers() {
     let redis = Arc::new(RedisServer::start().unwrap());

@@ -100,7 +100,9 @@ pub struct LinkStats {
 ///
 /// - **Budget**: every call ends within its budget (the link's, or the one passed to
 ///   [`Link::call_within`]), a retry included.
-/// - **Threshold**: a transport failure or a call past the budget counts; the connection is
+/// - **Threshold**: a transport failure or a call past the budget during which Redis answered
+///   nothing on the connection counts (a call that was only slow while others were answered
+///   does not: under load that would drop a working connection); the connection is
 ///   dropped after [`failure_threshold`](LinkConfig::failure_threshold) in a row, at once on a
 ///   [`Failure::Replace`] error. Server errors keep it. Only the connection that failed is
 ///   dropped (generation check): a late failure on an old connection never drops its
@@ -128,6 +130,40 @@ pub struct Link {
 struct Hot {
     conn: MultiplexedConnection,
     generation: u64,
+    /// When the connection was made: the origin of `last_reply`.
+    born: Instant,
+    /// When Redis last answered a call on this connection (nanoseconds after `born`, kept to
+    /// the millisecond). A call past its budget while other calls are being answered is a
+    /// busy Redis or a busy instance, not a dead connection: it is not counted towards the
+    /// threshold, so a burst of load never drops a connection that works.
+    last_reply: AtomicU64,
+}
+
+impl Hot {
+    fn new(conn: MultiplexedConnection, generation: u64) -> Self {
+        Self {
+            conn,
+            generation,
+            born: Instant::now(),
+            last_reply: AtomicU64::new(0),
+        }
+    }
+
+    /// Redis answered a call on this connection (a value or an error of its own).
+    fn replied(&self) {
+        let now = u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // One store per millisecond at most: callers on every core share this line.
+        if now.saturating_sub(self.last_reply.load(Ordering::Relaxed)) >= 1_000_000 {
+            self.last_reply.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether Redis answered any call on this connection after `since`.
+    fn replied_since(&self, since: Instant) -> bool {
+        let since = u64::try_from(since.saturating_duration_since(self.born).as_nanos())
+            .unwrap_or(u64::MAX);
+        self.last_reply.load(Ordering::Relaxed) > since
+    }
 }
 
 #[derive(Default)]
@@ -448,7 +484,8 @@ impl Link {
         Fut: Future<Output = RedisResult<T>>,
     {
         let inner = &self.inner;
-        let deadline = Instant::now() + budget;
+        let started = Instant::now();
+        let deadline = started + budget;
         inner.counters.in_flight.fetch_add(1, Ordering::Relaxed);
         let _in_flight = InFlight(&inner.counters.in_flight);
         let mut hot = match inner.hot_or_wait(deadline, None).await {
@@ -462,8 +499,18 @@ impl Link {
         loop {
             match tokio::time::timeout_at(deadline, f(hot.conn.clone())).await {
                 Ok(Ok(v)) => {
+                    hot.replied();
                     inner.succeeded();
                     return Ok(v);
+                }
+                Err(_) if hot.replied_since(started) => {
+                    // Other calls were answered meanwhile: the connection works, this call
+                    // was only slow (a loaded Redis or instance). Not a failure of the
+                    // connection: counting it would drop a working connection under load
+                    // and fail every request during the reconnect.
+                    inner.counters.budget.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("a Redis call ran past its budget while others were answered");
+                    return Err(Error::budget(budget));
                 }
                 Err(_) => {
                     inner.counters.budget.fetch_add(1, Ordering::Relaxed);
@@ -477,6 +524,9 @@ impl Link {
                 }
                 Ok(Err(e)) => {
                     let failure = classify(&e);
+                    if failure == Failure::Server {
+                        hot.replied();
+                    }
                     let closed = e.is_connection_dropped() || e.is_unrecoverable_error();
                     let text = redact_url(&e.to_string()).into_owned();
                     inner.failed(&hot, failure, closed, &text);

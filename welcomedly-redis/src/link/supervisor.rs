@@ -196,7 +196,7 @@ impl Inner {
                     )
                 })?;
         }
-        Ok(Hot { conn, generation })
+        Ok(Hot::new(conn, generation))
     }
 }
 
