@@ -65,7 +65,10 @@ pub struct LinkConfig {
     /// Transport failures or calls past the budget in a row before the connection is dropped
     /// and replaced; a single slow answer keeps it, and so does any number of calls past the
     /// budget while Redis answers other calls on the connection (a loaded Redis or instance,
-    /// not a dead connection). A closed connection is replaced at once. Default 3.
+    /// not a dead connection); the failures in a row must also span at least one
+    /// [`budget`](Self::budget), so calls that all time out at one instant (this process was
+    /// not scheduled for a moment) count as one event. A closed connection is replaced at
+    /// once. Default 3.
     pub failure_threshold: u32,
     /// The least time between dropping a connection for failures (threshold or a
     /// [`Replace`](crate::Failure::Replace) error) and the next connection attempt, so a

@@ -257,6 +257,33 @@ async fn calls_to_a_frozen_redis_fail_within_the_budget() {
     assert_eq!(ping(&link, Retry::Never).await.unwrap(), "PONG");
 }
 
+/// Many calls that all run out of budget at one instant (the process was not scheduled, or
+/// Redis stalled for a moment) are one event, not a dead connection: the failures must span
+/// at least one budget before the threshold drops it. After a short freeze the same
+/// connection serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_timing_out_at_one_instant_keeps_the_connection() {
+    let redis = RedisServer::start().unwrap();
+    let link = Link::connect(config(&redis)).await.unwrap();
+    redis.pause().unwrap();
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let link = link.clone();
+            tokio::spawn(async move { ping(&link, Retry::Never).await })
+        })
+        .collect();
+    for call in calls {
+        let e = call.await.unwrap().unwrap_err();
+        assert!(e.is_budget(), "{e:?}");
+    }
+    redis.resume().unwrap();
+    assert!(link.is_connected(), "{:?}", link.stats());
+    assert_eq!(ping(&link, Retry::Never).await.unwrap(), "PONG");
+    let s = link.stats();
+    assert_eq!(s.connections, 1, "{s:?}");
+    assert_eq!(s.budget_overruns, 10, "{s:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_keep_the_connection_and_scripts_survive_a_restart() {
     let redis = RedisServer::start().unwrap();

@@ -103,7 +103,8 @@ pub struct LinkStats {
 /// - **Threshold**: a transport failure or a call past the budget during which Redis answered
 ///   nothing on the connection counts (a call that was only slow while others were answered
 ///   does not: under load that would drop a working connection); the connection is
-///   dropped after [`failure_threshold`](LinkConfig::failure_threshold) in a row, at once on a
+///   dropped after [`failure_threshold`](LinkConfig::failure_threshold) in a row spanning at
+///   least one budget (a burst timing out at one instant is one event), at once on a
 ///   [`Failure::Replace`] error. Server errors keep it. Only the connection that failed is
 ///   dropped (generation check): a late failure on an old connection never drops its
 ///   replacement.
@@ -186,6 +187,12 @@ pub(crate) struct Inner {
     state: AtomicU8,
     /// Transport failures in a row on the current connection.
     consecutive: AtomicU32,
+    /// When the current run of failures began (nanoseconds after `epoch`; `u64::MAX`: none).
+    /// A run counts only once it spans the budget: a burst of calls that all time out at one
+    /// instant (this process was not scheduled for a moment) is not a dead connection.
+    failing_since: AtomicU64,
+    /// The origin of `failing_since`.
+    epoch: Instant,
     /// Generations handed out (connections made, counting the ones being set up).
     generations: AtomicU64,
     connections: AtomicU64,
@@ -299,6 +306,8 @@ impl Link {
             hot: ArcSwapOption::empty(),
             state: AtomicU8::new(CONNECTING),
             consecutive: AtomicU32::new(0),
+            failing_since: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
             generations: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             counters: Counters::default(),

@@ -51,6 +51,7 @@ impl Inner {
     pub(super) fn succeeded(&self) {
         if self.consecutive.load(Ordering::Relaxed) != 0 {
             self.consecutive.store(0, Ordering::Relaxed);
+            self.failing_since.store(u64::MAX, Ordering::Relaxed);
         }
     }
 
@@ -74,7 +75,15 @@ impl Inner {
             Failure::Transport if closed => true,
             Failure::Transport => {
                 let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                n >= self.config.failure_threshold.max(1)
+                let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let since = self
+                    .failing_since
+                    .fetch_min(now, Ordering::Relaxed)
+                    .min(now);
+                let budget = u64::try_from(self.config.budget.as_nanos()).unwrap_or(u64::MAX);
+                // The threshold, over at least one budget: failures that all land at one
+                // instant are this process stalling, not the connection dying.
+                n >= self.config.failure_threshold.max(1) && now - since >= budget
             }
         };
         if drop_it {
@@ -122,6 +131,7 @@ impl Inner {
         let result = match result {
             Ok(Ok(hot)) => {
                 this.consecutive.store(0, Ordering::Relaxed);
+                this.failing_since.store(u64::MAX, Ordering::Relaxed);
                 this.connections.fetch_add(1, Ordering::Relaxed);
                 this.hot.store(Some(Arc::new(hot)));
                 this.state.store(CONNECTED, Ordering::Release);
