@@ -256,9 +256,9 @@ impl<C: Clock> LocalBackend<C> {
             let fp = store.fingerprint(check.key);
             let g = gcra(check);
             let outcome = if check.charge {
-                store.check_and_charge(fp, &g, now)
+                store.check_and_charge(fp, &g, || self.clock.now_nanos())
             } else {
-                store.peek(fp, &g, now)
+                store.peek(fp, &g, || self.clock.now_nanos())
             };
             one.push(Decision::from_outcome(&outcome, source));
             return one;
@@ -276,9 +276,9 @@ impl<C: Clock> LocalBackend<C> {
                     let fp = store.fingerprint(check.key);
                     let g = gcra(check);
                     let outcome = if check.charge {
-                        store.check_and_charge(fp, &g, now)
+                        store.check_and_charge(fp, &g, || self.clock.now_nanos())
                     } else {
-                        store.peek(fp, &g, now)
+                        store.peek(fp, &g, || self.clock.now_nanos())
                     };
                     reserved.push((check.charge && outcome.allowed).then_some(fp));
                     decisions.push(Decision::from_outcome(&outcome, source));

@@ -83,14 +83,30 @@ impl KeyedStore {
     }
 
     /// Decides without charging.
-    pub(crate) fn peek(&self, fp: Fingerprint, gcra: &Gcra, now: u64) -> GcraOutcome {
+    pub(crate) fn peek(
+        &self,
+        fp: Fingerprint,
+        gcra: &Gcra,
+        now: impl FnOnce() -> u64,
+    ) -> GcraOutcome {
         let map = self.shard(fp);
-        gcra.decide(map.get(&fp).copied(), now)
+        gcra.decide(map.get(&fp).copied(), now())
     }
 
     /// Decides and, when admitted, charges — under one lock and, for a known key, one lookup.
-    pub(crate) fn check_and_charge(&self, fp: Fingerprint, gcra: &Gcra, now: u64) -> GcraOutcome {
+    ///
+    /// `now` is read under the key's lock: two requests for one key are decided in the order
+    /// of their clock readings, so one that read the clock first but took the lock second is
+    /// never refused for a "future" the other one's reading made (at a full burst, any
+    /// inversion refused it: a spurious 429 for two concurrent requests).
+    pub(crate) fn check_and_charge(
+        &self,
+        fp: Fingerprint,
+        gcra: &Gcra,
+        now: impl FnOnce() -> u64,
+    ) -> GcraOutcome {
         let mut map = self.shard(fp);
+        let now = now();
         if let Some(tat) = map.get_mut(&fp) {
             let outcome = gcra.decide(Some(*tat), now);
             if outcome.allowed {
@@ -188,7 +204,11 @@ mod tests {
         for i in 0..1_000_000u32 {
             let key = Key::Ip(IpAddr::V4(Ipv4Addr::from(i)));
             let fp = store.fingerprint(&key);
-            assert!(store.check_and_charge(fp, &g, u64::from(i) * 1000).allowed);
+            assert!(
+                store
+                    .check_and_charge(fp, &g, || u64::from(i) * 1000)
+                    .allowed
+            );
         }
         assert!(
             store.len() <= 10_000 + store.shards.len(),
@@ -203,21 +223,21 @@ mod tests {
         let store = KeyedStore::new(100);
         let g = Quota::per_second(1).gcra().unwrap();
         let limited = store.fingerprint(&Key::Global);
-        assert!(store.check_and_charge(limited, &g, 0).allowed);
+        assert!(store.check_and_charge(limited, &g, || 0).allowed);
         // 99 others that expire after one second.
         for i in 0..99u32 {
             let fp = store.fingerprint(&Key::Ip(IpAddr::V4(Ipv4Addr::from(i))));
-            store.check_and_charge(fp, &g, 0);
+            store.check_and_charge(fp, &g, || 0);
         }
         // Two seconds later the limited key is charged again (live), and new keys push out only
         // the expired ones.
-        assert!(store.check_and_charge(limited, &g, 2 * SEC).allowed);
+        assert!(store.check_and_charge(limited, &g, || 2 * SEC).allowed);
         for i in 1000..1050u32 {
             let fp = store.fingerprint(&Key::Ip(IpAddr::V4(Ipv4Addr::from(i))));
-            store.check_and_charge(fp, &g, 2 * SEC);
+            store.check_and_charge(fp, &g, || 2 * SEC);
         }
         assert_eq!(store.evicted(), 0);
-        assert!(!store.peek(limited, &g, 2 * SEC).allowed);
+        assert!(!store.peek(limited, &g, || 2 * SEC).allowed);
     }
 
     #[test]
@@ -226,11 +246,11 @@ mod tests {
         let g = Quota::per_minute(1).gcra().unwrap();
         let fp = store.fingerprint(&Key::Global);
         for _ in 0..10 {
-            assert!(store.peek(fp, &g, 0).allowed);
+            assert!(store.peek(fp, &g, || 0).allowed);
         }
-        assert!(store.check_and_charge(fp, &g, 0).allowed);
-        assert!(!store.peek(fp, &g, 0).allowed);
+        assert!(store.check_and_charge(fp, &g, || 0).allowed);
+        assert!(!store.peek(fp, &g, || 0).allowed);
         store.refund(fp, &g, 0);
-        assert!(store.peek(fp, &g, 0).allowed);
+        assert!(store.peek(fp, &g, || 0).allowed);
     }
 }

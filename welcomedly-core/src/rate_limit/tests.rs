@@ -613,3 +613,35 @@ fn the_local_backend_refunds_only_its_own_charges() {
     RateLimitBackend::refund(&backend, &spec, &key, DecisionSource::Store);
     assert!(decide());
 }
+
+/// Two concurrent requests for one key that fit the burst exactly are both admitted, however
+/// their threads interleave: the clock is read under the key's lock (before, a request that
+/// read the clock first but took the lock second was refused — a spurious 429 seen for a
+/// double click on a login during a Redis outage).
+#[test]
+fn concurrent_requests_within_the_burst_are_never_refused() {
+    let (l, _clock) = layer(vec![Policy::new("pair", Quota::per_hour(2))]);
+    let spec = l.policies()[0].clone();
+    let backend = LocalBackend::new();
+    backend.prepare_policies(std::slice::from_ref(&spec));
+    let refused = std::sync::atomic::AtomicU32::new(0);
+    for i in 0..3000u32 {
+        let key = Key::Ip(std::net::Ipv4Addr::from(0x0a00_0000 | i).into());
+        let both = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    both.wait();
+                    if !backend.decide(&[Check::new(&spec, &key)], 1)[0].allowed {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+    }
+    assert_eq!(
+        refused.into_inner(),
+        0,
+        "requests within the burst were refused"
+    );
+}
