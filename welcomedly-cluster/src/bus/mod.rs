@@ -681,11 +681,19 @@ impl Bus {
         }
     }
 
-    /// Whether the link's pub/sub connection is subscribed (ephemeral events arrive).
+    /// Whether ephemeral events published from now on arrive: the link's pub/sub connection is
+    /// up and Redis has acknowledged the channel of every ephemeral topic with local
+    /// subscribers (a reconnected connection is up a moment before its `SUBSCRIBE` is answered;
+    /// an event published in between is missed).
     pub fn is_subscribed(&self) -> bool {
-        self.inner
-            .link()
-            .is_none_or(|l| l.subscriber().is_connected())
+        let Some(link) = self.inner.link() else {
+            return true;
+        };
+        let subscriber = link.subscriber();
+        subscriber.is_connected()
+            && lock(&self.inner.ephemeral)
+                .keys()
+                .all(|topic| subscriber.is_subscribed(&self.inner.names.channel(topic)))
     }
 
     /// Whether the link (publishing, catching up) is connected.

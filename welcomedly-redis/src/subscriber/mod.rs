@@ -319,6 +319,17 @@ impl Subscriber {
         *self.shared.connected.borrow()
     }
 
+    /// Whether Redis has acknowledged `SUBSCRIBE` of `channel` on the current connection: a
+    /// message published from now on reaches its subscriptions (after their
+    /// [`Delivery::Subscribed`]). `false` for a channel nobody subscribes.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.shared
+            .lock()
+            .channels
+            .get(channel)
+            .is_some_and(|ch| ch.confirmed && !ch.subs.is_empty())
+    }
+
     /// Follows [`is_connected`](Self::is_connected): turns `false` the moment the connection is
     /// lost (Redis closed it, or pings went unanswered), long before the subscriptions' next
     /// [`Delivery::Subscribed`] after the outage. For a component that tells its users at once
