@@ -38,12 +38,14 @@ mod config;
 mod error;
 mod link;
 mod metrics;
+pub mod slot;
 pub mod subscriber;
 
 pub use self::classify::{Failure, classify};
 pub use self::config::{LinkConfig, RedisUrl};
 pub use self::error::Error;
 pub use self::link::{Link, LinkState, LinkStats, Retry};
+pub use self::slot::{debug_assert_same_slot, key_slot};
 pub use self::subscriber::{Delivery, Subscriber, SubscriberStats, Subscription};
 /// The deadpool-redis crate behind [`Link::dedicated`].
 pub use deadpool_redis;
