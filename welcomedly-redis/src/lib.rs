@@ -32,6 +32,10 @@
 //!   of every component, with one resubscribe loop (see the [`subscriber`] module);
 //! - [`Link::dedicated`]: a pooled connection of its own for what would stall or corrupt the
 //!   shared one (`XREAD BLOCK`, `BLPOP`, `WATCH`/`MULTI`/`EXEC`).
+//!
+//! Every component names the keys of one command or script with one hash tag, so each call
+//! touches one Redis Cluster slot; [`slot::debug_assert_same_slot`] checks it before each
+//! multi-key call in debug builds (see the [`slot`] module).
 
 mod classify;
 mod config;
