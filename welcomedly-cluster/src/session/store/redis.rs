@@ -21,7 +21,7 @@
 //!   new one works. Stopped between the steps, the user is logged out (the request failed; a
 //!   retry logs in) and the index holds an entry for a session that does not exist: harmless,
 //!   it is cleaned when it expires or at the next login. Sessions the per-user bound evicts
-//!   are deleted last (their entries are gone already).
+//!   are deleted last, then unindexed (a session is never live without its index entry).
 //! - **logout**: the session's `DEL` and its index entry's `ZREM`, at once.
 //! - **log out everywhere**: the index is read, every session it lists is deleted (one `DEL`
 //!   per session, each its own slot, 16 in flight), and only then are *those* entries removed
@@ -102,7 +102,8 @@ return 1
 ";
 
 /// ARGV: now, the new session's deadline, its digest, the cap, the replaced digest or ''.
-/// Returns the digests the cap evicted (their sessions are then deleted).
+/// Returns the digests past the cap, oldest first, still indexed: the caller ends their
+/// sessions, then removes them from the index (so a session is never live and unindexed).
 const INDEX: &str = r"
 if ARGV[5] ~= '' then redis.call('ZREM', KEYS[1], ARGV[5]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -116,7 +117,6 @@ local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
 local evicted = {}
 if extra > 0 then
   evicted = redis.call('ZRANGE', KEYS[1], 0, extra - 1)
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1)
 end
 redis.call('PEXPIREAT', KEYS[1], score)
 return evicted
@@ -413,7 +413,7 @@ impl RedisSessionStore {
     ///    when that user differs, and the new session's index entry is written (an entry for a
     ///    session that does not exist yet is harmless: "log out everywhere" deletes nothing);
     /// 2. the new session is written: only now is it usable;
-    /// 3. the sessions the per-user bound evicted are ended.
+    /// 3. the sessions the per-user bound evicted are ended, then unindexed.
     pub(crate) async fn create(&self, c: Create<'_>) -> Result<(), SessionError> {
         let now = system_now_ms();
         let digest = c.id.digest();
@@ -486,10 +486,22 @@ impl RedisSessionStore {
         self.query::<()>("creating a session", Retry::Once, &create)
             .await?;
 
-        // Step 3. The cap's evictions (rare: a user past the bound); their index entries are
-        // gone already.
+        // Step 3. The cap's evictions (rare: a user past the bound): the sessions first, then
+        // their index entries, so an evicted session stopped halfway is still found by "log
+        // out everywhere".
+        let Some(user) = c.record.user.as_deref().filter(|_| !evicted.is_empty()) else {
+            return Ok(());
+        };
         self.delete_sessions("ending sessions past the per-user bound", &evicted)
-            .await
+            .await?;
+        self.query::<()>(
+            "unindexing sessions past the per-user bound",
+            Retry::Once,
+            redis::cmd("ZREM")
+                .arg(self.user_index_key(user))
+                .arg(&evicted),
+        )
+        .await
     }
 
     /// Deletes the sessions of `digests`, one `DEL` per key (each is a slot of its own on a
