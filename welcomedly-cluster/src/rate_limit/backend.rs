@@ -145,9 +145,10 @@ impl RedisRateLimitConfig {
 /// The cluster-wide rate-limit backend: one atomic Lua script call (`EVALSHA`, reloaded on
 /// `NOSCRIPT`) per request — per Redis Cluster slot when the request's checks are keyed
 /// differently, see the [module docs](super) — decides every matching policy with GCRA on
-/// Redis server time, so N instances share one limit. When Redis fails or answers slower than the budget, each policy
-/// falls back to its [`FailureMode`] — by default a local limiter at `limit / live instances` —
-/// and the backend returns to Redis by itself once Redis answers again.
+/// Redis server time, so N instances share one limit. When Redis fails or answers slower than
+/// the budget, each policy falls back to its [`FailureMode`] — by default a local limiter at
+/// `limit / live instances` — and the backend returns to Redis by itself once Redis answers
+/// again.
 ///
 /// - **Connection**: the instance's [`Link`] (shared with sessions, the bus, membership): its
 ///   failure threshold, minimum outage, backoff and generation check decide when the
@@ -340,7 +341,7 @@ impl Inner {
 
     /// The acquire command (`EVALSHA sha numkeys keys... args...`) for the checks at
     /// `members` (every check when `None`), written once, and the Redis Cluster slot of each
-    /// check's key (all of them, whichever are written).
+    /// key it names, in order.
     fn acquire_cmd(
         &self,
         owned: &[OwnedCheck],
@@ -353,7 +354,7 @@ impl Inner {
         let mut slots = SmallVec::new();
         let mut name = Vec::with_capacity(96);
         for (i, c) in owned.iter().enumerate() {
-            if members.is_some() && !picked(i) {
+            if !picked(i) {
                 continue;
             }
             self.names.write_name(&mut name, &c.policy, &c.key);
