@@ -102,6 +102,8 @@ mod ports;
 mod postgres;
 mod process;
 mod redis;
+mod redis_cluster;
+mod redis_process;
 mod resp;
 mod run_as;
 
@@ -110,4 +112,7 @@ pub use nginx::{Nginx, NginxConfig};
 pub use ports::free_port;
 pub use postgres::{Node, PgCluster, parse_lsn};
 pub use redis::RedisServer;
+pub use redis_cluster::{
+    ClusterNode, Failover, RedisCluster, RedisClusterConfig, Role, SLOTS, SlotMigration,
+};
 pub use resp::Reply;
