@@ -104,6 +104,7 @@ mod process;
 mod redis;
 mod redis_cluster;
 mod redis_process;
+mod redis_sentinel;
 mod resp;
 mod run_as;
 
@@ -115,4 +116,5 @@ pub use redis::RedisServer;
 pub use redis_cluster::{
     ClusterNode, Failover, RedisCluster, RedisClusterConfig, Role, SLOTS, SlotMigration,
 };
+pub use redis_sentinel::{RedisSentinel, RedisSentinelConfig};
 pub use resp::Reply;
