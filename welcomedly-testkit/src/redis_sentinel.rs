@@ -17,7 +17,7 @@
 //! println!("sentinels promoted 127.0.0.1:{} in {:?}", failover.to, failover.took);
 //! assert_eq!(sentinel.command_on(failover.to, &["GET", "greeting"])?, "hello");
 //!
-//! sentinel.restart_old_primary()?; // back empty, made a replica by the sentinels
+//! sentinel.restart_old_primary()?; // back empty, made a replica by the sentinels (≈ 20 s)
 //! sentinel.failover()?; // SENTINEL FAILOVER: the roles swap back
 //! # Ok(())
 //! # }
@@ -39,6 +39,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -55,8 +56,8 @@ use crate::{Error, ports};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a failover may take; the sentinels' own retry needs twice the failover timeout.
 const FAILOVER_WAIT: Duration = Duration::from_secs(30);
-/// How long a restarted old primary may take to be made a replica: the sentinels wait about 8 s
-/// of it being up before they reconfigure it, and look at replicas every 10 s.
+/// How long a restarted old primary may take to be made a replica: the sentinels wait 8 s of it
+/// being up before they reconfigure it, and look at replicas every 10 s.
 const REJOIN_WAIT: Duration = Duration::from_secs(40);
 /// How often waits look again.
 const POLL: Duration = Duration::from_millis(20);
@@ -87,8 +88,9 @@ pub struct RedisSentinelConfig {
     /// `down-after-milliseconds`: how long the primary must not answer before a sentinel
     /// considers it down. Default 1000 ms (Redis' default is 30 s).
     pub down_after: Duration,
-    /// `failover-timeout`: how long a failover may take before the sentinels try again (they
-    /// retry after twice this). Default 3000 ms (Redis' default is 3 minutes).
+    /// `failover-timeout`: how long a failover may take before the sentinels try again; after
+    /// a failover, no sentinel starts another for twice this. Default 2000 ms (Redis' default is
+    /// 3 minutes).
     pub failover_timeout: Duration,
 }
 
@@ -97,7 +99,7 @@ impl Default for RedisSentinelConfig {
         Self {
             master_name: "mymaster".to_owned(),
             down_after: Duration::from_millis(1000),
-            failover_timeout: Duration::from_millis(3000),
+            failover_timeout: Duration::from_millis(2000),
         }
     }
 }
@@ -399,6 +401,23 @@ impl RedisSentinel {
         resp::request_within(node, args, timeout)
     }
 
+    /// The log file of any process of the deployment (a sentinel's shows `+sdown`, `+odown`,
+    /// `+switch-master`, …).
+    ///
+    /// # Errors
+    ///
+    /// `node` is not one of the deployment's ports.
+    pub fn log_path(&self, node: u16) -> Result<PathBuf, Error> {
+        let members = self.lock();
+        members
+            .data
+            .iter()
+            .chain(members.sentinels.iter())
+            .find(|process| process.port() == node)
+            .map(|process| process.log().to_path_buf())
+            .ok_or_else(|| self.not_a_node(node))
+    }
+
     /// SIGKILLs the primary and returns once every running sentinel reports the replica as the
     /// new primary and it answers `ROLE` as master. With the default 1 s down-after this takes
     /// 2–5 s.
@@ -417,7 +436,7 @@ impl RedisSentinel {
             }
             members.old_primary = Some(primary);
         }
-        self.wait_promoted(replica, None)?;
+        self.wait_promoted(replica)?;
         Ok(Failover {
             from: primary,
             to: replica,
@@ -425,10 +444,13 @@ impl RedisSentinel {
         })
     }
 
-    /// `SENTINEL FAILOVER` on a running sentinel: the replica is promoted and the old primary
-    /// made its replica. Returns once every running sentinel reports the new primary, it
-    /// answers `ROLE` as master, the old primary replicates it with its link up, and the
-    /// sentinels list the old primary as a healthy replica (so the next failover can use it).
+    /// `SENTINEL FAILOVER` on a running sentinel: the replica is promoted without waiting for
+    /// the primary to fail. Returns once every running sentinel reports the new primary and it
+    /// answers `ROLE` as master (≈ 1 s).
+    ///
+    /// The old primary stays a master (with its data, taking writes a stale client sends it)
+    /// until the sentinels notice and make it a replica, about 10 s later, as in production;
+    /// [`wait_replica`](Self::wait_replica) waits for that.
     ///
     /// # Errors
     ///
@@ -446,7 +468,7 @@ impl RedisSentinel {
             sentinel,
             &["SENTINEL", "FAILOVER", &self.config.master_name],
         )?;
-        self.wait_promoted(replica, Some(primary))?;
+        self.wait_promoted(replica)?;
         Ok(Failover {
             from: primary,
             to: replica,
@@ -454,11 +476,14 @@ impl RedisSentinel {
         })
     }
 
-    /// Starts the primary [`kill_primary`](Self::kill_primary) killed again on its port. It
-    /// comes back as an empty master, as a crashed host would, and the sentinels turn it into a
-    /// replica of the new primary (they wait about 8 s of it being up before they do, so this
-    /// takes 10–20 s). Returns once it replicates the primary with its link up and every
-    /// sentinel lists it as a healthy replica.
+    /// Starts the primary [`kill_primary`](Self::kill_primary) killed last again on its port.
+    /// It comes back as an empty master, as a crashed host would (a client that still writes to
+    /// it loses those writes), until the sentinels turn it into a replica of the new primary:
+    /// they wait 8 s of it being up before they do (≈ 10 s). Returns once it replicates the
+    /// primary with its link up and every running sentinel has seen it as a replica (≈ 20 s in
+    /// all: sentinels look at replicas every 10 s, and until each has seen the change it would
+    /// undo a failover that promotes this node). To have it back as a replica sooner, use
+    /// [`restart`](Self::restart).
     ///
     /// # Errors
     ///
@@ -471,19 +496,24 @@ impl RedisSentinel {
                 "no primary was killed: call kill_primary() first",
             )
         })?;
-        self.restart(old)
+        self.restart_as(old, false)
     }
 
     /// Starts a killed process (data node or sentinel) again on its port (a running one is
-    /// killed first). A sentinel returns once it answers; a data node once it replicates the
-    /// current primary with its link up and every running sentinel lists it as a healthy
-    /// replica (see [`restart_old_primary`](Self::restart_old_primary) for how long that takes).
+    /// killed first). A sentinel returns once it answers. A data node that is not the primary
+    /// the sentinels report is told `REPLICAOF` the primary at once, as an operator would, and
+    /// returns once its link is up and every running sentinel has seen it as a replica (up to
+    /// 10 s: sentinels look at replicas every 10 s).
     ///
     /// # Errors
     ///
     /// `node` is not one of the deployment's ports, it did not come up, or it did not rejoin
     /// within 40 s.
     pub fn restart(&self, node: u16) -> Result<(), Error> {
+        self.restart_as(node, true)
+    }
+
+    fn restart_as(&self, node: u16, as_replica: bool) -> Result<(), Error> {
         let is_data = {
             let mut members = self.lock();
             let Members {
@@ -506,14 +536,18 @@ impl RedisSentinel {
         if primary == node {
             return Ok(());
         }
+        if as_replica {
+            resp::request(node, &["REPLICAOF", "127.0.0.1", &primary.to_string()])?;
+        }
         self.wait_agreed(
             &format!("127.0.0.1:{node} to be made a replica of 127.0.0.1:{primary}"),
             REJOIN_WAIT,
             primary,
             Some(node),
         )?;
-        if self.lock().old_primary == Some(node) {
-            self.lock().old_primary = None;
+        let mut members = self.lock();
+        if members.old_primary == Some(node) {
+            members.old_primary = None;
         }
         Ok(())
     }
@@ -573,8 +607,8 @@ impl RedisSentinel {
     }
 
     /// Waits until every running sentinel reports `replica` as the primary and it answers
-    /// `ROLE` as master; with `old`, also until `old` replicates it and the sentinels agree.
-    fn wait_promoted(&self, replica: u16, old: Option<u16>) -> Result<(), Error> {
+    /// `ROLE` as master.
+    fn wait_promoted(&self, replica: u16) -> Result<(), Error> {
         let name = self.config.master_name.clone();
         wait_for(
             &format!("the sentinels to promote 127.0.0.1:{replica}"),
@@ -598,20 +632,39 @@ impl RedisSentinel {
                     Err(format!("127.0.0.1:{replica} is not master yet"))
                 }
             },
-        )?;
-        match old {
-            Some(old) => self.wait_agreed(
-                &format!("127.0.0.1:{old} to replicate 127.0.0.1:{replica}"),
-                FAILOVER_WAIT,
-                replica,
-                Some(old),
-            ),
-            None => Ok(()),
+        )
+    }
+
+    /// Waits until the data node at `node` replicates the primary the sentinels report, with
+    /// its link up, and every running sentinel has seen it as a replica: after a
+    /// [`failover`](Self::failover), the old primary (≈ 20 s: the sentinels' own 8 s delay,
+    /// then their next look at it).
+    ///
+    /// # Errors
+    ///
+    /// `node` is not a data node of the deployment ([`Error::is_invalid_request`]), it is the
+    /// primary, or it did not become a replica within 40 s.
+    pub fn wait_replica(&self, node: u16) -> Result<(), Error> {
+        if !self.data_ports().contains(&node) {
+            return Err(self.not_a_node(node));
         }
+        let primary = self.primary()?;
+        if primary == node {
+            return Err(Error::invalid_request(
+                format_args!("waiting for 127.0.0.1:{node} to be a replica"),
+                "it is the primary the sentinels report: fail over first",
+            ));
+        }
+        self.wait_agreed(
+            &format!("127.0.0.1:{node} to be made a replica of 127.0.0.1:{primary}"),
+            REJOIN_WAIT,
+            primary,
+            Some(node),
+        )
     }
 
     /// Waits until every running sentinel reports `primary` as master, knows every other
-    /// running sentinel, and (with `replica`) lists it as a healthy replica whose own link to
+    /// running sentinel, and (with `replica`) has seen it as a replica whose own link to
     /// `primary` is up.
     fn wait_agreed(
         &self,
@@ -652,17 +705,22 @@ impl RedisSentinel {
                 let listed = resp::request(sentinel, &["SENTINEL", "REPLICAS", &name])
                     .map_err(|error| error.to_string())?;
                 let healthy = match listed {
+                    // `role-reported`: a sentinel whose last look saw the node as a master
+                    // still means to reconfigure it, and would undo the next failover's
+                    // promotion of it (seen: `-failover-abort-slave-timeout`). Not its
+                    // `master-link-status`, which the replica's own INFO showed above.
                     Reply::Array(items) => items.iter().map(fields).any(|entry| {
+                        let field = |key: &str| entry.get(key).map(String::as_str);
                         entry.get("port") == Some(&replica.to_string())
-                            && entry.get("flags").map(String::as_str) == Some("slave")
-                            && entry.get("master-link-status").map(String::as_str) == Some("ok")
+                            && field("flags") == Some("slave")
+                            && field("role-reported") == Some("slave")
                     }),
                     _ => false,
                 };
                 if !healthy {
                     return Err(format!(
-                        "sentinel 127.0.0.1:{sentinel} does not list 127.0.0.1:{replica} as a \
-                         healthy replica yet"
+                        "sentinel 127.0.0.1:{sentinel} has not seen 127.0.0.1:{replica} as a \
+                         replica yet"
                     ));
                 }
             }
@@ -821,6 +879,7 @@ fn wait_for(
             Ok(()) => return Ok(()),
             Err(reason) => reason,
         };
+
         if Instant::now() >= deadline {
             return Err(Error::timeout(
                 format_args!("waited {timeout:?} for {what}; last: {last}"),
@@ -842,7 +901,7 @@ mod tests {
         let text = sentinel_conf(&config, 20001);
         assert!(text.contains("sentinel monitor mymaster 127.0.0.1 20001 2\n"));
         assert!(text.contains("sentinel down-after-milliseconds mymaster 700\n"));
-        assert!(text.contains("sentinel failover-timeout mymaster 3000\n"));
+        assert!(text.contains("sentinel failover-timeout mymaster 2000\n"));
     }
 
     #[test]
