@@ -246,7 +246,8 @@ fn slots_migrate_key_by_key_with_ask_and_tryagain_then_move_to_an_added_master()
 }
 
 #[test]
-fn without_full_coverage_a_dead_master_fails_only_its_own_slots_and_restarts_with_them() {
+fn without_replicas_or_full_coverage_a_dead_master_fails_only_its_own_slots_and_restarts_with_them()
+{
     let cluster = RedisClusterConfig::default()
         .replicas_per_master(0)
         .require_full_coverage(false)
@@ -260,6 +261,23 @@ fn without_full_coverage_a_dead_master_fails_only_its_own_slots_and_restarts_wit
 
     let dead = cluster.master_for_slot(0).unwrap();
     let alive = cluster.master_for_slot(16383).unwrap();
+
+    // No replica to promote: refused, and nothing is killed.
+    let error = cluster.kill_master(0).unwrap_err();
+    assert!(error.is_invalid_request(), "{error}");
+    assert_eq!(cluster.command_on(dead, &["PING"]).unwrap(), "PONG");
+    assert!(
+        cluster
+            .command_on(1, &["PING"])
+            .unwrap_err()
+            .is_invalid_request()
+    );
+    assert!(
+        cluster
+            .master_for_slot(16384)
+            .unwrap_err()
+            .is_invalid_request()
+    );
     let key = key_in(16000..=16383, "high");
     cluster
         .command_on(alive, &["SET", &key, "still here"])
@@ -302,30 +320,4 @@ fn without_full_coverage_a_dead_master_fails_only_its_own_slots_and_restarts_wit
     assert_eq!(cluster.master_for_slot(0).unwrap(), dead);
     assert_eq!(node(&cluster, dead).role, Role::Master);
     assert_eq!(cluster.command_on(dead, &["DBSIZE"]).unwrap(), "0");
-}
-
-#[test]
-fn a_cluster_without_replicas_refuses_to_kill_a_master_it_cannot_replace() {
-    let cluster = RedisClusterConfig::default()
-        .replicas_per_master(0)
-        .start()
-        .unwrap();
-    eprintln!("3 + 0 cluster ready in {:?}", cluster.started_in());
-    let owner = cluster.master_for_slot(0).unwrap();
-    let error = cluster.kill_master(0).unwrap_err();
-    assert!(error.is_invalid_request(), "{error}");
-    // Nothing was killed.
-    assert_eq!(cluster.command_on(owner, &["PING"]).unwrap(), "PONG");
-    assert!(
-        cluster
-            .command_on(1, &["PING"])
-            .unwrap_err()
-            .is_invalid_request()
-    );
-    assert!(
-        cluster
-            .master_for_slot(16384)
-            .unwrap_err()
-            .is_invalid_request()
-    );
 }
