@@ -8,6 +8,8 @@
     clippy::indexing_slicing
 )]
 
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 use welcomedly_testkit::{RedisCluster, RedisClusterConfig, Role};
@@ -320,4 +322,24 @@ fn without_replicas_or_full_coverage_a_dead_master_fails_only_its_own_slots_and_
     assert_eq!(cluster.master_for_slot(0).unwrap(), dead);
     assert_eq!(node(&cluster, dead).role, Role::Master);
     assert_eq!(cluster.command_on(dead, &["DBSIZE"]).unwrap(), "0");
+
+    // Dropped while a test panics: every node is killed and the temp dir removed.
+    let ports = cluster.ports();
+    let dir = cluster.log_path(dead).unwrap();
+    let dir = dir.parent().unwrap().parent().unwrap().to_path_buf();
+    assert!(dir.exists());
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _cluster = cluster;
+        panic!("a failing test");
+    }));
+    assert!(panicked.is_err());
+    for port in ports {
+        let refused = TcpStream::connect((Ipv4Addr::LOCALHOST, port));
+        assert_eq!(
+            refused.unwrap_err().kind(),
+            ErrorKind::ConnectionRefused,
+            "{port}"
+        );
+    }
+    assert!(!dir.exists(), "{}", dir.display());
 }

@@ -207,7 +207,7 @@ struct Member {
 /// moved to it, a node frozen.
 ///
 /// ```no_run
-/// use welcomedly_testkit::{RedisCluster, RedisClusterConfig};
+/// use welcomedly_testkit::{RedisCluster, RedisClusterConfig, Role};
 ///
 /// # fn main() -> Result<(), welcomedly_testkit::Error> {
 /// let cluster = RedisCluster::start()?; // 3 masters + 1 replica each, ≈ 2 s
@@ -225,8 +225,10 @@ struct Member {
 /// cluster.restart(failover.from)?; // back, as a replica of the new master
 /// cluster.failover(slot)?; // CLUSTER FAILOVER: the roles swap back
 ///
-/// // Half a migration, to see ASK / TRYAGAIN, then the rest:
-/// let migration = cluster.begin_migration(slot, cluster.master_for_slot(0)?)?;
+/// // Half a migration to another master, to see ASK / TRYAGAIN, then the rest:
+/// let owner = cluster.master_for_slot(slot)?;
+/// let other = cluster.nodes()?.into_iter().find(|n| n.role == Role::Master && n.port != owner);
+/// let migration = cluster.begin_migration(slot, other.map_or(owner, |n| n.port))?;
 /// cluster.migrate_keys(&migration, &["user:42"])?;
 /// cluster.finish_migration(migration)?;
 ///
