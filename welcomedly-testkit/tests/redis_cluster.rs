@@ -66,6 +66,9 @@ fn a_cluster_serves_keys_on_their_slot_owner_and_survives_failover_and_a_killed_
     let other = masters.iter().find(|m| m.port != owner).unwrap().port;
     let error = cluster.command_on(other, &["GET", key]).unwrap_err();
     assert_eq!(moved_to(&error), Some(owner), "{error}");
+    let owner_node = node(&cluster, owner);
+    assert!(error.reply().unwrap().ends_with(&owner_node.addr()));
+    assert_eq!(owner_node.url(), format!("redis://127.0.0.1:{owner}/"));
 
     // Graceful failover: the replica takes the slot with the data, the old master follows it.
     let failover = cluster.failover(slot).unwrap();

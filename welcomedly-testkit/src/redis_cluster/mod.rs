@@ -175,6 +175,12 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
+    /// `127.0.0.1:<port>`, as `CLUSTER NODES`, `MOVED` and `ASK` write it.
+    #[must_use]
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// `redis://127.0.0.1:<port>/`.
     #[must_use]
     pub fn url(&self) -> String {
