@@ -424,8 +424,10 @@ impl RedisSentinel {
     ///
     /// # Errors
     ///
-    /// The replica is not running ([`Error::is_invalid_request`]; nothing is killed), or the
-    /// failover did not complete within 30 s.
+    /// The replica is not running or does not replicate the primary (right after a
+    /// [`failover`](Self::failover): see [`wait_replica`](Self::wait_replica))
+    /// ([`Error::is_invalid_request`]; nothing is killed), or the failover did not complete
+    /// within 30 s.
     pub fn kill_primary(&self) -> Result<Failover, Error> {
         let (primary, replica) = self.primary_and_replica()?;
         let started = Instant::now();
@@ -454,8 +456,9 @@ impl RedisSentinel {
     ///
     /// # Errors
     ///
-    /// The replica is not running ([`Error::is_invalid_request`]), the sentinel refused (a
-    /// failover in progress), or the failover did not complete within 30 s.
+    /// The replica is not running or does not replicate the primary
+    /// ([`Error::is_invalid_request`]), the sentinel refused (a failover in progress), or the
+    /// failover did not complete within 30 s.
     pub fn failover(&self) -> Result<Failover, Error> {
         let (primary, replica) = self.primary_and_replica()?;
         let sentinel = self
@@ -603,6 +606,16 @@ impl RedisSentinel {
                     "the replica is not running: restart it first",
                 )
             })?;
+        drop(members);
+        // Right after a failover the old primary is still a master of its own until the
+        // sentinels convert it; promoting it would silently drop every write since.
+        if replica_link_up(replica, primary).is_err() {
+            return Err(Error::invalid_request(
+                format_args!("failing over the primary 127.0.0.1:{primary} to 127.0.0.1:{replica}"),
+                "that node does not replicate the primary (yet): after a failover, call \
+                 wait_replica(port) on the old primary first",
+            ));
+        }
         Ok((primary, replica))
     }
 

@@ -139,7 +139,10 @@ fn a_manual_failover_swaps_roles_and_a_restarted_node_replicates_the_primary() {
     assert_eq!(role(&sentinel, new), "master");
     assert_eq!(sentinel.command_on(new, &["GET", "k"]).unwrap(), "v");
     // The sentinels make the old primary a replica only ≈ 10 s later (`wait_replica`); a
-    // restart below does it at once.
+    // restart below does it at once. Until then it cannot be promoted without losing writes.
+    let refused = sentinel.kill_primary().unwrap_err();
+    assert!(refused.is_invalid_request(), "{refused}");
+    assert_eq!(sentinel.command_on(new, &["PING"]).unwrap(), "PONG");
 
     // A frozen node accepts connections and answers nothing, until resumed.
     sentinel.pause(old).unwrap();
