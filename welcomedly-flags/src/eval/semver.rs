@@ -66,6 +66,42 @@ impl<'a> Semver<'a> {
         })
     }
 
+    /// flagd's reading of a version (Go's `golang.org/x/mod/semver`, which flagd uses): an
+    /// optional `v` prefix, and `1` or `1.2` standing for `1.0.0` and `1.2.0` (a pre-release or
+    /// build suffix needs all three numbers). Build metadata is ignored for precedence.
+    #[cfg(feature = "flagd")]
+    pub(crate) fn parse_flagd(s: &'a str) -> Option<Semver<'a>> {
+        let s = s.strip_prefix('v').unwrap_or(s);
+        let mut dots = 0;
+        for b in s.bytes() {
+            if b == b'.' {
+                dots += 1;
+            } else if !b.is_ascii_digit() {
+                // A suffix: only the full form takes one.
+                return Semver::parse(s);
+            }
+        }
+        let mut parts = s.split('.');
+        let major = number(parts.next()?)?;
+        let minor = if dots >= 1 { number(parts.next()?)? } else { 0 };
+        let patch = if dots >= 2 { number(parts.next()?)? } else { 0 };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Semver {
+            major,
+            minor,
+            patch,
+            pre: "",
+        })
+    }
+
+    /// `(major, minor)`, for flagd's `~` (same minor) and `^` (same major).
+    #[cfg(feature = "flagd")]
+    pub(crate) fn major_minor(&self) -> (u64, u64) {
+        (self.major, self.minor)
+    }
+
     pub(crate) fn precedence(&self, other: &Semver<'_>) -> Ordering {
         (self.major, self.minor, self.patch)
             .cmp(&(other.major, other.minor, other.patch))
@@ -187,5 +223,44 @@ mod tests {
             assert!(Semver::parse(bad).is_none(), "{bad:?}");
         }
         assert!(Semver::parse("0.0.0-0.a-b+x.y-z").is_some());
+    }
+
+    #[cfg(feature = "flagd")]
+    #[test]
+    fn flagd_reading_takes_v_prefix_and_partial_versions() {
+        let full = |s| {
+            Semver::parse("1.0.0")
+                .unwrap()
+                .precedence(&Semver::parse_flagd(s).unwrap())
+        };
+        for same in [
+            "1",
+            "1.0",
+            "v1",
+            "v1.0",
+            "v1.0.0",
+            "1.0.0+build.7",
+            "v1.0.0+x",
+        ] {
+            assert_eq!(full(same), Ordering::Equal, "{same}");
+        }
+        assert_eq!(Semver::parse_flagd("v1.2.3-rc.1").unwrap().pre, "rc.1");
+        for bad in [
+            "",
+            "v",
+            "vv1",
+            "1.",
+            "1..2",
+            "1.2.3.4",
+            "01",
+            "1.02",
+            "1-rc",
+            "1.2-rc",
+            "V1.0.0",
+            "1.0.0-",
+            "not-a-version",
+        ] {
+            assert!(Semver::parse_flagd(bad).is_none(), "{bad:?}");
+        }
     }
 }

@@ -1,0 +1,425 @@
+//! JsonLogic, compiled once: a flag's `targeting` (with its `$ref`s to `$evaluators` expanded)
+//! becomes a tree of [`Node`]s that [`super::eval`] runs without looking at JSON again.
+//!
+//! JsonLogic's reading of JSON (jsonlogic.com): an object with exactly one key is an operation
+//! whose argument is an array (a lone argument is wrapped in one); any other object is data; an
+//! array is evaluated element by element. An operation this module does not know makes the
+//! flag a `PARSE_ERROR`, as flagd reports it.
+//!
+//! Custom operators with arguments of a shape they can never take (`starts_with` with one
+//! argument, `sem_ver` with an unknown comparison) compile to [`Node::Abort`]: flagd reports
+//! those at evaluation as a `null` result (the default variant), not as a parse error.
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// A comparison of `sem_ver`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SemOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    /// `^`: the same major version.
+    Major,
+    /// `~`: the same major and minor version.
+    Minor,
+}
+
+impl SemOp {
+    pub(crate) fn parse(s: &str) -> Option<SemOp> {
+        Some(match s {
+            "=" => SemOp::Eq,
+            "!=" => SemOp::Ne,
+            "<" => SemOp::Lt,
+            "<=" => SemOp::Le,
+            ">" => SemOp::Gt,
+            ">=" => SemOp::Ge,
+            "^" => SemOp::Major,
+            "~" => SemOp::Minor,
+            _ => return None,
+        })
+    }
+}
+
+/// Operators whose arguments are all evaluated first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Eq,
+    Ne,
+    StrictEq,
+    StrictNe,
+    Not,
+    Truthy,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    In,
+    Cat,
+    Substr,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Min,
+    Max,
+    Merge,
+    Missing,
+    MissingSome,
+    StartsWith,
+    EndsWith,
+    /// `log`: its first argument.
+    Log,
+}
+
+/// A compiled JsonLogic expression.
+#[derive(Debug)]
+pub(crate) enum Node {
+    /// A constant (scalars, data objects, arrays without operations).
+    Lit(Value),
+    /// `var` with a constant path, split at its dots.
+    Var {
+        path: Box<[Box<str>]>,
+        default: Option<Box<Node>>,
+    },
+    /// `var` with a computed path.
+    VarDyn {
+        path: Box<Node>,
+        default: Option<Box<Node>>,
+    },
+    /// `{"var": "$flagd.flagKey"}`: the key of the flag being evaluated.
+    FlagKey,
+    /// `{"var": "$flagd.timestamp"}`: unix seconds at evaluation.
+    Timestamp,
+    /// An array with computed elements.
+    Array(Box<[Node]>),
+    /// `if` (and `?:`): condition, value, …, else.
+    If(Box<[Node]>),
+    /// `and`: the first falsy argument, or the last.
+    And(Box<[Node]>),
+    /// `or`: the first truthy argument, or the last.
+    Or(Box<[Node]>),
+    /// An operator over its evaluated arguments.
+    Op(Op, Box<[Node]>),
+    /// `sem_ver`: version, comparison (constant when written as one), version.
+    SemVer {
+        version: Box<Node>,
+        op: Result<SemOp, Box<Node>>,
+        target: Box<Node>,
+    },
+    /// flagd's `fractional`.
+    Fractional {
+        /// The bucketing value; `None`: flag key + targeting key.
+        bucket_by: Option<Box<Node>>,
+        /// `(variant, weight)`; a missing weight is 1.
+        buckets: Box<[(Node, Option<Node>)]>,
+    },
+    /// An operation that can never succeed: evaluation gives `null`.
+    Abort,
+}
+
+/// Why a flag's targeting does not compile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CompileError {
+    UnknownOperator(String),
+    MissingRef(String),
+    RefCycle(String),
+    TooManyNodes(usize),
+    TooDeep(usize),
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompileError::UnknownOperator(op) => write!(
+                f,
+                "unknown JsonLogic operator {op:?}; use one of flagd's (see flagd.dev/reference/custom-operations)"
+            ),
+            CompileError::MissingRef(name) => write!(
+                f,
+                "\"$ref\" names {name:?}, which is not in \"$evaluators\"; add it there or fix the name"
+            ),
+            CompileError::RefCycle(name) => write!(
+                f,
+                "\"$ref\" to {name:?} refers back to itself; break the cycle in \"$evaluators\""
+            ),
+            CompileError::TooManyNodes(max) => write!(
+                f,
+                "the targeting expands to more than {max} expression nodes (with its \"$ref\"s); simplify it or raise FlagdLimits::max_nodes_per_flag"
+            ),
+            CompileError::TooDeep(max) => write!(
+                f,
+                "the targeting nests deeper than {max} levels (with its \"$ref\"s); flatten it or raise FlagdLimits::max_depth"
+            ),
+        }
+    }
+}
+
+/// Compiles one flag's targeting.
+#[derive(Debug)]
+pub(crate) struct Compiler<'e> {
+    evaluators: Option<&'e Map<String, Value>>,
+    max_nodes: usize,
+    max_depth: usize,
+    nodes: usize,
+    /// `$ref`s being expanded, for cycles.
+    refs: Vec<&'e str>,
+}
+
+impl<'e> Compiler<'e> {
+    pub(crate) fn new(
+        evaluators: Option<&'e Map<String, Value>>,
+        max_nodes: usize,
+        max_depth: usize,
+    ) -> Compiler<'e> {
+        Compiler {
+            evaluators,
+            max_nodes,
+            max_depth,
+            nodes: 0,
+            refs: Vec::new(),
+        }
+    }
+
+    /// Expression nodes made so far (for the file-wide budget).
+    pub(crate) fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    pub(crate) fn compile(&mut self, v: &'e Value) -> Result<Node, CompileError> {
+        self.node(v, 0)
+    }
+
+    fn node(&mut self, v: &'e Value, depth: usize) -> Result<Node, CompileError> {
+        if depth > self.max_depth {
+            return Err(CompileError::TooDeep(self.max_depth));
+        }
+        self.nodes += 1;
+        if self.nodes > self.max_nodes {
+            return Err(CompileError::TooManyNodes(self.max_nodes));
+        }
+        match v {
+            Value::Array(items) => {
+                if items.iter().all(is_data) {
+                    return Ok(Node::Lit(v.clone()));
+                }
+                Ok(Node::Array(self.list(items, depth)?))
+            }
+            Value::Object(map) if map.len() == 1 => {
+                let Some((op, arg)) = map.iter().next() else {
+                    return Ok(Node::Lit(v.clone()));
+                };
+                self.operation(op, arg, depth)
+            }
+            _ => Ok(Node::Lit(v.clone())),
+        }
+    }
+
+    fn list(&mut self, items: &'e [Value], depth: usize) -> Result<Box<[Node]>, CompileError> {
+        items.iter().map(|i| self.node(i, depth + 1)).collect()
+    }
+
+    /// An operation's arguments: an array, or a lone value taken as one argument.
+    fn args(&mut self, arg: &'e Value, depth: usize) -> Result<Box<[Node]>, CompileError> {
+        match arg {
+            Value::Array(items) => self.list(items, depth),
+            other => Ok(Box::new([self.node(other, depth + 1)?])),
+        }
+    }
+
+    fn operation(
+        &mut self,
+        op: &'e str,
+        arg: &'e Value,
+        depth: usize,
+    ) -> Result<Node, CompileError> {
+        let simple = |o: Op, c: &mut Compiler<'e>| Ok(Node::Op(o, c.args(arg, depth)?));
+        match op {
+            "$ref" => self.reference(arg, depth),
+            "var" => self.var(arg, depth),
+            "if" | "?:" => Ok(Node::If(self.args(arg, depth)?)),
+            "and" => Ok(Node::And(self.args(arg, depth)?)),
+            "or" => Ok(Node::Or(self.args(arg, depth)?)),
+            "==" => simple(Op::Eq, self),
+            "!=" => simple(Op::Ne, self),
+            "===" => simple(Op::StrictEq, self),
+            "!==" => simple(Op::StrictNe, self),
+            "!" => simple(Op::Not, self),
+            "!!" => simple(Op::Truthy, self),
+            "<" => simple(Op::Lt, self),
+            "<=" => simple(Op::Le, self),
+            ">" => simple(Op::Gt, self),
+            ">=" => simple(Op::Ge, self),
+            "in" => simple(Op::In, self),
+            "cat" => simple(Op::Cat, self),
+            "substr" => simple(Op::Substr, self),
+            "+" => simple(Op::Add, self),
+            "-" => simple(Op::Sub, self),
+            "*" => simple(Op::Mul, self),
+            "/" => simple(Op::Div, self),
+            "%" => simple(Op::Mod, self),
+            "min" => simple(Op::Min, self),
+            "max" => simple(Op::Max, self),
+            "merge" => simple(Op::Merge, self),
+            "missing" => simple(Op::Missing, self),
+            "missing_some" => simple(Op::MissingSome, self),
+            "log" => simple(Op::Log, self),
+            "starts_with" | "ends_with" => {
+                let args = self.args(arg, depth)?;
+                if args.len() != 2 {
+                    return Ok(Node::Abort);
+                }
+                let o = if op == "starts_with" {
+                    Op::StartsWith
+                } else {
+                    Op::EndsWith
+                };
+                Ok(Node::Op(o, args))
+            }
+            "sem_ver" => self.sem_ver(arg, depth),
+            "fractional" => self.fractional(arg, depth),
+            other => Err(CompileError::UnknownOperator(other.to_owned())),
+        }
+    }
+
+    /// `{"$ref": "name"}`: the evaluator's expression in its place, as flagd substitutes it.
+    fn reference(&mut self, arg: &'e Value, depth: usize) -> Result<Node, CompileError> {
+        let name = match arg {
+            Value::String(s) => s.as_str(),
+            other => return Err(CompileError::MissingRef(other.to_string())),
+        };
+        let Some(body) = self.evaluators.and_then(|e| e.get(name)) else {
+            return Err(CompileError::MissingRef(name.to_owned()));
+        };
+        if self.refs.contains(&name) {
+            return Err(CompileError::RefCycle(name.to_owned()));
+        }
+        self.refs.push(name);
+        let node = self.node(body, depth + 1);
+        self.refs.pop();
+        node
+    }
+
+    fn var(&mut self, arg: &'e Value, depth: usize) -> Result<Node, CompileError> {
+        let (path, default) = match arg {
+            Value::Array(items) => (items.first(), items.get(1)),
+            other => (Some(other), None),
+        };
+        let default = match default {
+            Some(d) => Some(Box::new(self.node(d, depth + 1)?)),
+            None => None,
+        };
+        let text = match path {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(other) => {
+                return Ok(Node::VarDyn {
+                    path: Box::new(self.node(other, depth + 1)?),
+                    default,
+                });
+            }
+        };
+        let path = split_path(&text);
+        match path.as_slice() {
+            [flagd, prop] if &**flagd == "$flagd" && &**prop == "flagKey" => Ok(Node::FlagKey),
+            [flagd, prop] if &**flagd == "$flagd" && &**prop == "timestamp" => Ok(Node::Timestamp),
+            _ => Ok(Node::Var {
+                path: path.into_boxed_slice(),
+                default,
+            }),
+        }
+    }
+
+    fn sem_ver(&mut self, arg: &'e Value, depth: usize) -> Result<Node, CompileError> {
+        let mut args = self.args(arg, depth)?.into_vec();
+        if args.len() != 3 {
+            return Ok(Node::Abort);
+        }
+        let (Some(target), Some(op), Some(version)) = (args.pop(), args.pop(), args.pop()) else {
+            return Ok(Node::Abort);
+        };
+        let op = match op {
+            Node::Lit(Value::String(s)) => match SemOp::parse(&s) {
+                Some(op) => Ok(op),
+                None => return Ok(Node::Abort),
+            },
+            Node::Lit(_) => return Ok(Node::Abort),
+            computed => Err(Box::new(computed)),
+        };
+        Ok(Node::SemVer {
+            version: Box::new(version),
+            op,
+            target: Box::new(target),
+        })
+    }
+
+    fn fractional(&mut self, arg: &'e Value, depth: usize) -> Result<Node, CompileError> {
+        let Value::Array(items) = arg else {
+            // Still compiled, so an unknown operator inside is a parse error.
+            self.node(arg, depth + 1)?;
+            return Ok(Node::Abort);
+        };
+        let (bucket_by, rest) = match items.split_first() {
+            // A leading array is already a bucket; a leading `null` stands for the default.
+            Some((Value::Array(_), _)) | None => (None, items.as_slice()),
+            Some((Value::Null, rest)) => (None, rest),
+            Some((first, rest)) => (Some(Box::new(self.node(first, depth + 1)?)), rest),
+        };
+        let mut buckets = Vec::with_capacity(rest.len());
+        let mut abort = rest.is_empty();
+        for bucket in rest {
+            match bucket {
+                Value::Array(parts) if !parts.is_empty() => {
+                    let mut parts = parts.iter();
+                    let (Some(name), weight) = (parts.next(), parts.next()) else {
+                        abort = true;
+                        continue;
+                    };
+                    let name = self.node(name, depth + 2)?;
+                    if matches!(name, Node::Lit(Value::Array(_) | Value::Object(_))) {
+                        abort = true;
+                    }
+                    let weight = match weight {
+                        Some(w) => Some(self.node(w, depth + 2)?),
+                        None => None,
+                    };
+                    buckets.push((name, weight));
+                }
+                other => {
+                    self.node(other, depth + 1)?;
+                    abort = true;
+                }
+            }
+        }
+        if abort {
+            return Ok(Node::Abort);
+        }
+        Ok(Node::Fractional {
+            bucket_by,
+            buckets: buckets.into_boxed_slice(),
+        })
+    }
+}
+
+/// Whether a JSON value is plain data (holds no operation), so it compiles to a constant.
+fn is_data(v: &Value) -> bool {
+    match v {
+        Value::Array(items) => items.iter().all(is_data),
+        Value::Object(map) => map.len() != 1,
+        _ => true,
+    }
+}
+
+/// A `var` path: `""` is the whole context (no segments), else its dot-separated segments.
+pub(crate) fn split_path(path: &str) -> Vec<Box<str>> {
+    if path.is_empty() {
+        return Vec::new();
+    }
+    path.split('.').map(Box::from).collect()
+}
