@@ -322,7 +322,14 @@ fn operator<'a>(op: Op, args: &'a [Node], env: &Env<'a, '_>) -> Res<'a> {
 
 /// `missing`: a key whose value is absent, `null` or `""`.
 fn is_missing(key: &Val<'_>, env: &Env<'_, '_>) -> bool {
-    let path = key.to_js_string();
+    let owned;
+    let path = match key.as_str() {
+        Some(s) => s,
+        None => {
+            owned = key.to_js_string();
+            &owned
+        }
+    };
     if path.is_empty() {
         return false;
     }
