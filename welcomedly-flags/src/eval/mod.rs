@@ -41,7 +41,7 @@ mod semver;
 
 pub(crate) use self::clause::{CompiledClause, Regexes};
 #[cfg(feature = "flagd")]
-pub(crate) use self::semver::Semver;
+pub(crate) use self::semver::{OwnedSemver, Semver};
 
 /// The result of evaluating a flag.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -72,22 +72,38 @@ impl<'a> Semver<'a> {
     #[cfg(feature = "flagd")]
     pub(crate) fn parse_flagd(s: &'a str) -> Option<Semver<'a>> {
         let s = s.strip_prefix('v').unwrap_or(s);
-        let mut dots = 0;
+        // One pass over `1`, `1.2` or `1.2.3` (the common case, evaluated per request); anything
+        // with a suffix takes the full parser.
+        let mut parts = [0u64; 3];
+        let mut part = 0usize;
+        let mut len = 0usize;
+        let mut leading_zero = false;
         for b in s.bytes() {
-            if b == b'.' {
-                dots += 1;
-            } else if !b.is_ascii_digit() {
-                // A suffix: only the full form takes one.
-                return Semver::parse(s);
+            match b {
+                b'0'..=b'9' => {
+                    if len == 1 && leading_zero {
+                        return None;
+                    }
+                    leading_zero = len == 0 && b == b'0';
+                    let slot = parts.get_mut(part)?;
+                    *slot = slot.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+                    len += 1;
+                }
+                b'.' => {
+                    if len == 0 {
+                        return None;
+                    }
+                    part += 1;
+                    len = 0;
+                    leading_zero = false;
+                }
+                _ => return Semver::parse(s),
             }
         }
-        let mut parts = s.split('.');
-        let major = number(parts.next()?)?;
-        let minor = if dots >= 1 { number(parts.next()?)? } else { 0 };
-        let patch = if dots >= 2 { number(parts.next()?)? } else { 0 };
-        if parts.next().is_some() {
+        if len == 0 || part > 2 {
             return None;
         }
+        let [major, minor, patch] = parts;
         Some(Semver {
             major,
             minor,
@@ -154,6 +170,18 @@ pub(crate) struct OwnedSemver {
 impl OwnedSemver {
     pub(crate) fn parse(s: &str) -> Option<OwnedSemver> {
         let v = Semver::parse(s)?;
+        Some(OwnedSemver {
+            major: v.major,
+            minor: v.minor,
+            patch: v.patch,
+            pre: v.pre.into(),
+        })
+    }
+
+    /// [`Semver::parse_flagd`], owned (a constant compared against in a flagd rule).
+    #[cfg(feature = "flagd")]
+    pub(crate) fn parse_flagd(s: &str) -> Option<OwnedSemver> {
+        let v = Semver::parse_flagd(s)?;
         Some(OwnedSemver {
             major: v.major,
             minor: v.minor,

@@ -14,6 +14,10 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use super::value::Val;
+use crate::bucketing::Murmur3;
+use crate::eval::OwnedSemver;
+
 /// A comparison of `sem_ver`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SemOp {
@@ -78,10 +82,23 @@ pub(crate) enum Op {
 }
 
 /// A compiled JsonLogic expression.
+///
+/// Scalar constants, one-segment `var`s and two-argument comparisons have nodes of their own:
+/// they are most of what flagd rules are made of, and skipping the general forms halves the
+/// cost of a typical `{"==": [{"var": "plan"}, "pro"]}`.
 #[derive(Debug)]
 pub(crate) enum Node {
-    /// A constant (scalars, data objects, arrays without operations).
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(Box<str>),
+    /// A constant array or object (data without operations).
     Lit(Value),
+    /// `var` of one top-level attribute.
+    Var1 {
+        name: Box<str>,
+        default: Option<Box<Node>>,
+    },
     /// `var` with a constant path, split at its dots.
     Var {
         path: Box<[Box<str>]>,
@@ -106,21 +123,59 @@ pub(crate) enum Node {
     Or(Box<[Node]>),
     /// An operator over its evaluated arguments.
     Op(Op, Box<[Node]>),
-    /// `sem_ver`: version, comparison (constant when written as one), version.
-    SemVer {
-        version: Box<Node>,
-        op: Result<SemOp, Box<Node>>,
-        target: Box<Node>,
-    },
+    /// A comparison (`==`, `!=`, `===`, `!==`, `<`, `<=`, `>`, `>=`) of exactly two arguments.
+    Cmp(Op, Box<(Node, Node)>),
+    /// `sem_ver`.
+    SemVer(Box<SemVerNode>),
     /// flagd's `fractional`.
-    Fractional {
-        /// The bucketing value; `None`: flag key + targeting key.
-        bucket_by: Option<Box<Node>>,
-        /// `(variant, weight)`; a missing weight is 1.
-        buckets: Box<[(Node, Option<Node>)]>,
-    },
+    Fractional(Box<Fractional>),
     /// An operation that can never succeed: evaluation gives `null`.
     Abort,
+}
+
+impl Node {
+    /// A constant scalar (a `fractional` bucket name that needs no check at evaluation).
+    pub(crate) fn is_scalar(&self) -> bool {
+        matches!(
+            self,
+            Node::Null | Node::Bool(_) | Node::Num(_) | Node::Str(_)
+        )
+    }
+}
+
+/// `sem_ver`: version, comparison and version; the comparison and a constant target are parsed
+/// when compiled.
+#[derive(Debug)]
+pub(crate) struct SemVerNode {
+    pub(crate) version: Node,
+    pub(crate) op: Result<SemOp, Node>,
+    pub(crate) target: Result<OwnedSemver, Node>,
+}
+
+/// How `fractional` gets its bucketing value.
+#[derive(Debug)]
+pub(crate) enum Bucketing {
+    /// Flag key + targeting key (`prefix` is the flag key, hashed when compiled).
+    Default,
+    /// A `cat` whose leading constant parts (`prefix`, with `$flagd.flagKey`) are hashed when
+    /// compiled; the rest is streamed into the hash at evaluation, never built as a string.
+    Cat { prefix: Murmur3, rest: Box<[Node]> },
+    /// Any other expression: a string, or `null` for the default.
+    Expr(Node),
+}
+
+/// flagd's `fractional`.
+#[derive(Debug)]
+pub(crate) struct Fractional {
+    pub(crate) bucketing: Bucketing,
+    /// The flag key, hashed: the default bucketing value's start.
+    pub(crate) flag_key_hash: Murmur3,
+    /// `(variant, weight)`; a missing weight is 1.
+    pub(crate) buckets: Box<[(Node, Option<Node>)]>,
+    /// Cumulative weights and their total when every weight is a constant.
+    pub(crate) fixed: Option<(Box<[u64]>, u64)>,
+    /// Whether every bucket name is a constant scalar.
+    pub(crate) scalar_names: bool,
 }
 
 /// Why a flag's targeting does not compile.
@@ -164,6 +219,8 @@ impl fmt::Display for CompileError {
 #[derive(Debug)]
 pub(crate) struct Compiler<'e> {
     evaluators: Option<&'e Map<String, Value>>,
+    /// The flag whose targeting this is (`$flagd.flagKey` is a constant of it).
+    flag_key: &'e str,
     max_nodes: usize,
     max_depth: usize,
     nodes: usize,
@@ -174,11 +231,13 @@ pub(crate) struct Compiler<'e> {
 impl<'e> Compiler<'e> {
     pub(crate) fn new(
         evaluators: Option<&'e Map<String, Value>>,
+        flag_key: &'e str,
         max_nodes: usize,
         max_depth: usize,
     ) -> Compiler<'e> {
         Compiler {
             evaluators,
+            flag_key,
             max_nodes,
             max_depth,
             nodes: 0,
@@ -216,7 +275,11 @@ impl<'e> Compiler<'e> {
                 };
                 self.operation(op, arg, depth)
             }
-            _ => Ok(Node::Lit(v.clone())),
+            Value::Object(_) => Ok(Node::Lit(v.clone())),
+            Value::Null => Ok(Node::Null),
+            Value::Bool(b) => Ok(Node::Bool(*b)),
+            Value::Number(n) => Ok(Node::Num(n.as_f64().unwrap_or(f64::NAN))),
+            Value::String(s) => Ok(Node::Str(s.as_str().into())),
         }
     }
 
@@ -239,22 +302,33 @@ impl<'e> Compiler<'e> {
         depth: usize,
     ) -> Result<Node, CompileError> {
         let simple = |o: Op, c: &mut Compiler<'e>| Ok(Node::Op(o, c.args(arg, depth)?));
+        let compare = |o: Op, c: &mut Compiler<'e>| {
+            let args = c.args(arg, depth)?;
+            if args.len() != 2 {
+                return Ok(Node::Op(o, args));
+            }
+            let mut args = args.into_vec().into_iter();
+            match (args.next(), args.next()) {
+                (Some(a), Some(b)) => Ok(Node::Cmp(o, Box::new((a, b)))),
+                _ => Ok(Node::Abort),
+            }
+        };
         match op {
             "$ref" => self.reference(arg, depth),
             "var" => self.var(arg, depth),
             "if" | "?:" => Ok(Node::If(self.args(arg, depth)?)),
             "and" => Ok(Node::And(self.args(arg, depth)?)),
             "or" => Ok(Node::Or(self.args(arg, depth)?)),
-            "==" => simple(Op::Eq, self),
-            "!=" => simple(Op::Ne, self),
-            "===" => simple(Op::StrictEq, self),
-            "!==" => simple(Op::StrictNe, self),
+            "==" => compare(Op::Eq, self),
+            "!=" => compare(Op::Ne, self),
+            "===" => compare(Op::StrictEq, self),
+            "!==" => compare(Op::StrictNe, self),
             "!" => simple(Op::Not, self),
             "!!" => simple(Op::Truthy, self),
-            "<" => simple(Op::Lt, self),
-            "<=" => simple(Op::Le, self),
-            ">" => simple(Op::Gt, self),
-            ">=" => simple(Op::Ge, self),
+            "<" => compare(Op::Lt, self),
+            "<=" => compare(Op::Le, self),
+            ">" => compare(Op::Gt, self),
+            ">=" => compare(Op::Ge, self),
             "in" => simple(Op::In, self),
             "cat" => simple(Op::Cat, self),
             "substr" => simple(Op::Substr, self),
@@ -329,6 +403,10 @@ impl<'e> Compiler<'e> {
         match path.as_slice() {
             [flagd, prop] if &**flagd == "$flagd" && &**prop == "flagKey" => Ok(Node::FlagKey),
             [flagd, prop] if &**flagd == "$flagd" && &**prop == "timestamp" => Ok(Node::Timestamp),
+            [name] => Ok(Node::Var1 {
+                name: name.clone(),
+                default,
+            }),
             _ => Ok(Node::Var {
                 path: path.into_boxed_slice(),
                 default,
@@ -345,18 +423,26 @@ impl<'e> Compiler<'e> {
             return Ok(Node::Abort);
         };
         let op = match op {
-            Node::Lit(Value::String(s)) => match SemOp::parse(&s) {
+            Node::Str(s) => match SemOp::parse(&s) {
                 Some(op) => Ok(op),
                 None => return Ok(Node::Abort),
             },
-            Node::Lit(_) => return Ok(Node::Abort),
-            computed => Err(Box::new(computed)),
+            c if c.is_scalar() || matches!(c, Node::Lit(_)) => return Ok(Node::Abort),
+            computed => Err(computed),
         };
-        Ok(Node::SemVer {
-            version: Box::new(version),
+        let target = match target {
+            Node::Str(s) => match OwnedSemver::parse_flagd(&s) {
+                Some(v) => Ok(v),
+                None => return Ok(Node::Abort),
+            },
+            c if c.is_scalar() || matches!(c, Node::Lit(_)) => return Ok(Node::Abort),
+            computed => Err(computed),
+        };
+        Ok(Node::SemVer(Box::new(SemVerNode {
+            version,
             op,
-            target: Box::new(target),
-        })
+            target,
+        })))
     }
 
     fn fractional(&mut self, arg: &'e Value, depth: usize) -> Result<Node, CompileError> {
@@ -365,11 +451,13 @@ impl<'e> Compiler<'e> {
             self.node(arg, depth + 1)?;
             return Ok(Node::Abort);
         };
-        let (bucket_by, rest) = match items.split_first() {
+        let mut flag_key_hash = Murmur3::new(0);
+        flag_key_hash.write(self.flag_key.as_bytes());
+        let (bucketing, rest) = match items.split_first() {
             // A leading array is already a bucket; a leading `null` stands for the default.
-            Some((Value::Array(_), _)) | None => (None, items.as_slice()),
-            Some((Value::Null, rest)) => (None, rest),
-            Some((first, rest)) => (Some(Box::new(self.node(first, depth + 1)?)), rest),
+            Some((Value::Array(_), _)) | None => (Bucketing::Default, items.as_slice()),
+            Some((Value::Null, rest)) => (Bucketing::Default, rest),
+            Some((first, rest)) => (self.bucketing(first, depth + 1)?, rest),
         };
         let mut buckets = Vec::with_capacity(rest.len());
         let mut abort = rest.is_empty();
@@ -382,7 +470,8 @@ impl<'e> Compiler<'e> {
                         continue;
                     };
                     let name = self.node(name, depth + 2)?;
-                    if matches!(name, Node::Lit(Value::Array(_) | Value::Object(_))) {
+                    // A constant array or object is never a variant name.
+                    if matches!(name, Node::Lit(_)) {
                         abort = true;
                     }
                     let weight = match weight {
@@ -400,11 +489,78 @@ impl<'e> Compiler<'e> {
         if abort {
             return Ok(Node::Abort);
         }
-        Ok(Node::Fractional {
-            bucket_by,
+        // Constant weights: checked and summed now, as flagd would on every evaluation.
+        let mut fixed = Some((Vec::with_capacity(buckets.len()), 0u64));
+        for (_, weight) in &buckets {
+            let w = match weight {
+                None | Some(Node::Null) => Some(1),
+                Some(Node::Num(n)) => match weight_of(*n) {
+                    Some(w) => Some(w),
+                    None => return Ok(Node::Abort),
+                },
+                Some(n) if n.is_scalar() || matches!(n, Node::Lit(_)) => {
+                    return Ok(Node::Abort);
+                }
+                Some(_) => None,
+            };
+            match (w, &mut fixed) {
+                (Some(w), Some((ends, total))) => {
+                    *total += w;
+                    if *total > MAX_WEIGHT {
+                        return Ok(Node::Abort);
+                    }
+                    ends.push(*total);
+                }
+                _ => fixed = None,
+            }
+        }
+        if let Some((_, 0)) = fixed {
+            return Ok(Node::Abort);
+        }
+        let scalar_names = buckets.iter().all(|(n, _)| n.is_scalar());
+        Ok(Node::Fractional(Box::new(Fractional {
+            bucketing,
+            flag_key_hash,
             buckets: buckets.into_boxed_slice(),
+            fixed: fixed.map(|(ends, total)| (ends.into_boxed_slice(), total)),
+            scalar_names,
+        })))
+    }
+
+    /// The bucketing value: a `cat` has its constant start hashed now.
+    fn bucketing(&mut self, first: &'e Value, depth: usize) -> Result<Bucketing, CompileError> {
+        let node = self.node(first, depth)?;
+        let Node::Op(Op::Cat, parts) = node else {
+            return Ok(Bucketing::Expr(node));
+        };
+        let mut prefix = Murmur3::new(0);
+        let mut parts = parts.into_vec().into_iter().peekable();
+        let mut text = String::new();
+        while let Some(part) = parts.next_if(|p| p.is_scalar() || matches!(p, Node::FlagKey)) {
+            text.clear();
+            match part {
+                Node::FlagKey => text.push_str(self.flag_key),
+                Node::Null => text.push_str("null"),
+                Node::Bool(b) => text.push_str(if b { "true" } else { "false" }),
+                Node::Num(n) => Val::Num(n).write_js(&mut text),
+                Node::Str(s) => text.push_str(&s),
+                _ => {}
+            }
+            prefix.write(text.as_bytes());
+        }
+        Ok(Bucketing::Cat {
+            prefix,
+            rest: parts.collect(),
         })
     }
+}
+
+/// The largest total weight flagd accepts (`math.MaxInt32`).
+pub(crate) const MAX_WEIGHT: u64 = i32::MAX as u64;
+
+/// A weight: a whole number in `0..=MAX_WEIGHT`.
+pub(crate) fn weight_of(n: f64) -> Option<u64> {
+    (n.fract() == 0.0 && (0.0..=MAX_WEIGHT as f64).contains(&n)).then_some(n as u64)
 }
 
 /// Whether a JSON value is plain data (holds no operation), so it compiles to a constant.

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use smallvec::SmallVec;
 
-use super::compile::{Node, Op, SemOp};
+use super::compile::{Bucketing, Fractional, Node, Op, SemOp, SemVerNode, weight_of};
 use super::value::Val;
 use crate::bucketing::Murmur3;
 use crate::context::{AttrValue, Context};
@@ -79,7 +79,18 @@ fn arg<'a>(args: &'a [Node], i: usize, env: &Env<'a, '_>) -> Res<'a> {
 /// Evaluates `node`.
 pub(crate) fn eval<'a>(node: &'a Node, env: &Env<'a, '_>) -> Res<'a> {
     match node {
+        Node::Null => Ok(Val::Null),
+        Node::Bool(b) => Ok(Val::Bool(*b)),
+        Node::Num(n) => Ok(Val::Num(*n)),
+        Node::Str(s) => Ok(Val::Str(s)),
         Node::Lit(v) => Ok(Val::of(v)),
+        Node::Var1 { name, default } => match env.ctx.get(name).map(attr) {
+            Some(Val::Null) | None => match default {
+                Some(d) => eval(d, env),
+                None => Ok(Val::Null),
+            },
+            Some(v) => Ok(v),
+        },
         Node::Var { path, default } => match lookup(env, path.iter().map(|s| &**s)) {
             Some(v) => Ok(v),
             None => match default {
@@ -118,7 +129,7 @@ pub(crate) fn eval<'a>(node: &'a Node, env: &Env<'a, '_>) -> Res<'a> {
         Node::If(args) => {
             let mut i = 0;
             while let (Some(cond), Some(then)) = (args.get(i), args.get(i + 1)) {
-                if eval(cond, env)?.truthy() {
+                if test(cond, env)? {
                     return eval(then, env);
                 }
                 i += 2;
@@ -146,24 +157,74 @@ pub(crate) fn eval<'a>(node: &'a Node, env: &Env<'a, '_>) -> Res<'a> {
             Ok(last)
         }
         Node::Op(op, args) => operator(*op, args, env),
-        Node::SemVer {
-            version,
-            op,
-            target,
-        } => {
-            let version = eval(version, env)?;
-            let op = match op {
-                Ok(op) => *op,
-                Err(computed) => match eval(computed, env)?.as_str().and_then(SemOp::parse) {
-                    Some(op) => op,
-                    None => return Err(Abort),
-                },
-            };
-            let target = eval(target, env)?;
-            sem_ver(&version, op, &target).map(Val::Bool)
-        }
-        Node::Fractional { bucket_by, buckets } => fractional(bucket_by.as_deref(), buckets, env),
+        Node::Cmp(op, args) => compare(*op, args, env).map(Val::Bool),
+        Node::SemVer(node) => sem_ver(node, env).map(Val::Bool),
+        Node::Fractional(f) => fractional(f, env),
         Node::Abort => Err(Abort),
+    }
+}
+
+/// An operand of a comparison: constants and plain attributes without a trip through
+/// [`eval`].
+#[inline(always)]
+fn operand<'a>(node: &'a Node, env: &Env<'a, '_>) -> Res<'a> {
+    match node {
+        Node::Str(s) => Ok(Val::Str(s)),
+        Node::Num(n) => Ok(Val::Num(*n)),
+        Node::Var1 {
+            name,
+            default: None,
+        } => Ok(env.ctx.get(name).map_or(Val::Null, attr)),
+        _ => eval(node, env),
+    }
+}
+
+#[inline]
+fn compare<'a>(op: Op, args: &'a (Node, Node), env: &Env<'a, '_>) -> Result<bool, Abort> {
+    let (a, b) = (operand(&args.0, env)?, operand(&args.1, env)?);
+    Ok(match op {
+        Op::Eq => a.loose_eq(&b),
+        Op::Ne => !a.loose_eq(&b),
+        Op::StrictEq => a.strict_eq(&b),
+        Op::StrictNe => !a.strict_eq(&b),
+        _ => ordered(op, a.compare(&b)),
+    })
+}
+
+/// The truthiness of `node`, computed without building the value where the node is a test
+/// (a comparison, `!`, `and`, `or`, `sem_ver`, `starts_with`): `if` conditions take this path.
+pub(crate) fn test<'a>(node: &'a Node, env: &Env<'a, '_>) -> Result<bool, Abort> {
+    match node {
+        Node::Cmp(op, args) => compare(*op, args, env),
+        Node::SemVer(n) => sem_ver(n, env),
+        Node::Op(Op::Not, args) => Ok(!match args.first() {
+            Some(n) => test(n, env)?,
+            None => false,
+        }),
+        Node::Op(Op::Truthy, args) => match args.first() {
+            Some(n) => test(n, env),
+            None => Ok(false),
+        },
+        // `and` is truthy when it has arguments and all are; `or` when one is.
+        Node::And(args) => {
+            for a in args.iter() {
+                if !test(a, env)? {
+                    return Ok(false);
+                }
+            }
+            Ok(!args.is_empty())
+        }
+        Node::Or(args) => {
+            for a in args.iter() {
+                if test(a, env)? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        Node::Op(op @ (Op::StartsWith | Op::EndsWith), args) => affix(*op, args, env),
+        Node::Bool(b) => Ok(*b),
+        _ => Ok(eval(node, env)?.truthy()),
     }
 }
 
@@ -178,13 +239,7 @@ fn operator<'a>(op: Op, args: &'a [Node], env: &Env<'a, '_>) -> Res<'a> {
         Op::Not => Val::Bool(!a()?.truthy()),
         Op::Truthy => Val::Bool(a()?.truthy()),
         Op::Lt | Op::Le | Op::Gt | Op::Ge => {
-            let ok = |o: Option<Ordering>| match (op, o) {
-                (_, None) => false,
-                (Op::Lt, Some(o)) => o == Ordering::Less,
-                (Op::Le, Some(o)) => o != Ordering::Greater,
-                (Op::Gt, Some(o)) => o == Ordering::Greater,
-                (_, Some(o)) => o != Ordering::Less,
-            };
+            let ok = |o| ordered(op, o);
             let (x, y) = (a()?, b()?);
             let first = ok(x.compare(&y));
             // `<` and `<=` take a third argument: "between".
@@ -305,18 +360,37 @@ fn operator<'a>(op: Op, args: &'a [Node], env: &Env<'a, '_>) -> Res<'a> {
                 Val::List(missing)
             }
         }
-        Op::StartsWith | Op::EndsWith => {
-            let (s, affix) = (a()?, b()?);
-            let (Some(s), Some(affix)) = (s.as_str(), affix.as_str()) else {
-                return Err(Abort);
-            };
-            Val::Bool(if op == Op::StartsWith {
-                s.starts_with(affix)
-            } else {
-                s.ends_with(affix)
-            })
-        }
+        Op::StartsWith | Op::EndsWith => Val::Bool(affix(op, args, env)?),
         Op::Log => a()?,
+    })
+}
+
+/// Whether `o` satisfies the relational operator `op`; no ordering (a NaN) satisfies none.
+#[inline]
+fn ordered(op: Op, o: Option<Ordering>) -> bool {
+    match (op, o) {
+        (_, None) => false,
+        (Op::Lt, Some(o)) => o == Ordering::Less,
+        (Op::Le, Some(o)) => o != Ordering::Greater,
+        (Op::Gt, Some(o)) => o == Ordering::Greater,
+        (_, Some(o)) => o != Ordering::Less,
+    }
+}
+
+/// `starts_with` / `ends_with`: two strings, else abort.
+#[inline]
+fn affix<'a>(op: Op, args: &'a [Node], env: &Env<'a, '_>) -> Result<bool, Abort> {
+    let [s, affix] = args else {
+        return Err(Abort);
+    };
+    let (s, affix) = (operand(s, env)?, operand(affix, env)?);
+    let (Some(s), Some(affix)) = (s.as_str(), affix.as_str()) else {
+        return Err(Abort);
+    };
+    Ok(if op == Op::StartsWith {
+        s.starts_with(affix)
+    } else {
+        s.ends_with(affix)
     })
 }
 
@@ -375,12 +449,26 @@ fn substr<'a>(s: Val<'a>, start: f64, len: Option<Val<'a>>) -> Res<'a> {
 
 /// flagd's `sem_ver` (Go's `golang.org/x/mod/semver`): a `v` prefix and partial versions are
 /// taken, build metadata is ignored; a value that is not a version aborts.
-fn sem_ver(version: &Val<'_>, op: SemOp, target: &Val<'_>) -> Result<bool, Abort> {
-    let (Some(a), Some(b)) = (version.as_str(), target.as_str()) else {
-        return Err(Abort);
+fn sem_ver<'a>(node: &'a SemVerNode, env: &Env<'a, '_>) -> Result<bool, Abort> {
+    let version = operand(&node.version, env)?;
+    let op = match &node.op {
+        Ok(op) => *op,
+        Err(computed) => match eval(computed, env)?.as_str().and_then(SemOp::parse) {
+            Some(op) => op,
+            None => return Err(Abort),
+        },
     };
-    let (Some(a), Some(b)) = (Semver::parse_flagd(a), Semver::parse_flagd(b)) else {
-        return Err(Abort);
+    let a = version
+        .as_str()
+        .and_then(Semver::parse_flagd)
+        .ok_or(Abort)?;
+    let target;
+    let b = match &node.target {
+        Ok(constant) => constant.borrow(),
+        Err(computed) => {
+            target = eval(computed, env)?;
+            target.as_str().and_then(Semver::parse_flagd).ok_or(Abort)?
+        }
     };
     let ord = a.precedence(&b);
     let (ma, mb) = (a.major_minor(), b.major_minor());
@@ -396,72 +484,70 @@ fn sem_ver(version: &Val<'_>, op: SemOp, target: &Val<'_>) -> Result<bool, Abort
     })
 }
 
-/// The largest total weight flagd accepts (`math.MaxInt32`).
-const MAX_WEIGHT: u64 = i32::MAX as u64;
-
 /// flagd's `fractional`: MurmurHash3 x86_32 (seed 0) of the bucketing value, bucket
 /// `(hash × total weight) >> 32` against the cumulative weights in order.
-fn fractional<'a>(
-    bucket_by: Option<&'a Node>,
-    buckets: &'a [(Node, Option<Node>)],
-    env: &Env<'a, '_>,
-) -> Res<'a> {
-    let mut hash = Murmur3::new(0);
-    match bucket_by {
-        // `cat` is streamed into the hash rather than built as a string.
-        Some(Node::Op(Op::Cat, parts)) => {
+fn fractional<'a>(f: &'a Fractional, env: &Env<'a, '_>) -> Res<'a> {
+    let hash = match &f.bucketing {
+        Bucketing::Default => default_bucketing(f, env)?,
+        Bucketing::Cat { prefix, rest } => {
+            let mut hash = prefix.clone();
             let mut scratch = String::new();
-            for p in parts.iter() {
+            for p in rest.iter() {
                 write_hash(&mut hash, &eval(p, env)?, &mut scratch);
             }
+            hash.finish()
         }
-        Some(node) => match eval(node, env)? {
+        Bucketing::Expr(node) => match eval(node, env)? {
             v @ (Val::Str(_) | Val::String(_)) => {
+                let mut hash = Murmur3::new(0);
                 hash.write(v.as_str().unwrap_or("").as_bytes());
+                hash.finish()
             }
-            Val::Null => default_bucketing(&mut hash, env)?,
+            Val::Null => default_bucketing(f, env)?,
             // Not a string: flagd reads it as a malformed bucket.
             _ => return Err(Abort),
         },
-        None => default_bucketing(&mut hash, env)?,
-    }
-    let mut weights: SmallVec<[u32; 8]> = SmallVec::with_capacity(buckets.len());
-    let mut total: u64 = 0;
-    for (name, weight) in buckets {
+    };
+    if !f.scalar_names {
         // Every name is checked, as flagd checks each bucket before picking one.
-        if !matches!(name, Node::Lit(_)) {
+        for (name, _) in f.buckets.iter() {
             check_name(&eval(name, env)?)?;
         }
-        let w = match weight {
-            None => 1,
-            Some(w) => match eval(w, env)? {
-                Val::Null => 1,
-                Val::Num(n) if n.fract() == 0.0 && (0.0..=MAX_WEIGHT as f64).contains(&n) => {
-                    n as u64
+    }
+    let pick = |total: u64, ends: &[u64]| {
+        let bucket = (u64::from(hash) * total) >> 32;
+        ends.iter().position(|end| bucket < *end)
+    };
+    let chosen = match &f.fixed {
+        Some((ends, total)) => pick(*total, ends),
+        None => {
+            let mut ends: SmallVec<[u64; 8]> = SmallVec::with_capacity(f.buckets.len());
+            let mut total: u64 = 0;
+            for (_, weight) in f.buckets.iter() {
+                let w = match weight {
+                    None => 1,
+                    Some(w) => match eval(w, env)? {
+                        Val::Null => 1,
+                        Val::Num(n) => weight_of(n).ok_or(Abort)?,
+                        _ => return Err(Abort),
+                    },
+                };
+                total += w;
+                if total > super::compile::MAX_WEIGHT {
+                    return Err(Abort);
                 }
-                _ => return Err(Abort),
-            },
-        };
-        total += w;
-        if total > MAX_WEIGHT {
-            return Err(Abort);
+                ends.push(total);
+            }
+            if total == 0 {
+                return Err(Abort);
+            }
+            pick(total, &ends)
         }
-        weights.push(w as u32);
-    }
-    if total == 0 {
-        return Err(Abort);
-    }
-    let bucket = (u64::from(hash.finish()) * total) >> 32;
-    let mut end = 0u64;
-    for ((name, _), w) in buckets.iter().zip(&weights) {
-        end += u64::from(*w);
-        if bucket < end {
-            let v = eval(name, env)?;
-            check_name(&v)?;
-            return Ok(v);
-        }
-    }
-    Err(Abort)
+    };
+    let (name, _) = chosen.and_then(|i| f.buckets.get(i)).ok_or(Abort)?;
+    let v = eval(name, env)?;
+    check_name(&v)?;
+    Ok(v)
 }
 
 /// A bucket's variant: a string, boolean, number or `null`.
@@ -472,15 +558,15 @@ fn check_name(v: &Val<'_>) -> Result<(), Abort> {
     }
 }
 
-/// flag key ‖ targeting key; no targeting key aborts.
-fn default_bucketing(hash: &mut Murmur3, env: &Env<'_, '_>) -> Result<(), Abort> {
+/// flag key ‖ targeting key (the flag key hashed when compiled); no targeting key aborts.
+fn default_bucketing(f: &Fractional, env: &Env<'_, '_>) -> Result<u32, Abort> {
     let key = match env.ctx.get(crate::model::TARGETING_KEY) {
         Some(AttrValue::Str(k)) => k,
         _ => return Err(Abort),
     };
-    hash.write(env.flag_key.as_bytes());
+    let mut hash = f.flag_key_hash.clone();
     hash.write(key.as_bytes());
-    Ok(())
+    Ok(hash.finish())
 }
 
 fn write_hash(hash: &mut Murmur3, v: &Val<'_>, scratch: &mut String) {

@@ -135,7 +135,7 @@ pub(crate) fn parse(text: &str, limits: &FlagdLimits) -> Result<Parsed, FlagdErr
         let budget = limits
             .max_nodes_per_flag
             .min(limits.max_nodes.saturating_sub(nodes));
-        let mut compiler = Compiler::new(evaluators, budget, limits.max_depth);
+        let mut compiler = Compiler::new(evaluators, key, budget, limits.max_depth);
         let body = flag(def, &mut compiler, &out.metadata);
         nodes += compiler.nodes();
         if nodes >= limits.max_nodes {

@@ -10,7 +10,7 @@ use crate::context::Context;
 /// Compiles `logic` (with `evaluators`) and evaluates it against `data` (a JSON object
 /// turned into a context) for flag `flag-key`; `Err` is an abort (the `null` result).
 fn run_with(logic: Value, data: &Value, evaluators: &Value) -> Result<Value, Abort> {
-    let mut c = Compiler::new(evaluators.as_object(), 10_000, 64);
+    let mut c = Compiler::new(evaluators.as_object(), "flag-key", 10_000, 64);
     let node = c.compile(&logic).expect("compiles");
     let ctx = Context::from_json(data);
     let env = Env {
@@ -26,7 +26,7 @@ fn run(logic: Value, data: Value) -> Value {
 
 fn compile_err(logic: Value) -> CompileError {
     let evaluators = json!({ "loop": { "$ref": "loop" } });
-    let mut c = Compiler::new(evaluators.as_object(), 10_000, 64);
+    let mut c = Compiler::new(evaluators.as_object(), "flag-key", 10_000, 64);
     c.compile(&logic).expect_err("does not compile")
 }
 
@@ -372,7 +372,7 @@ fn bounds_on_nodes_and_depth() {
         );
     }
     evaluators.insert("e20".into(), json!({ "var": "x" }));
-    let mut c = Compiler::new(Some(&evaluators), 10_000, 64);
+    let mut c = Compiler::new(Some(&evaluators), "flag-key", 10_000, 64);
     assert_eq!(
         c.compile(&json!({ "$ref": "e0" })).unwrap_err(),
         CompileError::TooManyNodes(10_000)
@@ -381,7 +381,7 @@ fn bounds_on_nodes_and_depth() {
     for _ in 0..100 {
         deep = json!({ "!": [deep] });
     }
-    let mut c = Compiler::new(None, 10_000, 64);
+    let mut c = Compiler::new(None, "flag-key", 10_000, 64);
     assert_eq!(c.compile(&deep).unwrap_err(), CompileError::TooDeep(64));
 }
 

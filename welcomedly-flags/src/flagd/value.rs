@@ -142,7 +142,11 @@ impl<'a> Val<'a> {
 
     /// JavaScript `===`: same type and value; arrays and objects are never equal (they are
     /// compared by identity in JavaScript, and every evaluation builds new ones).
+    #[inline]
     pub(crate) fn strict_eq(&self, other: &Val<'_>) -> bool {
+        if let (Val::Str(a), Val::Str(b)) = (self, other) {
+            return a == b;
+        }
         match (self, other) {
             (Val::Null, Val::Null) => true,
             (Val::Bool(a), Val::Bool(b)) => a == b,
@@ -155,7 +159,16 @@ impl<'a> Val<'a> {
     }
 
     /// JavaScript `==` (abstract equality).
+    #[inline]
     pub(crate) fn loose_eq(&self, other: &Val<'_>) -> bool {
+        // The common case first: a string attribute against a string constant.
+        if let (Val::Str(a), Val::Str(b)) = (self, other) {
+            return a == b;
+        }
+        self.loose_eq_slow(other)
+    }
+
+    fn loose_eq_slow(&self, other: &Val<'_>) -> bool {
         match (self, other) {
             (Val::Null, Val::Null) => true,
             (Val::Null, _) | (_, Val::Null) => false,
