@@ -62,6 +62,7 @@
 
 mod compile;
 mod eval;
+mod export;
 mod parse;
 mod value;
 
@@ -73,6 +74,7 @@ use foldhash::fast::RandomState;
 use serde_json::{Map, Value};
 
 use self::eval::Env;
+pub use self::export::{Export, ExportNote, NoteKind, export};
 use self::parse::{Compiled, FlagdFlag};
 use self::value::Val;
 use crate::context::Context;
