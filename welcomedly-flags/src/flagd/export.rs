@@ -1,48 +1,4 @@
-//! Our native model written as a flagd flag file, where it maps.
-//!
-//! | native | flagd |
-//! |---|---|
-//! | `enabled` | `state` |
-//! | `variants` | `variants` |
-//! | fixed `fallthrough` | `defaultVariant` (the targeting's `null` result) |
-//! | `targets` | `{"in": [{"var": "targetingKey"}, [...]]}` rules first |
-//! | `rules` in order | an `if` chain |
-//! | `equals`, `in` | `in` (strict equality, as ours) |
-//! | `startsWith`, `endsWith`, `contains` | `starts_with`, `ends_with`, `in`, guarded to strings |
-//! | `lessThan` … `greaterThanOrEqual` | `<` … `>=`, guarded to numbers |
-//! | `semverEqual`, `…LessThan`, `…GreaterThan` | `sem_ver`, guarded to strings |
-//! | `inSegment` | `$evaluators` named `segment.<key>`, through `$ref` |
-//! | `negate` | `!`, only for a present attribute of the right type (as ours) |
-//! | rollout | `fractional` over `cat(salt, bucketBy)`, guarded to a present attribute |
-//! | `description` | `metadata.description` |
-//!
-//! What does not map, and is reported per flag in [`Export::notes`]:
-//!
-//! - **skipped**: prerequisites (flagd has no flag dependencies), `matches` (no regular
-//!   expressions in JsonLogic), `before` / `after` (no date type; `$flagd.timestamp` is only
-//!   "now"), a segment that uses one of those.
-//! - **approximate**: rollouts with bucketing `v1` (flagd hashes with MurmurHash3: the same
-//!   shares, different users in them; bucketing `flagd` keeps every assignment); reasons
-//!   (flagd says `TARGETING_MATCH` where ours says `SPLIT`, `STATIC` only without targeting);
-//!   `sem_ver` reads a `v` prefix and partial versions and a context value that is no version
-//!   makes flagd fall back to the default variant, where ours skips to the next rule.
-//!
-//! ```
-//! use welcomedly_flags::FlagSet;
-//! use welcomedly_flags::flagd::{FlagdSet, export};
-//!
-//! let native = FlagSet::from_json(r#"{ "flags": { "beta": {
-//!   "variants": { "on": true, "off": false },
-//!   "rules": [{ "clauses": [{ "attribute": "plan", "op": "in", "values": ["pro"] }], "serve": { "variant": "on" } }],
-//!   "fallthrough": { "variant": "off" }
-//! } } }"#)?;
-//! let out = export(&native);
-//! assert!(out.notes.is_empty());
-//! let flagd = FlagdSet::parse(&out.file.to_string()).unwrap();
-//! let ctx = welcomedly_flags::Context::new("u1").with("plan", "pro");
-//! assert!(flagd.bool_value("beta", &ctx, false).value);
-//! # Ok::<(), welcomedly_flags::ValidationErrors>(())
-//! ```
+//! Our native model written as a flagd flag file, where it maps: see [`export`].
 
 use serde_json::{Map, Value, json};
 
@@ -81,7 +37,51 @@ pub struct ExportNote {
     pub message: String,
 }
 
-/// Writes `set` as a flagd flag file; see the [module docs](self) for the mapping.
+/// Writes our native model as a flagd flag file, where it maps.
+///
+/// | native | flagd |
+/// |---|---|
+/// | `enabled` | `state` |
+/// | `variants` | `variants` |
+/// | fixed `fallthrough` | `defaultVariant` (the targeting's `null` result) |
+/// | `targets` | `{"in": [{"var": "targetingKey"}, [...]]}` rules first |
+/// | `rules` in order | an `if` chain |
+/// | `equals`, `in` | `in` (strict equality, as ours) |
+/// | `startsWith`, `endsWith`, `contains` | `starts_with`, `ends_with`, `in`, guarded to strings |
+/// | `lessThan` … `greaterThanOrEqual` | `<` … `>=`, guarded to numbers |
+/// | `semverEqual`, `…LessThan`, `…GreaterThan` | `sem_ver`, guarded to strings |
+/// | `inSegment` | `$evaluators` named `segment.<key>`, through `$ref` |
+/// | `negate` | `!`, only for a present attribute of the right type (as ours) |
+/// | rollout | `fractional` over `cat(salt, bucketBy)`, guarded to a present attribute |
+/// | `description` | `metadata.description` |
+///
+/// What does not map, and is reported per flag in [`Export::notes`]:
+///
+/// - **skipped**: prerequisites (flagd has no flag dependencies), `matches` (no regular
+///   expressions in JsonLogic), `before` / `after` (no date type; `$flagd.timestamp` is only
+///   "now"), a segment that uses one of those.
+/// - **approximate**: rollouts with bucketing `v1` (flagd hashes with MurmurHash3: the same
+///   shares, different users in them; bucketing `flagd` keeps every assignment); reasons
+///   (flagd says `TARGETING_MATCH` where ours says `SPLIT`, `STATIC` only without targeting);
+///   `sem_ver` reads a `v` prefix and partial versions and a context value that is no version
+///   makes flagd fall back to the default variant, where ours skips to the next rule.
+///
+/// ```
+/// use welcomedly_flags::FlagSet;
+/// use welcomedly_flags::flagd::{FlagdSet, export};
+///
+/// let native = FlagSet::from_json(r#"{ "flags": { "beta": {
+///   "variants": { "on": true, "off": false },
+///   "rules": [{ "clauses": [{ "attribute": "plan", "op": "in", "values": ["pro"] }], "serve": { "variant": "on" } }],
+///   "fallthrough": { "variant": "off" }
+/// } } }"#)?;
+/// let out = export(&native);
+/// assert!(out.notes.is_empty());
+/// let flagd = FlagdSet::parse(&out.file.to_string()).unwrap();
+/// let ctx = welcomedly_flags::Context::new("u1").with("plan", "pro");
+/// assert!(flagd.bool_value("beta", &ctx, false).value);
+/// # Ok::<(), welcomedly_flags::ValidationErrors>(())
+/// ```
 pub fn export(set: &FlagSet) -> Export {
     let mut flags = Map::new();
     let mut notes = Vec::new();
