@@ -397,3 +397,12 @@ fn data_objects_and_arrays_are_literals() {
         json!([1, 2])
     );
 }
+
+#[test]
+fn compiled_sets_are_shareable_across_threads() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<super::FlagdSet>();
+    send_sync::<super::FlagdError>();
+    send_sync::<super::Details<'static, bool>>();
+    send_sync::<super::Export>();
+}
