@@ -28,6 +28,9 @@ fn problem(flag: Value) -> String {
 #[test]
 fn file_level_errors_refuse_the_whole_file() {
     assert!(matches!(FlagdSet::parse("{"), Err(FlagdError::Syntax(_))));
+    // Nesting is bounded by the JSON reader (128 levels).
+    let deep = format!("{{\"flags\": {}{}}}", "[".repeat(200), "]".repeat(200));
+    assert!(matches!(FlagdSet::parse(&deep), Err(FlagdError::Syntax(_))));
     assert!(matches!(FlagdSet::parse("[]"), Err(FlagdError::Shape(_))));
     assert!(matches!(FlagdSet::parse("{}"), Err(FlagdError::Shape(_))));
     assert!(matches!(

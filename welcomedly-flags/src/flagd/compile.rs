@@ -258,13 +258,22 @@ impl<'e> Compiler<'e> {
         if depth > self.max_depth {
             return Err(CompileError::TooDeep(self.max_depth));
         }
-        self.nodes += 1;
+        // Constants count by their size too: a `$ref` copies its evaluator's constants each
+        // time it is used, so a large literal behind many `$ref`s must meet the budget.
+        self.nodes += 1 + match v {
+            Value::String(s) => s.len() / 64,
+            _ => 0,
+        };
         if self.nodes > self.max_nodes {
             return Err(CompileError::TooManyNodes(self.max_nodes));
         }
         match v {
             Value::Array(items) => {
                 if items.iter().all(is_data) {
+                    self.nodes += data_weight(v);
+                    if self.nodes > self.max_nodes {
+                        return Err(CompileError::TooManyNodes(self.max_nodes));
+                    }
                     return Ok(Node::Lit(v.clone()));
                 }
                 Ok(Node::Array(self.list(items, depth)?))
@@ -275,7 +284,13 @@ impl<'e> Compiler<'e> {
                 };
                 self.operation(op, arg, depth)
             }
-            Value::Object(_) => Ok(Node::Lit(v.clone())),
+            Value::Object(_) => {
+                self.nodes += data_weight(v);
+                if self.nodes > self.max_nodes {
+                    return Err(CompileError::TooManyNodes(self.max_nodes));
+                }
+                Ok(Node::Lit(v.clone()))
+            }
             Value::Null => Ok(Node::Null),
             Value::Bool(b) => Ok(Node::Bool(*b)),
             Value::Number(n) => Ok(Node::Num(n.as_f64().unwrap_or(f64::NAN))),
@@ -561,6 +576,21 @@ pub(crate) const MAX_WEIGHT: u64 = i32::MAX as u64;
 /// A weight: a whole number in `0..=MAX_WEIGHT`.
 pub(crate) fn weight_of(n: f64) -> Option<u64> {
     (n.fract() == 0.0 && (0.0..=MAX_WEIGHT as f64).contains(&n)).then_some(n as u64)
+}
+
+/// The budget a constant takes: one per value (and per key) plus one per 64 bytes of text.
+fn data_weight(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(data_weight).sum::<usize>(),
+        Value::Object(m) => {
+            1 + m
+                .iter()
+                .map(|(k, v)| 1 + k.len() / 64 + data_weight(v))
+                .sum::<usize>()
+        }
+        Value::String(s) => 1 + s.len() / 64,
+        _ => 1,
+    }
 }
 
 /// Whether a JSON value is plain data (holds no operation), so it compiles to a constant.

@@ -377,6 +377,21 @@ fn bounds_on_nodes_and_depth() {
         c.compile(&json!({ "$ref": "e0" })).unwrap_err(),
         CompileError::TooManyNodes(10_000)
     );
+    // A large constant behind many `$ref`s: copied each time, so it counts each time.
+    let big: Vec<Value> = (0..2_000).map(|i| json!(format!("user-{i}"))).collect();
+    let evaluators = json!({ "big": { "in": [{ "var": "targetingKey" }, big] } });
+    let many: Vec<Value> = (0..100).map(|_| json!({ "$ref": "big" })).collect();
+    let mut c = Compiler::new(evaluators.as_object(), "flag-key", 100_000, 64);
+    assert_eq!(
+        c.compile(&json!({ "or": many })).unwrap_err(),
+        CompileError::TooManyNodes(100_000)
+    );
+    let long = json!({ "==": [{ "var": "x" }, "x".repeat(64 * 20_000)] });
+    let mut c = Compiler::new(None, "flag-key", 10_000, 64);
+    assert_eq!(
+        c.compile(&long).unwrap_err(),
+        CompileError::TooManyNodes(10_000)
+    );
     let mut deep = json!({ "var": "x" });
     for _ in 0..100 {
         deep = json!({ "!": [deep] });
