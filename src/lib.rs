@@ -9,6 +9,7 @@
 //! | `redis` (with `cluster`) | `redis` — the one supervised Redis link every component shares |
 //! | `cluster` | `cluster` — Redis sessions, event bus, membership, cluster-wide rate limits |
 //! | `flags` | `flags` — feature flags with push invalidation |
+//! | `flagd` (with `flags`) | `flags::flagd` — flagd flag files on the compiled evaluator |
 //! | `db` | `db` — replica-aware sqlx router |
 //! | `axum` | axum conveniences in `core` |
 //! | `full` | all of the above |

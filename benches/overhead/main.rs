@@ -2,7 +2,7 @@
 //! bare service and the peer crates.
 //!
 //! Run with `cargo bench --all-features --bench overhead` (add a filter, e.g. `-- rate_limit`,
-//! `-- flags`, `-- sessions`, `-- redis_link`, `-- bus` or `-- db`). The Redis group
+//! `-- flags`, `-- flagd`, `-- sessions`, `-- redis_link`, `-- bus` or `-- db`). The Redis group
 //! starts its own `redis-server` and is skipped when none is installed.
 //!
 //! Each group ends with an *interleaved* table on stderr (variants alternating in short slices
@@ -19,6 +19,7 @@
 
 mod bus;
 mod db;
+mod flagd;
 mod flags;
 mod http_stack;
 mod link;
@@ -93,6 +94,7 @@ fn main() {
     rate_limit::bench_tower(&mut c);
     rate_limit::bench(&mut c);
     flags::bench(&mut c);
+    flagd::bench(&mut c);
     sessions::bench(&mut c);
     link::bench(&mut c);
     bus::bench(&mut c);

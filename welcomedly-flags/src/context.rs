@@ -33,6 +33,27 @@ pub enum AttrValue<'a> {
     Float(f64),
     /// A boolean.
     Bool(bool),
+    /// A nested JSON value (an object or an array, or any JSON value a caller hands over as is):
+    /// flagd targeting reads into it with dotted `var` paths such as `user.account.plan`. The
+    /// native model's clauses see it as a value of another type (they do not match it).
+    Json(&'a serde_json::Value),
+}
+
+impl<'a> From<&'a serde_json::Value> for AttrValue<'a> {
+    /// Scalars become their own variants (so the native model's clauses see them); objects,
+    /// arrays and `null` stay JSON.
+    fn from(v: &'a serde_json::Value) -> Self {
+        use serde_json::Value;
+        match v {
+            Value::String(s) => AttrValue::Str(s),
+            Value::Bool(b) => AttrValue::Bool(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => AttrValue::Int(i),
+                None => AttrValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            _ => AttrValue::Json(v),
+        }
+    }
 }
 
 impl<'a> From<&'a str> for AttrValue<'a> {
@@ -123,6 +144,30 @@ impl<'a> Context<'a> {
             Some(slot) => slot.1 = value,
             None => self.attrs.push((name, value)),
         }
+    }
+
+    /// A context from a JSON object (an OpenFeature evaluation context as flagd and OFREP send
+    /// it): `targetingKey` (when a string) becomes the key, every other member an attribute,
+    /// nested objects and arrays as [`AttrValue::Json`]. Anything but an object gives an
+    /// anonymous context without attributes.
+    ///
+    /// ```
+    /// use welcomedly_flags::{AttrValue, Context};
+    ///
+    /// let json = serde_json::json!({ "targetingKey": "u1", "plan": "pro", "user": { "age": 42 } });
+    /// let ctx = Context::from_json(&json);
+    /// assert_eq!(ctx.key(), Some("u1"));
+    /// assert_eq!(ctx.get("plan"), Some(AttrValue::Str("pro")));
+    /// assert!(matches!(ctx.get("user"), Some(AttrValue::Json(_))));
+    /// ```
+    pub fn from_json(value: &'a serde_json::Value) -> Context<'a> {
+        let mut ctx = Context::anonymous();
+        if let Some(members) = value.as_object() {
+            for (name, v) in members {
+                ctx.set(name, v);
+            }
+        }
+        ctx
     }
 
     /// The targeting key.

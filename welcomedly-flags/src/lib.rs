@@ -20,6 +20,7 @@
 //! | [`context`] | the borrowed evaluation [`Context`] |
 //! | [`bucketing`] | rollout bucketing algorithms (v1, flagd's MurmurHash3) |
 //! | [`flags`] | the [`Flags`] handle and [`FlagChange`] subscriptions |
+//! | `flagd` (feature `flagd`) | flagd flag files: JsonLogic targeting compiled once, flagd's results |
 //! | [`store`] | where the flag set lives (memory, Redis with the `redis` feature) and [`store::FlagSync`], which keeps every instance's snapshot current |
 //! | `admin` (feature `axum`) | the flags admin API: list, get, put with `If-Match`, delete, history |
 //! | [`layer`] | [`FlagsLayer`](layer::FlagsLayer) (one snapshot and context per request), [`FlagGateLayer`](layer::FlagGateLayer) (a route behind a flag) |
@@ -63,6 +64,9 @@ pub mod admin;
 pub mod bucketing;
 pub mod context;
 pub mod eval;
+#[cfg(feature = "flagd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "flagd")))]
+pub mod flagd;
 pub mod flags;
 pub mod layer;
 pub mod model;

@@ -37,7 +37,7 @@ mod murmur3;
 
 use serde::{Deserialize, Serialize};
 
-use self::murmur3::Murmur3;
+pub(crate) use self::murmur3::Murmur3;
 pub use self::murmur3::murmur3_x86_32;
 
 /// The number of buckets: weights are out of 100 000 (one unit = 0.001 %).

@@ -40,6 +40,8 @@ mod date;
 mod semver;
 
 pub(crate) use self::clause::{CompiledClause, Regexes};
+#[cfg(feature = "flagd")]
+pub(crate) use self::semver::{OwnedSemver, Semver};
 
 /// The result of evaluating a flag.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,6 +83,8 @@ pub enum Match {
     Rule(usize),
     /// The fallthrough.
     Fallthrough,
+    /// A flagd targeting expression (JsonLogic) named the variant.
+    Expression,
 }
 
 /// Why an evaluation returned its value.

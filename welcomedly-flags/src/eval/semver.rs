@@ -66,6 +66,58 @@ impl<'a> Semver<'a> {
         })
     }
 
+    /// flagd's reading of a version (Go's `golang.org/x/mod/semver`, which flagd uses): an
+    /// optional `v` prefix, and `1` or `1.2` standing for `1.0.0` and `1.2.0` (a pre-release or
+    /// build suffix needs all three numbers). Build metadata is ignored for precedence.
+    #[cfg(feature = "flagd")]
+    pub(crate) fn parse_flagd(s: &'a str) -> Option<Semver<'a>> {
+        let s = s.strip_prefix('v').unwrap_or(s);
+        // One pass over `1`, `1.2` or `1.2.3` (the common case, evaluated per request); anything
+        // with a suffix takes the full parser.
+        let mut parts = [0u64; 3];
+        let mut part = 0usize;
+        let mut len = 0usize;
+        let mut leading_zero = false;
+        for b in s.bytes() {
+            match b {
+                b'0'..=b'9' => {
+                    if len == 1 && leading_zero {
+                        return None;
+                    }
+                    leading_zero = len == 0 && b == b'0';
+                    let slot = parts.get_mut(part)?;
+                    *slot = slot.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+                    len += 1;
+                }
+                b'.' => {
+                    if len == 0 {
+                        return None;
+                    }
+                    part += 1;
+                    len = 0;
+                    leading_zero = false;
+                }
+                _ => return Semver::parse(s),
+            }
+        }
+        if len == 0 || part > 2 {
+            return None;
+        }
+        let [major, minor, patch] = parts;
+        Some(Semver {
+            major,
+            minor,
+            patch,
+            pre: "",
+        })
+    }
+
+    /// `(major, minor)`, for flagd's `~` (same minor) and `^` (same major).
+    #[cfg(feature = "flagd")]
+    pub(crate) fn major_minor(&self) -> (u64, u64) {
+        (self.major, self.minor)
+    }
+
     pub(crate) fn precedence(&self, other: &Semver<'_>) -> Ordering {
         (self.major, self.minor, self.patch)
             .cmp(&(other.major, other.minor, other.patch))
@@ -118,6 +170,18 @@ pub(crate) struct OwnedSemver {
 impl OwnedSemver {
     pub(crate) fn parse(s: &str) -> Option<OwnedSemver> {
         let v = Semver::parse(s)?;
+        Some(OwnedSemver {
+            major: v.major,
+            minor: v.minor,
+            patch: v.patch,
+            pre: v.pre.into(),
+        })
+    }
+
+    /// [`Semver::parse_flagd`], owned (a constant compared against in a flagd rule).
+    #[cfg(feature = "flagd")]
+    pub(crate) fn parse_flagd(s: &str) -> Option<OwnedSemver> {
+        let v = Semver::parse_flagd(s)?;
         Some(OwnedSemver {
             major: v.major,
             minor: v.minor,
@@ -187,5 +251,44 @@ mod tests {
             assert!(Semver::parse(bad).is_none(), "{bad:?}");
         }
         assert!(Semver::parse("0.0.0-0.a-b+x.y-z").is_some());
+    }
+
+    #[cfg(feature = "flagd")]
+    #[test]
+    fn flagd_reading_takes_v_prefix_and_partial_versions() {
+        let full = |s| {
+            Semver::parse("1.0.0")
+                .unwrap()
+                .precedence(&Semver::parse_flagd(s).unwrap())
+        };
+        for same in [
+            "1",
+            "1.0",
+            "v1",
+            "v1.0",
+            "v1.0.0",
+            "1.0.0+build.7",
+            "v1.0.0+x",
+        ] {
+            assert_eq!(full(same), Ordering::Equal, "{same}");
+        }
+        assert_eq!(Semver::parse_flagd("v1.2.3-rc.1").unwrap().pre, "rc.1");
+        for bad in [
+            "",
+            "v",
+            "vv1",
+            "1.",
+            "1..2",
+            "1.2.3.4",
+            "01",
+            "1.02",
+            "1-rc",
+            "1.2-rc",
+            "V1.0.0",
+            "1.0.0-",
+            "not-a-version",
+        ] {
+            assert!(Semver::parse_flagd(bad).is_none(), "{bad:?}");
+        }
     }
 }
