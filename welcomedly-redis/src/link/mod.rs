@@ -146,6 +146,9 @@ struct Hot {
     /// busy Redis or a busy instance, not a dead connection: it is not counted towards the
     /// threshold, so a burst of load never drops a connection that works.
     last_reply: AtomicU64,
+    /// On a cluster: the slot map this connection was built with, to tell whether the cluster
+    /// has changed in a way it did not follow (see `shards::watch`).
+    map: ArcSwapOption<shards::ShardMap>,
 }
 
 impl Hot {
@@ -155,6 +158,7 @@ impl Hot {
             generation,
             born: Instant::now(),
             last_reply: AtomicU64::new(0),
+            map: ArcSwapOption::empty(),
         }
     }
 
@@ -232,6 +236,11 @@ pub(crate) struct Inner {
     shards_stale: AtomicBool,
     /// One slot map fetch at a time.
     shards_fetch: tokio::sync::Mutex<()>,
+    /// On a cluster: a call ran past its budget; the topology watch compares the cluster's
+    /// slot map with the connection's.
+    look_at_topology: Arc<Notify>,
+    /// The topology watch task, on a cluster.
+    watch: OnceLock<tokio::task::AbortHandle>,
 }
 
 impl Inner {
@@ -249,6 +258,9 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(task) = self.supervisor.get() {
+            task.abort();
+        }
+        if let Some(task) = self.watch.get() {
             task.abort();
         }
         if let Some(subscriber) = self.subscriber.get() {
@@ -327,6 +339,8 @@ impl Link {
             shards: ArcSwapOption::empty(),
             shards_stale: AtomicBool::new(false),
             shards_fetch: tokio::sync::Mutex::new(()),
+            look_at_topology: Arc::new(Notify::new()),
+            watch: OnceLock::new(),
         });
         if let Err(e) = Inner::attempt(&inner).await {
             tracing::warn!(redis = %inner.config.topology, error = %e, "Redis is unreachable: the link keeps trying in the background");
@@ -337,6 +351,13 @@ impl Link {
             inner.demand.clone(),
         ));
         let _ = inner.supervisor.set(task.abort_handle());
+        if inner.target.nodes().is_some() {
+            let task = runtime.spawn(shards::watch(
+                Arc::downgrade(&inner),
+                inner.look_at_topology.clone(),
+            ));
+            let _ = inner.watch.set(task.abort_handle());
+        }
         Ok(Self { inner })
     }
 
@@ -522,13 +543,21 @@ impl Link {
                     // Other calls were answered meanwhile: the connection works, this call
                     // was only slow (a loaded Redis or instance). Not a failure of the
                     // connection: counting it would drop a working connection under load
-                    // and fail every request during the reconnect.
+                    // and fail every request during the reconnect. On a cluster: its node
+                    // may be frozen and replaced, which the cluster connection does not
+                    // notice by itself; have the topology looked at.
                     inner.counters.budget.fetch_add(1, Ordering::Relaxed);
+                    if hot.conn.is_cluster() {
+                        inner.look_at_topology.notify_one();
+                    }
                     tracing::debug!("a Redis call ran past its budget while others were answered");
                     return Err(Error::budget(budget));
                 }
                 Err(_) => {
                     inner.counters.budget.fetch_add(1, Ordering::Relaxed);
+                    if hot.conn.is_cluster() {
+                        inner.look_at_topology.notify_one();
+                    }
                     inner.failed(
                         &hot,
                         Failure::Transport,
