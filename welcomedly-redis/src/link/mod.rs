@@ -130,6 +130,35 @@ pub struct LinkStats {
 ///   more on the replacement connection, within the same budget.
 /// - **Scripts**: [`Link::preload`] loads a script on every new connection before it is used,
 ///   and `EVALSHA` falls back to loading it on `NOSCRIPT`.
+///
+/// # On Sentinel
+///
+/// Every connection attempt asks the Sentinels where the master is, so after a failover (the
+/// old master closes its connections, or answers `READONLY`: the connection is replaced) the
+/// link connects to the new one; dedicated connections made before are not handed out again.
+///
+/// # On a Redis Cluster
+///
+/// The connection is redis-rs' cluster connection ([`Conn`]): commands go to the node serving
+/// their key's slot; `MOVED`, `ASK`, `READONLY` are followed and `CLUSTERDOWN`/`TRYAGAIN`
+/// retried inside it (3 retries, 10–100 ms apart, never the client's default 1.28 s sleeps);
+/// the budget still bounds every call. What differs from one node:
+/// - **No rebuild for one node's failure.** A dead node, `CLUSTERDOWN` while a master fails
+///   over, a `MOVED` past the retries: the call fails (unavailable), redis-rs reconnects that
+///   node and refreshes its slot map; calls to other shards go on. The whole cluster
+///   connection is rebuilt only after failures in a row, nothing succeeding, for longer than
+///   a failover (5 s), or by the topology watch.
+/// - **Topology watch.** redis-rs never refreshes its slot map on calls that time out, so a
+///   frozen master replaced by its replica would time its slots out for ever. A call past its
+///   budget makes the link ask the cluster for its slot map (at most once per
+///   [`min_outage`](LinkConfig::min_outage)); if the slots' masters changed and the
+///   connection still routes to the old one, a new connection is made and swapped in.
+/// - **Retry**: redis-rs resends a command after a connection error or a redirection by
+///   itself; [`Retry::Once`] adds nothing on a cluster. A command whose node died as it was
+///   sent may therefore have run once before it is sent again: keep commands marked
+///   [`Retry::Never`] idempotent where a double run would matter.
+/// - **Scripts** are never loaded on every node (`SCRIPT LOAD` fans out and fails while one
+///   node is down): `NOSCRIPT` is answered with `EVAL` on the key's node (see [`Conn`]).
 #[derive(Clone)]
 pub struct Link {
     inner: Arc<Inner>,
