@@ -178,6 +178,8 @@ struct Hot {
     /// On a cluster: the slot map this connection was built with, to tell whether the cluster
     /// has changed in a way it did not follow (see `shards::watch`).
     map: ArcSwapOption<shards::ShardMap>,
+    /// The node it reaches (one node or a Sentinel's master; `None` on a cluster).
+    addr: Option<redis::ConnectionAddr>,
 }
 
 impl Hot {
@@ -188,6 +190,7 @@ impl Hot {
             born: Instant::now(),
             last_reply: AtomicU64::new(0),
             map: ArcSwapOption::empty(),
+            addr: None,
         }
     }
 
@@ -276,6 +279,11 @@ impl Inner {
     /// Whether the link has a connection now.
     pub(crate) fn is_up(&self) -> bool {
         self.hot.load().is_some()
+    }
+
+    /// The node the current connection reaches (one node or a Sentinel's master).
+    pub(crate) fn current_addr(&self) -> Option<redis::ConnectionAddr> {
+        self.hot.load().as_ref().and_then(|h| h.addr.clone())
     }
 
     /// Ticks at the end of every connection attempt.

@@ -279,7 +279,9 @@ impl Inner {
                     .into_owned()
                 })?;
         }
-        Ok(Hot::new(Conn::node(conn), generation))
+        let mut hot = Hot::new(Conn::node(conn), generation);
+        hot.addr = Some(info.addr().clone());
+        Ok(hot)
     }
 }
 
