@@ -564,3 +564,56 @@ async fn pubsub_reaches_subscribers_on_any_node_and_survives_the_nodes_death() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_master_and_rebalanced_slots_are_followed() {
+    let cluster = RedisClusterConfig::default()
+        .replicas_per_master(0)
+        .start()
+        .unwrap();
+    let link = Link::connect(config(&cluster)).await.unwrap();
+    let keys = key_per_master(&cluster);
+    for key in &keys {
+        let () = link
+            .query(redis::cmd("SET").arg(key).arg("before"), Retry::Once)
+            .await
+            .unwrap();
+    }
+    let new = cluster.add_master().unwrap();
+    // Each key's slot, with its data, to the new master.
+    for key in &keys {
+        let slot = RedisCluster::slot_of(key.as_bytes());
+        cluster.move_slots(slot..=slot, new).unwrap();
+    }
+    for key in &keys {
+        let v: String = link
+            .query(redis::cmd("GET").arg(key), Retry::Once)
+            .await
+            .unwrap();
+        assert_eq!(v, "before");
+        let () = link
+            .query(redis::cmd("SET").arg(key).arg("after"), Retry::Once)
+            .await
+            .unwrap();
+        assert_eq!(cluster.command_on(new, &["GET", key]).unwrap(), "after");
+        // A dedicated connection for the key lands on the new master too.
+        let mut conn = link.dedicated_for(key.as_bytes()).await.unwrap();
+        let v: String = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if v != "after" {
+            // The first one may come from the map before the move (MOVED): the next one not.
+            drop(conn);
+            let mut conn = link.dedicated_for(key.as_bytes()).await.unwrap();
+            let v: String = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(v, "after");
+        }
+    }
+    assert_eq!(link.stats().connections, 1);
+}
