@@ -159,6 +159,9 @@ pub struct LinkStats {
 ///   [`Retry::Never`] idempotent where a double run would matter.
 /// - **Scripts** are never loaded on every node (`SCRIPT LOAD` fans out and fails while one
 ///   node is down): `NOSCRIPT` is answered with `EVAL` on the key's node (see [`Conn`]).
+/// - **Health**: the link stays [`LinkState::Connected`] while one shard fails over (the
+///   other shards serve); it turns to reconnecting, and its health check `Degraded`, once
+///   calls have failed for 5 s in a row with nothing succeeding (the whole cluster down).
 #[derive(Clone)]
 pub struct Link {
     inner: Arc<Inner>,
