@@ -617,3 +617,32 @@ async fn a_fourth_master_and_rebalanced_slots_are_followed() {
     }
     assert_eq!(link.stats().connections, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_down_turns_the_link_degraded() {
+    use welcomedly_core::health::{CheckOutcome, HealthCheck};
+    let cluster = RedisClusterConfig::default()
+        .replicas_per_master(0)
+        .start()
+        .unwrap();
+    let link = Link::connect(config(&cluster)).await.unwrap();
+    let key = key_per_master(&cluster).remove(0);
+    assert_eq!(link.check().await, CheckOutcome::Healthy);
+    for port in cluster.ports() {
+        cluster.kill(port).unwrap();
+    }
+    eventually("the link to give the cluster up", async || {
+        let _ = link
+            .query::<Option<String>>(redis::cmd("GET").arg(&key), Retry::Once)
+            .await;
+        !matches!(link.check().await, CheckOutcome::Healthy)
+    })
+    .await;
+    // Dropped for failures: the link now tries to build a new cluster connection from the
+    // seeds, in the background.
+    assert!(
+        !link.is_connected() || link.stats().connections > 1,
+        "{:?}",
+        link.stats()
+    );
+}
