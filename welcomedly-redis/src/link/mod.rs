@@ -12,18 +12,15 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
-use redis::{
-    Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline, RedisResult, Script,
-    ScriptInvocation,
-};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Script, ScriptInvocation};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
@@ -32,10 +29,21 @@ use welcomedly_core::redact::redact_url;
 use crate::classify::{Failure, classify};
 use crate::config::LinkConfig;
 
+mod cluster;
+mod conn;
 mod dedicated;
+mod shards;
 mod supervisor;
+mod target;
 
+pub use self::conn::Conn;
+pub(crate) use self::conn::Scripts;
+pub use self::dedicated::Dedicated;
 use self::supervisor::supervise;
+pub(crate) use self::target::Target;
+// For `crate::sentinel` (a master's address with the configured credentials).
+#[allow(unused_imports)]
+pub(crate) use self::target::info_at;
 use crate::error::Error;
 use crate::subscriber::Subscriber;
 
@@ -122,6 +130,38 @@ pub struct LinkStats {
 ///   more on the replacement connection, within the same budget.
 /// - **Scripts**: [`Link::preload`] loads a script on every new connection before it is used,
 ///   and `EVALSHA` falls back to loading it on `NOSCRIPT`.
+///
+/// # On Sentinel
+///
+/// Every connection attempt asks the Sentinels where the master is, so after a failover (the
+/// old master closes its connections, or answers `READONLY`: the connection is replaced) the
+/// link connects to the new one; dedicated connections made before are not handed out again.
+///
+/// # On a Redis Cluster
+///
+/// The connection is redis-rs' cluster connection ([`Conn`]): commands go to the node serving
+/// their key's slot; `MOVED`, `ASK`, `READONLY` are followed and `CLUSTERDOWN`/`TRYAGAIN`
+/// retried inside it (3 retries, 10–100 ms apart, never the client's default 1.28 s sleeps);
+/// the budget still bounds every call. What differs from one node:
+/// - **No rebuild for one node's failure.** A dead node, `CLUSTERDOWN` while a master fails
+///   over, a `MOVED` past the retries: the call fails (unavailable), redis-rs reconnects that
+///   node and refreshes its slot map; calls to other shards go on. The whole cluster
+///   connection is rebuilt only after failures in a row, nothing succeeding, for longer than
+///   a failover (5 s), or by the topology watch.
+/// - **Topology watch.** redis-rs never refreshes its slot map on calls that time out, so a
+///   frozen master replaced by its replica would time its slots out for ever. A call past its
+///   budget makes the link ask the cluster for its slot map (at most once per
+///   [`min_outage`](LinkConfig::min_outage)); if the slots' masters changed and the
+///   connection still routes to the old one, a new connection is made and swapped in.
+/// - **Retry**: redis-rs resends a command after a connection error or a redirection by
+///   itself; [`Retry::Once`] adds nothing on a cluster. A command whose node died as it was
+///   sent may therefore have run once before it is sent again: keep commands marked
+///   [`Retry::Never`] idempotent where a double run would matter.
+/// - **Scripts** are never loaded on every node (`SCRIPT LOAD` fans out and fails while one
+///   node is down): `NOSCRIPT` is answered with `EVAL` on the key's node (see [`Conn`]).
+/// - **Health**: the link stays [`LinkState::Connected`] while one shard fails over (the
+///   other shards serve); it turns to reconnecting, and its health check `Degraded`, once
+///   calls have failed for 5 s in a row with nothing succeeding (the whole cluster down).
 #[derive(Clone)]
 pub struct Link {
     inner: Arc<Inner>,
@@ -129,7 +169,7 @@ pub struct Link {
 
 /// The connection calls use, with the generation it was made in.
 struct Hot {
-    conn: MultiplexedConnection,
+    conn: Conn,
     generation: u64,
     /// When the connection was made: the origin of `last_reply`.
     born: Instant,
@@ -138,15 +178,22 @@ struct Hot {
     /// busy Redis or a busy instance, not a dead connection: it is not counted towards the
     /// threshold, so a burst of load never drops a connection that works.
     last_reply: AtomicU64,
+    /// On a cluster: the slot map this connection was built with, to tell whether the cluster
+    /// has changed in a way it did not follow (see `shards::watch`).
+    map: ArcSwapOption<shards::ShardMap>,
+    /// The node it reaches (one node or a Sentinel's master; `None` on a cluster).
+    addr: Option<redis::ConnectionAddr>,
 }
 
 impl Hot {
-    fn new(conn: MultiplexedConnection, generation: u64) -> Self {
+    fn new(conn: Conn, generation: u64) -> Self {
         Self {
             conn,
             generation,
             born: Instant::now(),
             last_reply: AtomicU64::new(0),
+            map: ArcSwapOption::empty(),
+            addr: None,
         }
     }
 
@@ -182,7 +229,8 @@ struct Counters {
 
 pub(crate) struct Inner {
     config: LinkConfig,
-    info: redis::ConnectionInfo,
+    /// Where to connect (validated once).
+    target: Arc<Target>,
     hot: ArcSwapOption<Hot>,
     state: AtomicU8,
     /// Transport failures in a row on the current connection.
@@ -200,7 +248,7 @@ pub(crate) struct Inner {
     /// Wakes the supervisor when the connection was dropped.
     dropped: Arc<Notify>,
     /// Set with `dropped` when the drop was for failures (then `min_outage` applies).
-    hold_off: std::sync::atomic::AtomicBool,
+    hold_off: AtomicBool,
     /// A caller waits for a connection: try now (within `demand_interval`).
     demand: Arc<Notify>,
     /// Connection attempts started (numbered from 1).
@@ -208,18 +256,37 @@ pub(crate) struct Inner {
     /// The number of the last attempt that ended, so waiting callers learn its outcome.
     attempts: watch::Sender<u64>,
     scripts: Mutex<Vec<Script>>,
+    /// On a cluster: script sources by SHA1, for `EVAL` after `NOSCRIPT` (see [`Conn`]).
+    cluster_scripts: Arc<Scripts>,
     supervisor: OnceLock<tokio::task::AbortHandle>,
     runtime: tokio::runtime::Handle,
     /// The pub/sub side, made on first use.
     subscriber: OnceLock<Subscriber>,
-    /// The pool of dedicated connections, made on first use.
-    pool: OnceLock<deadpool_redis::Pool>,
+    /// The pools of dedicated connections (`None`: the target; a node on a cluster), made
+    /// on first use.
+    pools: Mutex<HashMap<Option<(String, u16)>, dedicated::Pool>>,
+    /// On a cluster: the slot map as last fetched (see `shards`).
+    shards: ArcSwapOption<shards::ShardMap>,
+    /// The slot map may be out of date.
+    shards_stale: AtomicBool,
+    /// One slot map fetch at a time.
+    shards_fetch: tokio::sync::Mutex<()>,
+    /// On a cluster: a call ran past its budget; the topology watch compares the cluster's
+    /// slot map with the connection's.
+    look_at_topology: Arc<Notify>,
+    /// The topology watch task, on a cluster.
+    watch: OnceLock<tokio::task::AbortHandle>,
 }
 
 impl Inner {
     /// Whether the link has a connection now.
     pub(crate) fn is_up(&self) -> bool {
         self.hot.load().is_some()
+    }
+
+    /// The node the current connection reaches (one node or a Sentinel's master).
+    pub(crate) fn current_addr(&self) -> Option<redis::ConnectionAddr> {
+        self.hot.load().as_ref().and_then(|h| h.addr.clone())
     }
 
     /// Ticks at the end of every connection attempt.
@@ -233,19 +300,20 @@ impl Drop for Inner {
         if let Some(task) = self.supervisor.get() {
             task.abort();
         }
+        if let Some(task) = self.watch.get() {
+            task.abort();
+        }
         if let Some(subscriber) = self.subscriber.get() {
             subscriber.shared().close();
         }
-        if let Some(pool) = self.pool.get() {
-            pool.close();
-        }
+        dedicated::close_all(&self.pools);
     }
 }
 
 impl fmt::Debug for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Link")
-            .field("url", &self.inner.config.url)
+            .field("topology", &self.inner.config.topology)
             .field("state", &self.state())
             .field("budget", &self.inner.config.budget)
             .finish()
@@ -279,21 +347,7 @@ impl Link {
     /// runtime.
     pub async fn connect(config: LinkConfig) -> Result<Self, Error> {
         config.validate()?;
-        let info = config.url.expose().into_connection_info().map_err(|_| {
-            Error::config(format!(
-                "cannot use Redis URL {:?}: expected redis://[user:password@]host[:port][/db] or unix:///path",
-                redact_url(config.url.expose())
-            ))
-        })?;
-        if !matches!(
-            info.addr(),
-            ConnectionAddr::Tcp(..) | ConnectionAddr::Unix(_)
-        ) {
-            return Err(Error::config(format!(
-                "cannot use Redis URL {}: TLS (rediss://) is not built in; use redis:// or unix://",
-                config.url
-            )));
-        }
+        let target = Arc::new(Target::new(&config.topology)?);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(Error::config(
                 "the Redis link must be built inside a tokio runtime (it reconnects in the background)",
@@ -302,7 +356,7 @@ impl Link {
         let (attempts, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             config,
-            info,
+            target,
             hot: ArcSwapOption::empty(),
             state: AtomicU8::new(CONNECTING),
             consecutive: AtomicU32::new(0),
@@ -312,18 +366,24 @@ impl Link {
             connections: AtomicU64::new(0),
             counters: Counters::default(),
             dropped: Arc::new(Notify::new()),
-            hold_off: std::sync::atomic::AtomicBool::new(false),
+            hold_off: AtomicBool::new(false),
             demand: Arc::new(Notify::new()),
             attempts_started: AtomicU64::new(0),
             attempts,
             scripts: Mutex::new(Vec::new()),
+            cluster_scripts: Arc::default(),
             supervisor: OnceLock::new(),
             runtime: runtime.clone(),
             subscriber: OnceLock::new(),
-            pool: OnceLock::new(),
+            pools: Mutex::new(HashMap::new()),
+            shards: ArcSwapOption::empty(),
+            shards_stale: AtomicBool::new(false),
+            shards_fetch: tokio::sync::Mutex::new(()),
+            look_at_topology: Arc::new(Notify::new()),
+            watch: OnceLock::new(),
         });
         if let Err(e) = Inner::attempt(&inner).await {
-            tracing::warn!(url = %inner.config.url, error = %e, "Redis is unreachable: the link keeps trying in the background");
+            tracing::warn!(redis = %inner.config.topology, error = %e, "Redis is unreachable: the link keeps trying in the background");
         }
         let task = runtime.spawn(supervise(
             Arc::downgrade(&inner),
@@ -331,6 +391,13 @@ impl Link {
             inner.demand.clone(),
         ));
         let _ = inner.supervisor.set(task.abort_handle());
+        if inner.target.nodes().is_some() {
+            let task = runtime.spawn(shards::watch(
+                Arc::downgrade(&inner),
+                inner.look_at_topology.clone(),
+            ));
+            let _ = inner.watch.set(task.abort_handle());
+        }
         Ok(Self { inner })
     }
 
@@ -342,7 +409,7 @@ impl Link {
             .get_or_init(|| {
                 Subscriber::new(
                     self.inner.config.clone(),
-                    self.inner.info.clone(),
+                    self.inner.target.clone(),
                     self.inner.runtime.clone(),
                     Arc::downgrade(&self.inner),
                 )
@@ -467,14 +534,14 @@ impl Link {
     /// See [`call_within`](Self::call_within).
     pub async fn call<T, F, Fut>(&self, retry: Retry, f: F) -> Result<T, Error>
     where
-        F: FnMut(MultiplexedConnection) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         self.call_within(self.inner.config.budget, retry, f).await
     }
 
-    /// Runs `f` on the connection (a clone of the shared multiplexed connection: do not
-    /// issue blocking commands, `WATCH`/`MULTI` or `SUBSCRIBE` on it) within `budget`.
+    /// Runs `f` on the connection (a clone of the shared [`Conn`]: do not issue blocking
+    /// commands, `WATCH`/`MULTI` or `SUBSCRIBE` on it) within `budget`.
     /// `f` runs a second time on a new connection when `retry` is [`Retry::Once`] and the
     /// first run failed with a transport error.
     ///
@@ -489,7 +556,7 @@ impl Link {
         mut f: F,
     ) -> Result<T, Error>
     where
-        F: FnMut(MultiplexedConnection) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let inner = &self.inner;
@@ -516,13 +583,21 @@ impl Link {
                     // Other calls were answered meanwhile: the connection works, this call
                     // was only slow (a loaded Redis or instance). Not a failure of the
                     // connection: counting it would drop a working connection under load
-                    // and fail every request during the reconnect.
+                    // and fail every request during the reconnect. On a cluster: its node
+                    // may be frozen and replaced, which the cluster connection does not
+                    // notice by itself; have the topology looked at.
                     inner.counters.budget.fetch_add(1, Ordering::Relaxed);
+                    if hot.conn.is_cluster() {
+                        inner.look_at_topology.notify_one();
+                    }
                     tracing::debug!("a Redis call ran past its budget while others were answered");
                     return Err(Error::budget(budget));
                 }
                 Err(_) => {
                     inner.counters.budget.fetch_add(1, Ordering::Relaxed);
+                    if hot.conn.is_cluster() {
+                        inner.look_at_topology.notify_one();
+                    }
                     inner.failed(
                         &hot,
                         Failure::Transport,

@@ -42,12 +42,23 @@
 //! - **Bounded memory**: each subscription buffers at most its `capacity` messages; a slower
 //!   reader gets [`Delivery::Lagged`] with the count it missed, never unbounded growth.
 //!
+//! **On a Redis Cluster** the subscriber uses classic `SUBSCRIBE` on one node, any node:
+//! Redis broadcasts every `PUBLISH` to every node over the cluster bus, so one connection
+//! receives every channel whatever its slot, and the subscriber needs nothing of the slot map.
+//! It tries the node that worked last, then the others (seed nodes, then nodes the link
+//! learned from the slot map); when its node dies or freezes it moves to the next one and
+//! resubscribes. This is the default because it keeps one connection and one resubscribe loop
+//! whatever the number of shards, and slot migrations and failovers never touch a
+//! subscription; its cost is that the cluster bus carries every message to every node.
+//! Sharded pub/sub (`SSUBSCRIBE`, one connection per shard, a resubscribe on every unsolicited
+//! `sunsubscribe` a migration or failover sends) is not built.
+//!
 //! Use the subscriber for pub/sub, [`Link::query`](crate::Link::query) for commands and
 //! [`Link::dedicated`](crate::Link::dedicated) for blocking commands and transactions.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
@@ -56,6 +67,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::config::LinkConfig;
+use crate::link::Target;
 
 mod task;
 
@@ -119,7 +131,11 @@ pub(crate) struct Shared {
     /// The link, to retry at once when it reconnects (Redis answers again).
     link: Weak<crate::link::Inner>,
     config: LinkConfig,
-    info: redis::ConnectionInfo,
+    /// Where to connect (the link's).
+    target: Arc<Target>,
+    /// On a cluster: the node to try first (the one that last worked, or the next after one
+    /// that failed), an index into the candidates.
+    next_node: AtomicUsize,
     runtime: tokio::runtime::Handle,
     state: Mutex<State>,
     /// Wakes the task: the set of wanted channels changed.
@@ -246,7 +262,7 @@ impl Shared {
 impl Subscriber {
     pub(crate) fn new(
         config: LinkConfig,
-        info: redis::ConnectionInfo,
+        target: Arc<Target>,
         runtime: tokio::runtime::Handle,
         link: Weak<crate::link::Inner>,
     ) -> Self {
@@ -254,7 +270,8 @@ impl Subscriber {
             shared: Arc::new(Shared {
                 link,
                 config,
-                info,
+                target,
+                next_node: AtomicUsize::new(0),
                 runtime,
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
@@ -563,7 +580,12 @@ mod tests {
         let (shared, _) = {
             let sub = Subscriber::new(
                 LinkConfig::new("redis://127.0.0.1:1/"),
-                redis::IntoConnectionInfo::into_connection_info("redis://127.0.0.1:1/").unwrap(),
+                Arc::new(
+                    Target::new(&crate::config::Topology::Single(
+                        "redis://127.0.0.1:1/".into(),
+                    ))
+                    .unwrap(),
+                ),
                 tokio::runtime::Builder::new_current_thread()
                     .build()
                     .unwrap()

@@ -56,18 +56,24 @@ pub(super) async fn run(shared: Weak<Shared>) {
         let Some(strong) = shared.upgrade() else {
             return;
         };
-        let opened = tokio::time::timeout(config.connect_timeout, open(&strong)).await;
+        // Each node within the connect timeout; on a cluster every node in turn.
+        let within = config.connect_timeout
+            * strong.target.nodes().map_or(1, |n| n.len().clamp(1, 8)) as u32;
+        let opened = tokio::time::timeout(within, open(&strong)).await;
         let pubsub = match opened {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(format!(
                 "connecting to Redis at {} for pub/sub took longer than {} ms",
-                config.url,
-                config.connect_timeout.as_millis()
+                config.topology,
+                within.as_millis()
             )),
         };
-        let (mut sink, stream) = match pubsub {
-            Ok(p) => p.split(),
+        let (mut sink, stream, addr) = match pubsub {
+            Ok((p, addr)) => {
+                let (sink, stream) = p.split();
+                (sink, stream, addr)
+            }
             Err(e) => {
                 attempts += 1;
                 strong.failed_attempts.fetch_add(1, Ordering::Relaxed);
@@ -109,12 +115,16 @@ pub(super) async fn run(shared: Weak<Shared>) {
         delays = config.backoff.delays();
         drop(strong);
         let since = Instant::now();
-        let ended = follow(&shared, sink, stream, on_conn, &config).await;
+        let ended = follow(&shared, sink, stream, on_conn, &config, addr).await;
         let Some(strong) = shared.upgrade() else {
             return;
         };
         strong.connected.send_replace(false);
         strong.lost();
+        // On a cluster, the next attempt starts at the next node: this one may be dead.
+        if strong.target.nodes().is_some() {
+            strong.next_node.fetch_add(1, Ordering::Relaxed);
+        }
         let Some(ended) = ended else { return };
         tracing::warn!(
             error = %ended.why,
@@ -152,17 +162,69 @@ async fn retry_after(shared: &Weak<Shared>, delay: Duration) {
     }
 }
 
-/// A pub/sub connection on our own socket (the link's handshake: `AUTH`, `SELECT`).
-async fn open(shared: &Shared) -> Result<PubSub, String> {
+/// A pub/sub connection on our own socket (the link's handshake: `AUTH`, `SELECT`), each
+/// attempt within the link's connect timeout.
+///
+/// On a Redis Cluster, classic `SUBSCRIBE` on any one node receives what is published on every
+/// node (Redis broadcasts `PUBLISH` over the cluster bus), so the subscriber needs one node,
+/// any: it tries the node that worked last, then the others in turn (seed nodes, then nodes
+/// learned from the slot map); a lost node makes it move to the next one.
+async fn open(shared: &Shared) -> Result<(PubSub, ConnectionAddr), String> {
+    let timeout = shared.config.connect_timeout;
+    let Some(seeds) = shared.target.nodes() else {
+        let info = shared.target.resolve(timeout).await?;
+        return open_at(shared, &info)
+            .await
+            .map(|p| (p, info.addr().clone()));
+    };
+    let mut candidates = seeds.to_vec();
+    if let Some(link) = shared.link.upgrade() {
+        for node in link.cluster_nodes() {
+            if !candidates.iter().any(|c| c.addr() == node.addr()) {
+                candidates.push(node);
+            }
+        }
+    }
+    let n = candidates.len().max(1);
+    let first = shared.next_node.load(Ordering::Relaxed) % n;
+    let mut last = String::new();
+    for i in 0..n {
+        let at = (first + i) % n;
+        let Some(info) = candidates.get(at) else {
+            continue;
+        };
+        match tokio::time::timeout(timeout, open_at(shared, info)).await {
+            Ok(Ok(pubsub)) => {
+                shared.next_node.store(at, Ordering::Relaxed);
+                return Ok((pubsub, info.addr().clone()));
+            }
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = format!(
+                    "connecting to Redis Cluster node {} for pub/sub took longer than {} ms",
+                    info.addr(),
+                    timeout.as_millis()
+                );
+            }
+        }
+    }
+    // Next time, start past the first one tried.
+    shared.next_node.store(first + 1, Ordering::Relaxed);
+    Err(last)
+}
+
+/// One pub/sub connection to the node at `info`.
+async fn open_at(shared: &Shared, info: &redis::ConnectionInfo) -> Result<PubSub, String> {
     let cannot = |e: &dyn fmt::Display| {
         redact_url(&format!(
-            "cannot connect to Redis at {} for pub/sub: {e}",
-            shared.config.url
+            "cannot connect to Redis at {} ({}) for pub/sub: {e}",
+            shared.config.topology,
+            info.addr()
         ))
         .into_owned()
     };
-    let settings = shared.info.redis_settings();
-    match shared.info.addr() {
+    let settings = info.redis_settings();
+    match info.addr() {
         ConnectionAddr::Tcp(host, port) => {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
                 .await
@@ -254,6 +316,7 @@ async fn follow(
     mut stream: PubSubStream,
     mut on_conn: HashSet<String>,
     config: &crate::LinkConfig,
+    addr: ConnectionAddr,
 ) -> Option<Ended> {
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -261,8 +324,35 @@ async fn follow(
     let mut failures = 0u32;
     // Held for the connection's life only (the link aborts this task when it is dropped).
     let strong = shared.upgrade()?;
+    // On Sentinel: the link reconnecting elsewhere means the master moved; a subscription on
+    // the old one (alive, demoted or isolated) would receive nothing published on the new one.
+    let follows_master = matches!(config.topology, crate::Topology::Sentinel { .. });
+    let mut link_attempts = strong
+        .link
+        .upgrade()
+        .filter(|_| follows_master)
+        .map(|l| l.attempts());
+    let master_moved = async |attempts: &mut Option<tokio::sync::watch::Receiver<u64>>| {
+        let Some(attempts) = attempts.as_mut() else {
+            return std::future::pending::<()>().await;
+        };
+        while attempts.changed().await.is_ok() {
+            let moved = strong
+                .link
+                .upgrade()
+                .and_then(|l| l.current_addr())
+                .is_some_and(|now| now != addr);
+            if moved {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
     loop {
         tokio::select! {
+            () = master_moved(&mut link_attempts) => {
+                return Some(Ended { hold_off: false, why: "the link follows a new master: resubscribing there".to_owned() });
+            }
             msg = stream.next() => {
                 let Some(msg) = msg else {
                     return Some(Ended { hold_off: false, why: "Redis closed the connection".to_owned() });
