@@ -38,6 +38,8 @@ mod config;
 mod error;
 mod link;
 mod metrics;
+#[allow(dead_code)] // wired into the link once the topology seam lands
+mod sentinel;
 pub mod subscriber;
 
 pub use self::classify::{Failure, classify};
