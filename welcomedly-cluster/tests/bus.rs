@@ -469,16 +469,23 @@ async fn a_killed_reader_connection_catches_up_from_its_last_offset() {
     let mut d = a.subscribe(&topic).await;
     b.publish(&topic, &status(1)).await.unwrap();
     assert_eq!(next_event(&mut d).await.0, status(1));
-    // Kill A's blocked XREAD connection, and publish while it reconnects.
-    let clients = redis.command(&["CLIENT", "LIST"]).unwrap();
-    let readers: Vec<&str> = clients
-        .lines()
-        .filter(|l| l.contains("cmd=xread"))
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .collect();
+    // Kill A's blocked XREAD connection, and publish while it reconnects. The event may have
+    // come through the subscription's catch-up before the reader's first XREAD: wait for it.
+    let reader_ids = || {
+        let clients = redis.command(&["CLIENT", "LIST"]).unwrap();
+        let ids: Vec<String> = clients
+            .lines()
+            .filter(|l| l.contains("cmd=xread"))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_owned)
+            .collect();
+        (ids, clients)
+    };
+    until("A's reader to block in XREAD", || reader_ids().0.len() == 1).await;
+    let (readers, clients) = reader_ids();
     assert_eq!(readers.len(), 1, "{clients}");
     redis
-        .command(&["CLIENT", "KILL", "ID", readers[0]])
+        .command(&["CLIENT", "KILL", "ID", &readers[0]])
         .unwrap();
     for n in 2..=30 {
         b.publish(&topic, &status(n)).await.unwrap();

@@ -52,12 +52,89 @@ impl From<String> for RedisUrl {
     }
 }
 
+/// Where Redis is: one node, a primary found through Sentinel, or a Redis Cluster. Every
+/// component works on each the same way (the [`Link`](crate::Link) hides which).
+///
+/// `Debug` and `Display` redact URL passwords.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Topology {
+    /// One Redis node (`REDIS_URL`).
+    Single(RedisUrl),
+    /// A primary the Sentinels name (`REDIS_SENTINELS`, `REDIS_SENTINEL_MASTER`): the link asks
+    /// them where the primary is on every (re)connection, so it follows a failover.
+    Sentinel {
+        /// The Sentinels' addresses, `host:port` each.
+        sentinels: Vec<String>,
+        /// The master's name in the Sentinels' configuration (`sentinel monitor <name> ...`).
+        master: String,
+        /// Credentials and database for the master, as a Redis URL whose host and port are
+        /// ignored (the Sentinels say where the master is): `redis://:secret@master/0`, or
+        /// `redis://` for none. `REDIS_SENTINEL_MASTER_URL`.
+        url: RedisUrl,
+    },
+    /// A Redis Cluster (`REDIS_CLUSTER_NODES`): the seed nodes, from which the link learns
+    /// the slot map. Credentials come from the first node's URL.
+    Cluster {
+        /// Seed nodes, `redis://[user:password@]host:port` each (any node; more than one so
+        /// the link starts while one is down).
+        nodes: Vec<RedisUrl>,
+    },
+}
+
+impl Topology {
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Single(url) => fmt::Display::fmt(url, f),
+            Self::Sentinel {
+                sentinels, master, ..
+            } => write!(f, "master {master:?} of Sentinels {}", sentinels.join(",")),
+            Self::Cluster { nodes } => {
+                f.write_str("Redis Cluster at ")?;
+                for (i, node) in nodes.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    fmt::Display::fmt(node, f)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Single(url) => f.debug_tuple("Single").field(url).finish(),
+            Self::Sentinel {
+                sentinels,
+                master,
+                url,
+            } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", sentinels)
+                .field("master", master)
+                .field("url", url)
+                .finish(),
+            Self::Cluster { nodes } => f.debug_struct("Cluster").field("nodes", nodes).finish(),
+        }
+    }
+}
+
 /// Settings of a [`Link`](crate::Link).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct LinkConfig {
     /// Where Redis is. No default.
-    pub url: RedisUrl,
+    pub topology: Topology,
     /// The longest one call waits, a retry included, before it fails with
     /// [`Error::is_budget`](crate::Error::is_budget). Components may pass a tighter budget per
     /// call. Default 50 ms.
@@ -89,10 +166,38 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
-    /// Settings for the Redis at `url`, defaults elsewhere.
+    /// Settings for the one Redis node at `url`, defaults elsewhere.
     pub fn new(url: impl Into<RedisUrl>) -> Self {
-        Self {
+        Self::with_topology(Topology::Single(url.into()))
+    }
+
+    /// Settings for the primary the Sentinels at `sentinels` (`host:port` each) call `master`;
+    /// `url` carries the master's credentials and database (its host is ignored, see
+    /// [`Topology::Sentinel`]). Defaults elsewhere.
+    pub fn sentinel(
+        sentinels: impl IntoIterator<Item = impl Into<String>>,
+        master: impl Into<String>,
+        url: impl Into<RedisUrl>,
+    ) -> Self {
+        Self::with_topology(Topology::Sentinel {
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            master: master.into(),
             url: url.into(),
+        })
+    }
+
+    /// Settings for the Redis Cluster reachable at any of `nodes` (seed nodes). Defaults
+    /// elsewhere.
+    pub fn cluster(nodes: impl IntoIterator<Item = impl Into<RedisUrl>>) -> Self {
+        Self::with_topology(Topology::Cluster {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// Settings for `topology`, defaults elsewhere.
+    pub fn with_topology(topology: Topology) -> Self {
+        Self {
+            topology,
             budget: Duration::from_millis(50),
             failure_threshold: 3,
             min_outage: Duration::from_millis(250),
@@ -102,7 +207,7 @@ impl LinkConfig {
         }
     }
 
-    /// Reads the settings from the environment, `None` when `REDIS_URL` is unset.
+    /// Reads the settings from the environment, `None` when no Redis is configured.
     ///
     /// # Errors
     ///
@@ -113,18 +218,43 @@ impl LinkConfig {
         env.finish(config)
     }
 
-    /// Reads `REDIS_URL` (`None` when unset) and `WELCOMEDLY_REDIS_BUDGET_MS` (default 50)
+    /// Reads where Redis is — `REDIS_URL` (one node), or `REDIS_SENTINELS` (comma-separated
+    /// `host:port`) with `REDIS_SENTINEL_MASTER` (the master's name, required with it) and
+    /// `REDIS_SENTINEL_MASTER_URL` (optional credentials and database for the master), or
+    /// `REDIS_CLUSTER_NODES` (comma-separated `redis://` URLs); `None` when none is set; two
+    /// of them set is an error naming both — and `WELCOMEDLY_REDIS_BUDGET_MS` (default 50),
     /// through a shared reader, so a service reports every bad variable at once.
     pub fn read(env: &mut EnvReader<'_>) -> Option<Self> {
-        let url = env.read("REDIS_URL", None, |v| {
-            if v.starts_with("rediss://") {
-                return Err("uses TLS (rediss://), which this build does not include: use redis://[user:password@]host[:port][/db] or unix:///path");
+        let url = env.read("REDIS_URL", None, |v| parse_url(v).map(Some));
+        let sentinels = env.read("REDIS_SENTINELS", None, |v| {
+            parse_list(v, parse_host_port).map(Some)
+        });
+        let nodes = env.read("REDIS_CLUSTER_NODES", None, |v| {
+            parse_list(v, |node| {
+                let url = parse_url(node)?;
+                if url.expose().starts_with("redis://") {
+                    Ok(url)
+                } else {
+                    Err("holds a node that is not a redis:// URL: expected redis://[user:password@]host:port,... (cluster nodes are reached over TCP)")
+                }
+            })
+            .map(Some)
+        });
+        let master = env.read("REDIS_SENTINEL_MASTER", None, |v| {
+            if v.chars().any(|c| c.is_whitespace() || c.is_control()) || v.len() > 256 {
+                Err("is not a master name: expected the name given to `sentinel monitor`, without spaces, such as mymaster")
+            } else {
+                Ok(Some(v.to_owned()))
             }
-            SCHEMES
-                .iter()
-                .any(|s| v.starts_with(s))
-                .then(|| Some(RedisUrl::new(v)))
-                .ok_or("is not a Redis URL: expected redis://[user:password@]host[:port][/db] or unix:///path")
+        });
+        let master_url = env.read("REDIS_SENTINEL_MASTER_URL", None, |v| {
+            parse_url(v).and_then(|u| {
+                if u.expose().starts_with("redis://") {
+                    Ok(Some(u))
+                } else {
+                    Err("is not a redis:// URL: expected redis://[user:password@]master/[db] (the host is ignored: the Sentinels say where the master is)")
+                }
+            })
         });
         let budget = env.read(
             "WELCOMEDLY_REDIS_BUDGET_MS",
@@ -135,11 +265,41 @@ impl LinkConfig {
                 )
             },
         );
-        url.map(|url| {
-            let mut config = Self::new(url);
-            config.budget = budget;
-            config
-        })
+        // Exactly one topology: two set is a mistake nobody should have to debug later.
+        let set: Vec<&'static str> = [
+            ("REDIS_URL", url.is_some()),
+            ("REDIS_SENTINELS", sentinels.is_some()),
+            ("REDIS_CLUSTER_NODES", nodes.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        if let [first, second, ..] = set.as_slice() {
+            let problem = format!(
+                "is set together with {first}: set only one of REDIS_URL (one node), REDIS_SENTINELS (Sentinel) or REDIS_CLUSTER_NODES (Redis Cluster)"
+            );
+            env.read(second, (), |_| Err(problem));
+            return None;
+        }
+        if sentinels.is_some() && master.is_none() {
+            env.read("REDIS_SENTINELS", (), |_| {
+                Err("is set without REDIS_SENTINEL_MASTER: set it to the master's name given to `sentinel monitor`, such as mymaster")
+            });
+            return None;
+        }
+        let topology = match (url, sentinels, nodes, master) {
+            (Some(url), _, _, _) => Topology::Single(url),
+            (_, Some(sentinels), _, Some(master)) => Topology::Sentinel {
+                sentinels,
+                master,
+                url: master_url.unwrap_or_else(|| RedisUrl::new("redis://")),
+            },
+            (_, _, Some(nodes), _) => Topology::Cluster { nodes },
+            _ => return None,
+        };
+        let mut config = Self::with_topology(topology);
+        config.budget = budget;
+        Some(config)
     }
 
     /// Refuses settings that would misbehave: a zero budget, backoff or connect timeout.
@@ -163,6 +323,54 @@ impl LinkConfig {
     }
 }
 
+/// A Redis URL of a scheme the link connects with.
+fn parse_url(v: &str) -> Result<RedisUrl, &'static str> {
+    if v.starts_with("rediss://") {
+        return Err(
+            "uses TLS (rediss://), which this build does not include: use redis://[user:password@]host[:port][/db] or unix:///path",
+        );
+    }
+    SCHEMES
+        .iter()
+        .any(|s| v.starts_with(s))
+        .then(|| RedisUrl::new(v))
+        .ok_or(
+            "is not a Redis URL: expected redis://[user:password@]host[:port][/db] or unix:///path",
+        )
+}
+
+/// `host:port` with a port 1-65535.
+fn parse_host_port(v: &str) -> Result<String, &'static str> {
+    let bad = "holds an address that is not host:port: expected host:port,host:port such as sentinel-1:26379,sentinel-2:26379";
+    let (host, port) = v.rsplit_once(':').ok_or(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(['/', '@']) {
+        return Err(bad);
+    }
+    port.parse::<u16>().ok().filter(|p| *p != 0).ok_or(bad)?;
+    Ok(v.to_owned())
+}
+
+/// A comma-separated list, blanks between commas ignored, at most 64 entries.
+fn parse_list<T>(
+    v: &str,
+    each: impl Fn(&str) -> Result<T, &'static str>,
+) -> Result<Vec<T>, &'static str> {
+    let items: Vec<T> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(each)
+        .collect::<Result<_, _>>()?;
+    if items.is_empty() {
+        return Err("is an empty list: expected one or more comma-separated addresses");
+    }
+    if items.len() > 64 {
+        return Err("lists more than 64 addresses: list a few (any of them leads to the rest)");
+    }
+    Ok(items)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,8 +379,17 @@ mod tests {
     fn the_password_is_hidden_by_type() {
         let c = LinkConfig::new("redis://:hunter2@cache:6379/0");
         assert!(!format!("{c:?}").contains("hunter2"));
-        assert!(!c.url.to_string().contains("hunter2"));
-        assert!(c.url.expose().contains("hunter2"));
+        assert!(!c.topology.to_string().contains("hunter2"));
+        let Topology::Single(url) = &c.topology else {
+            panic!("one node")
+        };
+        assert!(url.expose().contains("hunter2"));
+        let c = LinkConfig::cluster(["redis://:hunter2@a:7000", "redis://:hunter2@b:7001"]);
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!c.topology.to_string().contains("hunter2"));
+        let c = LinkConfig::sentinel(["s1:26379"], "mymaster", "redis://:hunter2@master/0");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!c.topology.to_string().contains("hunter2"));
     }
 
     #[test]
@@ -200,5 +417,71 @@ mod tests {
         let e = read(&[("REDIS_URL", "rediss://:hunter2@cache/")]).unwrap_err();
         assert!(e.to_string().contains("TLS"), "{e}");
         assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn one_topology_from_the_environment() {
+        let read = |vars: &[(&str, &str)]| {
+            let mut env = EnvReader::from_pairs(vars);
+            let config = LinkConfig::read(&mut env);
+            env.finish(config)
+        };
+        let c = read(&[
+            ("REDIS_SENTINELS", "s1:26379, s2:26380,"),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+            ("REDIS_SENTINEL_MASTER_URL", "redis://:hunter2@master/2"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.topology,
+            Topology::Sentinel {
+                sentinels: vec!["s1:26379".into(), "s2:26380".into()],
+                master: "mymaster".into(),
+                url: RedisUrl::new("redis://:hunter2@master/2"),
+            }
+        );
+        let c = read(&[(
+            "REDIS_CLUSTER_NODES",
+            "redis://:hunter2@a:7000,redis://:hunter2@b:7001",
+        )])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.topology,
+            Topology::Cluster {
+                nodes: vec![
+                    RedisUrl::new("redis://:hunter2@a:7000"),
+                    RedisUrl::new("redis://:hunter2@b:7001")
+                ]
+            }
+        );
+        assert!(c.topology.is_cluster());
+        // Two topologies: one error naming both, passwords hidden.
+        let e = read(&[
+            ("REDIS_URL", "redis://:hunter2@cache:6379/0"),
+            ("REDIS_CLUSTER_NODES", "redis://:hunter2@a:7000"),
+        ])
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("REDIS_URL") && text.contains("REDIS_CLUSTER_NODES"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        let e = read(&[("REDIS_SENTINELS", "s1:26379")]).unwrap_err();
+        assert!(e.to_string().contains("REDIS_SENTINEL_MASTER"), "{e}");
+        let e = read(&[
+            ("REDIS_SENTINELS", "s1"),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("host:port"), "{e}");
+        let e = read(&[("REDIS_CLUSTER_NODES", "unix:///tmp/r.sock")]).unwrap_err();
+        assert!(e.to_string().contains("redis://"), "{e}");
+        let e = read(&[("REDIS_CLUSTER_NODES", " , ")]).unwrap_err();
+        assert!(e.to_string().contains("empty list"), "{e}");
+        // Blank is unset.
+        assert!(read(&[("REDIS_CLUSTER_NODES", "  ")]).unwrap().is_none());
     }
 }

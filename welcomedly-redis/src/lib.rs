@@ -1,4 +1,4 @@
-//! welcomedly-redis: **the link**, one supervised multiplexed Redis connection shared by every
+//! welcomedly-redis: **the link**, one supervised Redis connection shared by every
 //! component of an instance (sessions, the rate limiter, the event bus, membership, the flag
 //! store), with one connection discipline, one error classifier, one health check and one set
 //! of metrics; its [`Subscriber`] (one pub/sub connection, one resubscribe loop) and
@@ -10,9 +10,11 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut env = EnvReader::from_env();
-//! let config = LinkConfig::read(&mut env); // REDIS_URL, WELCOMEDLY_REDIS_BUDGET_MS
+//! // REDIS_URL, REDIS_SENTINELS + REDIS_SENTINEL_MASTER, or REDIS_CLUSTER_NODES;
+//! // WELCOMEDLY_REDIS_BUDGET_MS
+//! let config = LinkConfig::read(&mut env);
 //! let Some(config) = env.finish(config)? else {
-//!     return Ok(()); // no REDIS_URL: run on embedded defaults
+//!     return Ok(()); // no Redis configured: run on embedded defaults
 //! };
 //! let link = Link::connect(config).await?;
 //! let pong: String = link.query(&redis::cmd("PING"), Retry::Once).await?;
@@ -24,6 +26,12 @@
 //! See [`Link`] for the policy: per-call budget, failure threshold, minimum outage, backoff
 //! with jitter, generation check, a closed connection noticed when it closes, and one retry
 //! of calls marked safe.
+//!
+//! **Topology** ([`Topology`]): one node, a primary found through Sentinel (followed across
+//! failovers), or a Redis Cluster; every component works unchanged on each. On a cluster the
+//! shared connection is redis-rs' cluster connection (routes by slot, follows `MOVED`/`ASK`),
+//! with retries that never sleep for seconds; `NOSCRIPT` is answered with `EVAL` on the key's
+//! node (see [`Conn`]).
 //!
 //! Which connection for what:
 //! - [`Link::query`], [`Link::query_pipe`], [`Link::invoke`], [`Link::call`]: every ordinary
@@ -38,17 +46,14 @@ mod config;
 mod error;
 mod link;
 mod metrics;
-#[allow(dead_code)] // wired into the link once the topology seam lands
 mod sentinel;
 pub mod subscriber;
 
 pub use self::classify::{Failure, classify};
-pub use self::config::{LinkConfig, RedisUrl};
+pub use self::config::{LinkConfig, RedisUrl, Topology};
 pub use self::error::Error;
-pub use self::link::{Link, LinkState, LinkStats, Retry};
+pub use self::link::{Conn, Dedicated, Link, LinkState, LinkStats, Retry};
 pub use self::subscriber::{Delivery, Subscriber, SubscriberStats, Subscription};
-/// The deadpool-redis crate behind [`Link::dedicated`].
-pub use deadpool_redis;
 /// The redis-rs crate the link is built on, so components use the same version.
 pub use redis;
 pub use welcomedly_core::backoff::Backoff;

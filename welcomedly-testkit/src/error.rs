@@ -35,6 +35,8 @@ struct Inner {
     kind: Kind,
     message: String,
     log_tail: Option<String>,
+    /// The server's error reply, for [`Error::reply`].
+    reply: Option<String>,
     source: Option<io::Error>,
 }
 
@@ -51,6 +53,7 @@ enum Kind {
     Protocol,
     NoSuchReplica,
     NotRunning,
+    InvalidRequest,
 }
 
 impl Error {
@@ -60,6 +63,7 @@ impl Error {
                 kind,
                 message,
                 log_tail: None,
+                reply: None,
                 source: None,
             }),
         }
@@ -131,10 +135,16 @@ impl Error {
     }
 
     pub(crate) fn redis_reply(what: impl fmt::Display, reply: &str) -> Self {
-        Self::new(
+        let mut error = Self::new(
             Kind::RedisReply,
             format!("{what} answered with an error: {reply}; check the command and its arguments"),
-        )
+        );
+        error.inner.reply = Some(reply.to_owned());
+        error
+    }
+
+    pub(crate) fn invalid_request(what: impl fmt::Display, hint: &str) -> Self {
+        Self::new(Kind::InvalidRequest, format!("{what}: {hint}"))
     }
 
     pub(crate) fn protocol(what: impl fmt::Display) -> Self {
@@ -220,6 +230,21 @@ impl Error {
     #[must_use]
     pub fn is_no_such_replica(&self) -> bool {
         self.inner.kind == Kind::NoSuchReplica
+    }
+
+    /// A request the topology cannot serve: a port that is not one of the handle's nodes, a
+    /// slot out of `0..16384`, a master with no replica to promote, an invalid configuration.
+    #[must_use]
+    pub fn is_invalid_request(&self) -> bool {
+        self.inner.kind == Kind::InvalidRequest
+    }
+
+    /// The server's error reply (`MOVED 3999 127.0.0.1:20001`, `ASK …`, `TRYAGAIN …`,
+    /// `CLUSTERDOWN …`, `NOSCRIPT …`) when Redis answered a command with an error
+    /// ([`is_redis_reply`](Self::is_redis_reply)), so a test can check which one.
+    #[must_use]
+    pub fn reply(&self) -> Option<&str> {
+        self.inner.reply.as_deref()
     }
 
     /// A fault control needs a running server (pausing, promoting) and it was stopped or killed.

@@ -102,6 +102,9 @@ mod ports;
 mod postgres;
 mod process;
 mod redis;
+mod redis_cluster;
+mod redis_process;
+mod redis_sentinel;
 mod resp;
 mod run_as;
 
@@ -110,4 +113,8 @@ pub use nginx::{Nginx, NginxConfig};
 pub use ports::free_port;
 pub use postgres::{Node, PgCluster, parse_lsn};
 pub use redis::RedisServer;
+pub use redis_cluster::{
+    ClusterNode, Failover, RedisCluster, RedisClusterConfig, Role, SLOTS, SlotMigration,
+};
+pub use redis_sentinel::{RedisSentinel, RedisSentinelConfig};
 pub use resp::Reply;

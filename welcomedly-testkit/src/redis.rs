@@ -20,6 +20,7 @@
 //! # Ok::<(), welcomedly_testkit::Error>(())
 //! ```
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -70,8 +71,11 @@ impl fmt::Debug for RedisServer {
     }
 }
 
-enum Launch {
+/// Why a [`launch_with`] failed.
+pub(crate) enum Launch {
+    /// Another process holds the port (or the cluster bus port): try other ports.
     PortTaken,
+    /// Anything else.
     Failed(Error),
 }
 
@@ -324,12 +328,27 @@ impl Drop for RedisServer {
 
 /// Spawns `redis-server` on `port` and waits until it is the process answering there.
 fn launch(binary: &Path, dir: &Path, log: &Path, port: u16) -> Result<Child, Launch> {
+    launch_with(binary, dir, log, port, &[], &[])
+}
+
+/// [`launch`] with arguments before the standard ones (a config file must come first, then
+/// `--sentinel`) and after them (extra `--option value` pairs, e.g. cluster mode).
+pub(crate) fn launch_with(
+    binary: &Path,
+    dir: &Path,
+    log: &Path,
+    port: u16,
+    before: &[&OsStr],
+    after: &[&str],
+) -> Result<Child, Launch> {
     let (stdout, stderr, log_start) = process::open_log(log).map_err(Launch::Failed)?;
     let port_arg = port.to_string();
     let mut child = Command::new(binary)
+        .args(before)
         .args(["--port", &port_arg, "--bind", "127.0.0.1", "--save", ""])
         .args(["--appendonly", "no", "--daemonize", "no", "--dir"])
         .arg(dir)
+        .args(after)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(stdout)

@@ -56,23 +56,55 @@ pub(crate) fn request(port: u16, args: &[&str]) -> Result<Reply, Error> {
 
 /// [`request`] with its own connect, read and write timeout.
 pub(crate) fn request_within(port: u16, args: &[&str], timeout: Duration) -> Result<Reply, Error> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let what = || format!("redis {addr} `{}`", args.join(" "));
-    let io = |source| Error::io(what(), "check that the server is running", source);
+    Connection::open_within(port, timeout)?.request(args)
+}
 
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    stream.set_nodelay(true).map_err(io)?;
-    stream.write_all(&encode(args)).map_err(io)?;
-    let mut reader = BufReader::new(stream);
-    match read_reply(&mut reader, 0) {
-        Ok(Ok(reply)) => Ok(reply),
-        Ok(Err(ReadError::Server(message))) => Err(Error::redis_reply(what(), &message)),
-        Ok(Err(ReadError::Malformed(detail))) => {
-            Err(Error::protocol(format_args!("{}: {detail}", what())))
+/// One connection kept open for many commands, for operations that send hundreds of them
+/// (moving slots between cluster nodes), where a connection per command would dominate.
+pub(crate) struct Connection {
+    port: u16,
+    reader: BufReader<TcpStream>,
+}
+
+impl Connection {
+    /// Connects to `127.0.0.1:port` with the default 5 s timeout per command.
+    pub(crate) fn open(port: u16) -> Result<Self, Error> {
+        Self::open_within(port, TIMEOUT)
+    }
+
+    fn open_within(port: u16, timeout: Duration) -> Result<Self, Error> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let io = |source| {
+            Error::io(
+                format_args!("connecting to redis {addr}"),
+                "check that the server is running",
+                source,
+            )
+        };
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+        stream.set_read_timeout(Some(timeout)).map_err(io)?;
+        stream.set_write_timeout(Some(timeout)).map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        Ok(Self {
+            port,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Sends `args` as one command and reads its reply.
+    pub(crate) fn request(&mut self, args: &[&str]) -> Result<Reply, Error> {
+        let port = self.port;
+        let what = || format!("redis 127.0.0.1:{port} `{}`", args.join(" "));
+        let io = |source| Error::io(what(), "check that the server is running", source);
+        self.reader.get_mut().write_all(&encode(args)).map_err(io)?;
+        match read_reply(&mut self.reader, 0) {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(ReadError::Server(message))) => Err(Error::redis_reply(what(), &message)),
+            Ok(Err(ReadError::Malformed(detail))) => {
+                Err(Error::protocol(format_args!("{}: {detail}", what())))
+            }
+            Err(source) => Err(io(source)),
         }
-        Err(source) => Err(io(source)),
     }
 }
 

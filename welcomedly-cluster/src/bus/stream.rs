@@ -130,7 +130,7 @@ pub(super) fn parse_xread(value: &Value) -> Option<Vec<Read>> {
 
 /// The last entry of the stream (`XREVRANGE + - COUNT 1`): where "from now" starts.
 pub(super) async fn tip(
-    mut conn: redis::aio::MultiplexedConnection,
+    mut conn: impl redis::aio::ConnectionLike,
     key: String,
 ) -> Result<Option<Offset>, redis::RedisError> {
     let value: Value = redis::cmd("XREVRANGE")
@@ -149,7 +149,7 @@ pub(super) async fn tip(
 
 /// Entries after `after` (exclusive), at most `count`.
 pub(super) async fn range_after(
-    mut conn: redis::aio::MultiplexedConnection,
+    mut conn: impl redis::aio::ConnectionLike,
     key: String,
     after: StreamId,
     count: usize,

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
-use redis::aio::MultiplexedConnection;
 use tokio::sync::broadcast;
 use welcomedly_core::InstanceId;
 use welcomedly_core::drain::DrainSignal;
@@ -112,7 +111,7 @@ impl Inner {
     /// is harmless. The error says which call failed and what to do.
     pub(crate) async fn call<T, F, Fut>(&self, what: &str, retry: Retry, f: F) -> Result<T, Error>
     where
-        F: FnMut(MultiplexedConnection) -> Fut,
+        F: FnMut(welcomedly_redis::Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.link

@@ -1,25 +1,216 @@
-//! Dedicated connections: a deadpool-redis pool owned by the link, for callers that hold a
-//! connection for a while.
+//! Dedicated connections: pools owned by the link (deadpool, with our manager), for callers
+//! that hold a connection for a while. One pool on one node or a Sentinel's master (which
+//! connects wherever the Sentinels say the master is now); one pool per node on a cluster.
 
-use deadpool_redis::{Connection, Manager, Pool, PoolError, Runtime, Timeouts};
-use redis::AsyncConnectionConfig;
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, Weak};
+
+use deadpool::Runtime;
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisFuture, Value};
 use welcomedly_core::redact::redact_url;
 
-use super::Link;
+use super::shards::key_slot;
+use super::{Inner, Link};
 use crate::error::Error;
 
-/// Connections the pool holds at most (held ones and idle ones).
+/// Connections one pool holds at most (held ones and idle ones).
 const MAX_DEDICATED: usize = 32;
+
+/// Pools one link keeps at most (one per cluster node it was asked for).
+const MAX_POOLS: usize = 64;
+
+pub(crate) type Pool = managed::Pool<Manager>;
+
+/// A connection of its own from the link's pool (see [`Link::dedicated`]). Use it as a
+/// redis-rs async connection (`cmd.query_async(&mut *conn)` or through `Deref`); dropping it
+/// returns it to the pool. On a cluster a `MOVED`, `ASK` or `READONLY` answer on it (the slot
+/// moved, the node was demoted) makes the next [`Link::dedicated_for`] look the key's node up
+/// again.
+pub struct Dedicated {
+    obj: Object<Manager>,
+    link: Weak<Inner>,
+}
+
+impl fmt::Debug for Dedicated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dedicated").finish_non_exhaustive()
+    }
+}
+
+impl Deref for Dedicated {
+    type Target = MultiplexedConnection;
+
+    fn deref(&self) -> &MultiplexedConnection {
+        &self.obj.conn
+    }
+}
+
+impl DerefMut for Dedicated {
+    fn deref_mut(&mut self) -> &mut MultiplexedConnection {
+        &mut self.obj.conn
+    }
+}
+
+impl Dedicated {
+    /// Tells the link what an error on this connection says about the slot map.
+    fn saw(&self, e: &redis::RedisError) {
+        use redis::{ErrorKind, ServerErrorKind};
+        let stale = matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::ClusterDown
+            )
+        ) || e.is_connection_dropped()
+            || e.is_io_error();
+        if stale && let Some(link) = self.link.upgrade() {
+            link.shards_stale();
+        }
+    }
+}
+
+impl ConnectionLike for Dedicated {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.obj.conn.req_packed_command(cmd).await;
+            if let Err(e) = &result {
+                self.saw(e);
+            }
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self
+                .obj
+                .conn
+                .req_packed_commands(pipeline, offset, count)
+                .await;
+            if let Err(e) = &result {
+                self.saw(e);
+            }
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.obj.conn.get_db()
+    }
+}
+
+/// A pooled connection and the link connection it was made alongside.
+pub(crate) struct Pooled {
+    conn: MultiplexedConnection,
+    /// The link's connection count when it was made: on one node or Sentinel, a connection
+    /// made before the link reconnected (a failover, a restart) may reach the old master and
+    /// is not handed out again.
+    made_at: u64,
+}
+
+/// Makes dedicated connections: to `node` on a cluster, else wherever the link's target is now.
+pub(crate) struct Manager {
+    link: Weak<Inner>,
+    node: Option<(String, u16)>,
+    connection: AsyncConnectionConfig,
+    pings: AtomicU64,
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager").field("node", &self.node).finish()
+    }
+}
+
+impl managed::Manager for Manager {
+    type Type = Pooled;
+    type Error = String;
+
+    async fn create(&self) -> Result<Pooled, String> {
+        let inner = self
+            .link
+            .upgrade()
+            .ok_or_else(|| "the Redis link is gone".to_owned())?;
+        let timeout = inner.config.connect_timeout;
+        let info = match (&self.node, inner.target.nodes().and_then(<[_]>::first)) {
+            (Some((host, port)), Some(base)) => base
+                .clone()
+                .set_addr(ConnectionAddr::Tcp(host.clone(), *port)),
+            _ => inner.target.resolve(timeout).await?,
+        };
+        let made_at = inner.connections.load(Ordering::Acquire);
+        let topology = inner.config.topology.to_string();
+        drop(inner);
+        let cannot = |e: &dyn fmt::Display| {
+            redact_url(&format!(
+                "cannot open a dedicated connection to {topology} ({}): {e}",
+                info.addr()
+            ))
+            .into_owned()
+        };
+        let client = redis::Client::open(info.clone()).map_err(|e| cannot(&e))?;
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&self.connection)
+            .await
+            .map_err(|e| cannot(&e))?;
+        Ok(Pooled { conn, made_at })
+    }
+
+    async fn recycle(&self, pooled: &mut Pooled, _: &Metrics) -> RecycleResult<String> {
+        if self.node.is_none()
+            && self
+                .link
+                .upgrade()
+                .is_some_and(|l| l.connections.load(Ordering::Acquire) != pooled.made_at)
+        {
+            return Err(RecycleError::message(
+                "made before the link reconnected: it may reach an old master",
+            ));
+        }
+        let n = self.pings.fetch_add(1, Ordering::Relaxed).to_string();
+        // One round trip: drop any `WATCH` a holder left, prove the connection answers.
+        let (answer,): (String,) = redis::pipe()
+            .cmd("UNWATCH")
+            .ignore()
+            .cmd("PING")
+            .arg(&n)
+            .query_async(&mut pooled.conn)
+            .await
+            .map_err(|e| RecycleError::Backend(redact_url(&e.to_string()).into_owned()))?;
+        if answer == n {
+            Ok(())
+        } else {
+            Err(RecycleError::message("a PING answered something else"))
+        }
+    }
+}
 
 impl Link {
     /// A connection of its own, from a pool the link owns (built on first use, same Redis and
     /// credentials, at most 32 connections), for a caller that holds it for a while: blocking
     /// reads (`XREAD BLOCK`, `BLPOP`), `WATCH`/`MULTI`/`EXEC`. Dropping it returns it to the
-    /// pool; it is checked with a `PING` (and `UNWATCH`) before it is handed out again.
+    /// pool; it is checked with a `PING` (and `UNWATCH`) before it is handed out again. On
+    /// Sentinel it reaches the master the Sentinels name now, and a connection made before
+    /// the link last reconnected is not handed out again.
+    ///
+    /// On a Redis Cluster use [`dedicated_for`](Self::dedicated_for) (a connection reaches one
+    /// node); `dedicated` there gives a connection to the node serving slot 0.
     ///
     /// Which to use:
-    /// - [`query`](Self::query) and friends for everything else: the shared multiplexed
-    ///   connection, with the link's budget, threshold and retry;
+    /// - [`query`](Self::query) and friends for everything else: the shared connection, with
+    ///   the link's budget, threshold and retry;
     /// - [`subscriber`](Self::subscriber) for pub/sub;
     /// - `dedicated` only when a command would stall or corrupt the shared connection. The
     ///   caller bounds its own calls on it (a blocking command's timeout plus a margin) and
@@ -29,37 +220,96 @@ impl Link {
     ///
     /// [`Error::is_not_connected`] when no connection could be made (or none freed) within the
     /// link's [`connect_timeout`](crate::LinkConfig::connect_timeout).
-    pub async fn dedicated(&self) -> Result<Connection, Error> {
-        let pool = self.pool()?;
-        pool.get().await.map_err(|e| {
+    pub async fn dedicated(&self) -> Result<Dedicated, Error> {
+        if self.inner.target.nodes().is_some() {
+            return self.dedicated_on_cluster(b"").await;
+        }
+        let pool = self.pool(None)?;
+        self.checkout(&pool).await
+    }
+
+    /// A dedicated connection (see [`dedicated`](Self::dedicated)) to the node serving `key`:
+    /// on a Redis Cluster the master of the key's slot, from that node's pool (the slot map is
+    /// cached, and looked up again after a `MOVED`/`ASK`/`READONLY` or a lost node on a
+    /// dedicated connection); elsewhere the same as `dedicated`. After an error on it, drop it
+    /// and call this again.
+    ///
+    /// # Errors
+    ///
+    /// As [`dedicated`](Self::dedicated); on a cluster also when the slot map could not be
+    /// had or names no master for the slot (the cluster is being reconfigured: retry).
+    pub async fn dedicated_for(&self, key: &[u8]) -> Result<Dedicated, Error> {
+        if self.inner.target.nodes().is_none() {
+            return self.dedicated().await;
+        }
+        self.dedicated_on_cluster(key).await
+    }
+
+    async fn dedicated_on_cluster(&self, key: &[u8]) -> Result<Dedicated, Error> {
+        let map = self.shards().await?;
+        let slot = key_slot(key);
+        let Some((host, port)) = map.master_for(slot) else {
+            self.inner.shards_stale();
+            return Err(Error::unavailable(format!(
+                "the Redis Cluster's slot map names no master for slot {slot}: the cluster is being reconfigured (or not every slot is assigned); retry"
+            )));
+        };
+        let pool = self.pool(Some((host.to_owned(), port)))?;
+        self.checkout(&pool).await
+    }
+
+    async fn checkout(&self, pool: &Pool) -> Result<Dedicated, Error> {
+        let obj = pool.get().await.map_err(|e| {
             let why = match e {
                 PoolError::Timeout(_) => format!(
                     "no dedicated Redis connection within {} ms (Redis is slow or unreachable, or {MAX_DEDICATED} are held)",
                     self.inner.config.connect_timeout.as_millis()
                 ),
-                PoolError::Backend(e) => {
-                    format!("cannot open a dedicated Redis connection: {e}")
-                }
+                PoolError::Backend(e) => e,
                 other => format!("cannot get a dedicated Redis connection: {other}"),
             };
             Error::unavailable(redact_url(&why).into_owned())
+        })?;
+        Ok(Dedicated {
+            obj,
+            link: Arc::downgrade(&self.inner),
         })
     }
 
-    fn pool(&self) -> Result<&Pool, Error> {
-        if let Some(pool) = self.inner.pool.get() {
-            return Ok(pool);
+    /// The pool for `node` (`None`: the link's target), built on first use.
+    fn pool(&self, node: Option<(String, u16)>) -> Result<Pool, Error> {
+        let mut pools = self
+            .inner
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(pool) = pools.get(&node) {
+            return Ok(pool.clone());
+        }
+        if pools.len() >= MAX_POOLS {
+            // Nodes come and go over a long life: forget the pools of idle ones.
+            pools.retain(|_, p| p.status().size > 0);
+            if pools.len() >= MAX_POOLS {
+                return Err(Error::unavailable(format!(
+                    "dedicated Redis connections are held to {MAX_POOLS} nodes already: release some"
+                )));
+            }
         }
         let config = &self.inner.config;
         // The caller bounds its calls (a blocking read outlives any fixed timeout here).
         let connection = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(None);
-        let manager = Manager::new_with_config(self.inner.info.clone(), connection)
-            .map_err(|_| Error::config("cannot build the dedicated connection pool for this Redis URL: check REDIS_URL"))?;
+        let manager = Manager {
+            link: Arc::downgrade(&self.inner),
+            node: node.clone(),
+            connection,
+            pings: AtomicU64::new(0),
+        };
         let timeouts = Timeouts {
             wait: Some(config.connect_timeout),
-            create: Some(config.connect_timeout),
+            // Sentinel: resolving the master, then connecting.
+            create: Some(config.connect_timeout * 2),
             recycle: Some(config.connect_timeout),
         };
         let pool = Pool::builder(manager)
@@ -72,6 +322,18 @@ impl Link {
                     "cannot build the dedicated Redis connection pool: {e}"
                 ))
             })?;
-        Ok(self.inner.pool.get_or_init(|| pool))
+        pools.insert(node, pool.clone());
+        Ok(pool)
+    }
+}
+
+/// Closes every pool (the link is gone).
+pub(crate) fn close_all(pools: &std::sync::Mutex<HashMap<Option<(String, u16)>, Pool>>) {
+    for pool in pools
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+    {
+        pool.close();
     }
 }

@@ -12,18 +12,15 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
-use redis::{
-    Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline, RedisResult, Script,
-    ScriptInvocation,
-};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisResult, Script, ScriptInvocation};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
@@ -32,10 +29,21 @@ use welcomedly_core::redact::redact_url;
 use crate::classify::{Failure, classify};
 use crate::config::LinkConfig;
 
+mod cluster;
+mod conn;
 mod dedicated;
+mod shards;
 mod supervisor;
+mod target;
 
+pub use self::conn::Conn;
+pub(crate) use self::conn::Scripts;
+pub use self::dedicated::Dedicated;
 use self::supervisor::supervise;
+pub(crate) use self::target::Target;
+// For `crate::sentinel` (a master's address with the configured credentials).
+#[allow(unused_imports)]
+pub(crate) use self::target::info_at;
 use crate::error::Error;
 use crate::subscriber::Subscriber;
 
@@ -129,7 +137,7 @@ pub struct Link {
 
 /// The connection calls use, with the generation it was made in.
 struct Hot {
-    conn: MultiplexedConnection,
+    conn: Conn,
     generation: u64,
     /// When the connection was made: the origin of `last_reply`.
     born: Instant,
@@ -141,7 +149,7 @@ struct Hot {
 }
 
 impl Hot {
-    fn new(conn: MultiplexedConnection, generation: u64) -> Self {
+    fn new(conn: Conn, generation: u64) -> Self {
         Self {
             conn,
             generation,
@@ -182,7 +190,8 @@ struct Counters {
 
 pub(crate) struct Inner {
     config: LinkConfig,
-    info: redis::ConnectionInfo,
+    /// Where to connect (validated once).
+    target: Arc<Target>,
     hot: ArcSwapOption<Hot>,
     state: AtomicU8,
     /// Transport failures in a row on the current connection.
@@ -200,7 +209,7 @@ pub(crate) struct Inner {
     /// Wakes the supervisor when the connection was dropped.
     dropped: Arc<Notify>,
     /// Set with `dropped` when the drop was for failures (then `min_outage` applies).
-    hold_off: std::sync::atomic::AtomicBool,
+    hold_off: AtomicBool,
     /// A caller waits for a connection: try now (within `demand_interval`).
     demand: Arc<Notify>,
     /// Connection attempts started (numbered from 1).
@@ -208,12 +217,21 @@ pub(crate) struct Inner {
     /// The number of the last attempt that ended, so waiting callers learn its outcome.
     attempts: watch::Sender<u64>,
     scripts: Mutex<Vec<Script>>,
+    /// On a cluster: script sources by SHA1, for `EVAL` after `NOSCRIPT` (see [`Conn`]).
+    cluster_scripts: Arc<Scripts>,
     supervisor: OnceLock<tokio::task::AbortHandle>,
     runtime: tokio::runtime::Handle,
     /// The pub/sub side, made on first use.
     subscriber: OnceLock<Subscriber>,
-    /// The pool of dedicated connections, made on first use.
-    pool: OnceLock<deadpool_redis::Pool>,
+    /// The pools of dedicated connections (`None`: the target; a node on a cluster), made
+    /// on first use.
+    pools: Mutex<HashMap<Option<(String, u16)>, dedicated::Pool>>,
+    /// On a cluster: the slot map as last fetched (see `shards`).
+    shards: ArcSwapOption<shards::ShardMap>,
+    /// The slot map may be out of date.
+    shards_stale: AtomicBool,
+    /// One slot map fetch at a time.
+    shards_fetch: tokio::sync::Mutex<()>,
 }
 
 impl Inner {
@@ -236,16 +254,14 @@ impl Drop for Inner {
         if let Some(subscriber) = self.subscriber.get() {
             subscriber.shared().close();
         }
-        if let Some(pool) = self.pool.get() {
-            pool.close();
-        }
+        dedicated::close_all(&self.pools);
     }
 }
 
 impl fmt::Debug for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Link")
-            .field("url", &self.inner.config.url)
+            .field("topology", &self.inner.config.topology)
             .field("state", &self.state())
             .field("budget", &self.inner.config.budget)
             .finish()
@@ -279,21 +295,7 @@ impl Link {
     /// runtime.
     pub async fn connect(config: LinkConfig) -> Result<Self, Error> {
         config.validate()?;
-        let info = config.url.expose().into_connection_info().map_err(|_| {
-            Error::config(format!(
-                "cannot use Redis URL {:?}: expected redis://[user:password@]host[:port][/db] or unix:///path",
-                redact_url(config.url.expose())
-            ))
-        })?;
-        if !matches!(
-            info.addr(),
-            ConnectionAddr::Tcp(..) | ConnectionAddr::Unix(_)
-        ) {
-            return Err(Error::config(format!(
-                "cannot use Redis URL {}: TLS (rediss://) is not built in; use redis:// or unix://",
-                config.url
-            )));
-        }
+        let target = Arc::new(Target::new(&config.topology)?);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(Error::config(
                 "the Redis link must be built inside a tokio runtime (it reconnects in the background)",
@@ -302,7 +304,7 @@ impl Link {
         let (attempts, _) = watch::channel(0);
         let inner = Arc::new(Inner {
             config,
-            info,
+            target,
             hot: ArcSwapOption::empty(),
             state: AtomicU8::new(CONNECTING),
             consecutive: AtomicU32::new(0),
@@ -312,18 +314,22 @@ impl Link {
             connections: AtomicU64::new(0),
             counters: Counters::default(),
             dropped: Arc::new(Notify::new()),
-            hold_off: std::sync::atomic::AtomicBool::new(false),
+            hold_off: AtomicBool::new(false),
             demand: Arc::new(Notify::new()),
             attempts_started: AtomicU64::new(0),
             attempts,
             scripts: Mutex::new(Vec::new()),
+            cluster_scripts: Arc::default(),
             supervisor: OnceLock::new(),
             runtime: runtime.clone(),
             subscriber: OnceLock::new(),
-            pool: OnceLock::new(),
+            pools: Mutex::new(HashMap::new()),
+            shards: ArcSwapOption::empty(),
+            shards_stale: AtomicBool::new(false),
+            shards_fetch: tokio::sync::Mutex::new(()),
         });
         if let Err(e) = Inner::attempt(&inner).await {
-            tracing::warn!(url = %inner.config.url, error = %e, "Redis is unreachable: the link keeps trying in the background");
+            tracing::warn!(redis = %inner.config.topology, error = %e, "Redis is unreachable: the link keeps trying in the background");
         }
         let task = runtime.spawn(supervise(
             Arc::downgrade(&inner),
@@ -342,7 +348,7 @@ impl Link {
             .get_or_init(|| {
                 Subscriber::new(
                     self.inner.config.clone(),
-                    self.inner.info.clone(),
+                    self.inner.target.clone(),
                     self.inner.runtime.clone(),
                     Arc::downgrade(&self.inner),
                 )
@@ -467,14 +473,14 @@ impl Link {
     /// See [`call_within`](Self::call_within).
     pub async fn call<T, F, Fut>(&self, retry: Retry, f: F) -> Result<T, Error>
     where
-        F: FnMut(MultiplexedConnection) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         self.call_within(self.inner.config.budget, retry, f).await
     }
 
-    /// Runs `f` on the connection (a clone of the shared multiplexed connection: do not
-    /// issue blocking commands, `WATCH`/`MULTI` or `SUBSCRIBE` on it) within `budget`.
+    /// Runs `f` on the connection (a clone of the shared [`Conn`]: do not issue blocking
+    /// commands, `WATCH`/`MULTI` or `SUBSCRIBE` on it) within `budget`.
     /// `f` runs a second time on a new connection when `retry` is [`Retry::Once`] and the
     /// first run failed with a transport error.
     ///
@@ -489,7 +495,7 @@ impl Link {
         mut f: F,
     ) -> Result<T, Error>
     where
-        F: FnMut(MultiplexedConnection) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let inner = &self.inner;

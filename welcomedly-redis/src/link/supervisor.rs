@@ -5,6 +5,7 @@
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, RedisResult};
@@ -12,7 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use welcomedly_core::redact::redact_url;
 
-use super::{CONNECTED, CONNECTING, HOLDING_OFF, Hot, Inner};
+use super::{CONNECTED, CONNECTING, Conn, HOLDING_OFF, Hot, Inner, cluster};
 use crate::classify::Failure;
 
 impl Inner {
@@ -71,19 +72,21 @@ impl Inner {
                 tracing::debug!(error, "Redis refused a call");
                 false
             }
+            // A cluster connection is many node connections that redis-rs repairs one by one
+            // (reconnecting a node, refreshing the slot map): one node's failure, or its
+            // `CLUSTERDOWN` during a failover, is no reason to rebuild the whole thing. Only
+            // failures going on past a failover's length, nothing succeeding, are.
+            _ if hot.conn.is_cluster() => {
+                let (n, span) = self.count_failure();
+                n >= self.config.failure_threshold.max(1) && span >= cluster::REBUILD_AFTER
+            }
             Failure::Replace => true,
             Failure::Transport if closed => true,
             Failure::Transport => {
-                let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                let since = self
-                    .failing_since
-                    .fetch_min(now, Ordering::Relaxed)
-                    .min(now);
-                let budget = u64::try_from(self.config.budget.as_nanos()).unwrap_or(u64::MAX);
+                let (n, span) = self.count_failure();
                 // The threshold, over at least one budget: failures that all land at one
                 // instant are this process stalling, not the connection dying.
-                n >= self.config.failure_threshold.max(1) && now - since >= budget
+                n >= self.config.failure_threshold.max(1) && span >= self.config.budget
             }
         };
         if drop_it {
@@ -92,6 +95,17 @@ impl Inner {
         } else {
             tracing::debug!(error, "a Redis call failed");
         }
+    }
+
+    /// Counts a failure in a row: how many now, and over how long since the first.
+    fn count_failure(&self) -> (u32, Duration) {
+        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let since = self
+            .failing_since
+            .fetch_min(now, Ordering::Relaxed)
+            .min(now);
+        (n, Duration::from_nanos(now - since))
     }
 
     /// Drops `hot` if it is still the current connection, and wakes the supervisor.
@@ -140,7 +154,7 @@ impl Inner {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(format!(
                 "connecting to Redis at {} took longer than {} ms",
-                this.config.url,
+                this.config.topology,
                 this.config.connect_timeout.as_millis()
             )),
         };
@@ -153,25 +167,42 @@ impl Inner {
         result
     }
 
-    /// Opens a connection: the socket, the handshake (`AUTH`, `SELECT`), the reader task
-    /// (watched: its end drops the connection), a `PING` and the registered scripts.
+    /// Opens a connection: on one node (or the Sentinels' master, asked now) the socket, the
+    /// handshake (`AUTH`, `SELECT`), the reader task (watched: its end drops the connection),
+    /// a `PING` and the registered scripts; on a cluster the cluster connection.
     async fn open(&self, this: &Arc<Self>) -> Result<Hot, String> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(nodes) = self.target.nodes() {
+            let conn = cluster::connect(nodes, &self.config).await.map_err(|e| {
+                redact_url(&format!("cannot connect to {}: {e}", self.config.topology)).into_owned()
+            })?;
+            let conn = Conn::cluster(conn, self.cluster_scripts.clone());
+            // Scripts are not loaded on every node (a fan-out that fails while one is
+            // down): the `Conn` keeps their sources and answers `NOSCRIPT` with `EVAL`.
+            let scripts = self.scripts.lock().map(|s| s.clone()).unwrap_or_default();
+            let mut c = conn.clone();
+            for script in &scripts {
+                let _ = script.prepare_invoke().load_async(&mut c).await;
+            }
+            return Ok(Hot::new(conn, generation));
+        }
+        let info = self.target.resolve(self.config.connect_timeout).await?;
+        let where_ = info.addr().to_string();
         let cannot = |e: &dyn fmt::Display| {
             redact_url(&format!(
-                "cannot connect to Redis at {}: {e}",
-                self.config.url
+                "cannot connect to Redis at {} ({where_}): {e}",
+                self.config.topology
             ))
             .into_owned()
         };
         let weak = Arc::downgrade(this);
-        let conn = match self.info.addr() {
+        let conn = match info.addr() {
             ConnectionAddr::Tcp(host, port) => {
                 let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
                     .await
                     .map_err(|e| cannot(&e))?;
                 let _ = stream.set_nodelay(true);
-                handshake(&self.info, stream, weak, generation)
+                handshake(&info, stream, weak, generation)
                     .await
                     .map_err(|e| cannot(&e))?
             }
@@ -180,7 +211,7 @@ impl Inner {
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(|e| cannot(&e))?;
-                handshake(&self.info, stream, weak, generation)
+                handshake(&info, stream, weak, generation)
                     .await
                     .map_err(|e| cannot(&e))?
             }
@@ -200,13 +231,14 @@ impl Inner {
                 .load_async(&mut c)
                 .await
                 .map_err(|e| {
-                    format!(
+                    redact_url(&format!(
                         "cannot load a script into Redis at {}: {e}",
-                        self.config.url
-                    )
+                        self.config.topology
+                    ))
+                    .into_owned()
                 })?;
         }
-        Ok(Hot::new(conn, generation))
+        Ok(Hot::new(Conn::node(conn), generation))
     }
 }
 
@@ -266,7 +298,7 @@ pub(super) async fn supervise(link: Weak<Inner>, dropped: Arc<Notify>, demand: A
             let result = Inner::attempt(&inner).await;
             match result {
                 Ok(()) => {
-                    tracing::info!(attempts, url = %inner.config.url, "Redis answers again: the link is connected");
+                    tracing::info!(attempts, redis = %inner.config.topology, "Redis answers again: the link is connected");
                     break;
                 }
                 Err(e) => {

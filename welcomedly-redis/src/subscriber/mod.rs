@@ -47,7 +47,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
@@ -56,6 +56,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::config::LinkConfig;
+use crate::link::Target;
 
 mod task;
 
@@ -119,7 +120,11 @@ pub(crate) struct Shared {
     /// The link, to retry at once when it reconnects (Redis answers again).
     link: Weak<crate::link::Inner>,
     config: LinkConfig,
-    info: redis::ConnectionInfo,
+    /// Where to connect (the link's).
+    target: Arc<Target>,
+    /// On a cluster: the node to try first (the one that last worked, or the next after one
+    /// that failed), an index into the candidates.
+    next_node: AtomicUsize,
     runtime: tokio::runtime::Handle,
     state: Mutex<State>,
     /// Wakes the task: the set of wanted channels changed.
@@ -246,7 +251,7 @@ impl Shared {
 impl Subscriber {
     pub(crate) fn new(
         config: LinkConfig,
-        info: redis::ConnectionInfo,
+        target: Arc<Target>,
         runtime: tokio::runtime::Handle,
         link: Weak<crate::link::Inner>,
     ) -> Self {
@@ -254,7 +259,8 @@ impl Subscriber {
             shared: Arc::new(Shared {
                 link,
                 config,
-                info,
+                target,
+                next_node: AtomicUsize::new(0),
                 runtime,
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
@@ -563,7 +569,12 @@ mod tests {
         let (shared, _) = {
             let sub = Subscriber::new(
                 LinkConfig::new("redis://127.0.0.1:1/"),
-                redis::IntoConnectionInfo::into_connection_info("redis://127.0.0.1:1/").unwrap(),
+                Arc::new(
+                    Target::new(&crate::config::Topology::Single(
+                        "redis://127.0.0.1:1/".into(),
+                    ))
+                    .unwrap(),
+                ),
                 tokio::runtime::Builder::new_current_thread()
                     .build()
                     .unwrap()

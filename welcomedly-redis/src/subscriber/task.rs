@@ -56,14 +56,17 @@ pub(super) async fn run(shared: Weak<Shared>) {
         let Some(strong) = shared.upgrade() else {
             return;
         };
-        let opened = tokio::time::timeout(config.connect_timeout, open(&strong)).await;
+        // Each node within the connect timeout; on a cluster every node in turn.
+        let within = config.connect_timeout
+            * strong.target.nodes().map_or(1, |n| n.len().clamp(1, 8)) as u32;
+        let opened = tokio::time::timeout(within, open(&strong)).await;
         let pubsub = match opened {
             Ok(Ok(p)) => Ok(p),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(format!(
                 "connecting to Redis at {} for pub/sub took longer than {} ms",
-                config.url,
-                config.connect_timeout.as_millis()
+                config.topology,
+                within.as_millis()
             )),
         };
         let (mut sink, stream) = match pubsub {
@@ -115,6 +118,10 @@ pub(super) async fn run(shared: Weak<Shared>) {
         };
         strong.connected.send_replace(false);
         strong.lost();
+        // On a cluster, the next attempt starts at the next node: this one may be dead.
+        if strong.target.nodes().is_some() {
+            strong.next_node.fetch_add(1, Ordering::Relaxed);
+        }
         let Some(ended) = ended else { return };
         tracing::warn!(
             error = %ended.why,
@@ -152,17 +159,67 @@ async fn retry_after(shared: &Weak<Shared>, delay: Duration) {
     }
 }
 
-/// A pub/sub connection on our own socket (the link's handshake: `AUTH`, `SELECT`).
+/// A pub/sub connection on our own socket (the link's handshake: `AUTH`, `SELECT`), each
+/// attempt within the link's connect timeout.
+///
+/// On a Redis Cluster, classic `SUBSCRIBE` on any one node receives what is published on every
+/// node (Redis broadcasts `PUBLISH` over the cluster bus), so the subscriber needs one node,
+/// any: it tries the node that worked last, then the others in turn (seed nodes, then nodes
+/// learned from the slot map); a lost node makes it move to the next one.
 async fn open(shared: &Shared) -> Result<PubSub, String> {
+    let timeout = shared.config.connect_timeout;
+    let Some(seeds) = shared.target.nodes() else {
+        let info = shared.target.resolve(timeout).await?;
+        return open_at(shared, &info).await;
+    };
+    let mut candidates = seeds.to_vec();
+    if let Some(link) = shared.link.upgrade() {
+        for node in link.cluster_nodes() {
+            if !candidates.iter().any(|c| c.addr() == node.addr()) {
+                candidates.push(node);
+            }
+        }
+    }
+    let n = candidates.len().max(1);
+    let first = shared.next_node.load(Ordering::Relaxed) % n;
+    let mut last = String::new();
+    for i in 0..n {
+        let at = (first + i) % n;
+        let Some(info) = candidates.get(at) else {
+            continue;
+        };
+        match tokio::time::timeout(timeout, open_at(shared, info)).await {
+            Ok(Ok(pubsub)) => {
+                shared.next_node.store(at, Ordering::Relaxed);
+                return Ok(pubsub);
+            }
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = format!(
+                    "connecting to Redis Cluster node {} for pub/sub took longer than {} ms",
+                    info.addr(),
+                    timeout.as_millis()
+                );
+            }
+        }
+    }
+    // Next time, start past the first one tried.
+    shared.next_node.store(first + 1, Ordering::Relaxed);
+    Err(last)
+}
+
+/// One pub/sub connection to the node at `info`.
+async fn open_at(shared: &Shared, info: &redis::ConnectionInfo) -> Result<PubSub, String> {
     let cannot = |e: &dyn fmt::Display| {
         redact_url(&format!(
-            "cannot connect to Redis at {} for pub/sub: {e}",
-            shared.config.url
+            "cannot connect to Redis at {} ({}) for pub/sub: {e}",
+            shared.config.topology,
+            info.addr()
         ))
         .into_owned()
     };
-    let settings = shared.info.redis_settings();
-    match shared.info.addr() {
+    let settings = info.redis_settings();
+    match info.addr() {
         ConnectionAddr::Tcp(host, port) => {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
                 .await

@@ -281,7 +281,7 @@ impl RedisSessionStore {
     /// twice is harmless.
     async fn run<T, F, Fut>(&self, what: &str, retry: Retry, call: F) -> Result<T, SessionError>
     where
-        F: FnMut(redis::aio::MultiplexedConnection) -> Fut,
+        F: FnMut(welcomedly_redis::Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         self.inner

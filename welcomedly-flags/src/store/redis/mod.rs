@@ -202,7 +202,7 @@ impl RedisStore {
         let keys = RedisKeys::new(&config.key_prefix);
         let inner = Arc::new(Inner {
             link: link.clone(),
-            name: format!("Redis at {}", link.config().url),
+            name: format!("Redis at {}", link.config().topology),
             write,
             budget: config.budget,
             poll_interval: config.poll_interval,
