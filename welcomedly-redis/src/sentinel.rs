@@ -28,6 +28,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use welcomedly_core::backoff::Backoff;
 use welcomedly_core::redact::redact_url;
 
+use crate::config::RedisUrl;
+use crate::link::info_at;
+
 /// The `+switch-master` channel: `<master name> <old ip> <old port> <new ip> <new port>`.
 const SWITCH_MASTER: &str = "+switch-master";
 /// How often the watch connection is pinged, so a frozen Sentinel is left for another.
@@ -61,6 +64,11 @@ impl fmt::Display for Addr {
 }
 
 impl Addr {
+    /// As a connection's address.
+    pub(crate) fn to_conn_addr(&self) -> ConnectionAddr {
+        ConnectionAddr::Tcp(self.host.clone(), self.port)
+    }
+
     /// Whether `addr` (a connection's address) is this one.
     pub(crate) fn is(&self, addr: &ConnectionAddr) -> bool {
         matches!(addr, ConnectionAddr::Tcp(host, port) if *host == self.host && *port == self.port)
@@ -96,7 +104,7 @@ impl Sentinels {
     /// The Sentinels at `sentinels` (`host:port`, or `redis://[user:password@]host:port` for a
     /// Sentinel that wants credentials) that monitor `master`; `url` carries the master's
     /// credentials and database (its host is ignored).
-    pub(crate) fn new(sentinels: &[String], master: &str, url: &str) -> Result<Self, String> {
+    pub(crate) fn new(sentinels: &[String], master: &str, url: &RedisUrl) -> Result<Self, String> {
         if sentinels.is_empty() {
             return Err(
                 "no Sentinel is configured: list at least one as host:port (REDIS_SENTINELS)"
@@ -119,7 +127,7 @@ impl Sentinels {
         Ok(Self {
             nodes,
             master: master.to_owned(),
-            settings: master_settings(url)?,
+            settings: info_at(url, "127.0.0.1", 6379)?.redis_settings().clone(),
             preferred: AtomicUsize::new(0),
         })
     }
@@ -295,31 +303,6 @@ fn sentinel_node(text: &str) -> Result<Node, String> {
         name: addr.to_string(),
         info,
     })
-}
-
-/// The master's credentials and database from `url` (`redis://[user:password@][host]/[db]`;
-/// the host, ignored, may be left out).
-fn master_settings(url: &str) -> Result<RedisConnectionInfo, String> {
-    let cannot = || {
-        format!(
-            "cannot use the Sentinel master URL {}: expected redis://[user:password@]master/[db] (the host is ignored)",
-            redact_url(url)
-        )
-    };
-    let rest = url.strip_prefix("redis://").ok_or_else(cannot)?;
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_len);
-    // Only the credentials matter: put a placeholder host where none (or any) was given, so
-    // the URL parses whatever the host was.
-    let with_host = match authority.rfind('@') {
-        Some(at) => format!("redis://{}@master{path}", authority.get(..at).unwrap_or("")),
-        None => format!("redis://master{path}"),
-    };
-    with_host
-        .as_str()
-        .into_connection_info()
-        .map(|info| info.redis_settings().clone())
-        .map_err(|_| cannot())
 }
 
 /// A connection for one or two commands, within `within` (connect and answers).
@@ -592,7 +575,7 @@ mod tests {
         let s = Sentinels::new(
             &["127.0.0.1:26379".into(), "[::1]:26380".into()],
             "mymaster",
-            "redis://app:hunter2@ignored:1/3",
+            &"redis://app:hunter2@ignored:1/3".into(),
         )
         .unwrap();
         assert_eq!(s.names(), ["127.0.0.1:26379", "[::1]:26380"]);
@@ -607,27 +590,22 @@ mod tests {
         assert_eq!(info.redis_settings().username(), Some("app"));
         assert_eq!(info.redis_settings().password(), Some("hunter2"));
         assert!(!format!("{s:?}").contains("hunter2"));
-        // The host may be left out; `redis://` is no credentials, database 0.
-        for url in ["redis://", "redis://:pw@/2", "redis:///1"] {
-            assert!(master_settings(url).is_ok(), "{url}");
-        }
-        assert_eq!(master_settings("redis://:pw@/2").unwrap().db(), 2);
-        assert_eq!(
-            master_settings("redis://:pw@/2").unwrap().password(),
-            Some("pw")
-        );
         // A Sentinel with its own credentials, never printed.
-        let s =
-            Sentinels::new(&["redis://:s3cret@127.0.0.1:26379".into()], "m", "redis://").unwrap();
+        let s = Sentinels::new(
+            &["redis://:s3cret@127.0.0.1:26379".into()],
+            "m",
+            &"redis://".into(),
+        )
+        .unwrap();
         assert_eq!(s.names(), ["127.0.0.1:26379"]);
         assert!(!format!("{s:?}").contains("s3cret"));
         for bad in ["sentinel", "host:0", ":26379", "host:port", "a/b:1"] {
-            let e = Sentinels::new(&[bad.into()], "m", "redis://").unwrap_err();
+            let e = Sentinels::new(&[bad.into()], "m", &"redis://".into()).unwrap_err();
             assert!(e.contains("host:port"), "{e}");
         }
-        let e = Sentinels::new(&[], "m", "redis://").unwrap_err();
+        let e = Sentinels::new(&[], "m", &"redis://".into()).unwrap_err();
         assert!(e.contains("at least one"), "{e}");
-        let e = Sentinels::new(&["a:1".into()], "m", "http://:hunter2@x/").unwrap_err();
+        let e = Sentinels::new(&["a:1".into()], "m", &"http://:hunter2@x/".into()).unwrap_err();
         assert!(!e.contains("hunter2") && e.contains("redis://"), "{e}");
     }
 
@@ -642,7 +620,7 @@ mod tests {
         let s = Sentinels::new(
             &[format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}")],
             "mymaster",
-            "redis://:hunter2@/0",
+            &"redis://:hunter2@/0".into(),
         )
         .unwrap();
         let e = s
@@ -655,119 +633,6 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
     }
 
-    /// A master, a replica and three Sentinels started by hand (the test kit's
-    /// `RedisSentinel` replaces this once it lands).
-    struct Group {
-        master: welcomedly_testkit::RedisServer,
-        replica: welcomedly_testkit::RedisServer,
-        sentinels: Vec<(u16, std::process::Child)>,
-        dir: std::path::PathBuf,
-    }
-
-    impl Drop for Group {
-        fn drop(&mut self) {
-            for (_, child) in &mut self.sentinels {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    async fn sentinel_query(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let info = ("127.0.0.1", port).into_connection_info()?;
-        let mut c = redis::Client::open(info)?
-            .get_multiplexed_async_connection()
-            .await?;
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query_async(&mut c).await
-    }
-
-    impl Group {
-        async fn start() -> Self {
-            use welcomedly_testkit::RedisServer;
-            let master = RedisServer::start().unwrap();
-            let replica = RedisServer::start().unwrap();
-            replica
-                .command(&["REPLICAOF", "127.0.0.1", &master.port().to_string()])
-                .unwrap();
-            for _ in 0..500 {
-                if replica
-                    .command(&["INFO", "replication"])
-                    .unwrap()
-                    .contains("master_link_status:up")
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let dir = std::env::temp_dir().join(format!(
-                "welcomedly-sentinel-unit-{}-{}",
-                std::process::id(),
-                master.port()
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            let mut sentinels = Vec::new();
-            for k in 0..3 {
-                let port = welcomedly_testkit::free_port().unwrap();
-                let conf = dir.join(format!("sentinel-{k}.conf"));
-                std::fs::write(
-                    &conf,
-                    format!(
-                        "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 2\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
-                        dir.display(),
-                        master.port()
-                    ),
-                )
-                .unwrap();
-                let child = std::process::Command::new("redis-server")
-                    .arg(&conf)
-                    .arg("--sentinel")
-                    .stdout(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap();
-                sentinels.push((port, child));
-            }
-            let group = Self {
-                master,
-                replica,
-                sentinels,
-                dir,
-            };
-            // Ready: every Sentinel knows the replica and the other Sentinels.
-            for (port, _) in &group.sentinels {
-                let mut ready = false;
-                for _ in 0..1000 {
-                    let replicas =
-                        sentinel_query(*port, &["SENTINEL", "REPLICAS", "mymaster"]).await;
-                    let others =
-                        sentinel_query(*port, &["SENTINEL", "SENTINELS", "mymaster"]).await;
-                    if let (Ok(redis::Value::Array(r)), Ok(redis::Value::Array(o))) =
-                        (replicas, others)
-                        && r.len() == 1
-                        && o.len() == 2
-                    {
-                        ready = true;
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                assert!(ready, "Sentinel {port} did not see the group within 20 s");
-            }
-            group
-        }
-
-        fn addrs(&self) -> Vec<String> {
-            self.sentinels
-                .iter()
-                .map(|(p, _)| format!("127.0.0.1:{p}"))
-                .collect()
-        }
-    }
-
     fn port_of(info: &ConnectionInfo) -> u16 {
         match info.addr() {
             ConnectionAddr::Tcp(_, port) => *port,
@@ -777,21 +642,29 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_master_is_found_checked_and_followed_through_a_failover() {
-        let group = Group::start().await;
+        use welcomedly_testkit::RedisSentinel;
+        let group = std::sync::Arc::new(
+            tokio::task::spawn_blocking(RedisSentinel::start)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+        let primary = group.primary().unwrap();
         // A dead Sentinel first in the list: skipped.
         let dead = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
         let mut addrs = vec![format!("127.0.0.1:{dead}")];
-        addrs.extend(group.addrs());
-        let sentinels =
-            std::sync::Arc::new(Sentinels::new(&addrs, "mymaster", "redis://").unwrap());
+        addrs.extend(group.sentinel_addrs());
+        let sentinels = std::sync::Arc::new(
+            Sentinels::new(&addrs, group.master_name(), &"redis://".into()).unwrap(),
+        );
         let info = sentinels
             .resolve_master(Duration::from_secs(1))
             .await
             .unwrap();
-        assert_eq!(port_of(&info), group.master.port());
+        assert_eq!(port_of(&info), primary);
         // The one that answered is asked first next time.
         assert_eq!(sentinels.preferred(), 1);
 
@@ -810,26 +683,48 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(first.port, group.master.port());
+        assert_eq!(first.port, primary);
 
         // Graceful failover: the replica is promoted, the old master demoted.
-        let started = Instant::now();
-        let (sport, _) = &group.sentinels[1];
-        sentinel_query(*sport, &["SENTINEL", "FAILOVER", "mymaster"])
-            .await
-            .unwrap();
-        let switched = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        let g = group.clone();
+        let failover = tokio::task::spawn_blocking(move || g.failover().map(drop));
+        let switched = tokio::time::timeout(Duration::from_secs(30), rx.recv())
             .await
             .unwrap()
             .unwrap();
-        eprintln!("+switch-master after {:?}", started.elapsed());
-        assert_eq!(switched.port, group.replica.port());
+        assert_ne!(switched.port, primary);
         let info = sentinels
             .resolve_master(Duration::from_secs(1))
             .await
             .unwrap();
-        assert_eq!(port_of(&info), group.replica.port());
+        assert_eq!(port_of(&info), switched.port);
         assert_eq!(role(&info, Duration::from_secs(1)).await.unwrap(), "master");
+        failover.await.unwrap().unwrap();
+        // The old master, now a replica, is never given as the master.
+        let old = sentinels
+            .info_for(&Addr {
+                host: "127.0.0.1".into(),
+                port: primary,
+            })
+            .unwrap();
+        assert_eq!(role(&old, Duration::from_secs(1)).await.unwrap(), "slave");
         watch.abort();
+
+        // A master demoted behind the Sentinels' back (their view is stale): never used; the
+        // error says what the node said.
+        let g = group.clone();
+        let new = switched.port;
+        tokio::task::spawn_blocking(move || {
+            g.command_on(new, &["REPLICAOF", "127.0.0.1", &primary.to_string()])
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let e = sentinels
+            .resolve_master(Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(e.contains("not master"), "{e}");
+        assert!(e.contains(&format!("127.0.0.1:{new}")), "{e}");
     }
 }

@@ -32,6 +32,7 @@ use crate::config::LinkConfig;
 mod cluster;
 mod conn;
 mod dedicated;
+mod follow;
 mod shards;
 mod supervisor;
 mod target;
@@ -42,7 +43,6 @@ pub use self::dedicated::Dedicated;
 use self::supervisor::supervise;
 pub(crate) use self::target::Target;
 // For `crate::sentinel` (a master's address with the configured credentials).
-#[allow(unused_imports)]
 pub(crate) use self::target::info_at;
 use crate::error::Error;
 use crate::subscriber::Subscriber;
@@ -99,6 +99,9 @@ pub struct LinkStats {
     pub not_connected: u64,
     /// Calls in flight now.
     pub in_flight: u64,
+    /// On Sentinel: new masters the Sentinels announced while the link was elsewhere (or had
+    /// no connection), each followed at once.
+    pub master_switches: u64,
 }
 
 /// One supervised multiplexed Redis connection, shared by every component of an instance.
@@ -146,6 +149,9 @@ struct Hot {
     /// busy Redis or a busy instance, not a dead connection: it is not counted towards the
     /// threshold, so a burst of load never drops a connection that works.
     last_reply: AtomicU64,
+    /// The node it reaches (`None` on a cluster): on Sentinel, whether it is the master the
+    /// Sentinels announce.
+    addr: Option<redis::ConnectionAddr>,
 }
 
 impl Hot {
@@ -155,7 +161,14 @@ impl Hot {
             generation,
             born: Instant::now(),
             last_reply: AtomicU64::new(0),
+            addr: None,
         }
+    }
+
+    /// The same, reaching the node at `addr`.
+    fn at(mut self, addr: redis::ConnectionAddr) -> Self {
+        self.addr = Some(addr);
+        self
     }
 
     /// Redis answered a call on this connection (a value or an error of its own).
@@ -186,6 +199,7 @@ struct Counters {
     retries: AtomicU64,
     not_connected: AtomicU64,
     in_flight: AtomicU64,
+    switches: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -232,6 +246,11 @@ pub(crate) struct Inner {
     shards_stale: AtomicBool,
     /// One slot map fetch at a time.
     shards_fetch: tokio::sync::Mutex<()>,
+    /// On Sentinel: the Sentinels announced a new master; cuts the supervisor's hold-off or
+    /// backoff short (see `follow`).
+    switched: Arc<Notify>,
+    /// On Sentinel: the task watching the Sentinels for `+switch-master`.
+    watch: OnceLock<tokio::task::AbortHandle>,
 }
 
 impl Inner {
@@ -249,6 +268,9 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(task) = self.supervisor.get() {
+            task.abort();
+        }
+        if let Some(task) = self.watch.get() {
             task.abort();
         }
         if let Some(subscriber) = self.subscriber.get() {
@@ -327,6 +349,8 @@ impl Link {
             shards: ArcSwapOption::empty(),
             shards_stale: AtomicBool::new(false),
             shards_fetch: tokio::sync::Mutex::new(()),
+            switched: Arc::new(Notify::new()),
+            watch: OnceLock::new(),
         });
         if let Err(e) = Inner::attempt(&inner).await {
             tracing::warn!(redis = %inner.config.topology, error = %e, "Redis is unreachable: the link keeps trying in the background");
@@ -335,8 +359,10 @@ impl Link {
             Arc::downgrade(&inner),
             inner.dropped.clone(),
             inner.demand.clone(),
+            inner.switched.clone(),
         ));
         let _ = inner.supervisor.set(task.abort_handle());
+        Inner::watch_sentinels(&inner);
         Ok(Self { inner })
     }
 
@@ -395,6 +421,7 @@ impl Link {
             retries: get(&c.retries),
             not_connected: get(&c.not_connected),
             in_flight: get(&c.in_flight),
+            master_switches: get(&c.switches),
         }
     }
 
@@ -542,7 +569,13 @@ impl Link {
                     if failure == Failure::Server {
                         hot.replied();
                     }
-                    let closed = e.is_connection_dropped() || e.is_unrecoverable_error();
+                    // On Sentinel, `READONLY` means this node was demoted (a failover): the
+                    // Sentinels are asked for the new master at once, without the hold-off
+                    // of a failing connection (a node that is not master is never used).
+                    let demoted = e.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                        && inner.target.sentinels().is_some();
+                    let closed = e.is_connection_dropped() || e.is_unrecoverable_error() || demoted;
                     let text = redact_url(&e.to_string()).into_owned();
                     inner.failed(&hot, failure, closed, &text);
                     if failure == Failure::Server {

@@ -109,7 +109,7 @@ impl Inner {
     }
 
     /// Drops `hot` if it is still the current connection, and wakes the supervisor.
-    fn drop_connection(&self, hot: &Arc<Hot>, hold_off: bool, why: &str) {
+    pub(super) fn drop_connection(&self, hot: &Arc<Hot>, hold_off: bool, why: &str) {
         let current = self.hot.compare_and_swap(hot, None::<Arc<Hot>>);
         if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, hot)) {
             self.state.store(
@@ -147,8 +147,12 @@ impl Inner {
                 this.consecutive.store(0, Ordering::Relaxed);
                 this.failing_since.store(u64::MAX, Ordering::Relaxed);
                 this.connections.fetch_add(1, Ordering::Relaxed);
+                let addr = hot.addr.clone();
                 this.hot.store(Some(Arc::new(hot)));
                 this.state.store(CONNECTED, Ordering::Release);
+                if let Some(addr) = addr {
+                    this.connected_to(&addr);
+                }
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
@@ -238,7 +242,7 @@ impl Inner {
                     .into_owned()
                 })?;
         }
-        Ok(Hot::new(Conn::node(conn), generation))
+        Ok(Hot::new(Conn::node(conn), generation).at(info.addr().clone()))
     }
 }
 
@@ -267,8 +271,14 @@ where
 }
 
 /// The one task that reconnects (see [`Link`](super::Link)). Holds the link weakly, so dropping the
-/// last handle ends it.
-pub(super) async fn supervise(link: Weak<Inner>, dropped: Arc<Notify>, demand: Arc<Notify>) {
+/// last handle ends it. `switched` (Sentinel: a new master was announced) cuts a hold-off or a
+/// backoff delay short: the new master is worth trying now.
+pub(super) async fn supervise(
+    link: Weak<Inner>,
+    dropped: Arc<Notify>,
+    demand: Arc<Notify>,
+    switched: Arc<Notify>,
+) {
     loop {
         // Wait for a drop while connected (no strong handle held while waiting).
         loop {
@@ -288,7 +298,10 @@ pub(super) async fn supervise(link: Weak<Inner>, dropped: Arc<Notify>, demand: A
         let demand_interval = inner.config.demand_interval;
         drop(inner);
         if hold_off {
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = switched.notified() => {}
+            }
         }
         let mut attempts = 0u32;
         loop {
@@ -319,6 +332,7 @@ pub(super) async fn supervise(link: Weak<Inner>, dropped: Arc<Notify>, demand: A
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = asked => {}
+                () = switched.notified() => {}
             }
         }
     }

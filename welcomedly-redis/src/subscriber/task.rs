@@ -51,7 +51,14 @@ pub(super) async fn run(shared: Weak<Shared>) {
             notified.await;
         }
         if std::mem::take(&mut hold_off) {
-            tokio::time::sleep(config.min_outage).await;
+            let Some(strong) = shared.upgrade() else {
+                return;
+            };
+            // A new master announced (Sentinel) is worth trying now.
+            tokio::select! {
+                () = tokio::time::sleep(config.min_outage) => {}
+                () = strong.moved.notified() => {}
+            }
         }
         let Some(strong) = shared.upgrade() else {
             return;
@@ -117,6 +124,7 @@ pub(super) async fn run(shared: Weak<Shared>) {
             return;
         };
         strong.connected.send_replace(false);
+        strong.connected_at(None);
         strong.lost();
         // On a cluster, the next attempt starts at the next node: this one may be dead.
         if strong.target.nodes().is_some() {
@@ -170,7 +178,9 @@ async fn open(shared: &Shared) -> Result<PubSub, String> {
     let timeout = shared.config.connect_timeout;
     let Some(seeds) = shared.target.nodes() else {
         let info = shared.target.resolve(timeout).await?;
-        return open_at(shared, &info).await;
+        let pubsub = open_at(shared, &info).await?;
+        shared.connected_at(Some(info.addr()));
+        return Ok(pubsub);
     };
     let mut candidates = seeds.to_vec();
     if let Some(link) = shared.link.upgrade() {
@@ -325,6 +335,12 @@ async fn follow(
                     return Some(Ended { hold_off: false, why: "Redis closed the connection".to_owned() });
                 };
                 strong.deliver(msg.get_channel_name(), msg.get_payload_bytes());
+            }
+            () = strong.moved.notified() => {
+                // Checked again: a stale wake-up from before this connection is no reason.
+                if strong.elsewhere() {
+                    return Some(Ended { hold_off: false, why: "the Sentinels announced a new master".to_owned() });
+                }
             }
             () = strong.wake.notified() => {
                 if strong.closed.load(Ordering::Acquire) {
