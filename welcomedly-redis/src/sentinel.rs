@@ -165,7 +165,12 @@ impl Sentinels {
         )
         .await;
         match reply {
-            Ok(Ok(Some((host, port)))) => Ok(Addr { host, port }),
+            Ok(Ok(Some((host, port)))) => {
+                // The one that answered last is asked first next time (a frozen Sentinel
+                // listed first costs its share of the timeout once, not on every reconnect).
+                self.preferred.store(i, Ordering::Relaxed);
+                Ok(Addr { host, port })
+            }
             Ok(Ok(None)) => Err(format!(
                 "does not monitor a master named {:?} (check REDIS_SENTINEL_MASTER against `sentinel monitor`)",
                 self.master
@@ -214,7 +219,6 @@ impl Sentinels {
                         continue;
                     }
                 };
-                self.preferred.store(i, Ordering::Relaxed);
                 if checked.contains(&addr) {
                     said.push(format!("{}: {addr} (checked above)", node.name));
                     continue;

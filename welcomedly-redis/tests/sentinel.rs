@@ -359,3 +359,78 @@ async fn a_subscriber_keeps_receiving_after_a_failover() {
         at.saturating_duration_since(announced)
     );
 }
+
+/// Pub/sub clients on the Sentinel at `port` (the link's `+switch-master` watch is one).
+async fn subscribers_on(group: &Arc<RedisSentinel>, port: u16) -> usize {
+    let g = group.clone();
+    let list = tokio::task::spawn_blocking(move || g.command_on(port, &["CLIENT", "LIST"]))
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    list.lines().filter(|l| l.contains(" sub=1 ")).count()
+}
+
+/// Polls `cond` every 50 ms for up to `bound` (a bound for a hung test, not a speed check).
+async fn within<F, Fut>(bound: Duration, what: &str, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < bound {
+        if cond().await {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within {bound:?}: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_watch_leaves_a_frozen_sentinel_for_another() {
+    let group = start().await;
+    let ports = group.sentinel_ports();
+    let link = Link::connect(config(&group)).await.unwrap();
+    let old = link_port(&link).await;
+    // The watch subscribes on the Sentinel that answered (the first listed).
+    within(
+        Duration::from_secs(5),
+        "the watch on the first Sentinel",
+        || async { subscribers_on(&group, ports[0]).await == 1 },
+    )
+    .await;
+    assert_eq!(link.stats().master_switches, 0);
+
+    // Frozen: it accepts connections and answers nothing; the watch's pings go unanswered.
+    group.pause(ports[0]).unwrap();
+    let moved = within(
+        Duration::from_secs(15),
+        "the watch on another Sentinel",
+        || async {
+            subscribers_on(&group, ports[1]).await + subscribers_on(&group, ports[2]).await == 1
+        },
+    )
+    .await;
+    eprintln!("a frozen Sentinel: the failover watch moved to another in {moved:?}");
+
+    // A failover (through a live Sentinel) is followed through the new watch.
+    let g = group.clone();
+    let (master, live) = (group.master_name().to_owned(), ports[1]);
+    tokio::task::spawn_blocking(move || g.command_on(live, &["SENTINEL", "FAILOVER", &master]))
+        .await
+        .unwrap()
+        .unwrap();
+    within(
+        Duration::from_secs(30),
+        "the link on the new primary",
+        || async {
+            link.stats().master_switches >= 1
+                && link
+                    .query::<String>(redis::cmd("INFO").arg("server"), Retry::Once)
+                    .await
+                    .is_ok_and(|info| !info.contains(&format!("tcp_port:{old}\r\n")))
+        },
+    )
+    .await;
+    group.resume(ports[0]).unwrap();
+}
