@@ -52,10 +52,9 @@ impl Inner {
                 self.drop_connection(&hot, false, "the Sentinels announced a new master");
                 self.switched.notify_one();
             }
-            None => {
-                self.counters.switches.fetch_add(1, Ordering::Relaxed);
-                self.switched.notify_one();
-            }
+            // No connection (the old master died): try the one announced now. Not counted:
+            // the watch also reports the master after every resubscribe.
+            None => self.switched.notify_one(),
         }
         if let Some(subscriber) = self.subscriber.get() {
             subscriber.shared().master_is(&addr.to_conn_addr());

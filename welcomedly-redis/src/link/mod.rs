@@ -99,8 +99,8 @@ pub struct LinkStats {
     pub not_connected: u64,
     /// Calls in flight now.
     pub in_flight: u64,
-    /// On Sentinel: new masters the Sentinels announced while the link was elsewhere (or had
-    /// no connection), each followed at once.
+    /// On Sentinel: connections dropped because the Sentinels announced a new master on
+    /// another node (each replaced at once).
     pub master_switches: u64,
 }
 
@@ -131,6 +131,16 @@ pub struct LinkStats {
 ///   reconnect, not one each.
 /// - **Retry**: a call marked [`Retry::Once`] that fails with a transport error is run once
 ///   more on the replacement connection, within the same budget.
+/// - **Sentinel**: every (re)connection asks the Sentinels where the master is (the one that
+///   answered last first, each within a share of
+///   [`connect_timeout`](LinkConfig::connect_timeout)) and uses the node only if `ROLE` says
+///   `master`. One pub/sub connection per link to a Sentinel follows `+switch-master`: when a
+///   new master is announced, a connection to any other node is dropped and replaced at once
+///   (no hold-off, a reconnect delay under way cut short), and the [`Subscriber`] moves too;
+///   [`dedicated`](Link::dedicated) connections made before are not handed out again. A
+///   `READONLY` answer (a demoted master) also reconnects at once. Sentinels are given as
+///   `host:port` (no password), or through [`LinkConfig::sentinel`] as
+///   `redis://[user:password@]host:port` for a Sentinel with its own `requirepass`.
 /// - **Scripts**: [`Link::preload`] loads a script on every new connection before it is used,
 ///   and `EVALSHA` falls back to loading it on `NOSCRIPT`.
 #[derive(Clone)]
