@@ -11,8 +11,10 @@ pub enum Failure {
     Transport,
     /// The connection cannot be used any more: a desynchronised reply stream (`Parse`, as
     /// redis-rs' `retry_method()` says `Reconnect`), a Redis that cannot serve it (`READONLY`
-    /// after a failover, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`) or lost
-    /// authentication: replaced at once, without waiting for the threshold.
+    /// after a failover, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`, `MOVED`/`ASK`
+    /// past the cluster client's retries) or lost authentication: replaced at once, without
+    /// waiting for the threshold — on one node; a cluster connection repairs itself (see
+    /// [`Link`](crate::Link)).
     Replace,
     /// Redis answered with an error a new connection would not fix (`WRONGTYPE`, `OOM`, a
     /// script error), or the reply did not convert to the asked type: the connection stays.
@@ -38,7 +40,9 @@ pub fn classify(e: &RedisError) -> Failure {
             | ServerErrorKind::BusyLoading
             | ServerErrorKind::MasterDown
             | ServerErrorKind::ClusterDown
-            | ServerErrorKind::TryAgain,
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask,
         )
         | ErrorKind::AuthenticationFailed
         | ErrorKind::Parse => Failure::Replace,

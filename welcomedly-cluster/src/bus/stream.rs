@@ -199,7 +199,10 @@ pub(super) async fn follow(
         // A blocking read answers after `block`; past that and a margin, Redis is not answering.
         let response_timeout = block + link.config().budget.max(Duration::from_millis(500));
         drop(strong);
-        let pooled = match link.dedicated().await {
+        // On a Redis Cluster: a connection to the node serving the stream's slot (looked up
+        // again after a `MOVED`, a demotion or a lost node on it: the next pass lands on the
+        // new master).
+        let mut pooled = match link.dedicated_for(key.as_bytes()).await {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::debug!(topic = %topic, error = %e, "the bus cannot get a stream reader connection yet");
@@ -208,13 +211,12 @@ pub(super) async fn follow(
             }
         };
         // Returned to the pool when this pass ends (the pool checks it before reusing it).
-        let conn = (*pooled).clone();
         drop(link);
         let Some(strong) = inner.upgrade() else {
             return;
         };
         if position.is_none() {
-            match tokio::time::timeout(response_timeout, tip(conn.clone(), key.clone())).await {
+            match tokio::time::timeout(response_timeout, tip(&mut pooled, key.clone())).await {
                 Ok(Ok(tip)) => {
                     position = Some(tip.map_or((StreamId::ZERO, None), |o| (o.id, Some(o.epoch))));
                     positioned.send_replace(true);
@@ -229,7 +231,6 @@ pub(super) async fn follow(
         drop(strong);
         while let Some((last, epoch)) = position {
             let read = async {
-                let mut conn = conn.clone();
                 redis::cmd("XREAD")
                     .arg("COUNT")
                     .arg(batch)
@@ -238,7 +239,7 @@ pub(super) async fn follow(
                     .arg("STREAMS")
                     .arg(&key)
                     .arg(last.to_string())
-                    .query_async::<Value>(&mut conn)
+                    .query_async::<Value>(&mut pooled)
                     .await
             };
             let outcome = tokio::time::timeout(response_timeout, read).await;

@@ -116,10 +116,6 @@ fn name_of(cmd: &Cmd) -> Option<(Vec<u8>, Vec<&[u8]>)> {
     Some((name, args.collect()))
 }
 
-fn is_noscript(e: &redis::RedisError) -> bool {
-    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
-}
-
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let (conn, scripts) = match &mut self.0 {
@@ -150,22 +146,28 @@ impl ConnectionLike for Conn {
                 let scripts = scripts.clone();
                 let (sha, rest) = (sha.to_vec(), rest.to_vec());
                 async move {
-                    match conn.req_packed_command(cmd).await {
-                        Err(e) if is_noscript(&e) => {
-                            // Unknown source: redis-rs' `invoke_async` loads it (kept here)
-                            // and calls again, which lands in the branch below.
-                            let Some(source) = scripts.get(&sha) else {
-                                return Err(e);
-                            };
-                            let mut eval = redis::cmd("EVAL");
-                            eval.arg(&*source);
-                            for arg in &rest {
-                                eval.arg(*arg);
-                            }
-                            conn.req_packed_command(&eval).await
-                        }
-                        other => other,
+                    let first = conn.req_packed_command(cmd).await;
+                    // redis-rs hands a server error back as a value (converted later) or,
+                    // after its own handling, as an error: either may be `NOSCRIPT`.
+                    let noscript = match &first {
+                        Ok(Value::ServerError(e)) => e.kind() == Some(ServerErrorKind::NoScript),
+                        Err(e) => e.kind() == ErrorKind::Server(ServerErrorKind::NoScript),
+                        Ok(_) => false,
+                    };
+                    if !noscript {
+                        return first;
                     }
+                    // Unknown source: redis-rs' `invoke_async` loads it (kept here) and calls
+                    // again, which finds it.
+                    let Some(source) = scripts.get(&sha) else {
+                        return first;
+                    };
+                    let mut eval = redis::cmd("EVAL");
+                    eval.arg(&*source);
+                    for arg in &rest {
+                        eval.arg(*arg);
+                    }
+                    conn.req_packed_command(&eval).await
                 }
                 .boxed()
             }

@@ -57,19 +57,36 @@ impl DerefMut for Dedicated {
 }
 
 impl Dedicated {
-    /// Tells the link what an error on this connection says about the slot map.
-    fn saw(&self, e: &redis::RedisError) {
+    /// Tells the link what an answer on this connection says about the slot map: a
+    /// redirection, a demoted or failing node, a lost connection make it look again.
+    fn saw(&self, result: Result<&Value, &redis::RedisError>) {
         use redis::{ErrorKind, ServerErrorKind};
-        let stale = matches!(
-            e.kind(),
-            ErrorKind::Server(
-                ServerErrorKind::Moved
-                    | ServerErrorKind::Ask
-                    | ServerErrorKind::ReadOnly
-                    | ServerErrorKind::ClusterDown
-            )
-        ) || e.is_connection_dropped()
-            || e.is_io_error();
+        let moved = |kind: Option<ServerErrorKind>, code: &str| {
+            matches!(
+                kind,
+                Some(
+                    ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::TryAgain
+                )
+            ) || code == "UNBLOCKED"
+        };
+        let stale = match result {
+            // redis-rs hands server errors back as values (converted later).
+            Ok(Value::ServerError(e)) => moved(e.kind(), e.code()),
+            Ok(_) => false,
+            Err(e) => {
+                let kind = match e.kind() {
+                    ErrorKind::Server(kind) => Some(kind),
+                    _ => None,
+                };
+                moved(kind, e.code().unwrap_or_default())
+                    || e.is_connection_dropped()
+                    || e.is_io_error()
+            }
+        };
         if stale && let Some(link) = self.link.upgrade() {
             link.shards_stale();
         }
@@ -80,9 +97,7 @@ impl ConnectionLike for Dedicated {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let result = self.obj.conn.req_packed_command(cmd).await;
-            if let Err(e) = &result {
-                self.saw(e);
-            }
+            self.saw(result.as_ref());
             result
         })
     }
@@ -99,8 +114,9 @@ impl ConnectionLike for Dedicated {
                 .conn
                 .req_packed_commands(pipeline, offset, count)
                 .await;
-            if let Err(e) = &result {
-                self.saw(e);
+            match &result {
+                Ok(values) => values.iter().for_each(|v| self.saw(Ok(v))),
+                Err(e) => self.saw(Err(e)),
             }
             result
         })
@@ -108,6 +124,26 @@ impl ConnectionLike for Dedicated {
 
     fn get_db(&self) -> i64 {
         self.obj.conn.get_db()
+    }
+}
+
+/// So a `&mut Dedicated` can be handed to code taking a connection by value.
+impl ConnectionLike for &mut Dedicated {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        (**self).req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        (**self).req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        (**self).get_db()
     }
 }
 

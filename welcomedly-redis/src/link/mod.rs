@@ -131,18 +131,45 @@ pub struct LinkStats {
 ///   reconnect, not one each.
 /// - **Retry**: a call marked [`Retry::Once`] that fails with a transport error is run once
 ///   more on the replacement connection, within the same budget.
-/// - **Sentinel**: every (re)connection asks the Sentinels where the master is (the one that
-///   answered last first, each within a share of
-///   [`connect_timeout`](LinkConfig::connect_timeout)) and uses the node only if `ROLE` says
-///   `master`. One pub/sub connection per link to a Sentinel follows `+switch-master`: when a
-///   new master is announced, a connection to any other node is dropped and replaced at once
-///   (no hold-off, a reconnect delay under way cut short), and the [`Subscriber`] moves too;
-///   [`dedicated`](Link::dedicated) connections made before are not handed out again. A
-///   `READONLY` answer (a demoted master) also reconnects at once. Sentinels are given as
-///   `host:port` (no password), or through [`LinkConfig::sentinel`] as
-///   `redis://[user:password@]host:port` for a Sentinel with its own `requirepass`.
 /// - **Scripts**: [`Link::preload`] loads a script on every new connection before it is used,
 ///   and `EVALSHA` falls back to loading it on `NOSCRIPT`.
+///
+/// # On Sentinel
+///
+/// Every connection attempt asks the Sentinels where the master is (the one that answered
+/// last first, each within a share of [`connect_timeout`](LinkConfig::connect_timeout)) and
+/// uses the node only if `ROLE` says `master` (a Sentinel's view may be stale). One pub/sub
+/// connection per link to a Sentinel follows `+switch-master` (its own reconnect loop: pings,
+/// threshold, backoff with jitter, the next Sentinel after a failure): when a new master is
+/// announced, a connection to any other node is dropped and replaced at once (no hold-off, a
+/// reconnect delay under way cut short) and the [`Subscriber`] moves too; dedicated
+/// connections made before are not handed out again. A `READONLY` answer (a demoted master)
+/// also reconnects at once, and a connection the old master closes is replaced at once.
+/// Sentinels are given as `host:port` (no password), or through [`LinkConfig::sentinel`] as
+/// `redis://[user:password@]host:port` for a Sentinel with its own `requirepass`.
+///
+/// # On a Redis Cluster
+///
+/// The connection is redis-rs' cluster connection ([`Conn`]): commands go to the node serving
+/// their key's slot; `MOVED`, `ASK`, `READONLY` are followed and `CLUSTERDOWN`/`TRYAGAIN`
+/// retried inside it (3 retries, 10–100 ms apart, never the client's default 1.28 s sleeps);
+/// the budget still bounds every call. What differs from one node:
+/// - **No rebuild for one node's failure.** A dead node, `CLUSTERDOWN` while a master fails
+///   over, a `MOVED` past the retries: the call fails (unavailable), redis-rs reconnects that
+///   node and refreshes its slot map; calls to other shards go on. The whole cluster
+///   connection is rebuilt only after failures in a row, nothing succeeding, for longer than
+///   a failover (5 s), or by the topology watch.
+/// - **Topology watch.** redis-rs never refreshes its slot map on calls that time out, so a
+///   frozen master replaced by its replica would time its slots out for ever. A call past its
+///   budget makes the link ask the cluster for its slot map (at most once per
+///   [`min_outage`](LinkConfig::min_outage)); if the slots' masters changed and the
+///   connection still routes to the old one, a new connection is made and swapped in.
+/// - **Retry**: redis-rs resends a command after a connection error or a redirection by
+///   itself; [`Retry::Once`] adds nothing on a cluster. A command whose node died as it was
+///   sent may therefore have run once before it is sent again: keep commands marked
+///   [`Retry::Never`] idempotent where a double run would matter.
+/// - **Scripts** are never loaded on every node (`SCRIPT LOAD` fans out and fails while one
+///   node is down): `NOSCRIPT` is answered with `EVAL` on the key's node (see [`Conn`]).
 #[derive(Clone)]
 pub struct Link {
     inner: Arc<Inner>,
@@ -162,6 +189,9 @@ struct Hot {
     /// The node it reaches (`None` on a cluster): on Sentinel, whether it is the master the
     /// Sentinels announce.
     addr: Option<redis::ConnectionAddr>,
+    /// On a cluster: the slot map this connection was built with, to tell whether the cluster
+    /// has changed in a way it did not follow (see `shards::watch`).
+    map: ArcSwapOption<shards::ShardMap>,
 }
 
 impl Hot {
@@ -172,6 +202,7 @@ impl Hot {
             born: Instant::now(),
             last_reply: AtomicU64::new(0),
             addr: None,
+            map: ArcSwapOption::empty(),
         }
     }
 
@@ -259,7 +290,11 @@ pub(crate) struct Inner {
     /// On Sentinel: the Sentinels announced a new master; cuts the supervisor's hold-off or
     /// backoff short (see `follow`).
     switched: Arc<Notify>,
-    /// On Sentinel: the task watching the Sentinels for `+switch-master`.
+    /// On a cluster: a call ran past its budget; the topology watch compares the cluster's
+    /// slot map with the connection's.
+    look_at_topology: Arc<Notify>,
+    /// The watch task: on a cluster the topology watch, on Sentinel the `+switch-master`
+    /// watch (see `follow`).
     watch: OnceLock<tokio::task::AbortHandle>,
 }
 
@@ -360,6 +395,7 @@ impl Link {
             shards_stale: AtomicBool::new(false),
             shards_fetch: tokio::sync::Mutex::new(()),
             switched: Arc::new(Notify::new()),
+            look_at_topology: Arc::new(Notify::new()),
             watch: OnceLock::new(),
         });
         if let Err(e) = Inner::attempt(&inner).await {
@@ -373,6 +409,13 @@ impl Link {
         ));
         let _ = inner.supervisor.set(task.abort_handle());
         Inner::watch_sentinels(&inner);
+        if inner.target.nodes().is_some() {
+            let task = runtime.spawn(shards::watch(
+                Arc::downgrade(&inner),
+                inner.look_at_topology.clone(),
+            ));
+            let _ = inner.watch.set(task.abort_handle());
+        }
         Ok(Self { inner })
     }
 
@@ -559,13 +602,21 @@ impl Link {
                     // Other calls were answered meanwhile: the connection works, this call
                     // was only slow (a loaded Redis or instance). Not a failure of the
                     // connection: counting it would drop a working connection under load
-                    // and fail every request during the reconnect.
+                    // and fail every request during the reconnect. On a cluster: its node
+                    // may be frozen and replaced, which the cluster connection does not
+                    // notice by itself; have the topology looked at.
                     inner.counters.budget.fetch_add(1, Ordering::Relaxed);
+                    if hot.conn.is_cluster() {
+                        inner.look_at_topology.notify_one();
+                    }
                     tracing::debug!("a Redis call ran past its budget while others were answered");
                     return Err(Error::budget(budget));
                 }
                 Err(_) => {
                     inner.counters.budget.fetch_add(1, Ordering::Relaxed);
+                    if hot.conn.is_cluster() {
+                        inner.look_at_topology.notify_one();
+                    }
                     inner.failed(
                         &hot,
                         Failure::Transport,

@@ -4,15 +4,20 @@
 //! subscriber's candidates). Cached; marked stale on `MOVED`, `ASK`, `READONLY` or a lost
 //! node seen on a dedicated connection, and fetched again on the next use.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crc::{CRC_16_XMODEM, Crc};
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{ConnectionAddr, ConnectionInfo, Value};
+use tokio::sync::Notify;
+use welcomedly_core::redact::redact_url;
 
-use super::{Inner, Link, Retry};
+use super::{Inner, Link};
 use crate::error::Error;
 
 /// The number of hash slots of a Redis Cluster.
@@ -137,6 +142,20 @@ impl Inner {
             .collect()
     }
 
+    /// The masters of the last slot map, with the seed nodes' credentials (`None`: no map).
+    pub(crate) fn cluster_masters(&self) -> Option<Vec<ConnectionInfo>> {
+        let map = self.shards.load_full()?;
+        let base = self.target.nodes().and_then(<[_]>::first)?;
+        let mut masters: Vec<ConnectionInfo> = Vec::new();
+        for (_, _, host, port) in &map.ranges {
+            let addr = ConnectionAddr::Tcp(host.clone(), *port);
+            if !masters.iter().any(|m| m.addr() == &addr) {
+                masters.push(base.clone().set_addr(addr));
+            }
+        }
+        (!masters.is_empty()).then_some(masters)
+    }
+
     /// The slot map may be out of date (a `MOVED`, a failover): fetched again on next use.
     pub(crate) fn shards_stale(&self) {
         self.shards_stale.store(true, Ordering::Release);
@@ -174,41 +193,142 @@ impl Link {
         }
     }
 
-    /// `CLUSTER SLOTS` of one node (a random one: another one on a retry), within the connect
-    /// timeout.
+    /// `CLUSTER SLOTS` through the link's cluster connection, within the connect timeout.
     async fn fetch_shards(&self) -> Result<ShardMap, Error> {
         let budget = self.inner.config.connect_timeout;
-        let per_try = (budget / 3).max(Duration::from_millis(20));
-        let value: Value = self
-            .call_within(budget, Retry::Once, |c| async move {
-                let Some(mut conn) = c.as_cluster().cloned() else {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "not a Redis Cluster",
-                    )));
-                };
-                let mut last = None;
-                for _ in 0..3 {
-                    let ask = conn.route_command(
-                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-                    );
-                    match tokio::time::timeout(per_try, ask).await {
-                        Ok(Ok(v)) => return Ok(v),
-                        Ok(Err(e)) => last = Some(e),
-                        Err(_) => {}
+        let Some(hot) = self.inner.hot.load_full() else {
+            return Err(Error::not_connected());
+        };
+        let Some(conn) = hot.conn.as_cluster() else {
+            return Err(Error::config("not a Redis Cluster"));
+        };
+        fetch(conn, budget).await.map_err(Error::unavailable)
+    }
+}
+
+/// `CLUSTER SLOTS`, asked of three random nodes at once, the first answer taken, within
+/// `budget`: one frozen node does not hold the answer up. (Not of every node by address:
+/// redis-rs rebuilds its slot map for an address it does not route to, which stalls every
+/// call while a node is frozen.)
+pub(crate) async fn fetch(conn: &ClusterConnection, budget: Duration) -> Result<ShardMap, String> {
+    let mut asks: FuturesUnordered<_> = (0..3)
+        .map(|_| {
+            let mut conn = conn.clone();
+            async move {
+                conn.route_command(
+                    redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                )
+                .await
+            }
+        })
+        .collect();
+    let mut last = "no node answered CLUSTER SLOTS in time".to_owned();
+    let first = async {
+        while let Some(answer) = asks.next().await {
+            match answer.map(|v| ShardMap::parse(&v)) {
+                Ok(Some(map)) => return Some(map),
+                Ok(None) => {
+                    last = "the Redis Cluster answered CLUSTER SLOTS in an unexpected shape: check that the nodes are Redis or Valkey cluster nodes".to_owned();
+                }
+                Err(e) => {
+                    last = format!("CLUSTER SLOTS failed: {}", redact_url(&e.to_string()));
+                }
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(budget, first).await {
+        Ok(Some(map)) => Ok(map),
+        _ => Err(last),
+    }
+}
+
+/// Whether the cluster connection reaches a master for each of `slots` within `budget` (a
+/// `PING` routed by its own slot map): `false` when it still sends them to a frozen node.
+async fn reaches(conn: &ClusterConnection, slots: &[u16], budget: Duration) -> bool {
+    let pings = slots.iter().map(|slot| {
+        let mut conn = conn.clone();
+        let route = Route::new(*slot, SlotAddr::Master);
+        async move {
+            matches!(
+                tokio::time::timeout(
+                    budget,
+                    conn.route_command(
+                        redis::cmd("PING").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    ),
+                )
+                .await,
+                Ok(Ok(_))
+            )
+        }
+    });
+    futures_util::future::join_all(pings)
+        .await
+        .into_iter()
+        .all(|ok| ok)
+}
+
+/// The topology watch, one task per cluster link. redis-rs' cluster connection refreshes its
+/// slot map on `MOVED`, `READONLY` or a refused connection, never on calls that time out: a
+/// frozen master (SIGSTOP, a stalled VM) replaced by its replica would keep every call to its
+/// slots timing out. So when calls run past their budget, this asks the cluster for its slot
+/// map (at most once per `min_outage`); when the masters changed since the connection's map,
+/// it checks that the connection reaches the slots that moved (a `PING` routed by its own
+/// map); only if it does not is a new cluster connection made and swapped in (calls in flight
+/// finish on the old one). A dead node, which redis-rs notices and routes around itself, does
+/// not cost a new connection.
+pub(crate) async fn watch(link: Weak<Inner>, poke: Arc<Notify>) {
+    loop {
+        poke.notified().await;
+        let Some(inner) = link.upgrade() else { return };
+        let pause = inner.config.min_outage.max(Duration::from_millis(100));
+        if let Some(hot) = inner.hot.load_full()
+            && let Some(conn) = hot.conn.as_cluster()
+        {
+            match fetch(conn, inner.config.connect_timeout).await {
+                Ok(now) => {
+                    let now = Arc::new(now);
+                    inner.shards.store(Some(now.clone()));
+                    let was = hot.map.load_full();
+                    let moved: Vec<u16> = now
+                        .ranges
+                        .iter()
+                        .filter(|r| was.as_ref().is_none_or(|was| !was.ranges.contains(r)))
+                        .map(|r| r.0)
+                        .collect();
+                    if !moved.is_empty() {
+                        if reaches(
+                            conn,
+                            &moved,
+                            inner.config.budget.max(Duration::from_millis(50)),
+                        )
+                        .await
+                        {
+                            // Followed already (redis-rs saw a `MOVED` or a refused node).
+                            hot.map.store(Some(now));
+                        } else if inner
+                            .hot
+                            .load()
+                            .as_ref()
+                            .is_some_and(|h| Arc::ptr_eq(h, &hot))
+                        {
+                            tracing::info!(
+                                slots = moved.len(),
+                                "the Redis Cluster's masters changed and the cluster connection still routes to the old ones: making a new one"
+                            );
+                            if let Err(e) = Inner::attempt(&inner).await {
+                                tracing::warn!(error = %e, "cannot make a new Redis Cluster connection yet: the current one stays");
+                            }
+                        }
                     }
                 }
-                Err(last.unwrap_or_else(|| {
-                    redis::RedisError::from((redis::ErrorKind::Io, "CLUSTER SLOTS timed out"))
-                }))
-            })
-            .await?;
-        ShardMap::parse(&value).ok_or_else(|| {
-            Error::unavailable(
-                "the Redis Cluster answered CLUSTER SLOTS in an unexpected shape: check that the nodes are Redis or Valkey cluster nodes",
-            )
-        })
+                Err(e) => tracing::debug!(error = %e, "the topology watch got no slot map"),
+            }
+        }
+        drop(inner);
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use welcomedly_core::redact::redact_url;
 
-use super::{CONNECTED, CONNECTING, Conn, HOLDING_OFF, Hot, Inner, cluster};
+use super::{CONNECTED, CONNECTING, Conn, HOLDING_OFF, Hot, Inner, cluster, shards};
 use crate::classify::Failure;
 
 impl Inner {
@@ -97,6 +97,18 @@ impl Inner {
         }
     }
 
+    /// The longest one connection attempt may take: one node, a `connect_timeout`; Sentinel,
+    /// asking the Sentinels too; a cluster, the last map's masters, then the seeds, then
+    /// `CLUSTER SLOTS`.
+    fn attempt_timeout(&self) -> Duration {
+        let timeout = self.config.connect_timeout;
+        match &self.config.topology {
+            crate::Topology::Single(_) => timeout,
+            crate::Topology::Sentinel { .. } => timeout * 2,
+            _ => timeout * 3,
+        }
+    }
+
     /// Counts a failure in a row: how many now, and over how long since the first.
     fn count_failure(&self) -> (u32, Duration) {
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
@@ -141,7 +153,8 @@ impl Inner {
     /// told to waiting callers.
     pub(super) async fn attempt(this: &Arc<Self>) -> Result<(), String> {
         let number = this.attempts_started.fetch_add(1, Ordering::AcqRel) + 1;
-        let result = tokio::time::timeout(this.config.connect_timeout, this.open(this)).await;
+        let within = this.attempt_timeout();
+        let result = tokio::time::timeout(within, this.open(this)).await;
         let result = match result {
             Ok(Ok(hot)) => {
                 this.consecutive.store(0, Ordering::Relaxed);
@@ -159,7 +172,7 @@ impl Inner {
             Err(_) => Err(format!(
                 "connecting to Redis at {} took longer than {} ms",
                 this.config.topology,
-                this.config.connect_timeout.as_millis()
+                within.as_millis()
             )),
         };
         if result.is_err() {
@@ -176,10 +189,36 @@ impl Inner {
     /// a `PING` and the registered scripts; on a cluster the cluster connection.
     async fn open(&self, this: &Arc<Self>) -> Result<Hot, String> {
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        if let Some(nodes) = self.target.nodes() {
-            let conn = cluster::connect(nodes, &self.config).await.map_err(|e| {
-                redact_url(&format!("cannot connect to {}: {e}", self.config.topology)).into_owned()
-            })?;
+        if let Some(seeds) = self.target.nodes() {
+            // redis-rs connects to every initial node and waits for all: a frozen seed would
+            // make every attempt time out. The masters of the last slot map first (a healthy
+            // node named them; failed nodes are left out), the seeds if that fails.
+            let masters = self.cluster_masters();
+            let first = match masters {
+                Some(masters) => tokio::time::timeout(
+                    self.config.connect_timeout,
+                    cluster::connect(&masters, &self.config),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok),
+                None => None,
+            };
+            let conn = match first {
+                Some(conn) => conn,
+                None => cluster::connect(seeds, &self.config).await.map_err(|e| {
+                    redact_url(&format!("cannot connect to {}: {e}", self.config.topology))
+                        .into_owned()
+                })?,
+            };
+            // The slot map it starts from (for the topology watch and `dedicated_for`).
+            let map = shards::fetch(&conn, self.config.connect_timeout)
+                .await
+                .ok()
+                .map(Arc::new);
+            if let Some(map) = &map {
+                self.shards.store(Some(map.clone()));
+            }
             let conn = Conn::cluster(conn, self.cluster_scripts.clone());
             // Scripts are not loaded on every node (a fan-out that fails while one is
             // down): the `Conn` keeps their sources and answers `NOSCRIPT` with `EVAL`.
@@ -188,7 +227,9 @@ impl Inner {
             for script in &scripts {
                 let _ = script.prepare_invoke().load_async(&mut c).await;
             }
-            return Ok(Hot::new(conn, generation));
+            let hot = Hot::new(conn, generation);
+            hot.map.store(map);
+            return Ok(hot);
         }
         let info = self.target.resolve(self.config.connect_timeout).await?;
         let where_ = info.addr().to_string();

@@ -42,6 +42,17 @@
 //! - **Bounded memory**: each subscription buffers at most its `capacity` messages; a slower
 //!   reader gets [`Delivery::Lagged`] with the count it missed, never unbounded growth.
 //!
+//! **On a Redis Cluster** the subscriber uses classic `SUBSCRIBE` on one node, any node:
+//! Redis broadcasts every `PUBLISH` to every node over the cluster bus, so one connection
+//! receives every channel whatever its slot, and the subscriber needs nothing of the slot map.
+//! It tries the node that worked last, then the others (seed nodes, then nodes the link
+//! learned from the slot map); when its node dies or freezes it moves to the next one and
+//! resubscribes. This is the default because it keeps one connection and one resubscribe loop
+//! whatever the number of shards, and slot migrations and failovers never touch a
+//! subscription; its cost is that the cluster bus carries every message to every node.
+//! Sharded pub/sub (`SSUBSCRIBE`, one connection per shard, a resubscribe on every unsolicited
+//! `sunsubscribe` a migration or failover sends) is not built.
+//!
 //! Use the subscriber for pub/sub, [`Link::query`](crate::Link::query) for commands and
 //! [`Link::dedicated`](crate::Link::dedicated) for blocking commands and transactions.
 
