@@ -1,52 +1,17 @@
-//! A real Redis Sentinel deployment on free loopback ports: one primary, one replica and three
-//! sentinels (quorum 2), with the faults a Sentinel client must follow: the primary killed and
-//! the replica promoted, a manual failover, the old primary back as a replica, a node frozen.
-//!
-//! ```no_run
-//! use welcomedly_testkit::RedisSentinel;
-//!
-//! # fn main() -> Result<(), welcomedly_testkit::Error> {
-//! let sentinel = RedisSentinel::start()?; // ≈ 3 s, until all three sentinels agree
-//! // Hand `sentinel.sentinel_addrs()` and `sentinel.master_name()` to the code under test.
-//!
-//! let primary = sentinel.primary()?;
-//! sentinel.command_on(primary, &["SET", "greeting", "hello"])?;
-//! sentinel.command_on(primary, &["WAIT", "1", "1000"])?; // on the replica too
-//!
-//! let failover = sentinel.kill_primary()?; // SIGKILL; returns once the replica is primary
-//! println!("sentinels promoted 127.0.0.1:{} in {:?}", failover.to, failover.took);
-//! assert_eq!(sentinel.command_on(failover.to, &["GET", "greeting"])?, "hello");
-//!
-//! sentinel.restart_old_primary()?; // back empty, made a replica by the sentinels
-//! sentinel.failover()?; // SENTINEL FAILOVER: the roles swap back
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! # Nodes
-//!
-//! Every process is named by its port on 127.0.0.1 (`u16`). The two data nodes run
-//! `redis-server` with persistence off and `repl-diskless-sync-delay 0` (a replica syncs at
-//! once); the sentinels run the same binary with `--sentinel` and a config file in their own
-//! directory that monitors the primary with quorum 2, `down-after-milliseconds` and
-//! `failover-timeout` from [`RedisSentinelConfig`]. The deployment is ready when every sentinel
-//! reports the primary as master, knows the two other sentinels, and lists the replica with its
-//! link up. Faults wait until every running sentinel reports the new primary and it answers
-//! `ROLE` as master.
-//!
-//! Dropping the handle SIGKILLs every process and removes the temp dir, also when a test panics.
+//! [`RedisSentinel`]: a real Sentinel deployment on free loopback ports with fault controls;
+//! its type docs say what it does, since this module is private and they are what users read.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
 use crate::Failover;
-use crate::process;
+use crate::process::{self, wait_until};
 use crate::redis_process::{Args, RedisProcess};
 use crate::resp::{self, Reply};
 use crate::{Error, ports};
@@ -55,8 +20,8 @@ use crate::{Error, ports};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a failover may take; the sentinels' own retry needs twice the failover timeout.
 const FAILOVER_WAIT: Duration = Duration::from_secs(30);
-/// How long a restarted old primary may take to be made a replica: the sentinels wait about 8 s
-/// of it being up before they reconfigure it, and look at replicas every 10 s.
+/// How long a restarted old primary may take to be made a replica: the sentinels wait 8 s of it
+/// being up before they reconfigure it, and look at replicas every 10 s.
 const REJOIN_WAIT: Duration = Duration::from_secs(40);
 /// How often waits look again.
 const POLL: Duration = Duration::from_millis(20);
@@ -87,8 +52,9 @@ pub struct RedisSentinelConfig {
     /// `down-after-milliseconds`: how long the primary must not answer before a sentinel
     /// considers it down. Default 1000 ms (Redis' default is 30 s).
     pub down_after: Duration,
-    /// `failover-timeout`: how long a failover may take before the sentinels try again (they
-    /// retry after twice this). Default 3000 ms (Redis' default is 3 minutes).
+    /// `failover-timeout`: how long a failover may take before the sentinels try again; after
+    /// a failover, no sentinel starts another for twice this. Default 2000 ms (Redis' default is
+    /// 3 minutes).
     pub failover_timeout: Duration,
 }
 
@@ -97,7 +63,7 @@ impl Default for RedisSentinelConfig {
         Self {
             master_name: "mymaster".to_owned(),
             down_after: Duration::from_millis(1000),
-            failover_timeout: Duration::from_millis(3000),
+            failover_timeout: Duration::from_millis(2000),
         }
     }
 }
@@ -167,7 +133,43 @@ struct Members {
     old_primary: Option<u16>,
 }
 
-/// A running Sentinel deployment; see the [module docs](self).
+/// A real Redis Sentinel deployment on free loopback ports: one primary, one replica and three
+/// sentinels (quorum 2), with the faults a Sentinel client must follow: the primary killed and
+/// the replica promoted, a manual failover, the old primary back as a replica, a node frozen.
+///
+/// ```no_run
+/// use welcomedly_testkit::RedisSentinel;
+///
+/// # fn main() -> Result<(), welcomedly_testkit::Error> {
+/// let sentinel = RedisSentinel::start()?; // ≈ 3 s, until all three sentinels agree
+/// // Hand `sentinel.sentinel_addrs()` and `sentinel.master_name()` to the code under test.
+///
+/// let primary = sentinel.primary()?;
+/// sentinel.command_on(primary, &["SET", "greeting", "hello"])?;
+/// sentinel.command_on(primary, &["WAIT", "1", "1000"])?; // on the replica too
+///
+/// let failover = sentinel.kill_primary()?; // SIGKILL; returns once the replica is primary
+/// println!("sentinels promoted 127.0.0.1:{} in {:?}", failover.to, failover.took);
+/// assert_eq!(sentinel.command_on(failover.to, &["GET", "greeting"])?, "hello");
+///
+/// sentinel.restart_old_primary()?; // back empty, made a replica by the sentinels (≈ 20 s)
+/// sentinel.failover()?; // SENTINEL FAILOVER: the roles swap back
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Nodes
+///
+/// Every process is named by its port on 127.0.0.1 (`u16`). The two data nodes run
+/// `redis-server` with persistence off and `repl-diskless-sync-delay 0` (a replica syncs at
+/// once); the sentinels run the same binary with `--sentinel` and a config file in their own
+/// directory that monitors the primary with quorum 2, `down-after-milliseconds` and
+/// `failover-timeout` from [`RedisSentinelConfig`]. The deployment is ready when every sentinel
+/// reports the primary as master, knows the two other sentinels, and lists the replica with its
+/// link up. Faults wait until every running sentinel reports the new primary and it answers
+/// `ROLE` as master.
+///
+/// Dropping the handle SIGKILLs every process and removes the temp dir, also when a test panics.
 ///
 /// All methods take `&self` and block; the handle is `Send + Sync`.
 pub struct RedisSentinel {
@@ -228,7 +230,7 @@ impl RedisSentinel {
         let replica_port = replica.port();
         // Sentinels read the replica's link state once when they first connect to it: start
         // them after it is up, or they see it down until their next look 10 s later.
-        wait_for("the replica to sync", START_TIMEOUT, || {
+        wait_until("the replica to sync", START_TIMEOUT, POLL, || {
             replica_link_up(replica_port, primary_port)
         })?;
         let mut sentinels = Vec::with_capacity(SENTINELS);
@@ -399,14 +401,33 @@ impl RedisSentinel {
         resp::request_within(node, args, timeout)
     }
 
+    /// The log file of any process of the deployment (a sentinel's shows `+sdown`, `+odown`,
+    /// `+switch-master`, …).
+    ///
+    /// # Errors
+    ///
+    /// `node` is not one of the deployment's ports.
+    pub fn log_path(&self, node: u16) -> Result<PathBuf, Error> {
+        let members = self.lock();
+        members
+            .data
+            .iter()
+            .chain(members.sentinels.iter())
+            .find(|process| process.port() == node)
+            .map(|process| process.log().to_path_buf())
+            .ok_or_else(|| self.not_a_node(node))
+    }
+
     /// SIGKILLs the primary and returns once every running sentinel reports the replica as the
     /// new primary and it answers `ROLE` as master. With the default 1 s down-after this takes
     /// 2–5 s.
     ///
     /// # Errors
     ///
-    /// The replica is not running ([`Error::is_invalid_request`]; nothing is killed), or the
-    /// failover did not complete within 30 s.
+    /// The replica is not running or does not replicate the primary (right after a
+    /// [`failover`](Self::failover): see [`wait_replica`](Self::wait_replica))
+    /// ([`Error::is_invalid_request`]; nothing is killed), or the failover did not complete
+    /// within 30 s.
     pub fn kill_primary(&self) -> Result<Failover, Error> {
         let (primary, replica) = self.primary_and_replica()?;
         let started = Instant::now();
@@ -417,7 +438,7 @@ impl RedisSentinel {
             }
             members.old_primary = Some(primary);
         }
-        self.wait_promoted(replica, None)?;
+        self.wait_promoted(replica)?;
         Ok(Failover {
             from: primary,
             to: replica,
@@ -425,15 +446,19 @@ impl RedisSentinel {
         })
     }
 
-    /// `SENTINEL FAILOVER` on a running sentinel: the replica is promoted and the old primary
-    /// made its replica. Returns once every running sentinel reports the new primary, it
-    /// answers `ROLE` as master, the old primary replicates it with its link up, and the
-    /// sentinels list the old primary as a healthy replica (so the next failover can use it).
+    /// `SENTINEL FAILOVER` on a running sentinel: the replica is promoted without waiting for
+    /// the primary to fail. Returns once every running sentinel reports the new primary and it
+    /// answers `ROLE` as master (≈ 1 s).
+    ///
+    /// The old primary stays a master (with its data, taking writes a stale client sends it)
+    /// until the sentinels notice and make it a replica, about 10 s later, as in production;
+    /// [`wait_replica`](Self::wait_replica) waits for that.
     ///
     /// # Errors
     ///
-    /// The replica is not running ([`Error::is_invalid_request`]), the sentinel refused (a
-    /// failover in progress), or the failover did not complete within 30 s.
+    /// The replica is not running or does not replicate the primary
+    /// ([`Error::is_invalid_request`]), the sentinel refused (a failover in progress), or the
+    /// failover did not complete within 30 s.
     pub fn failover(&self) -> Result<Failover, Error> {
         let (primary, replica) = self.primary_and_replica()?;
         let sentinel = self
@@ -446,7 +471,7 @@ impl RedisSentinel {
             sentinel,
             &["SENTINEL", "FAILOVER", &self.config.master_name],
         )?;
-        self.wait_promoted(replica, Some(primary))?;
+        self.wait_promoted(replica)?;
         Ok(Failover {
             from: primary,
             to: replica,
@@ -454,11 +479,14 @@ impl RedisSentinel {
         })
     }
 
-    /// Starts the primary [`kill_primary`](Self::kill_primary) killed again on its port. It
-    /// comes back as an empty master, as a crashed host would, and the sentinels turn it into a
-    /// replica of the new primary (they wait about 8 s of it being up before they do, so this
-    /// takes 10–20 s). Returns once it replicates the primary with its link up and every
-    /// sentinel lists it as a healthy replica.
+    /// Starts the primary [`kill_primary`](Self::kill_primary) killed last again on its port.
+    /// It comes back as an empty master, as a crashed host would (a client that still writes to
+    /// it loses those writes), until the sentinels turn it into a replica of the new primary:
+    /// they wait 8 s of it being up before they do (≈ 10 s). Returns once it replicates the
+    /// primary with its link up and every running sentinel has seen it as a replica (≈ 20 s in
+    /// all: sentinels look at replicas every 10 s, and until each has seen the change it would
+    /// undo a failover that promotes this node). To have it back as a replica sooner, use
+    /// [`restart`](Self::restart).
     ///
     /// # Errors
     ///
@@ -471,19 +499,24 @@ impl RedisSentinel {
                 "no primary was killed: call kill_primary() first",
             )
         })?;
-        self.restart(old)
+        self.restart_as(old, false)
     }
 
     /// Starts a killed process (data node or sentinel) again on its port (a running one is
-    /// killed first). A sentinel returns once it answers; a data node once it replicates the
-    /// current primary with its link up and every running sentinel lists it as a healthy
-    /// replica (see [`restart_old_primary`](Self::restart_old_primary) for how long that takes).
+    /// killed first). A sentinel returns once it answers. A data node that is not the primary
+    /// the sentinels report is told `REPLICAOF` the primary at once, as an operator would, and
+    /// returns once its link is up and every running sentinel has seen it as a replica (up to
+    /// 10 s: sentinels look at replicas every 10 s).
     ///
     /// # Errors
     ///
     /// `node` is not one of the deployment's ports, it did not come up, or it did not rejoin
     /// within 40 s.
     pub fn restart(&self, node: u16) -> Result<(), Error> {
+        self.restart_as(node, true)
+    }
+
+    fn restart_as(&self, node: u16, as_replica: bool) -> Result<(), Error> {
         let is_data = {
             let mut members = self.lock();
             let Members {
@@ -506,14 +539,18 @@ impl RedisSentinel {
         if primary == node {
             return Ok(());
         }
+        if as_replica {
+            resp::request(node, &["REPLICAOF", "127.0.0.1", &primary.to_string()])?;
+        }
         self.wait_agreed(
             &format!("127.0.0.1:{node} to be made a replica of 127.0.0.1:{primary}"),
             REJOIN_WAIT,
             primary,
             Some(node),
         )?;
-        if self.lock().old_primary == Some(node) {
-            self.lock().old_primary = None;
+        let mut members = self.lock();
+        if members.old_primary == Some(node) {
+            members.old_primary = None;
         }
         Ok(())
     }
@@ -569,16 +606,27 @@ impl RedisSentinel {
                     "the replica is not running: restart it first",
                 )
             })?;
+        drop(members);
+        // Right after a failover the old primary is still a master of its own until the
+        // sentinels convert it; promoting it would silently drop every write since.
+        if replica_link_up(replica, primary).is_err() {
+            return Err(Error::invalid_request(
+                format_args!("failing over the primary 127.0.0.1:{primary} to 127.0.0.1:{replica}"),
+                "that node does not replicate the primary (yet): after a failover, call \
+                 wait_replica(port) on the old primary first",
+            ));
+        }
         Ok((primary, replica))
     }
 
     /// Waits until every running sentinel reports `replica` as the primary and it answers
-    /// `ROLE` as master; with `old`, also until `old` replicates it and the sentinels agree.
-    fn wait_promoted(&self, replica: u16, old: Option<u16>) -> Result<(), Error> {
+    /// `ROLE` as master.
+    fn wait_promoted(&self, replica: u16) -> Result<(), Error> {
         let name = self.config.master_name.clone();
-        wait_for(
+        wait_until(
             &format!("the sentinels to promote 127.0.0.1:{replica}"),
             FAILOVER_WAIT,
+            POLL,
             || {
                 for sentinel in self.live_sentinels() {
                     let reported =
@@ -598,20 +646,39 @@ impl RedisSentinel {
                     Err(format!("127.0.0.1:{replica} is not master yet"))
                 }
             },
-        )?;
-        match old {
-            Some(old) => self.wait_agreed(
-                &format!("127.0.0.1:{old} to replicate 127.0.0.1:{replica}"),
-                FAILOVER_WAIT,
-                replica,
-                Some(old),
-            ),
-            None => Ok(()),
+        )
+    }
+
+    /// Waits until the data node at `node` replicates the primary the sentinels report, with
+    /// its link up, and every running sentinel has seen it as a replica: after a
+    /// [`failover`](Self::failover), the old primary (≈ 20 s: the sentinels' own 8 s delay,
+    /// then their next look at it).
+    ///
+    /// # Errors
+    ///
+    /// `node` is not a data node of the deployment ([`Error::is_invalid_request`]), it is the
+    /// primary, or it did not become a replica within 40 s.
+    pub fn wait_replica(&self, node: u16) -> Result<(), Error> {
+        if !self.data_ports().contains(&node) {
+            return Err(self.not_a_node(node));
         }
+        let primary = self.primary()?;
+        if primary == node {
+            return Err(Error::invalid_request(
+                format_args!("waiting for 127.0.0.1:{node} to be a replica"),
+                "it is the primary the sentinels report: fail over first",
+            ));
+        }
+        self.wait_agreed(
+            &format!("127.0.0.1:{node} to be made a replica of 127.0.0.1:{primary}"),
+            REJOIN_WAIT,
+            primary,
+            Some(node),
+        )
     }
 
     /// Waits until every running sentinel reports `primary` as master, knows every other
-    /// running sentinel, and (with `replica`) lists it as a healthy replica whose own link to
+    /// running sentinel, and (with `replica`) has seen it as a replica whose own link to
     /// `primary` is up.
     fn wait_agreed(
         &self,
@@ -621,7 +688,7 @@ impl RedisSentinel {
         replica: Option<u16>,
     ) -> Result<(), Error> {
         let name = self.config.master_name.clone();
-        wait_for(what, timeout, || {
+        wait_until(what, timeout, POLL, || {
             if let Some(replica) = replica {
                 replica_link_up(replica, primary)?;
             }
@@ -652,17 +719,22 @@ impl RedisSentinel {
                 let listed = resp::request(sentinel, &["SENTINEL", "REPLICAS", &name])
                     .map_err(|error| error.to_string())?;
                 let healthy = match listed {
+                    // `role-reported`: a sentinel whose last look saw the node as a master
+                    // still means to reconfigure it, and would undo the next failover's
+                    // promotion of it (seen: `-failover-abort-slave-timeout`). Not its
+                    // `master-link-status`, which the replica's own INFO showed above.
                     Reply::Array(items) => items.iter().map(fields).any(|entry| {
+                        let field = |key: &str| entry.get(key).map(String::as_str);
                         entry.get("port") == Some(&replica.to_string())
-                            && entry.get("flags").map(String::as_str) == Some("slave")
-                            && entry.get("master-link-status").map(String::as_str) == Some("ok")
+                            && field("flags") == Some("slave")
+                            && field("role-reported") == Some("slave")
                     }),
                     _ => false,
                 };
                 if !healthy {
                     return Err(format!(
-                        "sentinel 127.0.0.1:{sentinel} does not list 127.0.0.1:{replica} as a \
-                         healthy replica yet"
+                        "sentinel 127.0.0.1:{sentinel} has not seen 127.0.0.1:{replica} as a \
+                         replica yet"
                     ));
                 }
             }
@@ -809,28 +881,6 @@ fn url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}/")
 }
 
-/// Polls `check` until it passes; on timeout the error says what was still missing.
-fn wait_for(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<(), String>,
-) -> Result<(), Error> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match check() {
-            Ok(()) => return Ok(()),
-            Err(reason) => reason,
-        };
-        if Instant::now() >= deadline {
-            return Err(Error::timeout(
-                format_args!("waited {timeout:?} for {what}; last: {last}"),
-                None,
-            ));
-        }
-        thread::sleep(POLL);
-    }
-}
-
 #[cfg(test)]
 mod tests {
 
@@ -842,7 +892,7 @@ mod tests {
         let text = sentinel_conf(&config, 20001);
         assert!(text.contains("sentinel monitor mymaster 127.0.0.1 20001 2\n"));
         assert!(text.contains("sentinel down-after-milliseconds mymaster 700\n"));
-        assert!(text.contains("sentinel failover-timeout mymaster 3000\n"));
+        assert!(text.contains("sentinel failover-timeout mymaster 2000\n"));
     }
 
     #[test]
