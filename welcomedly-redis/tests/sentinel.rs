@@ -434,3 +434,65 @@ async fn the_failover_watch_leaves_a_frozen_sentinel_for_another() {
     .await;
     group.resume(ports[0]).unwrap();
 }
+
+/// A master demoted behind the Sentinels' back (`REPLICAOF`: their view is stale): the first
+/// write meets `READONLY`, the connection is replaced and the node, which says it is not
+/// master, is not used again; when it is master again the link is back on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_not_master_is_not_used() {
+    let group = start().await;
+    let link = Link::connect(config(&group)).await.unwrap();
+    let primary = group.primary().unwrap();
+    let replica = *group.data_ports().iter().find(|p| **p != primary).unwrap();
+    let on_primary = |args: Vec<String>| {
+        let g = group.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                g.command_on(primary, &args)
+            })
+            .await
+            .unwrap()
+            .unwrap()
+        }
+    };
+    let set = || async {
+        link.query::<()>(redis::cmd("SET").arg("k").arg("v"), Retry::Never)
+            .await
+    };
+    set().await.unwrap();
+
+    on_primary(vec![
+        "REPLICAOF".into(),
+        "127.0.0.1".into(),
+        replica.to_string(),
+    ])
+    .await;
+    let mut readonly = 0;
+    let mut refused = 0;
+    for _ in 0..50 {
+        match set().await {
+            Ok(()) => panic!("a write succeeded on a replica"),
+            Err(e)
+                if e.redis_error()
+                    .is_some_and(|r| r.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)) =>
+            {
+                readonly += 1;
+            }
+            Err(e) => {
+                assert!(e.is_unavailable(), "{e:?}");
+                refused += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("demoted master: {readonly} READONLY, {refused} refused of 50 writes");
+    assert!(readonly <= 1, "{readonly} writes reached the demoted node");
+
+    on_primary(vec!["REPLICAOF".into(), "NO".into(), "ONE".into()]).await;
+    within(Duration::from_secs(10), "writes succeed again", || async {
+        set().await.is_ok()
+    })
+    .await;
+    assert_eq!(link_port(&link).await, primary);
+}
