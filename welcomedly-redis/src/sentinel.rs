@@ -79,6 +79,25 @@ impl Addr {
 struct Node {
     name: String,
     info: ConnectionInfo,
+    /// A connection kept for the next question (dropped after any failure): during an outage
+    /// the link asks often, and a new TCP connection per question would churn the Sentinel.
+    conn: std::sync::Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Node {
+    fn new(name: String, info: ConnectionInfo) -> Self {
+        Self {
+            name,
+            info,
+            conn: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn cached(&self) -> std::sync::MutexGuard<'_, Option<MultiplexedConnection>> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// The Sentinels of one master, with the one that answered last (asked first next time).
@@ -155,28 +174,54 @@ impl Sentinels {
     async fn ask(&self, i: usize, within: Duration) -> Result<Addr, String> {
         let node = self.nodes.get(i).ok_or("no such Sentinel")?;
         let deadline = Instant::now() + within;
-        let mut conn = connect(&node.info, within).await?;
-        let reply = tokio::time::timeout_at(
-            deadline,
-            redis::cmd("SENTINEL")
-                .arg("GET-MASTER-ADDR-BY-NAME")
-                .arg(&self.master)
-                .query_async::<Option<(String, u16)>>(&mut conn),
-        )
-        .await;
-        match reply {
-            Ok(Ok(Some((host, port)))) => {
-                // The one that answered last is asked first next time (a frozen Sentinel
-                // listed first costs its share of the timeout once, not on every reconnect).
-                self.preferred.store(i, Ordering::Relaxed);
-                Ok(Addr { host, port })
+        let cached = node.cached().clone();
+        // A kept connection the Sentinel has closed (restarted) earns one fresh try.
+        let mut fresh = cached.is_none();
+        let mut conn = match cached {
+            Some(conn) => conn,
+            None => connect(&node.info, within).await?,
+        };
+        loop {
+            let reply = tokio::time::timeout_at(
+                deadline,
+                redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(&self.master)
+                    .query_async::<Option<(String, u16)>>(&mut conn),
+            )
+            .await;
+            let failed = match reply {
+                Ok(Ok(answer)) => {
+                    *node.cached() = Some(conn);
+                    let Some((host, port)) = answer else {
+                        return Err(format!(
+                            "does not monitor a master named {:?} (check REDIS_SENTINEL_MASTER against `sentinel monitor`)",
+                            self.master
+                        ));
+                    };
+                    // The one that answered last is asked first next time (a frozen Sentinel
+                    // listed first costs its share of the timeout once, not on every
+                    // reconnect).
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(Addr { host, port });
+                }
+                Ok(Err(e)) if !fresh && (e.is_connection_dropped() || e.is_io_error()) => short(&e),
+                Ok(Err(e)) => {
+                    *node.cached() = None;
+                    return Err(short(&e));
+                }
+                Err(_) => {
+                    *node.cached() = None;
+                    return Err(format!("did not answer within {} ms", within.as_millis()));
+                }
+            };
+            *node.cached() = None;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(failed);
             }
-            Ok(Ok(None)) => Err(format!(
-                "does not monitor a master named {:?} (check REDIS_SENTINEL_MASTER against `sentinel monitor`)",
-                self.master
-            )),
-            Ok(Err(e)) => Err(short(&e)),
-            Err(_) => Err(format!("did not answer within {} ms", within.as_millis())),
+            conn = connect(&node.info, left).await?;
+            fresh = true;
         }
     }
 
@@ -288,7 +333,7 @@ fn sentinel_node(text: &str) -> Result<Node, String> {
                 ));
             }
         };
-        return Ok(Node { name, info });
+        return Ok(Node::new(name, info));
     }
     let bad =
         || format!("cannot use Sentinel {text:?}: expected host:port, such as sentinel-1:26379");
@@ -303,18 +348,16 @@ fn sentinel_node(text: &str) -> Result<Node, String> {
         port,
     };
     let info = tcp_info(&addr)?;
-    Ok(Node {
-        name: addr.to_string(),
-        info,
-    })
+    Ok(Node::new(addr.to_string(), info))
 }
 
 /// A connection for one or two commands, within `within` (connect and answers).
 async fn connect(info: &ConnectionInfo, within: Duration) -> Result<MultiplexedConnection, String> {
     let client = redis::Client::open(info.clone()).map_err(|e| short(&e))?;
+    // Every question is bounded by its caller (a kept connection outlives this `within`).
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(within))
-        .set_response_timeout(Some(within));
+        .set_response_timeout(None);
     match tokio::time::timeout(
         within,
         client.get_multiplexed_async_connection_with_config(&config),
@@ -722,5 +765,41 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("not master"), "{e}");
         assert!(e.contains(&format!("127.0.0.1:{new}")), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_connection_to_a_restarted_sentinel_is_replaced_at_once() {
+        use welcomedly_testkit::RedisSentinel;
+        let group = std::sync::Arc::new(
+            tokio::task::spawn_blocking(RedisSentinel::start)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+        let primary = group.primary().unwrap();
+        let port = group.sentinel_ports()[0];
+        // One Sentinel only: a failed question would be a failed resolve.
+        let sentinels = Sentinels::new(
+            &[format!("127.0.0.1:{port}")],
+            group.master_name(),
+            &"redis://".into(),
+        )
+        .unwrap();
+        let info = sentinels
+            .resolve_master(Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(port_of(&info), primary);
+        assert!(sentinels.nodes[0].cached().is_some());
+        let g = group.clone();
+        tokio::task::spawn_blocking(move || g.restart(port))
+            .await
+            .unwrap()
+            .unwrap();
+        let info = sentinels
+            .resolve_master(Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(port_of(&info), primary);
     }
 }
