@@ -280,8 +280,10 @@ impl Sentinels {
                     Ok(role) if role == "master" => return Ok(info),
                     Ok(role) => {
                         not_master = true;
+                        // What a node says goes into logs: bounded.
+                        let role: String = role.chars().take(16).collect();
                         said.push(format!(
-                            "{}: {addr}, which says it is {role:?}, not master (a failover is under way)",
+                            "{}: {addr}, which says it is {role:?}, not master (a failover may be under way)",
                             node.name
                         ));
                     }
