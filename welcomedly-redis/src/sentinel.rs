@@ -64,11 +64,6 @@ impl fmt::Display for Addr {
 }
 
 impl Addr {
-    /// As a connection's address.
-    pub(crate) fn to_conn_addr(&self) -> ConnectionAddr {
-        ConnectionAddr::Tcp(self.host.clone(), self.port)
-    }
-
     /// Whether `addr` (a connection's address) is this one.
     pub(crate) fn is(&self, addr: &ConnectionAddr) -> bool {
         matches!(addr, ConnectionAddr::Tcp(host, port) if *host == self.host && *port == self.port)

@@ -115,6 +115,46 @@ async fn calls_reach_keys_on_every_shard() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_names_the_cluster_and_dedicated_connections_reach_the_keys_node() {
+    let cluster = RedisClusterConfig::default()
+        .replicas_per_master(0)
+        .start()
+        .unwrap();
+    let nodes = cluster.seed_urls().join(",");
+    let mut env =
+        welcomedly_core::config::EnvReader::from_pairs(&[("REDIS_CLUSTER_NODES", &nodes)]);
+    let config = LinkConfig::read(&mut env);
+    let config = env.finish(config).unwrap().unwrap();
+    assert!(config.topology.is_cluster());
+    let link = Link::connect(config).await.unwrap();
+    for key in key_per_master(&cluster) {
+        // A blocking pop on the key's node, while the shared connection pushes to it.
+        let mut conn = link.dedicated_for(key.as_bytes()).await.unwrap();
+        let pop = {
+            let key = key.clone();
+            tokio::spawn(async move {
+                redis::cmd("BLPOP")
+                    .arg(&key)
+                    .arg(5)
+                    .query_async::<Option<(String, String)>>(&mut conn)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _: i64 = link
+            .query(redis::cmd("RPUSH").arg(&key).arg("job"), Retry::Never)
+            .await
+            .unwrap();
+        let popped = tokio::time::timeout(Duration::from_secs(5), pop)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(popped, Some((key.clone(), "job".to_owned())));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noscript_after_script_flush_is_answered_on_the_keys_node_only() {
     let cluster = RedisClusterConfig::default()
         .replicas_per_master(0)

@@ -187,12 +187,14 @@ impl managed::Manager for Manager {
             _ => inner.target.resolve(timeout).await?,
         };
         let made_at = inner.connections.load(Ordering::Acquire);
-        let topology = inner.config.topology.to_string();
+        let place = match &self.node {
+            Some(_) => format!("Redis Cluster node {}", info.addr()),
+            None => format!("{} ({})", inner.config.topology, info.addr()),
+        };
         drop(inner);
         let cannot = |e: &dyn fmt::Display| {
             redact_url(&format!(
-                "cannot open a dedicated connection to {topology} ({}): {e}",
-                info.addr()
+                "cannot open a dedicated connection to {place}: {e}"
             ))
             .into_owned()
         };
@@ -291,7 +293,12 @@ impl Link {
             )));
         };
         let pool = self.pool(Some((host.to_owned(), port)))?;
-        self.checkout(&pool).await
+        let conn = self.checkout(&pool).await;
+        if conn.is_err() {
+            // The node may be dead and replaced: look again next time.
+            self.inner.shards_stale();
+        }
+        conn
     }
 
     async fn checkout(&self, pool: &Pool) -> Result<Dedicated, Error> {

@@ -1,13 +1,12 @@
 //! Following a Sentinel failover at once: the task that watches the Sentinels for
 //! `+switch-master` (see [`crate::sentinel::watch_switches`]) tells the link, which drops a
-//! connection to any other node without a hold-off, cuts its reconnect delay short and moves
-//! the subscriber too; the dedicated pool follows by itself (a connection made before the link
-//! reconnected is not handed out again).
+//! connection to any other node without a hold-off and cuts its reconnect delay short. The
+//! subscriber and the dedicated pool follow the link (the subscriber resubscribes when the link
+//! reconnects elsewhere; a dedicated connection made before the link reconnected is not handed
+//! out again).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-
-use redis::ConnectionAddr;
 
 use super::Inner;
 use crate::sentinel::{Addr, WatchSettings, watch_switches};
@@ -39,7 +38,8 @@ impl Inner {
 
     /// The Sentinels name `addr` as the master. A connection to another node (a demoted or
     /// dead master) is dropped now and replaced at once, without the hold-off a failing
-    /// connection gets; a reconnect delay under way is cut short; the subscriber moves too.
+    /// connection gets; a reconnect delay under way is cut short (the subscriber follows the
+    /// link there).
     /// Nothing happens when the link is already there (the watcher reports the master after
     /// every resubscribe, and the link may have found it first).
     pub(crate) fn master_is(&self, addr: &Addr) {
@@ -55,20 +55,6 @@ impl Inner {
             // No connection (the old master died): try the one announced now. Not counted:
             // the watch also reports the master after every resubscribe.
             None => self.switched.notify_one(),
-        }
-        if let Some(subscriber) = self.subscriber.get() {
-            subscriber.shared().master_is(&addr.to_conn_addr());
-        }
-    }
-
-    /// The link connected to the node at `addr`: on Sentinel the subscriber follows it there
-    /// (a master found by the link first, after a `READONLY` or a closed connection).
-    pub(super) fn connected_to(&self, addr: &ConnectionAddr) {
-        if self.target.sentinels().is_none() {
-            return;
-        }
-        if let Some(subscriber) = self.subscriber.get() {
-            subscriber.shared().master_is(addr);
         }
     }
 }

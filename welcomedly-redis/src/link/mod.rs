@@ -186,12 +186,11 @@ struct Hot {
     /// busy Redis or a busy instance, not a dead connection: it is not counted towards the
     /// threshold, so a burst of load never drops a connection that works.
     last_reply: AtomicU64,
-    /// The node it reaches (`None` on a cluster): on Sentinel, whether it is the master the
-    /// Sentinels announce.
-    addr: Option<redis::ConnectionAddr>,
     /// On a cluster: the slot map this connection was built with, to tell whether the cluster
     /// has changed in a way it did not follow (see `shards::watch`).
     map: ArcSwapOption<shards::ShardMap>,
+    /// The node it reaches (one node or a Sentinel's master; `None` on a cluster).
+    addr: Option<redis::ConnectionAddr>,
 }
 
 impl Hot {
@@ -201,15 +200,9 @@ impl Hot {
             generation,
             born: Instant::now(),
             last_reply: AtomicU64::new(0),
-            addr: None,
             map: ArcSwapOption::empty(),
+            addr: None,
         }
-    }
-
-    /// The same, reaching the node at `addr`.
-    fn at(mut self, addr: redis::ConnectionAddr) -> Self {
-        self.addr = Some(addr);
-        self
     }
 
     /// Redis answered a call on this connection (a value or an error of its own).
@@ -302,6 +295,11 @@ impl Inner {
     /// Whether the link has a connection now.
     pub(crate) fn is_up(&self) -> bool {
         self.hot.load().is_some()
+    }
+
+    /// The node the current connection reaches (one node or a Sentinel's master).
+    pub(crate) fn current_addr(&self) -> Option<redis::ConnectionAddr> {
+        self.hot.load().as_ref().and_then(|h| h.addr.clone())
     }
 
     /// Ticks at the end of every connection attempt.

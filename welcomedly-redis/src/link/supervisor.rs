@@ -160,12 +160,8 @@ impl Inner {
                 this.consecutive.store(0, Ordering::Relaxed);
                 this.failing_since.store(u64::MAX, Ordering::Relaxed);
                 this.connections.fetch_add(1, Ordering::Relaxed);
-                let addr = hot.addr.clone();
                 this.hot.store(Some(Arc::new(hot)));
                 this.state.store(CONNECTED, Ordering::Release);
-                if let Some(addr) = addr {
-                    this.connected_to(&addr);
-                }
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
@@ -283,7 +279,9 @@ impl Inner {
                     .into_owned()
                 })?;
         }
-        Ok(Hot::new(Conn::node(conn), generation).at(info.addr().clone()))
+        let mut hot = Hot::new(Conn::node(conn), generation);
+        hot.addr = Some(info.addr().clone());
+        Ok(hot)
     }
 }
 

@@ -146,18 +146,6 @@ pub(crate) struct Shared {
     connections: AtomicU64,
     failed_attempts: AtomicU64,
     lagged: AtomicU64,
-    /// On Sentinel: where the pub/sub connection is, and where the master is now (as the
-    /// Sentinels or the link last said); `moved` wakes the task when they differ, so it
-    /// resubscribes on the new master at once.
-    nodes: Mutex<Nodes>,
-    moved: Notify,
-}
-
-/// See [`Shared::nodes`].
-#[derive(Default)]
-struct Nodes {
-    at: Option<redis::ConnectionAddr>,
-    master: Option<redis::ConnectionAddr>,
 }
 
 #[derive(Default)]
@@ -266,46 +254,6 @@ impl Shared {
         }
     }
 
-    /// On Sentinel: the master is at `addr` now; the connection moves there if it is
-    /// elsewhere.
-    pub(crate) fn master_is(&self, addr: &redis::ConnectionAddr) {
-        let mut nodes = self
-            .nodes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        nodes.master = Some(addr.clone());
-        let elsewhere = nodes.at.as_ref().is_some_and(|at| at != addr);
-        drop(nodes);
-        if elsewhere {
-            self.moved.notify_one();
-        }
-    }
-
-    /// The pub/sub connection reaches `addr` now (`None`: no connection).
-    fn connected_at(&self, addr: Option<&redis::ConnectionAddr>) {
-        let mut nodes = self
-            .nodes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        nodes.at = addr.cloned();
-        // Announced while this connection was being made: move at once.
-        let elsewhere =
-            matches!((&nodes.at, &nodes.master), (Some(at), Some(master)) if at != master);
-        drop(nodes);
-        if elsewhere {
-            self.moved.notify_one();
-        }
-    }
-
-    /// Whether the connection is on another node than the master last announced.
-    fn elsewhere(&self) -> bool {
-        let nodes = self
-            .nodes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        matches!((&nodes.at, &nodes.master), (Some(at), Some(master)) if at != master)
-    }
-
     fn wants_any(&self) -> bool {
         self.lock().channels.values().any(|ch| !ch.subs.is_empty())
     }
@@ -333,8 +281,6 @@ impl Subscriber {
                 connections: AtomicU64::new(0),
                 failed_attempts: AtomicU64::new(0),
                 lagged: AtomicU64::new(0),
-                nodes: Mutex::new(Nodes::default()),
-                moved: Notify::new(),
             }),
         }
     }

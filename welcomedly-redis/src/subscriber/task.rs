@@ -51,14 +51,7 @@ pub(super) async fn run(shared: Weak<Shared>) {
             notified.await;
         }
         if std::mem::take(&mut hold_off) {
-            let Some(strong) = shared.upgrade() else {
-                return;
-            };
-            // A new master announced (Sentinel) is worth trying now.
-            tokio::select! {
-                () = tokio::time::sleep(config.min_outage) => {}
-                () = strong.moved.notified() => {}
-            }
+            tokio::time::sleep(config.min_outage).await;
         }
         let Some(strong) = shared.upgrade() else {
             return;
@@ -76,8 +69,11 @@ pub(super) async fn run(shared: Weak<Shared>) {
                 within.as_millis()
             )),
         };
-        let (mut sink, stream) = match pubsub {
-            Ok(p) => p.split(),
+        let (mut sink, stream, addr) = match pubsub {
+            Ok((p, addr)) => {
+                let (sink, stream) = p.split();
+                (sink, stream, addr)
+            }
             Err(e) => {
                 attempts += 1;
                 strong.failed_attempts.fetch_add(1, Ordering::Relaxed);
@@ -119,12 +115,11 @@ pub(super) async fn run(shared: Weak<Shared>) {
         delays = config.backoff.delays();
         drop(strong);
         let since = Instant::now();
-        let ended = follow(&shared, sink, stream, on_conn, &config).await;
+        let ended = follow(&shared, sink, stream, on_conn, &config, addr).await;
         let Some(strong) = shared.upgrade() else {
             return;
         };
         strong.connected.send_replace(false);
-        strong.connected_at(None);
         strong.lost();
         // On a cluster, the next attempt starts at the next node: this one may be dead.
         if strong.target.nodes().is_some() {
@@ -174,13 +169,13 @@ async fn retry_after(shared: &Weak<Shared>, delay: Duration) {
 /// node (Redis broadcasts `PUBLISH` over the cluster bus), so the subscriber needs one node,
 /// any: it tries the node that worked last, then the others in turn (seed nodes, then nodes
 /// learned from the slot map); a lost node makes it move to the next one.
-async fn open(shared: &Shared) -> Result<PubSub, String> {
+async fn open(shared: &Shared) -> Result<(PubSub, ConnectionAddr), String> {
     let timeout = shared.config.connect_timeout;
     let Some(seeds) = shared.target.nodes() else {
         let info = shared.target.resolve(timeout).await?;
-        let pubsub = open_at(shared, &info).await?;
-        shared.connected_at(Some(info.addr()));
-        return Ok(pubsub);
+        return open_at(shared, &info)
+            .await
+            .map(|p| (p, info.addr().clone()));
     };
     let mut candidates = seeds.to_vec();
     if let Some(link) = shared.link.upgrade() {
@@ -201,7 +196,7 @@ async fn open(shared: &Shared) -> Result<PubSub, String> {
         match tokio::time::timeout(timeout, open_at(shared, info)).await {
             Ok(Ok(pubsub)) => {
                 shared.next_node.store(at, Ordering::Relaxed);
-                return Ok(pubsub);
+                return Ok((pubsub, info.addr().clone()));
             }
             Ok(Err(e)) => last = e,
             Err(_) => {
@@ -321,6 +316,7 @@ async fn follow(
     mut stream: PubSubStream,
     mut on_conn: HashSet<String>,
     config: &crate::LinkConfig,
+    addr: ConnectionAddr,
 ) -> Option<Ended> {
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -328,19 +324,40 @@ async fn follow(
     let mut failures = 0u32;
     // Held for the connection's life only (the link aborts this task when it is dropped).
     let strong = shared.upgrade()?;
+    // On Sentinel: the link reconnecting elsewhere means the master moved; a subscription on
+    // the old one (alive, demoted or isolated) would receive nothing published on the new one.
+    let follows_master = matches!(config.topology, crate::Topology::Sentinel { .. });
+    let mut link_attempts = strong
+        .link
+        .upgrade()
+        .filter(|_| follows_master)
+        .map(|l| l.attempts());
+    let master_moved = async |attempts: &mut Option<tokio::sync::watch::Receiver<u64>>| {
+        let Some(attempts) = attempts.as_mut() else {
+            return std::future::pending::<()>().await;
+        };
+        while attempts.changed().await.is_ok() {
+            let moved = strong
+                .link
+                .upgrade()
+                .and_then(|l| l.current_addr())
+                .is_some_and(|now| now != addr);
+            if moved {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
     loop {
         tokio::select! {
+            () = master_moved(&mut link_attempts) => {
+                return Some(Ended { hold_off: false, why: "the link follows a new master: resubscribing there".to_owned() });
+            }
             msg = stream.next() => {
                 let Some(msg) = msg else {
                     return Some(Ended { hold_off: false, why: "Redis closed the connection".to_owned() });
                 };
                 strong.deliver(msg.get_channel_name(), msg.get_payload_bytes());
-            }
-            () = strong.moved.notified() => {
-                // Checked again: a stale wake-up from before this connection is no reason.
-                if strong.elsewhere() {
-                    return Some(Ended { hold_off: false, why: "the Sentinels announced a new master".to_owned() });
-                }
             }
             () = strong.wake.notified() => {
                 if strong.closed.load(Ordering::Acquire) {
