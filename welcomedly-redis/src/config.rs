@@ -161,7 +161,10 @@ pub struct LinkConfig {
     /// Default 10 ms.
     pub demand_interval: Duration,
     /// The longest a connection attempt (TCP connect, `AUTH`, `SELECT`, loading scripts) may
-    /// take. Default 1 s.
+    /// take; twice that on Sentinel (asking the Sentinels first), three times on a cluster
+    /// (the last slot map's masters, then the seed nodes, then `CLUSTER SLOTS`). On a cluster
+    /// also each node connection's timeout and the cluster client's per-attempt response
+    /// timeout (the budget bounds calls). Default 1 s.
     pub connect_timeout: Duration,
 }
 

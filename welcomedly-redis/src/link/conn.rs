@@ -194,3 +194,37 @@ impl ConnectionLike for Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_sources_are_kept_by_their_sha1_and_bounded() {
+        let scripts = Scripts::default();
+        let source = "return redis.call('GET', KEYS[1])";
+        let sha = scripts.insert(source.as_bytes()).unwrap();
+        assert_eq!(sha, redis::Script::new(source).get_hash());
+        // Redis answers hashes in lower case; either case finds it.
+        assert_eq!(
+            scripts.get(sha.to_ascii_uppercase().as_bytes()).as_deref(),
+            Some(source.as_bytes())
+        );
+        assert!(scripts.get(b"0000").is_none());
+        for i in 1..MAX_SCRIPTS {
+            assert!(scripts.insert(format!("return {i}").as_bytes()).is_some());
+        }
+        assert!(scripts.insert(b"return 'one too many'").is_none());
+        // A source already kept is still answered when full.
+        assert_eq!(scripts.insert(source.as_bytes()), Some(sha));
+    }
+
+    #[test]
+    fn a_commands_name_and_arguments() {
+        let mut cmd = redis::cmd("evalsha");
+        cmd.arg("abc").arg(1).arg("k");
+        let (name, args) = name_of(&cmd).unwrap();
+        assert_eq!(name, b"EVALSHA");
+        assert_eq!(args, vec![b"abc".as_slice(), b"1", b"k"]);
+    }
+}
