@@ -14,7 +14,8 @@ impl Link {
     /// `welcomedly.redis.connections` (connections made; reconnects are this minus one),
     /// `welcomedly.redis.failures` by `class` (`transport` / `replace` / `server`),
     /// `welcomedly.redis.budget_overruns`, `welcomedly.redis.closed` (connections Redis
-    /// closed), `welcomedly.redis.in_flight`, and for the [`subscriber`](Link::subscriber)
+    /// closed), `welcomedly.redis.in_flight`, `welcomedly.redis.master_switches` (Sentinel:
+    /// announced new masters followed), and for the [`subscriber`](Link::subscriber)
     /// once it is used: `welcomedly.redis.subscriber.connected` (1 or 0),
     /// `welcomedly.redis.subscriber.resubscribes`, `welcomedly.redis.subscriber.lagged`
     /// (messages dropped for slow readers). Labels come from closed sets only.
@@ -85,6 +86,18 @@ impl Link {
             .with_callback(move |o| {
                 if let Some(link) = Link::upgrade(&weak) {
                     o.observe(link.stats().in_flight, &[]);
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(self.inner());
+        let _switches = meter
+            .u64_observable_counter("welcomedly.redis.master_switches")
+            .with_description(
+                "New masters the Sentinels announced that the Redis link followed (Sentinel only)",
+            )
+            .with_callback(move |o| {
+                if let Some(link) = Link::upgrade(&weak) {
+                    o.observe(link.stats().master_switches, &[]);
                 }
             })
             .build();

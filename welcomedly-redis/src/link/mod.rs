@@ -32,6 +32,7 @@ use crate::config::LinkConfig;
 mod cluster;
 mod conn;
 mod dedicated;
+mod follow;
 mod shards;
 mod supervisor;
 mod target;
@@ -42,7 +43,6 @@ pub use self::dedicated::Dedicated;
 use self::supervisor::supervise;
 pub(crate) use self::target::Target;
 // For `crate::sentinel` (a master's address with the configured credentials).
-#[allow(unused_imports)]
 pub(crate) use self::target::info_at;
 use crate::error::Error;
 use crate::subscriber::Subscriber;
@@ -99,6 +99,9 @@ pub struct LinkStats {
     pub not_connected: u64,
     /// Calls in flight now.
     pub in_flight: u64,
+    /// On Sentinel: connections dropped because the Sentinels announced a new master on
+    /// another node (each replaced at once).
+    pub master_switches: u64,
 }
 
 /// One supervised multiplexed Redis connection, shared by every component of an instance.
@@ -133,9 +136,17 @@ pub struct LinkStats {
 ///
 /// # On Sentinel
 ///
-/// Every connection attempt asks the Sentinels where the master is, so after a failover (the
-/// old master closes its connections, or answers `READONLY`: the connection is replaced) the
-/// link connects to the new one; dedicated connections made before are not handed out again.
+/// Every connection attempt asks the Sentinels where the master is (the one that answered
+/// last first, each within a share of [`connect_timeout`](LinkConfig::connect_timeout)) and
+/// uses the node only if `ROLE` says `master` (a Sentinel's view may be stale). One pub/sub
+/// connection per link to a Sentinel follows `+switch-master` (its own reconnect loop: pings,
+/// threshold, backoff with jitter, the next Sentinel after a failure): when a new master is
+/// announced, a connection to any other node is dropped and replaced at once (no hold-off, a
+/// reconnect delay under way cut short) and the [`Subscriber`] moves too; dedicated
+/// connections made before are not handed out again. A `READONLY` answer (a demoted master)
+/// also reconnects at once, and a connection the old master closes is replaced at once.
+/// Sentinels are given as `host:port` (no password), or through [`LinkConfig::sentinel`] as
+/// `redis://[user:password@]host:port` for a Sentinel with its own `requirepass`.
 ///
 /// # On a Redis Cluster
 ///
@@ -225,6 +236,7 @@ struct Counters {
     retries: AtomicU64,
     not_connected: AtomicU64,
     in_flight: AtomicU64,
+    switches: AtomicU64,
 }
 
 pub(crate) struct Inner {
@@ -271,10 +283,14 @@ pub(crate) struct Inner {
     shards_stale: AtomicBool,
     /// One slot map fetch at a time.
     shards_fetch: tokio::sync::Mutex<()>,
+    /// On Sentinel: the Sentinels announced a new master; cuts the supervisor's hold-off or
+    /// backoff short (see `follow`).
+    switched: Arc<Notify>,
     /// On a cluster: a call ran past its budget; the topology watch compares the cluster's
     /// slot map with the connection's.
     look_at_topology: Arc<Notify>,
-    /// The topology watch task, on a cluster.
+    /// The watch task: on a cluster the topology watch, on Sentinel the `+switch-master`
+    /// watch (see `follow`).
     watch: OnceLock<tokio::task::AbortHandle>,
 }
 
@@ -379,6 +395,7 @@ impl Link {
             shards: ArcSwapOption::empty(),
             shards_stale: AtomicBool::new(false),
             shards_fetch: tokio::sync::Mutex::new(()),
+            switched: Arc::new(Notify::new()),
             look_at_topology: Arc::new(Notify::new()),
             watch: OnceLock::new(),
         });
@@ -389,8 +406,10 @@ impl Link {
             Arc::downgrade(&inner),
             inner.dropped.clone(),
             inner.demand.clone(),
+            inner.switched.clone(),
         ));
         let _ = inner.supervisor.set(task.abort_handle());
+        Inner::watch_sentinels(&inner);
         if inner.target.nodes().is_some() {
             let task = runtime.spawn(shards::watch(
                 Arc::downgrade(&inner),
@@ -456,6 +475,7 @@ impl Link {
             retries: get(&c.retries),
             not_connected: get(&c.not_connected),
             in_flight: get(&c.in_flight),
+            master_switches: get(&c.switches),
         }
     }
 
@@ -611,7 +631,13 @@ impl Link {
                     if failure == Failure::Server {
                         hot.replied();
                     }
-                    let closed = e.is_connection_dropped() || e.is_unrecoverable_error();
+                    // On Sentinel, `READONLY` means this node was demoted (a failover): the
+                    // Sentinels are asked for the new master at once, without the hold-off
+                    // of a failing connection (a node that is not master is never used).
+                    let demoted = e.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                        && inner.target.sentinels().is_some();
+                    let closed = e.is_connection_dropped() || e.is_unrecoverable_error() || demoted;
                     let text = redact_url(&e.to_string()).into_owned();
                     inner.failed(&hot, failure, closed, &text);
                     if failure == Failure::Server {

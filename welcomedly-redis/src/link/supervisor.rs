@@ -121,7 +121,7 @@ impl Inner {
     }
 
     /// Drops `hot` if it is still the current connection, and wakes the supervisor.
-    fn drop_connection(&self, hot: &Arc<Hot>, hold_off: bool, why: &str) {
+    pub(super) fn drop_connection(&self, hot: &Arc<Hot>, hold_off: bool, why: &str) {
         let current = self.hot.compare_and_swap(hot, None::<Arc<Hot>>);
         if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, hot)) {
             self.state.store(
@@ -310,8 +310,14 @@ where
 }
 
 /// The one task that reconnects (see [`Link`](super::Link)). Holds the link weakly, so dropping the
-/// last handle ends it.
-pub(super) async fn supervise(link: Weak<Inner>, dropped: Arc<Notify>, demand: Arc<Notify>) {
+/// last handle ends it. `switched` (Sentinel: a new master was announced) cuts a hold-off or a
+/// backoff delay short: the new master is worth trying now.
+pub(super) async fn supervise(
+    link: Weak<Inner>,
+    dropped: Arc<Notify>,
+    demand: Arc<Notify>,
+    switched: Arc<Notify>,
+) {
     loop {
         // Wait for a drop while connected (no strong handle held while waiting).
         loop {
@@ -331,7 +337,10 @@ pub(super) async fn supervise(link: Weak<Inner>, dropped: Arc<Notify>, demand: A
         let demand_interval = inner.config.demand_interval;
         drop(inner);
         if hold_off {
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = switched.notified() => {}
+            }
         }
         let mut attempts = 0u32;
         loop {
@@ -362,6 +371,7 @@ pub(super) async fn supervise(link: Weak<Inner>, dropped: Arc<Notify>, demand: A
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = asked => {}
+                () = switched.notified() => {}
             }
         }
     }

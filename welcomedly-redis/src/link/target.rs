@@ -2,22 +2,21 @@
 //! it. One node: its URL. Sentinel: asked of the Sentinels on every (re)connection, so a
 //! failover is followed. Cluster: the seed nodes (the cluster connection learns the rest).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
 use crate::config::{RedisUrl, Topology};
 use crate::error::Error;
+use crate::sentinel::Sentinels;
 
 /// The validated topology.
 #[derive(Debug)]
 pub(crate) enum Target {
     Single(ConnectionInfo),
-    Sentinel {
-        sentinels: Vec<String>,
-        master: String,
-        url: RedisUrl,
-    },
+    /// The Sentinels, with the one that answered last (see `crate::sentinel`).
+    Sentinel(Arc<Sentinels>),
     Cluster {
         nodes: Vec<ConnectionInfo>,
     },
@@ -39,12 +38,8 @@ impl Target {
                     ));
                 }
                 // The master's credentials and database must parse (its host is ignored).
-                info_at(url, "127.0.0.1", 6379).map_err(Error::config)?;
-                Ok(Self::Sentinel {
-                    sentinels: sentinels.clone(),
-                    master: master.clone(),
-                    url: url.clone(),
-                })
+                let sentinels = Sentinels::new(sentinels, master, url).map_err(Error::config)?;
+                Ok(Self::Sentinel(Arc::new(sentinels)))
             }
             Topology::Cluster { nodes } => {
                 if nodes.is_empty() {
@@ -75,15 +70,19 @@ impl Target {
     pub(crate) async fn resolve(&self, timeout: Duration) -> Result<ConnectionInfo, String> {
         match self {
             Self::Single(info) => Ok(info.clone()),
-            Self::Sentinel {
-                sentinels,
-                master,
-                url,
-            } => crate::sentinel::resolve_master(sentinels, master, url, timeout).await,
+            Self::Sentinel(sentinels) => sentinels.resolve_master(timeout).await,
             Self::Cluster { nodes } => nodes
                 .first()
                 .cloned()
                 .ok_or_else(|| "the Redis Cluster has no seed node".to_owned()),
+        }
+    }
+
+    /// The Sentinels, on Sentinel.
+    pub(crate) fn sentinels(&self) -> Option<&Arc<Sentinels>> {
+        match self {
+            Self::Sentinel(sentinels) => Some(sentinels),
+            _ => None,
         }
     }
 
