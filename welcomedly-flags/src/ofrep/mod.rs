@@ -21,6 +21,7 @@
 //! | the body is not JSON | `400` | `{"key", "errorCode": "PARSE_ERROR", "errorDetails"}` (bulk: without `key`) |
 //! | `context` not an object, a non-string `targetingKey`, over the bounds | `400` | `{"key", "errorCode": "INVALID_CONTEXT", "errorDetails"}` (bulk: without `key`) |
 //! | the auth hook refuses | `401` / `403` | `{"errorDetails"}` |
+//! | the flag's definition failed to parse (imported flags) | `400` (bulk: an entry) | `{"key", "errorCode": "PARSE_ERROR", "errorDetails"}` |
 //! | the flag failed to evaluate | `500` (bulk: a `{"key", "errorCode": "GENERAL"}` entry) | `{"errorDetails"}` |
 //! | bulk, `If-None-Match` holds the current `ETag` | `304` | none |
 //!
@@ -34,7 +35,8 @@
 //! lets every caller in, and any other hook works. **Bounds**: the body
 //! ([`OfrepConfig::max_body_bytes`]), the context's attributes
 //! ([`OfrepConfig::max_attributes`]) and their nesting ([`OfrepConfig::max_depth`]).
-//! **Rate limits** (`429` with `Retry-After` in seconds, which OFREP clients honour) come from
+//! **Rate limits** (`429` with `Retry-After` in seconds — RFC 9110 allows seconds or a date;
+//! the document's example is a date, and OFREP clients read both) come from
 //! welcomedly-core's `RateLimitLayer` put in front of this router, like any route's.
 //!
 //! ```
