@@ -411,6 +411,97 @@ fn without_an_admin_token_there_is_no_admin_api() {
     assert!(app.terminate().success());
 }
 
+#[test]
+fn ofrep_evaluates_the_seeded_flags_and_a_token_closes_it() {
+    let app = Instance::start(&[("WELCOMEDLY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned())]);
+    let json = [("content-type", "application/json")];
+    let supervisor = r#"{"context": {"targetingKey": "supervisor"}}"#;
+    let one = app.request_with(
+        "POST",
+        "/ofrep/v1/evaluate/flags/campaign-stats",
+        &json,
+        supervisor,
+    );
+    assert_eq!(one.status, 200, "{}", one.body);
+    let body: serde_json::Value = serde_json::from_str(&one.body).unwrap();
+    assert_eq!(body["value"], true);
+    assert_eq!(body["reason"], "TARGETING_MATCH");
+
+    let bulk = app.request_with("POST", "/ofrep/v1/evaluate/flags", &json, supervisor);
+    assert_eq!(bulk.status, 200, "{}", bulk.body);
+    let tag = bulk.header("etag").unwrap().to_owned();
+    let body: serde_json::Value = serde_json::from_str(&bulk.body).unwrap();
+    let keys: Vec<&str> = body["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["board-theme", "campaign-stats"]);
+    let cached = app.request_with(
+        "POST",
+        "/ofrep/v1/evaluate/flags",
+        &[
+            ("content-type", "application/json"),
+            ("if-none-match", &tag),
+        ],
+        supervisor,
+    );
+    assert_eq!(cached.status, 304);
+
+    // The kill switch: a new tag, and the flag defers to the caller's default.
+    kill_stats(&app);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let changed = loop {
+        let r = app.request_with(
+            "POST",
+            "/ofrep/v1/evaluate/flags",
+            &[
+                ("content-type", "application/json"),
+                ("if-none-match", &tag),
+            ],
+            supervisor,
+        );
+        if r.status == 200 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        changed.status, 200,
+        "the kill switch did not change the bulk result"
+    );
+    let body: serde_json::Value = serde_json::from_str(&changed.body).unwrap();
+    assert_eq!(
+        body["flags"][1],
+        serde_json::json!({ "key": "campaign-stats", "reason": "DISABLED" })
+    );
+    let unknown = app.request_with("POST", "/ofrep/v1/evaluate/flags/nope", &json, "");
+    assert_eq!(unknown.status, 404);
+    assert!(app.terminate().success());
+
+    // With WELCOMEDLY_OFREP_TOKEN, a key is needed (and the admin token is not one).
+    let token = "ofrep-token-0123456789abcdef";
+    let app = Instance::start(&[
+        ("WELCOMEDLY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("WELCOMEDLY_OFREP_TOKEN", token.to_owned()),
+    ]);
+    let path = "/ofrep/v1/evaluate/flags";
+    assert_eq!(app.request_with("POST", path, &json, "").status, 401);
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    assert_eq!(
+        app.request_with("POST", path, &[("authorization", &admin)], "")
+            .status,
+        401
+    );
+    assert_eq!(
+        app.request_with("POST", path, &[("x-api-key", token)], "")
+            .status,
+        200
+    );
+    assert!(app.terminate().success());
+}
+
 /// A kill switch thrown on one instance reaches the other through Redis at once.
 #[test]
 fn a_kill_switch_on_one_instance_reaches_the_other_through_redis() {

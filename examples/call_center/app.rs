@@ -53,6 +53,8 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let membership = MembershipConfig::read(&mut env);
     // Secrets: at least MIN_SECRET_LEN bytes; a refused one is reported by length, never shown.
     let admin_token = env.secret("WELCOMEDLY_ADMIN_TOKEN");
+    // OFREP is read-only evaluation for the app's own clients: open unless a key is set.
+    let ofrep_token = env.secret("WELCOMEDLY_OFREP_TOKEN");
     let session_config = SessionConfig::read(&mut env);
     let database = RouterConfig::read(&mut env);
     let consistency_secret = env.secret("WELCOMEDLY_CONSISTENCY_SECRET");
@@ -70,7 +72,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let (
         (config, link_config, session_store_config),
         redis,
-        admin_token,
+        (admin_token, ofrep_token),
         membership,
         session_config,
         database,
@@ -80,7 +82,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     ) = env.finish((
         (core, link_config, session_store_config),
         redis,
-        admin_token,
+        (admin_token, ofrep_token),
         membership,
         session_config,
         database,
@@ -123,7 +125,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let logins = login::Logins::start(demo_password()).await?;
 
     let features = flags::start(link.as_ref(), &registry, telemetry.metrics().meter()).await?;
-    let flag_routes = flags::routes(&features, admin_token);
+    let flag_routes = flags::routes(&features, admin_token, ofrep_token);
     let flags_layer = flags::layer(&features, web.dev_identity_header);
     if web.dev_identity_header {
         tracing::warn!(

@@ -11,6 +11,7 @@ use axum::routing::get;
 use welcomedly_core::health::{Affects, HealthRegistry};
 use welcomedly_flags::admin::{self, BearerToken};
 use welcomedly_flags::layer::{FlagsLayer, RequestFlags};
+use welcomedly_flags::ofrep::{self, OfrepConfig, OfrepKey, OpenAccess};
 use welcomedly_flags::store::{
     Change, FlagStore, FlagSyncHandle, MemoryStore, RedisStore, RedisStoreConfig, SyncConfig,
     sync_flags,
@@ -89,9 +90,20 @@ async fn seed(store: &dyn FlagStore) {
     }
 }
 
-/// `GET /api/flags` (every flag for the caller) and, when `admin_token` is set, the admin API
-/// under `/admin/flags`. [`layer`] goes around these and every other feature route.
-pub(crate) fn routes(features: &FeatureFlags, admin_token: Option<String>) -> Router {
+/// `GET /api/flags` (every flag for the caller), the OFREP endpoint (`POST
+/// /ofrep/v1/evaluate/flags[/{key}]`: open, or behind `ofrep_token` as a bearer token or
+/// `X-API-Key` when `WELCOMEDLY_OFREP_TOKEN` is set) and, when `admin_token` is set, the admin
+/// API under `/admin/flags`. [`layer`] goes around these and every other feature route.
+///
+/// OFREP only evaluates (it changes nothing) and is meant for the app's own clients (the
+/// browser, mobile apps, other services): the context is the caller's to choose, so it shows
+/// any context's values, which is what a web OFREP provider asks for. It is open by default
+/// and never shares the admin token: a token that can change flags must not sit in a browser.
+pub(crate) fn routes(
+    features: &FeatureFlags,
+    admin_token: Option<String>,
+    ofrep_token: Option<String>,
+) -> Router {
     let mut router = Router::new().route(
         "/api/flags",
         get(|flags: RequestFlags| async move {
@@ -102,6 +114,18 @@ pub(crate) fn routes(features: &FeatureFlags, admin_token: Option<String>) -> Ro
             }))
         }),
     );
+    router = match ofrep_token {
+        Some(token) => router.merge(ofrep::router(
+            features.flags.clone(),
+            OfrepKey::new(token),
+            OfrepConfig::default(),
+        )),
+        None => router.merge(ofrep::router(
+            features.flags.clone(),
+            OpenAccess,
+            OfrepConfig::default(),
+        )),
+    };
     if let Some(token) = admin_token {
         router = router.merge(admin::router(
             features.store.clone(),

@@ -42,7 +42,9 @@
 //! on every instance) is required: without it the start is refused, as a public or per-process
 //! secret would let clients forge read-your-writes positions or break them across instances.
 //! Without `DATABASE_URL`, an in-memory SQLite. `WELCOMEDLY_ADMIN_TOKEN` enables
-//! `/admin/flags`. Every secret (those three, `WELCOMEDLY_SESSION_KEYS`) needs at least 16
+//! `/admin/flags`. OFREP (`POST /ofrep/v1/evaluate/flags[/{key}]`) is open to the app's own
+//! clients unless `WELCOMEDLY_OFREP_TOKEN` is set (then a bearer token or `X-API-Key`; never
+//! the admin token). Every secret (those four, `WELCOMEDLY_SESSION_KEYS`) needs at least 16
 //! bytes, and a refused one is reported by its length, never its value.
 //! `WELCOMEDLY_SESSION_SECURE=false` for plain-HTTP cookies. `WELCOMEDLY_DEV_IDENTITY_HEADER=true`
 //! (development only) lets `x-user-id` name anonymous callers for feature flags; otherwise the

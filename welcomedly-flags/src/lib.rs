@@ -23,6 +23,8 @@
 //! | `flagd` (feature `flagd`) | flagd flag files: JsonLogic targeting compiled once, flagd's results |
 //! | [`store`] | where the flag set lives (memory, Redis with the `redis` feature) and [`store::FlagSync`], which keeps every instance's snapshot current |
 //! | `admin` (feature `axum`) | the flags admin API: list, get, put with `If-Match`, delete, history |
+//! | `ofrep` (feature `axum`) | the OpenFeature Remote Evaluation Protocol endpoint: single and bulk evaluation, `ETag`/`304` |
+//! | `openfeature` (feature `openfeature`) | `FlagsProvider`, an OpenFeature provider (the `open-feature` crate 0.3) over [`Flags`] |
 //! | [`layer`] | [`FlagsLayer`](layer::FlagsLayer) (one snapshot and context per request), [`FlagGateLayer`](layer::FlagGateLayer) (a route behind a flag) |
 //!
 //! ```
@@ -70,6 +72,12 @@ pub mod flagd;
 pub mod flags;
 pub mod layer;
 pub mod model;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod ofrep;
+#[cfg(feature = "openfeature")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openfeature")))]
+pub mod openfeature;
 pub mod snapshot;
 pub mod store;
 pub mod validate;
