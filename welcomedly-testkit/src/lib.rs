@@ -1,5 +1,6 @@
-//! Real servers for integration tests: `redis-server`, a PostgreSQL primary with streaming
-//! replicas and NGINX, each on a free loopback port in its own temp dir, with fault controls.
+//! Real servers for integration tests: `redis-server` (alone, as a Redis Cluster, or watched by
+//! Sentinels), a PostgreSQL primary with streaming replicas and NGINX, each on a free loopback
+//! port in its own temp dir, with fault controls.
 //!
 //! Add it as a dev-dependency (it is not on crates.io; take it from the repository or a path):
 //!
@@ -17,6 +18,20 @@
 //!   server accepts connections but answers nothing) and a tiny synchronous client
 //!   ([`command`](RedisServer::command), [`query`](RedisServer::query),
 //!   [`query_within`](RedisServer::query_within)).
+//! - [`RedisCluster`]: a Redis Cluster, 3 masters + 1 replica each by default
+//!   ([`RedisClusterConfig`] for other shapes, full coverage and node timeout), ready in ≈ 2 s,
+//!   with [`slot_of`](RedisCluster::slot_of), [`node_for`](RedisCluster::node_for),
+//!   [`kill_master`](RedisCluster::kill_master) (SIGKILL, returns once the replica took over),
+//!   [`failover`](RedisCluster::failover) (`CLUSTER FAILOVER`), slot migration whole
+//!   ([`migrate_slot`](RedisCluster::migrate_slot)) or step by step to see `ASK` / `TRYAGAIN`
+//!   ([`begin_migration`](RedisCluster::begin_migration)),
+//!   [`add_master`](RedisCluster::add_master) and [`move_slots`](RedisCluster::move_slots),
+//!   `pause` / `resume` / `kill` / `restart` of any node.
+//! - [`RedisSentinel`]: a primary, a replica and three sentinels (quorum 2), with
+//!   [`kill_primary`](RedisSentinel::kill_primary) (returns once the sentinels promoted the
+//!   replica), [`failover`](RedisSentinel::failover) (`SENTINEL FAILOVER`),
+//!   [`restart_old_primary`](RedisSentinel::restart_old_primary) (back empty, made a replica by
+//!   the sentinels), `pause` / `resume` / `kill` / `restart` of any process.
 //! - [`PgCluster`]: a PostgreSQL primary and N streaming replicas (`initdb`,
 //!   `pg_basebackup -R`, hot standby, one replication slot per replica) with `stop`, `kill`,
 //!   `restart`, `pause` / `resume` of any [`Node`] (every process of the node is frozen, not
@@ -32,7 +47,8 @@
 //!
 //! # What must be installed
 //!
-//! - `redis-server` on `PATH`;
+//! - `redis-server` on `PATH` (7.0 or later for [`RedisCluster`]; [`RedisSentinel`] runs the
+//!   same binary with `--sentinel`);
 //! - PostgreSQL's `initdb`, `postgres`, `pg_ctl`, `pg_basebackup` and `psql`, on `PATH` or in
 //!   `/usr/lib/postgresql/<major>/bin` (Debian and Ubuntu keep them there);
 //! - `nginx` on `PATH` or at `/usr/sbin/nginx`, only for [`Nginx`];
@@ -47,7 +63,9 @@
 //! PostgreSQL and NGINX are left alone, and never the ephemeral range, which a load test can fill
 //! with `TIME_WAIT` sockets. Each test process starts in its own block of ports, and a server
 //! that fails to bind is retried on another port ([`free_port`] gives you one for your own
-//! servers). Everything a server writes (data, logs, sockets, config) lives in a temp dir.
+//! servers). A cluster node takes two such ports, its client port and its cluster bus port
+//! (`cluster-port`, not the conventional `port + 10000`, which would land in the ephemeral
+//! range). Everything a server writes (data, logs, sockets, config) lives in a temp dir.
 //!
 //! PostgreSQL refuses to run as root: when the tests run as root, the PostgreSQL programs run as
 //! the `postgres` OS user (the Debian package creates it) and the temp dir is handed to that
@@ -57,7 +75,7 @@
 //! # Drop
 //!
 //! Servers are child processes of the test. Dropping a handle stops its servers (SIGKILL for
-//! Redis and NGINX, `pg_ctl stop -m immediate` for PostgreSQL, a paused server is resumed first)
+//! Redis (every node of a cluster or Sentinel deployment) and NGINX, `pg_ctl stop -m immediate` for PostgreSQL, a paused server is resumed first)
 //! and removes the temp dir, also when the test panics: keep the handle alive for as long as the
 //! code under test needs the server. The children share the test's process group, so Ctrl-C (and
 //! a test runner's timeout, which signals the group) stops them too, though their temp dirs stay;

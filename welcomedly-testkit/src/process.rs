@@ -69,6 +69,30 @@ pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitS
     }
 }
 
+/// Polls `check` every `poll` until it passes; on timeout the error says what `check` last
+/// found missing, so a stuck wait explains itself.
+pub(crate) fn wait_until(
+    what: &str,
+    timeout: Duration,
+    poll: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check() {
+            Ok(()) => return Ok(()),
+            Err(reason) => reason,
+        };
+        if Instant::now() >= deadline {
+            return Err(Error::timeout(
+                format_args!("waited {timeout:?} for {what}; last: {last}"),
+                None,
+            ));
+        }
+        thread::sleep(poll);
+    }
+}
+
 /// SIGKILLs `child` and reaps it; used on teardown paths where nothing can be reported.
 pub(crate) fn kill_and_reap(child: &mut Child) {
     let _ = child.kill();

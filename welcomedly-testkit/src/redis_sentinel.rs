@@ -1,53 +1,17 @@
-//! A real Redis Sentinel deployment on free loopback ports: one primary, one replica and three
-//! sentinels (quorum 2), with the faults a Sentinel client must follow: the primary killed and
-//! the replica promoted, a manual failover, the old primary back as a replica, a node frozen.
-//!
-//! ```no_run
-//! use welcomedly_testkit::RedisSentinel;
-//!
-//! # fn main() -> Result<(), welcomedly_testkit::Error> {
-//! let sentinel = RedisSentinel::start()?; // ≈ 3 s, until all three sentinels agree
-//! // Hand `sentinel.sentinel_addrs()` and `sentinel.master_name()` to the code under test.
-//!
-//! let primary = sentinel.primary()?;
-//! sentinel.command_on(primary, &["SET", "greeting", "hello"])?;
-//! sentinel.command_on(primary, &["WAIT", "1", "1000"])?; // on the replica too
-//!
-//! let failover = sentinel.kill_primary()?; // SIGKILL; returns once the replica is primary
-//! println!("sentinels promoted 127.0.0.1:{} in {:?}", failover.to, failover.took);
-//! assert_eq!(sentinel.command_on(failover.to, &["GET", "greeting"])?, "hello");
-//!
-//! sentinel.restart_old_primary()?; // back empty, made a replica by the sentinels (≈ 20 s)
-//! sentinel.failover()?; // SENTINEL FAILOVER: the roles swap back
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! # Nodes
-//!
-//! Every process is named by its port on 127.0.0.1 (`u16`). The two data nodes run
-//! `redis-server` with persistence off and `repl-diskless-sync-delay 0` (a replica syncs at
-//! once); the sentinels run the same binary with `--sentinel` and a config file in their own
-//! directory that monitors the primary with quorum 2, `down-after-milliseconds` and
-//! `failover-timeout` from [`RedisSentinelConfig`]. The deployment is ready when every sentinel
-//! reports the primary as master, knows the two other sentinels, and lists the replica with its
-//! link up. Faults wait until every running sentinel reports the new primary and it answers
-//! `ROLE` as master.
-//!
-//! Dropping the handle SIGKILLs every process and removes the temp dir, also when a test panics.
+//! [`RedisSentinel`]: a real Sentinel deployment on free loopback ports with fault controls;
+//! its type docs say what it does, since this module is private and they are what users read.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
 use crate::Failover;
-use crate::process;
+use crate::process::{self, wait_until};
 use crate::redis_process::{Args, RedisProcess};
 use crate::resp::{self, Reply};
 use crate::{Error, ports};
@@ -169,7 +133,43 @@ struct Members {
     old_primary: Option<u16>,
 }
 
-/// A running Sentinel deployment; see the [module docs](self).
+/// A real Redis Sentinel deployment on free loopback ports: one primary, one replica and three
+/// sentinels (quorum 2), with the faults a Sentinel client must follow: the primary killed and
+/// the replica promoted, a manual failover, the old primary back as a replica, a node frozen.
+///
+/// ```no_run
+/// use welcomedly_testkit::RedisSentinel;
+///
+/// # fn main() -> Result<(), welcomedly_testkit::Error> {
+/// let sentinel = RedisSentinel::start()?; // ≈ 3 s, until all three sentinels agree
+/// // Hand `sentinel.sentinel_addrs()` and `sentinel.master_name()` to the code under test.
+///
+/// let primary = sentinel.primary()?;
+/// sentinel.command_on(primary, &["SET", "greeting", "hello"])?;
+/// sentinel.command_on(primary, &["WAIT", "1", "1000"])?; // on the replica too
+///
+/// let failover = sentinel.kill_primary()?; // SIGKILL; returns once the replica is primary
+/// println!("sentinels promoted 127.0.0.1:{} in {:?}", failover.to, failover.took);
+/// assert_eq!(sentinel.command_on(failover.to, &["GET", "greeting"])?, "hello");
+///
+/// sentinel.restart_old_primary()?; // back empty, made a replica by the sentinels (≈ 20 s)
+/// sentinel.failover()?; // SENTINEL FAILOVER: the roles swap back
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Nodes
+///
+/// Every process is named by its port on 127.0.0.1 (`u16`). The two data nodes run
+/// `redis-server` with persistence off and `repl-diskless-sync-delay 0` (a replica syncs at
+/// once); the sentinels run the same binary with `--sentinel` and a config file in their own
+/// directory that monitors the primary with quorum 2, `down-after-milliseconds` and
+/// `failover-timeout` from [`RedisSentinelConfig`]. The deployment is ready when every sentinel
+/// reports the primary as master, knows the two other sentinels, and lists the replica with its
+/// link up. Faults wait until every running sentinel reports the new primary and it answers
+/// `ROLE` as master.
+///
+/// Dropping the handle SIGKILLs every process and removes the temp dir, also when a test panics.
 ///
 /// All methods take `&self` and block; the handle is `Send + Sync`.
 pub struct RedisSentinel {
@@ -230,7 +230,7 @@ impl RedisSentinel {
         let replica_port = replica.port();
         // Sentinels read the replica's link state once when they first connect to it: start
         // them after it is up, or they see it down until their next look 10 s later.
-        wait_for("the replica to sync", START_TIMEOUT, || {
+        wait_until("the replica to sync", START_TIMEOUT, POLL, || {
             replica_link_up(replica_port, primary_port)
         })?;
         let mut sentinels = Vec::with_capacity(SENTINELS);
@@ -424,8 +424,10 @@ impl RedisSentinel {
     ///
     /// # Errors
     ///
-    /// The replica is not running ([`Error::is_invalid_request`]; nothing is killed), or the
-    /// failover did not complete within 30 s.
+    /// The replica is not running or does not replicate the primary (right after a
+    /// [`failover`](Self::failover): see [`wait_replica`](Self::wait_replica))
+    /// ([`Error::is_invalid_request`]; nothing is killed), or the failover did not complete
+    /// within 30 s.
     pub fn kill_primary(&self) -> Result<Failover, Error> {
         let (primary, replica) = self.primary_and_replica()?;
         let started = Instant::now();
@@ -454,8 +456,9 @@ impl RedisSentinel {
     ///
     /// # Errors
     ///
-    /// The replica is not running ([`Error::is_invalid_request`]), the sentinel refused (a
-    /// failover in progress), or the failover did not complete within 30 s.
+    /// The replica is not running or does not replicate the primary
+    /// ([`Error::is_invalid_request`]), the sentinel refused (a failover in progress), or the
+    /// failover did not complete within 30 s.
     pub fn failover(&self) -> Result<Failover, Error> {
         let (primary, replica) = self.primary_and_replica()?;
         let sentinel = self
@@ -603,6 +606,16 @@ impl RedisSentinel {
                     "the replica is not running: restart it first",
                 )
             })?;
+        drop(members);
+        // Right after a failover the old primary is still a master of its own until the
+        // sentinels convert it; promoting it would silently drop every write since.
+        if replica_link_up(replica, primary).is_err() {
+            return Err(Error::invalid_request(
+                format_args!("failing over the primary 127.0.0.1:{primary} to 127.0.0.1:{replica}"),
+                "that node does not replicate the primary (yet): after a failover, call \
+                 wait_replica(port) on the old primary first",
+            ));
+        }
         Ok((primary, replica))
     }
 
@@ -610,9 +623,10 @@ impl RedisSentinel {
     /// `ROLE` as master.
     fn wait_promoted(&self, replica: u16) -> Result<(), Error> {
         let name = self.config.master_name.clone();
-        wait_for(
+        wait_until(
             &format!("the sentinels to promote 127.0.0.1:{replica}"),
             FAILOVER_WAIT,
+            POLL,
             || {
                 for sentinel in self.live_sentinels() {
                     let reported =
@@ -674,7 +688,7 @@ impl RedisSentinel {
         replica: Option<u16>,
     ) -> Result<(), Error> {
         let name = self.config.master_name.clone();
-        wait_for(what, timeout, || {
+        wait_until(what, timeout, POLL, || {
             if let Some(replica) = replica {
                 replica_link_up(replica, primary)?;
             }
@@ -865,29 +879,6 @@ fn fields(reply: &Reply) -> HashMap<String, String> {
 
 fn url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}/")
-}
-
-/// Polls `check` until it passes; on timeout the error says what was still missing.
-fn wait_for(
-    what: &str,
-    timeout: Duration,
-    mut check: impl FnMut() -> Result<(), String>,
-) -> Result<(), Error> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match check() {
-            Ok(()) => return Ok(()),
-            Err(reason) => reason,
-        };
-
-        if Instant::now() >= deadline {
-            return Err(Error::timeout(
-                format_args!("waited {timeout:?} for {what}; last: {last}"),
-                None,
-            ));
-        }
-        thread::sleep(POLL);
-    }
 }
 
 #[cfg(test)]

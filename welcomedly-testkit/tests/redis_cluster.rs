@@ -8,6 +8,8 @@
     clippy::indexing_slicing
 )]
 
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 use welcomedly_testkit::{RedisCluster, RedisClusterConfig, Role};
@@ -64,6 +66,9 @@ fn a_cluster_serves_keys_on_their_slot_owner_and_survives_failover_and_a_killed_
     let other = masters.iter().find(|m| m.port != owner).unwrap().port;
     let error = cluster.command_on(other, &["GET", key]).unwrap_err();
     assert_eq!(moved_to(&error), Some(owner), "{error}");
+    let owner_node = node(&cluster, owner);
+    assert!(error.reply().unwrap().ends_with(&owner_node.addr()));
+    assert_eq!(owner_node.url(), format!("redis://127.0.0.1:{owner}/"));
 
     // Graceful failover: the replica takes the slot with the data, the old master follows it.
     let failover = cluster.failover(slot).unwrap();
@@ -246,7 +251,8 @@ fn slots_migrate_key_by_key_with_ask_and_tryagain_then_move_to_an_added_master()
 }
 
 #[test]
-fn without_full_coverage_a_dead_master_fails_only_its_own_slots_and_restarts_with_them() {
+fn without_replicas_or_full_coverage_a_dead_master_fails_only_its_own_slots_and_restarts_with_them()
+{
     let cluster = RedisClusterConfig::default()
         .replicas_per_master(0)
         .require_full_coverage(false)
@@ -260,6 +266,23 @@ fn without_full_coverage_a_dead_master_fails_only_its_own_slots_and_restarts_wit
 
     let dead = cluster.master_for_slot(0).unwrap();
     let alive = cluster.master_for_slot(16383).unwrap();
+
+    // No replica to promote: refused, and nothing is killed.
+    let error = cluster.kill_master(0).unwrap_err();
+    assert!(error.is_invalid_request(), "{error}");
+    assert_eq!(cluster.command_on(dead, &["PING"]).unwrap(), "PONG");
+    assert!(
+        cluster
+            .command_on(1, &["PING"])
+            .unwrap_err()
+            .is_invalid_request()
+    );
+    assert!(
+        cluster
+            .master_for_slot(16384)
+            .unwrap_err()
+            .is_invalid_request()
+    );
     let key = key_in(16000..=16383, "high");
     cluster
         .command_on(alive, &["SET", &key, "still here"])
@@ -302,30 +325,24 @@ fn without_full_coverage_a_dead_master_fails_only_its_own_slots_and_restarts_wit
     assert_eq!(cluster.master_for_slot(0).unwrap(), dead);
     assert_eq!(node(&cluster, dead).role, Role::Master);
     assert_eq!(cluster.command_on(dead, &["DBSIZE"]).unwrap(), "0");
-}
 
-#[test]
-fn a_cluster_without_replicas_refuses_to_kill_a_master_it_cannot_replace() {
-    let cluster = RedisClusterConfig::default()
-        .replicas_per_master(0)
-        .start()
-        .unwrap();
-    eprintln!("3 + 0 cluster ready in {:?}", cluster.started_in());
-    let owner = cluster.master_for_slot(0).unwrap();
-    let error = cluster.kill_master(0).unwrap_err();
-    assert!(error.is_invalid_request(), "{error}");
-    // Nothing was killed.
-    assert_eq!(cluster.command_on(owner, &["PING"]).unwrap(), "PONG");
-    assert!(
-        cluster
-            .command_on(1, &["PING"])
-            .unwrap_err()
-            .is_invalid_request()
-    );
-    assert!(
-        cluster
-            .master_for_slot(16384)
-            .unwrap_err()
-            .is_invalid_request()
-    );
+    // Dropped while a test panics: every node is killed and the temp dir removed.
+    let ports = cluster.ports();
+    let dir = cluster.log_path(dead).unwrap();
+    let dir = dir.parent().unwrap().parent().unwrap().to_path_buf();
+    assert!(dir.exists());
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _cluster = cluster;
+        panic!("a failing test");
+    }));
+    assert!(panicked.is_err());
+    for port in ports {
+        let refused = TcpStream::connect((Ipv4Addr::LOCALHOST, port));
+        assert_eq!(
+            refused.unwrap_err().kind(),
+            ErrorKind::ConnectionRefused,
+            "{port}"
+        );
+    }
+    assert!(!dir.exists(), "{}", dir.display());
 }

@@ -8,6 +8,8 @@
     clippy::indexing_slicing
 )]
 
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 use welcomedly_testkit::{RedisSentinel, RedisSentinelConfig};
@@ -137,7 +139,10 @@ fn a_manual_failover_swaps_roles_and_a_restarted_node_replicates_the_primary() {
     assert_eq!(role(&sentinel, new), "master");
     assert_eq!(sentinel.command_on(new, &["GET", "k"]).unwrap(), "v");
     // The sentinels make the old primary a replica only ≈ 10 s later (`wait_replica`); a
-    // restart below does it at once.
+    // restart below does it at once. Until then it cannot be promoted without losing writes.
+    let refused = sentinel.kill_primary().unwrap_err();
+    assert!(refused.is_invalid_request(), "{refused}");
+    assert_eq!(sentinel.command_on(new, &["PING"]).unwrap(), "PONG");
 
     // A frozen node accepts connections and answers nothing, until resumed.
     sentinel.pause(old).unwrap();
@@ -175,7 +180,7 @@ fn a_manual_failover_swaps_roles_and_a_restarted_node_replicates_the_primary() {
 }
 
 #[test]
-fn restarting_the_old_primary_before_killing_one_is_refused() {
+fn restarting_the_old_primary_before_killing_one_is_refused_and_drop_cleans_up() {
     let sentinel = RedisSentinel::start().unwrap();
     assert_eq!(sentinel.master_name(), "mymaster");
     let error = sentinel.restart_old_primary().unwrap_err();
@@ -188,4 +193,24 @@ fn restarting_the_old_primary_before_killing_one_is_refused() {
             .unwrap();
         assert_eq!(reply, format!("127.0.0.1\n{primary}"));
     }
+
+    // Dropped: every process is killed and the temp dir removed.
+    let ports: Vec<u16> = sentinel
+        .data_ports()
+        .into_iter()
+        .chain(sentinel.sentinel_ports())
+        .collect();
+    let dir = sentinel.log_path(primary).unwrap();
+    let dir = dir.parent().unwrap().parent().unwrap().to_path_buf();
+    assert!(dir.exists());
+    drop(sentinel);
+    for port in ports {
+        let refused = TcpStream::connect((Ipv4Addr::LOCALHOST, port));
+        assert_eq!(
+            refused.unwrap_err().kind(),
+            ErrorKind::ConnectionRefused,
+            "{port}"
+        );
+    }
+    assert!(!dir.exists(), "{}", dir.display());
 }
