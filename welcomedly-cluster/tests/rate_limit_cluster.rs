@@ -787,3 +787,155 @@ async fn client_kill_of_the_connection_is_survived() {
     assert_eq!(b.link().stats().connections, 2, "one reconnect");
     assert_eq!(b.failures(), 0, "no request failed");
 }
+
+/// A layer of two policies on `/api`: `ip` (per client address, `ip_limit` a minute) and `key`
+/// (per `x-api-key`, `key_limit` a minute), on a backend that remembers no rejection (so every
+/// request reaches Redis).
+async fn ip_and_api_key_layer(
+    redis: &RedisServer,
+    ip_limit: u32,
+    key_limit: u32,
+) -> (RedisBackend, RateLimitLayer<RedisBackend>) {
+    let link = link_with(redis, |_| {}).await;
+    let mut config = limiter_config(Duration::from_millis(500), 1);
+    config.remembered_rejections = 0;
+    let b = RedisBackend::new(&link, config).await.unwrap();
+    let layer = RateLimitLayer::builder()
+        .backend(b.clone())
+        .policy(Policy::new("ip", Quota::per_minute(ip_limit)).path_prefix("/api"))
+        .policy(
+            Policy::new("key", Quota::per_minute(key_limit))
+                .path_prefix("/api")
+                .key(KeySource::Header(http::HeaderName::from_static(
+                    "x-api-key",
+                ))),
+        )
+        .build()
+        .unwrap();
+    (b, layer)
+}
+
+fn req_with_key(ip: &str, key: &str) -> Request<String> {
+    let mut r = req(ip);
+    r.headers_mut().insert("x-api-key", key.parse().unwrap());
+    r
+}
+
+/// The Redis key names of the `ip` and `key` policies for one request, asserted to live in
+/// different Redis Cluster slots (what the tests below are about).
+fn names_in_two_slots(
+    b: &RedisBackend,
+    layer: &RateLimitLayer<RedisBackend>,
+    ip: &str,
+    api_key: &str,
+) -> (String, String) {
+    let ip_name = b.key_name(&layer.policies()[0], &Key::Ip(ip.parse().unwrap()));
+    let key_name = b.key_name(&layer.policies()[1], &Key::Header(api_key.parse().unwrap()));
+    assert_ne!(
+        welcomedly_redis::key_slot(ip_name.as_bytes()),
+        welcomedly_redis::key_slot(key_name.as_bytes()),
+        "the test needs keys in two slots"
+    );
+    (ip_name, key_name)
+}
+
+/// Checks whose keys live in two Redis Cluster slots are decided by one script call per slot
+/// (no CROSSSLOT on a cluster); checks sharing a slot stay one call.
+#[tokio::test]
+async fn checks_are_grouped_by_slot_one_call_each() {
+    let redis = RedisServer::start().unwrap();
+    let (b, layer) = ip_and_api_key_layer(&redis, 100, 100).await;
+    names_in_two_slots(&b, &layer, "192.0.2.60", "k-one");
+    let svc = app(&layer);
+    let before = evalsha_calls(&redis);
+    for _ in 0..5 {
+        let r = svc.clone().oneshot(req_with_key("192.0.2.60", "k-one"));
+        assert_eq!(r.await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(
+        evalsha_calls(&redis) - before,
+        10,
+        "two slots: two calls a request"
+    );
+
+    // Two policies keyed by the client address: one slot, one call.
+    let link = link_with(&redis, |_| {}).await;
+    let same = RateLimitLayer::builder()
+        .backend(
+            RedisBackend::new(&link, limiter_config(Duration::from_millis(500), 1))
+                .await
+                .unwrap(),
+        )
+        .policy(Policy::new("a", Quota::per_minute(100)).path_prefix("/api"))
+        .policy(Policy::new("b", Quota::per_minute(100)).path_prefix("/api"))
+        .build()
+        .unwrap();
+    let svc = app(&same);
+    let before = evalsha_calls(&redis);
+    for _ in 0..5 {
+        assert_eq!(send(&svc, "192.0.2.61").await, StatusCode::OK);
+    }
+    assert_eq!(
+        evalsha_calls(&redis) - before,
+        5,
+        "one slot: one call a request"
+    );
+}
+
+/// A request the `key` policy rejects in one slot while the `ip` policy admitted it in another
+/// consumes nothing of `ip`: its charge is given back before the 429 is answered.
+#[tokio::test]
+async fn a_request_rejected_in_one_slot_consumes_nothing_in_another() {
+    let redis = RedisServer::start().unwrap();
+    let (b, layer) = ip_and_api_key_layer(&redis, 3, 1).await;
+    let ip = "192.0.2.62";
+    let (ip_name, _) = names_in_two_slots(&b, &layer, ip, "k-spent");
+    let svc = app(&layer);
+    let status = |key: &'static str| {
+        let svc = svc.clone();
+        async move { svc.oneshot(req_with_key(ip, key)).await.unwrap().status() }
+    };
+    assert_eq!(status("k-spent").await, StatusCode::OK);
+    let tat_after_one = redis.command(&["GET", &ip_name]).unwrap();
+    // Ten requests `key` rejects: `ip` admits each, and each charge is refunded.
+    for _ in 0..10 {
+        assert_eq!(status("k-spent").await, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            redis.command(&["GET", &ip_name]).unwrap(),
+            tat_after_one,
+            "the ip policy's state moved for a rejected request"
+        );
+    }
+    // `ip` still has two of its three: fresh API keys pass twice, then `ip` rejects.
+    for key in ["k-fresh-1", "k-fresh-2"] {
+        names_in_two_slots(&b, &layer, ip, key);
+        assert_eq!(status(key).await, StatusCode::OK, "{key}");
+    }
+    assert_eq!(status("k-fresh-3").await, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// A slot whose call fails (here Redis refuses it: the key holds a hash) decides the request
+/// per failure mode, and what the other slot charged is given back.
+#[tokio::test]
+async fn a_slot_that_fails_leaves_the_other_slots_uncharged() {
+    let redis = RedisServer::start().unwrap();
+    let (b, layer) = ip_and_api_key_layer(&redis, 3, 100).await;
+    let ip = "192.0.2.63";
+    let (ip_name, key_name) = names_in_two_slots(&b, &layer, ip, "k-broken");
+    redis.command(&["HSET", &key_name, "not", "a tat"]).unwrap();
+    let svc = app(&layer);
+    let before = b.server_errors();
+    let res = svc
+        .clone()
+        .oneshot(req_with_key(ip, "k-broken"))
+        .await
+        .unwrap();
+    // Decided by the local fallback (the default failure mode), which admits it.
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(b.server_errors() - before, 1);
+    assert_eq!(
+        redis.command(&["EXISTS", &ip_name]).unwrap(),
+        "0",
+        "the ip policy kept the charge of a request Redis did not decide"
+    );
+}

@@ -615,3 +615,124 @@ async fn a_slow_redis_is_a_503_within_the_budget_not_a_hang() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Every top-level command Redis ran since `SLOWLOG RESET`, oldest first, as its arguments
+/// (the slow log records every command once `slowlog-log-slower-than` is 0).
+fn commands_in_order(redis: &RedisServer) -> Vec<Vec<String>> {
+    let welcomedly_testkit::Reply::Array(entries) =
+        redis.query(&["SLOWLOG", "GET", "1000"]).unwrap()
+    else {
+        panic!("SLOWLOG GET answered something else than an array");
+    };
+    let mut out: Vec<(i64, Vec<String>)> = entries
+        .iter()
+        .filter_map(|e| match e {
+            welcomedly_testkit::Reply::Array(fields) => match (&fields[0], &fields[3]) {
+                (
+                    welcomedly_testkit::Reply::Integer(id),
+                    welcomedly_testkit::Reply::Array(args),
+                ) => Some((*id, args.iter().map(|a| a.to_text()).collect())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    out.sort_by_key(|(id, _)| *id);
+    out.into_iter().map(|(_, args)| args).collect()
+}
+
+/// On a Redis Cluster the session key, the replaced session's key and the user's index are
+/// three slots, so a login is single-slot steps in an order that is safe to stop between:
+/// the index entry and the end of the replaced session come before the new session exists.
+#[tokio::test]
+async fn a_login_indexes_and_ends_the_old_session_before_the_new_one_is_usable() {
+    let redis = RedisServer::start().unwrap();
+    let a = instance(&redis, Duration::from_millis(200)).await;
+    let anon = send(&a, "PUT", "/set?k=cart&v=1", None)
+        .await
+        .cookie()
+        .unwrap();
+    let old_key = a.store.key_of(anon.split_once('=').unwrap().1).unwrap();
+    let index = a.store.user_index_key("erin");
+    redis
+        .command(&["CONFIG", "SET", "slowlog-log-slower-than", "0"])
+        .unwrap();
+    redis
+        .command(&["CONFIG", "SET", "slowlog-max-len", "1000"])
+        .unwrap();
+    redis.command(&["SLOWLOG", "RESET"]).unwrap();
+    let authed = send(&a, "POST", "/login?user=erin", Some(&anon))
+        .await
+        .cookie()
+        .unwrap();
+    let new_key = a.store.key_of(authed.split_once('=').unwrap().1).unwrap();
+    let commands = commands_in_order(&redis);
+    let position = |key: &str| {
+        commands
+            .iter()
+            .position(|args| args.iter().any(|a| a == key))
+            .unwrap_or_else(|| panic!("no command named {key}: {commands:?}"))
+    };
+    let (indexed, ended, created) = (position(&index), position(&old_key), position(&new_key));
+    assert!(
+        indexed < created,
+        "the session was usable before its index entry: {commands:?}"
+    );
+    assert!(
+        ended < created,
+        "the new session was usable while the old one lived: {commands:?}"
+    );
+    // Every command names keys of one slot only.
+    for args in &commands {
+        let keys: Vec<&String> = args.iter().filter(|a| a.starts_with("wd:s:")).collect();
+        assert!(
+            keys.windows(2)
+                .all(|w| welcomedly_redis::key_slot(w[0].as_bytes())
+                    == welcomedly_redis::key_slot(w[1].as_bytes())),
+            "a command spans slots: {args:?}"
+        );
+    }
+    assert_eq!(send(&a, "GET", "/me", Some(&authed)).await.body, "erin");
+    let digest = new_key.split_once('{').unwrap().1.trim_end_matches('}');
+    assert_ne!(redis.command(&["ZSCORE", &index, digest]).unwrap(), "");
+}
+
+/// "Log out everywhere" ends every session of the user though each lives in its own slot, and
+/// a login after it is a new, working, indexed session.
+#[tokio::test]
+async fn log_out_everywhere_ends_sessions_in_every_slot() {
+    let redis = RedisServer::start().unwrap();
+    let a = instance(&redis, Duration::from_millis(200)).await;
+    let b = instance(&redis, Duration::from_millis(200)).await;
+    let mut cookies = Vec::new();
+    for i in 0..20 {
+        cookies.push(log_in(if i % 2 == 0 { &a } else { &b }, "frank").await);
+    }
+    let slots: std::collections::HashSet<u16> = cookies
+        .iter()
+        .map(|c| {
+            let key = a.store.key_of(c.split_once('=').unwrap().1).unwrap();
+            welcomedly_redis::key_slot(key.as_bytes())
+        })
+        .collect();
+    assert!(
+        slots.len() > 10,
+        "the sessions should spread over slots: {slots:?}"
+    );
+    let out = send(&a, "POST", "/logout-everywhere", Some(&cookies[3])).await;
+    assert_eq!(out.body, "20");
+    for (n, c) in cookies.iter().enumerate() {
+        for i in [&a, &b] {
+            assert_eq!(
+                send(i, "GET", "/me", Some(c)).await.status,
+                StatusCode::UNAUTHORIZED,
+                "session {n} outlived log out everywhere"
+            );
+        }
+    }
+    let index = a.store.user_index_key("frank");
+    assert_eq!(redis.command(&["EXISTS", &index]).unwrap(), "0");
+    let again = log_in(&b, "frank").await;
+    assert_eq!(send(&a, "GET", "/me", Some(&again)).await.body, "frank");
+    assert_eq!(redis.command(&["ZCARD", &index]).unwrap(), "1");
+}

@@ -841,3 +841,86 @@ async fn the_store_opens_no_connection_of_its_own() {
         "{list:?}"
     );
 }
+
+/// A write acknowledged then lost in a failover: the new primary had version 1, and the next
+/// write takes version 2 again with other content. An instance that served the lost version 2
+/// converges to the new one (the version published again makes it reload and compare).
+#[tokio::test]
+async fn a_version_reused_with_other_content_after_a_lost_write_is_applied() {
+    let redis = RedisServer::start().unwrap();
+    let mut config = store_config(&redis);
+    // No version check in this test: the second announcement alone must do it.
+    config.store.poll_interval = Duration::from_secs(3600);
+    let i = instance(config).await;
+    i.store
+        .write(0, r#"{"a":1}"#.into(), change(1))
+        .await
+        .unwrap();
+    i.store
+        .write(1, r#"{"lost":true}"#.into(), change(2))
+        .await
+        .unwrap();
+    assert!(i.sync.wait_for_version(2, Duration::from_secs(2)).await);
+    assert_eq!(i.last().1, serde_json::json!({ "lost": true }));
+    // The failover: the replica that takes over never had version 2.
+    let keys = i.store.keys().clone();
+    redis.command(&["SET", &keys.version, "1"]).unwrap();
+    // Another instance writes on the new primary: version 2 again, other content.
+    let writer = store_config(&redis).build().await.unwrap();
+    let v = writer
+        .write(1, r#"{"a":2}"#.into(), change(3))
+        .await
+        .unwrap();
+    assert_eq!(v, 2);
+    assert!(
+        eventually(Duration::from_secs(3), || i.last().1
+            == serde_json::json!({ "a": 2 }))
+        .await,
+        "the instance kept the lost content of version 2: {:?}",
+        i.last()
+    );
+    assert_eq!(i.sync.applied_version(), 2);
+}
+
+/// The same, with the announcement lost too: the document rewritten at the same version (as
+/// the write script writes it, digest included) and nothing published. The periodic version
+/// check sees the digest change and the instance converges.
+#[tokio::test]
+async fn a_rewritten_document_at_the_same_version_is_found_by_the_version_check() {
+    let redis = RedisServer::start().unwrap();
+    let mut config = store_config(&redis);
+    config.store.poll_interval = Duration::from_millis(100);
+    let i = instance(config).await;
+    let v = i
+        .store
+        .write(0, r#"{"a":1}"#.into(), change(1))
+        .await
+        .unwrap();
+    assert!(i.sync.wait_for_version(v, Duration::from_secs(2)).await);
+    let keys = i.store.keys().clone();
+    let before = redis.command(&["GET", &keys.digest]).unwrap();
+    assert_eq!(
+        before.len(),
+        40,
+        "the write stores the document's SHA-1: {before:?}"
+    );
+    let body = r#"{"a":"other"}"#;
+    let digest = redis
+        .command(&["EVAL", "return redis.sha1hex(ARGV[1])", "0", body])
+        .unwrap();
+    redis
+        .command(&["MSET", &keys.doc, body, &keys.digest, &digest])
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || i.last().1
+            == serde_json::json!({ "a": "other" }))
+        .await,
+        "the instance never saw the rewritten document: {:?}",
+        i.last()
+    );
+    assert_eq!(i.sync.applied_version(), v);
+    // Nothing changed since: the checks that follow reload nothing more.
+    let applies = i.applied.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(i.applied.lock().unwrap().len(), applies);
+}

@@ -32,18 +32,24 @@
 //!   of every component, with one resubscribe loop (see the [`subscriber`] module);
 //! - [`Link::dedicated`]: a pooled connection of its own for what would stall or corrupt the
 //!   shared one (`XREAD BLOCK`, `BLPOP`, `WATCH`/`MULTI`/`EXEC`).
+//!
+//! Every component names the keys of one command or script with one hash tag, so each call
+//! touches one Redis Cluster slot; [`slot::debug_assert_same_slot`] checks it before each
+//! multi-key call in debug builds (see the [`slot`] module).
 
 mod classify;
 mod config;
 mod error;
 mod link;
 mod metrics;
+pub mod slot;
 pub mod subscriber;
 
 pub use self::classify::{Failure, classify};
 pub use self::config::{LinkConfig, RedisUrl};
 pub use self::error::Error;
 pub use self::link::{Link, LinkState, LinkStats, Retry};
+pub use self::slot::{debug_assert_same_slot, key_slot};
 pub use self::subscriber::{Delivery, Subscriber, SubscriberStats, Subscription};
 /// The deadpool-redis crate behind [`Link::dedicated`].
 pub use deadpool_redis;

@@ -22,9 +22,13 @@
 //!   connection is pinged and resubscribed after a disconnect with backoff and jitter, and
 //!   publishing fails fast (an error, never a hang) while Redis is unreachable. The link's
 //!   health check reports the outage (the bus has none of its own).
-//! - **Redis Cluster ready.** A durable topic's two keys share one hash tag
-//!   (`<prefix>:{<topic>}:s` and `:m`); readers read one stream each; ephemeral channels use
-//!   classic pub/sub, which reaches every node.
+//! - **Redis Cluster ready.** A durable topic writes two keys, its stream
+//!   `<prefix>:{<topic>}:s` and its meta hash (epoch, sequence) `<prefix>:{<topic>}:m`: one
+//!   hash tag (topic names and the prefix hold no brace), so the publish script touches one
+//!   slot (checked with [`debug_assert_same_slot`](welcomedly_redis::debug_assert_same_slot))
+//!   and different topics spread over the slots; readers read one stream each (`XREAD` of one
+//!   key); no script reads the time. Ephemeral channels use classic pub/sub, which reaches
+//!   every node.
 //! - **SSE** (`axum` feature): [`sse::stream`] streams a topic to a browser with `id:` = offset,
 //!   heartbeats, and an end at drain; [`sse::SseStream`] also ends it with its session
 //!   (logout anywhere, expiry) and merges the application's own events in.
@@ -394,10 +398,15 @@ impl Bus {
             }
             _ => {
                 let epoch = format!("{:016x}", fastrand::u64(1..));
+                let (stream, meta) = (inner.names.stream(topic), inner.names.meta(topic));
+                welcomedly_redis::debug_assert_same_slot(
+                    "a durable bus publish",
+                    &[&stream, &meta],
+                );
                 let mut invocation = inner.publish.prepare_invoke();
                 invocation
-                    .key(inner.names.stream(topic))
-                    .key(inner.names.meta(topic))
+                    .key(stream)
+                    .key(meta)
                     .arg(epoch)
                     .arg(inner.retention)
                     .arg(payload);
@@ -755,6 +764,14 @@ mod tests {
         assert_eq!(n.stream("agents"), "wd:bus:{agents}:s");
         assert_eq!(n.meta("agents"), "wd:bus:{agents}:m");
         assert_eq!(n.channel("agents"), "wd:bus:e:agents");
+        // The publish script's two keys share a slot; topics spread over slots.
+        let mut slots = std::collections::HashSet::new();
+        for topic in ["agents", "calls", "a:b/c", "x", "campaigns.7"] {
+            let (s, m) = (n.stream(topic), n.meta(topic));
+            assert!(welcomedly_redis::slot::same_slot(&[&s, &m]), "{topic}");
+            slots.insert(welcomedly_redis::key_slot(s.as_bytes()));
+        }
+        assert_eq!(slots.len(), 5);
     }
 
     #[test]

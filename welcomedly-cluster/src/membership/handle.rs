@@ -299,6 +299,10 @@ impl Membership {
     /// Redis is unreachable or slower than the budget.
     pub async fn members(&self) -> Result<Vec<Member>, Error> {
         let inner = &self.inner;
+        welcomedly_redis::debug_assert_same_slot(
+            "the membership list",
+            &[&inner.keys.members, &inner.keys.info],
+        );
         let mut invocation = inner.scripts.list.key(&inner.keys.members);
         invocation.key(&inner.keys.info);
         // Read-only: safe to run again on a new connection.
@@ -334,8 +338,14 @@ impl Membership {
             return Ok(out);
         }
         let mut pipe = redis::pipe();
-        for m in &members {
-            pipe.cmd("HKEYS").arg(inner.keys.presence_of(&m.id));
+        let hashes: Vec<String> = members
+            .iter()
+            .map(|m| inner.keys.presence_of(&m.id))
+            .collect();
+        // One slot, so a cluster client sends the whole pipeline to one node.
+        welcomedly_redis::debug_assert_same_slot("the presence read", &hashes);
+        for hash in &hashes {
+            pipe.cmd("HKEYS").arg(hash);
         }
         // Read-only: safe to run again on a new connection.
         let sets: Vec<Vec<String>> = inner
@@ -454,6 +464,14 @@ impl Membership {
             let _ = task.await;
         }
         inner.presence.leave();
+        welcomedly_redis::debug_assert_same_slot(
+            "leaving the cluster",
+            &[
+                &inner.keys.members,
+                &inner.keys.info,
+                &inner.keys.own_presence,
+            ],
+        );
         let mut invocation = inner.scripts.leave.key(&inner.keys.members);
         invocation
             .key(&inner.keys.info)
@@ -627,5 +645,13 @@ mod tests {
         assert_eq!(k.info, "{wd:members}:info");
         assert_eq!(k.own_presence, "{wd:members}:presence:web-1");
         assert_eq!(k.presence_of("web-2"), "{wd:members}:presence:web-2");
+        // One slot, whatever the instance ids (read back from Redis, so any text).
+        assert!(welcomedly_redis::slot::same_slot(&[
+            k.members.as_str(),
+            &k.info,
+            &k.own_presence,
+            &k.presence_of("web-{2}"),
+            &k.presence_of("}{"),
+        ]));
     }
 }

@@ -20,6 +20,14 @@ const MAX_PENDING_REAPS: usize = 1000;
 
 /// One heartbeat, then the presence writes and reaps it calls for.
 pub(crate) async fn beat(inner: &Inner) -> Result<(), Error> {
+    welcomedly_redis::debug_assert_same_slot(
+        "the membership heartbeat",
+        &[
+            &inner.keys.members,
+            &inner.keys.info,
+            &inner.keys.own_presence,
+        ],
+    );
     let mut invocation = inner.scripts.heartbeat.key(&inner.keys.members);
     invocation
         .key(&inner.keys.info)
@@ -171,8 +179,13 @@ pub(crate) async fn write_presence(inner: &Inner) -> Result<(), Error> {
 
 /// Takes the presences of `dead` (reaped by this heartbeat) and announces each as gone.
 async fn reap(inner: &Inner, dead: &str) -> Result<(), Error> {
+    let presence = inner.keys.presence_of(dead);
+    welcomedly_redis::debug_assert_same_slot(
+        "the membership reap",
+        &[&inner.keys.members, &presence],
+    );
     let mut invocation = inner.scripts.reap.key(&inner.keys.members);
-    invocation.key(inner.keys.presence_of(dead)).arg(dead);
+    invocation.key(presence).arg(dead);
     // Retry::Never: the script takes the keys and deletes them, so a second run would return
     // nothing and the presences would never be announced as gone.
     let keys: Vec<String> = inner

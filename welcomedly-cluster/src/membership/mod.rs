@@ -9,9 +9,14 @@
 //!   heartbeat + timeout); descriptions (start time, metadata such as the address) in the hash
 //!   `{prefix}:info`. Listing is `ZRANGEBYSCORE (now +inf`, never `SCAN`/`KEYS`; each heartbeat
 //!   removes expired entries (at most 100 per heartbeat). Every key carries the `{prefix}` hash
-//!   tag, so every script touches one Redis Cluster slot, and every key a script touches is
-//!   declared.
-//! - **Clock**: every "now" is Redis's (`TIME` inside the scripts), never an instance's. Clock
+//!   tag (the prefix may hold no brace), so on a Redis Cluster every script and the presence
+//!   pipeline touch one slot (checked before each call by
+//!   [`debug_assert_same_slot`](welcomedly_redis::debug_assert_same_slot)), and every key a
+//!   script touches is declared. Keys written: the members sorted set, the descriptions hash,
+//!   each instance's own presence hash (`{prefix}:presence:<instance>`).
+//! - **Clock**: every "now" is Redis's (`TIME` inside the scripts, so on a cluster it is the
+//!   clock of the node holding the keys, never a separate `TIME` that a cluster client sends
+//!   to a random node), never an instance's. Clock
 //!   skew between instances therefore cannot make a live instance look dead or keep a dead one
 //!   listed; the only clock that matters is the Redis primary's, which moves forward at the
 //!   same rate for everyone. (After a Redis failover the new primary's clock takes over; NTP

@@ -15,7 +15,7 @@ use welcomedly_core::rate_limit::{
     PolicySpec, RateLimitBackend,
 };
 use welcomedly_core::redact::redact_url;
-use welcomedly_redis::{Link, LinkState, Retry};
+use welcomedly_redis::{Link, LinkState, Retry, debug_assert_same_slot, key_slot};
 
 use super::key_name::KeyNamer;
 use super::rejections::Rejections;
@@ -143,10 +143,12 @@ impl RedisRateLimitConfig {
 }
 
 /// The cluster-wide rate-limit backend: one atomic Lua script call (`EVALSHA`, reloaded on
-/// `NOSCRIPT`) per request decides every matching policy with GCRA on Redis server time, so N
-/// instances share one limit. When Redis fails or answers slower than the budget, each policy
-/// falls back to its [`FailureMode`] — by default a local limiter at `limit / live instances` —
-/// and the backend returns to Redis by itself once Redis answers again.
+/// `NOSCRIPT`) per request — per Redis Cluster slot when the request's checks are keyed
+/// differently, see the [module docs](super) — decides every matching policy with GCRA on
+/// Redis server time, so N instances share one limit. When Redis fails or answers slower than
+/// the budget, each policy falls back to its [`FailureMode`] — by default a local limiter at
+/// `limit / live instances` — and the backend returns to Redis by itself once Redis answers
+/// again.
 ///
 /// - **Connection**: the instance's [`Link`] (shared with sessions, the bus, membership): its
 ///   failure threshold, minimum outage, backoff and generation check decide when the
@@ -337,6 +339,192 @@ impl Inner {
             .collect()
     }
 
+    /// The acquire command (`EVALSHA sha numkeys keys... args...`) for the checks at
+    /// `members` (every check when `None`), written once, and the Redis Cluster slot of each
+    /// key it names, in order.
+    fn acquire_cmd(
+        &self,
+        owned: &[OwnedCheck],
+        members: Option<&[usize]>,
+    ) -> (redis::Cmd, SmallVec<[u16; 2]>) {
+        let picked = |i: usize| members.is_none_or(|m| m.contains(&i));
+        let count = members.map_or(owned.len(), <[usize]>::len);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.acquire.get_hash()).arg(count);
+        let mut slots = SmallVec::new();
+        let mut name = Vec::with_capacity(96);
+        for (i, c) in owned.iter().enumerate() {
+            if !picked(i) {
+                continue;
+            }
+            self.names.write_name(&mut name, &c.policy, &c.key);
+            slots.push(key_slot(&name));
+            cmd.arg(name.as_slice());
+        }
+        for (i, c) in owned.iter().enumerate() {
+            if !picked(i) {
+                continue;
+            }
+            let g = c.policy.gcra();
+            let interval = micros(g.interval_nanos());
+            let burst = (g.window_nanos() / g.interval_nanos()).max(1);
+            cmd.arg(interval)
+                .arg(interval.saturating_mul(burst))
+                .arg(u64::from(c.charge))
+                .arg(u64::from(c.policy.is_shadow()));
+        }
+        if members.is_some() {
+            // One script call names keys of one slot only (a CROSSSLOT error on a cluster).
+            let first = slots.first().copied();
+            debug_assert!(
+                slots.iter().all(|s| Some(*s) == first),
+                "a rate-limit script call groups keys of different slots: {slots:?}"
+            );
+        }
+        (cmd, slots)
+    }
+
+    /// Runs one acquire command within the budget: the decisions of its `n` checks, or `None`
+    /// when Redis failed, answered too late or in an unexpected shape (counted and logged;
+    /// the caller decides per failure mode).
+    async fn acquire_call(&self, cmd: &redis::Cmd, n: usize) -> Option<Decisions> {
+        // Always through the link, even while it has no connection: a caller that finds none
+        // asks it for an attempt within the budget, so the first request after Redis returns
+        // is decided in Redis again (while the link holds off after failures it answers at
+        // once and the failure mode decides).
+        //
+        // Retry::Never: the script charges, so a second run after a transport error (whose
+        // first run may have reached Redis) could spend two of the client's requests; that one
+        // request is decided by the failure mode instead. NOSCRIPT is not such a failure: the
+        // script did not run, so it is loaded on the same connection (the key's node) and run
+        // again, within the same budget.
+        let result = self
+            .link
+            .call_within(self.budget, Retry::Never, |mut conn| {
+                let script = &self.acquire;
+                async move {
+                    match cmd.query_async::<Vec<i64>>(&mut conn).await {
+                        Err(e) if is_noscript(&e) => {
+                            script.prepare_invoke().load_async(&mut conn).await?;
+                            cmd.query_async::<Vec<i64>>(&mut conn).await
+                        }
+                        other => other,
+                    }
+                }
+            })
+            .await;
+        match result {
+            Ok(values) => {
+                let parsed = parse(&values, n);
+                if parsed.is_none() {
+                    self.failures.fetch_add(1, Ordering::Relaxed);
+                    self.server_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "the Redis rate-limit script answered in an unexpected shape: check that no other program writes keys under the rate-limit prefix"
+                    );
+                }
+                parsed
+            }
+            Err(e) => {
+                self.failed("a rate-limit call", &e);
+                None
+            }
+        }
+    }
+
+    /// Decides a request whose checks' keys span several Redis Cluster slots: one script call
+    /// per slot (`calls`: each command and the indexes of its checks), all at once. The
+    /// request is admitted when every slot admitted; when one rejected or failed, what the
+    /// others charged is refunded before the answer (a rejected request consumes nothing,
+    /// see the module docs), and a failure decides the whole request per failure mode.
+    async fn acquire_per_slot(
+        &self,
+        owned: &[OwnedCheck],
+        calls: &[(redis::Cmd, SmallVec<[usize; 2]>)],
+    ) -> Decisions {
+        let answers = futures_util::future::join_all(
+            calls
+                .iter()
+                .map(|(cmd, members)| self.acquire_call(cmd, members.len())),
+        )
+        .await;
+        let mut decisions: Decisions = owned.iter().map(|_| fail_closed()).collect();
+        let mut failed = false;
+        for ((_, members), answer) in calls.iter().zip(&answers) {
+            match answer {
+                Some(d) => {
+                    for (i, d) in members.iter().zip(d) {
+                        if let Some(slot) = decisions.get_mut(*i) {
+                            *slot = *d;
+                        }
+                    }
+                }
+                None => failed = true,
+            }
+        }
+        let rejected = owned
+            .iter()
+            .zip(&decisions)
+            .any(|(c, d)| !d.allowed && !c.policy.is_shadow());
+        if failed || rejected {
+            // The slots whose script admitted charged their allowed checks: give those back.
+            let mut refunds = Vec::new();
+            for ((_, members), answer) in calls.iter().zip(&answers) {
+                let Some(d) = answer else { continue };
+                let admitted = members
+                    .iter()
+                    .zip(d)
+                    .all(|(i, d)| d.allowed || owned.get(*i).is_none_or(|c| c.policy.is_shadow()));
+                if !admitted {
+                    continue;
+                }
+                let charged: SmallVec<[&OwnedCheck; 2]> = members
+                    .iter()
+                    .zip(d)
+                    .filter_map(|(i, d)| owned.get(*i).filter(|c| c.charge && d.allowed))
+                    .collect();
+                if !charged.is_empty() {
+                    refunds.push(self.refund_now(charged));
+                }
+            }
+            futures_util::future::join_all(refunds).await;
+        }
+        if failed {
+            return self.decide_without_redis(owned);
+        }
+        self.remember_rejections(owned, &decisions);
+        decisions
+    }
+
+    /// Gives back one interval of each check's key (all in one slot) now, within the budget.
+    /// A refund Redis cannot take is dropped: the charge stands, erring on the side of the
+    /// limit.
+    async fn refund_now(&self, checks: SmallVec<[&OwnedCheck; 2]>) {
+        let mut invocation = self.refund.prepare_invoke();
+        let names: SmallVec<[String; 2]> = checks
+            .iter()
+            .map(|c| self.names.name(&c.policy, &c.key))
+            .collect();
+        debug_assert_same_slot("a rate-limit refund", &names);
+        for (name, c) in names.iter().zip(&checks) {
+            invocation
+                .key(name)
+                .arg(micros(c.policy.gcra().interval_nanos()));
+        }
+        // Retry::Never: each run gives one interval back, so a second run after a lost reply
+        // could refund a charge twice.
+        let refunded: Result<i64, _> = self
+            .link
+            .call_within(self.budget, Retry::Never, |mut conn| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut conn).await }
+            })
+            .await;
+        if let Err(e) = refunded {
+            self.failed("a rate-limit refund of another slot's charge", &e);
+        }
+    }
+
     /// The decisions for a request one of whose live policies rejected its key recently, when
     /// one did: that policy rejects again until its retry time, the others are not charged.
     fn remembered(&self, checks: &[Check<'_>]) -> Option<Decisions> {
@@ -450,68 +638,34 @@ impl RateLimitBackend for RedisBackend {
                 charge: c.charge,
             })
             .collect();
-        // One command buffer, written once: EVALSHA sha numkeys keys... args...
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.inner.acquire.get_hash()).arg(owned.len());
-        let mut name = Vec::with_capacity(96);
-        for c in &owned {
-            self.inner.names.write_name(&mut name, &c.policy, &c.key);
-            cmd.arg(name.as_slice());
-        }
-        for c in &owned {
-            let g = c.policy.gcra();
-            let interval = micros(g.interval_nanos());
-            let burst = (g.window_nanos() / g.interval_nanos()).max(1);
-            cmd.arg(interval)
-                .arg(interval.saturating_mul(burst))
-                .arg(u64::from(c.charge))
-                .arg(u64::from(c.policy.is_shadow()));
-        }
         let inner = self.inner.clone();
-        Box::pin(async move {
-            // Always through the link, even while it has no connection: a caller that finds
-            // none asks it for an attempt within the budget, so the first request after Redis
-            // returns is decided in Redis again (while the link holds off after failures it
-            // answers at once and the failure mode decides).
-            //
-            // Retry::Never: the script charges, so a second run after a transport error (whose
-            // first run may have reached Redis) could spend two of the client's requests; that
-            // one request is decided by the failure mode instead. NOSCRIPT is not such a
-            // failure: the script did not run, so it is loaded and run again, within the same
-            // budget.
-            let result = inner
-                .link
-                .call_within(inner.budget, Retry::Never, |mut conn| {
-                    let (cmd, script) = (&cmd, &inner.acquire);
-                    async move {
-                        match cmd.query_async::<Vec<i64>>(&mut conn).await {
-                            Err(e) if is_noscript(&e) => {
-                                script.prepare_invoke().load_async(&mut conn).await?;
-                                cmd.query_async::<Vec<i64>>(&mut conn).await
-                            }
-                            other => other,
-                        }
-                    }
-                })
-                .await;
-            match result {
-                Ok(values) => match parse(&values, owned.len()) {
+        // The common case, every check in one slot (one client key), is one command written
+        // once, as on one node; only checks whose keys span slots are grouped.
+        let (cmd, slots) = inner.acquire_cmd(&owned, None);
+        let first = slots.first().copied();
+        if slots.iter().all(|s| Some(*s) == first) {
+            return Box::pin(async move {
+                match inner.acquire_call(&cmd, owned.len()).await {
                     Some(d) => {
                         inner.remember_rejections(&owned, &d);
-                        return Ok(d);
+                        Ok(d)
                     }
-                    None => {
-                        inner.failures.fetch_add(1, Ordering::Relaxed);
-                        inner.server_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            "the Redis rate-limit script answered in an unexpected shape: check that no other program writes keys under the rate-limit prefix"
-                        );
-                    }
-                },
-                Err(e) => inner.failed("a rate-limit call", &e),
+                    None => Ok(inner.decide_without_redis(&owned)),
+                }
+            });
+        }
+        let mut groups: SmallVec<[(u16, SmallVec<[usize; 2]>); 2]> = SmallVec::new();
+        for (i, slot) in slots.iter().enumerate() {
+            match groups.iter_mut().find(|(s, _)| s == slot) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((*slot, smallvec::smallvec![i])),
             }
-            Ok(inner.decide_without_redis(&owned))
-        })
+        }
+        let calls: Vec<(redis::Cmd, SmallVec<[usize; 2]>)> = groups
+            .into_iter()
+            .map(|(_, members)| (inner.acquire_cmd(&owned, Some(&members)).0, members))
+            .collect();
+        Box::pin(async move { Ok(inner.acquire_per_slot(&owned, &calls).await) })
     }
 
     fn refund(&self, policy: &Arc<PolicySpec>, key: &Key, charged_by: DecisionSource) {

@@ -6,6 +6,25 @@
 //! (`redis`) are the link's; the backend keeps its per-policy fallback and its metrics
 //! ([`RedisBackend::register_metrics`]).
 //!
+//! **Keys and Redis Cluster.** The backend writes one string per policy and client key,
+//! `<prefix>:{<digest of the client key>}:<policy>` (the TAT, expiring at its reset). The
+//! digest is the hash tag, so the checks of one client key share a slot and are one script
+//! call, as on one node. A request whose policies are keyed differently (per address and per
+//! API key, or a global policy beside a per-client one) names keys of several slots: those
+//! checks are grouped by slot and decided by **one script call per slot, all at once** (a
+//! single multi-key call would be a `CROSSSLOT` error on a cluster; every call is checked
+//! with [`welcomedly_redis::debug_assert_same_slot`] in debug builds). The semantics across
+//! slots:
+//! - the request is admitted when every slot's call admits it (shadow policies never reject);
+//! - **a rejected request consumes nothing**: when one slot's call rejects or fails, the
+//!   charges the other slots' calls made are refunded ([`REFUND_SCRIPT`], one call per slot)
+//!   before the request is answered; a failure then decides the whole request per failure
+//!   mode, as a failed single call does;
+//! - between a slot's charge and its refund (one round trip) a concurrent request of the same
+//!   client may see that reservation and be rejected by it: the limit errs on the side of
+//!   admitting less, never more; a refund Redis cannot take leaves the charge standing for
+//!   the same reason.
+//!
 //! ```no_run
 //! use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
 //! use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};

@@ -54,21 +54,30 @@ return out
 ";
 
 /// Gives back one admitted request's charge (a policy that charges only some response
-/// statuses reserves at admission and refunds the others): the TAT moves back one interval,
-/// never below now; a key that would be whole again is deleted. `KEYS[1]`: the state key;
-/// `ARGV[1]`: interval µs. Returns 1 when something was refunded, 0 otherwise.
+/// statuses reserves at admission and refunds the others; a request one slot's checks admitted
+/// and another slot's rejected gives back what the first charged): each key's TAT moves back
+/// one interval, never below now; a key that would be whole again is deleted.
+///
+/// `KEYS[i]`: a state key (every key in one Redis Cluster slot); `ARGV[i]`: its interval µs.
+/// Returns how many keys were refunded (for one key: 1 when something was refunded, 0
+/// otherwise).
 pub const REFUND: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or 0) or 0
-if tat <= now then return 0 end
-tat = tat - tonumber(ARGV[1])
-if tat <= now then
-  redis.call('DEL', KEYS[1])
-  return 1
+local refunded = 0
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or 0) or 0
+  if tat > now then
+    tat = tat - tonumber(ARGV[i])
+    if tat <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      local ttl = math.ceil((tat - now) / 1000)
+      if ttl < 1 then ttl = 1 end
+      redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', ttl)
+    end
+    refunded = refunded + 1
+  end
 end
-local ttl = math.ceil((tat - now) / 1000)
-if ttl < 1 then ttl = 1 end
-redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', ttl)
-return 1
+return refunded
 ";

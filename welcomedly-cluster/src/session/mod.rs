@@ -11,6 +11,7 @@
 //! | request with a cookie whose handler never touches the session | no store call (unless [`SessionConfig::load_eagerly`]) |
 //! | first read of a session | one round trip: load **and** slide the idle expiry in one script |
 //! | changed values | one more round trip at the end, writing the changed keys only |
+//! | a new session (first write, login) | two round trips on Redis (index entry and the replaced session's end at once, then the session: one key each, so one Redis Cluster slot each; see [`RedisSessionStore`]) |
 //!
 //! - **Stores**: [`MemoryStore`] (one process, the embedded default) and
 //!   [`RedisSessionStore`] (every instance). Ids are 128 bits from the OS CSPRNG; stores name a

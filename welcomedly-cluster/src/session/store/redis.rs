@@ -8,16 +8,32 @@
 //! | `<prefix>:{<digest of the id>}` | hash | `m:x` absolute deadline (ms since the epoch), `m:u` user id, `d:<key>` each value's JSON; `PEXPIRE` = the idle timeout, never past the deadline |
 //! | `<prefix>:u:{<digest of the user id>}` | sorted set | the user's session digests scored by deadline; cleaned of expired entries and capped on every login; expires with its newest session |
 //!
-//! Every script touches one key (so one Redis Cluster slot). A load is one `EVALSHA` that reads
-//! the hash and slides its expiry; a write of changed values is one `EVALSHA` of `HSET`/`HDEL`
-//! on the changed fields only, refused when the session ended meanwhile (a logout elsewhere is
-//! not undone by a late write).
+//! **Redis Cluster.** Every command and script names one key, so it runs on one slot; the key
+//! names are those of one node (no rename, so an upgrade logs nobody out). A load is one
+//! `EVALSHA` that reads the hash and slides its expiry; a write of changed values is one
+//! `EVALSHA` of `HSET`/`HDEL` on the changed fields only, refused when the session ended
+//! meanwhile (a logout elsewhere is not undone by a late write). What spans keys is split into
+//! single-slot calls, ordered so that a failure or a crash between them is safe:
+//! - **login / new session** (the new session, the session it replaces, the user's index:
+//!   three slots): first, at once, the replaced session is deleted (and unindexed) and the
+//!   new session's index entry written; then the session itself. So **a login's index entry
+//!   exists before the session is usable**, and the replaced (pre-login) id is dead before the
+//!   new one works. Stopped between the steps, the user is logged out (the request failed; a
+//!   retry logs in) and the index holds an entry for a session that does not exist: harmless,
+//!   it is cleaned when it expires or at the next login. Sessions the per-user bound evicts
+//!   are deleted last, then unindexed (a session is never live without its index entry).
+//! - **logout**: the session's `DEL` and its index entry's `ZREM`, at once.
+//! - **log out everywhere**: the index is read, every session it lists is deleted (one `DEL`
+//!   per session, each its own slot, 16 in flight), and only then are *those* entries removed
+//!   from the index. Every session usable before the request was indexed before it (see
+//!   login), so **log out everywhere ends every session**; a login racing it keeps its entry
+//!   for the next one; a failure leaves the index whole for a retry.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Pipeline, Script, Value};
+use redis::Script;
 use sha2::{Digest, Sha256};
 use welcomedly_core::config::{ConfigError, EnvReader, parse_millis};
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
@@ -86,7 +102,8 @@ return 1
 ";
 
 /// ARGV: now, the new session's deadline, its digest, the cap, the replaced digest or ''.
-/// Returns the digests the cap evicted (their sessions are then deleted).
+/// Returns the digests past the cap, oldest first, still indexed: the caller ends their
+/// sessions, then removes them from the index (so a session is never live and unindexed).
 const INDEX: &str = r"
 if ARGV[5] ~= '' then redis.call('ZREM', KEYS[1], ARGV[5]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
@@ -100,11 +117,14 @@ local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
 local evicted = {}
 if extra > 0 then
   evicted = redis.call('ZRANGE', KEYS[1], 0, extra - 1)
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1)
 end
 redis.call('PEXPIREAT', KEYS[1], score)
 return evicted
 ";
+
+/// Session deletes in flight at once (log out everywhere, evictions): bounded, whatever the
+/// per-user bound.
+const DELETES_IN_FLIGHT: usize = 16;
 
 const DEADLINE: &str = "m:x";
 const USER: &str = "m:u";
@@ -331,19 +351,6 @@ impl RedisSessionStore {
         .await
     }
 
-    /// A pipeline (one round trip) within the store's budget.
-    async fn query_pipe<T: redis::FromRedisValue>(
-        &self,
-        what: &str,
-        retry: Retry,
-        pipe: &Pipeline,
-    ) -> Result<T, SessionError> {
-        self.run(what, retry, |mut c| async move {
-            pipe.query_async(&mut c).await
-        })
-        .await
-    }
-
     pub(crate) async fn load(
         &self,
         id: SessionId,
@@ -398,12 +405,69 @@ impl RedisSessionStore {
         Ok(written == 1)
     }
 
+    /// Writes a new session in single-slot steps (each session key and each user index is a
+    /// slot of its own on a Redis Cluster), ordered so that a failure or crash between them
+    /// leaves nothing unsafe (see the module docs):
+    ///
+    /// 1. at once: the replaced session is ended (id cycling), removed from its user's index
+    ///    when that user differs, and the new session's index entry is written (an entry for a
+    ///    session that does not exist yet is harmless: "log out everywhere" deletes nothing);
+    /// 2. the new session is written: only now is it usable;
+    /// 3. the sessions the per-user bound evicted are ended, then unindexed.
     pub(crate) async fn create(&self, c: Create<'_>) -> Result<(), SessionError> {
         let now = system_now_ms();
         let digest = c.id.digest();
-        let mut pipe = Pipeline::new();
-        let create = pipe
-            .cmd("EVAL")
+        let replaced_digest = c.replaces.map(|(old, _)| old.digest()).unwrap_or_default();
+
+        // Step 1. Each call is idempotent: run twice, it leaves the same keys (the index score
+        // only moves up by one).
+        let end_replaced = async {
+            let Some((_, old_user)) = c.replaces else {
+                return Ok(());
+            };
+            let delete = redis::cmd("DEL")
+                .arg(self.session_key(&replaced_digest))
+                .clone();
+            let unindex = old_user
+                .filter(|old| Some(*old) != c.record.user.as_deref())
+                .map(|old| {
+                    redis::cmd("ZREM")
+                        .arg(self.user_index_key(old))
+                        .arg(&replaced_digest)
+                        .clone()
+                });
+            let ended = self.query::<()>("ending the replaced session", Retry::Once, &delete);
+            match &unindex {
+                Some(cmd) => futures_util::future::try_join(
+                    ended,
+                    self.query::<()>("unindexing the replaced session", Retry::Once, cmd),
+                )
+                .await
+                .map(|_| ()),
+                None => ended.await,
+            }
+        };
+        let index = async {
+            let Some(user) = &c.record.user else {
+                return Ok(Vec::new());
+            };
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(INDEX)
+                .arg(1)
+                .arg(self.user_index_key(user))
+                .arg(now)
+                .arg(c.record.deadline_ms)
+                .arg(&digest)
+                .arg(c.max_per_user.max(1))
+                .arg(&replaced_digest);
+            self.query::<Vec<String>>("indexing a session by user", Retry::Once, &cmd)
+                .await
+        };
+        let ((), evicted) = futures_util::future::try_join(end_replaced, index).await?;
+
+        // Step 2: the session itself, one key.
+        let mut create = redis::cmd("EVAL");
+        create
             .arg(CREATE)
             .arg(1)
             .arg(self.session_key(&digest))
@@ -418,75 +482,76 @@ impl RedisSessionStore {
         for (k, v) in &c.record.data {
             create.arg(format!("{DATA}{k}")).arg(v);
         }
-        let mut replaced_digest = String::new();
-        if let Some((old, old_user)) = c.replaces {
-            replaced_digest = old.digest();
-            pipe.cmd("DEL")
-                .arg(self.session_key(&replaced_digest))
-                .ignore();
-            if let Some(old_user) = old_user
-                && Some(old_user) != c.record.user.as_deref()
-            {
-                pipe.cmd("ZREM")
-                    .arg(self.user_index_key(old_user))
-                    .arg(&replaced_digest)
-                    .ignore();
-            }
-        }
-        if let Some(user) = &c.record.user {
-            pipe.cmd("EVAL")
-                .arg(INDEX)
-                .arg(1)
-                .arg(self.user_index_key(user))
-                .arg(now)
-                .arg(c.record.deadline_ms)
-                .arg(&digest)
-                .arg(c.max_per_user.max(1))
-                .arg(&replaced_digest);
-        }
-        let replies: Vec<Value> = self
-            // Idempotent: run twice, the pipeline leaves the same session, index entry and
-            // evictions (the index score only moves up by one).
-            .query_pipe("creating a session", Retry::Once, &pipe)
+        // Idempotent: the same hash written twice.
+        self.query::<()>("creating a session", Retry::Once, &create)
             .await?;
-        // The cap's evictions: end those sessions (rare: a user past the bound).
-        let evicted: Vec<String> = match replies.get(1) {
-            Some(v @ Value::Array(_)) => redis::from_redis_value(v.clone()).unwrap_or_default(),
-            _ => Vec::new(),
+
+        // Step 3. The cap's evictions (rare: a user past the bound): the sessions first, then
+        // their index entries, so an evicted session stopped halfway is still found by "log
+        // out everywhere".
+        let Some(user) = c.record.user.as_deref().filter(|_| !evicted.is_empty()) else {
+            return Ok(());
         };
-        if !evicted.is_empty() {
-            let mut pipe = Pipeline::new();
-            for d in &evicted {
-                pipe.cmd("DEL").arg(self.session_key(d)).ignore();
-            }
-            self.query_pipe::<()>(
-                "ending sessions past the per-user bound",
-                Retry::Once,
-                &pipe,
-            )
+        self.delete_sessions("ending sessions past the per-user bound", &evicted)
             .await?;
-        }
-        Ok(())
+        self.query::<()>(
+            "unindexing sessions past the per-user bound",
+            Retry::Once,
+            redis::cmd("ZREM")
+                .arg(self.user_index_key(user))
+                .arg(&evicted),
+        )
+        .await
     }
 
+    /// Deletes the sessions of `digests`, one `DEL` per key (each is a slot of its own on a
+    /// Redis Cluster), a bounded number in flight.
+    async fn delete_sessions(&self, what: &str, digests: &[String]) -> Result<(), SessionError> {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+        // Owned commands: a closure over borrowed items is not general enough for a `Send`
+        // future.
+        let commands: Vec<redis::Cmd> = digests
+            .iter()
+            .map(|d| redis::cmd("DEL").arg(self.session_key(d)).clone())
+            .collect();
+        futures_util::stream::iter(commands)
+            .map(|cmd| async move { self.query::<()>(what, Retry::Once, &cmd).await })
+            .buffer_unordered(DELETES_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
+    }
+
+    /// Ends one session, then drops its index entry (two slots, two calls at once; an index
+    /// entry left behind by a failure is harmless and expires with the index).
     pub(crate) async fn delete(
         &self,
         id: SessionId,
         user: Option<&str>,
     ) -> Result<(), SessionError> {
         let digest = id.digest();
-        let mut pipe = Pipeline::new();
-        pipe.cmd("DEL").arg(self.session_key(&digest)).ignore();
-        if let Some(user) = user {
-            pipe.cmd("ZREM")
-                .arg(self.user_index_key(user))
-                .arg(&digest)
-                .ignore();
+        let delete = redis::cmd("DEL").arg(self.session_key(&digest)).clone();
+        let ended = self.query::<()>("ending a session", Retry::Once, &delete);
+        match user {
+            Some(user) => {
+                let unindex = redis::cmd("ZREM")
+                    .arg(self.user_index_key(user))
+                    .arg(&digest)
+                    .clone();
+                futures_util::future::try_join(
+                    ended,
+                    self.query::<()>("unindexing a session", Retry::Once, &unindex),
+                )
+                .await
+                .map(|_| ())
+            }
+            None => ended.await,
         }
-        self.query_pipe("ending a session", Retry::Once, &pipe)
-            .await
     }
 
+    /// Log out everywhere: reads the user's index, ends every session it lists (one call per
+    /// session, each its own slot), and only then removes those entries — the ones read, not
+    /// the whole index, so a login that indexed itself meanwhile stays findable by the next
+    /// "log out everywhere". A failure leaves the index as it was, so a retry ends the rest.
     pub(crate) async fn delete_user(&self, user: &str) -> Result<u64, SessionError> {
         let index = self.user_index_key(user);
         let digests: Vec<String> = self
@@ -496,14 +561,17 @@ impl RedisSessionStore {
                 redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1),
             )
             .await?;
-        // One DEL per key (not one multi-key DEL): each session is in its own Cluster slot.
-        let mut pipe = Pipeline::new();
-        for d in &digests {
-            pipe.cmd("DEL").arg(self.session_key(d)).ignore();
+        if digests.is_empty() {
+            return Ok(0);
         }
-        pipe.cmd("DEL").arg(&index).ignore();
-        self.query_pipe::<()>("ending a user's sessions", Retry::Once, &pipe)
+        self.delete_sessions("ending a user's sessions", &digests)
             .await?;
+        self.query::<()>(
+            "removing a user's ended sessions from the index",
+            Retry::Once,
+            redis::cmd("ZREM").arg(&index).arg(&digests),
+        )
+        .await?;
         Ok(digests.len() as u64)
     }
 }

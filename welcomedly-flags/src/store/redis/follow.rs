@@ -79,10 +79,13 @@ async fn run(
                 let Some(strong) = inner.upgrade() else {
                     return;
                 };
-                match strong.read_version().await {
-                    Ok(version) => {
+                match strong.read_version_and_digest().await {
+                    Ok((version, digest)) => {
                         if strong.announce(version) {
                             tracing::info!(version, "the version check found a version no announcement brought (a lost message)");
+                        } else if strong.is_reused(version, digest.as_deref()) {
+                            tracing::warn!(version, "the version check found version {version} with other content than the one loaded: a write was lost (a failover?) and its number reused; reloading");
+                            strong.resync();
                         }
                     }
                     // The sync reloads, fails, and reports itself stale until Redis answers.
@@ -139,7 +142,17 @@ fn on_delivery(inner: &Inner, delivery: Delivery) {
                 .and_then(|t| t.trim().parse::<u64>().ok());
             match version {
                 Some(version) => {
-                    inner.announce(version);
+                    // Each version is published once: a version announced again was written
+                    // again (a write lost in a failover, its number reused), so reload and
+                    // let the sync compare the content. At worst (the version check announced
+                    // it first) one load too many.
+                    if !inner.announce(version) {
+                        tracing::info!(
+                            version,
+                            "version {version} was published again: reloading to compare its content"
+                        );
+                        inner.resync();
+                    }
                 }
                 None => {
                     tracing::warn!(

@@ -1,12 +1,24 @@
 //! [`RedisStore`]: the flag set of every instance in one Redis, over the instance's
 //! [`Link`].
 //!
-//! Keys (default prefix `wd:flags`, one hash tag so the write script runs on a Redis Cluster
-//! too): `{wd:flags}:doc` (the document), `{wd:flags}:version` (the counter),
-//! `{wd:flags}:history` (a list, newest first, capped in entries and in bytes),
-//! `{wd:flags}:history_bytes` (its size) and the pub/sub channel `{wd:flags}:changes`. A write
-//! is one Lua script: compare the version, `SET` the document, bump the version, `LPUSH` the
-//! history entry and drop the oldest over the caps, `PUBLISH` the new version.
+//! Keys (default prefix `wd:flags`, one hash tag so every multi-key command and the write
+//! script name one Redis Cluster slot, checked by
+//! [`debug_assert_same_slot`](welcomedly_redis::debug_assert_same_slot); a prefix whose braces
+//! would defeat the tag is refused): `{wd:flags}:doc` (the document), `{wd:flags}:version` (the
+//! counter), `{wd:flags}:digest` (the document's SHA-1), `{wd:flags}:history` (a list, newest
+//! first, capped in entries and in bytes), `{wd:flags}:history_bytes` (its size) and the
+//! pub/sub channel `{wd:flags}:changes`. A write is one Lua script: compare the version, `SET`
+//! the document and its digest, bump the version, `LPUSH` the history entry and drop the
+//! oldest over the caps, `PUBLISH` the new version. A load is one `MGET` of the version, the
+//! document and its digest.
+//!
+//! **A reused version is new.** A write acknowledged by a primary that dies before its
+//! replica has it is lost in the failover, and the next write takes the same version number
+//! with other content. Instances that served the lost write must not take the new document
+//! for the one they have: the version check reads the version *and the digest* and reloads
+//! when the digest differs from the document last loaded at that version; a version published
+//! a second time reloads too; and the sync compares the content of a document at the version
+//! it serves, applying it when it differs.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -106,6 +118,12 @@ impl RedisStoreConfig {
                 )));
             }
         }
+        if !RedisKeys::new(&self.key_prefix).share_one_slot() {
+            return Err(StoreError::config(format!(
+                "the Redis flag store's key prefix {:?} gives keys in different Redis Cluster slots (its braces hide the hash tag): use a prefix without braces, or with one non-empty {{tag}} (default \"wd:flags\")",
+                super::bounded(&self.key_prefix, 64)
+            )));
+        }
         if self.history_cap == 0 {
             return Err(StoreError::config(
                 "the Redis flag store's history cap is zero: keep at least one entry (default 1000)",
@@ -163,6 +181,9 @@ pub(super) struct Inner {
     subscribed: AtomicBool,
     failures: AtomicU64,
     resubscriptions: AtomicU64,
+    /// The version and digest of the document last loaded, which the version check compares
+    /// with the store's: the same version with another digest is a reused version number.
+    loaded: Mutex<Option<(u64, Option<String>)>>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -212,6 +233,7 @@ impl RedisStore {
             subscribed: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             resubscriptions: AtomicU64::new(0),
+            loaded: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             keys,
         });
@@ -338,6 +360,34 @@ impl Inner {
         self.parse_version(raw.as_deref())
     }
 
+    /// The version and the document's digest, read together (`MGET`, one slot): what the
+    /// periodic check compares with the document last loaded.
+    pub(super) async fn read_version_and_digest(
+        &self,
+    ) -> Result<(u64, Option<String>), StoreError> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(&self.keys.version).arg(&self.keys.digest);
+        welcomedly_redis::debug_assert_same_slot(
+            "the flag version check",
+            &[&self.keys.version, &self.keys.digest],
+        );
+        let (raw, digest): (Option<String>, Option<String>) = self
+            .call("version check", Retry::Once, Call::Cmd(&cmd))
+            .await?;
+        Ok((self.parse_version(raw.as_deref())?, digest))
+    }
+
+    /// Whether the store holds `version` with another digest than the document last loaded
+    /// at that version: a version number reused with other content (a write lost in a
+    /// failover, its number written again), which the version alone cannot show.
+    pub(super) fn is_reused(&self, version: u64, digest: Option<&str>) -> bool {
+        let loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        match (loaded.as_ref(), digest) {
+            (Some((v, Some(known))), Some(digest)) => *v == version && known != digest,
+            _ => false,
+        }
+    }
+
     fn parse_version(&self, raw: Option<&str>) -> Result<u64, StoreError> {
         match raw {
             None => Ok(0),
@@ -378,12 +428,20 @@ impl FlagStore for RedisStore {
     fn load(&self) -> BoxFuture<'_, Result<Document, StoreError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            // One MGET: the version and the document it belongs to, read atomically.
+            // One MGET (one slot): the version, the document it belongs to and its digest,
+            // read atomically.
             let mut cmd = redis::cmd("MGET");
-            cmd.arg(&inner.keys.version).arg(&inner.keys.doc);
-            let (version, body): (Option<String>, Option<String>) =
+            cmd.arg(&inner.keys.version)
+                .arg(&inner.keys.doc)
+                .arg(&inner.keys.digest);
+            welcomedly_redis::debug_assert_same_slot(
+                "the flag load",
+                &[&inner.keys.version, &inner.keys.doc, &inner.keys.digest],
+            );
+            let (version, body, digest): (Option<String>, Option<String>, Option<String>) =
                 inner.call("load", Retry::Once, Call::Cmd(&cmd)).await?;
             let version = inner.parse_version(version.as_deref())?;
+            *inner.loaded.lock().unwrap_or_else(PoisonError::into_inner) = Some((version, digest));
             match (version, body) {
                 (0, None) => Ok(Document::default()),
                 (0, Some(_)) => Err(StoreError::corrupt(format!(
@@ -414,12 +472,17 @@ impl FlagStore for RedisStore {
                 .key(&inner.keys.version)
                 .key(&inner.keys.history)
                 .key(&inner.keys.history_bytes)
+                .key(&inner.keys.digest)
                 .arg(expected)
                 .arg(&body)
                 .arg(&entry)
                 .arg(inner.history_cap)
                 .arg(&inner.keys.channel)
                 .arg(inner.history_bytes);
+            debug_assert!(
+                inner.keys.share_one_slot(),
+                "the flag write script's keys span slots"
+            );
             // Never retried: a second run after a lost answer would write a second version.
             let (ok, version): (i64, u64) = inner
                 .call("write", Retry::Never, Call::Script(&invocation))
@@ -507,5 +570,11 @@ mod tests {
         };
         let e = RedisStore::new(&link, config).await.unwrap_err();
         assert!(e.is_config() && e.to_string().contains("raise it"), "{e}");
+        let config = RedisStoreConfig {
+            key_prefix: "}x".to_owned(),
+            ..RedisStoreConfig::default()
+        };
+        let e = RedisStore::new(&link, config).await.unwrap_err();
+        assert!(e.is_config() && e.to_string().contains("slots"), "{e}");
     }
 }

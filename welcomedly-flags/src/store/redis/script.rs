@@ -14,6 +14,12 @@ pub struct RedisKeys {
     /// The total size of the history's entries in bytes (an integer string, kept by the write
     /// script; recounted when absent): `{wd:flags}:history_bytes`.
     pub history_bytes: String,
+    /// The SHA-1 (hex) of the document, written with it by the write script:
+    /// `{wd:flags}:digest`. A version number reused with other content (a write acknowledged,
+    /// then lost in a failover, and the number written again) has another digest, so
+    /// instances serving the lost content see it as new. Absent for documents written before
+    /// it existed.
+    pub digest: String,
     /// The pub/sub channel each new version is published on (its decimal text):
     /// `{wd:flags}:changes`.
     pub channel: String,
@@ -23,23 +29,40 @@ impl RedisKeys {
     /// The names under `prefix`. A prefix already holding a hash tag (`app:{flags}`) is used
     /// as is; otherwise it becomes the tag (`wd:flags` → `{wd:flags}`).
     pub fn new(prefix: &str) -> Self {
-        let tagged = match (prefix.find('{'), prefix.rfind('}')) {
-            (Some(open), Some(close)) if close > open + 1 => prefix.to_owned(),
-            _ => format!("{{{prefix}}}"),
+        // Redis' own rule: the first `{` and the first `}` after it, not empty.
+        let tagged = if welcomedly_redis::slot::hash_tag(prefix.as_bytes()) == prefix.as_bytes() {
+            format!("{{{prefix}}}")
+        } else {
+            prefix.to_owned()
         };
         Self {
             doc: format!("{tagged}:doc"),
             version: format!("{tagged}:version"),
             history: format!("{tagged}:history"),
             history_bytes: format!("{tagged}:history_bytes"),
+            digest: format!("{tagged}:digest"),
             channel: format!("{tagged}:changes"),
         }
     }
 }
 
+impl RedisKeys {
+    /// Whether every key and the channel live in one Redis Cluster slot (the write script
+    /// names them together).
+    pub(super) fn share_one_slot(&self) -> bool {
+        welcomedly_redis::slot::same_slot(&[
+            &self.doc,
+            &self.version,
+            &self.history,
+            &self.history_bytes,
+            &self.digest,
+        ])
+    }
+}
+
 /// Compare-and-set, store, bump, record, announce — atomically.
 ///
-/// `KEYS`: doc, version, history, history bytes. `ARGV`: expected version, body, history entry
+/// `KEYS`: doc, version, history, history bytes, digest (one hash tag: one slot). `ARGV`: expected version, body, history entry
 /// (a JSON object without `version`, starting with `{` and holding at least one field), history
 /// cap, channel, history byte budget. Returns `{1, new_version}` on success, `{0,
 /// current_version}` on a conflict, or an error reply `WDFLAGS …` when the version key holds
@@ -72,6 +95,7 @@ local cap = tonumber(ARGV[4])
 local budget = tonumber(ARGV[6])
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], v)
+redis.call('SET', KEYS[5], redis.sha1hex(ARGV[2]))
 local entry = '{"version":' .. v .. ',' .. string.sub(ARGV[3], 2)
 redis.call('LPUSH', KEYS[3], entry)
 local total = tonumber(redis.call('GET', KEYS[4]) or '')
@@ -118,10 +142,23 @@ mod tests {
         assert_eq!(k.version, "{wd:flags}:version");
         assert_eq!(k.history, "{wd:flags}:history");
         assert_eq!(k.history_bytes, "{wd:flags}:history_bytes");
+        assert_eq!(k.digest, "{wd:flags}:digest");
+        assert!(welcomedly_redis::slot::same_slot(&[
+            &k.doc,
+            &k.version,
+            &k.history,
+            &k.history_bytes,
+            &k.digest,
+            &k.channel
+        ]));
         assert_eq!(k.channel, "{wd:flags}:changes");
         let k = RedisKeys::new("app:{flags}");
         assert_eq!(k.doc, "app:{flags}:doc");
         // An empty tag `{}` hashes the whole key: wrap instead.
         assert_eq!(RedisKeys::new("a{}").doc, "{a{}}:doc");
+        assert_eq!(RedisKeys::new("{}{a}").doc, "{{}{a}}:doc");
+        assert!(RedisKeys::new("{}{a}").share_one_slot());
+        // A prefix whose braces defeat any tag is refused by the store's settings.
+        assert!(!RedisKeys::new("}x").share_one_slot());
     }
 }

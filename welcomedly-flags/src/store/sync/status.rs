@@ -20,6 +20,26 @@ pub(super) struct Shared {
     pub(super) snapshot_write_failures: AtomicU64,
     pub(super) from_snapshot: AtomicBool,
     pub(super) problems: Mutex<Problems>,
+    /// Digests of the served document and of the last rejected one, so a version number reused
+    /// with other content (a write lost in a failover, the number written again) is seen as
+    /// new.
+    pub(super) digests: Mutex<Digests>,
+}
+
+/// See [`Shared::digests`]: [`body_digest`] of the document served and of the one refused.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Digests {
+    pub(super) applied: Option<u64>,
+    pub(super) rejected: Option<u64>,
+}
+
+/// A digest of a document's text, to tell two documents of one version apart (the documents
+/// come from the operators' own store: no adversary picks collisions).
+pub(super) fn body_digest(body: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    body.hash(&mut h);
+    h.finish()
 }
 
 /// Why the snapshot may not be what the store holds. Each is cleared by what fixes it.
@@ -45,7 +65,12 @@ impl Shared {
             snapshot_write_failures: AtomicU64::new(0),
             from_snapshot: AtomicBool::new(false),
             problems: Mutex::new(Problems::default()),
+            digests: Mutex::new(Digests::default()),
         }
+    }
+
+    pub(super) fn digests(&self) -> MutexGuard<'_, Digests> {
+        self.digests.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(super) fn problems(&self) -> MutexGuard<'_, Problems> {

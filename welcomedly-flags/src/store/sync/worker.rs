@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::watch;
 use welcomedly_core::backoff::Backoff;
 
-use super::status::Shared;
+use super::status::{Digests, Shared, body_digest};
 use crate::store::{Document, FlagStore, Notice, StoreError, bounded, snapshot_file};
 
 /// The longest a compile error is quoted in logs and health (it may quote the payload).
@@ -82,17 +82,30 @@ where
             self.shared.problems().behind = Some(message);
             return Outcome::Behind;
         }
+        let digest = body_digest(&doc.body);
+        let digests = *self.shared.digests();
         // After the store was seen behind, any document it holds was written since the reset:
         // it replaces ours even at a version we served before.
         if doc.version == applied && !behind {
-            return Outcome::Current;
+            // A version is its content, except when a write was lost (a failover) and its
+            // number written again with other content: that is new.
+            if digests.applied.is_none_or(|d| d == digest) {
+                return Outcome::Current;
+            }
+            tracing::warn!(
+                version = doc.version,
+                "{} holds version {} with other content than the one served: a write was lost (a failover?) and its version number reused; applying the store's document",
+                self.store.describe(),
+                doc.version
+            );
         }
-        if self
-            .shared
-            .problems()
-            .rejected
-            .as_ref()
-            .is_some_and(|(v, _)| *v == doc.version)
+        if digests.rejected == Some(digest)
+            && self
+                .shared
+                .problems()
+                .rejected
+                .as_ref()
+                .is_some_and(|(v, _)| *v == doc.version)
         {
             return Outcome::Rejected;
         }
@@ -109,6 +122,7 @@ where
             Ok(compiled) => compiled,
             Err(reason) => {
                 self.reject(doc.version, &reason);
+                self.shared.digests().rejected = Some(digest);
                 return Outcome::Rejected;
             }
         };
@@ -155,6 +169,10 @@ where
             p.rejected = None;
             p.behind = None;
         }
+        *self.shared.digests() = Digests {
+            applied: Some(body_digest(&doc.body)),
+            rejected: None,
+        };
         self.shared.applied.send_replace(doc.version);
         tracing::debug!(version = doc.version, "flag snapshot applied");
         self.save(doc).await;
