@@ -21,6 +21,20 @@ pub(crate) enum Command {
     RestartRedis,
     PauseRedis(Option<Duration>),
     ResumeRedis,
+    /// Sentinel: `SENTINEL FAILOVER`; Cluster: `CLUSTER FAILOVER` of the slot's shard.
+    Failover(Option<u16>),
+    /// Cluster: SIGKILL of the master serving the slot.
+    KillMaster(u16),
+    /// Cluster: the slot moves to the master on the port, key by key.
+    MigrateSlot(u16, u16),
+    /// Cluster: a new empty master joins.
+    AddMaster,
+    /// Sentinel or Cluster: a killed node on the port starts again.
+    RestartNode(u16),
+    /// Sentinel or Cluster: SIGSTOP of the node on the port.
+    PauseNode(u16),
+    /// Sentinel or Cluster: SIGCONT.
+    ResumeNode(u16),
     Help,
     Quit,
     /// Nothing to do (an empty line).
@@ -39,8 +53,50 @@ fault commands (type one and press Enter):
   kill-primary           crash the PostgreSQL primary             restart-primary
   kill-redis             crash Redis                              restart-redis (starts empty)
   pause-redis [ms]       freeze Redis (SIGSTOP), for <ms> or until resume-redis
+ with --redis sentinel:
+  kill-redis             crash the primary (the sentinels promote the replica)
+  restart-redis          the old primary back, as a replica      failover   SENTINEL FAILOVER
+ with --redis cluster:
+  kill-master <slot>     crash the master serving <slot>          failover [slot]  CLUSTER FAILOVER
+  migrate-slot <slot> <port>  move <slot> to the master on <port>  add-master  an empty master joins
+ with either:
+  restart-node <port>    pause-node <port>    resume-node <port>  (a Redis data node, by port)
   help                   this text
   quit                   tear everything down and exit (also Ctrl-C or SIGTERM)";
+
+impl Command {
+    /// The command's name as typed.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Kill(_) => "kill",
+            Self::Stop(_) => "stop",
+            Self::Restart(_) => "restart",
+            Self::KillReplica(_) => "kill-replica",
+            Self::RestartReplica(_) => "restart-replica",
+            Self::PauseReplica(_) => "pause-replica",
+            Self::ResumeReplica(_) => "resume-replica",
+            Self::Lag(..) => "lag",
+            Self::Promote(_) => "promote",
+            Self::KillPrimary => "kill-primary",
+            Self::RestartPrimary => "restart-primary",
+            Self::KillRedis => "kill-redis",
+            Self::RestartRedis => "restart-redis",
+            Self::PauseRedis(_) => "pause-redis",
+            Self::ResumeRedis => "resume-redis",
+            Self::Failover(_) => "failover",
+            Self::KillMaster(_) => "kill-master",
+            Self::MigrateSlot(..) => "migrate-slot",
+            Self::AddMaster => "add-master",
+            Self::RestartNode(_) => "restart-node",
+            Self::PauseNode(_) => "pause-node",
+            Self::ResumeNode(_) => "resume-node",
+            Self::Help => "help",
+            Self::Quit => "quit",
+            Self::Nothing => "",
+        }
+    }
+}
 
 /// Parses one line; the error says what was wrong and points at `help`.
 pub(crate) fn parse(line: &str) -> Result<Command, String> {
@@ -53,6 +109,10 @@ pub(crate) fn parse(line: &str) -> Result<Command, String> {
         word.and_then(|w| w.parse().ok())
             .map(Duration::from_millis)
             .ok_or_else(|| format!("`{}` needs a delay in milliseconds", line.trim()))
+    };
+    let number = |word: Option<&&str>, what: &str| -> Result<u16, String> {
+        word.and_then(|w| w.parse().ok())
+            .ok_or_else(|| format!("`{}` needs {what} (a number)", line.trim()))
     };
     let (Some(name), args) = (words.first(), words.get(1..).unwrap_or_default()) else {
         return Ok(Command::Nothing);
@@ -75,6 +135,17 @@ pub(crate) fn parse(line: &str) -> Result<Command, String> {
         ("pause-redis", 0) => Command::PauseRedis(None),
         ("pause-redis", 1) => Command::PauseRedis(Some(millis(args.first())?)),
         ("resume-redis", 0) => Command::ResumeRedis,
+        ("failover", 0) => Command::Failover(None),
+        ("failover", 1) => Command::Failover(Some(number(args.first(), "a slot")?)),
+        ("kill-master", 1) => Command::KillMaster(number(args.first(), "a slot")?),
+        ("migrate-slot", 2) => Command::MigrateSlot(
+            number(args.first(), "a slot")?,
+            number(args.get(1), "a node port")?,
+        ),
+        ("add-master", 0) => Command::AddMaster,
+        ("restart-node", 1) => Command::RestartNode(number(args.first(), "a node port")?),
+        ("pause-node", 1) => Command::PauseNode(number(args.first(), "a node port")?),
+        ("resume-node", 1) => Command::ResumeNode(number(args.first(), "a node port")?),
         ("help" | "?", _) => Command::Help,
         ("quit" | "exit", 0) => Command::Quit,
         _ => return Err(format!("unknown command `{}`", line.trim())),

@@ -26,6 +26,7 @@
 mod command;
 mod instance;
 mod options;
+mod redis;
 mod stack;
 
 use std::env;

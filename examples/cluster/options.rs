@@ -1,5 +1,8 @@
 //! The command line: `--instances N`, `--replicas M`, `--password P`, `--no-nginx`,
-//! `--no-build`, `--help`, parsed by hand (no argument-parser dependency for five flags).
+//! `--redis single|sentinel|cluster`, `--no-build`, `--help`, parsed by hand (no
+//! argument-parser dependency for six flags).
+
+use crate::redis::RedisKind;
 
 /// What to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +17,8 @@ pub(crate) struct Options {
     pub(crate) nginx: bool,
     /// Build `call_center` before starting it (default true).
     pub(crate) build: bool,
+    /// The Redis topology (default one node).
+    pub(crate) redis: RedisKind,
 }
 
 impl Default for Options {
@@ -24,6 +29,7 @@ impl Default for Options {
             password: "welcomedly-demo".to_owned(),
             nginx: true,
             build: true,
+            redis: RedisKind::Single,
         }
     }
 }
@@ -51,6 +57,8 @@ OPTIONS
   --replicas M    PostgreSQL streaming replicas (default 2, at most 8; 0 for none)
   --password P    the demo users' password (default welcomedly-demo)
   --no-nginx      do not start NGINX, even when it is installed
+  --redis KIND    the Redis topology: single (default), sentinel (a primary, a replica and three
+                  sentinels) or cluster (a Redis Cluster, 3 masters with a replica each)
   --no-build      do not run `cargo build --example call_center` first (use the binary as built)
   -h, --help      this text
 ";
@@ -89,6 +97,7 @@ pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, S
                 }
                 options.password = password;
             }
+            "--redis" => options.redis = RedisKind::parse(&value("--redis")?)?,
             "--no-nginx" => options.nginx = false,
             "--no-build" => options.build = false,
             other => {

@@ -4,17 +4,17 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use welcomedly_testkit::{Nginx, NginxConfig, Node, PgCluster, RedisServer, free_port};
+use welcomedly_testkit::{Nginx, NginxConfig, Node, PgCluster, free_port};
 
 use crate::command::{Command, HELP};
 use crate::instance::{DRAIN_WAIT, Instance, State};
 use crate::options::Options;
+use crate::redis::Redis;
 
 /// How many times a first start moves an instance to a new port when it cannot listen.
 const START_ATTEMPTS: usize = 3;
@@ -26,7 +26,7 @@ pub(crate) struct Stack {
     instances: Vec<Instance>,
     nginx: Option<Nginx>,
     pg: PgCluster,
-    redis: Arc<RedisServer>,
+    redis: Redis,
     binary: PathBuf,
     env: Vec<(String, String)>,
     lags: Vec<Duration>,
@@ -34,9 +34,6 @@ pub(crate) struct Stack {
     password: String,
     nginx_note: Option<String>,
     logs: TempDir,
-    /// Bumped by every Redis command: a timed `pause-redis` resumes only if nothing was done
-    /// to Redis since (a later `resume-redis` + `pause-redis` is not cut short by it).
-    redis_generation: Arc<AtomicU64>,
 }
 
 /// Why the start stopped.
@@ -65,8 +62,8 @@ impl Stack {
             move |e: welcomedly_testkit::Error| format!("{what}: {e}")
         };
 
-        println!("starting Redis ...");
-        let redis = Arc::new(RedisServer::start().map_err(failed("starting Redis"))?);
+        println!("{}", Redis::starting(options.redis));
+        let redis = Redis::start(options.redis)?;
         interrupted(stop)?;
         println!(
             "starting PostgreSQL: a primary and {} streaming replica(s) ...",
@@ -76,8 +73,8 @@ impl Stack {
         interrupted(stop)?;
 
         let admin_token = format!("adm-{}", random_hex(16)?);
-        let mut env = vec![
-            ("REDIS_URL".to_owned(), redis.url()),
+        let mut env = redis.env();
+        env.extend([
             ("DATABASE_URL".to_owned(), pg.primary_url()),
             // 127.0.0.1 is NGINX: trust its X-Forwarded-For to learn the real client.
             ("TRUSTED_PROXIES".to_owned(), "127.0.0.1/32".to_owned()),
@@ -98,7 +95,7 @@ impl Stack {
             // Short drains, so `stop`, `restart` and `quit` take seconds, not half a minute.
             ("WELCOMEDLY_DRAIN_GRACE_MS".to_owned(), "1000".to_owned()),
             ("WELCOMEDLY_DRAIN_DEADLINE_MS".to_owned(), "5000".to_owned()),
-        ];
+        ]);
         if options.replicas > 0 {
             env.push((
                 "DATABASE_REPLICA_URLS".to_owned(),
@@ -178,7 +175,6 @@ impl Stack {
             password: options.password.clone(),
             nginx_note,
             logs,
-            redis_generation: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -210,7 +206,9 @@ impl Stack {
                 instance.log.display()
             );
         }
-        println!("  Redis         {}", self.redis.url());
+        for line in self.redis.banner() {
+            println!("{line}");
+        }
         println!("  PG primary    {}", self.pg.primary_url());
         for (index, url) in self.pg.replica_urls().iter().enumerate() {
             println!("  PG replica {index:<2} {url}");
@@ -242,16 +240,8 @@ impl Stack {
 
     /// Runs one command and prints what happened.
     pub(crate) fn run(&mut self, command: Command) {
-        if matches!(
-            command,
-            Command::KillRedis
-                | Command::RestartRedis
-                | Command::PauseRedis(_)
-                | Command::ResumeRedis
-        ) {
-            self.redis_generation.fetch_add(1, Ordering::SeqCst);
-        }
         let outcome = match command {
+            ref redis if Redis::is_redis_command(redis) => self.redis.run(redis),
             Command::Nothing => Ok(String::new()),
             Command::Help => Ok(HELP.to_owned()),
             Command::Status => Ok(self.status()),
@@ -312,14 +302,9 @@ impl Stack {
                 self.pg.restart(Node::Primary),
                 "primary restarted on the same port".to_owned(),
             ),
-            Command::KillRedis => self.pg_result(self.redis.kill(), "Redis killed".to_owned()),
-            Command::RestartRedis => self.pg_result(
-                self.redis.restart(),
-                "Redis restarted on the same port (empty)".to_owned(),
-            ),
-            Command::PauseRedis(duration) => self.pause_redis(duration),
-            Command::ResumeRedis => self.pg_result(self.redis.resume(), "Redis resumed".to_owned()),
             Command::Quit => Ok(String::new()),
+            // Every Redis command was handled above.
+            other => Err(format!("`{}` is not handled here", other.name())),
         };
         match outcome {
             Ok(text) if text.is_empty() => {}
@@ -379,33 +364,6 @@ impl Stack {
         }
     }
 
-    fn pause_redis(&self, duration: Option<Duration>) -> Result<String, String> {
-        self.redis.pause().map_err(|e| e.to_string())?;
-        let Some(duration) = duration else {
-            return Ok("Redis paused (SIGSTOP) until `resume-redis`".to_owned());
-        };
-        // A weak handle: a pause that outlives the cluster must not keep Redis alive.
-        let redis: Weak<RedisServer> = Arc::downgrade(&self.redis);
-        let generation = self.redis_generation.clone();
-        let this_pause = generation.load(Ordering::SeqCst);
-        thread::spawn(move || {
-            thread::sleep(duration);
-            if generation.load(Ordering::SeqCst) != this_pause {
-                return; // Redis was resumed, restarted or paused again since
-            }
-            if let Some(redis) = redis.upgrade() {
-                match redis.resume() {
-                    Ok(()) => println!("Redis resumed after {} ms", duration.as_millis()),
-                    Err(error) => println!("error: resuming Redis: {error}"),
-                }
-            }
-        });
-        Ok(format!(
-            "Redis paused (SIGSTOP) for {} ms",
-            duration.as_millis()
-        ))
-    }
-
     fn status(&mut self) -> String {
         let mut lines = Vec::new();
         for instance in &mut self.instances {
@@ -445,23 +403,7 @@ impl Stack {
                 self.node_state(Node::Replica(j))
             ));
         }
-        let redis = if self.redis.is_paused() {
-            "paused (SIGSTOP)".to_owned()
-        } else if !self.redis.is_running() {
-            "down".to_owned()
-        } else {
-            match self
-                .redis
-                .query_within(&["PING"], Duration::from_millis(500))
-            {
-                Ok(_) => "up".to_owned(),
-                Err(error) => format!("up, not answering ({error})"),
-            }
-        };
-        lines.push(format!(
-            "Redis         127.0.0.1:{}  {redis}",
-            self.redis.port()
-        ));
+        lines.extend(self.redis.status());
         lines.join("\n")
     }
 
@@ -502,8 +444,7 @@ impl Stack {
         }
         println!("stopping NGINX, PostgreSQL and Redis ...");
         drop(self.nginx.take());
-        // Kill explicitly: a `pause-redis <ms>` timer may hold a handle for a moment.
-        let _ = self.redis.kill();
+        self.redis.kill();
         drop(self);
         println!("everything stopped");
     }
