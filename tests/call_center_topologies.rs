@@ -106,12 +106,26 @@ fn wait_replicated(info_of: impl Fn(bool) -> String) {
     }
 }
 
+/// The variables of an instance under the fault load: its id, and an API limit the load (two
+/// clients, one request every ≈ 10 ms each, for several seconds) stays far below — the default
+/// 200 a minute would answer 429s that hide the fault's 503s.
+fn load_env(topology: &Topology<'_>, id: &'static str) -> Vec<(&'static str, String)> {
+    topology.env_with(&[
+        ("WELCOMEDLY_INSTANCE_ID", id),
+        ("WELCOMEDLY_API_PER_MINUTE", "100000"),
+    ])
+}
+
 /// What the load saw around a fault.
 struct FaultFigures {
     requests: usize,
     failed: usize,
     statuses: BTreeMap<u16, usize>,
     worst: Duration,
+    /// The slowest request that failed (zero when none failed).
+    worst_failed: Duration,
+    /// The slowest request before the fault.
+    worst_before: Duration,
     /// From the fault until the last failed request ended (zero when none failed).
     back_after: Duration,
     fault_took: Duration,
@@ -187,6 +201,18 @@ fn load_through(
         failed: samples.iter().filter(|s| s.2 != 200).count(),
         statuses,
         worst: samples.iter().map(|s| s.1).max().unwrap_or_default(),
+        worst_failed: samples
+            .iter()
+            .filter(|s| s.2 != 200)
+            .map(|s| s.1)
+            .max()
+            .unwrap_or_default(),
+        worst_before: samples
+            .iter()
+            .filter(|s| s.0 < fault_at)
+            .map(|s| s.1)
+            .max()
+            .unwrap_or_default(),
         back_after: last_failure.saturating_sub(fault_at),
         fault_took,
     }
@@ -195,11 +221,13 @@ fn load_through(
 /// What every fault scenario checks of the figures and of the session afterwards.
 fn check_after_fault(name: &str, figures: &FaultFigures, instances: [&Instance; 2], cookie: &str) {
     eprintln!(
-        "{name}: {} requests, {} failed ({:?}), worst latency {:?}, all succeed again {:?} after the fault (the fault itself took {:?})",
+        "{name}: {} requests, {} failed ({:?}), worst latency {:?} (of a failed one {:?}, before the fault {:?}), all succeed again {:?} after the fault (the fault itself took {:?})",
         figures.requests,
         figures.failed,
         figures.statuses,
         figures.worst,
+        figures.worst_failed,
+        figures.worst_before,
         figures.back_after,
         figures.fault_took
     );
@@ -220,15 +248,15 @@ fn check_after_fault(name: &str, figures: &FaultFigures, instances: [&Instance; 
     }
 }
 
-/// SIGKILL of the master holding a logged-in user's session, requests flowing through two
-/// instances: only 503s while the slot has no master, then every request succeeds and the
-/// session, replicated before the kill, is still there.
+/// `CLUSTER FAILOVER`, then SIGKILL, of the master holding a logged-in user's session, requests
+/// flowing through two instances: only 503s while the slot has no master, then every request
+/// succeeds and the session, replicated before the kill, is still there.
 #[test]
 fn the_master_of_a_session_killed_on_a_redis_cluster() {
     let redis = RedisCluster::start().unwrap();
     let topology = cluster(&redis);
-    let a = Instance::start(&topology.env_with(&[("WELCOMEDLY_INSTANCE_ID", "cc-a")]));
-    let b = Instance::start(&topology.env_with(&[("WELCOMEDLY_INSTANCE_ID", "cc-b")]));
+    let a = Instance::start(&load_env(&topology, "cc-a"));
+    let b = Instance::start(&load_env(&topology, "cc-b"));
     let cookie = log_in(&a, "agent");
 
     // The session's key: the only `wd:s:{<digest>}` on the masters (the user index is `wd:s:u:{…}`).
@@ -254,11 +282,26 @@ fn the_master_of_a_session_killed_on_a_redis_cluster() {
     let slot = RedisCluster::slot_of(keys[0].as_bytes());
     let master = redis.master_for_slot(slot).unwrap();
     let replica = redis.replicas_of(master).unwrap()[0];
+
+    // A graceful failover first (`CLUSTER FAILOVER`: no write lost), then a crash of the new
+    // master, which is the old one's replica again.
+    let figures = load_through([&a, &b], &cookie, || {
+        let f = redis.failover(slot).unwrap();
+        assert_eq!((f.from, f.to), (master, replica));
+        f.took
+    });
+    check_after_fault(
+        &format!("cluster, failover of slot {slot}"),
+        &figures,
+        [&a, &b],
+        &cookie,
+    );
+
+    let (master, replica) = (replica, master);
     wait_replicated(|on_master| {
         let port = if on_master { master } else { replica };
         redis.command_on(port, &["INFO", "replication"]).unwrap()
     });
-
     let figures = load_through([&a, &b], &cookie, || {
         let f = redis.kill_master(slot).unwrap();
         assert_eq!((f.from, f.to), (master, replica));
@@ -280,8 +323,8 @@ fn the_master_of_a_session_killed_on_a_redis_cluster() {
 fn the_primary_killed_on_sentinel() {
     let redis = RedisSentinel::start().unwrap();
     let topology = sentinel(&redis);
-    let a = Instance::start(&topology.env_with(&[("WELCOMEDLY_INSTANCE_ID", "cc-a")]));
-    let b = Instance::start(&topology.env_with(&[("WELCOMEDLY_INSTANCE_ID", "cc-b")]));
+    let a = Instance::start(&load_env(&topology, "cc-a"));
+    let b = Instance::start(&load_env(&topology, "cc-b"));
     let cookie = log_in(&a, "agent");
 
     let primary = redis.primary().unwrap();
