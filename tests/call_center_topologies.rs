@@ -248,11 +248,12 @@ fn check_after_fault(name: &str, figures: &FaultFigures, instances: [&Instance; 
     }
 }
 
-/// `CLUSTER FAILOVER`, then SIGKILL, of the master holding a logged-in user's session, requests
-/// flowing through two instances: only 503s while the slot has no master, then every request
-/// succeeds and the session, replicated before the kill, is still there.
+/// The slot of a logged-in user's session migrated to another master, then `CLUSTER FAILOVER`
+/// and SIGKILL of the master holding it, requests flowing through two instances: only 503s
+/// while the slot has no master, then every request succeeds and the session, replicated before
+/// the kill, is still there.
 #[test]
-fn the_master_of_a_session_killed_on_a_redis_cluster() {
+fn a_session_slot_migrated_failed_over_and_its_master_killed_on_a_redis_cluster() {
     let redis = RedisCluster::start().unwrap();
     let topology = cluster(&redis);
     let a = Instance::start(&load_env(&topology, "cc-a"));
@@ -260,16 +261,17 @@ fn the_master_of_a_session_killed_on_a_redis_cluster() {
     let cookie = log_in(&a, "agent");
 
     // The session's key: the only `wd:s:{<digest>}` on the masters (the user index is `wd:s:u:{…}`).
-    let keys: Vec<String> = redis
-        .urls()
+    let masters: Vec<u16> = redis
+        .nodes()
+        .unwrap()
         .iter()
-        .map(|u| {
-            u.trim_start_matches("redis://127.0.0.1:")
-                .trim_end_matches('/')
-                .parse::<u16>()
-                .unwrap()
-        })
-        .flat_map(|port| {
+        .filter(|n| n.master.is_none() && n.running && !n.slots.is_empty())
+        .map(|n| n.port)
+        .collect();
+    assert_eq!(masters.len(), 3, "{masters:?}");
+    let keys: Vec<String> = masters
+        .iter()
+        .flat_map(|&port| {
             redis
                 .command_on(port, &["KEYS", "wd:s:{*"])
                 .unwrap()
@@ -280,6 +282,23 @@ fn the_master_of_a_session_killed_on_a_redis_cluster() {
         .collect();
     assert_eq!(keys.len(), 1, "session keys: {keys:?}");
     let slot = RedisCluster::slot_of(keys[0].as_bytes());
+
+    // The session's slot moves to another master, key by key (`ASK` meanwhile).
+    let from = redis.master_for_slot(slot).unwrap();
+    let to = *masters.iter().find(|&&m| m != from).unwrap();
+    let figures = load_through([&a, &b], &cookie, || {
+        let started = Instant::now();
+        redis.migrate_slot(slot, to).unwrap();
+        started.elapsed()
+    });
+    check_after_fault(
+        &format!("cluster, migration of slot {slot} from {from} to {to}"),
+        &figures,
+        [&a, &b],
+        &cookie,
+    );
+    assert_eq!(redis.node_for(keys[0].as_bytes()).unwrap(), to);
+
     let master = redis.master_for_slot(slot).unwrap();
     let replica = redis.replicas_of(master).unwrap()[0];
 
