@@ -362,3 +362,61 @@ fn the_primary_killed_on_sentinel() {
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }
+
+/// `SENTINEL FAILOVER` under load (no write lost: the replica is promoted once in sync), then
+/// "log out everywhere" right after it: both sessions end on both instances, and their keys
+/// are gone from the *new* primary — a logout written to the old one, which stays a master
+/// until the sentinels demote it (≈ 10 s), would be undone by that demotion.
+#[test]
+fn a_sentinel_failover_under_load_then_log_out_everywhere() {
+    let redis = RedisSentinel::start().unwrap();
+    let topology = sentinel(&redis);
+    let a = Instance::start(&load_env(&topology, "cc-a"));
+    let b = Instance::start(&load_env(&topology, "cc-b"));
+    let cookie = log_in(&a, "agent");
+    let second = log_in(&b, "agent");
+
+    let primary = redis.primary().unwrap();
+    let replica = *redis.data_ports().iter().find(|p| **p != primary).unwrap();
+    let keys: Vec<String> = redis
+        .command_on(primary, &["KEYS", "wd:s:{*"])
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(keys.len(), 2, "session keys: {keys:?}");
+    wait_replicated(|on_primary| {
+        let port = if on_primary { primary } else { replica };
+        redis.command_on(port, &["INFO", "replication"]).unwrap()
+    });
+
+    let figures = load_through([&a, &b], &cookie, || {
+        let f = redis.failover().unwrap();
+        assert_eq!((f.from, f.to), (primary, replica));
+        f.took
+    });
+    check_after_fault("sentinel, SENTINEL FAILOVER", &figures, [&a, &b], &cookie);
+
+    let out = b.request_with(
+        "POST",
+        "/auth/logout?everywhere=true",
+        &[("cookie", &cookie)],
+        "",
+    );
+    assert_eq!(out.status, 200, "{}", out.body);
+    for app in [&a, &b] {
+        for c in [&cookie, &second] {
+            let me = app.request_with("GET", "/api/me", &[("cookie", c)], "");
+            assert_eq!(me.status, 401, "{}", me.body);
+        }
+    }
+    for key in &keys {
+        assert_eq!(
+            redis.command_on(replica, &["EXISTS", key]).unwrap(),
+            "0",
+            "session {key} still on the new primary {replica} after log out everywhere"
+        );
+    }
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}
