@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::call_center::*;
+use support::redis_scenarios::*;
 use welcomedly_testkit::RedisServer;
 
 #[test]
@@ -78,32 +79,16 @@ fn embedded_defaults_serve_the_contract_and_exit_zero_on_sigterm() {
 #[test]
 fn two_instances_share_the_login_limit_through_redis() {
     let redis = RedisServer::start().unwrap();
-    let envs = |id: &str| {
-        vec![
-            ("REDIS_URL", redis.url()),
-            ("WELCOMEDLY_INSTANCES", "2".to_owned()),
-            ("WELCOMEDLY_INSTANCE_ID", id.to_owned()),
-        ]
-    };
-    let a = Instance::start(&envs("cc-a"));
-    let b = Instance::start(&envs("cc-b"));
-    let bad = r#"{"username":"supervisor","password":"nope"}"#;
-    let mut statuses = Vec::new();
-    for i in 0..8 {
-        let app = if i % 2 == 0 { &a } else { &b };
-        statuses.push(app.request("POST", "/auth/login", Some(bad)).status);
-        // Reserved at admission in Redis; nothing to wait for, but keep the pace of a client.
-        std::thread::sleep(Duration::from_millis(30));
+    two_instances_share_the_login_limit(&single(&redis));
+}
+
+/// Redis on one node.
+fn single(redis: &RedisServer) -> Topology<'_> {
+    Topology {
+        name: "single",
+        env: vec![("REDIS_URL", redis.url())],
+        command: Box::new(|args| redis.command(args).unwrap()),
     }
-    // Five failures in total across both instances, not five each.
-    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
-    let health: serde_json::Value =
-        serde_json::from_str(&a.request("GET", "/health", None).body).unwrap();
-    // The limiter runs on the link: `/health` names Redis once (`redis`), no `rate_limit` check.
-    assert_eq!(health["checks"]["redis"]["status"], "healthy", "{health}");
-    assert!(health["checks"].get("rate_limit").is_none(), "{health}");
-    assert!(a.terminate().success());
-    assert!(b.terminate().success());
 }
 
 /// Every error the example returns is problem+json with type, title, status and detail.
@@ -299,59 +284,6 @@ fn a_rejected_redis_url_is_reported_without_its_password() {
     );
 }
 
-const ADMIN_TOKEN: &str = "0123456789abcdef-admin";
-
-/// Polls `GET path` with the session `cookie` until it answers `status`, up to `within`;
-/// returns the time taken.
-fn wait_for_status(
-    app: &Instance,
-    path: &str,
-    cookie: &str,
-    status: u16,
-    within: Duration,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        let r = app.request_with("GET", path, &[("cookie", cookie)], "");
-        if r.status == status {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "{path} still answers {} ({})",
-            r.status,
-            r.body
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Turns the `campaign-stats` kill switch off through `app`'s admin API.
-fn kill_stats(app: &Instance) {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let flag = app.request_with(
-        "GET",
-        "/admin/flags/campaign-stats",
-        &[("authorization", &auth)],
-        "",
-    );
-    assert_eq!(flag.status, 200, "{}", flag.body);
-    let etag = flag.header("etag").unwrap().to_owned();
-    let mut def: serde_json::Value = serde_json::from_str(&flag.body).unwrap();
-    def["enabled"] = serde_json::Value::Bool(false);
-    let put = app.request_with(
-        "PUT",
-        "/admin/flags/campaign-stats",
-        &[
-            ("authorization", &auth),
-            ("if-match", &etag),
-            ("content-type", "application/json"),
-        ],
-        &def.to_string(),
-    );
-    assert_eq!(put.status, 200, "{}", put.body);
-}
-
 #[test]
 fn seeded_flags_are_evaluated_per_user_gate_a_route_and_the_kill_switch_turns_it_off() {
     // Development mode: `x-user-id` names anonymous callers, so the rollout can be sampled
@@ -506,43 +438,7 @@ fn ofrep_evaluates_the_seeded_flags_and_a_token_closes_it() {
 #[test]
 fn a_kill_switch_on_one_instance_reaches_the_other_through_redis() {
     let redis = RedisServer::start().unwrap();
-    let envs = |id: &str| {
-        vec![
-            ("REDIS_URL", redis.url()),
-            ("WELCOMEDLY_INSTANCES", "2".to_owned()),
-            ("WELCOMEDLY_INSTANCE_ID", id.to_owned()),
-            ("WELCOMEDLY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-        ]
-    };
-    let a = Instance::start(&envs("cc-a"));
-    let b = Instance::start(&envs("cc-b"));
-    // Sessions are in Redis: logged in on A, known on B.
-    let supervisor = log_in(&a, "supervisor");
-    assert_eq!(
-        b.request_with("GET", "/api/stats", &[("cookie", &supervisor)], "")
-            .status,
-        200
-    );
-    kill_stats(&a);
-    let took = wait_for_status(&b, "/api/stats", &supervisor, 404, Duration::from_secs(1));
-    eprintln!("kill switch reached the other instance after {took:?}");
-    let health: serde_json::Value =
-        serde_json::from_str(&b.request("GET", "/health", None).body).unwrap();
-    assert_eq!(health["checks"]["flags"]["status"], "healthy", "{health}");
-    assert_eq!(
-        health["checks"]["membership"]["status"], "healthy",
-        "{health}"
-    );
-    // Membership sees both instances.
-    let members: Vec<String> = redis
-        .command(&["ZRANGE", "{wd:members}:members", "0", "-1"])
-        .unwrap()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    assert!(members.iter().any(|m| m.contains("cc-a")), "{members:?}");
-    assert!(a.terminate().success());
-    assert!(b.terminate().success());
+    kill_switch_reaches_the_other_instance(&single(&redis));
 }
 
 #[test]
@@ -596,71 +492,7 @@ fn sessions_status_changes_and_events_on_the_embedded_default() {
 #[test]
 fn sessions_and_events_are_shared_by_instances_through_redis() {
     let redis = RedisServer::start().unwrap();
-    let envs = |id: &str| {
-        vec![
-            ("REDIS_URL", redis.url()),
-            ("WELCOMEDLY_INSTANCE_ID", id.to_owned()),
-        ]
-    };
-    let a = Instance::start(&envs("cc-a"));
-    let b = Instance::start(&envs("cc-b"));
-    let cookie = log_in(&a, "agent");
-    let me = b.request_with("GET", "/api/me", &[("cookie", &cookie)], "");
-    assert_eq!(me.status, 200, "{}", me.body);
-    assert!(me.body.contains(r#""served_by":"cc-b""#), "{}", me.body);
-
-    let event = first_event(&b, &cookie, Duration::from_secs(5), || {
-        let r = a.request_with(
-            "PUT",
-            "/api/agents/me/status",
-            &[("cookie", &cookie), ("content-type", "application/json")],
-            r#"{"status":"available"}"#,
-        );
-        assert_eq!(r.status, 200, "{}", r.body);
-    });
-    assert!(event.contains(r#""instance":"cc-a""#), "{event}");
-    // B's board has it, and the agent, whose stream is open on A, is present cluster-wide
-    // (presence follows open streams, not status changes).
-    let (_held, head) = open_stream(&a, &cookie);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let json: serde_json::Value = serde_json::from_str(
-            &b.request_with("GET", "/api/agents", &[("cookie", &cookie)], "")
-                .body,
-        )
-        .unwrap();
-        let agent = json["agents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["agent"] == "agent")
-            .unwrap()
-            .clone();
-        if agent["status"] == "available" && agent["online"] == true {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{agent}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-
-    let second = log_in(&a, "agent");
-    let out = b.request_with(
-        "POST",
-        "/auth/logout?everywhere=true",
-        &[("cookie", &cookie)],
-        "",
-    );
-    assert_eq!(out.status, 200, "{}", out.body);
-    for c in [&cookie, &second] {
-        assert_eq!(
-            a.request_with("GET", "/api/me", &[("cookie", c)], "")
-                .status,
-            401
-        );
-    }
-    assert!(a.terminate().success());
-    assert!(b.terminate().success());
+    sessions_and_events_are_shared(&single(&redis));
 }
 
 #[test]
@@ -689,40 +521,7 @@ fn a_user_holds_at_most_eight_event_streams_per_instance() {
 #[test]
 fn an_instance_started_later_shows_the_statuses_set_before_it_started() {
     let redis = RedisServer::start().unwrap();
-    let a = Instance::start(&[("REDIS_URL", redis.url())]);
-    let cookie = log_in(&a, "agent");
-    let r = a.request_with(
-        "PUT",
-        "/api/agents/me/status",
-        &[("cookie", &cookie), ("content-type", "application/json")],
-        r#"{"status":"in_training"}"#,
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-
-    let late = Instance::start(&[("REDIS_URL", redis.url())]);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let json: serde_json::Value = serde_json::from_str(
-            &late
-                .request_with("GET", "/api/agents", &[("cookie", &cookie)], "")
-                .body,
-        )
-        .unwrap();
-        let agent = json["agents"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["agent"] == "agent")
-            .unwrap()
-            .clone();
-        if agent["status"] == "in_training" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the late instance shows {agent}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(late.terminate().success());
-    assert!(a.terminate().success());
+    an_instance_started_later_sees_earlier_statuses(&single(&redis));
 }
 
 #[test]

@@ -278,3 +278,142 @@ fn the_cluster_serves_through_nginx_survives_faults_and_leaves_nothing_behind() 
         );
     }
 }
+
+/// A request with an optional cookie and JSON body: the status, the `set-cookie` header's
+/// `name=value`, and the body.
+fn call(
+    port: u16,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    body: &str,
+) -> (u16, Option<String>, String) {
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let cookie = cookie.map_or_else(String::new, |c| format!("cookie: {c}\r\n"));
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n{cookie}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let set_cookie = lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, value)| value.trim().split(';').next().unwrap().to_owned());
+    (status, set_cookie, body.to_owned())
+}
+
+/// Polls `GET /api/me` with `cookie` on every instance until each answers 200 for `agent`,
+/// within 15 s (a failover leaves the slot without a master for 1–3 s; 503s meanwhile).
+fn wait_logged_in(ports: &[u16], cookie: &str, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for &port in ports {
+        loop {
+            let (status, _, body) = call(port, "GET", "/api/me", Some(cookie), "");
+            if status == 200 {
+                assert!(body.contains(r#""user":"agent""#), "{body}");
+                break;
+            }
+            assert!(
+                [503].contains(&status) && Instant::now() < deadline,
+                "after {after}, instance on port {port} answers {status}: {body}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn the_cluster_runs_on_a_redis_cluster_through_a_failover_and_a_killed_master() {
+    let mut cluster = Cluster::start(&[
+        "--redis",
+        "cluster",
+        "--instances",
+        "2",
+        "--replicas",
+        "0",
+        "--no-nginx",
+    ]);
+    cluster.wait_for("`cluster ready`", Duration::from_secs(120), |l| {
+        l == "cluster ready"
+    });
+    assert!(
+        cluster.seen.iter().any(|l| l
+            .trim_start()
+            .starts_with("Redis         Cluster, nodes on ports")),
+        "no Redis Cluster in the banner"
+    );
+    let instances: Vec<u16> = cluster
+        .seen
+        .iter()
+        .filter(|l| l.trim_start().starts_with("instance "))
+        .flat_map(|l| ports_in(l))
+        .collect();
+    assert_eq!(instances.len(), 2, "{:?}", cluster.seen);
+
+    // Logged in on one instance, known on the other: the session is in the Redis Cluster.
+    let (status, cookie, body) = call(
+        instances[0],
+        "POST",
+        "/auth/login",
+        None,
+        r#"{"username":"agent","password":"welcomedly-demo"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let cookie = cookie.unwrap();
+    wait_logged_in(&instances, &cookie, "logging in");
+
+    // A graceful failover of slot 0's shard: roles swap, nothing is lost.
+    cluster.send("failover 0");
+    let line = cluster.wait_for("confirming the failover", Duration::from_secs(30), |l| {
+        l.starts_with("CLUSTER FAILOVER") || l.starts_with("error")
+    });
+    assert!(line.starts_with("CLUSTER FAILOVER"), "{line}");
+    wait_logged_in(&instances, &cookie, "failover 0");
+
+    // A crashed master: its replica (the old master) takes over.
+    cluster.send("kill-master 0");
+    let line = cluster.wait_for("confirming the kill", Duration::from_secs(30), |l| {
+        (l.starts_with("master ") && l.contains("killed")) || l.starts_with("error")
+    });
+    assert!(line.contains("promoted"), "{line}");
+    let killed = ports_in(&format!("127.0.0.1:{}", &line["master ".len()..]))[0];
+    wait_logged_in(&instances, &cookie, "kill-master 0");
+    let (status, _, _) = call(instances[1], "GET", "/health/ready", None, "");
+    assert_eq!(status, 200);
+
+    // `status` shows the dead node and both instances ready.
+    cluster.send("status");
+    for i in 0..2 {
+        let line = cluster.wait_for("with an instance's status", Duration::from_secs(20), |l| {
+            l.starts_with(&format!("instance {i}"))
+        });
+        assert!(line.contains("up, ready"), "{line}");
+    }
+    let line = cluster.wait_for("with the killed node", Duration::from_secs(20), |l| {
+        l.starts_with(&format!("Redis node    127.0.0.1:{killed} "))
+    });
+    assert!(line.contains("down"), "{line}");
+
+    cluster.signal("INT");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = cluster.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the cluster did not exit within 30 s of SIGINT"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}

@@ -1,3 +1,4 @@
 //! Helpers shared by integration tests (not a test target itself).
 
 pub mod call_center;
+pub mod redis_scenarios;
