@@ -612,9 +612,10 @@ impl RedisSessionStore {
 
     /// Deletes the session at `key`; with replicas, waits for one to acknowledge it (see the
     /// module docs): a `DEL` and a `WAIT` pipelined on a dedicated connection to the key's
-    /// node, bounded by the budget plus the wait. When that path fails (no dedicated
-    /// connection, a redirection, a timeout) the `DEL` is sent on the shared connection as
-    /// without replicas, and the revocation is counted as unconfirmed.
+    /// node (tried twice when the first try surely deleted nothing: no connection, or a
+    /// redirection after a failover), each try bounded by twice the budget plus the wait. When
+    /// that path fails, the `DEL` is sent on the shared connection as without replicas, and
+    /// the revocation is counted as unconfirmed.
     async fn revoke(&self, what: &str, key: String) -> Result<(), SessionError> {
         let wait = self.inner.revoke_wait;
         if wait.is_zero() {
@@ -624,34 +625,31 @@ impl RedisSessionStore {
         }
         let link = &self.inner.link;
         let budget = self.inner.budget;
-        // Boxed: logouts are rare, and the unboxed future nests deep enough to overflow the
-        // compiler's layout recursion limit in the handlers that await it.
+        // Boxed (and the dedicated call type-erased): logouts are rare, and the unboxed future
+        // nests deep enough to overflow the compiler's layout recursion limit in the handlers
+        // that await it.
         let confirm = Box::pin(async {
-            let mut conn = link
-                .dedicated_for(key.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            let (acks,): (u64,) = redis::pipe()
-                .cmd("DEL")
-                .arg(&key)
-                .ignore()
-                .cmd("WAIT")
-                .arg(1)
-                .arg(millis(wait))
-                .query_async(&mut *conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<u64, String>(acks)
+            // Twice when the first try cannot have deleted anything on the key's master: no
+            // connection to the node the cached slot map names, or a redirection (the slot map
+            // is from before a failover; the answer makes the link look again). Any other
+            // failure may have come after the `DEL`: a second `DEL` that deletes nothing is
+            // not replicated, so its `WAIT` would prove nothing; the caller falls back.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match futures_util::FutureExt::boxed(confirm_once(link, &key, wait)).await {
+                    Ok(acks) => return Ok(acks),
+                    Err((true, _)) if tries < 2 => {}
+                    Err((_, e)) => return Err(e),
+                }
+            }
         });
-        // The checkout and the `DEL` within the budget each, the `WAIT` within its own bound.
-        let outcome = tokio::time::timeout(budget * 2 + wait, confirm)
+        // Each try: the checkout and the `DEL` within the budget, the `WAIT` within its own
+        // bound.
+        let bound = (budget * 2 + wait) * 2;
+        let outcome = tokio::time::timeout(bound, confirm)
             .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "no answer within {} ms",
-                    (budget * 2 + wait).as_millis()
-                ))
-            });
+            .unwrap_or_else(|_| Err(format!("no answer within {} ms", bound.as_millis())));
         match outcome {
             Ok(acks) if acks > 0 => {
                 self.inner.confirmed.fetch_add(1, Ordering::Relaxed);
@@ -726,6 +724,42 @@ impl RedisSessionStore {
         .await?;
         Ok(digests.len() as u64)
     }
+}
+
+/// One `DEL` of `key` and `WAIT 1 <wait>` on a dedicated connection to the key's node: the
+/// replicas that acknowledged. An error says whether the `DEL` surely did not run (no
+/// connection, a redirection: worth a second try) and what went wrong.
+async fn confirm_once(link: &Link, key: &str, wait: Duration) -> Result<u64, (bool, String)> {
+    let mut conn = link
+        .dedicated_for(key.as_bytes())
+        .await
+        .map_err(|e| (true, e.to_string()))?;
+    // Through the `Dedicated` (not the connection under it), so a redirection makes the link
+    // fetch the slot map again before the next try.
+    let (acks,): (u64,) = redis::pipe()
+        .cmd("DEL")
+        .arg(key)
+        .ignore()
+        .cmd("WAIT")
+        .arg(1)
+        .arg(millis(wait))
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| {
+            use redis::{ErrorKind, ServerErrorKind};
+            let redirected = matches!(
+                e.kind(),
+                ErrorKind::Server(
+                    ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::TryAgain
+                )
+            );
+            (redirected, e.to_string())
+        })?;
+    Ok(acks)
 }
 
 /// A hash's fields and values into a record; `None` without a deadline (not a session).
