@@ -30,6 +30,10 @@
 //!   moment its heartbeat expires (no ghosts), before any cleanup. The survivor that reaps a
 //!   dead instance deletes its hash and announces its presences as gone; a hash nobody reaps
 //!   (every instance died) expires by its own TTL (10 × timeout, at least 30 s).
+//!   On Sentinel or a Redis Cluster, set the timeout above the failover time plus one
+//!   heartbeat interval (≥ 5 s with the default 1 s interval): the promoted replica holds the
+//!   heartbeats of before the failover, and with the default 3 s a 2.3 s SIGKILL failover
+//!   once listed 2 of 3 live instances until they beat again.
 //! - **Diffs**: joins and leaves are broadcast locally as typed, serde [`PresenceDiff`]s
 //!   ([`Membership::presence_diffs`]); forward them to the event bus. Each change is announced
 //!   by exactly one instance: the one the connection is on, or the one that reaped a dead

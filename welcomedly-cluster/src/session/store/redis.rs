@@ -28,16 +28,33 @@
 //!   from the index. Every session usable before the request was indexed before it (see
 //!   login), so **log out everywhere ends every session**; a login racing it keeps its entry
 //!   for the next one; a failure leaves the index whole for a retry.
+//!
+//! **Revocations survive a failover** (Sentinel, Redis Cluster). Replication is asynchronous:
+//! a master killed right after a logout's `DEL` may be replaced by a replica that never got
+//! it, and the logged-out session would work again. So on a topology with replicas each
+//! revoking `DEL` (logout, log out everywhere, sessions past the per-user bound) is sent on a
+//! dedicated connection to the key's node, pipelined with `WAIT 1 <revoke_wait>`: the logout
+//! answers once one replica has the deletion, or after
+//! [`revoke_wait`](RedisSessionConfig::revoke_wait) (default 100 ms). `WAIT` runs there, never
+//! on the shared connection, where it would stall every other call behind it. When no replica
+//! acknowledges in time (the replica is down, lagging, or the cluster has no replicas) the
+//! logout **still succeeds** (the session is deleted on the master; refusing it would leave the
+//! user logged in for sure) and the store logs a warning and counts it
+//! ([`unconfirmed_revocations`](RedisSessionStore::unconfirmed_revocations),
+//! `welcomedly.session.revocations_unconfirmed`): only those revocations can be undone by a
+//! failover. On one node there is no replica to wait for and nothing is waited. The id cycled
+//! at login is not waited for: the pre-login id it ends was anonymous.
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::Script;
 use sha2::{Digest, Sha256};
 use welcomedly_core::config::{ConfigError, EnvReader, parse_millis};
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
-use welcomedly_redis::{Link, Retry};
+use welcomedly_redis::{Link, Retry, Topology};
 
 use super::{Create, Record, millis, system_now_ms};
 use crate::Error;
@@ -139,6 +156,12 @@ pub struct RedisSessionConfig {
     pub key_prefix: String,
     /// The longest a request waits for one Redis call before it is answered 503. Default 50 ms.
     pub budget: Duration,
+    /// On Sentinel and Redis Cluster, the longest a logout waits for a replica to acknowledge
+    /// the deletion (`WAIT 1 <ms>` on a dedicated connection), so a failover right after it
+    /// cannot undo it; past it the logout succeeds anyway and is counted as unconfirmed (see
+    /// the module docs). Zero turns the wait off. Ignored on one node. Default 100 ms
+    /// (loopback replicas acknowledge in well under 1 ms; a replica across zones in a few).
+    pub revoke_wait: Duration,
 }
 
 impl Default for RedisSessionConfig {
@@ -146,12 +169,15 @@ impl Default for RedisSessionConfig {
         Self {
             key_prefix: "wd:s".to_owned(),
             budget: Duration::from_millis(50),
+            revoke_wait: Duration::from_millis(100),
         }
     }
 }
 
 impl RedisSessionConfig {
-    /// Reads `WELCOMEDLY_SESSION_BUDGET_MS` (default 50) from the environment.
+    /// Reads `WELCOMEDLY_SESSION_BUDGET_MS` (default 50) and
+    /// `WELCOMEDLY_SESSION_REVOKE_WAIT_MS` (default 100, 0 turns the wait off) from the
+    /// environment.
     ///
     /// # Errors
     ///
@@ -174,8 +200,18 @@ impl RedisSessionConfig {
                 )
             },
         );
+        let revoke_wait = env.read(
+            "WELCOMEDLY_SESSION_REVOKE_WAIT_MS",
+            Duration::from_millis(100),
+            |v| {
+                parse_millis(v).ok_or(
+                    "is not a usable wait: expected a whole number of milliseconds, such as 100 (0 turns the wait off)",
+                )
+            },
+        );
         Self {
             budget,
+            revoke_wait,
             ..Self::default()
         }
     }
@@ -196,8 +232,12 @@ struct Inner {
     link: Link,
     prefix: String,
     budget: Duration,
+    /// Zero on one node (no replica to wait for) or when turned off.
+    revoke_wait: Duration,
     load: Script,
     update: Script,
+    confirmed: AtomicU64,
+    unconfirmed: AtomicU64,
 }
 
 impl fmt::Debug for RedisSessionStore {
@@ -243,13 +283,24 @@ impl RedisSessionStore {
                 tracing::debug!(error = %e, "the session scripts are loaded on first use");
             }
         }
+        let replicated = matches!(
+            link.config().topology,
+            Topology::Sentinel { .. } | Topology::Cluster { .. }
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 link: link.clone(),
                 prefix: config.key_prefix,
                 budget: config.budget,
+                revoke_wait: if replicated {
+                    config.revoke_wait
+                } else {
+                    Duration::ZERO
+                },
                 load,
                 update,
+                confirmed: AtomicU64::new(0),
+                unconfirmed: AtomicU64::new(0),
             }),
         })
     }
@@ -262,6 +313,47 @@ impl RedisSessionStore {
     /// The link the store runs on (its state, counters and metrics).
     pub fn link(&self) -> &Link {
         &self.inner.link
+    }
+
+    /// Session deletions (logouts, log out everywhere, evictions) a replica acknowledged
+    /// within [`revoke_wait`](RedisSessionConfig::revoke_wait), since the store was built.
+    /// Always 0 on one node.
+    pub fn confirmed_revocations(&self) -> u64 {
+        self.inner.confirmed.load(Ordering::Relaxed)
+    }
+
+    /// Session deletions that succeeded on the master but that no replica acknowledged within
+    /// [`revoke_wait`](RedisSessionConfig::revoke_wait) (or whose wait could not run): a
+    /// failover right after them could bring the session back. A steady rise means a replica
+    /// is down or lagging. Always 0 on one node.
+    pub fn unconfirmed_revocations(&self) -> u64 {
+        self.inner.unconfirmed.load(Ordering::Relaxed)
+    }
+
+    /// Registers `welcomedly.session.revocations` (observable counter, label `replica` =
+    /// `acknowledged` / `unacknowledged`) reading the counters above at each collection.
+    /// The instrument holds the store weakly.
+    pub fn register_metrics(&self, meter: &opentelemetry::metrics::Meter) {
+        let weak = Arc::downgrade(&self.inner);
+        let _revocations = meter
+            .u64_observable_counter("welcomedly.session.revocations")
+            .with_description(
+                "Session deletions on a replicated Redis, by whether a replica acknowledged them in time",
+            )
+            .with_callback(move |o| {
+                if let Some(inner) = weak.upgrade() {
+                    for (replica, counter) in [
+                        ("acknowledged", &inner.confirmed),
+                        ("unacknowledged", &inner.unconfirmed),
+                    ] {
+                        o.observe(
+                            counter.load(Ordering::Relaxed),
+                            &[opentelemetry::KeyValue::new("replica", replica)],
+                        );
+                    }
+                }
+            })
+            .build();
     }
 
     /// The Redis key of the session whose cookie carries `cookie_id` (its 32 hex digits),
@@ -510,15 +602,74 @@ impl RedisSessionStore {
         use futures_util::{StreamExt as _, TryStreamExt as _};
         // Owned commands: a closure over borrowed items is not general enough for a `Send`
         // future.
-        let commands: Vec<redis::Cmd> = digests
-            .iter()
-            .map(|d| redis::cmd("DEL").arg(self.session_key(d)).clone())
-            .collect();
-        futures_util::stream::iter(commands)
-            .map(|cmd| async move { self.query::<()>(what, Retry::Once, &cmd).await })
+        let keys: Vec<String> = digests.iter().map(|d| self.session_key(d)).collect();
+        futures_util::stream::iter(keys)
+            .map(|key| async move { self.revoke(what, key).await })
             .buffer_unordered(DELETES_IN_FLIGHT)
             .try_collect::<()>()
             .await
+    }
+
+    /// Deletes the session at `key`; with replicas, waits for one to acknowledge it (see the
+    /// module docs): a `DEL` and a `WAIT` pipelined on a dedicated connection to the key's
+    /// node (tried twice when the first try surely deleted nothing: no connection, or a
+    /// redirection after a failover), each try bounded by twice the budget plus the wait. When
+    /// that path fails, the `DEL` is sent on the shared connection as without replicas, and
+    /// the revocation is counted as unconfirmed.
+    async fn revoke(&self, what: &str, key: String) -> Result<(), SessionError> {
+        let wait = self.inner.revoke_wait;
+        if wait.is_zero() {
+            return self
+                .query::<()>(what, Retry::Once, redis::cmd("DEL").arg(&key))
+                .await;
+        }
+        let link = &self.inner.link;
+        let budget = self.inner.budget;
+        // Boxed (and the dedicated call type-erased): logouts are rare, and the unboxed future
+        // nests deep enough to overflow the compiler's layout recursion limit in the handlers
+        // that await it.
+        let confirm = Box::pin(async {
+            // Twice when the first try cannot have deleted anything on the key's master: no
+            // connection to the node the cached slot map names, or a redirection (the slot map
+            // is from before a failover; the answer makes the link look again). Any other
+            // failure may have come after the `DEL`: a second `DEL` that deletes nothing is
+            // not replicated, so its `WAIT` would prove nothing; the caller falls back.
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match futures_util::FutureExt::boxed(confirm_once(link, &key, wait)).await {
+                    Ok(acks) => return Ok(acks),
+                    Err((true, _)) if tries < 2 => {}
+                    Err((_, e)) => return Err(e),
+                }
+            }
+        });
+        // Each try: the checkout and the `DEL` within the budget, the `WAIT` within its own
+        // bound.
+        let bound = (budget * 2 + wait) * 2;
+        let outcome = tokio::time::timeout(bound, confirm)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {} ms", bound.as_millis())));
+        match outcome {
+            Ok(acks) if acks > 0 => {
+                self.inner.confirmed.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Ok(_) => tracing::warn!(
+                wait_ms = millis(wait),
+                "a session was deleted but no Redis replica acknowledged it in time: a failover now could bring it back (check the replicas' health and lag)"
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    error = %welcomedly_core::redact::redact_url(&e),
+                    "deleting a session on a dedicated connection failed: deleting it on the shared connection, without waiting for a replica"
+                );
+                self.query::<()>(what, Retry::Once, redis::cmd("DEL").arg(&key))
+                    .await?;
+            }
+        }
+        self.inner.unconfirmed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Ends one session, then drops its index entry (two slots, two calls at once; an index
@@ -529,8 +680,7 @@ impl RedisSessionStore {
         user: Option<&str>,
     ) -> Result<(), SessionError> {
         let digest = id.digest();
-        let delete = redis::cmd("DEL").arg(self.session_key(&digest)).clone();
-        let ended = self.query::<()>("ending a session", Retry::Once, &delete);
+        let ended = self.revoke("ending a session", self.session_key(&digest));
         match user {
             Some(user) => {
                 let unindex = redis::cmd("ZREM")
@@ -574,6 +724,42 @@ impl RedisSessionStore {
         .await?;
         Ok(digests.len() as u64)
     }
+}
+
+/// One `DEL` of `key` and `WAIT 1 <wait>` on a dedicated connection to the key's node: the
+/// replicas that acknowledged. An error says whether the `DEL` surely did not run (no
+/// connection, a redirection: worth a second try) and what went wrong.
+async fn confirm_once(link: &Link, key: &str, wait: Duration) -> Result<u64, (bool, String)> {
+    let mut conn = link
+        .dedicated_for(key.as_bytes())
+        .await
+        .map_err(|e| (true, e.to_string()))?;
+    // Through the `Dedicated` (not the connection under it), so a redirection makes the link
+    // fetch the slot map again before the next try.
+    let (acks,): (u64,) = redis::pipe()
+        .cmd("DEL")
+        .arg(key)
+        .ignore()
+        .cmd("WAIT")
+        .arg(1)
+        .arg(millis(wait))
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| {
+            use redis::{ErrorKind, ServerErrorKind};
+            let redirected = matches!(
+                e.kind(),
+                ErrorKind::Server(
+                    ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::TryAgain
+                )
+            );
+            (redirected, e.to_string())
+        })?;
+    Ok(acks)
 }
 
 /// A hash's fields and values into a record; `None` without a deadline (not a session).
@@ -640,6 +826,11 @@ mod tests {
         let c = read(&[("WELCOMEDLY_SESSION_BUDGET_MS", "80")]).unwrap();
         assert_eq!(c.budget, Duration::from_millis(80));
         let e = read(&[("WELCOMEDLY_SESSION_BUDGET_MS", "0")]).unwrap_err();
+        assert_eq!(e.invalid_variables().len(), 1);
+        assert_eq!(read(&[]).unwrap().revoke_wait, Duration::from_millis(100));
+        let c = read(&[("WELCOMEDLY_SESSION_REVOKE_WAIT_MS", "0")]).unwrap();
+        assert!(c.revoke_wait.is_zero());
+        let e = read(&[("WELCOMEDLY_SESSION_REVOKE_WAIT_MS", "soon")]).unwrap_err();
         assert_eq!(e.invalid_variables().len(), 1);
     }
 }
