@@ -303,7 +303,10 @@ impl Membership {
             &[&inner.keys.members, &inner.keys.info],
         );
         let mut invocation = inner.scripts.list.key(&inner.keys.members);
-        invocation.key(&inner.keys.info);
+        invocation
+            .key(&inner.keys.info)
+            .arg(millis(inner.timeout))
+            .arg(millis(inner.interval));
         // Read-only: safe to run again on a new connection.
         let reply: Vec<String> = inner
             .call("listing the cluster members", Retry::Once, |mut c| {

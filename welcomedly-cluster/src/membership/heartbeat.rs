@@ -35,7 +35,8 @@ pub(crate) async fn beat(inner: &Inner) -> Result<(), Error> {
         .arg(inner.id.as_str())
         .arg(millis(inner.timeout))
         .arg(&inner.description)
-        .arg(millis(inner.presence_ttl));
+        .arg(millis(inner.presence_ttl))
+        .arg(millis(inner.interval));
     // Retry::Never: the reply of a second run would lose what the first one said (the
     // instances it reaped, whether this one had to rejoin). A failed heartbeat is tried again
     // at the next tick, well within the timeout.
