@@ -30,10 +30,17 @@
 //!   moment its heartbeat expires (no ghosts), before any cleanup. The survivor that reaps a
 //!   dead instance deletes its hash and announces its presences as gone; a hash nobody reaps
 //!   (every instance died) expires by its own TTL (10 × timeout, at least 30 s).
-//!   On Sentinel or a Redis Cluster, set the timeout above the failover time plus one
-//!   heartbeat interval (≥ 5 s with the default 1 s interval): the promoted replica holds the
-//!   heartbeats of before the failover, and with the default 3 s a 2.3 s SIGKILL failover
-//!   once listed 2 of 3 live instances until they beat again.
+//! - **Outages pause the clock**: after a failover the promoted replica holds the heartbeats
+//!   of before the fault, all older than the outage. When no instance has heartbeated for more
+//!   than two intervals and at most ten timeouts (the latest expiry in the set tells when the
+//!   last heartbeat landed), the first heartbeat after the outage pushes every other member's
+//!   expiry back by that gap before it reaps anything, and the listing counts from the last
+//!   heartbeat that landed: a failover longer than the timeout declares no live instance dead
+//!   (tested: a SIGKILLed cluster master, 2.1–2.3 s to promote, 2 s timeout: 3 of 3 listed
+//!   throughout, where without it 0 were listed after the promotion). An instance that died
+//!   just before the outage goes one timeout after heartbeats resume; after a longer gap (the
+//!   whole fleet was stopped) nothing is shifted and stale members go at once. Every instance
+//!   must use the same timeout.
 //! - **Diffs**: joins and leaves are broadcast locally as typed, serde [`PresenceDiff`]s
 //!   ([`Membership::presence_diffs`]); forward them to the event bus. Each change is announced
 //!   by exactly one instance: the one the connection is on, or the one that reaped a dead
