@@ -64,7 +64,9 @@ pub enum Topology {
     /// A primary the Sentinels name (`REDIS_SENTINELS`, `REDIS_SENTINEL_MASTER`): the link asks
     /// them where the primary is on every (re)connection, so it follows a failover.
     Sentinel {
-        /// The Sentinels' addresses, `host:port` each.
+        /// The Sentinels' addresses, `host:port` each, or `redis://[user:password@]host:port`
+        /// for Sentinels that require a password (`requirepass` or an ACL user in their
+        /// configuration). `Debug` and `Display` redact those passwords.
         sentinels: Vec<String>,
         /// The master's name in the Sentinels' configuration (`sentinel monitor <name> ...`).
         master: String,
@@ -95,7 +97,16 @@ impl fmt::Display for Topology {
             Self::Single(url) => fmt::Display::fmt(url, f),
             Self::Sentinel {
                 sentinels, master, ..
-            } => write!(f, "master {master:?} of Sentinels {}", sentinels.join(",")),
+            } => {
+                write!(f, "master {master:?} of Sentinels ")?;
+                for (i, sentinel) in sentinels.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    f.write_str(&redact_url(sentinel))?;
+                }
+                Ok(())
+            }
             Self::Cluster { nodes } => {
                 f.write_str("Redis Cluster at ")?;
                 for (i, node) in nodes.iter().enumerate() {
@@ -120,7 +131,10 @@ impl fmt::Debug for Topology {
                 url,
             } => f
                 .debug_struct("Sentinel")
-                .field("sentinels", sentinels)
+                .field(
+                    "sentinels",
+                    &sentinels.iter().map(|s| redact_url(s)).collect::<Vec<_>>(),
+                )
                 .field("master", master)
                 .field("url", url)
                 .finish(),
@@ -230,7 +244,7 @@ impl LinkConfig {
     pub fn read(env: &mut EnvReader<'_>) -> Option<Self> {
         let url = env.read("REDIS_URL", None, |v| parse_url(v).map(Some));
         let sentinels = env.read("REDIS_SENTINELS", None, |v| {
-            parse_list(v, parse_host_port).map(Some)
+            parse_list(v, parse_sentinel).map(Some)
         });
         let nodes = env.read("REDIS_CLUSTER_NODES", None, |v| {
             parse_list(v, |node| {
@@ -343,8 +357,19 @@ fn parse_url(v: &str) -> Result<RedisUrl, &'static str> {
 }
 
 /// `host:port` with a port 1-65535.
-fn parse_host_port(v: &str) -> Result<String, &'static str> {
-    let bad = "holds an address that is not host:port: expected host:port,host:port such as sentinel-1:26379,sentinel-2:26379";
+/// One Sentinel: `host:port`, or `redis://[user:password@]host:port` when it needs a password.
+fn parse_sentinel(v: &str) -> Result<String, &'static str> {
+    let bad = "holds a Sentinel that is not host:port or redis://[user:password@]host:port: expected a list such as sentinel-1:26379,sentinel-2:26379";
+    let Some(rest) = v.strip_prefix("redis://") else {
+        return parse_host_port(v, bad);
+    };
+    let address = rest.rsplit_once('@').map_or(rest, |(_, address)| address);
+    let address = address.strip_suffix('/').unwrap_or(address);
+    parse_host_port(address, bad)?;
+    Ok(v.to_owned())
+}
+
+fn parse_host_port(v: &str, bad: &'static str) -> Result<String, &'static str> {
     let (host, port) = v.rsplit_once(':').ok_or(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || host.contains(['/', '@']) {
@@ -486,5 +511,50 @@ mod tests {
         assert!(e.to_string().contains("empty list"), "{e}");
         // Blank is unset.
         assert!(read(&[("REDIS_CLUSTER_NODES", "  ")]).unwrap().is_none());
+    }
+
+    #[test]
+    fn sentinels_with_passwords_are_accepted_and_never_printed() {
+        let read = |vars: &[(&str, &str)]| {
+            let mut env = EnvReader::from_pairs(vars);
+            let config = LinkConfig::read(&mut env);
+            env.finish(config)
+        };
+        let c = read(&[
+            (
+                "REDIS_SENTINELS",
+                "redis://:hunter2@s1:26379,redis://watcher:hunter2@[::1]:26380/,s3:26381",
+            ),
+            ("REDIS_SENTINEL_MASTER", "mymaster"),
+        ])
+        .unwrap()
+        .unwrap();
+        let Topology::Sentinel { sentinels, .. } = &c.topology else {
+            panic!("not a Sentinel topology: {:?}", c.topology);
+        };
+        assert_eq!(sentinels.len(), 3);
+        assert_eq!(sentinels[0], "redis://:hunter2@s1:26379");
+        for shown in [
+            format!("{}", c.topology),
+            format!("{:?}", c.topology),
+            format!("{c:?}"),
+        ] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("s1:26379") && shown.contains("s3:26381"),
+                "{shown}"
+            );
+        }
+        // A URL without a port, or with a path other than `/`, is refused without echoing it.
+        for bad in [
+            "redis://:hunter2@s1",
+            "redis://:hunter2@s1:26379/0",
+            "redis://:hunter2@:26379",
+        ] {
+            let e = read(&[("REDIS_SENTINELS", bad), ("REDIS_SENTINEL_MASTER", "m")]).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("redis://[user:password@]host:port"), "{text}");
+            assert!(!text.contains("hunter2"), "{text}");
+        }
     }
 }

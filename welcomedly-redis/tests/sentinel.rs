@@ -496,3 +496,150 @@ async fn a_node_that_is_not_master_is_not_used() {
     .await;
     assert_eq!(link_port(&link).await, primary);
 }
+
+/// What the link logged, for checks that no password reaches a log line.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Sentinels that require a password (an ACL user, the default user switched off) and a
+/// master reached as its own ACL user: the link authenticates to both with the credentials
+/// from the topology (`redis://user:password@host:port` Sentinels, `REDIS_SENTINEL_MASTER_URL`);
+/// without them, or with a wrong password, calls fail as "not connected" and no password shows
+/// in an error, a `Debug` or a log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_and_a_master_that_require_passwords() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let group = start().await;
+    for port in group.data_ports() {
+        group
+            .command_on(
+                port,
+                &[
+                    "ACL",
+                    "SETUSER",
+                    "app",
+                    "on",
+                    ">m4ster-pw",
+                    "~*",
+                    "&*",
+                    "+@all",
+                ],
+            )
+            .unwrap();
+    }
+    let primary = group.primary().unwrap();
+    let sentinel_ports = group.sentinel_ports();
+    for &port in &sentinel_ports {
+        group
+            .command_on(
+                port,
+                &["ACL", "SETUSER", "watcher", "on", ">s3ntinel-pw", "+@all"],
+            )
+            .unwrap();
+    }
+    // The Sentinels refuse anyone else from now on (the kit cannot reach them either: this test
+    // causes no fault).
+    for &port in &sentinel_ports {
+        group
+            .command_on(port, &["ACL", "SETUSER", "default", "off"])
+            .unwrap();
+    }
+    let sentinels_with = |password: &str| -> Vec<String> {
+        sentinel_ports
+            .iter()
+            .map(|port| format!("redis://watcher:{password}@127.0.0.1:{port}"))
+            .collect()
+    };
+
+    // The right credentials: the link resolves the master through the Sentinels and talks to it
+    // as `app`.
+    let mut c = LinkConfig::sentinel(
+        sentinels_with("s3ntinel-pw"),
+        group.master_name(),
+        "redis://app:m4ster-pw@master/0",
+    );
+    c.budget = BUDGET;
+    assert!(!format!("{c:?}").contains("pw"), "{c:?}");
+    let link = Link::connect(c).await.unwrap();
+    assert!(link.is_connected(), "{link:?}");
+    let who: String = link
+        .query(&redis::cmd("ACL").arg("WHOAMI"), Retry::Once)
+        .await
+        .unwrap();
+    assert_eq!(who, "app");
+    assert_eq!(link_port(&link).await, primary);
+    drop(link);
+
+    // Wrong Sentinel password, and no Sentinel credentials at all: nothing resolves.
+    for sentinels in [
+        sentinels_with("wrong-pw"),
+        sentinel_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect(),
+    ] {
+        let mut c = LinkConfig::sentinel(
+            sentinels,
+            group.master_name(),
+            "redis://app:m4ster-pw@master/0",
+        );
+        c.budget = BUDGET;
+        c.connect_timeout = Duration::from_millis(500);
+        let link = Link::connect(c).await.unwrap();
+        let e = link
+            .query::<()>(&redis::cmd("PING"), Retry::Never)
+            .await
+            .unwrap_err();
+        assert!(e.is_not_connected(), "{e:?}");
+        for shown in [e.to_string(), format!("{e:?}"), format!("{link:?}")] {
+            assert!(!shown.contains("-pw"), "{shown}");
+        }
+    }
+    // A wrong master password: the Sentinels answer, the master refuses.
+    let mut c = LinkConfig::sentinel(
+        sentinels_with("s3ntinel-pw"),
+        group.master_name(),
+        "redis://app:wrong-pw@master/0",
+    );
+    c.budget = BUDGET;
+    c.connect_timeout = Duration::from_millis(500);
+    let link = Link::connect(c).await.unwrap();
+    let e = link
+        .query::<()>(&redis::cmd("PING"), Retry::Never)
+        .await
+        .unwrap_err();
+    assert!(e.is_not_connected(), "{e:?}");
+    assert!(!e.to_string().contains("-pw"), "{e}");
+    drop(link);
+
+    let text = logs.text();
+    assert!(
+        text.contains("watcher") || text.contains("Sentinel") || text.contains("sentinel"),
+        "the failed attempts were logged: {text}"
+    );
+    assert!(!text.contains("-pw"), "a password reached the log:\n{text}");
+}
