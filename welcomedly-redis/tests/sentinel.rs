@@ -587,7 +587,7 @@ async fn sentinels_and_a_master_that_require_passwords() {
     let link = Link::connect(c).await.unwrap();
     assert!(link.is_connected(), "{link:?}");
     let who: String = link
-        .query(&redis::cmd("ACL").arg("WHOAMI"), Retry::Once)
+        .query(redis::cmd("ACL").arg("WHOAMI"), Retry::Once)
         .await
         .unwrap();
     assert_eq!(who, "app");
