@@ -11,7 +11,7 @@
 //! The latency guard of a rollout compares the *share of slow requests* in both arms, with
 //! "slow" set by the control arm: [`slow_requests`] takes the control's quantile (say p95), widens
 //! it by a tolerance, and counts the requests of each arm at or above it, giving two
-//! [`Arm`]s for [`sequential::test`](super::sequential::test). Both arms are counted against the
+//! [`Arm`]s for [`sequential::test`](super::sequential::test()). Both arms are counted against the
 //! same bucket bound, so the bucket width rounds the threshold but does not bias the comparison.
 //!
 //! ```
@@ -217,7 +217,7 @@ impl fmt::Display for HistogramLengthError {
 
 impl std::error::Error for HistogramLengthError {}
 
-/// Both arms' counts of slow requests, for [`sequential::test`](super::sequential::test).
+/// Both arms' counts of slow requests, for [`sequential::test`](super::sequential::test()).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SlowRequests {
@@ -233,7 +233,7 @@ pub struct SlowRequests {
 /// Counts the requests of each arm at or above the control arm's `quantile` widened by
 /// `tolerance` (`0.1` = 10 % slower than the control's quantile is still fine). A non-finite or
 /// negative tolerance counts as 0. With an empty control arm nothing is slow (and
-/// [`sequential::test`](super::sequential::test) answers
+/// [`sequential::test`](super::sequential::test()) answers
 /// [`Insufficient`](super::sequential::Verdict::Insufficient) for it anyway).
 #[must_use]
 pub fn slow_requests(

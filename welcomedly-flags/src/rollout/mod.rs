@@ -10,7 +10,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`sequential`] | [`test`](sequential::test): an always-valid one-sided comparison of two Bernoulli arms (error ratio, share of slow requests, an app counter per request) |
+//! | [`sequential`] | [`test()`](sequential::test()): an always-valid one-sided comparison of two Bernoulli arms (error ratio, share of slow requests, an app counter per request) |
 //! | [`histogram`] | [`LatencyHistogram`](histogram::LatencyHistogram): 64 log-spaced buckets, 1 ms … 60 s, mergeable, stored as 64 integers |
 //!
 //! ```
