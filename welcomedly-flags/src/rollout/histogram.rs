@@ -337,6 +337,32 @@ mod tests {
         assert_eq!(h.count_above(Duration::MAX), 0);
     }
 
+    proptest::proptest! {
+        /// The quantile is the upper bound of the bucket holding the exact order statistic, and
+        /// `count_above` never counts a duration below its threshold.
+        #[test]
+        fn quantile_and_count_above_bracket_the_data(
+            mut micros in proptest::collection::vec(0u64..100_000_000, 1..200),
+            q in 0.0f64..=1.0,
+            threshold in 0u64..100_000_000,
+        ) {
+            let mut h = LatencyHistogram::new();
+            for &m in &micros {
+                h.record(Duration::from_micros(m));
+            }
+            micros.sort_unstable();
+            let rank = ((q * micros.len() as f64).ceil() as usize).clamp(1, micros.len());
+            let exact = micros[rank - 1];
+            let got = u64::try_from(h.quantile(q).unwrap().as_micros()).unwrap();
+            let bucket = LatencyHistogram::bucket_of(Duration::from_micros(exact));
+            let upper = LOWER_BOUNDS_MICROS.get(bucket + 1).copied().unwrap_or(60_000_000);
+            proptest::prop_assert_eq!(got, upper);
+            let above = h.count_above(Duration::from_micros(threshold));
+            let truly_above = micros.iter().filter(|&&m| m >= threshold).count() as u64;
+            proptest::prop_assert!(above <= truly_above);
+        }
+    }
+
     #[test]
     fn merge_adds_and_saturates() {
         let mut a = LatencyHistogram::new();

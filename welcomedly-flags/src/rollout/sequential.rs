@@ -591,6 +591,43 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// No input panics or gives a non-finite statistic, and the verdict follows the numbers.
+        #[test]
+        fn every_input_gives_consistent_evidence(
+            control in (proptest::num::u64::ANY, proptest::num::u64::ANY),
+            treatment in (proptest::num::u64::ANY, proptest::num::u64::ANY),
+            small in (0u64..5_000, 0u64..200, 0u64..5_000, 0u64..200),
+            alpha in proptest::num::f64::ANY,
+            tolerance in proptest::num::f64::ANY,
+            mixing in proptest::num::f64::ANY,
+            min_trials in 0u64..1_000,
+        ) {
+            let cfg = SequentialConfig { alpha, tolerance, mixing, min_trials_per_arm: min_trials };
+            let (c_trials, c_events, t_trials, t_events) = small;
+            for (c, t) in [
+                (Arm::new(control.0, control.1), Arm::new(treatment.0, treatment.1)),
+                (Arm::new(c_trials, c_events), Arm::new(t_trials, t_events)),
+            ] {
+                let e = test(c, t, &cfg);
+                proptest::prop_assert!(e.statistic.is_finite() && e.threshold.is_finite());
+                let enough = c.trials >= min_trials.max(1) && t.trials >= min_trials.max(1);
+                let want = if !enough {
+                    Verdict::Insufficient
+                } else if e.statistic >= e.threshold {
+                    Verdict::Regression
+                } else {
+                    Verdict::Holds
+                };
+                proptest::prop_assert_eq!(e.verdict, want);
+                // A treatment no worse than the control is never a regression.
+                if t.rate() <= c.rate() {
+                    proptest::prop_assert_ne!(e.verdict, Verdict::Regression);
+                }
+            }
+        }
+    }
+
     #[test]
     fn validate_names_the_bad_field() {
         assert_eq!(SequentialConfig::default().validate(), Ok(()));
