@@ -306,6 +306,16 @@ pub struct Evidence {
     pub treatment_rate: f64,
 }
 
+impl Evidence {
+    /// `min(1, 1/Λ)` at this look. The smallest value over all looks so far is an always-valid
+    /// p-value for "the treatment is not worse by more than the tolerance" (the verdict is
+    /// [`Verdict::Regression`] once it is at most `alpha`, given enough trials).
+    #[must_use]
+    pub fn p_value(&self) -> f64 {
+        (-self.statistic).exp().min(1.0)
+    }
+}
+
 /// Tests whether `treatment` is worse than `control` by more than `cfg.tolerance` (see the
 /// [module docs](self)). Stateless: call it with the cumulative counts of each arm as often as
 /// you like. Never panics; an out-of-range `cfg` is brought into range
@@ -494,6 +504,9 @@ mod tests {
         // A 5 % rollout: 95 000 control requests at 1 %, 5 000 treatment requests at 3 %.
         let e = test(Arm::new(95_000, 950), Arm::new(5_000, 150), &cfg);
         assert_eq!(e.verdict, Verdict::Regression, "{e:?}");
+        assert!(e.p_value() <= cfg.alpha);
+        let e = test(Arm::new(95_000, 950), Arm::new(5_000, 50), &cfg);
+        assert!(e.p_value() > cfg.alpha && e.p_value() <= 1.0);
     }
 
     #[test]
