@@ -1,0 +1,27 @@
+//! Statistics for guarded rollouts: is the new variant worse than the old one?
+//!
+//! A guarded rollout serves a change to a share of the traffic (the *treatment* arm) while the
+//! rest keeps the current behaviour (the *control* arm), watches both, and rolls back as soon as
+//! the treatment is shown to be worse. "As soon as" means the comparison is looked at after every
+//! batch of requests, so an ordinary fixed-sample test (which is only valid when looked at once)
+//! would raise false alarms far above its nominal rate. [`sequential`] holds a test that stays
+//! valid however often it is looked at; [`histogram`] holds the bounded latency histogram the
+//! latency guard is computed from.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`sequential`] | [`test()`](sequential::test()): an always-valid one-sided comparison of two Bernoulli arms (error ratio, share of slow requests, an app counter per request) |
+//! | [`histogram`] | [`LatencyHistogram`](histogram::LatencyHistogram): 64 log-spaced buckets, 1 ms … 60 s, mergeable, stored as 64 integers |
+//!
+//! ```
+//! use welcomedly_flags::rollout::sequential::{test, Arm, SequentialConfig, Verdict};
+//!
+//! let cfg = SequentialConfig::default();
+//! // 1 % errors on the old variant, 4 % on the new one.
+//! let control = Arm::new(4_000, 40);
+//! let treatment = Arm::new(4_000, 160);
+//! assert_eq!(test(control, treatment, &cfg).verdict, Verdict::Regression);
+//! ```
+
+pub mod histogram;
+pub mod sequential;
