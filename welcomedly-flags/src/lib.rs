@@ -78,6 +78,7 @@ pub mod ofrep;
 #[cfg(feature = "openfeature")]
 #[cfg_attr(docsrs, doc(cfg(feature = "openfeature")))]
 pub mod openfeature;
+mod problem;
 pub mod snapshot;
 pub mod store;
 pub mod validate;

@@ -79,7 +79,7 @@ use self::parse::{Compiled, FlagdFlag};
 use self::value::Val;
 use crate::context::Context;
 use crate::eval::{ErrorCode, Evaluation, Match, Reason};
-use crate::snapshot::FlagType;
+use crate::model::FlagType;
 
 /// Bounds on what a flag file may make us spend (an admin API client writes these files).
 #[derive(Debug, Clone, PartialEq, Eq)]
