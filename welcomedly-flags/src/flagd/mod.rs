@@ -6,7 +6,8 @@
 //! `defaultVariant` (a name, `null` or absent), `targeting` and `metadata`; `$evaluators`
 //! reused through `{"$ref": "name"}`; flag-set `metadata` under each flag's own.
 //!
-//! Targeting is JsonLogic (jsonlogic.com's operators and JavaScript coercions: `==` is loose,
+//! Targeting is JsonLogic (jsonlogic.com's operators, `map`, `filter`, `reduce`, `all`, `some`,
+//! `none` and `merge` included, and JavaScript coercions: `==` is loose,
 //! `[]` and `""` are false, `"0"` is true) plus flagd's `fractional`, `starts_with`,
 //! `ends_with`, `sem_ver` and the `$flagd.flagKey` / `$flagd.timestamp` variables. It is
 //! compiled when the file is read, so evaluation walks a tree of nodes and allocates nothing
@@ -290,7 +291,8 @@ impl FlagdSet {
                 None => Served::CallerDefault(Reason::Default),
             };
         };
-        let env = Env { ctx, flag_key: key };
+        let budget = std::cell::Cell::new(eval::MAX_ITERATIONS);
+        let env = Env::new(ctx, key, &budget);
         let result = eval::eval(targeting, &env).unwrap_or(Val::Null);
         if result.is_null() {
             return match flag.default_variant {
