@@ -160,6 +160,19 @@ impl FlagsProvider {
         {
             metadata.add_value("description", description);
         }
+        // A flagd flag's metadata: OpenFeature's metadata values are scalars, so nested ones
+        // are left out.
+        for (name, value) in snapshot.metadata(key).into_iter().flatten() {
+            match value {
+                serde_json::Value::Bool(b) => metadata.add_value(name, *b),
+                serde_json::Value::String(s) => metadata.add_value(name, s.as_str()),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(i) => metadata.add_value(name, i),
+                    None => metadata.add_value(name, n.as_f64().unwrap_or_default()),
+                },
+                _ => {}
+            }
+        }
         Ok(ResolutionDetails {
             value: convert(eval.value)?,
             variant: Some(variant.to_owned()),

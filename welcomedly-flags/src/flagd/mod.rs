@@ -269,6 +269,15 @@ impl FlagdSet {
         self.compiled(key).ok()?.kind
     }
 
+    /// Flag `key`'s metadata (flag-set metadata overlaid with the flag's own); the flag-set
+    /// metadata for a flag with a problem; `None` for an unknown flag.
+    pub fn flag_metadata(&self, key: &str) -> Option<&Map<String, Value>> {
+        match self.flag(key)? {
+            FlagdFlag { body: Ok(c), .. } => Some(&c.metadata),
+            FlagdFlag { body: Err(_), .. } => Some(&self.metadata),
+        }
+    }
+
     #[inline]
     fn flag(&self, key: &str) -> Option<&FlagdFlag> {
         self.flags.get(*self.index.get(key)? as usize)
@@ -311,7 +320,7 @@ impl FlagdSet {
     }
 
     #[inline]
-    fn typed<'a, T>(
+    pub(crate) fn typed<'a, T>(
         &'a self,
         key: &str,
         ctx: &Context<'_>,

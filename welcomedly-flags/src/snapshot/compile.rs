@@ -185,6 +185,8 @@ pub(super) fn compile(
         flags,
         segments,
         regexes,
+        #[cfg(feature = "flagd")]
+        flagd: None,
     })
 }
 

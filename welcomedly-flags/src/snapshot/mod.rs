@@ -26,8 +26,11 @@
 //! ```
 
 mod compile;
+mod document;
 mod resolve;
 mod typed;
+
+pub use self::document::DocumentFormat;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -93,6 +96,10 @@ pub struct Snapshot {
     /// Every regular expression of the set by pattern (clones of those in the clauses), for
     /// [`Snapshot::compile_next`] to reuse.
     regexes: HashMap<String, regex::Regex>,
+    /// Set when the snapshot was compiled from a flagd file: then `flags` and `segments` are
+    /// empty and every evaluation goes to the flagd set.
+    #[cfg(feature = "flagd")]
+    flagd: Option<Box<document::FlagdSource>>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -122,6 +129,8 @@ impl Snapshot {
             flags: Box::new([]),
             segments: Box::new([]),
             regexes: HashMap::new(),
+            #[cfg(feature = "flagd")]
+            flagd: None,
         }
     }
 
@@ -160,28 +169,44 @@ impl Snapshot {
         self.version
     }
 
-    /// The flag set this snapshot was compiled from.
+    /// The flag set this snapshot was compiled from (empty for a snapshot compiled from a flagd
+    /// file: see `Snapshot::flagd`).
     pub fn flag_set(&self) -> &FlagSet {
         &self.source
     }
 
     /// The number of flags.
     pub fn len(&self) -> usize {
+        #[cfg(feature = "flagd")]
+        if let Some(f) = &self.flagd {
+            return f.set.len();
+        }
         self.flags.len()
     }
 
     /// Whether there are no flags.
     pub fn is_empty(&self) -> bool {
-        self.flags.is_empty()
+        self.len() == 0
     }
 
     /// Flag keys, in key order.
+    // One binding, extended with the flagd side when that feature is on.
+    #[allow(clippy::let_and_return)]
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.flags.iter().map(|f| &*f.key)
+        let native = self.flags.iter().map(|f| &*f.key);
+        // A flagd snapshot has no native flags, so the chain is one side or the other.
+        #[cfg(feature = "flagd")]
+        let native = native.chain(self.flagd.iter().flat_map(|f| f.set.keys()));
+        native
     }
 
-    /// The type of flag `key`'s variants, or `None` for an unknown flag.
+    /// The type of flag `key`'s variants, or `None` for an unknown flag (and, in a flagd
+    /// snapshot, for a flag with a problem or without variants).
     pub fn flag_type(&self, key: &str) -> Option<FlagType> {
+        #[cfg(feature = "flagd")]
+        if let Some(f) = &self.flagd {
+            return f.set.flag_type(key);
+        }
         self.flag(key).map(|(_, f)| f.kind)
     }
 
