@@ -32,6 +32,15 @@
 //! when what this context sees changes (a flag edit that does not change this context's
 //! results keeps the tag), and is the same on every instance serving the same flag set.
 //!
+//! **The OpenAPI document**: OFREP 0.3.0 (open-feature/protocol `service/openapi.yaml`). Beyond
+//! 0.1.0: a result without `value` is the *code default* (ADR-0006); the bulk answer carries
+//! the flag set's `metadata` (a flagd file's top-level metadata; none for a native set); the
+//! change-trigger query parameters `flagConfigEtag` and `flagConfigLastModified` are accepted and
+//! take no part in the `304` decision, which is `If-None-Match`'s alone. Not offered: the
+//! optional `eventStreams` of the bulk answer (ADR-0008 SSE change notices) and the
+//! `/ofrep/v1/configuration` extension; a request without `context` or `targetingKey` (which
+//! the document marks required) is evaluated as an empty context rather than refused.
+//!
 //! **Authorization** goes through the admin API's [`AdminAuth`] hook: [`OfrepKey`] takes
 //! OFREP's two schemes (`Authorization: Bearer <key>` or `X-API-Key: <key>`), [`OpenAccess`]
 //! lets every caller in, and any other hook works. **Bounds**: the body
