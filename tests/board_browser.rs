@@ -22,6 +22,7 @@ use serde_json::json;
 use welcomedly_testkit::{PgCluster, RedisServer, free_port};
 
 const PASSWORD: &str = "board-test-password";
+const ADMIN_TOKEN: &str = "board-test-admin-token";
 
 fn example_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -75,6 +76,7 @@ fn instance(name: &str, redis: &RedisServer, pg: &PgCluster) -> Process {
         )
         .env("WELCOMEDLY_INSTANCE_ID", name)
         .env("WELCOMEDLY_DEMO_PASSWORD", PASSWORD)
+        .env("WELCOMEDLY_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -299,6 +301,31 @@ async fn the_board_shows_an_agents_change_made_on_another_instance_live_and_surv
     assert_eq!(audit["unlabelled"], 0, "{audit}");
     assert_eq!(audit["foreign"], json!([]), "{audit}");
 
+    // A flag flipped through the admin API on instance A re-renders the page served and
+    // streamed by instance B: the store pushes the change to B, B's stream sends a `flags`
+    // event, the page reads its flags again through OFREP bulk and turns dark.
+    let dark = || async {
+        supervisor
+            .execute("return document.body.classList.contains('dark');", vec![])
+            .await
+            .unwrap()
+            == json!(true)
+    };
+    assert!(!dark().await, "the seeded theme is light");
+    let (status, raw) = admin_put(
+        a.port,
+        "/admin/flags/board-theme",
+        r#"{"variants": {"light": "light", "dark": "dark"}, "fallthrough": {"variant": "dark"}}"#,
+    );
+    assert_eq!(status, 200, "{raw}");
+    let took = until(
+        "B's page turns dark after the flag flip on A",
+        Duration::from_secs(5),
+        || async { dark().await },
+    )
+    .await;
+    println!("board-theme flipped on A → B's page re-rendered: {took:?}");
+
     // The supervisor view: campaigns through the DB router, and the flag-gated statistics
     // (`campaign-stats` targets `supervisor`).
     until(
@@ -447,6 +474,23 @@ fn http(port: u16, method: &str, path: &str, cookie: Option<&str>, body: &str) -
         head.push_str(&format!("cookie: {c}\r\n"));
     }
     write!(s, "{head}\r\n{body}").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    (status, raw)
+}
+
+/// `PUT` on the flags admin API (bearer token, `If-Match: *`): the status and the raw answer.
+fn admin_put(port: u16, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "PUT {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\nauthorization: Bearer {ADMIN_TOKEN}\r\nif-match: *\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let status = raw[9..12].parse().unwrap();

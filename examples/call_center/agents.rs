@@ -15,6 +15,10 @@
 //!   `session_ended` event; its slot is freed with it. An open stream does not slide the
 //!   session's idle expiry (watching the board is not activity: an unattended screen still
 //!   logs out).
+//! - The stream also says when this instance's feature flags changed (a `flags` event whose
+//!   data is the flag set's version, one per version): the board reads its flags again through
+//!   OFREP bulk evaluation with `If-None-Match`, so a flag flipped on any instance re-renders
+//!   every board it changes.
 //! - Presence is who is connected, as Phoenix Presence and Socket.IO mean it: an agent is
 //!   online while at least one of their event streams is open on a live instance (tabs and
 //!   instances counted: membership's per-instance refcounts, or `LocalPresence` on the
@@ -47,6 +51,7 @@ use welcomedly_cluster::membership::{
 };
 use welcomedly_cluster::session::Session;
 use welcomedly_core::drain::DrainSignal;
+use welcomedly_flags::Flags;
 
 use crate::login::DEMO_USERS;
 use crate::problem::Problem;
@@ -133,6 +138,8 @@ pub(crate) struct Agents {
     streams: StreamSlots,
     instance: String,
     drain: DrainSignal,
+    /// This instance's feature flags: the stream tells the board when they change.
+    flags: Flags,
 }
 
 /// An agent's last status on this instance's board, with the change's sequence number on the
@@ -190,6 +197,7 @@ impl Agents {
         membership: Option<Membership>,
         instance: String,
         drain: DrainSignal,
+        flags: Flags,
     ) -> Result<Arc<Self>, welcomedly_cluster::Error> {
         let presence = match membership {
             Some(m) => Presence::Cluster(m),
@@ -203,6 +211,7 @@ impl Agents {
             streams: StreamSlots::default(),
             instance,
             drain,
+            flags,
         }))
     }
 
@@ -472,7 +481,11 @@ async fn events(
         .drain(agents.drain.clone())
         .first(hello)
         .end_with_session(watch)
-        .merge(presence_events(agents.clone(), diffs))
+        // One stream of the application's own events: presence diffs and flag changes.
+        .merge(futures_util::stream::select(
+            presence_events(agents.clone(), diffs),
+            flag_events(agents.flags.clone()),
+        ))
         .respond()
         .await;
     // The slot and the presence are released when the stream's body is dropped: the client
@@ -523,6 +536,33 @@ fn presence_events(
             }
         }
     })
+}
+
+/// `flags` events (data: the flag set's version) whenever this instance installs a flag set
+/// that changes a flag: an admin write on any instance reaches every instance through the flag
+/// store's push, and each instance's streams tell their boards, which read their flags again
+/// (OFREP bulk with `If-None-Match`: a change that does not touch this user costs a `304`).
+/// One event per version, however many flags it changed.
+fn flag_events(flags: Flags) -> impl futures_util::Stream<Item = SseEvent> + Send + 'static {
+    let changes = flags.subscribe();
+    futures_util::stream::unfold(
+        (flags, changes, 0u64),
+        |(flags, mut changes, last)| async move {
+            loop {
+                let version = match changes.recv().await {
+                    Ok(change) => change.version,
+                    // Changes were missed: the board re-reads anyway.
+                    Err(RecvError::Lagged(_)) => flags.version(),
+                    Err(RecvError::Closed) => return None,
+                };
+                if version == last {
+                    continue;
+                }
+                let event = SseEvent::default().event("flags").data(version.to_string());
+                return Some((event, (flags, changes, version)));
+            }
+        },
+    )
 }
 
 fn now_ms() -> u64 {

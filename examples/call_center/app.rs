@@ -169,6 +169,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         membership.clone(),
         config.instance_id.to_string(),
         drain.signal(),
+        features.flags.clone(),
     )?;
     tokio::spawn(agents.clone().follow());
     // Campaigns through the DB router (PostgreSQL primary + replicas from DATABASE_URL and

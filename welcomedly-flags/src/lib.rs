@@ -20,7 +20,7 @@
 //! | [`context`] | the borrowed evaluation [`Context`] |
 //! | [`bucketing`] | rollout bucketing algorithms (v1, flagd's MurmurHash3) |
 //! | [`flags`] | the [`Flags`] handle and [`FlagChange`] subscriptions |
-//! | `flagd` (feature `flagd`) | flagd flag files: JsonLogic targeting compiled once, flagd's results |
+//! | `flagd` (feature `flagd`) | flagd flag files: JsonLogic targeting compiled once, flagd's results; a [`Snapshot`] compiled from one ([`Snapshot::compile_document`], [`DocumentFormat`]) evaluates through [`Flags`], OFREP and the provider, and the stores and the admin API keep one like a native set |
 //! | [`store`] | where the flag set lives (memory, Redis with the `redis` feature) and [`store::FlagSync`], which keeps every instance's snapshot current |
 //! | `admin` (feature `axum`) | the flags admin API: list, get, put with `If-Match`, delete, history |
 //! | `ofrep` (feature `axum`) | the OpenFeature Remote Evaluation Protocol endpoint: single and bulk evaluation, `ETag`/`304` |
@@ -78,6 +78,7 @@ pub mod ofrep;
 #[cfg(feature = "openfeature")]
 #[cfg_attr(docsrs, doc(cfg(feature = "openfeature")))]
 pub mod openfeature;
+mod problem;
 pub mod rollout;
 pub mod snapshot;
 pub mod store;
@@ -87,5 +88,5 @@ pub use context::{AttrValue, Context};
 pub use eval::{ErrorCode, Evaluation, Match, Reason};
 pub use flags::{ChangeKind, FlagChange, FlagWatch, Flags};
 pub use model::FlagSet;
-pub use snapshot::{FlagType, Snapshot};
+pub use snapshot::{DocumentFormat, FlagType, Snapshot};
 pub use validate::{Problem, ValidationErrors};

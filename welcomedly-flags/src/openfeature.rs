@@ -160,6 +160,19 @@ impl FlagsProvider {
         {
             metadata.add_value("description", description);
         }
+        // A flagd flag's metadata: OpenFeature's metadata values are scalars, so nested ones
+        // are left out.
+        for (name, value) in snapshot.metadata(key).into_iter().flatten() {
+            match value {
+                serde_json::Value::Bool(b) => metadata.add_value(name, *b),
+                serde_json::Value::String(s) => metadata.add_value(name, s.as_str()),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(i) => metadata.add_value(name, i),
+                    None => metadata.add_value(name, n.as_f64().unwrap_or_default()),
+                },
+                _ => {}
+            }
+        }
         Ok(ResolutionDetails {
             value: convert(eval.value)?,
             variant: Some(variant.to_owned()),
@@ -370,6 +383,45 @@ mod tests {
 
     fn user(key: &str) -> EvaluationContext {
         EvaluationContext::default().with_targeting_key(key)
+    }
+
+    #[cfg(feature = "flagd")]
+    #[tokio::test]
+    async fn a_flagd_snapshot_resolves_with_its_metadata() {
+        let file = r#"{ "flags": { "tier": { "state": "ENABLED", "variants": { "gold": "gold", "basic": "basic" },
+            "defaultVariant": "basic",
+            "targeting": { "if": [{ "in": [{ "var": "plan" }, ["vip", "pro"]] }, "gold", null] },
+            "metadata": { "owner": "billing", "rank": 3, "beta": true } } },
+          "metadata": { "flagSetId": "plans", "nested": 1.5 } }"#;
+        let p = FlagsProvider::new(Flags::new(Snapshot::compile_flagd(file, 4).unwrap()));
+        let vip = user("u1").with_custom_field("plan", "vip");
+        let gold = p.resolve_string_value("tier", &vip).await.unwrap();
+        assert_eq!(gold.value, "gold");
+        assert_eq!(gold.reason, Some(EvaluationReason::TargetingMatch));
+        let meta = gold.flag_metadata.unwrap().values;
+        assert_eq!(
+            meta.get("owner"),
+            Some(&open_feature::FlagMetadataValue::String("billing".into()))
+        );
+        assert_eq!(
+            meta.get("rank"),
+            Some(&open_feature::FlagMetadataValue::Int(3))
+        );
+        assert_eq!(
+            meta.get("beta"),
+            Some(&open_feature::FlagMetadataValue::Bool(true))
+        );
+        assert_eq!(
+            meta.get("nested"),
+            Some(&open_feature::FlagMetadataValue::Float(1.5))
+        );
+        assert_eq!(
+            meta.get("flagSetVersion"),
+            Some(&open_feature::FlagMetadataValue::Int(4))
+        );
+        // `null` targeting: flagd's default variant.
+        let basic = p.resolve_string_value("tier", &user("u2")).await.unwrap();
+        assert_eq!(basic.value, "basic");
     }
 
     #[tokio::test]

@@ -22,6 +22,30 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const SET: &str = include_str!("flagd/bench-flags.json");
 
+/// JsonLogic's array operations over a list in the context: `some`, `all` and `none` as
+/// conditions and a `reduce` to a number build no list.
+const ARRAYS: &str = r#"{ "flags": {
+  "some-admin": { "state": "ENABLED", "variants": { "on": true, "off": false }, "defaultVariant": "off",
+    "targeting": { "if": [{ "some": [{ "var": "user.roles" }, { "==": [{ "var": "" }, "admin"] }] }, "on", "off"] } },
+  "all-small": { "state": "ENABLED", "variants": { "on": true, "off": false }, "defaultVariant": "off",
+    "targeting": { "if": [{ "all": [{ "var": "user.scores" }, { "<": [{ "var": "" }, 10] }] }, "on", "off"] } },
+  "none-banned": { "state": "ENABLED", "variants": { "on": true, "off": false }, "defaultVariant": "off",
+    "targeting": { "if": [{ "none": [{ "var": "user.roles" }, { "==": [{ "var": "" }, "banned"] }] }, "on", "off"] } },
+  "score-sum": { "state": "ENABLED", "variants": { "low": "low", "high": "high" }, "defaultVariant": "low",
+    "targeting": { "if": [{ ">": [{ "reduce": [{ "var": "user.scores" },
+      { "+": [{ "var": "current" }, { "var": "accumulator" }] }, 0] }, 10] }, "high", "low"] } }
+} }"#;
+
+fn evaluate_arrays(set: &FlagdSet, key: &str, user: &serde_json::Value) -> usize {
+    let ctx = Context::new(key).with("user", user);
+    let mut n = 0;
+    n += usize::from(set.bool_value("some-admin", &ctx, false).value);
+    n += usize::from(set.bool_value("all-small", &ctx, false).value);
+    n += usize::from(set.bool_value("none-banned", &ctx, false).value);
+    n += set.string_value("score-sum", &ctx, "-").value.len();
+    black_box(n)
+}
+
 fn evaluate_everything(set: &FlagdSet, key: &str, user: &serde_json::Value) -> usize {
     let ctx = Context::new(key)
         .with("country", "DE")
@@ -49,6 +73,11 @@ fn evaluate_everything(set: &FlagdSet, key: &str, user: &serde_json::Value) -> u
 fn flagd_evaluation_does_not_allocate() {
     let set = FlagdSet::parse(SET).unwrap();
     assert!(set.problems().is_empty(), "{:?}", set.problems());
+    let arrays = FlagdSet::parse(ARRAYS).unwrap();
+    assert!(arrays.problems().is_empty(), "{:?}", arrays.problems());
+    let member = serde_json::json!({ "roles": ["agent", "admin"], "scores": [1, 2, 3, 9] });
+    // Every array flag took its matching path: on, on, on, "high".
+    assert_eq!(evaluate_arrays(&arrays, "user-1", &member), 3 + 4);
     let user = serde_json::json!({ "account": { "plan": "pro" } });
     let keys: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
     let one = evaluate_everything(&set, "user-1", &user);
@@ -64,6 +93,7 @@ fn flagd_evaluation_does_not_allocate() {
     let mut total = 0;
     for key in &keys {
         total += evaluate_everything(&set, key, &user);
+        total += evaluate_arrays(&arrays, key, &member);
     }
     let stats = region.change();
     assert!(total > one);

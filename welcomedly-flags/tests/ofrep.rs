@@ -426,6 +426,19 @@ async fn bulk_etag_and_a_change_in_the_store() {
         let res = post(&base, path, alice, &[AUTH, ("if-none-match", &inm)]).await;
         assert_eq!(res.status(), StatusCode::NOT_MODIFIED, "{inm}");
     }
+    // OFREP 0.3's change-trigger metadata (query parameters a client echoes from an event
+    // stream) is accepted; the 304 decision is If-None-Match's alone.
+    let triggered = format!("{path}?flagConfigEtag=abc&flagConfigLastModified=1771622898");
+    let res = post(
+        &base,
+        &triggered,
+        alice,
+        &[AUTH, ("if-none-match", &new_tag)],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+    let res = post(&base, &triggered, alice, &[AUTH]).await;
+    assert_eq!(res.status(), StatusCode::OK);
 
     // Bulk failures carry no key.
     let res = post(&base, path, "[1]", &[AUTH]).await;

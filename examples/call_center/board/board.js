@@ -203,6 +203,8 @@ function openStream() {
       $("stream-instance").textContent = hello.instance;
       setPresence(hello.presence);
     } catch (_) { /* ignore a malformed greeting */ }
+    // Flags may have changed while the stream was down (a 304 when they did not).
+    refreshFlags();
     reconnectDelay = 500;
     setStreamState("live", "live");
   });
@@ -237,6 +239,8 @@ function openStream() {
     reloadAgents();
   });
   stream.addEventListener("dropped", () => reloadAgents());
+  // A flag changed (on any instance): read the flags again.
+  stream.addEventListener("flags", () => refreshFlags());
   stream.onerror = () => {
     setStreamState("reconnecting…", "down");
     $("stream-instance").textContent = "not connected";
@@ -257,11 +261,59 @@ function closeStream() {
   $("stream-instance").textContent = "not connected";
 }
 
+// The flags as this user sees them, read through OFREP bulk evaluation (the call any
+// OpenFeature web provider makes): the context is the user, and `If-None-Match` with the last
+// ETag makes an unchanged answer a bodiless 304. `flags` events on the stream say when to read
+// again. When OFREP is closed to the page (WELCOMEDLY_OFREP_TOKEN set), GET /api/flags.
+// Resolves to whether the flags changed since the last read.
+let flags = {};
+let flagsEtag = null;
+
 async function loadFlags() {
-  const res = await api("GET", "/api/flags");
-  if (!res.ok) return {};
+  const headers = { accept: "application/json", "content-type": "application/json" };
+  if (flagsEtag) headers["if-none-match"] = flagsEtag;
+  const res = await fetch("/ofrep/v1/evaluate/flags", {
+    method: "POST",
+    headers,
+    body: JSON.stringify({ context: { targetingKey: me } }),
+  });
+  if (res.status === 304) return false;
+  if (res.status === 401 || res.status === 403) {
+    const fallback = await api("GET", "/api/flags");
+    if (!fallback.ok) return false;
+    flags = (await fallback.json()).flags || {};
+    return true;
+  }
+  if (!res.ok) return false;
   const body = await res.json();
-  return body.flags || {};
+  const next = {};
+  // Failed evaluations (an errorCode) are left out: the page keeps its defaults for them.
+  for (const f of body.flags || []) {
+    if (!f.errorCode) next[f.key] = { value: f.value, variant: f.variant, reason: f.reason };
+  }
+  flags = next;
+  flagsEtag = res.headers.get("etag");
+  return true;
+}
+
+// What the flags change on the page: the theme, and the supervisor's statistics.
+async function applyFlags() {
+  document.body.classList.toggle(
+    "dark",
+    Boolean(flags["board-theme"] && flags["board-theme"].value === "dark"),
+  );
+  if (me === "supervisor") {
+    statsOn = Boolean(flags["campaign-stats"] && flags["campaign-stats"].value === true);
+    await loadStats();
+  }
+}
+
+// A `flags` event: a flag changed on some instance; read them again, re-render if this user's
+// changed.
+async function refreshFlags() {
+  try {
+    if (await loadFlags()) await applyFlags();
+  } catch (_) { /* the next event or login reads them again */ }
 }
 
 // The campaigns, newest first, a page at a time: `after` is the server's `next` cursor of the
@@ -315,19 +367,19 @@ async function showApp(user) {
   $("app").hidden = false;
   $("me-title").focus();
   try {
-    const flags = await loadFlags();
+    flagsEtag = null;
+    await loadFlags();
     document.body.classList.toggle(
       "dark",
-      flags["board-theme"] && flags["board-theme"].value === "dark",
+      Boolean(flags["board-theme"] && flags["board-theme"].value === "dark"),
     );
     await loadAgents();
     if (me !== user) return; // logged out meanwhile
     openStream();
     $("supervisor").hidden = user !== "supervisor";
     if (user === "supervisor") {
-      statsOn = flags["campaign-stats"] && flags["campaign-stats"].value === true;
       await loadCampaigns();
-      await loadStats();
+      await applyFlags();
     }
   } catch (_) {
     showLogin();

@@ -160,6 +160,38 @@ pub(super) fn set_change(before: (u64, &crate::FlagSet), after: (u64, &crate::Fl
     })
 }
 
+/// The diff of a whole-document write where either side is a flagd file: `{"format", "before",
+/// "after", "flags"}`, `before` and `after` being `{"version", "bytes", "digest", "flags"}` of
+/// each document's text and `flags` the keys `added`, `removed` and `changed` (each flag's JSON
+/// compared; a flag whose format changed counts as changed).
+#[cfg(feature = "flagd")]
+pub(super) fn document_change(before: (u64, &str), after: (u64, &str)) -> Value {
+    let flags = |text: &str| -> BTreeMap<String, Value> {
+        match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(mut doc)) => match doc.remove("flags") {
+                Some(Value::Object(flags)) => flags.into_iter().collect(),
+                _ => BTreeMap::new(),
+            },
+            _ => BTreeMap::new(),
+        }
+    };
+    let (b, a) = (flags(before.1), flags(after.1));
+    let summary = |(version, text): (u64, &str), flags: &BTreeMap<String, Value>| {
+        json!({
+            "version": version,
+            "bytes": text.len(),
+            "digest": digest(text.as_bytes()),
+            "flags": flags.len(),
+        })
+    };
+    json!({
+        "format": "flagd",
+        "before": summary(before, &b),
+        "after": summary(after, &a),
+        "flags": keys(&b, &a),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]

@@ -3,8 +3,8 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET {base}` | the whole flag set, `ETag: "<document version>"` |
-//! | `PUT {base}` | replace the whole set (flags and segments); `If-Match: "<version>"` required |
+//! | `GET {base}` | the whole flag set, `ETag: "<document version>"`; a stored flagd file as stored, and a native set exported as flagd with `Accept: application/vnd.flagd+json` or `?format=flagd` |
+//! | `PUT {base}` | replace the whole set (flags and segments); `If-Match: "<version>"` required; a flagd file with `Content-Type: application/vnd.flagd+json` or `?format=flagd` (feature `flagd`) |
 //! | `GET {base}/{key}` | one flag, `ETag` a hash of its definition |
 //! | `PUT {base}/{key}` | create (`If-None-Match: *`) or replace (`If-Match: <etag>`) one flag |
 //! | `DELETE {base}/{key}` | delete one flag (`If-Match` optional); refused while others depend on it |
@@ -34,6 +34,13 @@
 //! Writes go through the store's compare-and-set, retried when another admin wrote meanwhile.
 //! Every error is `application/problem+json`.
 //!
+//! **flagd files** (feature `flagd`): the whole set may be a flagd flag file, stored as written
+//! and compiled by every instance ([`Snapshot::compile_document`]): see `PUT {base}` above. The
+//! whole file is compiled before it is stored (not JSON: `400`; not a flagd file or over a
+//! bound: `422`; nothing stored); a flag with a problem of its own loads and evaluates as
+//! `PARSE_ERROR`, as flagd says, and the `200` answer lists it under `problems`. While the set
+//! is a flagd file, the single-flag routes answer `409`: edit the file as a whole.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use welcomedly_flags::admin::{self, BearerToken};
@@ -46,6 +53,8 @@
 
 mod auth;
 mod diff;
+#[cfg(feature = "flagd")]
+mod flagd;
 
 use std::sync::Arc;
 
@@ -60,7 +69,7 @@ use serde::Deserialize;
 pub use auth::{AdminAuth, AdminDenied, BearerToken};
 
 use crate::model::{Flag, FlagSet};
-use crate::store::{Change, FlagStore, StoreError};
+use crate::store::{Change, Document, FlagStore, StoreError};
 use crate::{Snapshot, ValidationErrors};
 
 /// How many times a write is retried when another writer changed the document meanwhile.
@@ -198,8 +207,52 @@ fn check_key(key: &str) -> Result<()> {
     }
 }
 
+/// `?format=native|flagd` on the root.
+#[derive(Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+impl FormatQuery {
+    /// Whether `format=flagd`; any value but `flagd` and `native` is a `400`, and `flagd`
+    /// without the feature a `415`.
+    fn check(&self) -> Result<bool> {
+        match self.format.as_deref() {
+            None | Some("native") => Ok(false),
+            Some("flagd") if cfg!(feature = "flagd") => Ok(true),
+            Some("flagd") => Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "this build does not read flagd files: enable the flagd feature of welcomedly-flags",
+            )),
+            Some(_) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "format must be native or flagd",
+            )),
+        }
+    }
+
+    #[cfg(feature = "flagd")]
+    fn is_flagd(&self) -> bool {
+        self.format.as_deref() == Some("flagd")
+    }
+}
+
+async fn load_doc(admin: &Admin) -> Result<Document> {
+    admin.store.load().await.map_err(|e| Problem::store(&e))
+}
+
 async fn load(admin: &Admin) -> Result<(u64, FlagSet)> {
-    let doc = admin.store.load().await.map_err(|e| Problem::store(&e))?;
+    parse_doc(load_doc(admin).await?)
+}
+
+/// The stored native set; `409` for a flagd file (edited as a whole only).
+fn parse_doc(doc: Document) -> Result<(u64, FlagSet)> {
+    if doc.version > 0 && crate::DocumentFormat::of(&doc.body) == crate::DocumentFormat::Flagd {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "the flag set is a flagd file: GET and PUT it as a whole on the admin root (format=flagd)",
+        ));
+    }
     if doc.version == 0 || doc.body.trim().is_empty() {
         return Ok((doc.version, FlagSet::new()));
     }
@@ -277,9 +330,19 @@ async fn store(admin: &Admin, version: u64, next: &FlagSet, change: Change) -> R
         })
 }
 
-async fn get_set(State(admin): AdminState, headers: HeaderMap) -> Result<Response> {
+async fn get_set(
+    State(admin): AdminState,
+    headers: HeaderMap,
+    Query(q): Query<FormatQuery>,
+) -> Result<Response> {
     authorize(&admin, &headers)?;
-    let (version, set) = load(&admin).await?;
+    q.check()?;
+    let doc = load_doc(&admin).await?;
+    #[cfg(feature = "flagd")]
+    if let Some(res) = flagd::get_set(&doc, flagd::get_is_flagd(&headers, &q)) {
+        return Ok(res);
+    }
+    let (version, set) = parse_doc(doc)?;
     Ok(json_response(
         StatusCode::OK,
         Some(format!("\"{version}\"")),
@@ -287,8 +350,14 @@ async fn get_set(State(admin): AdminState, headers: HeaderMap) -> Result<Respons
     ))
 }
 
-async fn put_set(State(admin): AdminState, headers: HeaderMap, body: Bytes) -> Result<Response> {
+async fn put_set(
+    State(admin): AdminState,
+    headers: HeaderMap,
+    Query(q): Query<FormatQuery>,
+    body: Bytes,
+) -> Result<Response> {
     let actor = authorize(&admin, &headers)?;
+    q.check()?;
     let expected = header_str(&headers, header::IF_MATCH)
         .ok_or_else(|| {
             Problem::new(
@@ -301,8 +370,18 @@ async fn put_set(State(admin): AdminState, headers: HeaderMap, body: Bytes) -> R
         .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "If-Match must be the quoted document version from the ETag"))?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "the body is not UTF-8 JSON"))?;
+    #[cfg(feature = "flagd")]
+    if flagd::put_is_flagd(&headers, &q) {
+        return flagd::put_set(&admin, actor, expected, text).await;
+    }
     let next = FlagSet::parse_json(text).map_err(Problem::invalid)?;
-    let (version, current) = load(&admin).await?;
+    // A native set may replace a flagd file: the diff then starts from an empty set.
+    let (version, current) = match load(&admin).await {
+        Err(p) if p.status == StatusCode::CONFLICT => {
+            (load_doc(&admin).await?.version, FlagSet::new())
+        }
+        other => other?,
+    };
     if version != expected {
         return Err(Problem::new(
             StatusCode::PRECONDITION_FAILED,

@@ -39,7 +39,7 @@ mod clause;
 mod date;
 mod semver;
 
-pub(crate) use self::clause::{CompiledClause, Regexes};
+pub(crate) use self::clause::{CompiledClause, CompiledSegment, KeySet, Regexes, SegmentIndex};
 #[cfg(feature = "flagd")]
 pub(crate) use self::semver::{OwnedSemver, Semver};
 

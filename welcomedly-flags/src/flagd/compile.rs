@@ -81,6 +81,18 @@ pub(crate) enum Op {
     Log,
 }
 
+/// The array operations: their second argument runs once per element, with the element as
+/// the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IterOp {
+    Map,
+    Filter,
+    Reduce,
+    All,
+    Some,
+    None,
+}
+
 /// A compiled JsonLogic expression.
 ///
 /// Scalar constants, one-segment `var`s and two-argument comparisons have nodes of their own:
@@ -129,6 +141,9 @@ pub(crate) enum Node {
     SemVer(Box<SemVerNode>),
     /// flagd's `fractional`.
     Fractional(Box<Fractional>),
+    /// `map`, `filter`, `reduce`, `all`, `some`, `none`: the array, the per-element logic and
+    /// (`reduce`) the initial accumulator.
+    Iter(IterOp, Box<[Node]>),
     /// An operation that can never succeed: evaluation gives `null`.
     Abort,
 }
@@ -370,6 +385,12 @@ impl<'e> Compiler<'e> {
                 };
                 Ok(Node::Op(o, args))
             }
+            "map" => Ok(Node::Iter(IterOp::Map, self.args(arg, depth)?)),
+            "filter" => Ok(Node::Iter(IterOp::Filter, self.args(arg, depth)?)),
+            "reduce" => Ok(Node::Iter(IterOp::Reduce, self.args(arg, depth)?)),
+            "all" => Ok(Node::Iter(IterOp::All, self.args(arg, depth)?)),
+            "some" => Ok(Node::Iter(IterOp::Some, self.args(arg, depth)?)),
+            "none" => Ok(Node::Iter(IterOp::None, self.args(arg, depth)?)),
             "sem_ver" => self.sem_ver(arg, depth),
             "fractional" => self.fractional(arg, depth),
             other => Err(CompileError::UnknownOperator(other.to_owned())),

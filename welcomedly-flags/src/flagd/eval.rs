@@ -4,14 +4,22 @@
 //! flag's default variant, reason `DEFAULT`; flagd-testbed's `@operator-errors` cases):
 //! evaluation returns [`Abort`] for those and the caller maps it to `null`. JsonLogic's own
 //! operators never fail; they coerce.
+//!
+//! `map`, `filter`, `reduce`, `all`, `some` and `none` evaluate their second argument once per
+//! element with the element as the data (`{"var": ""}` is the element, `{"var": "a.b"}` reads
+//! into it; `reduce` gives `current` and `accumulator`). Nested, they multiply: every
+//! evaluation may take at most [`MAX_ITERATIONS`] element steps in all, past which it aborts
+//! (the `null` result) rather than run on. `all`, `some` and `none` and a `reduce` to a number
+//! allocate nothing.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use smallvec::SmallVec;
 
-use super::compile::{Bucketing, Fractional, Node, Op, SemOp, SemVerNode, weight_of};
+use super::compile::{Bucketing, Fractional, IterOp, Node, Op, SemOp, SemVerNode, weight_of};
 use super::value::Val;
 use crate::bucketing::Murmur3;
 use crate::context::{AttrValue, Context};
@@ -23,13 +31,78 @@ pub(crate) struct Abort;
 
 type Res<'a> = Result<Val<'a>, Abort>;
 
+/// The most element steps (of `map`, `filter`, `reduce`, `all`, `some`, `none`, nested ones
+/// multiplied) one evaluation may take: past it the evaluation aborts.
+pub(crate) const MAX_ITERATIONS: u32 = 100_000;
+
+/// The data `var` reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scope<'a, 's> {
+    /// The evaluation context.
+    Context,
+    /// An element of `map`, `filter`, `all`, `some`, `none`.
+    Item(&'s Val<'a>),
+    /// `reduce`'s `{"current", "accumulator"}`.
+    Reduce {
+        current: &'s Val<'a>,
+        accumulator: &'s Val<'a>,
+    },
+}
+
 /// What an expression reads besides itself.
 #[derive(Debug)]
-pub(crate) struct Env<'a, 'c> {
+pub(crate) struct Env<'a, 'c, 's> {
     /// `Context` is invariant in its lifetime (its attributes sit in a `SmallVec`), hence the
     /// second one.
     pub(crate) ctx: &'a Context<'c>,
     pub(crate) flag_key: &'a str,
+    pub(crate) scope: Scope<'a, 's>,
+    /// Element steps left (see [`MAX_ITERATIONS`]).
+    pub(crate) budget: &'s Cell<u32>,
+}
+
+impl<'a, 'c, 's> Env<'a, 'c, 's> {
+    /// The environment of a whole evaluation: the context as the data, `budget` (a fresh
+    /// `Cell::new(MAX_ITERATIONS)`) for its element steps.
+    pub(crate) fn new(ctx: &'a Context<'c>, flag_key: &'a str, budget: &'s Cell<u32>) -> Self {
+        Env {
+            ctx,
+            flag_key,
+            scope: Scope::Context,
+            budget,
+        }
+    }
+
+    /// The same environment with other data.
+    fn with<'t>(&'t self, scope: Scope<'a, 't>) -> Env<'a, 'c, 't> {
+        Env {
+            ctx: self.ctx,
+            flag_key: self.flag_key,
+            scope,
+            budget: self.budget,
+        }
+    }
+
+    /// Takes one element step, or aborts when the budget is spent.
+    #[inline]
+    fn step(&self) -> Result<(), Abort> {
+        match self.budget.get().checked_sub(1) {
+            Some(left) => {
+                self.budget.set(left);
+                Ok(())
+            }
+            None => Err(Abort),
+        }
+    }
+
+    /// A top-level name: a context attribute, or a member of the scoped data.
+    #[inline]
+    fn get(&self, name: &str) -> Option<Val<'a>> {
+        match self.scope {
+            Scope::Context => self.ctx.get(name).map(attr),
+            _ => lookup(self, std::iter::once(name)),
+        }
+    }
 }
 
 fn attr(v: AttrValue<'_>) -> Val<'_> {
@@ -51,9 +124,48 @@ fn step<'a>(v: &'a Value, seg: &str) -> Option<&'a Value> {
     }
 }
 
+/// The value at `segs` inside `v`; `None` when absent or `null`.
+fn scoped<'a, 'p>(v: &Val<'a>, mut segs: impl Iterator<Item = &'p str>) -> Option<Val<'a>> {
+    let found = match segs.next() {
+        None => v.clone(),
+        Some(seg) => match v {
+            Val::Json(j) => {
+                let mut j: &'a Value = step(j, seg)?;
+                for seg in segs {
+                    j = step(j, seg)?;
+                }
+                Val::of(j)
+            }
+            Val::List(items) => return scoped(items.get(seg.parse::<usize>().ok()?)?, segs),
+            _ => return None,
+        },
+    };
+    match found {
+        Val::Null => None,
+        found => Some(found),
+    }
+}
+
 /// The value at a `var` path; `None` when absent or `null` (so the default applies).
 #[inline]
-fn lookup<'a, 's>(env: &Env<'a, '_>, mut segs: impl Iterator<Item = &'s str>) -> Option<Val<'a>> {
+fn lookup<'a, 'p>(
+    env: &Env<'a, '_, '_>,
+    mut segs: impl Iterator<Item = &'p str>,
+) -> Option<Val<'a>> {
+    match env.scope {
+        Scope::Context => {}
+        Scope::Item(item) => return scoped(item, segs),
+        Scope::Reduce {
+            current,
+            accumulator,
+        } => {
+            return match segs.next()? {
+                "current" => scoped(current, segs),
+                "accumulator" => scoped(accumulator, segs),
+                _ => None,
+            };
+        }
+    }
     let first = segs.next()?;
     let mut v = env.ctx.get(first)?;
     for seg in segs {
@@ -69,7 +181,7 @@ fn lookup<'a, 's>(env: &Env<'a, '_>, mut segs: impl Iterator<Item = &'s str>) ->
 }
 
 #[inline]
-fn arg<'a>(args: &'a [Node], i: usize, env: &Env<'a, '_>) -> Res<'a> {
+fn arg<'a>(args: &'a [Node], i: usize, env: &Env<'a, '_, '_>) -> Res<'a> {
     match args.get(i) {
         Some(n) => eval(n, env),
         None => Ok(Val::Null),
@@ -77,14 +189,14 @@ fn arg<'a>(args: &'a [Node], i: usize, env: &Env<'a, '_>) -> Res<'a> {
 }
 
 /// Evaluates `node`.
-pub(crate) fn eval<'a>(node: &'a Node, env: &Env<'a, '_>) -> Res<'a> {
+pub(crate) fn eval<'a>(node: &'a Node, env: &Env<'a, '_, '_>) -> Res<'a> {
     match node {
         Node::Null => Ok(Val::Null),
         Node::Bool(b) => Ok(Val::Bool(*b)),
         Node::Num(n) => Ok(Val::Num(*n)),
         Node::Str(s) => Ok(Val::Str(s)),
         Node::Lit(v) => Ok(Val::of(v)),
-        Node::Var1 { name, default } => match env.ctx.get(name).map(attr) {
+        Node::Var1 { name, default } => match env.get(name) {
             Some(Val::Null) | None => match default {
                 Some(d) => eval(d, env),
                 None => Ok(Val::Null),
@@ -160,27 +272,107 @@ pub(crate) fn eval<'a>(node: &'a Node, env: &Env<'a, '_>) -> Res<'a> {
         Node::Cmp(op, args) => compare(*op, args, env).map(Val::Bool),
         Node::SemVer(node) => sem_ver(node, env).map(Val::Bool),
         Node::Fractional(f) => fractional(f, env),
+        Node::Iter(op, args) => iterate(*op, args, env),
         Node::Abort => Err(Abort),
     }
+}
+
+/// `map`, `filter`, `reduce`, `all`, `some`, `none` (jsonlogic.com/operations.html): the first
+/// argument is the array, the second the logic run per element; `reduce`'s third is the
+/// initial accumulator. A first argument that is not an array is an empty one.
+fn iterate<'a>(op: IterOp, args: &'a [Node], env: &Env<'a, '_, '_>) -> Res<'a> {
+    match op {
+        IterOp::All | IterOp::Some | IterOp::None => iter_test(op, args, env).map(Val::Bool),
+        IterOp::Map | IterOp::Filter => {
+            let list = arg(args, 0, env)?;
+            let mut out = Vec::new();
+            let Some(logic) = args.get(1) else {
+                // No logic: every element maps to `null` and none passes the filter.
+                if op == IterOp::Map {
+                    for _ in list.elements().into_iter().flatten() {
+                        env.step()?;
+                        out.push(Val::Null);
+                    }
+                }
+                return Ok(Val::List(out));
+            };
+            for item in list.elements().into_iter().flatten() {
+                env.step()?;
+                let inner = env.with(Scope::Item(&item));
+                if op == IterOp::Map {
+                    out.push(eval(logic, &inner)?);
+                } else if test(logic, &inner)? {
+                    out.push(item);
+                }
+            }
+            Ok(Val::List(out))
+        }
+        IterOp::Reduce => {
+            let list = arg(args, 0, env)?;
+            let mut accumulator = arg(args, 2, env)?;
+            let Some(logic) = args.get(1) else {
+                let empty = list
+                    .elements()
+                    .is_none_or(|mut items| items.next().is_none());
+                return Ok(if empty { accumulator } else { Val::Null });
+            };
+            for current in list.elements().into_iter().flatten() {
+                env.step()?;
+                let next = eval(
+                    logic,
+                    &env.with(Scope::Reduce {
+                        current: &current,
+                        accumulator: &accumulator,
+                    }),
+                )?;
+                accumulator = next;
+            }
+            Ok(accumulator)
+        }
+    }
+}
+
+/// `all` (every element passes, and there is one), `some` (one passes), `none` (none passes),
+/// without building a list.
+fn iter_test<'a>(op: IterOp, args: &'a [Node], env: &Env<'a, '_, '_>) -> Result<bool, Abort> {
+    let list = arg(args, 0, env)?;
+    let mut items = list.elements().into_iter().flatten().peekable();
+    if op == IterOp::All && items.peek().is_none() {
+        return Ok(false);
+    }
+    for item in items {
+        env.step()?;
+        let pass = match args.get(1) {
+            Some(logic) => test(logic, &env.with(Scope::Item(&item)))?,
+            None => false,
+        };
+        match (op, pass) {
+            (IterOp::All, false) => return Ok(false),
+            (IterOp::Some, true) => return Ok(true),
+            (IterOp::None, true) => return Ok(false),
+            _ => {}
+        }
+    }
+    Ok(op != IterOp::Some)
 }
 
 /// An operand of a comparison: constants and plain attributes without a trip through
 /// [`eval`].
 #[inline(always)]
-fn operand<'a>(node: &'a Node, env: &Env<'a, '_>) -> Res<'a> {
+fn operand<'a>(node: &'a Node, env: &Env<'a, '_, '_>) -> Res<'a> {
     match node {
         Node::Str(s) => Ok(Val::Str(s)),
         Node::Num(n) => Ok(Val::Num(*n)),
         Node::Var1 {
             name,
             default: None,
-        } => Ok(env.ctx.get(name).map_or(Val::Null, attr)),
+        } => Ok(env.get(name).unwrap_or(Val::Null)),
         _ => eval(node, env),
     }
 }
 
 #[inline]
-fn compare<'a>(op: Op, args: &'a (Node, Node), env: &Env<'a, '_>) -> Result<bool, Abort> {
+fn compare<'a>(op: Op, args: &'a (Node, Node), env: &Env<'a, '_, '_>) -> Result<bool, Abort> {
     let (a, b) = (operand(&args.0, env)?, operand(&args.1, env)?);
     Ok(match op {
         Op::Eq => a.loose_eq(&b),
@@ -193,7 +385,7 @@ fn compare<'a>(op: Op, args: &'a (Node, Node), env: &Env<'a, '_>) -> Result<bool
 
 /// The truthiness of `node`, computed without building the value where the node is a test
 /// (a comparison, `!`, `and`, `or`, `sem_ver`, `starts_with`): `if` conditions take this path.
-pub(crate) fn test<'a>(node: &'a Node, env: &Env<'a, '_>) -> Result<bool, Abort> {
+pub(crate) fn test<'a>(node: &'a Node, env: &Env<'a, '_, '_>) -> Result<bool, Abort> {
     match node {
         Node::Cmp(op, args) => compare(*op, args, env),
         Node::SemVer(n) => sem_ver(n, env),
@@ -224,11 +416,14 @@ pub(crate) fn test<'a>(node: &'a Node, env: &Env<'a, '_>) -> Result<bool, Abort>
         }
         Node::Op(op @ (Op::StartsWith | Op::EndsWith), args) => affix(*op, args, env),
         Node::Bool(b) => Ok(*b),
+        Node::Iter(op @ (IterOp::All | IterOp::Some | IterOp::None), args) => {
+            iter_test(*op, args, env)
+        }
         _ => Ok(eval(node, env)?.truthy()),
     }
 }
 
-fn operator<'a>(op: Op, args: &'a [Node], env: &Env<'a, '_>) -> Res<'a> {
+fn operator<'a>(op: Op, args: &'a [Node], env: &Env<'a, '_, '_>) -> Res<'a> {
     let a = || arg(args, 0, env);
     let b = || arg(args, 1, env);
     Ok(match op {
@@ -379,7 +574,7 @@ fn ordered(op: Op, o: Option<Ordering>) -> bool {
 
 /// `starts_with` / `ends_with`: two strings, else abort.
 #[inline]
-fn affix<'a>(op: Op, args: &'a [Node], env: &Env<'a, '_>) -> Result<bool, Abort> {
+fn affix<'a>(op: Op, args: &'a [Node], env: &Env<'a, '_, '_>) -> Result<bool, Abort> {
     let [s, affix] = args else {
         return Err(Abort);
     };
@@ -395,7 +590,7 @@ fn affix<'a>(op: Op, args: &'a [Node], env: &Env<'a, '_>) -> Result<bool, Abort>
 }
 
 /// `missing`: a key whose value is absent, `null` or `""`.
-fn is_missing(key: &Val<'_>, env: &Env<'_, '_>) -> bool {
+fn is_missing(key: &Val<'_>, env: &Env<'_, '_, '_>) -> bool {
     let owned;
     let path = match key.as_str() {
         Some(s) => s,
@@ -449,7 +644,7 @@ fn substr<'a>(s: Val<'a>, start: f64, len: Option<Val<'a>>) -> Res<'a> {
 
 /// flagd's `sem_ver` (Go's `golang.org/x/mod/semver`): a `v` prefix and partial versions are
 /// taken, build metadata is ignored; a value that is not a version aborts.
-fn sem_ver<'a>(node: &'a SemVerNode, env: &Env<'a, '_>) -> Result<bool, Abort> {
+fn sem_ver<'a>(node: &'a SemVerNode, env: &Env<'a, '_, '_>) -> Result<bool, Abort> {
     let version = operand(&node.version, env)?;
     let op = match &node.op {
         Ok(op) => *op,
@@ -486,7 +681,7 @@ fn sem_ver<'a>(node: &'a SemVerNode, env: &Env<'a, '_>) -> Result<bool, Abort> {
 
 /// flagd's `fractional`: MurmurHash3 x86_32 (seed 0) of the bucketing value, bucket
 /// `(hash × total weight) >> 32` against the cumulative weights in order.
-fn fractional<'a>(f: &'a Fractional, env: &Env<'a, '_>) -> Res<'a> {
+fn fractional<'a>(f: &'a Fractional, env: &Env<'a, '_, '_>) -> Res<'a> {
     let hash = match &f.bucketing {
         Bucketing::Default => default_bucketing(f, env)?,
         Bucketing::Cat { prefix, rest } => {
@@ -559,7 +754,7 @@ fn check_name(v: &Val<'_>) -> Result<(), Abort> {
 }
 
 /// flag key ‖ targeting key (the flag key hashed when compiled); no targeting key aborts.
-fn default_bucketing(f: &Fractional, env: &Env<'_, '_>) -> Result<u32, Abort> {
+fn default_bucketing(f: &Fractional, env: &Env<'_, '_, '_>) -> Result<u32, Abort> {
     let key = match env.ctx.get(crate::model::TARGETING_KEY) {
         Some(AttrValue::Str(k)) => k,
         _ => return Err(Abort),

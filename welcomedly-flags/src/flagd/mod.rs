@@ -6,7 +6,8 @@
 //! `defaultVariant` (a name, `null` or absent), `targeting` and `metadata`; `$evaluators`
 //! reused through `{"$ref": "name"}`; flag-set `metadata` under each flag's own.
 //!
-//! Targeting is JsonLogic (jsonlogic.com's operators and JavaScript coercions: `==` is loose,
+//! Targeting is JsonLogic (jsonlogic.com's operators, `map`, `filter`, `reduce`, `all`, `some`,
+//! `none` and `merge` included, and JavaScript coercions: `==` is loose,
 //! `[]` and `""` are false, `"0"` is true) plus flagd's `fractional`, `starts_with`,
 //! `ends_with`, `sem_ver` and the `$flagd.flagKey` / `$flagd.timestamp` variables. It is
 //! compiled when the file is read, so evaluation walks a tree of nodes and allocates nothing
@@ -79,7 +80,7 @@ use self::parse::{Compiled, FlagdFlag};
 use self::value::Val;
 use crate::context::Context;
 use crate::eval::{ErrorCode, Evaluation, Match, Reason};
-use crate::snapshot::FlagType;
+use crate::model::FlagType;
 
 /// Bounds on what a flag file may make us spend (an admin API client writes these files).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +269,15 @@ impl FlagdSet {
         self.compiled(key).ok()?.kind
     }
 
+    /// Flag `key`'s metadata (flag-set metadata overlaid with the flag's own); the flag-set
+    /// metadata for a flag with a problem; `None` for an unknown flag.
+    pub fn flag_metadata(&self, key: &str) -> Option<&Map<String, Value>> {
+        match self.flag(key)? {
+            FlagdFlag { body: Ok(c), .. } => Some(&c.metadata),
+            FlagdFlag { body: Err(_), .. } => Some(&self.metadata),
+        }
+    }
+
     #[inline]
     fn flag(&self, key: &str) -> Option<&FlagdFlag> {
         self.flags.get(*self.index.get(key)? as usize)
@@ -290,7 +300,8 @@ impl FlagdSet {
                 None => Served::CallerDefault(Reason::Default),
             };
         };
-        let env = Env { ctx, flag_key: key };
+        let budget = std::cell::Cell::new(eval::MAX_ITERATIONS);
+        let env = Env::new(ctx, key, &budget);
         let result = eval::eval(targeting, &env).unwrap_or(Val::Null);
         if result.is_null() {
             return match flag.default_variant {
@@ -309,7 +320,7 @@ impl FlagdSet {
     }
 
     #[inline]
-    fn typed<'a, T>(
+    pub(crate) fn typed<'a, T>(
         &'a self,
         key: &str,
         ctx: &Context<'_>,

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::compile::{Compiler, Node};
 use super::{FlagProblem, FlagdError, FlagdLimits};
-use crate::snapshot::FlagType;
+use crate::model::FlagType;
 
 /// A flag's variants: names and values by id, looked up by name.
 #[derive(Debug)]

@@ -13,10 +13,8 @@ fn run_with(logic: Value, data: &Value, evaluators: &Value) -> Result<Value, Abo
     let mut c = Compiler::new(evaluators.as_object(), "flag-key", 10_000, 64);
     let node = c.compile(&logic).expect("compiles");
     let ctx = Context::from_json(data);
-    let env = Env {
-        ctx: &ctx,
-        flag_key: "flag-key",
-    };
+    let budget = std::cell::Cell::new(super::eval::MAX_ITERATIONS);
+    let env = Env::new(&ctx, "flag-key", &budget);
     eval(&node, &env).map(|v| v.to_json())
 }
 
@@ -420,4 +418,137 @@ fn compiled_sets_are_shareable_across_threads() {
     send_sync::<super::FlagdError>();
     send_sync::<super::Details<'static, bool>>();
     send_sync::<super::Export>();
+}
+
+#[test]
+fn array_operations_as_jsonlogic_documents_them() {
+    // jsonlogic.com/operations.html, "Array Operations", and the edges of json-logic-js.
+    let d = json!({
+        "integers": [1, 2, 3, 4, 5],
+        "pies": [{ "filling": "pumpkin", "temp": 110 }, { "filling": "apple", "temp": 400 }],
+        "x": 7,
+        "nothing": null,
+    });
+    for (logic, want) in [
+        (
+            json!({ "map": [{ "var": "integers" }, { "*": [{ "var": "" }, 2] }] }),
+            json!([2, 4, 6, 8, 10]),
+        ),
+        (
+            json!({ "filter": [{ "var": "integers" }, { "%": [{ "var": "" }, 2] }] }),
+            json!([1, 3, 5]),
+        ),
+        (
+            json!({ "reduce": [{ "var": "integers" },
+                               { "+": [{ "var": "current" }, { "var": "accumulator" }] }, 0] }),
+            json!(15),
+        ),
+        (
+            json!({ "all": [[1, 2, 3], { ">": [{ "var": "" }, 0] }] }),
+            json!(true),
+        ),
+        (
+            json!({ "all": [[1, -2, 3], { ">": [{ "var": "" }, 0] }] }),
+            json!(false),
+        ),
+        // `all` of nothing is false (json-logic-js: `if (!scopedData.length) return false`).
+        (
+            json!({ "all": [[], { ">": [{ "var": "" }, 0] }] }),
+            json!(false),
+        ),
+        (
+            json!({ "some": [[-1, 0, 1], { ">": [{ "var": "" }, 0] }] }),
+            json!(true),
+        ),
+        (
+            json!({ "some": [[], { ">": [{ "var": "" }, 0] }] }),
+            json!(false),
+        ),
+        (
+            json!({ "none": [[-3, -2], { "==": [{ "var": "" }, 0] }] }),
+            json!(true),
+        ),
+        (
+            json!({ "none": [[-3, 0], { "==": [{ "var": "" }, 0] }] }),
+            json!(false),
+        ),
+        (
+            json!({ "none": [[], { "==": [{ "var": "" }, 0] }] }),
+            json!(true),
+        ),
+        (
+            json!({ "some": [{ "var": "pies" }, { "==": [{ "var": "filling" }, "apple"] }] }),
+            json!(true),
+        ),
+        (
+            json!({ "map": [{ "var": "pies" }, { "var": "filling" }] }),
+            json!(["pumpkin", "apple"]),
+        ),
+        (
+            json!({ "filter": [{ "var": "pies" }, { ">": [{ "var": "temp" }, 300] }] }),
+            json!([{ "filling": "apple", "temp": 400 }]),
+        ),
+        // Nested arrays index with a path; the element's own members only.
+        (
+            json!({ "map": [[[1, 2], [3, 4]], { "var": "1" }] }),
+            json!([2, 4]),
+        ),
+        // Inside the logic the data is the element: the context is out of sight.
+        (json!({ "map": [[1], { "var": "x" }] }), json!([null])),
+        // `reduce` over a computed list, and its accumulator read into.
+        (
+            json!({ "reduce": [{ "map": [{ "var": "integers" }, { "*": [{ "var": "" }, 10] }] },
+                               { "max": [{ "var": "current" }, { "var": "accumulator" }] }, 0] }),
+            json!(50),
+        ),
+        (
+            json!({ "reduce": [[1, 2], { "cat": [{ "var": "accumulator" }, { "var": "current" }] }, "n"] }),
+            json!("n12"),
+        ),
+        // Not an array: an empty one.
+        (
+            json!({ "map": [{ "var": "nothing" }, { "var": "" }] }),
+            json!([]),
+        ),
+        (json!({ "filter": [{ "var": "x" }, true] }), json!([])),
+        (
+            json!({ "reduce": [{ "var": "nothing" }, { "var": "current" }, 3] }),
+            json!(3),
+        ),
+        (json!({ "all": [{ "var": "nothing" }, true] }), json!(false)),
+        (json!({ "some": [{ "var": "x" }, true] }), json!(false)),
+        (json!({ "none": [{ "var": "nothing" }, true] }), json!(true)),
+        // `merge` flattens one level; a scalar is an element.
+        (json!({ "merge": [[1, 2], [3, 4]] }), json!([1, 2, 3, 4])),
+        (json!({ "merge": [1, 2, [3, 4]] }), json!([1, 2, 3, 4])),
+        (
+            json!({ "merge": [[1, [2]], { "var": "integers" }] }),
+            json!([1, [2], 1, 2, 3, 4, 5]),
+        ),
+        // As a condition: `if` takes the allocation-free test path.
+        (
+            json!({ "if": [{ "some": [{ "var": "integers" }, { "==": [{ "var": "" }, 3] }] }, "yes", "no"] }),
+            json!("yes"),
+        ),
+        (
+            json!({ "if": [{ "all": [{ "var": "integers" }, { "<": [{ "var": "" }, 3] }] }, "yes", "no"] }),
+            json!("no"),
+        ),
+    ] {
+        assert_eq!(run(logic.clone(), d.clone()), want, "{logic}");
+    }
+}
+
+#[test]
+fn nested_array_operations_stop_at_the_iteration_budget() {
+    let thousand: Vec<u32> = (0..1000).collect();
+    let d = json!({ "a": thousand });
+    // 1 000 × 1 000 element steps: far past MAX_ITERATIONS, so the evaluation aborts.
+    let logic = json!({ "some": [{ "var": "a" },
+        { "some": [thousand, { "==": [{ "var": "" }, -1] }] }] });
+    assert_eq!(run_with(logic, &d, &json!({})), Err(Abort));
+    // Within the budget the same shape runs.
+    let small =
+        json!({ "some": [{ "var": "a" }, { "some": [[1, 2], { "==": [{ "var": "" }, 2] }] }] });
+    assert_eq!(run(small, d), json!(true));
 }

@@ -4,8 +4,59 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde_json::Value;
+
 use super::ChangeKind;
+use crate::Snapshot;
 use crate::model::{Clause, FlagSet, Op};
+
+/// The flags whose effective definitions differ between two snapshots, in key order: the
+/// native dependency analysis when both are native, otherwise a comparison of each flag's JSON.
+pub(super) fn changed(old: &Snapshot, new: &Snapshot) -> Vec<(String, ChangeKind)> {
+    match (old.flagd_raw(), new.flagd_raw()) {
+        (None, None) => changed_flags(old.flag_set(), new.flag_set()),
+        (a, b) => changed_flagd(old, a, new, b),
+    }
+}
+
+/// At least one side is a flagd file. A flagd flag changes when its own JSON does, or when the
+/// file's `$evaluators` or flag-set `metadata` do (a `$ref` or the metadata may reach any flag);
+/// a flag present on both sides of a switch between formats counts as changed.
+fn changed_flagd(
+    old: &Snapshot,
+    old_raw: Option<&Value>,
+    new: &Snapshot,
+    new_raw: Option<&Value>,
+) -> Vec<(String, ChangeKind)> {
+    fn shared(raw: Option<&Value>) -> Option<(Option<&Value>, Option<&Value>)> {
+        raw.map(|r| (r.get("$evaluators"), r.get("metadata")))
+    }
+    let everything = match (old_raw, new_raw) {
+        (Some(_), Some(_)) => shared(old_raw) != shared(new_raw),
+        _ => true,
+    };
+    let flag = |raw: Option<&Value>, key: &str| {
+        raw.and_then(|r| r.get("flags"))
+            .and_then(|f| f.get(key))
+            .cloned()
+    };
+    let old_keys: BTreeSet<&str> = old.keys().collect();
+    let new_keys: BTreeSet<&str> = new.keys().collect();
+    old_keys
+        .union(&new_keys)
+        .filter_map(|&key| {
+            let kind = match (old_keys.contains(key), new_keys.contains(key)) {
+                (false, _) => ChangeKind::Added,
+                (true, false) => ChangeKind::Removed,
+                (true, true) if everything || flag(old_raw, key) != flag(new_raw, key) => {
+                    ChangeKind::Updated
+                }
+                (true, true) => return None,
+            };
+            Some((key.to_owned(), kind))
+        })
+        .collect()
+}
 
 /// The segment keys named by `inSegment` clauses.
 fn segment_refs<'a>(clauses: impl Iterator<Item = &'a Clause>) -> impl Iterator<Item = &'a str> {

@@ -159,7 +159,7 @@ impl Flags {
         if self.inner.changes.receiver_count() == 0 {
             return;
         }
-        for (key, kind) in diff::changed_flags(old.flag_set(), next.flag_set()) {
+        for (key, kind) in diff::changed(&old, &next) {
             // An error only means nobody is subscribed any more.
             let _ = self.inner.changes.send(FlagChange {
                 key: key.into(),

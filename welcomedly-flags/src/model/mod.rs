@@ -29,14 +29,16 @@
 //! ```
 
 mod clause;
+mod flag_type;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub use self::clause::{Clause, Op};
+pub use self::flag_type::FlagType;
 pub use crate::bucketing::BucketingVersion;
-use crate::validate::{Problem, ValidationErrors};
+use crate::problem::{Problem, ValidationErrors};
 
 /// The attribute name that stands for the context's targeting key (OpenFeature's name).
 pub const TARGETING_KEY: &str = "targetingKey";
@@ -58,15 +60,6 @@ impl FlagSet {
     /// An empty flag set.
     pub fn new() -> FlagSet {
         FlagSet::default()
-    }
-
-    /// Parses and [validates](FlagSet::validate) a flag set. A syntax error, an unknown field or
-    /// a value of the wrong shape is reported as one problem at its path; semantic problems are
-    /// all listed.
-    pub fn from_json(text: &str) -> Result<FlagSet, ValidationErrors> {
-        let set = FlagSet::parse_json(text)?;
-        set.validate()?;
-        Ok(set)
     }
 
     /// Parses a flag set without validating it (for tools that edit a set before checking it).
@@ -91,13 +84,6 @@ impl FlagSet {
         // Serializing plain maps, strings and numbers cannot fail; fall back to an empty object
         // rather than panicking if a future field type ever could.
         serde_json::to_string_pretty(self).unwrap_or_else(|_| String::from("{}"))
-    }
-
-    /// Checks the whole set: unknown references (variants, flags, segments), prerequisite and
-    /// segment cycles, rollout weights, regexes, semvers, dates and variant types. Every problem
-    /// is listed, each with its path.
-    pub fn validate(&self) -> Result<(), ValidationErrors> {
-        crate::validate::validate(self)
     }
 }
 

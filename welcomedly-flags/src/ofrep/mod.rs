@@ -8,8 +8,9 @@
 //!
 //! The request body is `{"context": {"targetingKey": "user-1", "plan": "pro", ...}}` (an empty
 //! body, or no `context`, is an empty context). Strings, integers, numbers and booleans are
-//! attributes; `null`, arrays and objects are accepted within the bounds and left out (no
-//! clause of the native model addresses them).
+//! attributes; arrays and objects are attributes too (flagd targeting reads into them with
+//! `var` paths; no clause of the native model matches them); `null` is left out. Everything is
+//! accepted within the bounds.
 //!
 //! Answers, as the OFREP OpenAPI document shapes them (`application/json`):
 //!
@@ -25,10 +26,20 @@
 //! | the flag failed to evaluate | `500` (bulk: a `{"key", "errorCode": "GENERAL"}` entry) | `{"errorDetails"}` |
 //! | bulk, `If-None-Match` holds the current `ETag` | `304` | none |
 //!
-//! `metadata` carries the flag's `description` when it has one. Bulk answers
+//! `metadata` carries a native flag's `description` when it has one, and a flagd flag's
+//! metadata (flag-set metadata overlaid with the flag's) when it is not empty. Bulk answers
 //! `{"flags": [...]}` in key order; its `ETag` is a hash of that body, so it changes exactly
 //! when what this context sees changes (a flag edit that does not change this context's
 //! results keeps the tag), and is the same on every instance serving the same flag set.
+//!
+//! **The OpenAPI document**: OFREP 0.3.0 (open-feature/protocol `service/openapi.yaml`). Beyond
+//! 0.1.0: a result without `value` is the *code default* (ADR-0006); the bulk answer carries
+//! the flag set's `metadata` (a flagd file's top-level metadata; none for a native set); the
+//! change-trigger query parameters `flagConfigEtag` and `flagConfigLastModified` are accepted and
+//! take no part in the `304` decision, which is `If-None-Match`'s alone. Not offered: the
+//! optional `eventStreams` of the bulk answer (ADR-0008 SSE change notices) and the
+//! `/ofrep/v1/configuration` extension; a request without `context` or `targetingKey` (which
+//! the document marks required) is evaluated as an empty context rather than refused.
 //!
 //! **Authorization** goes through the admin API's [`AdminAuth`] hook: [`OfrepKey`] takes
 //! OFREP's two schemes (`Authorization: Bearer <key>` or `X-API-Key: <key>`), [`OpenAccess`]
@@ -190,9 +201,12 @@ enum Entry<'a> {
     },
 }
 
+/// `metadata`: a native flag's `description`, or a flagd flag's metadata.
 #[derive(Serialize)]
-struct Metadata<'a> {
-    description: &'a str,
+#[serde(untagged)]
+enum Metadata<'a> {
+    Description { description: &'a str },
+    Flagd(&'a Map<String, Value>),
 }
 
 /// Evaluates flag `key` for `attributes`; `None` when there is no such flag.
@@ -205,12 +219,16 @@ fn evaluate<'a>(
     let eval = snapshot.json_value(key, &ctx);
     let code = match eval.error {
         None => {
-            let metadata = snapshot
-                .flag_set()
-                .flags
-                .get(key)
-                .and_then(|f| f.description.as_deref())
-                .map(|description| Metadata { description });
+            let metadata = match snapshot.metadata(key) {
+                Some(m) if m.is_empty() => None,
+                Some(m) => Some(Metadata::Flagd(m)),
+                None => snapshot
+                    .flag_set()
+                    .flags
+                    .get(key)
+                    .and_then(|f| f.description.as_deref())
+                    .map(|description| Metadata::Description { description }),
+            };
             return Some(Entry::Success {
                 key,
                 value: eval.value,
@@ -331,6 +349,9 @@ async fn single(
 #[derive(Serialize)]
 struct Bulk<'a> {
     flags: Vec<Entry<'a>>,
+    /// OFREP 0.2+: the flag set's metadata (a flagd file's top-level `metadata`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a Map<String, Value>>,
 }
 
 async fn bulk(State(ofrep): State<Arc<Ofrep>>, req: Request) -> Response {
@@ -343,7 +364,8 @@ async fn bulk(State(ofrep): State<Arc<Ofrep>>, req: Request) -> Response {
         .keys()
         .filter_map(|key| evaluate(&snapshot, key, &attributes))
         .collect();
-    let Ok(body) = serde_json::to_vec(&Bulk { flags }) else {
+    let metadata = snapshot.set_metadata();
+    let Ok(body) = serde_json::to_vec(&Bulk { flags, metadata }) else {
         return general(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the bulk evaluation could not be serialized (a bug): report it",

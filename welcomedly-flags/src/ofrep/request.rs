@@ -117,7 +117,10 @@ pub(super) fn context(attributes: &Map<String, Value>) -> Context<'_> {
                     }
                 }
             },
-            Value::Null | Value::Array(_) | Value::Object(_) => {}
+            // Nested values are for flagd targeting (`var` paths such as `user.plan`); the
+            // native model's clauses do not match them.
+            Value::Array(_) | Value::Object(_) => ctx.set(name, value),
+            Value::Null => {}
         }
     }
     ctx
@@ -145,7 +148,10 @@ mod tests {
         assert_eq!(ctx.get("age"), Some(AttrValue::Int(42)));
         assert_eq!(ctx.get("score"), Some(AttrValue::Float(0.5)));
         assert_eq!(ctx.get("beta"), Some(AttrValue::Bool(true)));
-        assert_eq!(ctx.get("tags"), None);
+        assert_eq!(
+            ctx.get("tags"),
+            Some(AttrValue::Json(&serde_json::json!(["a"])))
+        );
         assert_eq!(ctx.get("gone"), None);
     }
 

@@ -3,14 +3,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{
-    CompiledFlag, CompiledPrerequisite, CompiledRule, CompiledSegment, CompiledServe, FlagType,
-    KeySet, SegmentIndex, Snapshot,
-};
+use super::{CompiledFlag, CompiledPrerequisite, CompiledRule, CompiledServe, FlagType, Snapshot};
 use crate::bucketing::Bucketer;
-use crate::eval::{CompiledClause, Regexes};
+use crate::eval::{CompiledClause, CompiledSegment, KeySet, Regexes, SegmentIndex};
 use crate::model::{Clause, Flag, FlagSet, Serve, TARGETING_KEY};
-use crate::validate::{Problem, ValidationErrors, check_structure};
+use crate::problem::{Problem, ValidationErrors};
+use crate::validate::check_structure;
 
 struct Compiler<'a> {
     set: &'a FlagSet,
@@ -187,5 +185,28 @@ pub(super) fn compile(
         flags,
         segments,
         regexes,
+        #[cfg(feature = "flagd")]
+        flagd: None,
     })
+}
+
+// Validating is compiling: what validates is exactly what compiles, and operands (regexes,
+// semvers, dates, segment names) are checked by the code that parses them. So these sit at the
+// compiling layer, which runs on top of `model` and `validate`'s structural checks.
+impl FlagSet {
+    /// Parses and [validates](FlagSet::validate) a flag set. A syntax error, an unknown field or
+    /// a value of the wrong shape is reported as one problem at its path; semantic problems are
+    /// all listed.
+    pub fn from_json(text: &str) -> Result<FlagSet, ValidationErrors> {
+        let set = FlagSet::parse_json(text)?;
+        set.validate()?;
+        Ok(set)
+    }
+
+    /// Checks the whole set: unknown references (variants, flags, segments), prerequisite and
+    /// segment cycles, rollout weights, regexes, semvers, dates and variant types. Every problem
+    /// is listed, each with its path.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        compile(self, 0, None).map(drop)
+    }
 }

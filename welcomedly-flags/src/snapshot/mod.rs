@@ -26,119 +26,23 @@
 //! ```
 
 mod compile;
+mod document;
 mod resolve;
 mod typed;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+pub use self::document::DocumentFormat;
+
+use std::collections::HashMap;
 use std::fmt;
 
 use foldhash::fast::RandomState;
 use serde_json::Value;
 
 use crate::bucketing::Bucketer;
-use crate::eval::CompiledClause;
+use crate::eval::{CompiledClause, CompiledSegment};
 use crate::model::FlagSet;
-use crate::validate::ValidationErrors;
-
-/// The type of a flag's variants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum FlagType {
-    /// Booleans.
-    Bool,
-    /// Strings.
-    String,
-    /// Integers (also readable as floats).
-    Int,
-    /// Numbers, at least one of which is not an integer.
-    Float,
-    /// JSON objects or arrays.
-    Object,
-}
-
-pub(crate) use FlagType as Kind;
-
-impl FlagType {
-    pub(crate) fn of(v: &Value) -> Option<FlagType> {
-        Some(match v {
-            Value::Null => return None,
-            Value::Bool(_) => FlagType::Bool,
-            Value::String(_) => FlagType::String,
-            Value::Number(n) if n.is_i64() => FlagType::Int,
-            Value::Number(_) => FlagType::Float,
-            Value::Array(_) | Value::Object(_) => FlagType::Object,
-        })
-    }
-
-    pub(crate) fn compatible(self, other: FlagType) -> bool {
-        self.join(other).is_some()
-    }
-
-    /// The type of a flag with variants of both types.
-    pub(crate) fn join(self, other: FlagType) -> Option<FlagType> {
-        use FlagType::{Float, Int};
-        match (self, other) {
-            (Int, Float) | (Float, Int) => Some(Float),
-            (a, b) if a == b => Some(a),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn describe(self) -> &'static str {
-        match self {
-            FlagType::Bool => "a boolean",
-            FlagType::String => "a string",
-            FlagType::Int | FlagType::Float => "a number",
-            FlagType::Object => "an object or array",
-        }
-    }
-}
-
-/// Keys to look up: a short list compares directly (faster than hashing for a few keys), a long
-/// one hashes.
-#[derive(Debug)]
-pub(crate) enum KeySet {
-    Few(Box<[Box<str>]>),
-    Many(HashSet<Box<str>, RandomState>),
-}
-
-impl KeySet {
-    pub(crate) fn new<'s>(keys: impl Iterator<Item = &'s str>) -> KeySet {
-        let keys: Vec<Box<str>> = keys.map(Box::from).collect();
-        if keys.len() <= 4 {
-            KeySet::Few(keys.into())
-        } else {
-            KeySet::Many(keys.into_iter().collect())
-        }
-    }
-
-    #[inline]
-    pub(crate) fn contains(&self, key: &str) -> bool {
-        match self {
-            KeySet::Few(keys) => keys.iter().any(|k| **k == *key),
-            KeySet::Many(keys) => keys.contains(key),
-        }
-    }
-}
-
-/// Segment key → position in the compiled snapshot (key order).
-#[derive(Debug)]
-pub(crate) struct SegmentIndex<'a>(BTreeMap<&'a str, u32>);
-
-impl<'a> SegmentIndex<'a> {
-    pub(crate) fn new(set: &'a FlagSet) -> SegmentIndex<'a> {
-        SegmentIndex(
-            (0u32..)
-                .zip(set.segments.keys())
-                .map(|(i, k)| (k.as_str(), i))
-                .collect(),
-        )
-    }
-
-    pub(crate) fn get(&self, key: &str) -> Option<u32> {
-        self.0.get(key).copied()
-    }
-}
+pub use crate::model::FlagType;
+use crate::problem::ValidationErrors;
 
 /// What a rule or the fallthrough serves, compiled.
 #[derive(Debug)]
@@ -181,13 +85,6 @@ pub(crate) struct CompiledFlag {
     pub(crate) static_variant: Option<u32>,
 }
 
-#[derive(Debug)]
-pub(crate) struct CompiledSegment {
-    pub(crate) included: KeySet,
-    pub(crate) excluded: KeySet,
-    pub(crate) rules: Box<[Box<[CompiledClause]>]>,
-}
-
 /// An immutable, compiled flag set with a version. Cheap to share behind an `Arc`; see
 /// [`Flags`](crate::Flags) for the swappable handle.
 pub struct Snapshot {
@@ -199,6 +96,10 @@ pub struct Snapshot {
     /// Every regular expression of the set by pattern (clones of those in the clauses), for
     /// [`Snapshot::compile_next`] to reuse.
     regexes: HashMap<String, regex::Regex>,
+    /// Set when the snapshot was compiled from a flagd file: then `flags` and `segments` are
+    /// empty and every evaluation goes to the flagd set.
+    #[cfg(feature = "flagd")]
+    flagd: Option<Box<document::FlagdSource>>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -228,6 +129,8 @@ impl Snapshot {
             flags: Box::new([]),
             segments: Box::new([]),
             regexes: HashMap::new(),
+            #[cfg(feature = "flagd")]
+            flagd: None,
         }
     }
 
@@ -266,28 +169,44 @@ impl Snapshot {
         self.version
     }
 
-    /// The flag set this snapshot was compiled from.
+    /// The flag set this snapshot was compiled from (empty for a snapshot compiled from a flagd
+    /// file: see `Snapshot::flagd`).
     pub fn flag_set(&self) -> &FlagSet {
         &self.source
     }
 
     /// The number of flags.
     pub fn len(&self) -> usize {
+        #[cfg(feature = "flagd")]
+        if let Some(f) = &self.flagd {
+            return f.set.len();
+        }
         self.flags.len()
     }
 
     /// Whether there are no flags.
     pub fn is_empty(&self) -> bool {
-        self.flags.is_empty()
+        self.len() == 0
     }
 
     /// Flag keys, in key order.
+    // One binding, extended with the flagd side when that feature is on.
+    #[allow(clippy::let_and_return)]
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.flags.iter().map(|f| &*f.key)
+        let native = self.flags.iter().map(|f| &*f.key);
+        // A flagd snapshot has no native flags, so the chain is one side or the other.
+        #[cfg(feature = "flagd")]
+        let native = native.chain(self.flagd.iter().flat_map(|f| f.set.keys()));
+        native
     }
 
-    /// The type of flag `key`'s variants, or `None` for an unknown flag.
+    /// The type of flag `key`'s variants, or `None` for an unknown flag (and, in a flagd
+    /// snapshot, for a flag with a problem or without variants).
     pub fn flag_type(&self, key: &str) -> Option<FlagType> {
+        #[cfg(feature = "flagd")]
+        if let Some(f) = &self.flagd {
+            return f.set.flag_type(key);
+        }
         self.flag(key).map(|(_, f)| f.kind)
     }
 

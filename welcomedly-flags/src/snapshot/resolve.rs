@@ -1,6 +1,6 @@
 //! Resolution: which variant a flag serves a context, and why. Reads only; allocates nothing.
 
-use super::{CompiledFlag, CompiledSegment, CompiledServe, Snapshot};
+use super::{CompiledFlag, CompiledServe, Snapshot};
 use crate::context::{AttrValue, Context};
 use crate::eval::{Match, Reason};
 use crate::validate::MAX_DEPTH;
@@ -28,31 +28,6 @@ impl CompiledServe {
                     .map(|(_, v)| *v)
             }
         }
-    }
-}
-
-impl CompiledSegment {
-    pub(crate) fn contains(
-        &self,
-        ctx: &Context<'_>,
-        segments: &[CompiledSegment],
-        depth: usize,
-    ) -> bool {
-        if depth > MAX_DEPTH {
-            // Unreachable for a validated set; a bound rather than unbounded recursion.
-            return false;
-        }
-        if let Some(key) = ctx.key() {
-            if self.included.contains(key) {
-                return true;
-            }
-            if self.excluded.contains(key) {
-                return false;
-            }
-        }
-        self.rules
-            .iter()
-            .any(|rule| rule.iter().all(|c| c.matches(ctx, segments, depth)))
     }
 }
 

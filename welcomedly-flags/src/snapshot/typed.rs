@@ -16,6 +16,10 @@ impl Snapshot {
         accepts: fn(FlagType) -> bool,
         read: impl Fn(&'a Value) -> Option<T>,
     ) -> Evaluation<'a, T> {
+        #[cfg(feature = "flagd")]
+        if let Some(f) = &self.flagd {
+            return f.set.typed(key, ctx, default, accepts, read).evaluation;
+        }
         let Some((id, flag)) = self.flag(key) else {
             return Evaluation::failed(default, ErrorCode::FlagNotFound);
         };

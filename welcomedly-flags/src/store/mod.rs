@@ -262,8 +262,9 @@ impl<S: FlagStore + ?Sized> FlagStore for std::sync::Arc<S> {
 }
 
 /// Keeps `flags` current from `store`: [`FlagSync::start`] with the flag model's compiler
-/// ([`Snapshot::compile_json_next`](crate::Snapshot::compile_json_next), reusing the served
-/// snapshot's regular expressions) and [`Flags::replace`](crate::Flags::replace).
+/// ([`Snapshot::compile_document`](crate::Snapshot::compile_document): a native flag set,
+/// reusing the served snapshot's regular expressions, or a flagd file with the `flagd` feature)
+/// and [`Flags::replace`](crate::Flags::replace).
 /// An invalid document is rejected and the last good snapshot keeps serving.
 ///
 /// # Errors
@@ -281,7 +282,7 @@ pub async fn sync_flags(
         store,
         // Reusing the served snapshot's regexes: an update compiles only its new patterns.
         move |body: &str, version: u64| {
-            crate::Snapshot::compile_json_next(body, version, &current.snapshot())
+            crate::Snapshot::compile_document(body, version, Some(&current.snapshot()))
         },
         move |snapshot| flags.replace(snapshot),
         config,

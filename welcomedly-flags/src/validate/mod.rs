@@ -25,11 +25,8 @@
 mod graph;
 mod structure;
 
-use std::fmt;
-
-use serde::Serialize;
-
 use crate::model::FlagSet;
+pub use crate::problem::{Problem, ValidationErrors};
 
 /// Chains of prerequisites, and of segments nested in segments, may be at most this deep (the
 /// flag or segment itself counts as one level). Evaluation recurses along them.
@@ -51,94 +48,6 @@ pub const MAX_REGEX_LEN: usize = 256;
 /// repetitions copy them (`\w{1000}` is a thousand copies of `\w`), so a pattern over it is
 /// refused with a hint to use an ASCII class (`[a-z0-9_]`, `(?-u:\w)`) or a smaller count.
 pub const MAX_REGEX_COMPILED: usize = 256 * 1024;
-
-/// One problem in a flag set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Problem {
-    path: String,
-    message: String,
-}
-
-impl Problem {
-    /// A problem at `path` (e.g. `flags.new-ui.rules[2].clauses[0].values[0]`).
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Problem {
-        Problem {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-
-    /// Where: dotted map keys and `[index]` list positions from the root of the flag set; empty
-    /// for the document as a whole.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
-    /// What is wrong and what to do.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Why a flag set was rejected: one or more [`Problem`]s.
-///
-/// Serializes as `{"problems": [{"path": …, "message": …}, …]}` (the admin API's 422 body).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ValidationErrors {
-    problems: Vec<Problem>,
-}
-
-impl ValidationErrors {
-    /// Every problem, in the order found.
-    pub fn problems(&self) -> &[Problem] {
-        &self.problems
-    }
-
-    /// Whether a problem is reported at exactly `path`.
-    pub fn has_problem_at(&self, path: &str) -> bool {
-        self.problems.iter().any(|p| p.path == path)
-    }
-}
-
-impl From<Vec<Problem>> for ValidationErrors {
-    fn from(problems: Vec<Problem>) -> ValidationErrors {
-        ValidationErrors { problems }
-    }
-}
-
-impl fmt::Display for ValidationErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.problems.len();
-        write!(
-            f,
-            "invalid flag set ({n} problem{})",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for p in &self.problems {
-            write!(f, "\n- {p}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ValidationErrors {}
-
-/// Checks `set` as a whole (see [`FlagSet::validate`]). Validating is compiling: what
-/// validates is exactly what compiles, and operands (regexes, semvers, dates, segment names) are
-/// checked by the code that parses them.
-pub(crate) fn validate(set: &FlagSet) -> Result<(), ValidationErrors> {
-    crate::Snapshot::compile(set, 0).map(drop)
-}
 
 /// The checks that need no compiling: variants, references, weights, duplicates, cycles.
 pub(crate) fn check_structure(set: &FlagSet, problems: &mut Vec<Problem>) {

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::graph::{self, Edge};
 use super::{MAX_DEPTH, Problem};
 use crate::bucketing::TOTAL;
+use crate::model::FlagType as Kind;
 use crate::model::{Flag, FlagSet, Op, Serve};
-use crate::snapshot::Kind;
 
 pub(super) fn check(set: &FlagSet, problems: &mut Vec<Problem>) {
     for (key, flag) in &set.flags {

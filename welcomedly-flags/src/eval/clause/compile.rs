@@ -7,12 +7,12 @@ use std::collections::hash_map::Entry;
 use regex::{Regex, RegexBuilder};
 use serde_json::Value;
 
-use super::{CompiledClause, Num, Test};
+use super::{CompiledClause, KeySet, Num, SegmentIndex, Test};
 use crate::eval::date::parse_rfc3339_millis;
 use crate::eval::semver::OwnedSemver;
 use crate::model::{Clause, Op};
-use crate::snapshot::{KeySet, SegmentIndex};
-use crate::validate::{MAX_REGEX_COMPILED, MAX_REGEX_LEN, MAX_REGEX_PATTERNS, Problem};
+use crate::problem::Problem;
+use crate::validate::{MAX_REGEX_COMPILED, MAX_REGEX_LEN, MAX_REGEX_PATTERNS};
 
 /// The regular expressions of one flag set, compiled once each: a pattern used by several
 /// clauses shares one `Regex` (its clones share the compiled program), and the number of

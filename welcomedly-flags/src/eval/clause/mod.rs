@@ -2,8 +2,10 @@
 //! and matched against a context. Compiling is in `compile.rs`.
 
 mod compile;
+mod segment;
 
 pub(crate) use compile::Regexes;
+pub(crate) use segment::{CompiledSegment, KeySet, SegmentIndex};
 
 use regex::Regex;
 use serde_json::Value;
@@ -11,7 +13,6 @@ use serde_json::Value;
 use super::date::parse_rfc3339_millis;
 use super::semver::{OwnedSemver, Semver};
 use crate::context::{AttrValue, Context};
-use crate::snapshot::{CompiledSegment, KeySet};
 
 /// A number operand: exact as an integer when it is one.
 #[derive(Debug, Clone, Copy)]
