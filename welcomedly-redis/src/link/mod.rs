@@ -492,6 +492,11 @@ impl Link {
         self.inner.target.nodes().is_some()
     }
 
+    /// The sharded subscriber if it was ever asked for (on a cluster).
+    pub(crate) fn used_sharded(&self) -> Option<Subscriber> {
+        self.inner.sharded.get().cloned()
+    }
+
     /// The subscriber if it was ever asked for.
     pub(crate) fn used_subscriber(&self) -> Option<Subscriber> {
         self.inner.subscriber.get().cloned()
