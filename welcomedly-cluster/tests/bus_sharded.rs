@@ -215,6 +215,22 @@ async fn delivering_again_after_the_channels_master_is_killed() {
     assert_eq!(channel_owner(&p.cluster).0, failover.to);
 }
 
+/// A frozen master (SIGSTOP) keeps the socket open: the node connection's unanswered `PING`s
+/// drop it, and the channel is subscribed on the replica the cluster promotes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivering_again_after_the_channels_master_freezes() {
+    let mut p = pair().await;
+    let (owner, channel) = channel_owner(&p.cluster);
+    let slot = RedisCluster::slot_of(channel.as_bytes());
+    p.cluster.pause(owner).unwrap();
+    delivers(&p.b, &mut p.sub, &mut p.n).await;
+    let stats = p.listener.sharded_subscriber().stats();
+    println!("SIGSTOP of the master: {stats:?}");
+    assert!(stats.resubscribes >= 1, "{stats:?}");
+    assert_ne!(p.cluster.master_for_slot(slot).unwrap(), owner);
+    p.cluster.resume(owner).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_pubsub_connection_is_resubscribed() {
     let mut p = pair().await;

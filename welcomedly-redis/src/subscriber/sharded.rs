@@ -278,6 +278,13 @@ async fn slot_map(
     let Some(base) = shared.target.nodes().and_then(<[_]>::first).cloned() else {
         return Err("sharded pub/sub needs a Redis Cluster".to_owned());
     };
+    // The node connections are plain TCP: never send a TLS cluster's credentials in clear.
+    if !matches!(base.addr(), ConnectionAddr::Tcp(..)) {
+        return Err(
+            "sharded pub/sub connects to cluster nodes over plain TCP only: use classic pub/sub (the bus's PubSubMode::Classic) for this cluster"
+                .to_owned(),
+        );
+    }
     let map = link
         .shards()
         .await
@@ -419,8 +426,11 @@ fn handle(shared: &Shared, routes: &mut Routes, event: Event) {
                 tracing::warn!(error = %why, node = %format!("{}:{}", node.0, node.1), channels = lost.len(), "a Redis sharded pub/sub connection was lost: messages published until it is back are missed (subscribers are told); resubscribing");
             }
             if hold_off {
-                routes.retry_at = Some(Instant::now() + shared.config.min_outage);
-                routes.failures += 1;
+                // Dropped for failures (a frozen node): at least `min_outage`, and the backoff
+                // if it keeps failing.
+                failed(shared, routes, &why);
+                let floor = Instant::now() + shared.config.min_outage;
+                routes.retry_at = routes.retry_at.map(|at| at.max(floor));
             } else if was_up {
                 // Redis closed a working connection (a killed node, a `CLIENT KILL`): try at
                 // once with a fresh slot map.
