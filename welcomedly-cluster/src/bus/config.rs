@@ -20,7 +20,8 @@ use crate::Error;
 pub struct BusConfig {
     /// Prefix of every key and channel. Default `"wd:bus"`: durable topic `t` lives in
     /// `wd:bus:{t}:s` (stream) and `wd:bus:{t}:m` (epoch and sequence), ephemeral topic `t` on
-    /// channel `wd:bus:e:t`. Same character set as topic names.
+    /// channel `wd:bus:e:t` (on a cluster with sharded pub/sub `wd:bus:e:{<tag>}:t`, see
+    /// [`PubSubMode`]). Same character set as topic names.
     pub key_prefix: String,
     /// Each subscriber's queue: events it may fall behind by before it loses some (ephemeral)
     /// or re-reads them from Redis (durable). Default 1024.

@@ -224,7 +224,9 @@ pub struct BusStats {
     pub gaps: u64,
     /// Messages or stream entries not written by the bus (skipped).
     pub malformed: u64,
-    /// Times the pub/sub connection was re-established.
+    /// Times the pub/sub connection was re-established (classic pub/sub), or ephemeral
+    /// channels subscribed again after a loss (sharded pub/sub on a cluster: a lost node, a
+    /// slot migration, a failover, a repair by the periodic check).
     pub resubscribes: u64,
     /// Times a durable reader lost its connection.
     pub reader_reconnects: u64,
