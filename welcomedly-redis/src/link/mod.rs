@@ -455,7 +455,9 @@ impl Link {
     /// connection is lost (noticed when it closes, or after
     /// [`failure_threshold`](crate::LinkConfig::failure_threshold) unanswered `PING`s one
     /// second apart), and when the periodic check (every 5 s, see
-    /// [`Subscriber::set_check_every`]) finds it missing: `PUBSUB SHARDNUMSUB` and
+    /// [`Subscriber::set_check_every`], and 1 s after any resubscription: an `SSUBSCRIBE` that
+    /// reached a master in the instant before its demotion stays on it, a replica that still
+    /// receives the shard's messages) finds it missing or misplaced: `PUBSUB SHARDNUMSUB` and
     /// `CLIENT INFO` on the node connection itself, against what the node acknowledged, and
     /// the slot map against where each channel is subscribed. Failed attempts wait the link's
     /// [`backoff`](crate::LinkConfig::backoff) (exponential, jittered). Subscriptions are told

@@ -115,7 +115,14 @@ struct Routes {
     retry_at: Option<Instant>,
     failures: u32,
     delays: welcomedly_core::backoff::Delays,
+    /// A channel was resubscribed after a migration, failover or lost node: check soon, since
+    /// an `SSUBSCRIBE` that reached the old master in the instant before its demotion may stay
+    /// on it (a replica, which still receives the shard's messages, so nothing else tells).
+    check_soon: bool,
 }
+
+/// How soon the check runs after a resubscription.
+const CHECK_SOON: Duration = Duration::from_secs(1);
 
 /// The supervisor. Holds the subscriber weakly between steps; the link aborts it when dropped
 /// (and its node connections with it: each ends when its command channel closes).
@@ -131,6 +138,7 @@ pub(super) async fn run(shared: Weak<Shared>) {
         retry_at: None,
         failures: 0,
         delays: config.backoff.delays(),
+        check_soon: false,
     };
     let mut next_check = Instant::now() + CHECK_EVERY;
     loop {
@@ -146,6 +154,9 @@ pub(super) async fn run(shared: Weak<Shared>) {
         route(&shared, &strong, &mut routes, &events_tx).await;
         let check_every = Duration::from_millis(strong.check_every.load(Ordering::Relaxed).max(50));
         next_check = next_check.min(Instant::now() + check_every);
+        if std::mem::take(&mut routes.check_soon) {
+            next_check = next_check.min(Instant::now() + CHECK_SOON);
+        }
         // `strong` is held while waiting: the link aborts this task when it is dropped.
         let retry = async {
             match routes.retry_at {
@@ -337,6 +348,7 @@ fn handle(shared: &Shared, routes: &mut Routes, event: Event) {
             if current(routes, &channel, &node, generation) {
                 let again = shared.confirmed(std::slice::from_ref(&channel));
                 shared.resubscribed.fetch_add(again, Ordering::Relaxed);
+                routes.check_soon |= again > 0;
                 routes.failures = 0;
                 routes.delays = shared.config.backoff.delays();
             }
