@@ -59,6 +59,9 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let database = RouterConfig::read(&mut env);
     let consistency_secret = env.secret("WELCOMEDLY_CONSISTENCY_SECRET");
     let web = WebConfig::read(&mut env);
+    // WELCOMEDLY_BUS_PUBSUB: sharded (default) or classic pub/sub for ephemeral topics on a
+    // Redis Cluster.
+    let bus_config = BusConfig::read(&mut env);
     // Event streams: a comment line and a check of the stream's session per heartbeat.
     let sse_heartbeat = env.read(
         "WELCOMEDLY_SSE_HEARTBEAT_MS",
@@ -77,7 +80,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         session_config,
         database,
         consistency_secret,
-        web,
+        (web, bus_config),
         sse_heartbeat,
     ) = env.finish((
         (core, link_config, session_store_config),
@@ -87,7 +90,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         session_config,
         database,
         consistency_secret,
-        web,
+        (web, bus_config),
         sse_heartbeat,
     ))?;
     // Read-your-writes cookies name WAL positions: signed with a public secret, anyone could
@@ -147,7 +150,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let (session_store, bus) = match &link {
         Some(link) => {
             let store = RedisSessionStore::new(link, session_store_config).await?;
-            let mut bus = BusConfig::new();
+            let mut bus = bus_config;
             bus.heartbeat = sse_heartbeat;
             // No health check of its own: the link's ("redis") reports the outage.
             let bus = bus.build(link).await?;

@@ -55,7 +55,8 @@
 //! `pretty`), `RUST_LOG`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `WELCOMEDLY_DRAIN_GRACE_MS`,
 //! `WELCOMEDLY_DRAIN_DEADLINE_MS`, `WELCOMEDLY_SSE_HEARTBEAT_MS` (15000: the event streams'
 //! heartbeat, and how soon a stream ends after its session ended on another instance or
-//! expired), `WELCOMEDLY_HEADER_READ_TIMEOUT_MS` (10 s for a first request head),
+//! expired), `WELCOMEDLY_BUS_PUBSUB` (`sharded`, the default, or `classic`: the pub/sub of
+//! ephemeral bus topics on a Redis Cluster), `WELCOMEDLY_HEADER_READ_TIMEOUT_MS` (10 s for a first request head),
 //! `WELCOMEDLY_IDLE_TIMEOUT_MS` (75 s between keep-alive requests: above the proxy's),
 //! `WELCOMEDLY_MAX_CONNECTIONS` (10 000) and `WELCOMEDLY_MAX_CONNECTIONS_PER_CLIENT` (256;
 //! `TRUSTED_PROXIES` exempt); over a cap a connection gets an immediate 503. SIGTERM drains and

@@ -38,6 +38,9 @@
 //!   command, on the one shared multiplexed connection;
 //! - [`Link::subscriber`]: pub/sub, one [`Subscriber`] connection per link for every channel
 //!   of every component, with one resubscribe loop (see the [`subscriber`] module);
+//! - [`Link::sharded_subscriber`]: on a Redis Cluster, sharded pub/sub (`SSUBSCRIBE` of each
+//!   channel on its slot's master, resubscribed after a migration, a failover or a lost node,
+//!   checked periodically); the same [`Subscriber`] API; publish with `SPUBLISH`;
 //! - [`Link::dedicated`]: a pooled connection of its own for what would stall or corrupt the
 //!   shared one (`XREAD BLOCK`, `BLPOP`, `WATCH`/`MULTI`/`EXEC`).
 //!

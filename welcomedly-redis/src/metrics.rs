@@ -8,6 +8,13 @@ use opentelemetry::metrics::Meter;
 
 use crate::link::{Link, LinkState};
 
+/// A sharded subscriber counter: name, description, how to read it.
+type ShardedCounter = (
+    &'static str,
+    &'static str,
+    fn(&crate::SubscriberStats) -> u64,
+);
+
 impl Link {
     /// Registers observable instruments reading [`Link::stats`] at each collection, so nothing
     /// is added to the call path: `welcomedly.redis.connected` (1 or 0),
@@ -18,7 +25,13 @@ impl Link {
     /// announced new masters followed), and for the [`subscriber`](Link::subscriber)
     /// once it is used: `welcomedly.redis.subscriber.connected` (1 or 0),
     /// `welcomedly.redis.subscriber.resubscribes`, `welcomedly.redis.subscriber.lagged`
-    /// (messages dropped for slow readers). Labels come from closed sets only.
+    /// (messages dropped for slow readers); for the
+    /// [`sharded_subscriber`](Link::sharded_subscriber) once it is used (on a cluster):
+    /// `welcomedly.redis.sharded.connected` (1 or 0), `welcomedly.redis.sharded.resubscribes`
+    /// (channels subscribed again after a loss), `welcomedly.redis.sharded.unsolicited_unsubscribes`
+    /// (Redis unsubscribed a channel: a slot migration or failover) and
+    /// `welcomedly.redis.sharded.repairs` (channels the periodic check found missing). Labels
+    /// come from closed sets only.
     ///
     /// The instruments hold the link weakly: they stop reporting once it is dropped.
     pub fn register_metrics(&self, meter: &Meter) {
@@ -123,6 +136,47 @@ impl Link {
                 }
             })
             .build();
+        let weak = Arc::downgrade(self.inner());
+        let _sharded_connected = meter
+            .u64_observable_gauge("welcomedly.redis.sharded.connected")
+            .with_description(
+                "Whether every sharded pub/sub channel is routed to a connected master (1) or not (0)",
+            )
+            .with_callback(move |o| {
+                if let Some(s) = Link::upgrade(&weak).and_then(|l| l.used_sharded()) {
+                    o.observe(u64::from(s.is_connected()), &[]);
+                }
+            })
+            .build();
+        let counters: [ShardedCounter; 3] = [
+            (
+                "welcomedly.redis.sharded.resubscribes",
+                "Sharded pub/sub channels subscribed again after a loss",
+                |s| s.resubscribes,
+            ),
+            (
+                "welcomedly.redis.sharded.unsolicited_unsubscribes",
+                "Sharded channels Redis unsubscribed on its own (slot migration, failover), each subscribed again on the new owner",
+                |s| s.unsolicited_unsubscribes,
+            ),
+            (
+                "welcomedly.redis.sharded.repairs",
+                "Sharded channels the periodic check found not subscribed, subscribed again",
+                |s| s.repairs,
+            ),
+        ];
+        for (name, description, read) in counters {
+            let weak = Arc::downgrade(self.inner());
+            let _counter = meter
+                .u64_observable_counter(name)
+                .with_description(description)
+                .with_callback(move |o| {
+                    if let Some(s) = Link::upgrade(&weak).and_then(|l| l.used_sharded()) {
+                        o.observe(read(&s.stats()), &[]);
+                    }
+                })
+                .build();
+        }
         let weak = Arc::downgrade(self.inner());
         let _lagged = meter
             .u64_observable_counter("welcomedly.redis.subscriber.lagged")

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::Script;
+use welcomedly_core::config::{ConfigError, EnvReader};
 use welcomedly_redis::{Backoff, Link};
 
 use super::{Backend, Bus, Counters, Inner, MAX_TOPIC_LEN, Names, memory, stream, topic};
@@ -19,7 +20,8 @@ use crate::Error;
 pub struct BusConfig {
     /// Prefix of every key and channel. Default `"wd:bus"`: durable topic `t` lives in
     /// `wd:bus:{t}:s` (stream) and `wd:bus:{t}:m` (epoch and sequence), ephemeral topic `t` on
-    /// channel `wd:bus:e:t`. Same character set as topic names.
+    /// channel `wd:bus:e:t` (on a cluster with sharded pub/sub `wd:bus:e:{<tag>}:t`, see
+    /// [`PubSubMode`]). Same character set as topic names.
     pub key_prefix: String,
     /// Each subscriber's queue: events it may fall behind by before it loses some (ephemeral)
     /// or re-reads them from Redis (durable). Default 1024.
@@ -39,6 +41,38 @@ pub struct BusConfig {
     /// once per heartbeat, so this bounds how long it outlives a logout on another instance
     /// or an expiry. Default 15 s.
     pub heartbeat: Duration,
+    /// Which Redis pub/sub carries ephemeral topics on a Redis Cluster. Default
+    /// [`PubSubMode::Sharded`]. On one node or Sentinel both modes are classic pub/sub.
+    pub pubsub: PubSubMode,
+}
+
+/// Which pub/sub ephemeral topics use on a Redis Cluster ([`BusConfig::pubsub`]).
+///
+/// **Sharded** (the default): each topic's channel carries a hash tag (one of 64 tags spread
+/// evenly over the slots, picked by the topic's own slot), is published with `SPUBLISH` to the
+/// master serving that slot and subscribed with `SSUBSCRIBE` there
+/// ([`Link::sharded_subscriber`]). A message travels from the publisher to one master and from
+/// it to the instances listening on that topic only: Redis egress follows interest, and adding
+/// masters adds pub/sub capacity. The costs: one pub/sub connection per master that serves a
+/// subscribed topic (at most one per master), and a resubscription, with the
+/// [`Interrupted`](super::Delivery::Interrupted) notice classic pub/sub also gives on an
+/// outage, when the topic's slot migrates or its shard fails over.
+///
+/// **Classic**: `PUBLISH`/`SUBSCRIBE` on one connection to any node. Redis broadcasts every
+/// `PUBLISH` over the cluster bus to every node, whoever listens: every node carries every
+/// message, so pub/sub does not scale with masters. Its one advantage: slot migrations and
+/// failovers never touch the subscription (only the loss of its node does). Choose it for a
+/// cluster whose Redis cannot run sharded pub/sub (before 7.0), or to mix with older
+/// publishers on the unchanged channel names (`{prefix}:e:{topic}`; sharded ones are
+/// `{prefix}:e:{tag}:{topic}`). Every instance must use the same mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum PubSubMode {
+    /// `PUBLISH` / `SUBSCRIBE`: every message reaches every cluster node.
+    Classic,
+    /// `SPUBLISH` / `SSUBSCRIBE` on the topic's master (on a Redis Cluster).
+    #[default]
+    Sharded,
 }
 
 impl Default for BusConfig {
@@ -58,6 +92,37 @@ impl BusConfig {
             block: Duration::from_secs(2),
             batch: 256,
             heartbeat: Duration::from_secs(15),
+            pubsub: PubSubMode::default(),
+        }
+    }
+
+    /// Reads the settings from the environment: `WELCOMEDLY_BUS_PUBSUB` = `sharded` (default)
+    /// or `classic` (see [`PubSubMode`]); defaults elsewhere.
+    ///
+    /// # Errors
+    ///
+    /// Every invalid variable, as welcomedly-core's `ConfigError`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut env = EnvReader::from_env();
+        let config = Self::read(&mut env);
+        env.finish(config)
+    }
+
+    /// [`from_env`](Self::from_env) through a shared reader, so a service reports the problems
+    /// of all its components' variables at once.
+    pub fn read(env: &mut EnvReader<'_>) -> Self {
+        let pubsub = env.read(
+            "WELCOMEDLY_BUS_PUBSUB",
+            PubSubMode::default(),
+            |v: &str| match v.trim().to_ascii_lowercase().as_str() {
+                "sharded" => Ok(PubSubMode::Sharded),
+                "classic" => Ok(PubSubMode::Classic),
+                _ => Err("is not a pub/sub mode: expected `sharded` or `classic`".to_owned()),
+            },
+        );
+        Self {
+            pubsub,
+            ..Self::new()
         }
     }
 
@@ -80,7 +145,8 @@ impl BusConfig {
             tracing::debug!(error = %e, "the bus's publish script is not loaded yet");
         }
         let backoff = link.config().backoff;
-        let inner = self.into_inner(Backend::Redis(link.clone()), backoff);
+        let sharded = self.pubsub == PubSubMode::Sharded && link.is_cluster();
+        let inner = self.into_inner(Backend::Redis(link.clone()), backoff, sharded);
         Ok(Bus { inner })
     }
 
@@ -109,7 +175,7 @@ impl BusConfig {
     pub fn build_local(self) -> Result<Bus, Error> {
         self.validate()?;
         let memory = memory::Memory::new(self.retention);
-        let inner = self.into_inner(Backend::Memory(memory), Backoff::default());
+        let inner = self.into_inner(Backend::Memory(memory), Backoff::default(), false);
         Ok(Bus { inner })
     }
 
@@ -134,11 +200,12 @@ impl BusConfig {
         Ok(())
     }
 
-    fn into_inner(self, backend: Backend, backoff: Backoff) -> Arc<Inner> {
+    fn into_inner(self, backend: Backend, backoff: Backoff, sharded: bool) -> Arc<Inner> {
         Arc::new(Inner {
             backend,
             names: Names {
                 prefix: self.key_prefix,
+                sharded,
             },
             backoff,
             publish: Script::new(stream::PUBLISH),

@@ -27,8 +27,16 @@
 //!   hash tag (topic names and the prefix hold no brace), so the publish script touches one
 //!   slot (checked with [`debug_assert_same_slot`](welcomedly_redis::debug_assert_same_slot))
 //!   and different topics spread over the slots; readers read one stream each (`XREAD` of one
-//!   key); no script reads the time. Ephemeral channels use classic pub/sub, which reaches
-//!   every node.
+//!   key); no script reads the time. Ephemeral topics use **sharded pub/sub** on a cluster by
+//!   default ([`PubSubMode`], `WELCOMEDLY_BUS_PUBSUB`): channel `<prefix>:e:{<tag>}:<topic>`,
+//!   where the tag is one of 64 hash tags spread evenly over the slots (the topic's own slot
+//!   picks it), published with `SPUBLISH` to that slot's master and subscribed with
+//!   `SSUBSCRIBE` there ([`Link::sharded_subscriber`](welcomedly_redis::Link::sharded_subscriber)),
+//!   so a message reaches only the master of its topic and the instances listening to it,
+//!   instead of every node. A slot migration or failover unsubscribes the channel (Redis
+//!   sends `sunsubscribe`): the subscriber resubscribes on the new owner and the topic's
+//!   subscribers get [`Delivery::Interrupted`], as after any pub/sub outage. On one node or
+//!   Sentinel ephemeral topics use classic pub/sub (`<prefix>:e:<topic>`).
 //! - **SSE** (`axum` feature): [`sse::stream`] streams a topic to a browser with `id:` = offset,
 //!   heartbeats, and an end at drain; [`sse::SseStream`] also ends it with its session
 //!   (logout anywhere, expiry) and merges the application's own events in.
@@ -104,7 +112,7 @@ use tokio::sync::{broadcast, watch};
 use welcomedly_redis::{Backoff, Link, Retry};
 
 use crate::Error;
-pub use config::BusConfig;
+pub use config::{BusConfig, PubSubMode};
 pub use offset::{InvalidOffset, Offset};
 pub use subscription::{Delivery, Event, Gap, Subscription};
 pub use topic::{MAX_TOPIC_LEN, Tier, Topic};
@@ -114,6 +122,42 @@ use subscription::{Feed, Start};
 /// Key and channel names.
 struct Names {
     prefix: String,
+    /// Ephemeral channels carry a hash tag (sharded pub/sub on a cluster).
+    sharded: bool,
+}
+
+/// How many hash tags sharded ephemeral channels are spread over (see [`shard_tag`]).
+pub(crate) const SHARD_TAGS: usize = 64;
+
+/// The hash tag of a sharded ephemeral topic's channel: the topic's own CRC16 slot picks one of
+/// [`SHARD_TAGS`] tags, and tag `i` is the shortest decimal string whose slot lies in the
+/// `i`-th of 64 equal slot ranges (256 slots each). So the tags cover the slot space evenly
+/// and every master of an evenly split cluster (up to 64 masters) serves its share of them.
+/// Bare `{0}`..`{63}` would not: the CRC16 of short numeric strings clusters (Centrifugo found
+/// this skew), putting most tags on one or two masters. The table is computed, never stored:
+/// every instance derives the same tags.
+pub(crate) fn shard_tag(topic: &str) -> &'static str {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let width = 16_384 / SHARD_TAGS;
+        let mut tags = vec![String::new(); SHARD_TAGS];
+        let mut found = 0;
+        let mut k = 0u32;
+        while found < SHARD_TAGS {
+            let candidate = k.to_string();
+            let bucket = usize::from(welcomedly_redis::key_slot(candidate.as_bytes())) / width;
+            if let Some(slot) = tags.get_mut(bucket)
+                && slot.is_empty()
+            {
+                *slot = candidate;
+                found += 1;
+            }
+            k += 1;
+        }
+        tags
+    });
+    let bucket = usize::from(welcomedly_redis::key_slot(topic.as_bytes())) * SHARD_TAGS / 16_384;
+    tags.get(bucket).map_or("0", String::as_str)
 }
 
 impl Names {
@@ -126,7 +170,11 @@ impl Names {
     }
 
     fn channel(&self, topic: &str) -> String {
-        format!("{}:e:{topic}", self.prefix)
+        if self.sharded {
+            format!("{}:e:{{{}}}:{topic}", self.prefix, shard_tag(topic))
+        } else {
+            format!("{}:e:{topic}", self.prefix)
+        }
     }
 }
 
@@ -176,7 +224,9 @@ pub struct BusStats {
     pub gaps: u64,
     /// Messages or stream entries not written by the bus (skipped).
     pub malformed: u64,
-    /// Times the pub/sub connection was re-established.
+    /// Times the pub/sub connection was re-established (classic pub/sub), or ephemeral
+    /// channels subscribed again after a loss (sharded pub/sub on a cluster: a lost node, a
+    /// slot migration, a failover, a repair by the periodic check).
     pub resubscribes: u64,
     /// Times a durable reader lost its connection.
     pub reader_reconnects: u64,
@@ -246,6 +296,16 @@ impl Inner {
         match &self.backend {
             Backend::Redis(link) => Some(link),
             Backend::Memory(_) => None,
+        }
+    }
+
+    /// The subscriber of ephemeral topics: the link's sharded one when the bus uses sharded
+    /// pub/sub (a cluster and [`PubSubMode::Sharded`]), its classic one otherwise.
+    fn subscriber(&self, link: &Link) -> welcomedly_redis::Subscriber {
+        if self.names.sharded {
+            link.sharded_subscriber()
+        } else {
+            link.subscriber()
         }
     }
 
@@ -389,7 +449,13 @@ impl Bus {
         };
         let result = match tier {
             Tier::Ephemeral => {
-                let mut publish = redis::cmd("PUBLISH");
+                // SPUBLISH goes to the channel's slot: redis-rs routes a command it has no
+                // rule for by its first argument (`RouteBy::FirstKey`), here the channel.
+                let mut publish = redis::cmd(if inner.names.sharded {
+                    "SPUBLISH"
+                } else {
+                    "PUBLISH"
+                });
                 publish.arg(inner.names.channel(topic)).arg(payload);
                 link.query::<i64>(&publish, Retry::Never)
                     .await
@@ -619,7 +685,7 @@ impl Bus {
             },
         );
         drop(topics);
-        let subscriber = link.subscriber();
+        let subscriber = inner.subscriber(link);
         let subscription = subscriber.subscribe(inner.names.channel(topic), inner.capacity);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let task = runtime.spawn(ephemeral::forward(
@@ -698,7 +764,7 @@ impl Bus {
         let Some(link) = self.inner.link() else {
             return true;
         };
-        let subscriber = link.subscriber();
+        let subscriber = self.inner.subscriber(link);
         subscriber.is_connected()
             && lock(&self.inner.ephemeral)
                 .keys()
@@ -735,7 +801,7 @@ impl Bus {
             resubscribes: self
                 .inner
                 .link()
-                .map_or(0, |l| l.subscriber().stats().resubscribes),
+                .map_or(0, |l| self.inner.subscriber(l).stats().resubscribes),
             reader_reconnects: get(&s.reader_reconnects),
         }
     }
@@ -760,6 +826,7 @@ mod tests {
     fn names_share_one_hash_tag_per_topic() {
         let n = Names {
             prefix: "wd:bus".to_owned(),
+            sharded: false,
         };
         assert_eq!(n.stream("agents"), "wd:bus:{agents}:s");
         assert_eq!(n.meta("agents"), "wd:bus:{agents}:m");
@@ -772,6 +839,39 @@ mod tests {
             slots.insert(welcomedly_redis::key_slot(s.as_bytes()));
         }
         assert_eq!(slots.len(), 5);
+    }
+
+    #[test]
+    fn sharded_channels_spread_over_the_slot_space() {
+        let n = Names {
+            prefix: "wd:bus".to_owned(),
+            sharded: true,
+        };
+        let channel = n.channel("agents");
+        assert!(channel.starts_with("wd:bus:e:{"), "{channel}");
+        assert!(channel.ends_with("}:agents"), "{channel}");
+        // Every tag in its own 256-slot range: 64 distinct ranges.
+        let mut ranges = std::collections::HashSet::new();
+        for i in 0..5_000 {
+            let c = n.channel(&format!("topic{i}"));
+            ranges.insert(welcomedly_redis::key_slot(c.as_bytes()) / 256);
+        }
+        assert_eq!(ranges.len(), SHARD_TAGS);
+        // On three masters splitting the slots evenly, topics spread about evenly too.
+        let mut masters = [0u32; 3];
+        for i in 0..3_000 {
+            let slot = welcomedly_redis::key_slot(n.channel(&format!("t{i}")).as_bytes());
+            masters[usize::from(slot) * 3 / 16_384] += 1;
+        }
+        assert!(
+            masters.iter().all(|m| (700..1_300).contains(m)),
+            "{masters:?}"
+        );
+        // Bare numeric tags would not: most of {0}..{63} land on few ranges.
+        let bare: std::collections::HashSet<u16> = (0..64)
+            .map(|i| welcomedly_redis::key_slot(format!("{{{i}}}").as_bytes()) / 256)
+            .collect();
+        assert!(bare.len() < SHARD_TAGS, "{}", bare.len());
     }
 
     #[test]

@@ -33,7 +33,7 @@ mod cluster;
 mod conn;
 mod dedicated;
 mod follow;
-mod shards;
+pub(crate) mod shards;
 mod supervisor;
 mod target;
 
@@ -274,6 +274,8 @@ pub(crate) struct Inner {
     runtime: tokio::runtime::Handle,
     /// The pub/sub side, made on first use.
     subscriber: OnceLock<Subscriber>,
+    /// On a cluster: the sharded pub/sub side, made on first use.
+    sharded: OnceLock<Subscriber>,
     /// The pools of dedicated connections (`None`: the target; a node on a cluster), made
     /// on first use.
     pools: Mutex<HashMap<Option<(String, u16)>, dedicated::Pool>>,
@@ -320,6 +322,9 @@ impl Drop for Inner {
             task.abort();
         }
         if let Some(subscriber) = self.subscriber.get() {
+            subscriber.shared().close();
+        }
+        if let Some(subscriber) = self.sharded.get() {
             subscriber.shared().close();
         }
         dedicated::close_all(&self.pools);
@@ -391,6 +396,7 @@ impl Link {
             supervisor: OnceLock::new(),
             runtime: runtime.clone(),
             subscriber: OnceLock::new(),
+            sharded: OnceLock::new(),
             pools: Mutex::new(HashMap::new()),
             shards: ArcSwapOption::empty(),
             shards_stale: AtomicBool::new(false),
@@ -434,6 +440,63 @@ impl Link {
                 )
             })
             .clone()
+    }
+
+    /// On a Redis Cluster, the link's **sharded** [`Subscriber`]: `SSUBSCRIBE` of each channel
+    /// on the master serving the channel's slot, one connection per master that serves a
+    /// subscribed channel (so a node receives only what its own slots carry, instead of every
+    /// `PUBLISH` of the cluster). Publish to it with `SPUBLISH` through
+    /// [`query`](Self::query): redis-rs routes `SPUBLISH` by its first argument, the channel,
+    /// to the slot's master. Same API and deliveries as [`subscriber`](Self::subscriber).
+    ///
+    /// It resubscribes a channel on its slot's new owner (a fresh slot map) when Redis sends an
+    /// unsolicited `sunsubscribe` (a slot migration, a failover, graceful or not), when
+    /// `SSUBSCRIBE` is redirected (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`), when the node
+    /// connection is lost (noticed when it closes, or after
+    /// [`failure_threshold`](crate::LinkConfig::failure_threshold) unanswered `PING`s one
+    /// second apart), and when the periodic check (every 5 s, see
+    /// [`Subscriber::set_check_every`], and 1 s after any resubscription: an `SSUBSCRIBE` that
+    /// reached a master in the instant before its demotion stays on it, a replica that still
+    /// receives the shard's messages) finds it missing or misplaced: `PUBSUB SHARDNUMSUB` and
+    /// `CLIENT INFO` on the node connection itself, against what the node acknowledged, and
+    /// the slot map against where each channel is subscribed. Failed attempts wait the link's
+    /// [`backoff`](crate::LinkConfig::backoff) (exponential, jittered). Subscriptions are told
+    /// as with the classic subscriber: [`Delivery::Subscribed`](crate::Delivery::Subscribed)
+    /// with the outage after every resubscription. [`Subscriber::is_connected`] is `true` when
+    /// every wanted channel is routed to a connected master.
+    ///
+    /// A sharded channel should carry a hash tag so channels spread over the slots (and so
+    /// the masters): the bus does this for its ephemeral topics.
+    ///
+    /// Off a cluster (one node, Sentinel) this is the classic [`subscriber`](Self::subscriber):
+    /// one node has one shard, so sharded pub/sub would change nothing but the command names.
+    pub fn sharded_subscriber(&self) -> Subscriber {
+        if self.inner.target.nodes().is_none() {
+            return self.subscriber();
+        }
+        self.inner
+            .sharded
+            .get_or_init(|| {
+                Subscriber::with_mode(
+                    self.inner.config.clone(),
+                    self.inner.target.clone(),
+                    self.inner.runtime.clone(),
+                    Arc::downgrade(&self.inner),
+                    true,
+                )
+            })
+            .clone()
+    }
+
+    /// Whether the link runs on a Redis Cluster (where [`sharded_subscriber`](Self::sharded_subscriber)
+    /// is sharded).
+    pub fn is_cluster(&self) -> bool {
+        self.inner.target.nodes().is_some()
+    }
+
+    /// The sharded subscriber if it was ever asked for (on a cluster).
+    pub(crate) fn used_sharded(&self) -> Option<Subscriber> {
+        self.inner.sharded.get().cloned()
     }
 
     /// The subscriber if it was ever asked for.
@@ -664,11 +727,10 @@ impl Link {
 /// its requests, so register it with `Affects::Nothing` unless Redis is required to serve.
 impl HealthCheck for Link {
     fn check(&self) -> CheckFuture<'_> {
-        let subscriber_down = self
-            .inner
-            .subscriber
-            .get()
-            .is_some_and(|s| !s.is_connected() && s.is_wanted());
+        let subscriber_down = [self.inner.subscriber.get(), self.inner.sharded.get()]
+            .into_iter()
+            .flatten()
+            .any(|s| !s.is_connected() && s.is_wanted());
         let outcome = match self.state() {
             LinkState::Connected if subscriber_down => CheckOutcome::degraded(
                 "Redis answers commands but the pub/sub connection is down: live updates are delayed until it resubscribes (in the background); check Redis' client limits",

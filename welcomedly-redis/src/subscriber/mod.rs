@@ -50,8 +50,10 @@
 //! resubscribes. This is the default because it keeps one connection and one resubscribe loop
 //! whatever the number of shards, and slot migrations and failovers never touch a
 //! subscription; its cost is that the cluster bus carries every message to every node.
-//! Sharded pub/sub (`SSUBSCRIBE`, one connection per shard, a resubscribe on every unsolicited
-//! `sunsubscribe` a migration or failover sends) is not built.
+//! For sharded pub/sub (`SSUBSCRIBE` of each channel on its slot's master, one connection per
+//! such master, a resubscribe on every unsolicited `sunsubscribe` a migration or failover
+//! sends, a periodic check) use [`Link::sharded_subscriber`](crate::Link::sharded_subscriber):
+//! the same [`Subscriber`] API and [`Delivery`]s.
 //!
 //! Use the subscriber for pub/sub, [`Link::query`](crate::Link::query) for commands and
 //! [`Link::dedicated`](crate::Link::dedicated) for blocking commands and transactions.
@@ -69,6 +71,7 @@ use tokio::time::Instant;
 use crate::config::LinkConfig;
 use crate::link::Target;
 
+mod sharded;
 mod task;
 
 /// What a [`Subscription`] receives.
@@ -108,6 +111,15 @@ pub struct SubscriberStats {
     pub channels: u64,
     /// Subscriptions alive now.
     pub subscriptions: u64,
+    /// Sharded only: `sunsubscribe`s Redis sent without being asked (the channel's slot
+    /// migrated, or its shard failed over); each channel was subscribed again on its new owner.
+    pub unsolicited_unsubscribes: u64,
+    /// Sharded only: channels the periodic check found not subscribed (Redis no longer counted
+    /// this connection, or the slot map names another owner) and subscribed again.
+    pub repairs: u64,
+    /// Sharded only: `SSUBSCRIBE`s answered with a redirection (`MOVED`, `ASK`, `TRYAGAIN`,
+    /// `CLUSTERDOWN`): the slot map is fetched again and the channel sent to its owner.
+    pub redirections: u64,
 }
 
 /// The link's pub/sub side: one connection shared by every [`Subscription`] of every clone of
@@ -146,6 +158,19 @@ pub(crate) struct Shared {
     connections: AtomicU64,
     failed_attempts: AtomicU64,
     lagged: AtomicU64,
+    /// Classic `SUBSCRIBE` on one node, or sharded `SSUBSCRIBE` on each channel's master.
+    sharded: bool,
+    /// Sharded: channels subscribed again after a loss (the classic subscriber counts
+    /// connections instead).
+    resubscribed: AtomicU64,
+    unsolicited: AtomicU64,
+    repairs: AtomicU64,
+    redirections: AtomicU64,
+    /// Sharded, tests only: ignore unsolicited `sunsubscribe`s (the bug of node-redis,
+    /// StackExchange.Redis and redis-py), so a test shows what the periodic check repairs.
+    ignore_unsolicited: AtomicBool,
+    /// Sharded: how often subscriptions are checked against the server.
+    check_every: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -195,10 +220,38 @@ impl Shared {
 
     fn start(self: &Arc<Self>) {
         self.task.get_or_init(|| {
-            self.runtime
-                .spawn(task::run(Arc::downgrade(self)))
-                .abort_handle()
+            if self.sharded {
+                self.runtime
+                    .spawn(sharded::run(Arc::downgrade(self)))
+                    .abort_handle()
+            } else {
+                self.runtime
+                    .spawn(task::run(Arc::downgrade(self)))
+                    .abort_handle()
+            }
         });
+    }
+
+    /// Sharded: `channels` are no longer subscribed (their node's connection was lost, Redis
+    /// unsubscribed them, or the check found them missing).
+    fn lost_channels(&self, channels: &[String]) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        for name in channels {
+            if let Some(ch) = state.channels.get_mut(name)
+                && ch.confirmed
+            {
+                ch.confirmed = false;
+                ch.lost_at = Some(now);
+            }
+        }
+    }
+
+    /// Sharded: every channel wanted now.
+    fn wanted(&self) -> Vec<String> {
+        let mut state = self.lock();
+        state.channels.retain(|_, ch| !ch.subs.is_empty());
+        state.channels.keys().cloned().collect()
     }
 
     /// Delivers `payload` published on `channel` to the channel's subscriptions.
@@ -220,9 +273,11 @@ impl Shared {
         }
     }
 
-    /// `SUBSCRIBE` of `channels` was acknowledged on the current connection.
-    fn confirmed(&self, channels: &[String]) {
+    /// `SUBSCRIBE` of `channels` was acknowledged on the current connection; how many of them
+    /// were subscribed before (a resubscription).
+    fn confirmed(&self, channels: &[String]) -> u64 {
         let now = Instant::now();
+        let mut again = 0;
         let mut state = self.lock();
         for name in channels {
             let Some(ch) = state.channels.get_mut(name) else {
@@ -233,12 +288,22 @@ impl Shared {
             }
             ch.confirmed = true;
             let outage = ch.lost_at.take().map(|t| now.saturating_duration_since(t));
+            again += u64::from(outage.is_some());
             for sub in &mut ch.subs {
                 sub.queue
                     .push_subscribed(if sub.fresh { None } else { outage });
                 sub.fresh = false;
             }
         }
+        again
+    }
+
+    /// Whether `channel` is acknowledged now.
+    fn is_confirmed(&self, channel: &str) -> bool {
+        self.lock()
+            .channels
+            .get(channel)
+            .is_some_and(|ch| ch.confirmed)
     }
 
     /// The connection is gone: every acknowledged channel is lost from now.
@@ -266,6 +331,16 @@ impl Subscriber {
         runtime: tokio::runtime::Handle,
         link: Weak<crate::link::Inner>,
     ) -> Self {
+        Self::with_mode(config, target, runtime, link, false)
+    }
+
+    pub(crate) fn with_mode(
+        config: LinkConfig,
+        target: Arc<Target>,
+        runtime: tokio::runtime::Handle,
+        link: Weak<crate::link::Inner>,
+        sharded: bool,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 link,
@@ -281,6 +356,15 @@ impl Subscriber {
                 connections: AtomicU64::new(0),
                 failed_attempts: AtomicU64::new(0),
                 lagged: AtomicU64::new(0),
+                sharded,
+                resubscribed: AtomicU64::new(0),
+                unsolicited: AtomicU64::new(0),
+                repairs: AtomicU64::new(0),
+                redirections: AtomicU64::new(0),
+                ignore_unsolicited: AtomicBool::new(false),
+                check_every: AtomicU64::new(
+                    u64::try_from(sharded::CHECK_EVERY.as_millis()).unwrap_or(u64::MAX),
+                ),
             }),
         }
     }
@@ -376,12 +460,43 @@ impl Subscriber {
         };
         SubscriberStats {
             connections,
-            resubscribes: connections.saturating_sub(1),
+            resubscribes: if s.sharded {
+                s.resubscribed.load(Ordering::Relaxed)
+            } else {
+                connections.saturating_sub(1)
+            },
             failed_attempts: s.failed_attempts.load(Ordering::Relaxed),
             lagged: s.lagged.load(Ordering::Relaxed),
             channels,
             subscriptions,
+            unsolicited_unsubscribes: s.unsolicited.load(Ordering::Relaxed),
+            repairs: s.repairs.load(Ordering::Relaxed),
+            redirections: s.redirections.load(Ordering::Relaxed),
         }
+    }
+
+    /// Whether this is the [sharded](crate::Link::sharded_subscriber) subscriber.
+    pub fn is_sharded(&self) -> bool {
+        self.shared.sharded
+    }
+
+    /// Sharded: how often every subscribed channel is checked against the server (see
+    /// [`Link::sharded_subscriber`](crate::Link::sharded_subscriber)). Default 5 s; at least
+    /// 50 ms. No effect on the classic subscriber.
+    pub fn set_check_every(&self, every: Duration) {
+        let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(50);
+        self.shared.check_every.store(ms, Ordering::Relaxed);
+        self.shared.wake.notify_one();
+    }
+
+    /// Tests only: make the sharded subscriber ignore the `sunsubscribe`s Redis sends on its
+    /// own (a slot migration, a failover), as node-redis, StackExchange.Redis and redis-py
+    /// once did, so a test can show what that loses and what the periodic check repairs.
+    #[doc(hidden)]
+    pub fn ignore_unsolicited_unsubscribes(&self, ignore: bool) {
+        self.shared
+            .ignore_unsolicited
+            .store(ignore, Ordering::Relaxed);
     }
 }
 

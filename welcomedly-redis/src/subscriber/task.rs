@@ -278,7 +278,7 @@ async fn sync(
     if !new.is_empty() {
         command(within, "SUBSCRIBE", sink.subscribe(&new)).await?;
         on_conn.extend(new.iter().cloned());
-        shared.confirmed(&new);
+        let _ = shared.confirmed(&new);
     }
     Ok(())
 }
