@@ -34,6 +34,7 @@ use welcomedly_redis::{Link, LinkConfig};
 use crate::agents;
 use crate::board;
 use crate::campaigns;
+use crate::checkout;
 use crate::flags;
 use crate::login;
 use crate::problem::{self, Problem};
@@ -69,6 +70,11 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
                 .ok_or("is not a usable heartbeat: expected a whole number of milliseconds greater than 0, such as 15000")
         },
     );
+    let fault = env.read(
+        "WELCOMEDLY_DEMO_FAULT",
+        checkout::Fault::default(),
+        checkout::Fault::parse,
+    );
     let (
         (config, link_config, session_store_config),
         redis,
@@ -77,7 +83,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         session_config,
         database,
         consistency_secret,
-        web,
+        (web, fault),
         sse_heartbeat,
     ) = env.finish((
         (core, link_config, session_store_config),
@@ -87,7 +93,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         session_config,
         database,
         consistency_secret,
-        web,
+        (web, fault),
         sse_heartbeat,
     ))?;
     // Read-your-writes cookies name WAL positions: signed with a public secret, anyone could
@@ -184,6 +190,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let sessions = SessionLayer::new(session_store, session_config)?;
     sessions.register_metrics(telemetry.metrics().meter());
     let feature_routes = flag_routes
+        .merge(checkout::routes(flags::checkout_layer(&features), fault))
         .merge(board::routes(config.instance_id.as_str()))
         .merge(agents::routes(agents))
         .merge(login::routes(logins))
