@@ -29,7 +29,7 @@ use super::sequential::{self, Arm, Evidence, SequentialConfig, Verdict};
 pub const MAX_DECISIONS: usize = 64;
 
 /// Where a rollout is. `frozen` is not stored: an instance that cannot reach Redis reports it
-/// (see [`Status`](super::agent::Status)).
+/// (see `RolloutAgent::status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]

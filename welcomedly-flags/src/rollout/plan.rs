@@ -90,7 +90,7 @@ impl Stage {
         }
     }
 
-    /// The stage's share as a rollout weight out of [`TOTAL`](crate::bucketing::TOTAL).
+    /// The stage's share as a rollout weight out of [`TOTAL`].
     pub fn weight(&self) -> u32 {
         percent_to_weight(self.percent)
     }
@@ -225,7 +225,7 @@ fn default_latency_guard() -> Option<LatencyGuard> {
     })
 }
 
-/// A percentage as a rollout weight out of [`TOTAL`](crate::bucketing::TOTAL) (rounded to
+/// A percentage as a rollout weight out of [`TOTAL`] (rounded to
 /// 0.001 %, clamped to 0..=100 %).
 pub fn percent_to_weight(percent: f64) -> u32 {
     let w = (percent * f64::from(TOTAL) / 100.0).round();
@@ -451,7 +451,7 @@ impl Plan {
         if p.is_empty() { Ok(()) } else { Err(p.into()) }
     }
 
-    /// The treatment's weight at `stage` (out of [`TOTAL`](crate::bucketing::TOTAL)); past the
+    /// The treatment's weight at `stage` (out of [`TOTAL`]); past the
     /// last stage, everything.
     pub fn weight_at(&self, stage: usize) -> u32 {
         self.stages.get(stage).map_or(TOTAL, Stage::weight)
