@@ -166,6 +166,26 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         }
     };
     bus.register_metrics(telemetry.metrics().meter());
+    // Guarded-rollout decisions this instance takes go on the bus (topic `rollouts`), so a
+    // board or any subscriber on any instance sees a rollout advance or roll back.
+    if let Some(agent) = &features.rollouts {
+        let mut decisions = agent.decisions();
+        let topic = Topic::ephemeral("rollouts")?;
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            loop {
+                match decisions.recv().await {
+                    Ok(event) => {
+                        if let Err(e) = bus.publish(&topic, &event).await {
+                            tracing::warn!(error = %e, "a rollout decision could not be published on the bus");
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
     let events = agents::Events {
         bus,
         topic: Topic::durable("agents.status")?,
