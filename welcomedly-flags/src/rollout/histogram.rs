@@ -11,7 +11,7 @@
 //! The latency guard of a rollout compares the *share of slow requests* in both arms, with
 //! "slow" set by the control arm: [`slow_requests`] takes the control's quantile (say p95), widens
 //! it by a tolerance, and counts the requests of each arm at or above it, giving two
-//! [`Arm`]s for [`sequential::test`](super::sequential::test). Both arms are counted against the
+//! [`Arm`]s for [`sequential::test`](super::sequential::test()). Both arms are counted against the
 //! same bucket bound, so the bucket width rounds the threshold but does not bias the comparison.
 //!
 //! ```
@@ -217,7 +217,7 @@ impl fmt::Display for HistogramLengthError {
 
 impl std::error::Error for HistogramLengthError {}
 
-/// Both arms' counts of slow requests, for [`sequential::test`](super::sequential::test).
+/// Both arms' counts of slow requests, for [`sequential::test`](super::sequential::test()).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SlowRequests {
@@ -233,7 +233,7 @@ pub struct SlowRequests {
 /// Counts the requests of each arm at or above the control arm's `quantile` widened by
 /// `tolerance` (`0.1` = 10 % slower than the control's quantile is still fine). A non-finite or
 /// negative tolerance counts as 0. With an empty control arm nothing is slow (and
-/// [`sequential::test`](super::sequential::test) answers
+/// [`sequential::test`](super::sequential::test()) answers
 /// [`Insufficient`](super::sequential::Verdict::Insufficient) for it anyway).
 #[must_use]
 pub fn slow_requests(
@@ -335,6 +335,32 @@ mod tests {
         assert_eq!(h.count_above(Duration::from_micros(10_043)), 2);
         assert_eq!(h.count_above(Duration::from_micros(8_410)), 3);
         assert_eq!(h.count_above(Duration::MAX), 0);
+    }
+
+    proptest::proptest! {
+        /// The quantile is the upper bound of the bucket holding the exact order statistic, and
+        /// `count_above` never counts a duration below its threshold.
+        #[test]
+        fn quantile_and_count_above_bracket_the_data(
+            mut micros in proptest::collection::vec(0u64..100_000_000, 1..200),
+            q in 0.0f64..=1.0,
+            threshold in 0u64..100_000_000,
+        ) {
+            let mut h = LatencyHistogram::new();
+            for &m in &micros {
+                h.record(Duration::from_micros(m));
+            }
+            micros.sort_unstable();
+            let rank = ((q * micros.len() as f64).ceil() as usize).clamp(1, micros.len());
+            let exact = micros[rank - 1];
+            let got = u64::try_from(h.quantile(q).unwrap().as_micros()).unwrap();
+            let bucket = LatencyHistogram::bucket_of(Duration::from_micros(exact));
+            let upper = LOWER_BOUNDS_MICROS.get(bucket + 1).copied().unwrap_or(60_000_000);
+            proptest::prop_assert_eq!(got, upper);
+            let above = h.count_above(Duration::from_micros(threshold));
+            let truly_above = micros.iter().filter(|&&m| m >= threshold).count() as u64;
+            proptest::prop_assert!(above <= truly_above);
+        }
     }
 
     #[test]

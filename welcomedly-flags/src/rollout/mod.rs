@@ -10,7 +10,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`sequential`] | [`test`](sequential::test): an always-valid one-sided comparison of two Bernoulli arms (error ratio, share of slow requests, an app counter per request) |
+//! | [`sequential`] | [`test()`](sequential::test()): an always-valid one-sided comparison of two Bernoulli arms (error ratio, share of slow requests, an app counter per request) |
 //! | [`plan`] | [`Plan`](plan::Plan): arms, stages, guards, the action on a breach; JSON with defaults (`{}`: 5 % → 25 % → 100 %), validated |
 //! | [`attribution`] | [`Attribution`](attribution::Attribution): per-arm requests, errors, counter and latency buckets of the guarded flags, counted by the [`FlagsLayer`](crate::layer::FlagsLayer) |
 //! | [`controller`] | the stored [`RolloutState`](controller::RolloutState) and the pure controller [`step`](controller::step) |
