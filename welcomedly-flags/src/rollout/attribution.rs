@@ -266,8 +266,9 @@ impl Attribution {
 
     /// The guarded set a request pins (`None` when nothing is guarded: no cost per request).
     pub(crate) fn pin(&self) -> Option<Arc<Guarded>> {
-        let g = self.guarded.load_full();
-        (!g.is_empty()).then_some(g)
+        // A guard first: no reference count is touched while nothing is guarded.
+        let g = self.guarded.load();
+        (!g.is_empty()).then(|| arc_swap::Guard::into_inner(g))
     }
 }
 
