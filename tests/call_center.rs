@@ -369,7 +369,7 @@ fn ofrep_evaluates_the_seeded_flags_and_a_token_closes_it() {
         .iter()
         .map(|f| f["key"].as_str().unwrap())
         .collect();
-    assert_eq!(keys, ["board-theme", "campaign-stats"]);
+    assert_eq!(keys, ["board-theme", "campaign-stats", "new-checkout"]);
     let cached = app.request_with(
         "POST",
         "/ofrep/v1/evaluate/flags",

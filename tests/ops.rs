@@ -837,7 +837,7 @@ fn promtool_accepts_the_rules_and_their_unit_tests_pass() {
     let check = run_promtool(&["check", "rules"], "prometheus/alerts.yml");
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(
-        text.contains("SUCCESS: 9 rules found"),
+        text.contains("SUCCESS: 10 rules found"),
         "{}",
         describe(&check)
     );

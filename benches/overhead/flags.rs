@@ -149,4 +149,68 @@ pub(crate) fn bench(c: &mut Criterion) {
         })
         .collect();
     crate::interleaved("flags (evaluation)", &rt, &table, 20_000);
+    layer(c);
+}
+
+/// The flags layer per request (pin a snapshot, build the context, one evaluation of a 10 %
+/// rollout in the handler): without attribution, with attribution while nothing is guarded,
+/// and with the flag guarded (the request's arm noted, its status and latency counted).
+fn layer(c: &mut Criterion) {
+    use futures_util::FutureExt;
+    // `call` without `poll_ready`: `service_fn` and the flags layer are always ready.
+    use tower::{Layer, Service};
+    use welcomedly_flags::layer::{FlagsLayer, RequestFlags};
+    use welcomedly_flags::rollout::attribution::Attribution;
+    use welcomedly_flags::rollout::plan::Plan;
+
+    let flags = Flags::new(Snapshot::compile_json(&flag_set(), 1).unwrap());
+    let handler = tower::service_fn(|req: http::Request<()>| async move {
+        let on = req
+            .extensions()
+            .get::<RequestFlags>()
+            .is_some_and(|f| f.is_enabled("rollout"));
+        Ok::<_, std::convert::Infallible>(http::Response::new(on))
+    });
+    let header = http::HeaderName::from_static("x-user");
+    let plain = FlagsLayer::new(flags.clone()).key_header(header.clone());
+    let idle = Attribution::new();
+    let guarded = Attribution::new();
+    let plan = Plan::from_json(r#"{"treatment": "on", "control": "off"}"#).unwrap();
+    guarded.guard([("rollout", &plan)]);
+    let services = [
+        ("layer: flags", plain.clone().layer(handler)),
+        (
+            "layer: flags + attribution, nothing guarded",
+            plain.clone().attribution(idle).layer(handler),
+        ),
+        (
+            "layer: flags + attribution, flag guarded",
+            plain.attribution(guarded.clone()).layer(handler),
+        ),
+    ];
+    let ids: Vec<http::HeaderValue> = (0..KEYS)
+        .map(|i| http::HeaderValue::from_str(&format!("user-{i:08}")).unwrap())
+        .collect();
+    let mut g = c.benchmark_group("flags_layer");
+    g.throughput(Throughput::Elements(1));
+    for (name, svc) in &services {
+        g.bench_function(*name, |b| {
+            b.iter_custom(|iters| {
+                let mut svc = svc.clone();
+                let start = Instant::now();
+                for i in 0..iters {
+                    let mut req = http::Request::new(());
+                    req.headers_mut()
+                        .insert(header.clone(), ids[i as usize % KEYS].clone());
+                    let res = svc.call(req).now_or_never();
+                    black_box(res);
+                }
+                let t = start.elapsed();
+                // Keep the guarded counters from growing across samples (not timed).
+                black_box(guarded.take());
+                t
+            })
+        });
+    }
+    g.finish();
 }

@@ -34,6 +34,7 @@ use welcomedly_redis::{Link, LinkConfig};
 use crate::agents;
 use crate::board;
 use crate::campaigns;
+use crate::checkout;
 use crate::flags;
 use crate::login;
 use crate::problem::{self, Problem};
@@ -72,6 +73,11 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
                 .ok_or("is not a usable heartbeat: expected a whole number of milliseconds greater than 0, such as 15000")
         },
     );
+    let fault = env.read(
+        "WELCOMEDLY_DEMO_FAULT",
+        checkout::Fault::default(),
+        checkout::Fault::parse,
+    );
     let (
         (config, link_config, session_store_config),
         redis,
@@ -80,7 +86,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         session_config,
         database,
         consistency_secret,
-        (web, bus_config),
+        (web, bus_config, fault),
         sse_heartbeat,
     ) = env.finish((
         (core, link_config, session_store_config),
@@ -90,7 +96,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         session_config,
         database,
         consistency_secret,
-        (web, bus_config),
+        (web, bus_config, fault),
         sse_heartbeat,
     ))?;
     // Read-your-writes cookies name WAL positions: signed with a public secret, anyone could
@@ -163,6 +169,26 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         }
     };
     bus.register_metrics(telemetry.metrics().meter());
+    // Guarded-rollout decisions this instance takes go on the bus (topic `rollouts`), so a
+    // board or any subscriber on any instance sees a rollout advance or roll back.
+    if let Some(agent) = &features.rollouts {
+        let mut decisions = agent.decisions();
+        let topic = Topic::ephemeral("rollouts")?;
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            loop {
+                match decisions.recv().await {
+                    Ok(event) => {
+                        if let Err(e) = bus.publish(&topic, &event).await {
+                            tracing::warn!(error = %e, "a rollout decision could not be published on the bus");
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
     let events = agents::Events {
         bus,
         topic: Topic::durable("agents.status")?,
@@ -188,6 +214,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let sessions = SessionLayer::new(session_store, session_config)?;
     sessions.register_metrics(telemetry.metrics().meter());
     let feature_routes = flag_routes
+        .merge(checkout::routes(flags::checkout_layer(&features), fault))
         .merge(board::routes(config.instance_id.as_str()))
         .merge(agents::routes(agents))
         .merge(login::routes(logins))

@@ -7,20 +7,30 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::Json;
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::routing::{any, get};
 use welcomedly_core::health::{Affects, HealthRegistry};
 use welcomedly_flags::admin::{self, BearerToken};
 use welcomedly_flags::layer::{FlagsLayer, RequestFlags};
 use welcomedly_flags::ofrep::{self, OfrepConfig, OfrepKey, OpenAccess};
+use welcomedly_flags::rollout::{
+    self,
+    agent::{AgentConfig, RolloutAgent},
+    attribution::Attribution,
+    store::RolloutStore,
+};
 use welcomedly_flags::store::{
     Change, FlagStore, FlagSyncHandle, MemoryStore, RedisStore, RedisStoreConfig, SyncConfig,
     sync_flags,
 };
 use welcomedly_flags::{Flags, Snapshot};
+
+use crate::problem::Problem;
 use welcomedly_redis::Link;
 
 /// The flags a new user sees working: campaign statistics rolled out to half of the users (and
-/// always to `supervisor`), behind a kill switch (`enabled`); a board theme.
+/// always to `supervisor`), behind a kill switch (`enabled`); a board theme; the new checkout
+/// path (off until a guarded rollout advances it).
 const SEED: &str = r#"{
   "flags": {
     "campaign-stats": {
@@ -33,6 +43,11 @@ const SEED: &str = r#"{
     "board-theme": {
       "variants": { "light": "light", "dark": "dark" },
       "fallthrough": { "variant": "light" }
+    },
+    "new-checkout": {
+      "description": "The new checkout path of GET /api/checkout: roll it out with POST /admin/rollouts/new-checkout",
+      "variants": { "on": true, "off": false },
+      "fallthrough": { "variant": "off" }
     }
   }
 }"#;
@@ -44,6 +59,11 @@ pub(crate) const STATS_FLAG: &str = "campaign-stats";
 pub(crate) struct FeatureFlags {
     pub(crate) flags: Flags,
     pub(crate) store: Arc<dyn FlagStore>,
+    /// Which arm of a guarded flag served each request (given to every flags layer).
+    pub(crate) attribution: Attribution,
+    /// Guarded rollouts: with Redis only (the fleet's counts and the one acting instance
+    /// live there).
+    pub(crate) rollouts: Option<Arc<RolloutAgent>>,
     // Dropping it stops the sync: held for the life of the process.
     _sync: FlagSyncHandle,
 }
@@ -66,9 +86,22 @@ pub(crate) async fn start(
     // the last good snapshot keeps serving.
     registry.register("flags", sync.health(), Affects::Nothing);
     sync.health().register_metrics(meter);
+    let attribution = Attribution::new();
+    let rollouts = link.map(|link| {
+        let agent = RolloutAgent::start(
+            RolloutStore::new(link.clone()),
+            store.clone(),
+            attribution.clone(),
+            AgentConfig::default(),
+        );
+        agent.register_metrics(meter);
+        Arc::new(agent)
+    });
     Ok(FeatureFlags {
         flags,
         store,
+        attribution,
+        rollouts,
         _sync: sync,
     })
 }
@@ -129,11 +162,32 @@ pub(crate) fn routes(
     if let Some(token) = admin_token {
         router = router.merge(admin::router(
             features.store.clone(),
-            BearerToken::new(token, "admin"),
+            BearerToken::new(token.clone(), "admin"),
             "/admin/flags",
         ));
+        router = match &features.rollouts {
+            Some(agent) => router.merge(rollout::admin::router(
+                agent.clone(),
+                BearerToken::new(token, "admin"),
+                "/admin/rollouts",
+            )),
+            None => router.route(
+                "/admin/rollouts/{*rest}",
+                any(|| async {
+                    Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "guarded rollouts need Redis (the fleet's counts and the acting instance live there): set REDIS_URL",
+                    )
+                }),
+            ),
+        };
     }
     router
+}
+
+/// The flags layer of `GET /api/checkout` (see `checkout`): counted for guarded rollouts.
+pub(crate) fn checkout_layer(features: &FeatureFlags) -> FlagsLayer {
+    FlagsLayer::new(features.flags.clone()).attribution(features.attribution.clone())
 }
 
 /// One snapshot and targeting context per request, for every route inside it (a flag gate such
@@ -144,7 +198,7 @@ pub(crate) fn routes(
 /// (`WELCOMEDLY_DEV_IDENTITY_HEADER=true`, for scripts in development) does the `x-user-id`
 /// header name an anonymous caller: any client could name anyone, so it is off by default.
 pub(crate) fn layer(features: &FeatureFlags, dev_identity_header: bool) -> FlagsLayer {
-    let layer = FlagsLayer::new(features.flags.clone());
+    let layer = FlagsLayer::new(features.flags.clone()).attribution(features.attribution.clone());
     if dev_identity_header {
         layer.key_header(http::HeaderName::from_static("x-user-id"))
     } else {

@@ -42,7 +42,10 @@
 //! on every instance) is required: without it the start is refused, as a public or per-process
 //! secret would let clients forge read-your-writes positions or break them across instances.
 //! Without `DATABASE_URL`, an in-memory SQLite. `WELCOMEDLY_ADMIN_TOKEN` enables
-//! `/admin/flags`. OFREP (`POST /ofrep/v1/evaluate/flags[/{key}]`) is open to the app's own
+//! `/admin/flags` and, with `REDIS_URL`, the guarded rollouts under `/admin/rollouts/{flag}`
+//! (`GET /api/checkout` is the demo route behind the guarded flag `new-checkout`;
+//! `WELCOMEDLY_DEMO_FAULT=errors=0.05` or `latency_ms=50` makes its new path fail that share of
+//! requests or add that latency). OFREP (`POST /ofrep/v1/evaluate/flags[/{key}]`) is open to the app's own
 //! clients unless `WELCOMEDLY_OFREP_TOKEN` is set (then a bearer token or `X-API-Key`; never
 //! the admin token). Every secret (those four, `WELCOMEDLY_SESSION_KEYS`) needs at least 16
 //! bytes, and a refused one is reported by its length, never its value.
@@ -67,6 +70,7 @@ mod agents;
 mod app;
 mod board;
 mod campaigns;
+mod checkout;
 mod flags;
 mod login;
 mod problem;

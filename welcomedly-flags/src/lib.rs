@@ -25,6 +25,7 @@
 //! | `admin` (feature `axum`) | the flags admin API: list, get, put with `If-Match`, delete, history |
 //! | `ofrep` (feature `axum`) | the OpenFeature Remote Evaluation Protocol endpoint: single and bulk evaluation, `ETag`/`304` |
 //! | `openfeature` (feature `openfeature`) | `FlagsProvider`, an OpenFeature provider (the `open-feature` crate 0.3) over [`Flags`] |
+//! | [`rollout`] | guarded rollouts: a plan of stages and guards, attribution of requests to arms, the fleet's counts in Redis and one acting controller |
 //! | [`layer`] | [`FlagsLayer`](layer::FlagsLayer) (one snapshot and context per request), [`FlagGateLayer`](layer::FlagGateLayer) (a route behind a flag) |
 //!
 //! ```

@@ -51,4 +51,4 @@ mod service;
 
 pub use gate::{FlagGate, FlagGateLayer, GateBody, GateFuture};
 pub use request::{Attributes, MAX_ATTR_LEN, OwnedAttr, RequestFlags, RequestInfo};
-pub use service::{FlagsLayer, FlagsService};
+pub use service::{FlagsLayer, FlagsService, ResponseFuture};

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::rollout::attribution::Recording;
 use crate::{AttrValue, Context, Evaluation, Snapshot};
 
 /// An owned attribute value, kept for the request's lifetime.
@@ -127,6 +128,7 @@ struct Inner {
     snapshot: Arc<Snapshot>,
     key: Option<Box<str>>,
     attributes: Attributes,
+    recording: Option<Recording>,
 }
 
 impl RequestFlags {
@@ -134,13 +136,41 @@ impl RequestFlags {
         snapshot: Arc<Snapshot>,
         key: Option<Box<str>>,
         attributes: Attributes,
+        recording: Option<Recording>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 snapshot,
                 key,
                 attributes,
+                recording,
             }),
+        }
+    }
+
+    /// Adds the finished request to the arms of the guarded flags it evaluated.
+    pub(crate) fn finish(&self, status: Option<u16>, elapsed: std::time::Duration) {
+        if let Some(r) = &self.inner.recording {
+            r.finish(status, elapsed);
+        }
+    }
+
+    pub(crate) fn is_recording(&self) -> bool {
+        self.inner.recording.is_some()
+    }
+
+    fn note<'a, T>(&'a self, key: &str, eval: Evaluation<'a, T>) -> Evaluation<'a, T> {
+        if let Some(r) = &self.inner.recording {
+            r.note(key, eval.variant, &eval.reason);
+        }
+        eval
+    }
+
+    /// Counts application counter `name` (a failed payment, …) for the arms of the guarded
+    /// flags this request was served, when a rollout plan guards that counter. Free otherwise.
+    pub fn count(&self, name: &str) {
+        if let Some(r) = &self.inner.recording {
+            r.count(name);
         }
     }
 
@@ -174,17 +204,26 @@ impl RequestFlags {
 
     /// Boolean flag `key` with `default`, as an [`Evaluation`] (value, variant, reason).
     pub fn bool_value(&self, key: &str, default: bool) -> Evaluation<'_, bool> {
-        self.snapshot().bool_value(key, &self.context(), default)
+        self.note(
+            key,
+            self.snapshot().bool_value(key, &self.context(), default),
+        )
     }
 
     /// String flag `key` with `default`.
     pub fn string_value<'a>(&'a self, key: &str, default: &'a str) -> Evaluation<'a, &'a str> {
-        self.snapshot().string_value(key, &self.context(), default)
+        self.note(
+            key,
+            self.snapshot().string_value(key, &self.context(), default),
+        )
     }
 
     /// Integer flag `key` with `default`.
     pub fn int_value(&self, key: &str, default: i64) -> Evaluation<'_, i64> {
-        self.snapshot().int_value(key, &self.context(), default)
+        self.note(
+            key,
+            self.snapshot().int_value(key, &self.context(), default),
+        )
     }
 
     /// Every flag evaluated for this request, as JSON: `{"<key>": {"value", "variant",

@@ -4,11 +4,18 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use http::{HeaderName, Request};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::ready;
+use std::time::Instant;
+
+use http::{HeaderName, Request, Response};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::request::{Attributes, RequestFlags, RequestInfo, cut};
 use crate::Flags;
+use crate::rollout::attribution::{Attribution, Recording};
 
 type AttributeFn = dyn Fn(&RequestInfo<'_>, &mut Attributes) + Send + Sync;
 
@@ -24,6 +31,7 @@ struct Shared {
     flags: Flags,
     key_header: Option<HeaderName>,
     attributes: Option<Arc<AttributeFn>>,
+    attribution: Option<Attribution>,
 }
 
 impl FlagsLayer {
@@ -35,6 +43,7 @@ impl FlagsLayer {
                 flags,
                 key_header: None,
                 attributes: None,
+                attribution: None,
             }),
         }
     }
@@ -59,6 +68,13 @@ impl FlagsLayer {
         self.update(|s| s.attributes = Some(Arc::new(f)))
     }
 
+    /// Counts each request that evaluated a guarded flag (through [`RequestFlags`]) for the arm
+    /// it was served, with its status and latency: the input of a guarded
+    /// [rollout](crate::rollout). Requests pay nothing while no flag is guarded.
+    pub fn attribution(self, attribution: Attribution) -> Self {
+        self.update(|s| s.attribution = Some(attribution))
+    }
+
     fn update(self, f: impl FnOnce(&mut Shared)) -> Self {
         let mut shared = match Arc::try_unwrap(self.shared) {
             Ok(shared) => shared,
@@ -66,6 +82,7 @@ impl FlagsLayer {
                 flags: arc.flags.clone(),
                 key_header: arc.key_header.clone(),
                 attributes: arc.attributes.clone(),
+                attribution: arc.attribution.clone(),
             },
         };
         f(&mut shared);
@@ -111,13 +128,13 @@ impl<S: fmt::Debug> fmt::Debug for FlagsService<S> {
     }
 }
 
-impl<S, B> Service<Request<B>> for FlagsService<S>
+impl<S, B, ResB> Service<Request<B>> for FlagsService<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResB>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -140,9 +157,55 @@ where
             };
             f(&info, &mut attributes);
         }
-        let flags = RequestFlags::new(shared.flags.snapshot(), key, attributes);
+        let recording = shared
+            .attribution
+            .as_ref()
+            .and_then(Attribution::pin)
+            .map(Recording::new);
+        let flags = RequestFlags::new(shared.flags.snapshot(), key, attributes, recording);
+        let record = flags
+            .is_recording()
+            .then(|| (flags.clone(), Instant::now()));
         req.extensions_mut().insert(flags);
-        self.inner.call(req)
+        ResponseFuture {
+            inner: self.inner.call(req),
+            record,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`FlagsService`]: the inner future, and the request's record
+    /// when a flag is guarded.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        record: Option<(RequestFlags, Instant)>,
+    }
+}
+
+impl<F: fmt::Debug> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.inner.poll(cx));
+        if let Some((flags, started)) = this.record.take() {
+            let status = out.as_ref().ok().map(|r| r.status().as_u16());
+            flags.finish(status, started.elapsed());
+        }
+        Poll::Ready(out)
     }
 }
 
@@ -178,9 +241,11 @@ mod tests {
 
     async fn seen(layer: FlagsLayer, req: Request<()>) -> RequestFlags {
         let svc = layer.layer(service_fn(|req: Request<()>| async move {
-            Ok::<_, Infallible>(req.extensions().get::<RequestFlags>().cloned())
+            Ok::<_, Infallible>(http::Response::new(
+                req.extensions().get::<RequestFlags>().cloned(),
+            ))
         }));
-        svc.oneshot(req).await.unwrap().unwrap()
+        svc.oneshot(req).await.unwrap().into_body().unwrap()
     }
 
     #[tokio::test]

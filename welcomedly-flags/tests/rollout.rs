@@ -1,0 +1,533 @@
+//! Guarded rollouts against a real `redis-server`, with three instances (each its own link,
+//! flag store, sync, attribution, flags layer and rollout agent) serving in-process traffic:
+//! a healthy change completes through every stage; +3 points of errors is rolled back on every
+//! instance; the acting instance dropped mid-rollout is replaced without a double step; Redis
+//! frozen (SIGSTOP) freezes the rollout, which goes on when Redis is back.
+#![cfg(feature = "redis")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response, StatusCode};
+use tower::{Layer, ServiceExt, service_fn};
+use welcomedly_flags::layer::{FlagsLayer, RequestFlags};
+use welcomedly_flags::rollout::agent::{AgentConfig, RolloutAgent};
+use welcomedly_flags::rollout::attribution::Attribution;
+use welcomedly_flags::rollout::controller::Action;
+use welcomedly_flags::rollout::plan::Plan;
+use welcomedly_flags::rollout::store::RolloutStore;
+use welcomedly_flags::store::{
+    Change, FlagStore, FlagSyncHandle, RedisStore, RedisStoreConfig, SyncConfig, sync_flags,
+};
+use welcomedly_flags::{Context, Flags, Snapshot};
+use welcomedly_redis::{Backoff, Link, LinkConfig};
+use welcomedly_testkit::RedisServer;
+
+const FLAG: &str = "new-checkout";
+const SEED: &str = r#"{"flags": {"new-checkout": {"variants": {"on": true, "off": false},
+    "fallthrough": {"variant": "off"}}}}"#;
+
+struct Instance {
+    flags: Flags,
+    agent: Option<RolloutAgent>,
+    layer: FlagsLayer,
+    _sync: FlagSyncHandle,
+}
+
+fn link_config(redis: &RedisServer) -> LinkConfig {
+    let mut link = LinkConfig::new(redis.url());
+    link.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(200));
+    link.min_outage = Duration::from_millis(20);
+    link.budget = Duration::from_millis(200);
+    link
+}
+
+fn agent_config() -> AgentConfig {
+    let mut c = AgentConfig::default();
+    c.tick = Duration::from_millis(100);
+    c.lease_ttl = Duration::from_millis(800);
+    c.settle = Duration::from_millis(300);
+    c
+}
+
+async fn instance(redis: &RedisServer) -> Instance {
+    let link = Link::connect(link_config(redis)).await.unwrap();
+    let mut sc = RedisStoreConfig::default();
+    sc.budget = Duration::from_millis(200);
+    let store: Arc<dyn FlagStore> = Arc::new(RedisStore::new(&link, sc).await.unwrap());
+    if store.load().await.unwrap().version == 0 {
+        let _ = store
+            .write(0, SEED.into(), Change::new("test", "seed"))
+            .await;
+    }
+    let flags = Flags::new(Snapshot::empty());
+    let mut sync = SyncConfig::default();
+    sync.retry_interval = Duration::from_millis(20);
+    sync.max_retry_interval = Duration::from_millis(200);
+    let sync = sync_flags(store.clone(), &flags, sync).await.unwrap();
+    let attribution = Attribution::new();
+    let agent = RolloutAgent::start(
+        RolloutStore::new(link),
+        store,
+        attribution.clone(),
+        agent_config(),
+    );
+    let layer = FlagsLayer::new(flags.clone())
+        .key_header(http::HeaderName::from_static("x-user"))
+        .attribution(attribution);
+    Instance {
+        flags,
+        agent: Some(agent),
+        layer,
+        _sync: sync,
+    }
+}
+
+/// Serves `n` requests of distinct users on `inst`: the treatment fails `treatment_errors` of
+/// its requests, the control `control_errors` (exact shares, spread evenly).
+async fn serve(
+    inst: &Instance,
+    n: u64,
+    seq: &AtomicU64,
+    control_errors: f64,
+    treatment_errors: f64,
+) {
+    let failed_c = Arc::new(AtomicU64::new(0));
+    let failed_t = Arc::new(AtomicU64::new(0));
+    let served_c = Arc::new(AtomicU64::new(0));
+    let served_t = Arc::new(AtomicU64::new(0));
+    let svc = inst.layer.layer(service_fn(move |req: Request<()>| {
+        let flags = req.extensions().get::<RequestFlags>().cloned().unwrap();
+        let (fc, ft, sc, st) = (
+            failed_c.clone(),
+            failed_t.clone(),
+            served_c.clone(),
+            served_t.clone(),
+        );
+        async move {
+            let on = flags.is_enabled(FLAG);
+            let (share, served, failed) = if on {
+                (treatment_errors, st, ft)
+            } else {
+                (control_errors, sc, fc)
+            };
+            let k = served.fetch_add(1, Ordering::Relaxed) + 1;
+            #[allow(
+                clippy::cast_precision_loss,
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss
+            )]
+            let fail = ((k as f64) * share) as u64 > failed.load(Ordering::Relaxed);
+            if fail {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+            let status = if fail {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            };
+            let mut res = Response::new(());
+            *res.status_mut() = status;
+            Ok::<_, Infallible>(res)
+        }
+    }));
+    for _ in 0..n {
+        let id = seq.fetch_add(1, Ordering::Relaxed);
+        let req = Request::get("/")
+            .header("x-user", format!("user-{id}"))
+            .body(())
+            .unwrap();
+        svc.clone().oneshot(req).await.unwrap();
+    }
+}
+
+/// Load on every live instance until `stop`.
+fn load(
+    instances: Arc<tokio::sync::RwLock<Vec<Instance>>>,
+    stop: Arc<AtomicBool>,
+    control_errors: f64,
+    treatment_errors: f64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let seq = AtomicU64::new(0);
+        while !stop.load(Ordering::Relaxed) {
+            {
+                let all = instances.read().await;
+                for inst in all.iter() {
+                    serve(inst, 40, &seq, control_errors, treatment_errors).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+}
+
+fn plan(json: &str) -> Plan {
+    Plan::from_json(json).unwrap()
+}
+
+async fn status_of(instances: &tokio::sync::RwLock<Vec<Instance>>) -> serde_json::Value {
+    let all = instances.read().await;
+    let agent = all.iter().find_map(|i| i.agent.as_ref()).unwrap();
+    agent.status(FLAG).await.unwrap()
+}
+
+async fn wait_state(
+    instances: &tokio::sync::RwLock<Vec<Instance>>,
+    state: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let s = status_of(instances).await;
+        if s["state"] == state {
+            return s;
+        }
+        assert!(
+            started.elapsed() < within,
+            "not {state} after {within:?}: {s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The share of 2000 users each instance serves the treatment now.
+fn treatment_share(inst: &Instance) -> f64 {
+    let snapshot = inst.flags.snapshot();
+    let on = (0..2000)
+        .filter(|i| {
+            let key = format!("probe-{i}");
+            snapshot.bool_value(FLAG, &Context::new(&key), false).value
+        })
+        .count();
+    on as f64 / 2000.0
+}
+
+fn actions(status: &serde_json::Value) -> Vec<(String, u64)> {
+    status["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["action"].as_str().unwrap().to_owned(),
+                d["stage"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn fleet(redis: &RedisServer, n: usize) -> Arc<tokio::sync::RwLock<Vec<Instance>>> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(instance(redis).await);
+    }
+    Arc::new(tokio::sync::RwLock::new(v))
+}
+
+const FAST: &str = r#"{"stages": [
+    {"percent": 10, "minDurationSecs": 1, "minSamples": 300},
+    {"percent": 50, "minDurationSecs": 1, "minSamples": 300},
+    {"percent": 100}]}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_change_completes_through_every_stage() {
+    let redis = RedisServer::start().unwrap();
+    let instances = fleet(&redis, 3).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load(instances.clone(), stop.clone(), 0.01, 0.01);
+    {
+        let all = instances.read().await;
+        all[0]
+            .agent
+            .as_ref()
+            .unwrap()
+            .start_rollout(FLAG, plan(FAST), "test")
+            .await
+            .unwrap();
+    }
+    let s = wait_state(&instances, "completed", Duration::from_secs(40)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(
+        actions(&s),
+        [
+            ("start".to_owned(), 0),
+            ("advance".to_owned(), 0),
+            ("complete".to_owned(), 1)
+        ],
+        "{s:#}"
+    );
+    let advance = &s["decisions"][1];
+    assert!(
+        advance["evidence"][0]["control"]["trials"]
+            .as_u64()
+            .unwrap()
+            >= 300
+    );
+    assert_eq!(
+        advance["evidence"][0]["evidence"]["verdict"], "holds",
+        "{s:#}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for inst in instances.read().await.iter() {
+        assert_eq!(treatment_share(inst), 1.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_points_more_errors_roll_back_on_every_instance() {
+    let redis = RedisServer::start().unwrap();
+    let instances = fleet(&redis, 3).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load(instances.clone(), stop.clone(), 0.01, 0.04);
+    // Long stages: only the guard can end this rollout.
+    let slow = r#"{"stages": [{"percent": 50, "minDurationSecs": 600}, {"percent": 100}]}"#;
+    {
+        let all = instances.read().await;
+        all[1]
+            .agent
+            .as_ref()
+            .unwrap()
+            .start_rollout(FLAG, plan(slow), "test")
+            .await
+            .unwrap();
+    }
+    let s = wait_state(&instances, "rolled_back", Duration::from_secs(60)).await;
+    let rollback = s["decisions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(rollback["action"], "rollback");
+    let errors = &rollback["evidence"][0];
+    assert_eq!(errors["guard"], "errorRatio");
+    assert_eq!(errors["evidence"]["verdict"], "regression", "{s:#}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for inst in instances.read().await.iter() {
+        assert_eq!(
+            treatment_share(inst),
+            0.0,
+            "no instance serves the treatment"
+        );
+    }
+    // And it stays so: nothing advances a rolled back rollout.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let again = status_of(&instances).await;
+    assert_eq!(again["state"], "rolled_back");
+    assert_eq!(again["decisions"], s["decisions"]);
+    for inst in instances.read().await.iter() {
+        assert_eq!(treatment_share(inst), 0.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_dropped_mid_rollout_is_replaced_without_a_double_step() {
+    let redis = RedisServer::start().unwrap();
+    let instances = fleet(&redis, 3).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load(instances.clone(), stop.clone(), 0.01, 0.01);
+    let four = r#"{"stages": [
+        {"percent": 5, "minDurationSecs": 1, "minSamples": 100},
+        {"percent": 20, "minDurationSecs": 1, "minSamples": 200},
+        {"percent": 50, "minDurationSecs": 2, "minSamples": 300},
+        {"percent": 100}]}"#;
+    {
+        let all = instances.read().await;
+        all[2]
+            .agent
+            .as_ref()
+            .unwrap()
+            .start_rollout(FLAG, plan(four), "test")
+            .await
+            .unwrap();
+    }
+    // Wait for the first advance, then drop whoever acts.
+    let started = Instant::now();
+    loop {
+        let s = status_of(&instances).await;
+        if s["stage"].as_u64().unwrap() >= 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{s:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    {
+        let mut all = instances.write().await;
+        let leader = all
+            .iter()
+            .position(|i| i.agent.as_ref().unwrap().is_leader(FLAG))
+            .expect("one instance acts");
+        assert_eq!(
+            all.iter()
+                .filter(|i| i.agent.as_ref().unwrap().is_leader(FLAG))
+                .count(),
+            1,
+            "exactly one instance acts"
+        );
+        all.remove(leader);
+    }
+    let s = wait_state(&instances, "completed", Duration::from_secs(60)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert_eq!(
+        actions(&s),
+        [
+            ("start".to_owned(), 0),
+            ("advance".to_owned(), 0),
+            ("advance".to_owned(), 1),
+            ("complete".to_owned(), 2)
+        ],
+        "every stage stepped once: {s:#}"
+    );
+    let all = instances.read().await;
+    let leaders = all
+        .iter()
+        .filter(|i| i.agent.as_ref().unwrap().is_leader(FLAG))
+        .count();
+    assert!(leaders <= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_frozen_freezes_the_rollout_which_goes_on_after() {
+    let redis = RedisServer::start().unwrap();
+    let instances = fleet(&redis, 2).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = load(instances.clone(), stop.clone(), 0.01, 0.01);
+    let p = r#"{"stages": [
+        {"percent": 10, "minDurationSecs": 4, "minSamples": 300},
+        {"percent": 100}]}"#;
+    {
+        let all = instances.read().await;
+        all[0]
+            .agent
+            .as_ref()
+            .unwrap()
+            .start_rollout(FLAG, plan(p), "test")
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.pause().unwrap();
+    let paused_at = welcomedly_flags_now_ms();
+    // Every instance reports the freeze (its status falls back to what it last knew).
+    let started = Instant::now();
+    loop {
+        let s = status_of(&instances).await;
+        if s["state"] == "frozen" {
+            assert!(
+                s["frozenBecause"].as_str().unwrap().contains("Redis"),
+                "{s:#}"
+            );
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Longer than the stage's minimum time: nothing is decided while frozen.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let resumed_at = welcomedly_flags_now_ms();
+    redis.resume().unwrap();
+    let s = wait_state(&instances, "completed", Duration::from_secs(40)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    for d in s["decisions"].as_array().unwrap() {
+        let at = d["atMs"].as_u64().unwrap();
+        assert!(
+            !(paused_at + 500..resumed_at).contains(&at),
+            "a decision while Redis was frozen: {d:#}"
+        );
+    }
+    assert_eq!(actions(&s).len(), 2, "{s:#}");
+}
+
+fn welcomedly_flags_now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_pause_resume_and_abort_and_bad_plans_are_refused() {
+    let redis = RedisServer::start().unwrap();
+    let instances = fleet(&redis, 1).await;
+    let all = instances.read().await;
+    let agent = all[0].agent.as_ref().unwrap();
+    let err = agent
+        .start_rollout(FLAG, plan(r#"{"treatment": "nope"}"#), "test")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("treatment"), "{err}");
+    agent
+        .start_rollout(FLAG, Plan::default(), "test")
+        .await
+        .unwrap();
+    let again = agent.start_rollout(FLAG, Plan::default(), "test").await;
+    assert!(again.unwrap_err().to_string().contains("abort it"));
+    let p = agent.operate(FLAG, Action::Pause, "ops").await.unwrap();
+    assert_eq!(p.phase.as_str(), "paused");
+    agent.operate(FLAG, Action::Resume, "ops").await.unwrap();
+    agent.operate(FLAG, Action::Abort, "ops").await.unwrap();
+    let s = agent.status(FLAG).await.unwrap();
+    assert_eq!(s["state"], "aborted");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(treatment_share(&all[0]), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_old_leader_cannot_write_after_its_lease_expired() {
+    let redis = RedisServer::start().unwrap();
+    let old = RolloutStore::new(Link::connect(link_config(&redis)).await.unwrap());
+    let new = RolloutStore::new(Link::connect(link_config(&redis)).await.unwrap());
+    let ttl = Duration::from_millis(300);
+    let state = welcomedly_flags::rollout::controller::RolloutState::start(
+        FLAG,
+        Plan::default(),
+        "test",
+        1,
+    );
+    use welcomedly_flags::rollout::store::Written;
+    assert_eq!(
+        old.write(&state, 0, None, None).await.unwrap(),
+        Written::Ok(1)
+    );
+    let t1 = old.acquire(FLAG, ttl).await.unwrap().unwrap();
+    assert_eq!(
+        new.acquire(FLAG, ttl).await.unwrap(),
+        None,
+        "one holder at a time"
+    );
+    assert!(old.renew(FLAG, t1, ttl).await.unwrap());
+    // The old leader pauses past its TTL; the other takes over with a larger token.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let t2 = new.acquire(FLAG, ttl).await.unwrap().unwrap();
+    assert!(t2 > t1);
+    assert!(!old.renew(FLAG, t1, ttl).await.unwrap());
+    let mut stale = state.clone();
+    stale.stage = 1;
+    assert_eq!(
+        old.write(&stale, 1, Some(t1), None).await.unwrap(),
+        Written::Fenced
+    );
+    assert_eq!(
+        new.write(&state, 0, Some(t2), None).await.unwrap(),
+        Written::Conflict(1),
+        "a stale revision is refused too"
+    );
+    assert_eq!(
+        new.write(&stale, 1, Some(t2), None).await.unwrap(),
+        Written::Ok(2)
+    );
+    let (stored, rev) = old.load(FLAG).await.unwrap().unwrap();
+    assert_eq!((stored.stage, rev), (1, 2));
+}
