@@ -863,6 +863,13 @@ mod tests {
         let c = read(&[]).unwrap();
         assert_eq!(c.budget, Duration::from_millis(20));
         assert_eq!(c.instances, 1);
+        assert!(c.coalesce);
+        assert!(
+            !read(&[("WELCOMEDLY_RATE_LIMIT_COALESCE", "false")])
+                .unwrap()
+                .coalesce
+        );
+        assert!(read(&[("WELCOMEDLY_RATE_LIMIT_COALESCE", "sometimes")]).is_err());
         let c = read(&[
             ("WELCOMEDLY_INSTANCES", "3"),
             ("WELCOMEDLY_RATE_LIMIT_SECRET", "0123456789abcdef-rl"),
