@@ -5,14 +5,22 @@
 #   embedded        3 x call_center, embedded rate limits, access log off
 #   embedded+log    3 x call_center, embedded, access log on at info (stdout to /dev/null)
 #   redis           3 x call_center, REDIS_URL + WELCOMEDLY_INSTANCES=3, access log off
+#   redis-me        the same, GET /api/me with a logged-in cookie (log in once through NGINX)
+#   redis-solo, redis-me-solo   redis and redis-me without coalesced limiter calls
+#                   (WELCOMEDLY_RATE_LIMIT_COALESCE=false): one script call per request
+#   redis-sentinel, redis-sentinel-me   the same two on Sentinel (a primary, a replica, a sentinel)
+#   redis-cluster, redis-cluster-me     the same two on a Redis Cluster (3 masters)
+#   peer            3 x benches/whole_stack/peer (axum + tower-sessions 0.14 +
+#                   tower-sessions-redis-store 0.16 over fred), GET /api/me with a cookie: one
+#                   session read per request, no limiter, no telemetry (REDIS_URL's Redis)
 # Prints a Markdown table at the end. See README.md next to this script.
 #
 # Settings (environment):
 #   DURATION=10s     wrk duration of each measured slot (anything wrk's -d accepts)
 #   WARMUP=2s        wrk warm-up before each measured slot (0 to skip)
 #   ROUNDS=3         rounds; every round runs every variant once, in order
-#   VARIANTS="floor embedded embedded+log redis"   which variants, in which order (also:
-#                                                  redis-me, GET /api/me with a session cookie)
+#   VARIANTS="floor embedded embedded+log redis redis-me peer"   which variants, in which order
+#                                                  (also the redis-sentinel* and redis-cluster* ones)
 #   THREADS=2 CONNECTIONS=64                      wrk -t / -c
 #   SKIP_BUILD=1     use already built binaries
 #   KEEP_TMP=1       keep the temp dir (configs, logs, wrk outputs) instead of removing it
@@ -24,7 +32,7 @@ set -euo pipefail
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 ROUNDS=${ROUNDS:-3}
-VARIANTS=${VARIANTS:-"floor embedded embedded+log redis"}
+VARIANTS=${VARIANTS:-"floor embedded embedded+log redis redis-me peer"}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 INSTANCES=3
@@ -78,12 +86,18 @@ cd "$ROOT"
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     say "building (release): call_center, hello_floor"
     cargo build --release --example call_center --example hello_floor >&2
+    if [[ " $VARIANTS " == *" peer "* ]]; then
+        say "building (release): the peer (benches/whole_stack/peer: axum + tower-sessions + fred)"
+        cargo build --release --manifest-path "$HERE/peer/Cargo.toml" >&2
+    fi
 fi
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 [[ $TARGET == /* ]] || TARGET=$ROOT/$TARGET
 CALL_CENTER=$TARGET/release/examples/call_center
 HELLO=$TARGET/release/examples/hello_floor
 [[ -x $CALL_CENTER && -x $HELLO ]] || die "binaries not found under $TARGET/release/examples (build them or unset SKIP_BUILD)"
+PEER=$TARGET/release/whole-stack-peer
+[[ " $VARIANTS " != *" peer "* || -x $PEER ]] || die "the peer is not built: $PEER (unset SKIP_BUILD)"
 
 # ---------------------------------------------------------------- processes and teardown
 
@@ -162,25 +176,109 @@ wait_http() {
     return 1
 }
 
-# ---------------------------------------------------------------- Redis (one for the whole run)
+# ---------------------------------------------------------------- Redis (each topology started once, at first use)
 
-REDIS_PORT= REDIS_PGID=
-if [[ " $VARIANTS " == *" redis"* ]]; then
+# wait_redis port : until it answers PING (or 5 s)
+wait_redis() {
+    local i
+    for ((i = 0; i < 50; i++)); do
+        "$REDIS_CLI" -p "$1" ping >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# start_redis_node log extra-args... : one redis-server on a free port; sets NODE_PORT (its
+# process group joins REDIS_GROUPS of the topology being started)
+start_redis_node() {
+    local log=$1 attempt
+    shift
     for attempt in 1 2 3; do
         alloc_port
-        spawn "$TMP/redis-server.log" "$REDIS_SERVER" --port "$PORT_OUT" --bind 127.0.0.1 --save "" \
-            --appendonly no --daemonize no --dir "$TMP"
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$SPAWNED" 2>/dev/null || break
-            "$REDIS_CLI" -p "$PORT_OUT" ping >/dev/null 2>&1 && { REDIS_PORT=$PORT_OUT REDIS_PGID=$SPAWNED; break; }
-            sleep 0.1
-        done
-        [[ -n $REDIS_PORT ]] && break
+        local dir=$TMP/redis-$PORT_OUT
+        mkdir -p "$dir"
+        spawn "$log.$PORT_OUT" "$REDIS_SERVER" --port "$PORT_OUT" --bind 127.0.0.1 --save "" \
+            --appendonly no --daemonize no --dir "$dir" "$@"
+        if wait_redis "$PORT_OUT"; then
+            NODE_PORT=$PORT_OUT
+            TOPO_GROUPS+=("$SPAWNED")
+            return 0
+        fi
         stop_groups "$SPAWNED"; forget "$SPAWNED"
     done
-    [[ -n $REDIS_PORT ]] || { tail -5 "$TMP/redis-server.log" >&2; die "redis-server did not start"; }
-    say "redis on 127.0.0.1:$REDIS_PORT"
-fi
+    tail -5 "$log."* >&2 || true
+    die "redis-server did not start ($*)"
+}
+
+# The environment that points call_center (and the peer: REDIS_URL only) at each topology,
+# and the process groups whose CPU counts as "redis".
+declare -A REDIS_ENV REDIS_GROUPS
+ensure_topology() { # single | sentinel | cluster
+    local topo=$1
+    [[ -n ${REDIS_ENV[$topo]:-} ]] && return 0
+    TOPO_GROUPS=()
+    case $topo in
+    single)
+        start_redis_node "$TMP/redis-server.log"
+        REDIS_ENV[$topo]="REDIS_URL=redis://127.0.0.1:$NODE_PORT/"
+        say "redis on 127.0.0.1:$NODE_PORT"
+        ;;
+    sentinel)
+        # A primary, a replica and one sentinel (quorum 1): the link asks the sentinel where
+        # the primary is, then runs every call there, as on a production Sentinel group.
+        local master replica
+        start_redis_node "$TMP/redis-primary.log"
+        master=$NODE_PORT
+        start_redis_node "$TMP/redis-replica.log" --replicaof 127.0.0.1 "$master"
+        replica=$NODE_PORT
+        alloc_port
+        local sport=$PORT_OUT conf=$TMP/sentinel-$PORT_OUT.conf
+        printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor wd 127.0.0.1 %s 1\nsentinel down-after-milliseconds wd 5000\n' \
+            "$sport" "$TMP" "$master" >"$conf"
+        spawn "$TMP/sentinel.log" "$REDIS_SERVER" "$conf" --sentinel
+        TOPO_GROUPS+=("$SPAWNED")
+        wait_redis "$sport" || { tail -5 "$TMP/sentinel.log" >&2; die "redis sentinel did not start"; }
+        REDIS_ENV[$topo]="REDIS_SENTINELS=127.0.0.1:$sport REDIS_SENTINEL_MASTER=wd"
+        say "redis sentinel on 127.0.0.1:$sport (primary $master, replica $replica)"
+        ;;
+    cluster)
+        # 3 masters, no replicas (a replica's copy costs its master little; what is measured is
+        # the masters' work), cluster bus ports allocated like the others.
+        local ports=() seeds=() i bus
+        for i in 1 2 3; do
+            alloc_port
+            bus=$PORT_OUT
+            start_redis_node "$TMP/redis-cluster.log" --cluster-enabled yes \
+                --cluster-config-file "nodes.conf" --cluster-port "$bus" --cluster-node-timeout 2000
+            ports+=("127.0.0.1:$NODE_PORT")
+            seeds+=("redis://127.0.0.1:$NODE_PORT")
+        done
+        "$REDIS_CLI" --cluster create "${ports[@]}" --cluster-replicas 0 --cluster-yes >"$TMP/redis-cluster-create.log" 2>&1 ||
+            { tail -5 "$TMP/redis-cluster-create.log" >&2; die "redis-cli --cluster create failed"; }
+        local ok=0 p
+        for ((i = 0; i < 100; i++)); do
+            ok=1
+            for p in "${ports[@]}"; do
+                "$REDIS_CLI" -p "${p##*:}" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || ok=0
+            done
+            ((ok)) && break
+            sleep 0.1
+        done
+        ((ok)) || die "the Redis Cluster did not reach cluster_state:ok"
+        REDIS_ENV[$topo]="REDIS_CLUSTER_NODES=$(IFS=,; echo "${seeds[*]}")"
+        say "redis cluster on ${ports[*]}"
+        ;;
+    esac
+    REDIS_GROUPS[$topo]="${TOPO_GROUPS[*]}"
+}
+
+topology_of() { # variant -> the Redis topology it runs on, or nothing
+    case $1 in
+    redis | redis-me | redis-solo | redis-me-solo | peer) echo single ;;
+    redis-sentinel | redis-sentinel-me) echo sentinel ;;
+    redis-cluster | redis-cluster-me) echo cluster ;;
+    esac
+}
 
 # ---------------------------------------------------------------- one slot: instances + NGINX + wrk
 
@@ -202,9 +300,17 @@ start_instance() { # variant index : appends to SLOT_PGIDS and UPSTREAM_PORTS
             # The filter applies to the access log's events and spans: info for both.
             envs+=(RUST_LOG=info WELCOMEDLY_ACCESS_LOG=info)
             ;;
-        redis | redis-me)
+        redis | redis-me | redis-sentinel | redis-sentinel-me | redis-cluster | redis-cluster-me | redis-solo | redis-me-solo)
             bin=$CALL_CENTER ready=/health
-            envs+=(REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" WELCOMEDLY_INSTANCES=$INSTANCES)
+            # shellcheck disable=SC2206 # the topology's VAR=value words
+            envs+=(${REDIS_ENV[$(topology_of "$variant")]} WELCOMEDLY_INSTANCES=$INSTANCES)
+            # *-solo: the limiter without coalescing (one script call per request), to compare.
+            [[ $variant != *-solo ]] || envs+=(WELCOMEDLY_RATE_LIMIT_COALESCE=false)
+            ;;
+        peer)
+            bin=$PEER ready=/api/ping
+            # shellcheck disable=SC2206
+            envs+=(${REDIS_ENV[single]})
             ;;
         *) die "unknown variant $variant" ;;
         esac
@@ -328,18 +434,24 @@ declare -A RPS P50 P99 NON2XX SOCKERR CPU WARNS USPR
 run_slot() { # variant round
     local variant=$1 round=$2 i
     SLOT_PGIDS=() UPSTREAM_PORTS=() SLOT_LOGS=()
+    local topo redis_groups=()
+    topo=$(topology_of "$variant")
+    if [[ -n $topo ]]; then
+        ensure_topology "$topo"
+        read -r -a redis_groups <<<"${REDIS_GROUPS[$topo]}"
+    fi
     for ((i = 1; i <= INSTANCES; i++)); do start_instance "$variant" "$i"; done
     start_nginx
     local nginx_pgid=${SLOT_PGIDS[-1]} app_pgids=("${SLOT_PGIDS[@]:0:INSTANCES}")
     WRK_PATH=/api/ping WRK_COOKIE=
-    if [[ $variant == redis-me ]]; then
+    if [[ $variant == *-me || $variant == *-me-solo || $variant == peer ]]; then
         # An authenticated read: log in once through NGINX, then every request sends the cookie
         # (one session load in Redis per request, beside the rate limiter's script call).
         WRK_COOKIE=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$NGINX_PORT/auth/login" \
             -H 'content-type: application/json' -H 'x-forwarded-for: 10.255.255.254' \
             -d '{"username":"agent","password":"bench-only"}' |
             tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: \([^;]*\).*/\1/p' | head -1)
-        [[ -n $WRK_COOKIE ]] || die "redis-me: the login through NGINX set no session cookie"
+        [[ -n $WRK_COOKIE ]] || die "$variant: the login through NGINX set no session cookie"
         WRK_PATH=/api/me
     fi
     export WRK_COOKIE
@@ -348,7 +460,7 @@ run_slot() { # variant round
     local out=$TMP/wrk.$variant.$round.txt
     local a0 n0 r0 b0 t0 a1 n1 r1 b1 t1
     a0=$(group_ticks "${app_pgids[@]}") n0=$(group_ticks "$nginx_pgid")
-    r0=0; [[ -n $REDIS_PORT ]] && r0=$(group_ticks "$REDIS_PGID")
+    r0=0; ((${#redis_groups[@]})) && r0=$(group_ticks "${redis_groups[@]}")
     read -r b0 t0 < <(busy_ticks)
     local perf_pid=
     if [[ ${PERF:-0} == 1 ]]; then
@@ -366,7 +478,7 @@ run_slot() { # variant round
         forget "$perf_pid"
     fi
     a1=$(group_ticks "${app_pgids[@]}") n1=$(group_ticks "$nginx_pgid")
-    r1=0; [[ -n $REDIS_PORT ]] && r1=$(group_ticks "$REDIS_PGID")
+    r1=0; ((${#redis_groups[@]})) && r1=$(group_ticks "${redis_groups[@]}")
     read -r b1 t1 < <(busy_ticks)
 
     local rps p50 p99 non2xx sock
@@ -424,7 +536,7 @@ floor_med=
 [[ " $VARIANTS " == *" floor "* ]] && floor_med=$(median <<<"${RPS[floor]}")
 
 echo
-echo "Whole stack, $(date -u +%Y-%m-%d), $(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds alternated, nginx 1 worker -> $INSTANCES instances, GET /api/ping"
+echo "Whole stack, $(date -u +%Y-%m-%d), $(nproc) cores, wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds alternated, nginx 1 worker -> $INSTANCES instances, GET /api/ping (the *-me variants and peer: GET /api/me with a logged-in cookie)"
 echo
 echo "| variant | req/s (median) | req/s per round | p50 ms | p99 ms | non-2xx | socket errors | vs floor | app warnings | CPU cores app/nginx/redis/rest | CPU µs/req app/nginx/redis |"
 echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|"

@@ -213,9 +213,11 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let campaign_routes = campaigns::routes(Arc::new(db), &secret, session_config.secure);
     let sessions = SessionLayer::new(session_store, session_config)?;
     sessions.register_metrics(telemetry.metrics().meter());
+    // The board's page and assets read no session: they go with `/api/ping`, outside the
+    // session layer, so loading them costs no session load (cookie or not).
+    let assets = board::routes(config.instance_id.as_str());
     let feature_routes = flag_routes
         .merge(checkout::routes(flags::checkout_layer(&features), fault))
-        .merge(board::routes(config.instance_id.as_str()))
         .merge(agents::routes(agents))
         .merge(login::routes(logins))
         .merge(campaign_routes);
@@ -232,6 +234,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
                 rate_limits(web.api_per_minute).backend(backend).build()?,
                 &telemetry,
                 feature_routes,
+                assets,
                 flags_layer,
                 sessions,
             )
@@ -242,6 +245,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
                 .build()?,
             &telemetry,
             feature_routes,
+            assets,
             flags_layer,
             sessions,
         ),
@@ -395,15 +399,16 @@ fn rate_limits(api_per_minute: u32) -> welcomedly_core::rate_limit::RateLimitBui
 /// - routes that use the session (`features`): the login's account key, then the session layer
 ///   (loading the session eagerly, so the user is known), then the limits (keyed by that user),
 ///   then the feature flags (which see the user too);
-/// - `/api/ping`, `/api/upload` and the fallback of unknown paths: the limits only, no session
-///   layer, so a request there never costs a session load, cookie or not (and is keyed by its
-///   address).
+/// - `/api/ping`, `/api/upload`, the board's page and assets (`assets`) and the fallback of
+///   unknown paths: the limits only, no session layer, so a request there never costs a
+///   session load, cookie or not (and is keyed by its address).
 ///
 /// Both groups share one limit layer, so one budget.
 fn api_routes<B: RateLimitBackend>(
     limits: RateLimitLayer<B>,
     telemetry: &welcomedly_core::telemetry::TelemetryGuard,
     features: Router,
+    assets: Router,
     flags_layer: welcomedly_flags::layer::FlagsLayer,
     sessions: SessionLayer,
 ) -> Router {
@@ -414,7 +419,7 @@ fn api_routes<B: RateLimitBackend>(
         .layer(limits.clone())
         .layer(sessions)
         .layer(axum::middleware::from_fn(login::account_key));
-    let plain = Router::new()
+    let plain = assets
         .route(
             "/api/ping",
             get(|| async { Json(serde_json::json!({ "pong": true })) }),

@@ -17,6 +17,7 @@ use welcomedly_core::rate_limit::{
 use welcomedly_core::redact::redact_url;
 use welcomedly_redis::{Link, LinkState, Retry, debug_assert_same_slot, key_slot};
 
+use super::coalesce::{Args, Coalescer, Names, Pending, Turn};
 use super::key_name::KeyNamer;
 use super::rejections::Rejections;
 use super::script;
@@ -71,6 +72,10 @@ pub struct RedisRateLimitConfig {
     /// 429 locally, without a Redis call, until their retry time. Default 10 000; 0 turns it
     /// off.
     pub remembered_rejections: usize,
+    /// Coalesce checks: while a script call is in flight, the requests that arrive wait and
+    /// share the next call (same decisions; see the [module docs](super)). `false`: one call
+    /// per request, as before coalescing (to compare). Default `true`.
+    pub coalesce: bool,
 }
 
 impl Default for RedisRateLimitConfig {
@@ -81,6 +86,7 @@ impl Default for RedisRateLimitConfig {
             budget: Duration::from_millis(20),
             instances: 1,
             remembered_rejections: 10_000,
+            coalesce: true,
         }
     }
 }
@@ -93,6 +99,7 @@ impl fmt::Debug for RedisRateLimitConfig {
             .field("budget", &self.budget)
             .field("instances", &self.instances)
             .field("remembered_rejections", &self.remembered_rejections)
+            .field("coalesce", &self.coalesce)
             .finish()
     }
 }
@@ -100,7 +107,8 @@ impl fmt::Debug for RedisRateLimitConfig {
 impl RedisRateLimitConfig {
     /// Reads the settings from the environment: `WELCOMEDLY_INSTANCES` (the fallback's
     /// divisor, default 1), `WELCOMEDLY_RATE_LIMIT_SECRET` (see
-    /// [`key_secret`](Self::key_secret)), `WELCOMEDLY_RATE_LIMIT_BUDGET_MS` (default 20). Where
+    /// [`key_secret`](Self::key_secret)), `WELCOMEDLY_RATE_LIMIT_BUDGET_MS` (default 20),
+    /// `WELCOMEDLY_RATE_LIMIT_COALESCE` (`true`/`false`, default `true`). Where
     /// Redis is (`REDIS_URL`) is the link's setting
     /// ([`LinkConfig::read`](welcomedly_redis::LinkConfig::read)).
     ///
@@ -133,10 +141,16 @@ impl RedisRateLimitConfig {
                 )
             },
         );
+        let coalesce = env.read("WELCOMEDLY_RATE_LIMIT_COALESCE", true, |v| match v {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err("is not a boolean: expected true (the default) or false"),
+        });
         Self {
             instances,
             key_secret: secret,
             budget,
+            coalesce,
             ..Self::default()
         }
     }
@@ -144,7 +158,8 @@ impl RedisRateLimitConfig {
 
 /// The cluster-wide rate-limit backend: one atomic Lua script call (`EVALSHA`, reloaded on
 /// `NOSCRIPT`) per request — per Redis Cluster slot when the request's checks are keyed
-/// differently, see the [module docs](super) — decides every matching policy with GCRA on
+/// differently, see the [module docs](super); requests arriving while a call is in flight
+/// share the next one (coalescing, same decisions) — decides every matching policy with GCRA on
 /// Redis server time, so N instances share one limit. When Redis fails or answers slower than
 /// the budget, each policy falls back to its [`FailureMode`] — by default a local limiter at
 /// `limit / live instances` — and the backend returns to Redis by itself once Redis answers
@@ -174,7 +189,9 @@ pub struct RedisBackend {
 pub(super) struct Inner {
     link: Link,
     acquire: Script,
+    acquire_batch: Script,
     refund: Script,
+    pub(super) coalescer: Coalescer,
     names: KeyNamer,
     budget: Duration,
     fallback: LocalBackend,
@@ -228,8 +245,9 @@ impl RedisBackend {
             )));
         }
         let acquire = Script::new(script::ACQUIRE);
+        let acquire_batch = Script::new(script::ACQUIRE_BATCH);
         let refund = Script::new(script::REFUND);
-        for s in [&acquire, &refund] {
+        for s in [&acquire, &acquire_batch, &refund] {
             // A failed load now only costs one NOSCRIPT round trip later.
             if let Err(e) = link.preload(s).await {
                 tracing::debug!(error = %e, "the rate-limit scripts are loaded on first use");
@@ -239,7 +257,9 @@ impl RedisBackend {
             inner: Arc::new(Inner {
                 link: link.clone(),
                 acquire,
+                acquire_batch,
                 refund,
+                coalescer: Coalescer::new(config.coalesce, link.config().topology.is_cluster()),
                 names: KeyNamer::new(config.key_prefix, config.key_secret.as_deref()),
                 budget: config.budget,
                 fallback: LocalBackend::new(),
@@ -273,6 +293,19 @@ impl RedisBackend {
     /// not fix (`OOM`, `WRONGTYPE`, a script error) since start.
     pub fn server_errors(&self) -> u64 {
         self.inner.server_errors.load(Ordering::Relaxed)
+    }
+
+    /// How many coalesced script calls the backend made since start: calls carrying the
+    /// checks of requests that arrived while another call of their group was in flight (see
+    /// the [module docs](super)). A request that found its group idle made its own call and is
+    /// not counted here.
+    pub fn coalesced_calls(&self) -> u64 {
+        self.inner.coalescer.stats().0
+    }
+
+    /// How many requests rode in [coalesced calls](Self::coalesced_calls) since start.
+    pub fn coalesced_requests(&self) -> u64 {
+        self.inner.coalescer.stats().1
     }
 
     /// The link the backend runs on (its state, counters and metrics).
@@ -365,13 +398,8 @@ impl Inner {
             if !picked(i) {
                 continue;
             }
-            let g = c.policy.gcra();
-            let interval = micros(g.interval_nanos());
-            let burst = (g.window_nanos() / g.interval_nanos()).max(1);
-            cmd.arg(interval)
-                .arg(interval.saturating_mul(burst))
-                .arg(u64::from(c.charge))
-                .arg(u64::from(c.policy.is_shadow()));
+            let [interval, window, charge, shadow] = script_args(c);
+            cmd.arg(interval).arg(window).arg(charge).arg(shadow);
         }
         if members.is_some() {
             // One script call names keys of one slot only (a CROSSSLOT error on a cluster).
@@ -384,10 +412,53 @@ impl Inner {
         (cmd, slots)
     }
 
+    /// The key names and script arguments of `owned`, kept while the request waits for a
+    /// coalesced call.
+    fn pending_parts(&self, owned: &[OwnedCheck]) -> (Names, Args) {
+        let names = owned
+            .iter()
+            .map(|c| {
+                let mut name = Vec::with_capacity(96);
+                self.names.write_name(&mut name, &c.policy, &c.key);
+                name
+            })
+            .collect();
+        (names, owned.iter().map(script_args).collect())
+    }
+
     /// Runs one acquire command within the budget: the decisions of its `n` checks, or `None`
     /// when Redis failed, answered too late or in an unexpected shape (counted and logged;
     /// the caller decides per failure mode).
     async fn acquire_call(&self, cmd: &redis::Cmd, n: usize) -> Option<Decisions> {
+        self.script_call(&self.acquire, cmd, n).await
+    }
+
+    /// Runs one coalesced call ([`script::ACQUIRE_BATCH`]) for the queued requests of `batch`
+    /// (`checks` checks in all, every key in one slot): every check's decision in order, or
+    /// `None` as [`acquire_call`](Self::acquire_call).
+    pub(super) async fn acquire_batch(
+        &self,
+        batch: &[Pending],
+        checks: usize,
+    ) -> Option<Decisions> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.acquire_batch.get_hash()).arg(checks);
+        for p in batch {
+            for name in &p.names {
+                cmd.arg(name.as_slice());
+            }
+        }
+        cmd.arg(batch.len());
+        for p in batch {
+            cmd.arg(p.args.len());
+            for [interval, window, charge, shadow] in &p.args {
+                cmd.arg(*interval).arg(*window).arg(*charge).arg(*shadow);
+            }
+        }
+        self.script_call(&self.acquire_batch, &cmd, checks).await
+    }
+
+    async fn script_call(&self, script: &Script, cmd: &redis::Cmd, n: usize) -> Option<Decisions> {
         // Always through the link, even while it has no connection: a caller that finds none
         // asks it for an attempt within the budget, so the first request after Redis returns
         // is decided in Redis again (while the link holds off after failures it answers at
@@ -400,16 +471,13 @@ impl Inner {
         // again, within the same budget.
         let result = self
             .link
-            .call_within(self.budget, Retry::Never, |mut conn| {
-                let script = &self.acquire;
-                async move {
-                    match cmd.query_async::<Vec<i64>>(&mut conn).await {
-                        Err(e) if is_noscript(&e) => {
-                            script.prepare_invoke().load_async(&mut conn).await?;
-                            cmd.query_async::<Vec<i64>>(&mut conn).await
-                        }
-                        other => other,
+            .call_within(self.budget, Retry::Never, |mut conn| async move {
+                match cmd.query_async::<Vec<i64>>(&mut conn).await {
+                    Err(e) if is_noscript(&e) => {
+                        script.prepare_invoke().load_async(&mut conn).await?;
+                        cmd.query_async::<Vec<i64>>(&mut conn).await
                     }
+                    other => other,
                 }
             })
             .await;
@@ -586,6 +654,19 @@ fn is_noscript(e: &RedisError) -> bool {
     e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
 }
 
+/// A check's 4 script arguments: interval µs, window µs, charge (0/1), shadow (0/1).
+fn script_args(c: &OwnedCheck) -> [u64; 4] {
+    let g = c.policy.gcra();
+    let interval = micros(g.interval_nanos());
+    let burst = (g.window_nanos() / g.interval_nanos()).max(1);
+    [
+        interval,
+        interval.saturating_mul(burst),
+        u64::from(c.charge),
+        u64::from(c.policy.is_shadow()),
+    ]
+}
+
 fn micros(g: u64) -> u64 {
     g.div_ceil(1000).max(1)
 }
@@ -644,8 +725,31 @@ impl RateLimitBackend for RedisBackend {
         let (cmd, slots) = inner.acquire_cmd(&owned, None);
         let first = slots.first().copied();
         if slots.iter().all(|s| Some(*s) == first) {
+            // Coalescing: when a call of this group is in flight, wait and ride in the next.
+            let group = inner.coalescer.group(first.unwrap_or(0));
+            let turn = Coalescer::join(&inner, group, || inner.pending_parts(&owned));
             return Box::pin(async move {
-                match inner.acquire_call(&cmd, owned.len()).await {
+                let answer = match turn {
+                    Turn::Lead(lead) => {
+                        let answer = inner.acquire_call(&cmd, owned.len()).await;
+                        drop(lead);
+                        answer
+                    }
+                    Turn::Alone => inner.acquire_call(&cmd, owned.len()).await,
+                    Turn::Wait(rx) => match tokio::time::timeout(inner.budget, rx).await {
+                        // None: the call failed (counted and logged), or it was not made
+                        // (the runtime shutting down).
+                        Ok(answer) => answer.ok().flatten(),
+                        Err(_) => {
+                            inner.failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(
+                                "a rate-limit check waited past the budget behind a coalesced call: decided per policy failure mode"
+                            );
+                            None
+                        }
+                    },
+                };
+                match answer {
                     Some(d) => {
                         inner.remember_rejections(&owned, &d);
                         Ok(d)
@@ -759,6 +863,13 @@ mod tests {
         let c = read(&[]).unwrap();
         assert_eq!(c.budget, Duration::from_millis(20));
         assert_eq!(c.instances, 1);
+        assert!(c.coalesce);
+        assert!(
+            !read(&[("WELCOMEDLY_RATE_LIMIT_COALESCE", "false")])
+                .unwrap()
+                .coalesce
+        );
+        assert!(read(&[("WELCOMEDLY_RATE_LIMIT_COALESCE", "sometimes")]).is_err());
         let c = read(&[
             ("WELCOMEDLY_INSTANCES", "3"),
             ("WELCOMEDLY_RATE_LIMIT_SECRET", "0123456789abcdef-rl"),

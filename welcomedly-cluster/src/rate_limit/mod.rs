@@ -25,6 +25,27 @@
 //!   admitting less, never more; a refund Redis cannot take leaves the charge standing for
 //!   the same reason.
 //!
+//!
+//! **Coalescing.** At most one script call per group is in flight (a group: everything on one
+//! node or Sentinel primary; one slot on a Redis Cluster). A request that finds its group idle
+//! makes its own call, as above; requests that arrive while a call is in flight queue, and when
+//! it returns the queue goes in **one** call ([`script::ACQUIRE_BATCH`], at most 128 checks;
+//! the rest in the call after). Under load that turns N round trips and N script runs into a
+//! few, without changing a decision:
+//! - each request is decided by the script exactly as alone, in arrival order: admitted only
+//!   when all its checks admit, and **a rejected request consumes nothing** (its checks are
+//!   charged only when all of them admit), a later request sees what an earlier one charged;
+//! - reserve at admission as before: the charge is made in the call that decides;
+//! - **the budget is per request**: a request waits at most the budget from its arrival,
+//!   queue included; past it its failure mode decides (and it is left out of a call not yet
+//!   sent), exactly as for a call that answers late;
+//! - a failed coalesced call decides each of its requests per failure mode, as a failed single
+//!   call does; requests whose checks span several slots are not coalesced (one call per
+//!   slot, as above);
+//! - the queue is bounded (4 096 requests per group; past it a request makes its own call).
+//!
+//! [`RedisBackend::coalesced_calls`] and [`RedisBackend::coalesced_requests`] count them.
+//!
 //! ```no_run
 //! use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
 //! use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
@@ -45,6 +66,7 @@
 //! ```
 
 mod backend;
+mod coalesce;
 mod key_name;
 mod metrics;
 mod rejections;

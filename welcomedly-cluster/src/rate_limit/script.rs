@@ -81,3 +81,63 @@ for i = 1, #KEYS do
 end
 return refunded
 ";
+
+/// Decides the checks of several requests in one call (coalesced: requests that arrived while
+/// the previous call was in flight), each request exactly as [`ACQUIRE`] would, one after the
+/// other in arrival order: a request is charged only if all its checks admit, a rejected one
+/// consumes nothing, and a later request sees what an earlier one charged. Every request of a
+/// call is decided at the same Redis server time.
+///
+/// `KEYS`: the state keys of every check, request after request. `ARGV[1]`: the number of
+/// requests; then per request its number of checks `n`, followed by `n` × 4 values as in
+/// [`ACQUIRE`] (interval µs, window µs, charge 0/1, shadow 0/1). Returns, per check in `KEYS`
+/// order, 4 integers as [`ACQUIRE`] does.
+pub const ACQUIRE_BATCH: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+local o = 0
+local k = 0
+local a = 2
+for r = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[a])
+  local tats = {}
+  local admit = true
+  for i = 1, n do
+    local b = a + (i - 1) * 4
+    local interval = tonumber(ARGV[b + 1])
+    local window = tonumber(ARGV[b + 2])
+    local tat = tonumber(redis.call('GET', KEYS[k + i]) or 0) or 0
+    if tat < now then tat = now end
+    local new_tat = tat + interval
+    local ahead = new_tat - now
+    if ahead <= window then
+      out[o + 1] = 1
+      out[o + 2] = math.floor((window - ahead) / interval)
+      out[o + 3] = ahead
+      out[o + 4] = 0
+      tats[i] = new_tat
+    else
+      out[o + 1] = 0
+      out[o + 2] = 0
+      out[o + 3] = tat - now
+      out[o + 4] = ahead - window
+      tats[i] = false
+      if ARGV[b + 4] ~= '1' then admit = false end
+    end
+    o = o + 4
+  end
+  if admit then
+    for i = 1, n do
+      if tats[i] and ARGV[a + (i - 1) * 4 + 3] == '1' then
+        local ttl = math.ceil((tats[i] - now) / 1000)
+        if ttl < 1 then ttl = 1 end
+        redis.call('SET', KEYS[k + i], string.format('%.0f', tats[i]), 'PX', ttl)
+      end
+    end
+  end
+  k = k + n
+  a = a + 1 + n * 4
+end
+return out
+";

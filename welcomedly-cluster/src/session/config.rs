@@ -42,8 +42,12 @@ pub struct SessionConfig {
     /// cookie, and put the logged-in user's `welcomedly_core::rate_limit::UserId` in the
     /// request extensions, so layers inside this one (rate limits keyed by user, feature flags)
     /// see the user. Costs the one load round trip on every request with a cookie, touched by
-    /// the handler or not. Default `false`: lazy, no store call until a handler touches the
-    /// session.
+    /// the handler or not. Use it where a layer inside needs the user on *every* request (a
+    /// rate limit keyed by user), and for streams that end with their session. Default
+    /// `false`: lazy, no store call until something touches the session; a request with a
+    /// cookie carries a `welcomedly_core::rate_limit::DeferredUser` instead, which layers that
+    /// need the user only sometimes (feature flags, on the routes that evaluate a flag) resolve
+    /// with one load when they do.
     pub load_eagerly: bool,
 }
 

@@ -18,6 +18,7 @@ use super::cookie::{CookieCodec, Presented};
 use super::handle::{CookieChange, Counters, Finish, Session, SessionStats, Shared};
 use super::store::SessionStore;
 use crate::Error;
+use welcomedly_core::rate_limit::DeferredUser;
 
 /// Puts a [`Session`] in every request's extensions and, when the handler changed it, writes
 /// the changes and sets the cookie on the response. See the [module docs](super).
@@ -140,6 +141,15 @@ where
                     Ok(finish(session, res).await)
                 }),
             };
+        }
+        if presented.is_some() {
+            // Lazy: layers inside that need the user only sometimes (feature flags) look it
+            // up when they do; a request that never asks costs no store call.
+            let handle = session.clone();
+            req.extensions_mut().insert(DeferredUser::new(move || {
+                let handle = handle.clone();
+                async move { handle.preload().await }
+            }));
         }
         ResponseFuture::Inner {
             fut: self.inner.call(req),

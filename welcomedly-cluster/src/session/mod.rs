@@ -8,7 +8,7 @@
 //! | what | cost |
 //! |---|---|
 //! | request without a session cookie | no store call, ever |
-//! | request with a cookie whose handler never touches the session | no store call (unless [`SessionConfig::load_eagerly`]) |
+//! | request with a cookie whose handler never touches the session | no store call (unless [`SessionConfig::load_eagerly`]); feature flags look the user up (one load) only on routes that evaluate a flag, through the `DeferredUser` the layer leaves in the request |
 //! | first read of a session | one round trip: load **and** slide the idle expiry in one script |
 //! | changed values | one more round trip at the end, writing the changed keys only |
 //! | a new session (first write, login) | two round trips on Redis (index entry and the replaced session's end at once, then the session: one key each, so one Redis Cluster slot each; see [`RedisSessionStore`]) |

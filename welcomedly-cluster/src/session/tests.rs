@@ -302,6 +302,42 @@ async fn eager_loading_puts_the_user_in_the_extensions() {
     assert_eq!(send(&who, None).await.body, "None");
 }
 
+/// Lazy (the default): a request with a cookie carries a `DeferredUser`; nothing is loaded
+/// until something resolves it, and then once (the handler's own reads reuse the load).
+#[tokio::test]
+async fn lazy_loading_leaves_a_deferred_user_looked_up_once_when_asked() {
+    use welcomedly_core::rate_limit::DeferredUser;
+    let l = layer(SessionConfig::default());
+    let login = app(&l, |_, s: Session| async move {
+        s.log_in("dave").await?;
+        Ok(String::new())
+    });
+    let untouched = app(&l, |req: Request<String>, _| async move {
+        Ok(format!(
+            "{} {}",
+            req.extensions().get::<UserId>().is_some(),
+            req.extensions().get::<DeferredUser>().is_some()
+        ))
+    });
+    let asked = app(&l, |req: Request<String>, s: Session| async move {
+        let deferred = req.extensions().get::<DeferredUser>().cloned().unwrap();
+        let first = deferred.resolve().await.map(|u| u.0);
+        let again = deferred.resolve().await.map(|u| u.0);
+        let direct = s.user_id().await?.map(|u| u.0);
+        Ok(format!("{first:?} {again:?} {direct:?}"))
+    });
+    let cookie = send(&login, None).await.cookie();
+    let loads = l.stats().loads;
+    assert_eq!(send(&untouched, Some(&cookie)).await.body, "false true");
+    assert_eq!(l.stats().loads, loads, "nobody asked: no load");
+    assert_eq!(send(&untouched, None).await.body, "false false");
+    assert_eq!(
+        send(&asked, Some(&cookie)).await.body,
+        "Some(\"dave\") Some(\"dave\") Some(\"dave\")"
+    );
+    assert_eq!(l.stats().loads, loads + 1, "one load for three questions");
+}
+
 #[test]
 fn settings_are_validated() {
     let zero = SessionConfig {

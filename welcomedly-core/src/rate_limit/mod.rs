@@ -84,7 +84,7 @@ pub use backend::{
 };
 pub use clock::{Clock, ManualClock, MonotonicClock, TokioClock};
 pub use future::ResponseFuture;
-pub use key::{DerivedKey, Key, KeySource, MAX_HEADER_KEY_LEN, UserId};
+pub use key::{DeferredUser, DerivedKey, Key, KeySource, MAX_HEADER_KEY_LEN, UserId};
 pub use layer::{BuildError, RateLimitBuilder, RateLimitLayer};
 pub use policy::{FailureMode, Policy, PolicySpec};
 pub use quota::{Gcra, GcraOutcome, Quota};

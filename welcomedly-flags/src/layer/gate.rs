@@ -61,7 +61,9 @@ pub struct FlagGate<S> {
 
 impl<S, B, ResB> Service<Request<B>> for FlagGate<S>
 where
-    S: Service<Request<B>, Response = Response<ResB>>,
+    S: Service<Request<B>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<GateBody<ResB>>;
     type Error = S::Error;
@@ -72,10 +74,23 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let on = req
-            .extensions()
-            .get::<RequestFlags>()
-            .is_some_and(|f| f.is_enabled(&self.gate.key));
+        let flags = req.extensions().get::<RequestFlags>();
+        if let Some(flags) = flags.filter(|f| !f.is_resolved()) {
+            // The user is still to be looked up (a lazily loaded session): look it up, then
+            // decide. The ready inner service goes with the request, a clone stays.
+            let flags = flags.clone();
+            let clone = self.inner.clone();
+            let mut inner = std::mem::replace(&mut self.inner, clone);
+            let key = self.gate.key.clone();
+            return GateFuture::Resolving {
+                fut: Box::pin(async move {
+                    flags.resolve().await;
+                    flags.is_enabled(&key).then(|| inner.call(req))
+                }),
+                gate: Some(self.gate.clone()),
+            };
+        }
+        let on = flags.is_some_and(|f| f.is_enabled(&self.gate.key));
         if on {
             GateFuture::Inner {
                 fut: self.inner.call(req),
@@ -115,6 +130,12 @@ pin_project! {
         Inner { #[pin] fut: F },
         /// The flag is off: the gate's answer.
         Gated { response: Option<Response<GateBody<()>>> },
+        /// The request's user is being looked up: then the route's future, or the gate's
+        /// answer (`None`).
+        Resolving {
+            fut: Pin<Box<dyn Future<Output = Option<F>> + Send>>,
+            gate: Option<FlagGateLayer>,
+        },
     }
 }
 
@@ -124,11 +145,21 @@ where
 {
     type Output = Result<Response<GateBody<ResB>>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        if let GateFutureProj::Resolving { fut, gate } = self.as_mut().project() {
+            let next = match std::task::ready!(fut.as_mut().poll(cx)) {
+                Some(fut) => GateFuture::Inner { fut },
+                None => GateFuture::Gated {
+                    response: gate.take().map(|g| gated(g.status, &g.key)),
+                },
+            };
+            self.set(next);
+        }
         match self.project() {
             GateFutureProj::Inner { fut } => fut
                 .poll(cx)
                 .map(|r| r.map(|res| res.map(|body| GateBody::Inner { body }))),
+            GateFutureProj::Resolving { .. } => Poll::Pending,
             GateFutureProj::Gated { response } => match response.take() {
                 Some(res) => {
                     let (parts, body) = res.into_parts();
@@ -240,6 +271,30 @@ mod tests {
         let p: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(p["status"], 404);
         assert!(p["detail"].as_str().unwrap().contains("stats"));
+    }
+
+    /// A lazily loaded session's user: the gate looks it up before deciding (the flag
+    /// targets alice only).
+    #[tokio::test]
+    async fn the_gate_looks_up_a_deferred_user_before_deciding() {
+        let flags = Flags::new(
+            Snapshot::compile_json(
+                r#"{"flags": {"stats": {"variants": {"on": true, "off": false},
+                    "targets": [{"variant": "on", "values": ["alice"]}],
+                    "fallthrough": {"variant": "off"}}}}"#,
+                1,
+            )
+            .unwrap(),
+        );
+        for (user, status) in [("alice", StatusCode::OK), ("bob", StatusCode::NOT_FOUND)] {
+            let mut req = Request::new(());
+            req.extensions_mut()
+                .insert(welcomedly_core::rate_limit::DeferredUser::new(
+                    move || async move { Some(welcomedly_core::rate_limit::UserId::new(user)) },
+                ));
+            let res = svc(&flags).oneshot(req).await.unwrap();
+            assert_eq!(res.status(), status, "{user}");
+        }
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! [`RequestFlags`]: the snapshot and context one request evaluates against.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use welcomedly_core::rate_limit::DeferredUser;
 
 use crate::rollout::attribution::Recording;
 use crate::{AttrValue, Context, Evaluation, Snapshot};
@@ -119,6 +121,14 @@ pub struct RequestInfo<'a> {
 
 /// The flags of one request: one pinned [`Snapshot`] and the request's context. A request
 /// extension set by [`FlagsLayer`](super::FlagsLayer); cheap to clone.
+///
+/// When the request's user is not known yet (a session that loads lazily puts a
+/// `welcomedly_core::rate_limit::DeferredUser` in the extensions instead of a `UserId`), the
+/// user is looked up by [`resolve`](Self::resolve), once, on the first request that needs it:
+/// the axum extractor and [`FlagGateLayer`](super::FlagGateLayer) call it, so a route that
+/// evaluates no flag costs no lookup. Code that takes `RequestFlags` from the extensions itself
+/// awaits [`resolve`](Self::resolve) before evaluating; until then the context is the one
+/// without the user (the key header's, or anonymous).
 #[derive(Clone)]
 pub struct RequestFlags {
     inner: Arc<Inner>,
@@ -126,7 +136,12 @@ pub struct RequestFlags {
 
 struct Inner {
     snapshot: Arc<Snapshot>,
-    key: Option<Box<str>>,
+    /// The user, once known (set at once when the request had a `UserId`).
+    user: OnceLock<Option<Box<str>>>,
+    /// Where the user is looked up, when it was not known at the layer.
+    deferred: Option<DeferredUser>,
+    /// The key header's value, for requests without a user.
+    fallback: Option<Box<str>>,
     attributes: Attributes,
     recording: Option<Recording>,
 }
@@ -134,14 +149,27 @@ struct Inner {
 impl RequestFlags {
     pub(crate) fn new(
         snapshot: Arc<Snapshot>,
-        key: Option<Box<str>>,
+        user: Option<Box<str>>,
+        deferred: Option<DeferredUser>,
+        fallback: Option<Box<str>>,
         attributes: Attributes,
         recording: Option<Recording>,
     ) -> Self {
+        let known = OnceLock::new();
+        if user.is_some() || deferred.is_none() {
+            let _ = known.set(user);
+        }
+        let deferred = if known.get().is_some() {
+            None
+        } else {
+            deferred
+        };
         Self {
             inner: Arc::new(Inner {
                 snapshot,
-                key,
+                user: known,
+                deferred,
+                fallback,
                 attributes,
                 recording,
             }),
@@ -174,14 +202,38 @@ impl RequestFlags {
         }
     }
 
+    /// Looks up the request's user when it was deferred (a lazily loaded session), so that
+    /// the decisions after it are the user's; at once otherwise. A failed lookup (the store is
+    /// down) leaves the request without a user: its decisions are the anonymous ones.
+    pub async fn resolve(&self) {
+        if self.inner.user.get().is_some() {
+            return;
+        }
+        let Some(deferred) = &self.inner.deferred else {
+            return;
+        };
+        let user = deferred.resolve().await.map(|u| cut(&u.0).into());
+        let _ = self.inner.user.set(user);
+    }
+
+    /// Whether the user is still to be looked up ([`resolve`](Self::resolve) not awaited yet on
+    /// a request whose user was deferred).
+    pub fn is_resolved(&self) -> bool {
+        self.inner.user.get().is_some()
+    }
+
     /// The snapshot every decision of this request uses.
     pub fn snapshot(&self) -> &Snapshot {
         &self.inner.snapshot
     }
 
-    /// The targeting key (the user), if the request had one.
+    /// The targeting key: the user, else the key header's value, if the request had one.
     pub fn key(&self) -> Option<&str> {
-        self.inner.key.as_deref()
+        self.inner
+            .user
+            .get()
+            .and_then(Option::as_deref)
+            .or(self.inner.fallback.as_deref())
     }
 
     /// The request's evaluation context, for the snapshot's typed calls.
@@ -271,9 +323,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestFlags {
         parts: &mut http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<RequestFlags>().cloned().ok_or((
+        let flags = parts.extensions.get::<RequestFlags>().cloned().ok_or((
             http::StatusCode::INTERNAL_SERVER_ERROR,
             "no flags for this request: add welcomedly_flags::layer::FlagsLayer around the route",
-        ))
+        ))?;
+        flags.resolve().await;
+        Ok(flags)
     }
 }

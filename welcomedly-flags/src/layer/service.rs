@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 use super::request::{Attributes, RequestFlags, RequestInfo, cut};
 use crate::Flags;
 use crate::rollout::attribution::{Attribution, Recording};
+use welcomedly_core::rate_limit::DeferredUser;
 
 type AttributeFn = dyn Fn(&RequestInfo<'_>, &mut Attributes) + Send + Sync;
 
@@ -142,8 +143,14 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let shared = &self.shared;
-        let key = user_key(&req).or_else(|| {
-            let name = shared.key_header.as_ref()?;
+        let user = user_key(&req);
+        // No user yet: a lazily loaded session says where to look it up, when a flag is
+        // evaluated (RequestFlags::resolve), not now.
+        let deferred = match user {
+            Some(_) => None,
+            None => req.extensions().get::<DeferredUser>().cloned(),
+        };
+        let fallback = shared.key_header.as_ref().and_then(|name| {
             let value = req.headers().get(name)?.to_str().ok()?.trim();
             (!value.is_empty()).then(|| cut(value).into())
         });
@@ -162,7 +169,14 @@ where
             .as_ref()
             .and_then(Attribution::pin)
             .map(Recording::new);
-        let flags = RequestFlags::new(shared.flags.snapshot(), key, attributes, recording);
+        let flags = RequestFlags::new(
+            shared.flags.snapshot(),
+            user,
+            deferred,
+            fallback,
+            attributes,
+            recording,
+        );
         let record = flags
             .is_recording()
             .then(|| (flags.clone(), Instant::now()));
@@ -283,6 +297,46 @@ mod tests {
         assert_eq!(all["beta"]["value"], false);
         assert_eq!(all["theme"]["variant"], "light");
         assert_eq!(all.as_object().unwrap().len(), 2);
+    }
+
+    /// A user that costs a lookup: counted, so a test can say none was made.
+    fn deferred(user: &'static str, lookups: &Arc<std::sync::atomic::AtomicUsize>) -> DeferredUser {
+        let lookups = lookups.clone();
+        DeferredUser::new(move || {
+            lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { Some(welcomedly_core::rate_limit::UserId::new(user)) }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_deferred_user_is_looked_up_once_and_only_when_a_flag_is_evaluated() {
+        let lookups = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let layer = FlagsLayer::new(flags()).key_header(HeaderName::from_static("x-device"));
+        let mut req = Request::new(());
+        req.extensions_mut().insert(deferred("alice", &lookups));
+        req.headers_mut()
+            .insert("x-device", "dev-1".parse().unwrap());
+        let f = seen(layer.clone(), req).await;
+        // The layer looked nothing up; until resolved, the context is the one without the user.
+        assert_eq!(lookups.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert!(!f.is_resolved());
+        assert_eq!(f.key(), Some("dev-1"));
+        f.resolve().await;
+        f.resolve().await;
+        assert_eq!(lookups.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(f.key(), Some("alice"));
+        assert!(f.is_enabled("beta"));
+
+        // A known user wins: no lookup at all.
+        let mut req = Request::new(());
+        req.extensions_mut()
+            .insert(welcomedly_core::rate_limit::UserId::new("bob"));
+        req.extensions_mut().insert(deferred("alice", &lookups));
+        let f = seen(layer, req).await;
+        assert!(f.is_resolved());
+        f.resolve().await;
+        assert_eq!(f.key(), Some("bob"));
+        assert_eq!(lookups.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
