@@ -531,7 +531,9 @@ async fn sentinels_and_a_master_that_require_passwords() {
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // Global: the link logs from its own tasks, on any of the runtime's threads. Only this test
+    // of the binary sets it.
+    tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let group = start().await;
     for port in group.data_ports() {
