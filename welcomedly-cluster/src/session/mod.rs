@@ -80,7 +80,8 @@ pub use self::error::SessionError;
 pub use self::handle::{Session, SessionStats};
 pub use self::layer::{ResponseFuture, SessionBody, SessionLayer, SessionService};
 pub use self::store::{
-    LOAD_SCRIPT, MemoryStore, RedisSessionConfig, RedisSessionStore, SessionStore,
+    LOAD_SCRIPT, MemoryStore, RedisSessionConfig, RedisSessionStore, SessionCacheStats,
+    SessionStore,
 };
 pub use self::watch::SessionWatch;
 
