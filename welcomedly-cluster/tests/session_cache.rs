@@ -29,7 +29,7 @@ use welcomedly_cluster::session::{
     SessionLayer,
 };
 use welcomedly_redis::{Backoff, Link, LinkConfig};
-use welcomedly_testkit::RedisServer;
+use welcomedly_testkit::{RedisSentinel, RedisServer};
 
 type Params = axum::extract::Query<HashMap<String, String>>;
 
@@ -78,7 +78,11 @@ struct Instance {
 }
 
 async fn instance(redis: &RedisServer, store_config: RedisSessionConfig) -> Instance {
-    let mut link_config = LinkConfig::new(redis.url());
+    instance_on(LinkConfig::new(redis.url()), store_config).await
+}
+
+async fn instance_on(mut link_config: LinkConfig, store_config: RedisSessionConfig) -> Instance {
+    link_config.budget = Duration::from_millis(300);
     link_config.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(200));
     link_config.min_outage = Duration::from_millis(20);
     let link = Link::connect(link_config).await.unwrap();
@@ -388,4 +392,75 @@ async fn a_refresh_due_goes_to_redis_and_slides() {
     assert_eq!(evalsha_calls(&redis), before + 1);
     let ttl: i64 = redis.command(&["PTTL", &key]).unwrap().parse().unwrap();
     assert!(ttl > 590_000, "slid: {ttl}");
+}
+
+/// A cached read, then `SENTINEL FAILOVER`: the old primary stays up (a master with its data
+/// for about 10 s, so the tracking connection on it is not closed and gets no push for writes
+/// on the new primary). Once the links follow the new primary, the entry B cached from the old
+/// one is never used: a logout on the new primary is seen on B at once; B tracks the new
+/// primary and caches again.
+#[tokio::test]
+async fn after_a_sentinel_failover_nothing_cached_from_the_old_primary_is_served() {
+    let group = RedisSentinel::start().unwrap();
+    let link = || LinkConfig::sentinel(group.sentinel_addrs(), group.master_name(), "redis://");
+    let a = instance_on(link(), RedisSessionConfig::default()).await;
+    let b = instance_on(link(), RedisSessionConfig::default()).await;
+    until("A tracks", || a.store.cache_is_tracking()).await;
+    until("B tracks", || b.store.cache_is_tracking()).await;
+    let cookie = log_in(&a, "grace").await;
+    let mut tries = 0;
+    loop {
+        let hits = stats(&b).hits;
+        assert_eq!(me_of(&b, &cookie).await.0, StatusCode::OK);
+        if stats(&b).hits > hits {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 50, "never cached");
+    }
+    let generation = |i: &Instance| i.store.link().connection_generation();
+    let (ga, gb) = (generation(&a), generation(&b));
+    let (_, group) = tokio::task::spawn_blocking(move || group.failover().map(|f| (f, group)))
+        .await
+        .unwrap()
+        .unwrap();
+    until("both links follow the new primary", || {
+        generation(&a).is_some_and(|g| Some(g) != ga)
+            && generation(&b).is_some_and(|g| Some(g) != gb)
+    })
+    .await;
+    // The old primary still runs, B's tracking connection on it may still be up: B must not
+    // answer from what it cached there.
+    let out = send(&a, "POST", "/logout", Some(&cookie)).await;
+    assert_eq!(out.0, StatusCode::OK, "{}", out.1);
+    let mut status = me_of(&b, &cookie).await.0;
+    while status == StatusCode::SERVICE_UNAVAILABLE {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        status = me_of(&b, &cookie).await.0;
+    }
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "B served a session cached on the old primary"
+    );
+
+    // B re-tracks on the new primary, and its pushes work there.
+    until("B tracks the new primary", || b.store.cache_is_tracking()).await;
+    let other = log_in(&a, "grace").await;
+    let mut tries = 0;
+    loop {
+        let hits = stats(&b).hits;
+        assert_eq!(me_of(&b, &other).await.0, StatusCode::OK);
+        if stats(&b).hits > hits {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 50, "never cached after the failover");
+    }
+    assert_eq!(
+        send(&a, "POST", "/logout", Some(&other)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(me_of(&b, &other).await.0, StatusCode::UNAUTHORIZED);
+    drop(group);
 }

@@ -130,6 +130,9 @@ pub(crate) struct SessionCache {
     tracking: AtomicU64,
     tokens: AtomicU64,
     counters: Counters,
+    /// Told by a lookup that found the link moved away from the tracking connection's node:
+    /// the tracking task makes it again at once rather than at its next ping.
+    moved: Arc<Notify>,
 }
 
 /// What a lookup found.
@@ -161,6 +164,7 @@ impl SessionCache {
             tracking: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
             counters: Counters::default(),
+            moved: Arc::new(Notify::new()),
         }
     }
 
@@ -172,9 +176,16 @@ impl SessionCache {
 
     /// Whether entries may be used now: the tracking connection is up and made alongside the
     /// link's current connection.
-    fn usable(&self, link_generation: Option<u64>) -> bool {
+    pub(crate) fn usable(&self, link_generation: Option<u64>) -> bool {
         let tracking = self.tracking.load(Ordering::Acquire);
-        tracking != 0 && link_generation.map(|g| g.wrapping_add(1)) == Some(tracking)
+        if tracking == 0 {
+            return false;
+        }
+        if link_generation.map(|g| g.wrapping_add(1)) == Some(tracking) {
+            return true;
+        }
+        self.moved.notify_one();
+        false
     }
 
     /// Whether `key` has an entry [`get`](Self::get) would return now.
@@ -315,8 +326,10 @@ impl SessionCache {
         }
     }
 
-    /// Whether the tracking connection is up now.
-    pub(crate) fn is_tracking(&self) -> bool {
+    /// Whether the tracking connection is up now (it may be on a node the link has left:
+    /// see [`usable`](Self::usable)).
+    #[cfg(test)]
+    fn is_tracking(&self) -> bool {
         self.tracking.load(Ordering::Acquire) != 0
     }
 }
@@ -478,6 +491,9 @@ async fn session(
     prefix: &str,
 ) -> Result<&'static str, String> {
     let down = Arc::new(Notify::new());
+    let Some(moved) = cache.upgrade().map(|c| c.moved.clone()) else {
+        return Ok("the store was dropped");
+    };
     let push = {
         let cache = cache.clone();
         let down = down.clone();
@@ -515,6 +531,11 @@ async fn session(
     let why = loop {
         tokio::select! {
             () = down.notified() => break "Redis closed the connection",
+            () = moved.notified() => {
+                if link.connection_generation() != Some(pc.generation()) {
+                    break "the link reconnected (a restart or a failover)";
+                }
+            }
             () = tokio::time::sleep(PING_EVERY) => {
                 if cache.strong_count() == 0 {
                     return Ok("the store was dropped");

@@ -663,10 +663,14 @@ impl RedisSessionStore {
             .unwrap_or_default()
     }
 
-    /// Whether the session cache is on and its Redis tracking connection is up now (reads of
-    /// cached sessions are answered from memory only then).
+    /// Whether the session cache is on and usable now: its Redis tracking connection is up and
+    /// reaches the node the link's connection reaches (reads of cached sessions are answered
+    /// from memory only then).
     pub fn cache_is_tracking(&self) -> bool {
-        self.inner.cache.as_ref().is_some_and(|c| c.is_tracking())
+        self.inner
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.usable(self.inner.link.connection_generation()))
     }
 
     /// Whether the session is live, without sliding its idle expiry: one `HGET` of its
