@@ -23,10 +23,15 @@
 //!   after that the next read goes to Redis, which slides the expiry and writes nothing else.
 //!
 //! **What a logout elsewhere costs.** Nothing more than before for the instance that logs out
-//! (its `DEL`); Redis then pushes one `invalidate` to every instance before it answers that
-//! `DEL` (it writes broadcast invalidations before replies in its event loop), so every
-//! instance has dropped the entry about one loopback hop after the logout, well before the
-//! client can send another request anywhere.
+//! (its `DEL`); Redis queues one `invalidate` to every instance before it answers that `DEL`
+//! (`beforeSleep` sends broadcast invalidations, then writes the pending replies), so the
+//! push is on every instance's socket when the logout's answer leaves Redis. An instance about
+//! to answer from memory first yields once to the runtime (a deferred `yield_now`: the runtime
+//! polls its I/O driver before it resumes the request), so a push already on the socket is
+//! applied before the lookup: a request sent after the logout's answer does not find the
+//! session. What remains is the scheduling of the connection's reader task (on a multi-thread
+//! runtime it may run on another worker a moment later), far shorter than a client's next
+//! request through a load balancer.
 //!
 //! **What broadcast mode costs.** Every session write (login, a changed value, an idle-expiry
 //! refresh, a logout, an expiry) sends one push of about 60 bytes to every instance, and

@@ -10,7 +10,8 @@
 //!
 //! **Redis Cluster.** Every command and script names one key, so it runs on one slot; the key
 //! names are those of one node (no rename, so an upgrade logs nobody out). A load is one
-//! `EVALSHA` that reads the hash and slides its expiry; a write of changed values is one
+//! `EVALSHA` that reads the hash and slides its expiry once a quarter of it has passed (or is
+//! answered from the instance's session cache, off on a cluster: see [`RedisSessionStore`]); a write of changed values is one
 //! `EVALSHA` of `HSET`/`HDEL` on the changed fields only, refused when the session ended
 //! meanwhile (a logout elsewhere is not undone by a late write). What spans keys is split into
 //! single-slot calls, ordered so that a failure or a crash between them is safe:
