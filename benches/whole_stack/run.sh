@@ -12,7 +12,9 @@
 #   WARMUP=2s        wrk warm-up before each measured slot (0 to skip)
 #   ROUNDS=3         rounds; every round runs every variant once, in order
 #   VARIANTS="floor embedded embedded+log redis"   which variants, in which order (also:
-#                                                  redis-me, GET /api/me with a session cookie)
+#                                                  redis-me, GET /api/me with a session cookie;
+#                                                  redis-me-uncached, the same with
+#                                                  WELCOMEDLY_SESSION_CACHE=off)
 #   THREADS=2 CONNECTIONS=64                      wrk -t / -c
 #   SKIP_BUILD=1     use already built binaries
 #   KEEP_TMP=1       keep the temp dir (configs, logs, wrk outputs) instead of removing it
@@ -202,9 +204,10 @@ start_instance() { # variant index : appends to SLOT_PGIDS and UPSTREAM_PORTS
             # The filter applies to the access log's events and spans: info for both.
             envs+=(RUST_LOG=info WELCOMEDLY_ACCESS_LOG=info)
             ;;
-        redis | redis-me)
+        redis | redis-me | redis-me-uncached)
             bin=$CALL_CENTER ready=/health
             envs+=(REDIS_URL="redis://127.0.0.1:$REDIS_PORT/" WELCOMEDLY_INSTANCES=$INSTANCES)
+            [[ $variant != redis-me-uncached ]] || envs+=(WELCOMEDLY_SESSION_CACHE=off)
             ;;
         *) die "unknown variant $variant" ;;
         esac
@@ -332,7 +335,7 @@ run_slot() { # variant round
     start_nginx
     local nginx_pgid=${SLOT_PGIDS[-1]} app_pgids=("${SLOT_PGIDS[@]:0:INSTANCES}")
     WRK_PATH=/api/ping WRK_COOKIE=
-    if [[ $variant == redis-me ]]; then
+    if [[ $variant == redis-me || $variant == redis-me-uncached ]]; then
         # An authenticated read: log in once through NGINX, then every request sends the cookie
         # (one session load in Redis per request, beside the rate limiter's script call).
         WRK_COOKIE=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$NGINX_PORT/auth/login" \
