@@ -20,7 +20,9 @@
 #   WARMUP=2s        wrk warm-up before each measured slot (0 to skip)
 #   ROUNDS=3         rounds; every round runs every variant once, in order
 #   VARIANTS="floor embedded embedded+log redis redis-me peer"   which variants, in which order
-#                                                  (also the redis-sentinel* and redis-cluster* ones)
+#                                                  (also the redis-sentinel* and redis-cluster* ones,
+#                                                  redis-*-solo without coalescing, and
+#                                                  redis-me-uncached: WELCOMEDLY_SESSION_CACHE=off)
 #   THREADS=2 CONNECTIONS=64                      wrk -t / -c
 #   SKIP_BUILD=1     use already built binaries
 #   KEEP_TMP=1       keep the temp dir (configs, logs, wrk outputs) instead of removing it
@@ -274,7 +276,7 @@ ensure_topology() { # single | sentinel | cluster
 
 topology_of() { # variant -> the Redis topology it runs on, or nothing
     case $1 in
-    redis | redis-me | redis-solo | redis-me-solo | peer) echo single ;;
+    redis | redis-me | redis-me-uncached | redis-solo | redis-me-solo | peer) echo single ;;
     redis-sentinel | redis-sentinel-me) echo sentinel ;;
     redis-cluster | redis-cluster-me) echo cluster ;;
     esac
@@ -300,12 +302,13 @@ start_instance() { # variant index : appends to SLOT_PGIDS and UPSTREAM_PORTS
             # The filter applies to the access log's events and spans: info for both.
             envs+=(RUST_LOG=info WELCOMEDLY_ACCESS_LOG=info)
             ;;
-        redis | redis-me | redis-sentinel | redis-sentinel-me | redis-cluster | redis-cluster-me | redis-solo | redis-me-solo)
+        redis | redis-me | redis-me-uncached | redis-sentinel | redis-sentinel-me | redis-cluster | redis-cluster-me | redis-solo | redis-me-solo)
             bin=$CALL_CENTER ready=/health
             # shellcheck disable=SC2206 # the topology's VAR=value words
             envs+=(${REDIS_ENV[$(topology_of "$variant")]} WELCOMEDLY_INSTANCES=$INSTANCES)
             # *-solo: the limiter without coalescing (one script call per request), to compare.
             [[ $variant != *-solo ]] || envs+=(WELCOMEDLY_RATE_LIMIT_COALESCE=false)
+            [[ $variant != redis-me-uncached ]] || envs+=(WELCOMEDLY_SESSION_CACHE=off)
             ;;
         peer)
             bin=$PEER ready=/api/ping
@@ -444,7 +447,7 @@ run_slot() { # variant round
     start_nginx
     local nginx_pgid=${SLOT_PGIDS[-1]} app_pgids=("${SLOT_PGIDS[@]:0:INSTANCES}")
     WRK_PATH=/api/ping WRK_COOKIE=
-    if [[ $variant == *-me || $variant == *-me-solo || $variant == peer ]]; then
+    if [[ $variant == *-me || $variant == *-me-solo || $variant == redis-me-uncached || $variant == peer ]]; then
         # An authenticated read: log in once through NGINX, then every request sends the cookie
         # (one session load in Redis per request, beside the rate limiter's script call).
         WRK_COOKIE=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$NGINX_PORT/auth/login" \

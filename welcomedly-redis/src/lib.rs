@@ -60,7 +60,7 @@ pub mod subscriber;
 pub use self::classify::{Failure, classify};
 pub use self::config::{LinkConfig, RedisUrl, Topology};
 pub use self::error::Error;
-pub use self::link::{Conn, Dedicated, Link, LinkState, LinkStats, Retry};
+pub use self::link::{Conn, Dedicated, Link, LinkState, LinkStats, PushConnection, Retry};
 pub use self::slot::{debug_assert_same_slot, key_slot};
 pub use self::subscriber::{Delivery, Subscriber, SubscriberStats, Subscription};
 /// The redis-rs crate the link is built on, so components use the same version.

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | request without a session cookie | no store call, ever |
 //! | request with a cookie whose handler never touches the session | no store call (unless [`SessionConfig::load_eagerly`]); feature flags look the user up (one load) only on routes that evaluate a flag, through the `DeferredUser` the layer leaves in the request |
-//! | first read of a session | one round trip: load **and** slide the idle expiry in one script |
+//! | first read of a session | one round trip: load **and** slide the idle expiry (once a quarter of it has passed) in one script; none when the instance's session cache holds it (Redis store, see [`RedisSessionStore`]) |
 //! | changed values | one more round trip at the end, writing the changed keys only |
 //! | a new session (first write, login) | two round trips on Redis (index entry and the replaced session's end at once, then the session: one key each, so one Redis Cluster slot each; see [`RedisSessionStore`]) |
 //!
@@ -80,7 +80,8 @@ pub use self::error::SessionError;
 pub use self::handle::{Session, SessionStats};
 pub use self::layer::{ResponseFuture, SessionBody, SessionLayer, SessionService};
 pub use self::store::{
-    LOAD_SCRIPT, MemoryStore, RedisSessionConfig, RedisSessionStore, SessionStore,
+    LOAD_SCRIPT, MemoryStore, RedisSessionConfig, RedisSessionStore, SessionCacheStats,
+    SessionStore,
 };
 pub use self::watch::SessionWatch;
 

@@ -33,6 +33,7 @@ mod cluster;
 mod conn;
 mod dedicated;
 mod follow;
+mod push;
 pub(crate) mod shards;
 mod supervisor;
 mod target;
@@ -40,6 +41,7 @@ mod target;
 pub use self::conn::Conn;
 pub(crate) use self::conn::Scripts;
 pub use self::dedicated::Dedicated;
+pub use self::push::PushConnection;
 use self::supervisor::supervise;
 pub(crate) use self::target::Target;
 // For `crate::sentinel` (a master's address with the configured credentials).

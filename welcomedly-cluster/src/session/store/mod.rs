@@ -5,6 +5,7 @@
 //! change different keys both persist, and both keep a per-user index of sessions (bounded,
 //! cleaned of expired entries on every write) for "log out everywhere".
 
+mod cache;
 mod memory;
 mod redis;
 
@@ -14,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 
+pub use self::cache::SessionCacheStats;
 pub use self::memory::MemoryStore;
 pub use self::redis::{LOAD_SCRIPT, RedisSessionConfig, RedisSessionStore};
 use super::error::SessionError;

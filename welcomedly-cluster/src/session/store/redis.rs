@@ -10,7 +10,8 @@
 //!
 //! **Redis Cluster.** Every command and script names one key, so it runs on one slot; the key
 //! names are those of one node (no rename, so an upgrade logs nobody out). A load is one
-//! `EVALSHA` that reads the hash and slides its expiry; a write of changed values is one
+//! `EVALSHA` that reads the hash and slides its expiry once a quarter of it has passed (or is
+//! answered from the instance's session cache, off on a cluster: see [`RedisSessionStore`]); a write of changed values is one
 //! `EVALSHA` of `HSET`/`HDEL` on the changed fields only, refused when the session ended
 //! meanwhile (a logout elsewhere is not undone by a late write). What spans keys is split into
 //! single-slot calls, ordered so that a failure or a crash between them is safe:
@@ -56,15 +57,19 @@ use welcomedly_core::config::{ConfigError, EnvReader, parse_millis};
 use welcomedly_core::health::{CheckFuture, CheckOutcome, HealthCheck};
 use welcomedly_redis::{Link, Retry, Topology};
 
+use super::cache::{self, Lookup, SessionCache, SessionCacheStats, fresh_until};
 use super::{Create, Record, millis, system_now_ms};
 use crate::Error;
 use crate::session::error::SessionError;
 use crate::session::id::{SessionId, hex};
 
-/// The load script: `KEYS[1]` the session key, `ARGV` the idle timeout (ms) and the current
-/// time (ms since the epoch). Returns the hash's fields and values, or nil when the session is
-/// unknown or past its absolute deadline; slides the idle expiry in the same call. Public for
-/// other languages sharing the sessions, and for benches.
+/// The load script: `KEYS[1]` the session key, `ARGV` the idle timeout (ms), the current
+/// time (ms since the epoch) and, optionally, the refresh share (ms, default 0). Returns the
+/// hash's fields and values followed by `m:t` and the key's time to live (ms) after the call,
+/// or nil when the session is unknown or past its absolute deadline. It slides the idle expiry
+/// (never past the deadline) in the same call, but only once at least the refresh share of
+/// the idle timeout has passed since the last slide (0: on every load), so most loads write
+/// nothing. Public for other languages sharing the sessions, and for benches.
 pub const LOAD_SCRIPT: &str = r"
 local v = redis.call('HGETALL', KEYS[1])
 local d
@@ -82,7 +87,13 @@ if left <= 0 then
 end
 local ttl = tonumber(ARGV[1])
 if left < ttl then ttl = left end
-redis.call('PEXPIRE', KEYS[1], ttl)
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl < 0 or ttl - pttl >= tonumber(ARGV[3] or '0') then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  pttl = ttl
+end
+v[#v + 1] = 'm:t'
+v[#v + 1] = tostring(pttl)
 return v
 ";
 
@@ -145,6 +156,8 @@ const DELETES_IN_FLIGHT: usize = 16;
 
 const DEADLINE: &str = "m:x";
 const USER: &str = "m:u";
+/// Not a field: what the load script appends (the key's time to live after the load).
+const TTL: &str = "m:t";
 const DATA: &str = "d:";
 
 /// Settings of the Redis session store, plain data with documented defaults. The connection
@@ -162,6 +175,18 @@ pub struct RedisSessionConfig {
     /// the module docs). Zero turns the wait off. Ignored on one node. Default 100 ms
     /// (loopback replicas acknowledge in well under 1 ms; a replica across zones in a few).
     pub revoke_wait: Duration,
+    /// A load slides the idle expiry only once this share (in percent) of the idle timeout has
+    /// passed since the last slide; 0 slides on every load (one write per request, which drops
+    /// the session from every instance's cache). So a session idle-expires between
+    /// `(100 - slide_after_percent)` % and 100 % of the idle timeout after its last request.
+    /// At most 100. Default 25.
+    pub slide_after_percent: u8,
+    /// The most session records the instance keeps in memory (see "Session cache" in
+    /// [`RedisSessionStore`]); 0 turns the cache off. Default 10 000.
+    pub cache_entries: usize,
+    /// The most bytes of session data (keys, values, user ids, plus a fixed overhead per
+    /// field) the cache holds. Default 32 MiB.
+    pub cache_bytes: usize,
 }
 
 impl Default for RedisSessionConfig {
@@ -170,14 +195,19 @@ impl Default for RedisSessionConfig {
             key_prefix: "wd:s".to_owned(),
             budget: Duration::from_millis(50),
             revoke_wait: Duration::from_millis(100),
+            slide_after_percent: 25,
+            cache_entries: 10_000,
+            cache_bytes: 32 << 20,
         }
     }
 }
 
 impl RedisSessionConfig {
-    /// Reads `WELCOMEDLY_SESSION_BUDGET_MS` (default 50) and
-    /// `WELCOMEDLY_SESSION_REVOKE_WAIT_MS` (default 100, 0 turns the wait off) from the
-    /// environment.
+    /// Reads `WELCOMEDLY_SESSION_BUDGET_MS` (default 50),
+    /// `WELCOMEDLY_SESSION_REVOKE_WAIT_MS` (default 100, 0 turns the wait off),
+    /// `WELCOMEDLY_SESSION_SLIDE_AFTER_PERCENT` (default 25), `WELCOMEDLY_SESSION_CACHE`
+    /// (`on` or `off`, default on), `WELCOMEDLY_SESSION_CACHE_ENTRIES` (default 10000) and
+    /// `WELCOMEDLY_SESSION_CACHE_MIB` (default 32) from the environment.
     ///
     /// # Errors
     ///
@@ -209,9 +239,35 @@ impl RedisSessionConfig {
                 )
             },
         );
+        let cache_on = env.read("WELCOMEDLY_SESSION_CACHE", true, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "on" | "true" | "1" => Ok(true),
+                "off" | "false" | "0" => Ok(false),
+                _ => Err("is not a switch: expected on or off"),
+            }
+        });
+        let cache_entries = env.read("WELCOMEDLY_SESSION_CACHE_ENTRIES", 10_000, |v| {
+            v.parse::<usize>().ok().filter(|n| *n > 0).ok_or(
+                "is not a usable size: expected a whole number of sessions greater than 0, such as 10000 (WELCOMEDLY_SESSION_CACHE=off turns the cache off)",
+            )
+        });
+        let cache_mib = env.read("WELCOMEDLY_SESSION_CACHE_MIB", 32usize, |v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1 << 20).contains(n))
+                .ok_or("is not a usable size: expected a whole number of MiB from 1, such as 32")
+        });
+        let slide_after_percent = env.read("WELCOMEDLY_SESSION_SLIDE_AFTER_PERCENT", 25u8, |v| {
+            v.parse::<u8>().ok().filter(|n| *n <= 100).ok_or(
+                "is not a usable share: expected a whole percentage from 0 (slide on every request) to 100, such as 25",
+            )
+        });
         Self {
             budget,
             revoke_wait,
+            slide_after_percent,
+            cache_entries: if cache_on { cache_entries } else { 0 },
+            cache_bytes: cache_mib << 20,
             ..Self::default()
         }
     }
@@ -223,6 +279,39 @@ impl RedisSessionConfig {
 /// or a silent logout. Reconnection is the link's: a connection Redis closed is replaced in
 /// the background before a request needs it, so the first request after Redis returns is
 /// served.
+///
+/// # Session cache
+///
+/// Each store keeps recently read session records in memory (bounded by
+/// [`cache_entries`](RedisSessionConfig::cache_entries) and
+/// [`cache_bytes`](RedisSessionConfig::cache_bytes)), so a logged-in request usually needs
+/// no Redis round trip, and Redis tells every instance when one changes: one RESP3 connection
+/// per instance runs `CLIENT TRACKING on BCAST PREFIX <prefix>:{`, and every write of any
+/// session key (a login, a changed value, an idle-expiry refresh, a logout, an expiry) pushes
+/// an `invalidate` to every instance, which drops the entry.
+/// - **A logout on another instance** takes effect at once: Redis writes the push to every
+///   instance before it answers the logout's `DEL`, so the entry is gone one loopback hop
+///   after the logout, before the client can send another request. The logout itself costs
+///   what it did before.
+/// - **An entry is used only while the tracking connection is up and has been since the entry
+///   was loaded**, and while the link's shared connection is the one it was made alongside.
+///   The tracking connection's end (a `CLIENT KILL`, a Redis restart, a failed `PING`: it is
+///   pinged every second) empties the cache at once; a reconnection of the link (a restart, a
+///   Sentinel failover) turns the cache off until tracking is made again on the new master,
+///   then empties it. Meanwhile every read goes to Redis, as without the cache.
+/// - **A read racing a change** (the value read, then changed, the push arriving before the
+///   read's answer) is not cached: a miss marks the key before the read; a push removes the
+///   mark; the answer is kept only if its mark is still there.
+/// - **Idle expiry** is slid only once
+///   [`slide_after_percent`](RedisSessionConfig::slide_after_percent) of it has passed (each
+///   slide is a write that empties every instance's entry); an entry is fresh until the next
+///   slide is due, then the next read goes to Redis. Absolute expiry and revocation are
+///   unchanged.
+/// - **Broadcast costs** one push of about 60 bytes per session write to every instance.
+/// - **On a Redis Cluster the cache is off** (tracking is per node).
+///
+/// Turn it off with `WELCOMEDLY_SESSION_CACHE=off` (or `cache_entries = 0`); its counters are
+/// [`cache_stats`](Self::cache_stats) and the `welcomedly.session.cache` metric.
 #[derive(Clone)]
 pub struct RedisSessionStore {
     inner: Arc<Inner>,
@@ -238,6 +327,20 @@ struct Inner {
     update: Script,
     confirmed: AtomicU64,
     unconfirmed: AtomicU64,
+    /// Of the idle timeout, in percent: see [`RedisSessionConfig::slide_after_percent`].
+    slide_after_percent: u8,
+    /// `None`: off (turned off, or a Redis Cluster).
+    cache: Option<Arc<SessionCache>>,
+    /// The cache's tracking task, ended with the store.
+    tracker: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = &self.tracker {
+            task.abort();
+        }
+    }
 }
 
 impl fmt::Debug for RedisSessionStore {
@@ -268,11 +371,17 @@ impl RedisSessionStore {
     ///
     /// # Errors
     ///
-    /// A zero budget.
+    /// A zero budget, or a [`slide_after_percent`](RedisSessionConfig::slide_after_percent)
+    /// above 100.
     pub async fn new(link: &Link, config: RedisSessionConfig) -> Result<Self, Error> {
         if config.budget.is_zero() {
             return Err(Error::invalid(
                 "the Redis session budget is zero: give Redis at least a few milliseconds (default 50 ms)",
+            ));
+        }
+        if config.slide_after_percent > 100 {
+            return Err(Error::invalid(
+                "the session's slide_after_percent is above 100: give a share of the idle timeout from 0 to 100 (default 25)",
             ));
         }
         let load = Script::new(LOAD_SCRIPT);
@@ -287,6 +396,26 @@ impl RedisSessionStore {
             link.config().topology,
             Topology::Sentinel { .. } | Topology::Cluster { .. }
         );
+        let on_cluster = matches!(link.config().topology, Topology::Cluster { .. });
+        let cache = (config.cache_entries > 0 && !on_cluster).then(|| {
+            Arc::new(SessionCache::new(
+                config.cache_entries,
+                config.cache_bytes.max(1),
+            ))
+        });
+        if on_cluster && config.cache_entries > 0 {
+            tracing::info!(
+                "the session cache is off on a Redis Cluster (client tracking is per node): every session read goes to Redis"
+            );
+        }
+        let tracker = cache.as_ref().map(|cache| {
+            tokio::spawn(cache::track(
+                Arc::downgrade(cache),
+                link.clone(),
+                config.key_prefix.clone(),
+            ))
+            .abort_handle()
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 link: link.clone(),
@@ -301,6 +430,9 @@ impl RedisSessionStore {
                 update,
                 confirmed: AtomicU64::new(0),
                 unconfirmed: AtomicU64::new(0),
+                slide_after_percent: config.slide_after_percent,
+                cache,
+                tracker,
             }),
         })
     }
@@ -331,7 +463,9 @@ impl RedisSessionStore {
     }
 
     /// Registers `welcomedly.session.revocations` (observable counter, label `replica` =
-    /// `acknowledged` / `unacknowledged`) reading the counters above at each collection.
+    /// `acknowledged` / `unacknowledged`) and `welcomedly.session.cache` (label `event` = `hit`
+    /// / `miss` / `invalidation` / `flush` / `eviction`, see [`cache_stats`](Self::cache_stats))
+    /// reading the counters at each collection.
     /// The instrument holds the store weakly.
     pub fn register_metrics(&self, meter: &opentelemetry::metrics::Meter) {
         let weak = Arc::downgrade(&self.inner);
@@ -350,6 +484,27 @@ impl RedisSessionStore {
                             counter.load(Ordering::Relaxed),
                             &[opentelemetry::KeyValue::new("replica", replica)],
                         );
+                    }
+                }
+            })
+            .build();
+        let weak = Arc::downgrade(&self.inner);
+        let _cache = meter
+            .u64_observable_counter("welcomedly.session.cache")
+            .with_description(
+                "Session cache events, by event: hit, miss, invalidation (a push dropped an entry), flush (the tracking connection was lost or re-made), eviction",
+            )
+            .with_callback(move |o| {
+                if let Some(cache) = weak.upgrade().and_then(|i| i.cache.clone()) {
+                    let s = cache.stats();
+                    for (event, v) in [
+                        ("hit", s.hits),
+                        ("miss", s.misses),
+                        ("invalidation", s.invalidations),
+                        ("flush", s.flushes),
+                        ("eviction", s.evictions),
+                    ] {
+                        o.observe(v, &[opentelemetry::KeyValue::new("event", event)]);
                     }
                 }
             })
@@ -449,12 +604,74 @@ impl RedisSessionStore {
         idle: Duration,
     ) -> Result<Option<Record>, SessionError> {
         let key = self.session_key(&id.digest());
+        let now = system_now_ms();
+        let ticket = match &self.inner.cache {
+            Some(cache) => {
+                let generation = self.inner.link.connection_generation();
+                if cache.has_fresh(&key, now, generation) {
+                    // Before answering from memory, let the runtime poll its I/O driver once
+                    // (a deferred yield): an invalidation push already on the tracking socket
+                    // (Redis writes it before it answers the write that caused it) is applied
+                    // before the lookup, so a request sent after a logout's answer never finds
+                    // the session here.
+                    tokio::task::yield_now().await;
+                }
+                match cache.get(&key, now, generation) {
+                    Lookup::Hit(record) => return Ok(Some(record)),
+                    Lookup::Miss(ticket) => ticket,
+                }
+            }
+            None => None,
+        };
+        let idle_ms = millis(idle);
+        let slide_ms = idle_ms * u64::from(self.inner.slide_after_percent) / 100;
         let mut invocation = self.inner.load.key(&key);
-        invocation.arg(millis(idle)).arg(system_now_ms());
+        invocation.arg(idle_ms).arg(now).arg(slide_ms);
         let fields: Option<Vec<String>> = self
             .invoke("loading a session", Retry::Once, &invocation)
             .await?;
-        Ok(fields.and_then(parse_record))
+        let loaded = fields.and_then(parse_record);
+        if let Some(ticket) = ticket {
+            let fresh = loaded.as_ref().map_or(0, |(record, pttl)| {
+                // Without a time to live (an older script answered): not cached.
+                pttl.map_or(0, |pttl| {
+                    fresh_until(now, pttl, idle_ms, slide_ms, record.deadline_ms)
+                })
+            });
+            ticket.fill(
+                loaded.as_ref().map(|(r, _)| r).filter(|_| fresh > now),
+                fresh,
+            );
+        }
+        Ok(loaded.map(|(record, _)| record))
+    }
+
+    /// Drops `key` from this instance's cache after this instance wrote it: the push that
+    /// drops it too may still be on its way, and this instance's next request must see its own
+    /// write.
+    fn forget(&self, key: &str) {
+        if let Some(cache) = &self.inner.cache {
+            cache.invalidate(key.as_bytes());
+        }
+    }
+
+    /// The session cache's counters (all 0 when it is off: turned off, or a Redis Cluster).
+    pub fn cache_stats(&self) -> SessionCacheStats {
+        self.inner
+            .cache
+            .as_ref()
+            .map(|c| c.stats())
+            .unwrap_or_default()
+    }
+
+    /// Whether the session cache is on and usable now: its Redis tracking connection is up and
+    /// reaches the node the link's connection reaches (reads of cached sessions are answered
+    /// from memory only then).
+    pub fn cache_is_tracking(&self) -> bool {
+        self.inner
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.usable(self.inner.link.connection_generation()))
     }
 
     /// Whether the session is live, without sliding its idle expiry: one `HGET` of its
@@ -490,11 +707,13 @@ impl RedisSessionStore {
         for k in remove {
             invocation.arg(format!("{DATA}{k}"));
         }
-        let written: i64 = self
+        let written: Result<i64, _> = self
             // Idempotent: the same fields set (or removed) twice.
             .invoke("writing a session", Retry::Once, &invocation)
-            .await?;
-        Ok(written == 1)
+            .await;
+        // Dropped whatever the outcome: a failed call may have written.
+        self.forget(&key);
+        Ok(written? == 1)
     }
 
     /// Writes a new session in single-slot steps (each session key and each user index is a
@@ -528,7 +747,13 @@ impl RedisSessionStore {
                         .arg(&replaced_digest)
                         .clone()
                 });
-            let ended = self.query::<()>("ending the replaced session", Retry::Once, &delete);
+            let ended = async {
+                let ended = self
+                    .query::<()>("ending the replaced session", Retry::Once, &delete)
+                    .await;
+                self.forget(&self.session_key(&replaced_digest));
+                ended
+            };
             match &unindex {
                 Some(cmd) => futures_util::future::try_join(
                     ended,
@@ -617,10 +842,18 @@ impl RedisSessionStore {
     /// that path fails, the `DEL` is sent on the shared connection as without replicas, and
     /// the revocation is counted as unconfirmed.
     async fn revoke(&self, what: &str, key: String) -> Result<(), SessionError> {
+        let revoked = self.revoke_at(what, &key).await;
+        // This instance's next request must not find it cached (the push may still be on its
+        // way); dropped whatever the outcome, as a failed call may have deleted it.
+        self.forget(&key);
+        revoked
+    }
+
+    async fn revoke_at(&self, what: &str, key: &str) -> Result<(), SessionError> {
         let wait = self.inner.revoke_wait;
         if wait.is_zero() {
             return self
-                .query::<()>(what, Retry::Once, redis::cmd("DEL").arg(&key))
+                .query::<()>(what, Retry::Once, redis::cmd("DEL").arg(key))
                 .await;
         }
         let link = &self.inner.link;
@@ -637,7 +870,7 @@ impl RedisSessionStore {
             let mut tries = 0;
             loop {
                 tries += 1;
-                match futures_util::FutureExt::boxed(confirm_once(link, &key, wait)).await {
+                match futures_util::FutureExt::boxed(confirm_once(link, key, wait)).await {
                     Ok(acks) => return Ok(acks),
                     Err((true, _)) if tries < 2 => {}
                     Err((_, e)) => return Err(e),
@@ -664,7 +897,7 @@ impl RedisSessionStore {
                     error = %welcomedly_core::redact::redact_url(&e),
                     "deleting a session on a dedicated connection failed: deleting it on the shared connection, without waiting for a replica"
                 );
-                self.query::<()>(what, Retry::Once, redis::cmd("DEL").arg(&key))
+                self.query::<()>(what, Retry::Once, redis::cmd("DEL").arg(key))
                     .await?;
             }
         }
@@ -762,10 +995,12 @@ async fn confirm_once(link: &Link, key: &str, wait: Duration) -> Result<u64, (bo
     Ok(acks)
 }
 
-/// A hash's fields and values into a record; `None` without a deadline (not a session).
-fn parse_record(fields: Vec<String>) -> Option<Record> {
+/// A hash's fields and values into a record, with the time to live the load script appends;
+/// `None` without a deadline (not a session).
+fn parse_record(fields: Vec<String>) -> Option<(Record, Option<u64>)> {
     let mut record = Record::default();
     let mut deadline = None;
+    let mut ttl = None;
     let mut it = fields.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         if let Some(key) = k.strip_prefix(DATA) {
@@ -774,10 +1009,12 @@ fn parse_record(fields: Vec<String>) -> Option<Record> {
             deadline = v.parse::<u64>().ok();
         } else if k == USER {
             record.user = Some(Arc::from(v));
+        } else if k == TTL {
+            ttl = v.parse::<u64>().ok();
         }
     }
     record.deadline_ms = deadline?;
-    Some(record)
+    Some((record, ttl))
 }
 
 /// `Degraded` while Redis is unreachable (logged-in requests get 503; anonymous ones are
@@ -802,12 +1039,15 @@ mod tests {
 
     #[test]
     fn records_parse_from_hash_fields() {
-        let r = parse_record(
-            ["m:x", "42", "m:u", "alice", "d:cart", "[1,2]", "junk", "x"]
-                .map(str::to_owned)
-                .to_vec(),
+        let (r, ttl) = parse_record(
+            [
+                "m:x", "42", "m:u", "alice", "d:cart", "[1,2]", "junk", "x", "m:t", "900",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         )
         .unwrap();
+        assert_eq!(ttl, Some(900));
         assert_eq!(r.deadline_ms, 42);
         assert_eq!(r.user.as_deref(), Some("alice"));
         assert_eq!(r.data["cart"], "[1,2]");
