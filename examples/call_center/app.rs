@@ -21,9 +21,8 @@ use welcomedly_core::config::{EnvReader, MIN_SECRET_LEN};
 use welcomedly_core::cross_origin::{CrossOriginLayer, TrustedOrigin};
 use welcomedly_core::drain::{self, DrainConfig};
 use welcomedly_core::health::{self, Affects, HealthRegistry};
-use welcomedly_core::rate_limit::{
-    KeySource, LocalBackend, Policy, Quota, RateLimitBackend, RateLimitLayer,
-};
+use welcomedly_core::rate_limit::backend::RateLimitBackend;
+use welcomedly_core::rate_limit::{KeySource, LocalBackend, Policy, Quota, RateLimitLayer};
 use welcomedly_core::telemetry::Telemetry;
 
 use std::sync::Arc;

@@ -31,7 +31,8 @@ use welcomedly_cluster::session::{
 };
 use welcomedly_core::InstanceId;
 use welcomedly_core::client_ip::ClientIp;
-use welcomedly_core::rate_limit::{Key, KeySource, Policy, Quota, RateLimitLayer};
+use welcomedly_core::rate_limit::backend::Key;
+use welcomedly_core::rate_limit::{KeySource, Policy, Quota, RateLimitLayer};
 use welcomedly_redis::{Link, LinkConfig};
 use welcomedly_testkit::{RedisCluster, RedisClusterConfig, RedisServer, Reply};
 

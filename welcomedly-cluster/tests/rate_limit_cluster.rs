@@ -17,9 +17,9 @@ use http::{Request, Response, StatusCode};
 use tower::{Service, ServiceExt, service_fn};
 use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
 use welcomedly_core::client_ip::ClientIp;
+use welcomedly_core::rate_limit::backend::{Check, DecisionSource, Key, RateLimitBackend};
 use welcomedly_core::rate_limit::{
-    Check, DecisionSource, FailureMode, Key, KeySource, LocalBackend, Policy, Quota,
-    RateLimitBackend, RateLimitLayer, ResponseBody,
+    FailureMode, KeySource, LocalBackend, Policy, Quota, RateLimitLayer, ResponseBody,
 };
 use welcomedly_redis::{Backoff, Link, LinkConfig};
 use welcomedly_testkit::RedisServer;

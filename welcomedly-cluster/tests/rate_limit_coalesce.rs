@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
-use welcomedly_core::rate_limit::{
-    Check, DecisionSource, Key, Policy, Quota, RateLimitBackend, RateLimitLayer,
-};
+use welcomedly_core::rate_limit::backend::{Check, DecisionSource, Key, RateLimitBackend};
+use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
 use welcomedly_redis::{Link, LinkConfig};
 use welcomedly_testkit::{RedisCluster, RedisClusterConfig, RedisServer};
 

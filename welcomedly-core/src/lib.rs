@@ -16,6 +16,7 @@
 //! | [`client_ip`] | the client address, walking the operator's forwarding header through trusted proxies |
 //! | [`rate_limit`] | named policies, GCRA, `RateLimit` headers, pluggable backend |
 //! | [`redact`] | passwords out of URLs shown in errors and logs |
+//! | [`user`] | [`UserId`] and [`DeferredUser`]: the request's user, set by an auth layer, read by limits and flags |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -30,6 +31,8 @@ pub mod instance;
 pub mod rate_limit;
 pub mod redact;
 pub mod telemetry;
+pub mod user;
 
 pub use config::CoreConfig;
 pub use instance::InstanceId;
+pub use user::{DeferredUser, UserId};

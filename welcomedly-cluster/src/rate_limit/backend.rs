@@ -10,9 +10,10 @@ use std::time::Duration;
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use smallvec::SmallVec;
 use welcomedly_core::config::{ConfigError, EnvReader, parse_millis};
-use welcomedly_core::rate_limit::{
-    BackendError, Check, Decision, DecisionSource, Decisions, FailureMode, Key, LocalBackend,
-    PolicySpec, RateLimitBackend,
+use welcomedly_core::rate_limit::FailureMode;
+use welcomedly_core::rate_limit::backend::{
+    BackendError, Check, Decision, DecisionSource, Decisions, Key, LocalBackend, PolicySpec,
+    RateLimitBackend,
 };
 use welcomedly_core::redact::redact_url;
 use welcomedly_redis::{Link, LinkState, Retry, debug_assert_same_slot, key_slot};

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use smallvec::SmallVec;
 use tokio::sync::oneshot;
-use welcomedly_core::rate_limit::Decisions;
+use welcomedly_core::rate_limit::backend::Decisions;
 
 use super::backend::Inner;
 

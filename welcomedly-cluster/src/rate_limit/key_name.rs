@@ -10,7 +10,7 @@ use std::fmt::{self, Write as _};
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-use welcomedly_core::rate_limit::{Key, PolicySpec};
+use welcomedly_core::rate_limit::backend::{Key, PolicySpec};
 
 /// Hex digits of the digest in a key name (128 bits: collisions are out of reach).
 const DIGEST_HEX: usize = 32;

@@ -12,7 +12,7 @@ use std::hash::BuildHasher;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use welcomedly_core::rate_limit::Key;
+use welcomedly_core::rate_limit::backend::Key;
 
 /// Per remembered client (a fingerprint of its key): until when it is rejected.
 type Table = Mutex<HashMap<u64, Instant>>;

@@ -1,5 +1,5 @@
 //! The Lua scripts of the Redis backend: GCRA on Redis server time, the same arithmetic as
-//! `welcomedly_core::rate_limit::Gcra`, in integer microseconds.
+//! `welcomedly_core::rate_limit::backend::Gcra`, in integer microseconds.
 //!
 //! Lua numbers are doubles: microseconds since the epoch (~1.8e15) are exact below 2^53 (~9e15),
 //! and TATs are written with `%.0f` because Lua's default number format (`%.14g`) would round them.

@@ -39,13 +39,13 @@ pub struct SessionConfig {
     /// Default 32.
     pub max_sessions_per_user: usize,
     /// Load the session before the inner service runs whenever the request has a session
-    /// cookie, and put the logged-in user's `welcomedly_core::rate_limit::UserId` in the
+    /// cookie, and put the logged-in user's `welcomedly_core::UserId` in the
     /// request extensions, so layers inside this one (rate limits keyed by user, feature flags)
     /// see the user. Costs the one load round trip on every request with a cookie, touched by
     /// the handler or not. Use it where a layer inside needs the user on *every* request (a
     /// rate limit keyed by user), and for streams that end with their session. Default
     /// `false`: lazy, no store call until something touches the session; a request with a
-    /// cookie carries a `welcomedly_core::rate_limit::DeferredUser` instead, which layers that
+    /// cookie carries a `welcomedly_core::DeferredUser` instead, which layers that
     /// need the user only sometimes (feature flags, on the routes that evaluate a flag) resolve
     /// with one load when they do.
     pub load_eagerly: bool,

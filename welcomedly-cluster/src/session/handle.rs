@@ -11,7 +11,7 @@ use http::HeaderValue;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, MutexGuard};
-use welcomedly_core::rate_limit::UserId;
+use welcomedly_core::UserId;
 
 use super::cookie::CookieCodec;
 use super::error::SessionError;

@@ -18,7 +18,7 @@ use super::cookie::{CookieCodec, Presented};
 use super::handle::{CookieChange, Counters, Finish, Session, SessionStats, Shared};
 use super::store::SessionStore;
 use crate::Error;
-use welcomedly_core::rate_limit::DeferredUser;
+use welcomedly_core::DeferredUser;
 
 /// Puts a [`Session`] in every request's extensions and, when the handler changed it, writes
 /// the changes and sets the cookie on the response. See the [module docs](super).

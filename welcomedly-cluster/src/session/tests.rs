@@ -14,7 +14,7 @@ use http::header::{COOKIE, SET_COOKIE};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::{Service, ServiceExt, service_fn};
-use welcomedly_core::rate_limit::UserId;
+use welcomedly_core::UserId;
 
 use super::*;
 
@@ -306,7 +306,7 @@ async fn eager_loading_puts_the_user_in_the_extensions() {
 /// until something resolves it, and then once (the handler's own reads reuse the load).
 #[tokio::test]
 async fn lazy_loading_leaves_a_deferred_user_looked_up_once_when_asked() {
-    use welcomedly_core::rate_limit::DeferredUser;
+    use welcomedly_core::DeferredUser;
     let l = layer(SessionConfig::default());
     let login = app(&l, |_, s: Session| async move {
         s.log_in("dave").await?;

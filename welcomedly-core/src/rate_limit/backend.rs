@@ -1,5 +1,30 @@
-//! Where rate-limit state lives: in this process ([`LocalBackend`]) or, through
-//! welcomedly-cluster, in Redis shared by every instance.
+//! The backend interface: what a store of rate-limit state implements ([`RateLimitBackend`])
+//! and the types it decides with. The layer calls [`RateLimitBackend::acquire`] with one
+//! [`Check`] per matching policy (its [`PolicySpec`] and the request's [`Key`]) and admits the
+//! request when the [`Decisions`] say so ([`admits`]); [`Gcra`] is the algorithm both backends
+//! run. [`LocalBackend`] keeps the state in this process (the default, also at
+//! [`rate_limit`](super)'s root); welcomedly-cluster's Redis backend shares it between instances.
+//!
+//! Applications configure limits with the types at the root of [`rate_limit`](super) and need
+//! this module only to write a backend of their own or to be generic over one.
+//!
+//! ```
+//! use welcomedly_core::rate_limit::backend::{Check, LocalBackend, RateLimitBackend, admits};
+//! use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
+//!
+//! fn backend_of<B: RateLimitBackend>(layer: &RateLimitLayer<B>) -> &B {
+//!     layer.backend()
+//! }
+//!
+//! let layer = RateLimitLayer::builder()
+//!     .policy(Policy::new("api", Quota::per_minute(200)))
+//!     .build()
+//!     .map_err(|e| e.to_string())?;
+//! let _local: &LocalBackend = backend_of(&layer);
+//! let no_checks: [Check<'_>; 0] = [];
+//! assert!(admits(&no_checks, &[]));
+//! # Ok::<(), String>(())
+//! ```
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -10,10 +35,11 @@ use std::time::Duration;
 use smallvec::SmallVec;
 
 use super::clock::{Clock, MonotonicClock};
-use super::key::Key;
-use super::policy::PolicySpec;
-use super::quota::GcraOutcome;
 use super::store::KeyedStore;
+
+pub use super::key::Key;
+pub use super::policy::PolicySpec;
+pub use super::quota::{Gcra, GcraOutcome};
 
 /// One policy to decide for one request.
 #[derive(Debug, Clone, Copy)]

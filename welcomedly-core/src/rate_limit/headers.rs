@@ -190,7 +190,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::rate_limit::{DecisionSource, Quota};
+    use crate::rate_limit::Quota;
+    use crate::rate_limit::backend::DecisionSource;
     use proptest::prelude::*;
 
     fn formatted(name: &str, d: &Decision) -> HeaderValue {

@@ -8,7 +8,7 @@
 //!   long is admitted), and the IETF draft `RateLimit-Policy` / `RateLimit` headers, also on
 //!   admitted responses ([`HeaderMode`]).
 //! - **Keys** by client IP (IPv6 cut to /64; use `ClientIpLayer` so forged forwarding headers
-//!   cannot move the key), authenticated user ([`UserId`]), the user when logged in and the IP
+//!   cannot move the key), authenticated user ([`UserId`](crate::UserId)), the user when logged in and the IP
 //!   otherwise ([`KeySource::UserOrClientIp`]), header (values over [`MAX_HEADER_KEY_LEN`] bytes
 //!   share one key), a key an outer layer derived from the body ([`DerivedKey`]), one global
 //!   key, or several.
@@ -21,10 +21,15 @@
 //!   refunded when the status is not charged, so concurrent requests cannot all slip through
 //!   on one unspent quota; [`Policy::refund_statuses`] for the statuses that are our failure,
 //!   such as a `503` when a dependency is down, so an outage spends no client's budget; the
-//!   refund goes back to whichever store charged, see [`RateLimitBackend::refund`]); per-policy counters
+//!   refund goes back to whichever store charged, see
+//!   [`RateLimitBackend::refund`](backend::RateLimitBackend::refund)); per-policy counters
 //!   ([`RateLimitLayer::stats`], [`RateLimitLayer::register_metrics`]).
-//! - **Pluggable state** ([`RateLimitBackend`]): in memory ([`LocalBackend`], the default) or, with
-//!   welcomedly-cluster, in Redis so that N instances share one limit.
+//! - **Pluggable state** ([`backend::RateLimitBackend`]): in memory ([`LocalBackend`], the
+//!   default) or, with welcomedly-cluster, in Redis so that N instances share one limit.
+//!
+//! The types an application configures limits with are here; the interface a backend
+//! implements ([`Check`](backend::Check), [`Decision`](backend::Decision),
+//! [`PolicySpec`](backend::PolicySpec), …) is in [`backend`].
 //!
 //! ```
 //! use http::{Method, Request, Response, StatusCode};
@@ -62,7 +67,7 @@
 //! # }
 //! ```
 
-mod backend;
+pub mod backend;
 mod clock;
 mod future;
 mod headers;
@@ -78,16 +83,21 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{
-    BackendError, Check, Decision, DecisionSource, Decisions, LocalBackend, RateLimitBackend,
-    admits,
-};
+pub use backend::LocalBackend;
 pub use clock::{Clock, ManualClock, MonotonicClock, TokioClock};
 pub use future::ResponseFuture;
-pub use key::{DeferredUser, DerivedKey, Key, KeySource, MAX_HEADER_KEY_LEN, UserId};
+pub use key::{DerivedKey, KeySource, MAX_HEADER_KEY_LEN};
 pub use layer::{BuildError, RateLimitBuilder, RateLimitLayer};
-pub use policy::{FailureMode, Policy, PolicySpec};
-pub use quota::{Gcra, GcraOutcome, Quota};
+pub use policy::{FailureMode, Policy};
+pub use quota::Quota;
 pub use response::{HeaderMode, RATELIMIT, RATELIMIT_POLICY, ResponseBody};
 pub use service::RateLimit;
 pub use stats::PolicyStatsSnapshot;
+
+/// Moved to the crate root: [`welcomedly_core::UserId`](crate::UserId).
+#[deprecated(since = "0.1.0", note = "use welcomedly_core::UserId")]
+pub type UserId = crate::UserId;
+
+/// Moved to the crate root: [`welcomedly_core::DeferredUser`](crate::DeferredUser).
+#[deprecated(since = "0.1.0", note = "use welcomedly_core::DeferredUser")]
+pub type DeferredUser = crate::DeferredUser;

@@ -195,7 +195,7 @@ pub(crate) enum Verdict<B> {
 
 pub(crate) fn verdict<B: RateLimitBackend>(
     shared: &Arc<Shared<B>>,
-    result: Result<Decisions, super::BackendError>,
+    result: Result<Decisions, super::backend::BackendError>,
     checks: &[Check<'_>],
 ) -> Verdict<B> {
     let stats = |i: usize| shared.stats.get(i);

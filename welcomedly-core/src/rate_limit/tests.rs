@@ -8,7 +8,9 @@ use http_body_util::BodyExt;
 use proptest::prelude::*;
 use tower::{Service, ServiceExt, service_fn};
 
+use super::backend::*;
 use super::*;
+use crate::UserId;
 use crate::client_ip::ClientIp;
 
 type Body = http_body_util::Full<bytes::Bytes>;

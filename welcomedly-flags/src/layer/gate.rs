@@ -289,9 +289,9 @@ mod tests {
         for (user, status) in [("alice", StatusCode::OK), ("bob", StatusCode::NOT_FOUND)] {
             let mut req = Request::new(());
             req.extensions_mut()
-                .insert(welcomedly_core::rate_limit::DeferredUser::new(
-                    move || async move { Some(welcomedly_core::rate_limit::UserId::new(user)) },
-                ));
+                .insert(welcomedly_core::DeferredUser::new(move || async move {
+                    Some(welcomedly_core::UserId::new(user))
+                }));
             let res = svc(&flags).oneshot(req).await.unwrap();
             assert_eq!(res.status(), status, "{user}");
         }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use welcomedly_core::rate_limit::DeferredUser;
+use welcomedly_core::DeferredUser;
 
 use crate::rollout::attribution::Recording;
 use crate::{AttrValue, Context, Evaluation, Snapshot};
@@ -123,7 +123,7 @@ pub struct RequestInfo<'a> {
 /// extension set by [`FlagsLayer`](super::FlagsLayer); cheap to clone.
 ///
 /// When the request's user is not known yet (a session that loads lazily puts a
-/// `welcomedly_core::rate_limit::DeferredUser` in the extensions instead of a `UserId`), the
+/// `welcomedly_core::DeferredUser` in the extensions instead of a `UserId`), the
 /// user is looked up by [`resolve`](Self::resolve), once, on the first request that needs it:
 /// the axum extractor and [`FlagGateLayer`](super::FlagGateLayer) call it, so a route that
 /// evaluates no flag costs no lookup. Code that takes `RequestFlags` from the extensions itself

@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 use super::request::{Attributes, RequestFlags, RequestInfo, cut};
 use crate::Flags;
 use crate::rollout::attribution::{Attribution, Recording};
-use welcomedly_core::rate_limit::DeferredUser;
+use welcomedly_core::DeferredUser;
 
 type AttributeFn = dyn Fn(&RequestInfo<'_>, &mut Attributes) + Send + Sync;
 
@@ -225,7 +225,7 @@ where
 
 fn user_key<B>(req: &Request<B>) -> Option<Box<str>> {
     req.extensions()
-        .get::<welcomedly_core::rate_limit::UserId>()
+        .get::<welcomedly_core::UserId>()
         .map(|u| cut(&u.0).into())
 }
 
@@ -273,7 +273,7 @@ mod tests {
             });
         let mut req = Request::new(());
         req.extensions_mut()
-            .insert(welcomedly_core::rate_limit::UserId::new("alice"));
+            .insert(welcomedly_core::UserId::new("alice"));
         req.headers_mut()
             .insert("x-device", "dev-1".parse().unwrap());
         let f = seen(layer.clone(), req).await;
@@ -304,7 +304,7 @@ mod tests {
         let lookups = lookups.clone();
         DeferredUser::new(move || {
             lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async move { Some(welcomedly_core::rate_limit::UserId::new(user)) }
+            async move { Some(welcomedly_core::UserId::new(user)) }
         })
     }
 
@@ -330,7 +330,7 @@ mod tests {
         // A known user wins: no lookup at all.
         let mut req = Request::new(());
         req.extensions_mut()
-            .insert(welcomedly_core::rate_limit::UserId::new("bob"));
+            .insert(welcomedly_core::UserId::new("bob"));
         req.extensions_mut().insert(deferred("alice", &lookups));
         let f = seen(layer, req).await;
         assert!(f.is_resolved());
