@@ -1,8 +1,9 @@
 //! One error shape for every error the example returns: `application/problem+json` (RFC 9457)
-//! with a `type`, `title`, `status` and a `detail` that says what to fix.
+//! with a `type`, `title`, `status` and a `detail` that says what to fix, answered through
+//! welcomedly-core's [`Problem`](welcomedly_core::problem::Problem) builder.
 
 use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 /// A problem+json error response.
@@ -23,17 +24,8 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "type": "about:blank",
-            "title": self.status.canonical_reason().unwrap_or("Error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        (
-            self.status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            body.to_string(),
-        )
+        welcomedly_core::problem::Problem::new(self.status)
+            .detail(self.detail)
             .into_response()
     }
 }

@@ -1,8 +1,9 @@
 //! [`OrBytes`]: the response body of a middleware that either passes the inner service's
 //! response on or answers by itself with a short body it built (a problem+json rejection).
 //!
-//! The rate limiter (429), the cross-origin protection (403) and the session layer (503) all
-//! answer that way; one body type keeps them from boxing on the hot path.
+//! The rate limiter (429), the cross-origin protection (403), the session layer (503) and
+//! welcomedly-flags' gate (404) all answer that way; one body type keeps them from boxing on
+//! the hot path.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -23,14 +24,22 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// The inner service's body, or a body the middleware answered with itself.
-    #[project = OrBytesProj]
+    /// The inner service's body, or a body the middleware answered with itself. The variants
+    /// are private (as tower-http's `limit::ResponseBody`): build one with [`inner`](Self::inner)
+    /// or [`own`](Self::own).
     #[derive(Debug)]
-    #[allow(missing_docs)] // the fields are the variants' bodies, documented on the variants
-    pub enum OrBytes<B> {
-        /// The inner service's body.
+    pub struct OrBytes<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<B> {
         Inner { #[pin] body: B },
-        /// The middleware's own body, taken when sent.
+        // Taken when sent.
         Own { body: Option<Bytes> },
     }
 }
@@ -38,12 +47,16 @@ pin_project! {
 impl<B> OrBytes<B> {
     /// The inner service's `body`, passed on as it is.
     pub fn inner(body: B) -> Self {
-        Self::Inner { body }
+        Self {
+            kind: Kind::Inner { body },
+        }
     }
 
-    /// A body of the middleware's own.
+    /// A body of the middleware's own (a problem+json rejection).
     pub fn own(body: Bytes) -> Self {
-        Self::Own { body: Some(body) }
+        Self {
+            kind: Kind::Own { body: Some(body) },
+        }
     }
 }
 
@@ -55,23 +68,23 @@ impl<B: Body<Data = Bytes>> Body for OrBytes<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.project() {
-            OrBytesProj::Inner { body } => body.poll_frame(cx),
-            OrBytesProj::Own { body } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Own { body } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Inner { body } => body.is_end_stream(),
-            Self::Own { body } => body.is_none(),
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Own { body } => body.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Inner { body } => body.size_hint(),
-            Self::Own { body } => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Own { body } => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! | [`health`] | a registry of named checks; `/health`, `/health/live`, `/health/ready` |
 //! | [`drain`] | SIGTERM handling: readiness off, grace period, in-flight completion, deadline |
 //! | [`client_ip`] | the client address, walking the operator's forwarding header through trusted proxies |
+//! | [`problem`] | [`Problem`](problem::Problem): the RFC 9457 `application/problem+json` error response every layer answers with |
 //! | [`rate_limit`] | named policies, GCRA, `RateLimit` headers, pluggable backend |
 //! | [`redact`] | passwords out of URLs shown in errors and logs |
 //! | [`user`] | [`UserId`] and [`DeferredUser`]: the request's user, set by an auth layer, read by limits and flags |
@@ -28,6 +29,7 @@ pub mod cross_origin;
 pub mod drain;
 pub mod health;
 pub mod instance;
+pub mod problem;
 pub mod rate_limit;
 pub mod redact;
 pub mod telemetry;

@@ -5,8 +5,9 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::header::CACHE_CONTROL;
 use http::{HeaderValue, Response, StatusCode};
+use welcomedly_core::problem::Problem;
 
 /// A session operation failed. Opaque: ask with the `is_*` predicates, answer the client with
 /// [`to_response`](Self::to_response) (or, with the `axum` feature, `?` in a handler):
@@ -107,26 +108,14 @@ impl SessionError {
                 "The session could not be used because of a server error."
             }
         };
-        let body = serde_json::json!({
-            "type": "about:blank",
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "status": status.as_u16(),
-            "detail": detail,
-        });
-        let mut res = Response::new(B::from(Bytes::from(body.to_string())));
-        *res.status_mut() = status;
-        let h = res.headers_mut();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let problem = Problem::new(status)
+            .detail(detail)
+            .header(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if self.kind == Kind::Unavailable {
-            let secs =
-                self.retry_after.as_secs().max(1) + u64::from(self.retry_after.subsec_nanos() > 0);
-            h.insert(RETRY_AFTER, HeaderValue::from(secs));
+            problem.retry_after(self.retry_after).into_response()
+        } else {
+            problem.into_response()
         }
-        res
     }
 }
 
@@ -147,6 +136,7 @@ impl StdError for SessionError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{CONTENT_TYPE, RETRY_AFTER};
 
     #[test]
     fn unavailable_is_a_503_problem_with_retry_after() {

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
-use http::Request;
+use http::{Request, StatusCode};
 use tower::Layer;
 
 use super::check::{BypassPattern, Refusal, Rules, TrustedOrigin};
 use super::service::CrossOrigin;
+use crate::problem::Problem;
 
 /// Refuses cross-origin unsafe requests from browsers with `403 Forbidden` and a problem+json
 /// body, as Go 1.25's `http.CrossOriginProtection`; see the [module docs](super) for the rules.
@@ -93,8 +93,8 @@ impl CrossOriginLayer {
 }
 
 impl Shared {
-    /// Counts a refusal and gives its problem+json body.
-    pub(super) fn refused(&self, refusal: Refusal) -> Bytes {
+    /// Counts a refusal and gives its problem+json answer.
+    pub(super) fn refused(&self, refusal: Refusal) -> Problem {
         let counter = match refusal {
             Refusal::FetchMetadata => &self.refused_fetch_metadata,
             Refusal::OriginMismatch => &self.refused_origin,
@@ -102,19 +102,10 @@ impl Shared {
         counter.fetch_add(1, Ordering::Relaxed);
         // Only the reason: the path and Origin are the client's text.
         tracing::debug!(reason = refusal.as_str(), "cross-origin request refused");
-        problem_body(refusal)
+        Problem::new(StatusCode::FORBIDDEN)
+            .detail(refusal.to_string())
+            .extension("reason", refusal.as_str())
     }
-}
-
-fn problem_body(refusal: Refusal) -> Bytes {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": "Forbidden",
-        "status": 403,
-        "detail": refusal.to_string(),
-        "reason": refusal.as_str(),
-    });
-    Bytes::from(body.to_string())
 }
 
 impl<S> Layer<S> for CrossOriginLayer {

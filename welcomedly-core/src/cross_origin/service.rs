@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response};
 use tower::Service;
 
 use super::future::{ResponseBody, ResponseFuture};
@@ -38,14 +37,7 @@ where
         {
             Ok(()) => ResponseFuture::inner(self.inner.call(req)),
             Err(refusal) => {
-                let body = self.shared.refused(refusal);
-                let mut res = Response::new(());
-                *res.status_mut() = StatusCode::FORBIDDEN;
-                res.headers_mut().insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/problem+json"),
-                );
-                let (parts, ()) = res.into_parts();
+                let (parts, body) = self.shared.refused(refusal).into_parts();
                 ResponseFuture::refused(parts, body)
             }
         }

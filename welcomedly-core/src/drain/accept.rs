@@ -59,6 +59,7 @@ use super::accept_errors::{ACCEPT_ERROR_LOG_INTERVAL, AcceptErrorLog};
 use super::limits::{ConnStats, ConnectionLimits, Permit, Refusal};
 use super::run::AFTER_CUT;
 use super::{DrainConfig, DrainSignal, nofile};
+use crate::problem::Problem;
 
 /// At the end of the grace period, how long a connection that has not sent its first request
 /// yet may take to send it (it is served, with `Connection: close`) before it is closed.
@@ -311,16 +312,18 @@ fn millis(d: Duration) -> u64 {
 
 /// The answer to a refused connection: a complete HTTP/1.1 503 that closes the connection.
 fn refusal_response(refusal: Refusal) -> &'static [u8] {
-    fn build(detail: &str) -> Vec<u8> {
-        let body = format!(
-            r#"{{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"{detail}"}}"#
-        );
-        format!(
+    fn build(detail: &'static str) -> Vec<u8> {
+        let body = Problem::new(http::StatusCode::SERVICE_UNAVAILABLE)
+            .detail(detail)
+            .body();
+        let mut response = format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
-             retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+             retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
             body.len()
         )
-        .into_bytes()
+        .into_bytes();
+        response.extend_from_slice(&body);
+        response
     }
     static GLOBAL: LazyLock<Vec<u8>> =
         LazyLock::new(|| build("this server has too many connections open: retry in a moment"));

@@ -9,6 +9,7 @@ use super::backend::Decision;
 use super::headers::limit_header;
 use super::policy::PolicySpec;
 use super::quota::ceil_secs;
+use crate::problem::{APPLICATION_PROBLEM_JSON, Problem};
 
 /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): the policy's quota and window.
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -38,10 +39,7 @@ pub(crate) fn rejection(
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = StatusCode::TOO_MANY_REQUESTS;
     let h = &mut parts.headers;
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    h.insert(CONTENT_TYPE, APPLICATION_PROBLEM_JSON.clone());
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     // Never earlier than the real time, and never 0: a client retrying at once would be refused.
     let wait = ceil_secs(u64::try_from(decision.retry_after.as_nanos()).unwrap_or(u64::MAX)).max(1);
@@ -57,16 +55,12 @@ pub(crate) fn rejection(
 
 /// The problem+json body naming the policy, computed once per policy.
 pub(crate) fn problem_body(name: &str) -> Bytes {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": "Too Many Requests",
-        "status": 429,
-        "detail": format!(
+    Problem::new(StatusCode::TOO_MANY_REQUESTS)
+        .detail(format!(
             "Too many requests for rate-limit policy \"{name}\": wait the number of seconds in the Retry-After header, then retry."
-        ),
-        "policy": name,
-    });
-    Bytes::from(body.to_string())
+        ))
+        .extension("policy", name)
+        .body()
 }
 
 /// The response body of [`RateLimit`](super::RateLimit): the service's own body, or the body

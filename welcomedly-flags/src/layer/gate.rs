@@ -1,14 +1,15 @@
 //! [`FlagGateLayer`]: a route that exists only while its flag is on (a kill switch for routes).
 
-use std::fmt;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body::{Body, Frame, SizeHint};
+use http::response::Parts;
+use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
+use welcomedly_core::body::OrBytes;
+use welcomedly_core::problem::Problem;
 
 use super::RequestFlags;
 
@@ -103,22 +104,14 @@ where
     }
 }
 
-fn gated(status: StatusCode, key: &str) -> Response<GateBody<()>> {
-    let body = serde_json::json!({
-        "type": "about:blank",
-        "title": status.canonical_reason().unwrap_or("Unavailable"),
-        "status": status.as_u16(),
-        "detail": format!("this feature is switched off (flag \"{key}\"): it is not available for you right now"),
-    });
-    let mut res = Response::new(GateBody::Gated {
-        body: Some(Bytes::from(body.to_string())),
-    });
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    res
+/// The gate's answer while the flag is off: a problem naming the flag (a key of the
+/// application's own, never client text).
+fn gated(status: StatusCode, key: &str) -> (Parts, Bytes) {
+    Problem::new(status)
+        .detail(format!(
+            "this feature is switched off (flag \"{key}\"): it is not available for you right now"
+        ))
+        .into_parts()
 }
 
 pin_project! {
@@ -129,7 +122,7 @@ pin_project! {
         /// The flag is on: the route answers.
         Inner { #[pin] fut: F },
         /// The flag is off: the gate's answer.
-        Gated { response: Option<Response<GateBody<()>>> },
+        Gated { response: Option<(Parts, Bytes)> },
         /// The request's user is being looked up: then the route's future, or the gate's
         /// answer (`None`).
         Resolving {
@@ -156,18 +149,13 @@ where
             self.set(next);
         }
         match self.project() {
-            GateFutureProj::Inner { fut } => fut
-                .poll(cx)
-                .map(|r| r.map(|res| res.map(|body| GateBody::Inner { body }))),
+            GateFutureProj::Inner { fut } => {
+                fut.poll(cx).map(|r| r.map(|res| res.map(OrBytes::inner)))
+            }
             GateFutureProj::Resolving { .. } => Poll::Pending,
             GateFutureProj::Gated { response } => match response.take() {
-                Some(res) => {
-                    let (parts, body) = res.into_parts();
-                    let body = match body {
-                        GateBody::Gated { body } => GateBody::Gated { body },
-                        GateBody::Inner { .. } => GateBody::Gated { body: None },
-                    };
-                    Poll::Ready(Ok(Response::from_parts(parts, body)))
+                Some((parts, body)) => {
+                    Poll::Ready(Ok(Response::from_parts(parts, OrBytes::own(body))))
                 }
                 // Polled again after completing: never completes again.
                 None => Poll::Pending,
@@ -176,57 +164,9 @@ where
     }
 }
 
-pin_project! {
-    /// The body of [`FlagGate`]'s responses: the route's, or the gate's problem+json.
-    #[project = GateBodyProj]
-    #[allow(missing_docs)] // the variants' fields are documented on the variants
-    pub enum GateBody<B> {
-        /// The route's body.
-        Inner { #[pin] body: B },
-        /// The gate's problem+json body (taken when sent).
-        Gated { body: Option<Bytes> },
-    }
-}
-
-impl<B: fmt::Debug> fmt::Debug for GateBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Inner { body } => f.debug_tuple("Inner").field(body).finish(),
-            Self::Gated { .. } => f.write_str("Gated"),
-        }
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for GateBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.project() {
-            GateBodyProj::Inner { body } => body.poll_frame(cx),
-            GateBodyProj::Gated { body } => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Inner { body } => body.is_end_stream(),
-            Self::Gated { body } => body.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Inner { body } => body.size_hint(),
-            Self::Gated { body } => {
-                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
-            }
-        }
-    }
-}
+/// The body of [`FlagGate`]'s responses: the route's, or the gate's problem+json
+/// ([`OrBytes::own`]).
+pub type GateBody<B> = OrBytes<B>;
 
 #[cfg(test)]
 mod tests {
