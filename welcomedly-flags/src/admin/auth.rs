@@ -70,17 +70,10 @@ impl fmt::Debug for BearerToken {
 
 impl AdminAuth for BearerToken {
     fn authorize(&self, parts: &Parts) -> Result<String, AdminDenied> {
-        let given = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                AdminDenied::unauthorized("send the admin token as Authorization: Bearer <token>")
-            })?;
-        if !self.token.is_empty()
-            && constant_time_eq(given.trim().as_bytes(), self.token.as_bytes())
-        {
+        let given = bearer(parts).ok_or_else(|| {
+            AdminDenied::unauthorized("send the admin token as Authorization: Bearer <token>")
+        })?;
+        if matches_secret(given, &self.token) {
             Ok(self.actor.clone())
         } else {
             Err(AdminDenied::unauthorized(
@@ -90,6 +83,53 @@ impl AdminAuth for BearerToken {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The credential of `Authorization: Bearer <credential>`, if the request has one.
+pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Whether the credential a client sent (surrounding spaces ignored) is `secret`, compared in
+/// constant time; an empty secret matches nothing (a service configured without one is closed,
+/// never open).
+pub(crate) fn matches_secret(given: &str, secret: &str) -> bool {
+    let (a, b) = (given.trim().as_bytes(), secret.as_bytes());
+    !b.is_empty()
+        && a.len() == b.len()
+        && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn head(authorization: Option<&str>) -> Parts {
+        let mut req = http::Request::builder();
+        if let Some(value) = authorization {
+            req = req.header(http::header::AUTHORIZATION, value);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn one_bearer_check_for_every_hook() {
+        assert_eq!(bearer(&head(Some("Bearer s3cret"))), Some("s3cret"));
+        assert_eq!(bearer(&head(Some("Basic czNjcmV0"))), None);
+        assert_eq!(bearer(&head(None)), None);
+        assert!(matches_secret(" s3cret ", "s3cret"));
+        assert!(!matches_secret("s3cre", "s3cret"));
+        assert!(!matches_secret("s3cres", "s3cret"));
+        // A service configured without a secret is closed, never open.
+        assert!(!matches_secret("", ""));
+        let auth = BearerToken::new("s3cret", "ops");
+        assert_eq!(auth.authorize(&head(Some("Bearer s3cret"))).unwrap(), "ops");
+        let denied = auth.authorize(&head(Some("Bearer nope"))).unwrap_err();
+        assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+        assert!(!format!("{auth:?}").contains("s3cret"));
+    }
 }

@@ -13,7 +13,7 @@
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{Admin, FormatQuery, Problem, Result, diff, json_response};
+use super::{Admin, ApiError, FormatQuery, Result, diff, json_response};
 use crate::flagd::{FlagdError, FlagdSet};
 use crate::snapshot::DocumentFormat;
 use crate::store::{Change, Document};
@@ -86,12 +86,12 @@ pub(super) fn get_set(doc: &Document, wants_flagd: bool) -> Option<Response> {
 }
 
 /// The refusal of a whole file: `400` when it is not JSON, `422` otherwise.
-fn refused(e: &FlagdError) -> Problem {
+fn refused(e: &FlagdError) -> ApiError {
     let status = match e {
         FlagdError::Syntax(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
-    Problem::new(
+    ApiError::new(
         status,
         format!("{e}; nothing was stored: fix the file and PUT it again"),
     )
@@ -109,7 +109,7 @@ pub(super) async fn put_set(
     let set = tokio::task::spawn_blocking(move || FlagdSet::parse(&owned))
         .await
         .map_err(|_| {
-            Problem::new(
+            ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "compiling the flagd file failed on its thread (a bug); nothing was stored: retry, and report it if it persists",
             )
@@ -118,14 +118,14 @@ pub(super) async fn put_set(
     // Every instance tells the formats apart by content (see DocumentFormat): a file that would
     // read as a native set must say what it is, or the instances would refuse it.
     if !set.is_empty() && DocumentFormat::of(text) != DocumentFormat::Flagd {
-        return Err(Problem::new(
+        return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "the file's flags have no \"state\" (flagd requires it): give each flag its state, or add \"$schema\": \"https://flagd.dev/schema/v0/flags.json\"; nothing was stored",
         ));
     }
-    let doc = admin.store.load().await.map_err(|e| Problem::store(&e))?;
+    let doc = admin.store.load().await.map_err(|e| ApiError::store(&e))?;
     if doc.version != expected {
-        return Err(Problem::new(
+        return Err(ApiError::new(
             StatusCode::PRECONDITION_FAILED,
             format!(
                 "the flag set changed (now version {}, you sent {expected}): GET it again and reapply your change",
@@ -142,12 +142,12 @@ pub(super) async fn put_set(
         .await
         .map_err(|e| {
             if e.is_conflict() {
-                Problem::new(
+                ApiError::new(
                     StatusCode::PRECONDITION_FAILED,
                     "the flag set changed while saving: GET it again and reapply your change",
                 )
             } else {
-                Problem::store(&e)
+                ApiError::store(&e)
             }
         })?;
     let problems: Vec<_> = set

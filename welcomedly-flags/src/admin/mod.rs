@@ -51,6 +51,7 @@
 //! # let _ = app;
 //! ```
 
+mod api_error;
 mod auth;
 mod diff;
 #[cfg(feature = "flagd")]
@@ -68,14 +69,15 @@ use serde::Deserialize;
 
 pub use auth::{AdminAuth, AdminDenied, BearerToken};
 
+pub(crate) use api_error::{ApiError, authorize, check_key};
+pub(crate) use auth::{bearer, matches_secret};
+
 use crate::model::{Flag, FlagSet};
-use crate::store::{Change, Document, FlagStore, StoreError};
+use crate::store::{Change, Document, FlagStore};
 use crate::{Snapshot, ValidationErrors};
 
 /// How many times a write is retried when another writer changed the document meanwhile.
 const CAS_ATTEMPTS: usize = 5;
-/// The longest flag key the admin API accepts.
-const MAX_KEY_LEN: usize = 128;
 /// The largest request body accepted (a whole flag set).
 const MAX_BODY: usize = 1024 * 1024;
 
@@ -110,101 +112,17 @@ pub fn router<S: Clone + Send + Sync + 'static>(
 
 type AdminState = State<Arc<Admin>>;
 
-/// An admin error as problem+json.
-struct Problem {
-    status: StatusCode,
-    detail: String,
-    problems: Option<ValidationErrors>,
-}
+type Result<T> = std::result::Result<T, ApiError>;
 
-impl Problem {
-    fn new(status: StatusCode, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            detail: detail.into(),
-            problems: None,
-        }
-    }
-
-    fn invalid(errors: ValidationErrors) -> Self {
-        Self {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            detail: format!(
-                "the change would leave an invalid flag set ({} problem(s)); nothing was stored: fix them and retry",
-                errors.problems().len()
-            ),
-            problems: Some(errors),
-        }
-    }
-
-    fn store(e: &StoreError) -> Self {
-        let status = if e.is_unavailable() {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::INTERNAL_SERVER_ERROR
-        };
-        Self::new(status, e.to_string())
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let mut body = serde_json::json!({
-            "type": "about:blank",
-            "title": self.status.canonical_reason().unwrap_or("Error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let (Some(problems), Some(map)) = (self.problems, body.as_object_mut()) {
-            map.insert(
-                "problems".into(),
-                serde_json::to_value(problems.problems()).unwrap_or_default(),
-            );
-        }
-        let mut res = (self.status, body.to_string()).into_response();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        res
-    }
-}
-
-type Result<T> = std::result::Result<T, Problem>;
-
-fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<String> {
-    // The hook sees the request head; the router only passes what it needs.
-    let mut parts = http::Request::new(()).into_parts().0;
-    parts.headers = headers.clone();
-    admin.auth.authorize(&parts).map_err(|d| Problem {
-        status: d.status,
-        detail: d.detail,
-        problems: None,
-    })
-}
-
-fn check_key(key: &str) -> Result<()> {
-    let ok = !key.is_empty()
-        && key.len() <= MAX_KEY_LEN
-        && key
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            "a flag key is 1-128 letters, digits, '-', '_' or '.', starting with a letter or digit",
-        ))
-    }
+/// `422`: the change would leave an invalid set.
+fn invalid_set(errors: ValidationErrors) -> ApiError {
+    ApiError::invalid(
+        format!(
+            "the change would leave an invalid flag set ({} problem(s)); nothing was stored: fix them and retry",
+            errors.problems().len()
+        ),
+        errors,
+    )
 }
 
 /// `?format=native|flagd` on the root.
@@ -220,11 +138,11 @@ impl FormatQuery {
         match self.format.as_deref() {
             None | Some("native") => Ok(false),
             Some("flagd") if cfg!(feature = "flagd") => Ok(true),
-            Some("flagd") => Err(Problem::new(
+            Some("flagd") => Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "this build does not read flagd files: enable the flagd feature of welcomedly-flags",
             )),
-            Some(_) => Err(Problem::new(
+            Some(_) => Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "format must be native or flagd",
             )),
@@ -238,7 +156,7 @@ impl FormatQuery {
 }
 
 async fn load_doc(admin: &Admin) -> Result<Document> {
-    admin.store.load().await.map_err(|e| Problem::store(&e))
+    admin.store.load().await.map_err(|e| ApiError::store(&e))
 }
 
 async fn load(admin: &Admin) -> Result<(u64, FlagSet)> {
@@ -248,7 +166,7 @@ async fn load(admin: &Admin) -> Result<(u64, FlagSet)> {
 /// The stored native set; `409` for a flagd file (edited as a whole only).
 fn parse_doc(doc: Document) -> Result<(u64, FlagSet)> {
     if doc.version > 0 && crate::DocumentFormat::of(&doc.body) == crate::DocumentFormat::Flagd {
-        return Err(Problem::new(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             "the flag set is a flagd file: GET and PUT it as a whole on the admin root (format=flagd)",
         ));
@@ -258,7 +176,7 @@ fn parse_doc(doc: Document) -> Result<(u64, FlagSet)> {
     }
     // What is stored was validated when written; a hand-edited document may not be: say so.
     let set = FlagSet::parse_json(&doc.body).map_err(|e| {
-        Problem::new(
+        ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(
                 "the stored flag set does not parse ({e}): replace it with PUT on the admin root"
@@ -306,12 +224,12 @@ async fn validate(set: &FlagSet, version: u64) -> Result<()> {
     tokio::task::spawn_blocking(move || Snapshot::compile(&set, version).map(drop))
         .await
         .map_err(|_| {
-            Problem::new(
+            ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "validating the flag set failed on its thread (a bug); nothing was stored: retry, and report it if it persists",
             )
         })?
-        .map_err(Problem::invalid)
+        .map_err(invalid_set)
 }
 
 /// Validates `next` as a whole, then writes it if the store is still at `version`.
@@ -323,9 +241,9 @@ async fn store(admin: &Admin, version: u64, next: &FlagSet, change: Change) -> R
         .await
         .map_err(|e| {
             if e.is_conflict() {
-                Problem::new(StatusCode::CONFLICT, "conflict")
+                ApiError::new(StatusCode::CONFLICT, "conflict")
             } else {
-                Problem::store(&e)
+                ApiError::store(&e)
             }
         })
 }
@@ -335,7 +253,7 @@ async fn get_set(
     headers: HeaderMap,
     Query(q): Query<FormatQuery>,
 ) -> Result<Response> {
-    authorize(&admin, &headers)?;
+    authorize(admin.auth.as_ref(), &headers)?;
     q.check()?;
     let doc = load_doc(&admin).await?;
     #[cfg(feature = "flagd")]
@@ -356,25 +274,25 @@ async fn put_set(
     Query(q): Query<FormatQuery>,
     body: Bytes,
 ) -> Result<Response> {
-    let actor = authorize(&admin, &headers)?;
+    let actor = authorize(admin.auth.as_ref(), &headers)?;
     q.check()?;
     let expected = header_str(&headers, header::IF_MATCH)
         .ok_or_else(|| {
-            Problem::new(
+            ApiError::new(
                 StatusCode::PRECONDITION_REQUIRED,
                 "send If-Match with the ETag of GET on the admin root, so a concurrent change is not overwritten",
             )
         })?
         .trim_matches('"')
         .parse::<u64>()
-        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "If-Match must be the quoted document version from the ETag"))?;
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "If-Match must be the quoted document version from the ETag"))?;
     let text = std::str::from_utf8(&body)
-        .map_err(|_| Problem::new(StatusCode::BAD_REQUEST, "the body is not UTF-8 JSON"))?;
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the body is not UTF-8 JSON"))?;
     #[cfg(feature = "flagd")]
     if flagd::put_is_flagd(&headers, &q) {
         return flagd::put_set(&admin, actor, expected, text).await;
     }
-    let next = FlagSet::parse_json(text).map_err(Problem::invalid)?;
+    let next = FlagSet::parse_json(text).map_err(invalid_set)?;
     // A native set may replace a flagd file: the diff then starts from an empty set.
     let (version, current) = match load(&admin).await {
         Err(p) if p.status == StatusCode::CONFLICT => {
@@ -383,7 +301,7 @@ async fn put_set(
         other => other?,
     };
     if version != expected {
-        return Err(Problem::new(
+        return Err(ApiError::new(
             StatusCode::PRECONDITION_FAILED,
             format!(
                 "the flag set changed (now version {version}, you sent {expected}): GET it again and reapply your change"
@@ -394,7 +312,7 @@ async fn put_set(
         .with_diff(diff::set_change((version, &current), (version + 1, &next)));
     let new_version = match store(&admin, version, &next, change).await {
         Err(p) if p.status == StatusCode::CONFLICT => {
-            return Err(Problem::new(
+            return Err(ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
                 "the flag set changed while saving: GET it again and reapply your change",
             ));
@@ -413,15 +331,15 @@ async fn get_flag(
     headers: HeaderMap,
     Path(key): Path<String>,
 ) -> Result<Response> {
-    authorize(&admin, &headers)?;
+    authorize(admin.auth.as_ref(), &headers)?;
     check_key(&key)?;
     let (_, set) = load(&admin).await?;
     let flag = set.flags.get(&key).ok_or_else(|| not_found(&key))?;
     Ok(json_response(StatusCode::OK, Some(etag(flag)), flag))
 }
 
-fn not_found(key: &str) -> Problem {
-    Problem::new(
+fn not_found(key: &str) -> ApiError {
+    ApiError::new(
         StatusCode::NOT_FOUND,
         format!("there is no flag {key:?}: create it with PUT (If-None-Match: *)"),
     )
@@ -444,7 +362,7 @@ async fn edit_flag(
         let (version, mut set) = load(admin).await?;
         match (set.flags.get(key), if_match, if_none_match) {
             (Some(_), _, Some("*")) => {
-                return Err(Problem::new(
+                return Err(ApiError::new(
                     StatusCode::PRECONDITION_FAILED,
                     format!(
                         "flag {key:?} exists already: send If-Match with its ETag to replace it"
@@ -452,7 +370,7 @@ async fn edit_flag(
                 ));
             }
             (Some(flag), Some(tag), _) if tag != etag(flag) && tag != "*" => {
-                return Err(Problem::new(
+                return Err(ApiError::new(
                     StatusCode::PRECONDITION_FAILED,
                     format!(
                         "flag {key:?} changed since you read it: GET it again and reapply your change"
@@ -470,7 +388,7 @@ async fn edit_flag(
             Err(p) => return Err(p),
         }
     }
-    Err(Problem::new(
+    Err(ApiError::new(
         StatusCode::CONFLICT,
         "the flag set kept changing while saving: retry",
     ))
@@ -482,7 +400,7 @@ async fn put_flag(
     Path(key): Path<String>,
     body: Bytes,
 ) -> Result<Response> {
-    let actor = authorize(&admin, &headers)?;
+    let actor = authorize(admin.auth.as_ref(), &headers)?;
     check_key(&key)?;
     let flag: Flag = {
         let mut de = serde_json::Deserializer::from_slice(&body);
@@ -491,7 +409,7 @@ async fn put_flag(
                 p if p == "." => format!("flags.{key}"),
                 p => format!("flags.{key}.{p}"),
             };
-            Problem::invalid(ValidationErrors::from(vec![crate::Problem::new(
+            invalid_set(ValidationErrors::from(vec![crate::Problem::new(
                 path,
                 format!("{}; fix the JSON of the flag", e.inner()),
             )]))
@@ -502,7 +420,7 @@ async fn put_flag(
     let edit = |set: &mut FlagSet| {
         let before = set.flags.get(&key).cloned();
         if before.is_some() && requires_precondition {
-            return Err(Problem::new(
+            return Err(ApiError::new(
                 StatusCode::PRECONDITION_REQUIRED,
                 format!(
                     "flag {key:?} exists: send If-Match with its ETag (from GET) to replace it"
@@ -530,7 +448,7 @@ async fn delete_flag(
     headers: HeaderMap,
     Path(key): Path<String>,
 ) -> Result<Response> {
-    let actor = authorize(&admin, &headers)?;
+    let actor = authorize(admin.auth.as_ref(), &headers)?;
     check_key(&key)?;
     let edit = |set: &mut FlagSet| {
         let before = set.flags.remove(&key).ok_or_else(|| not_found(&key))?;
@@ -557,12 +475,12 @@ async fn history(
     headers: HeaderMap,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Response> {
-    authorize(&admin, &headers)?;
+    authorize(admin.auth.as_ref(), &headers)?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let changes = admin
         .store
         .history(limit)
         .await
-        .map_err(|e| Problem::store(&e))?;
+        .map_err(|e| ApiError::store(&e))?;
     Ok(json_response(StatusCode::OK, None, &changes))
 }

@@ -6,7 +6,7 @@ use std::fmt;
 
 use http::request::Parts;
 
-use crate::admin::{AdminAuth, AdminDenied};
+use crate::admin::{AdminAuth, AdminDenied, bearer, matches_secret};
 
 /// The API-key header of OFREP's `ApiKeyAuth` security scheme.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -33,21 +33,17 @@ impl fmt::Debug for OfrepKey {
 
 impl AdminAuth for OfrepKey {
     fn authorize(&self, parts: &Parts) -> Result<String, AdminDenied> {
-        let bearer = parts
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let from_bearer = bearer(parts);
         let api_key = parts
             .headers
             .get(API_KEY_HEADER)
             .and_then(|v| v.to_str().ok());
-        let Some(given) = bearer.or(api_key) else {
+        let Some(given) = from_bearer.or(api_key) else {
             return Err(AdminDenied::unauthorized(
                 "send the OFREP key as Authorization: Bearer <key> or X-API-Key: <key>",
             ));
         };
-        if !self.key.is_empty() && constant_time_eq(given.trim().as_bytes(), self.key.as_bytes()) {
+        if matches_secret(given, &self.key) {
             Ok(String::from("ofrep"))
         } else {
             Err(AdminDenied::unauthorized(
@@ -66,10 +62,6 @@ impl AdminAuth for OpenAccess {
     fn authorize(&self, _parts: &Parts) -> Result<String, AdminDenied> {
         Ok(String::from("anonymous"))
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
