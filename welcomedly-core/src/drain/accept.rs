@@ -512,4 +512,37 @@ mod tests {
         assert_eq!(socket.tcp_user_timeout()?, Some(UNACKED_DATA_TIMEOUT));
         Ok(())
     }
+
+    /// The refusal is a complete HTTP/1.1 answer whose body is the problem its length says.
+    #[test]
+    fn a_refused_connection_gets_a_whole_problem_json_503() -> Result<(), Box<dyn std::error::Error>>
+    {
+        for refusal in [Refusal::Global, Refusal::PerClient] {
+            let text = std::str::from_utf8(refusal_response(refusal))?;
+            let (head, body) = text.split_once("\r\n\r\n").ok_or("no end of head")?;
+            assert!(
+                head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+                "{head}"
+            );
+            assert!(
+                head.contains("\r\ncontent-type: application/problem+json\r\n"),
+                "{head}"
+            );
+            assert!(head.contains("\r\nretry-after: 1\r\n"), "{head}");
+            assert!(
+                head.contains(&format!("\r\ncontent-length: {}", body.len())),
+                "{head}"
+            );
+            let problem: serde_json::Value = serde_json::from_str(body)?;
+            assert_eq!(problem["status"], 503);
+            assert_eq!(problem["title"], "Service Unavailable");
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("retry")),
+                "{body}"
+            );
+        }
+        Ok(())
+    }
 }
