@@ -133,7 +133,13 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     // demo users are hashed on it.
     let logins = login::Logins::start(demo_password()).await?;
 
-    let features = flags::start(link.as_ref(), &registry, telemetry.metrics().meter()).await?;
+    let features = flags::start(
+        link.as_ref(),
+        &registry,
+        telemetry.metrics().meter(),
+        config.instance_id.as_str(),
+    )
+    .await?;
     let flag_routes = flags::routes(&features, admin_token, ofrep_token);
     let flags_layer = flags::layer(&features, web.dev_identity_header);
     if web.dev_identity_header {
