@@ -237,7 +237,9 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             }
             backend.register_metrics(telemetry.metrics().meter());
             api_routes(
-                rate_limits(web.api_per_minute).backend(backend).build()?,
+                rate_limits(web.api_per_minute, web.general_per_minute)
+                    .backend(backend)
+                    .build()?,
                 &telemetry,
                 feature_routes,
                 assets,
@@ -246,7 +248,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             )
         }
         None => api_routes(
-            rate_limits(web.api_per_minute)
+            rate_limits(web.api_per_minute, web.general_per_minute)
                 .backend(LocalBackend::new())
                 .build()?,
             &telemetry,
@@ -298,6 +300,10 @@ struct WebConfig {
     /// `WELCOMEDLY_API_PER_MINUTE`: the `api` policy's quota per user (or client address);
     /// default 200. Load tests that send every request as one user raise it.
     api_per_minute: u32,
+    /// `WELCOMEDLY_GENERAL_PER_MINUTE`: the `general` policy's quota (every other route: the
+    /// board, the admin APIs) per user or client address; default 100. Scripts that poll the
+    /// admin API from one address raise it.
+    general_per_minute: u32,
 }
 
 impl WebConfig {
@@ -321,10 +327,17 @@ impl WebConfig {
                 .filter(|n| *n > 0)
                 .ok_or("is not a quota: expected a whole number of requests per minute greater than 0, such as 200")
         });
+        let general_per_minute = env.read("WELCOMEDLY_GENERAL_PER_MINUTE", 100, |v| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or("is not a quota: expected a whole number of requests per minute greater than 0, such as 100")
+        });
         Self {
             trusted_origins,
             dev_identity_header,
             api_per_minute,
+            general_per_minute,
         }
     }
 }
@@ -350,13 +363,17 @@ fn random_key() -> Result<Vec<u8>, String> {
 /// - `login-account`: failed logins, 10/min per account from every address (cluster-wide with
 ///   Redis), the same for unknown names, so a 429 does not say whether a user exists;
 /// - `upload` 3/min per client IP;
-/// - `api` 200/min and `general` 100/min per logged-in user (all their tabs and devices, on every
+/// - `api` 200/min and `general` 100/min (`WELCOMEDLY_API_PER_MINUTE`,
+///   `WELCOMEDLY_GENERAL_PER_MINUTE`) per logged-in user (all their tabs and devices, on every
 ///   instance), per client IP for anonymous requests. The user is the one the session layer
 ///   loaded eagerly (it runs outside the limits on the routes that use the session), so this
 ///   adds no store call; a request whose session ended (logout) is anonymous again and counts
 ///   against its address, while the user's budget refills on its own: logging out and in does
 ///   not reset it.
-fn rate_limits(api_per_minute: u32) -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> {
+fn rate_limits(
+    api_per_minute: u32,
+    general_per_minute: u32,
+) -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> {
     let account = || KeySource::Derived(login::ACCOUNT_KEY.into());
     RateLimitLayer::builder()
         .policy(
@@ -393,7 +410,7 @@ fn rate_limits(api_per_minute: u32) -> welcomedly_core::rate_limit::RateLimitBui
                 .key(KeySource::UserOrClientIp),
         )
         .policy(
-            Policy::new("general", Quota::per_minute(100))
+            Policy::new("general", Quota::per_minute(general_per_minute))
                 .otherwise()
                 .key(KeySource::UserOrClientIp),
         )

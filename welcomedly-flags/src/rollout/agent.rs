@@ -341,32 +341,37 @@ impl RolloutAgent {
     ///
     /// # Errors
     ///
-    /// [`RolloutError::NotFound`] when no rollout of `flag` is known.
+    /// [`RolloutError::NotFound`] when no rollout of `flag` is known;
+    /// [`RolloutError::Unavailable`] when Redis cannot be read and this instance has not followed
+    /// the rollout yet.
     pub async fn status(&self, flag: &str) -> Result<serde_json::Value, RolloutError> {
         let s = &self.shared;
-        let fresh = match s.store.load(flag).await {
+        let mut known = match s.store.load(flag).await {
             Ok(Some((state, _))) => {
                 let arms = if state.phase.is_final() {
                     None
                 } else {
                     s.stage_counts(&state).await.ok()
                 };
-                Some(Known {
+                Known {
                     state,
                     arms,
                     frozen: None,
-                })
+                }
             }
             Ok(None) => return Err(RolloutError::NotFound),
             Err(e) => {
-                let known = lock(&s.known).get(flag).cloned();
-                known.map(|mut k| {
-                    k.frozen = Some(e.to_string());
-                    k
-                })
+                // Nothing known here (this instance never followed the rollout): Redis is
+                // the only one who could tell, and it cannot now; not a "no rollout".
+                let Some(mut k) = lock(&s.known).get(flag).cloned() else {
+                    return Err(RolloutError::Unavailable(format!(
+                        "{e}; this instance has not followed a rollout of {flag:?} yet, so it cannot tell its state meanwhile"
+                    )));
+                };
+                k.frozen = Some(e.to_string());
+                k
             }
         };
-        let mut known = fresh.ok_or(RolloutError::NotFound)?;
         if known.frozen.is_none()
             && let Some(k) = lock(&s.known).get(flag)
             && k.frozen.is_some()

@@ -146,8 +146,11 @@ impl RedisStoreConfig {
 ///
 /// - **Keys** (default prefix `wd:flags`, one hash tag so the write script runs on a Redis
 ///   Cluster too): `{wd:flags}:doc` (the document), `{wd:flags}:version` (the counter),
-///   `{wd:flags}:history` (a list, newest first), `{wd:flags}:history_bytes` (its size) and the
+///   `{wd:flags}:history` (a list, newest first), `{wd:flags}:history_bytes` (its size),
+///   `{wd:flags}:fences` (the highest guarded-rollout fencing token seen per flag) and the
 ///   channel `{wd:flags}:changes` (see [`RedisKeys`]).
+/// - **A guarded rollout's write** ([`FlagStore::write_fenced`]) is refused in the same script
+///   when its token is below the one seen for its flag: a paused old leader cannot write.
 /// - **A write** is one Lua script: compare the version, `SET` the document, bump the version,
 ///   `LPUSH` the history entry and drop the oldest beyond
 ///   [`history_cap`](RedisStoreConfig::history_cap) entries or
