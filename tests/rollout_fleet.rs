@@ -61,6 +61,7 @@ struct Stack {
     stop: Arc<AtomicBool>,
     seen: Arc<Seen>,
     clients: Vec<JoinHandle<()>>,
+    started: Instant,
 }
 
 impl Stack {
@@ -113,7 +114,18 @@ impl Stack {
             stop,
             seen,
             clients,
+            started: Instant::now(),
         }
+    }
+
+    /// Requests per second the clients sent through NGINX so far.
+    fn rate(&self) -> f64 {
+        let s = &self.seen;
+        let n = s.old.load(Ordering::Relaxed)
+            + s.new.load(Ordering::Relaxed)
+            + s.failed.load(Ordering::Relaxed)
+            + s.other.load(Ordering::Relaxed);
+        n as f64 / self.started.elapsed().as_secs_f64()
     }
 
     fn live(&self) -> impl Iterator<Item = &Instance> {
@@ -333,7 +345,8 @@ fn a_healthy_checkout_reaches_everyone_through_every_stage() {
     stack.stop_load();
     let seen = &stack.seen;
     eprintln!(
-        "healthy: through NGINX {} old, {} new, {} failed, {} other",
+        "healthy: through NGINX ({:.0} req/s) {} old, {} new, {} failed, {} other",
+        stack.rate(),
         seen.old.load(Ordering::Relaxed),
         seen.new.load(Ordering::Relaxed),
         seen.failed.load(Ordering::Relaxed),
@@ -408,7 +421,8 @@ fn three_points_more_errors_are_rolled_back_and_no_instance_serves_them_after() 
         assert_eq!(paths(app, 20), (0, 20));
     }
     eprintln!(
-        "rollback: through NGINX {} old, {} new, {} failed in all",
+        "rollback: through NGINX ({:.0} req/s) {} old, {} new, {} failed in all",
+        stack.rate(),
         stack.seen.old.load(Ordering::Relaxed),
         stack.seen.new.load(Ordering::Relaxed),
         stack.seen.failed.load(Ordering::Relaxed)
