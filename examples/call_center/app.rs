@@ -262,12 +262,18 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let app = api
         .merge(health::router(registry.clone()))
         .merge(telemetry.metrics().router())
-        // Every route: a browser page of another origin cannot make a user's browser log out,
-        // change a status or create a campaign (403 before any session or limit is touched).
-        .layer(CrossOriginLayer::new().trusted_origins(web.trusted_origins))
-        // Outermost last: telemetry sees every request, including 429s, 404s and 403s.
-        .layer(ClientIpLayer::from_config(&config))
-        .layer(telemetry.http_layer());
+        // One `Router::layer` for the three: axum boxes each layer it applies around every
+        // route and clones those boxes on every request, so a stack is cheaper than three.
+        .layer(
+            tower::ServiceBuilder::new()
+                // Outermost: telemetry sees every request, including 429s, 404s and 403s.
+                .layer(telemetry.http_layer())
+                .layer(ClientIpLayer::from_config(&config))
+                // Every route: a browser page of another origin cannot make a user's browser
+                // log out, change a status or create a campaign (403 before any session or
+                // limit is touched).
+                .layer(CrossOriginLayer::new().trusted_origins(web.trusted_origins)),
+        );
 
     // The socket systemd passed (LISTEN_FDS), so a restart keeps its queue; else 0.0.0.0:PORT.
     let listener = drain::ListenConfig::from(&config).listen().map_err(|e| {
@@ -438,10 +444,14 @@ fn api_routes<B: RateLimitBackend>(
     limits.register_metrics(telemetry.metrics().meter());
     let features = features
         .method_not_allowed_fallback(problem::method_not_allowed)
-        .layer(flags_layer)
-        .layer(limits.clone())
-        .layer(sessions)
-        .layer(axum::middleware::from_fn(login::account_key));
+        // One stack, outermost first (one boxed layer per route instead of four).
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(login::account_key))
+                .layer(sessions)
+                .layer(limits.clone())
+                .layer(flags_layer),
+        );
     let plain = assets
         .route(
             "/api/ping",
