@@ -68,11 +68,13 @@
 mod backend;
 mod coalesce;
 mod key_name;
+mod lease;
 mod metrics;
 mod rejections;
 pub mod script;
 
 pub use backend::{LiveInstances, RedisBackend, RedisRateLimitConfig};
+pub use lease::{LEASE_MAX_LIFETIME, LEASE_MIN_BURST, LEASE_SHARE};
 
 /// The Lua script that decides a request's policies, public so that services written in other
 /// languages can share the same limits (same key layout: `<prefix>:{<digest>}:<policy>`, see
