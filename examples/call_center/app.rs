@@ -225,7 +225,8 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         Some(link) => {
             // On the link: `/health` names Redis once (the `redis` check); the limiter's own
             // state is its `welcomedly_rate_limit_backend_degraded` gauge.
-            let backend = RedisBackend::new(link, redis).await?;
+            let backend =
+                RedisBackend::new(link, leased_when_high(redis, web.api_per_minute)).await?;
             if let Some(m) = &membership {
                 m.feed(backend.live_instances());
             }
@@ -333,6 +334,26 @@ fn random_key() -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
+/// The `general` policy's quota per user (or client address), per minute.
+const GENERAL_PER_MINUTE: u32 = 100;
+
+/// Opts the per-user `api` and `general` policies into leased local shares when their quota is
+/// high (at least [`LEASE_MIN_BURST`](welcomedly_cluster::rate_limit::LEASE_MIN_BURST) a minute,
+/// such as a load test's `WELCOMEDLY_API_PER_MINUTE=100000000`): an instance then spends a slice
+/// (1/64) of a busy user's cluster-wide budget locally, one Redis call per slice instead of one
+/// per request. The limit is never exceeded; a user may be refused early by at most one slice
+/// per instance, for at most a second. At the seeds' 200 and 100 a minute they stay off: one
+/// user's requests are too few for a lease to pay.
+fn leased_when_high(mut redis: RedisRateLimitConfig, api_per_minute: u32) -> RedisRateLimitConfig {
+    let min = welcomedly_cluster::rate_limit::LEASE_MIN_BURST;
+    for (policy, per_minute) in [("api", api_per_minute), ("general", GENERAL_PER_MINUTE)] {
+        if u64::from(per_minute) >= min {
+            redis = redis.lease(policy);
+        }
+    }
+    redis
+}
+
 /// The seeds' limits, with logins split three ways and the API and everything else counted per
 /// logged-in user:
 ///
@@ -387,7 +408,7 @@ fn rate_limits(api_per_minute: u32) -> welcomedly_core::rate_limit::RateLimitBui
                 .key(KeySource::UserOrClientIp),
         )
         .policy(
-            Policy::new("general", Quota::per_minute(100))
+            Policy::new("general", Quota::per_minute(GENERAL_PER_MINUTE))
                 .otherwise()
                 .key(KeySource::UserOrClientIp),
         )

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use welcomedly_core::rate_limit::{Decision, DecisionSource, Key, PolicySpec};
 
 /// A leased policy's slice is its burst divided by this: with `I` instances, the tokens held
-/// unspent by other instances stay under `I / 64` of the burst (3 % of it on 3 instances).
+/// unspent when a request is refused stay under `I / 64` of the burst (4.7 % of it on 3
+/// instances), the early-refusal bound of the [module docs](super).
 pub const LEASE_SHARE: u64 = 64;
 
 /// The smallest burst a policy may lease from: `LEASE_MIN_BURST / LEASE_SHARE` = 16 tokens per
