@@ -290,3 +290,71 @@ async fn a_held_lease_outlives_redis_until_spent_then_the_failure_mode_decides()
     assert_eq!(source, DecisionSource::Fallback);
     assert!(a.backend.failures() >= 1);
 }
+
+/// On a Redis Cluster: leases of keys on every master, taken and given back slot by slot (a
+/// `CROSSSLOT` would be a failure); afterwards each key's state in Redis holds exactly what the
+/// two instances admitted, their unspent tokens back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_on_a_cluster_are_taken_and_given_back_per_slot() {
+    use welcomedly_testkit::{RedisCluster, RedisClusterConfig};
+    const SMALL: u32 = 1024;
+    let lease = u64::from(SMALL) / LEASE_SHARE;
+    let cluster = RedisCluster::start_with(
+        &RedisClusterConfig::default()
+            .masters(3)
+            .replicas_per_master(0),
+    )
+    .unwrap();
+    let start = |leased: bool| {
+        let urls = cluster.seed_urls();
+        async move {
+            let link = Link::connect(LinkConfig::cluster(urls)).await.unwrap();
+            let backend = RedisBackend::new(&link, config(leased)).await.unwrap();
+            let layer = RateLimitLayer::builder()
+                .backend(backend.clone())
+                .policy(Policy::new("hot", Quota::per_hour(3600).with_burst(SMALL)))
+                .build()
+                .unwrap();
+            Instance { backend, layer }
+        }
+    };
+    let (a, b, plain) = (start(true).await, start(true).await, start(false).await);
+    let keys: Vec<Key> = (1..=8).map(|i| ip(&format!("198.51.100.{i}"))).collect();
+    let slots: std::collections::BTreeSet<u16> = keys
+        .iter()
+        .map(|k| {
+            welcomedly_redis::key_slot(a.backend.key_name(&a.layer.policies()[0], k).as_bytes())
+        })
+        .collect();
+    assert!(slots.len() > 1);
+    // 50 requests per key on each instance: 1 in Redis, then three leases spent whole and a
+    // fourth with one token spent, 15 held.
+    const PER_KEY: u64 = 50;
+    for key in &keys {
+        for instance in [&a, &b] {
+            for _ in 0..PER_KEY {
+                assert_eq!(instance.request(key).await, (true, DecisionSource::Store));
+            }
+        }
+    }
+    let held = 8 * (4 * lease - (PER_KEY - 1));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.backend.lease_tokens_given_back() < held || b.backend.lease_tokens_given_back() < held
+    {
+        assert!(Instant::now() < deadline, "no give-back within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.backend.failures() + b.backend.failures(), 0);
+    assert_eq!(
+        (a.backend.lease_tokens_given_back(), b.backend.lease_tokens_given_back()),
+        (held, held)
+    );
+    for key in &keys {
+        let left = plain.drain(key).await;
+        let expected = u64::from(SMALL) - 2 * PER_KEY;
+        assert!(
+            (expected..=expected + 8).contains(&left),
+            "{left} left for {key:?}, expected {expected} (+ refill)"
+        );
+    }
+}
