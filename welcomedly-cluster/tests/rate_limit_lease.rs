@@ -339,14 +339,16 @@ async fn leases_on_a_cluster_are_taken_and_given_back_per_slot() {
     }
     let held = 8 * (4 * lease - (PER_KEY - 1));
     let deadline = Instant::now() + Duration::from_secs(5);
-    while a.backend.lease_tokens_given_back() < held || b.backend.lease_tokens_given_back() < held
-    {
+    while a.backend.lease_tokens_given_back() < held || b.backend.lease_tokens_given_back() < held {
         assert!(Instant::now() < deadline, "no give-back within 5 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(a.backend.failures() + b.backend.failures(), 0);
     assert_eq!(
-        (a.backend.lease_tokens_given_back(), b.backend.lease_tokens_given_back()),
+        (
+            a.backend.lease_tokens_given_back(),
+            b.backend.lease_tokens_given_back()
+        ),
         (held, held)
     );
     for key in &keys {

@@ -173,7 +173,9 @@ enum Entry {
     Leased(Lease),
 }
 
-type Shard = Mutex<HashMap<u64, Entry>>;
+/// Fingerprints are hashes already: the map's own hash only needs to be fast.
+type Map = HashMap<u64, Entry, foldhash::fast::RandomState>;
+type Shard = Mutex<Map>;
 
 /// One backend's leases.
 pub(super) struct Leases {
@@ -231,7 +233,7 @@ impl Leases {
         self.seed.hash_one((index, key))
     }
 
-    fn shard(&self, fp: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+    fn shard(&self, fp: u64) -> std::sync::MutexGuard<'_, Map> {
         // The low bits pick the shard; the map hashes the whole value again.
         let i = usize::try_from(fp % SHARDS as u64).unwrap_or(0);
         self.shards
@@ -403,7 +405,7 @@ impl Leases {
 }
 
 /// Removes expired entries, collecting what expired leases left unspent.
-fn sweep(map: &mut HashMap<u64, Entry>, now: Instant, out: &mut Vec<GiveBack>) {
+fn sweep(map: &mut Map, now: Instant, out: &mut Vec<GiveBack>) {
     map.retain(|_, e| match e {
         Entry::Seen(until) | Entry::Fetching(until) => now < *until,
         Entry::Leased(l) => {
