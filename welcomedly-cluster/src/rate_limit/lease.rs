@@ -40,7 +40,7 @@ pub const LEASE_SHARE: u64 = 64;
 pub const LEASE_MIN_BURST: u64 = 1024;
 
 /// The longest a lease lives: its tokens are withheld from the other instances at most this
-/// long (plus the sweep period, [`GIVE_BACK_PERIOD`]).
+/// long (plus the sweep period, 100 ms).
 pub const LEASE_MAX_LIFETIME: Duration = Duration::from_secs(1);
 
 /// How often the backend gives back the unspent tokens of leases that expired untouched.
