@@ -291,7 +291,9 @@ struct WebConfig {
     /// (development only); default `false`.
     dev_identity_header: bool,
     /// `WELCOMEDLY_API_PER_MINUTE`: the `api` policy's quota per user (or client address);
-    /// default 200. Load tests that send every request as one user raise it.
+    /// default 200. Load tests that send every request as one user raise it; at 1 024 or more,
+    /// in Redis mode, the policy takes leased local shares of busy users' budgets
+    /// (`leased_when_high`).
     api_per_minute: u32,
 }
 
