@@ -231,7 +231,11 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         Some(link) => {
             // On the link: `/health` names Redis once (the `redis` check); the limiter's own
             // state is its `welcomedly_rate_limit_backend_degraded` gauge.
-            let backend = RedisBackend::new(link, redis).await?;
+            let backend = RedisBackend::new(
+                link,
+                leased_when_high(redis, web.api_per_minute, web.general_per_minute),
+            )
+            .await?;
             if let Some(m) = &membership {
                 m.feed(backend.live_instances());
             }
@@ -304,7 +308,9 @@ struct WebConfig {
     /// (development only); default `false`.
     dev_identity_header: bool,
     /// `WELCOMEDLY_API_PER_MINUTE`: the `api` policy's quota per user (or client address);
-    /// default 200. Load tests that send every request as one user raise it.
+    /// default 200. Load tests that send every request as one user raise it; at 1 024 or more,
+    /// in Redis mode, the policy takes leased local shares of busy users' budgets
+    /// (`leased_when_high`).
     api_per_minute: u32,
     /// `WELCOMEDLY_GENERAL_PER_MINUTE`: the `general` policy's quota (every other route: the
     /// board, the admin APIs) per user or client address; default 100. Scripts that poll the
@@ -356,6 +362,27 @@ fn random_key() -> Result<Vec<u8>, String> {
         format!("the operating system refused randomness for a signing key ({e}): check the host's entropy source")
     })?;
     Ok(key)
+}
+
+/// Opts the per-user `api` and `general` policies into leased local shares when their quota is
+/// high (at least [`LEASE_MIN_BURST`](welcomedly_cluster::rate_limit::LEASE_MIN_BURST) a minute,
+/// such as a load test's `WELCOMEDLY_API_PER_MINUTE=100000000`): an instance then spends a slice
+/// (1/64) of a busy user's cluster-wide budget locally, one Redis call per slice instead of one
+/// per request. The limit is never exceeded; a user may be refused early by at most one slice
+/// per instance, for at most a second. At the defaults (200 and 100 a minute) they stay off: one
+/// user's requests are too few for a lease to pay.
+fn leased_when_high(
+    mut redis: RedisRateLimitConfig,
+    api_per_minute: u32,
+    general_per_minute: u32,
+) -> RedisRateLimitConfig {
+    let min = welcomedly_cluster::rate_limit::LEASE_MIN_BURST;
+    for (policy, per_minute) in [("api", api_per_minute), ("general", general_per_minute)] {
+        if u64::from(per_minute) >= min {
+            redis = redis.lease(policy);
+        }
+    }
+    redis
 }
 
 /// The seeds' limits, with logins split three ways and the API and everything else counted per
