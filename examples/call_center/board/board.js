@@ -376,7 +376,7 @@ function renderRollout(r) {
     const when = typeof d.atMs === "number" ? new Date(d.atMs).toLocaleTimeString() : "";
     p.append(el("strong", "", `Last decision: ${d.action}`));
     p.append(document.createTextNode(
-      ` at stage ${Number(d.stage) + 1} (${percentText(d.percent)}) by ${d.actor}, ${when}: ${d.reason}`));
+      ` in stage ${Number(d.stage) + 1} (now ${percentText(d.percent)}) by ${d.actor}, ${when}: ${d.reason}`));
     article.append(p);
   }
   return article;
