@@ -219,37 +219,44 @@ fn is_flag_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The value at `pointer` in `v` (JSON Pointer), or `null`.
+fn field(v: &Value, pointer: &str) -> Value {
+    v.pointer(pointer).cloned().unwrap_or(Value::Null)
+}
+
 /// The board's view of one rollout, from the agent's status.
 fn view_of(status: &Value) -> Value {
-    let stages: Vec<Value> = status["plan"]["stages"]
-        .as_array()
-        .map(|s| s.iter().map(|stage| stage["percent"].clone()).collect())
+    let stages: Vec<Value> = status
+        .pointer("/plan/stages")
+        .and_then(Value::as_array)
+        .map(|s| s.iter().map(|stage| field(stage, "/percent")).collect())
         .unwrap_or_default();
     let arm = |name: &str| {
-        let a = &status["arms"][name];
+        let a = field(status, &format!("/arms/{name}"));
         json!({
-            "requests": a["requests"],
-            "errors": a["errors"],
-            "errorRatio": a["errorRatio"],
-            "latencyQuantile": a["latencyQuantile"],
-            "latencyMs": a["latencyMs"],
+            "requests": field(&a, "/requests"),
+            "errors": field(&a, "/errors"),
+            "errorRatio": field(&a, "/errorRatio"),
+            "latencyQuantile": field(&a, "/latencyQuantile"),
+            "latencyMs": field(&a, "/latencyMs"),
         })
     };
-    let arms = if status["arms"].is_object() {
+    let arms = if status.get("arms").is_some_and(Value::is_object) {
         json!({ "control": arm("control"), "treatment": arm("treatment") })
     } else {
         Value::Null
     };
-    let last = status["decisions"]
-        .as_array()
+    let last = status
+        .get("decisions")
+        .and_then(Value::as_array)
         .and_then(|d| d.last())
         .and_then(|d| serde_json::from_value::<Decision>(d.clone()).ok());
     json!({
-        "flag": status["flag"],
-        "state": status["state"],
-        "frozenBecause": status["frozenBecause"],
-        "stage": status["stage"],
-        "percent": status["percent"],
+        "flag": field(status, "/flag"),
+        "state": field(status, "/state"),
+        "frozenBecause": field(status, "/frozenBecause"),
+        "stage": field(status, "/stage"),
+        "percent": field(status, "/percent"),
         "stages": stages,
         "arms": arms,
         "lastDecision": last.map(|d| json!({
@@ -297,6 +304,7 @@ fn reason(d: &Decision) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
