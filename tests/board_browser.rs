@@ -3,8 +3,9 @@
 //! PostgreSQL primary with a streaming replica.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`bash .ci/test` installs them).
-//! `UPDATE_SCREENSHOTS=1` also writes the screenshot to `docs/board.png` (the README's picture);
-//! it is always written to `target/board.png`.
+//! `UPDATE_SCREENSHOTS=1` also writes the screenshots to `docs/board.png` and
+//! `docs/board-rollout.png` (the README's pictures); they are always written to `target/`.
+//! The guarded-rollout panel is driven with two instances on one Redis (no PostgreSQL).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
