@@ -3,12 +3,15 @@
 //! every step is unit-tested; the [agent](super::agent) runs it on the leader every tick.
 //!
 //! ```
-//! use welcomedly_flags::rollout::attribution::ArmCounts;
+//! use std::time::Duration;
+//! use welcomedly_flags::rollout::attribution::{latency_bucket, ArmCounts};
 //! use welcomedly_flags::rollout::controller::{step, Action, Phase, RolloutState};
 //! use welcomedly_flags::rollout::plan::Plan;
 //!
 //! let state = RolloutState::start("f", Plan::default(), "alice", 0);
-//! let healthy = ArmCounts { requests: 5_000, ..ArmCounts::default() };
+//! // 5,000 requests, each served in 5 ms (every guard judges: errors and latency).
+//! let mut healthy = ArmCounts { requests: 5_000, ..ArmCounts::default() };
+//! healthy.latency[latency_bucket(Duration::from_millis(5))] = 5_000;
 //! // Too early: the stage must run 60 s.
 //! assert!(step(&state, &healthy, &healthy, 30_000).is_none());
 //! let next = step(&state, &healthy, &healthy, 61_000).unwrap();
