@@ -38,6 +38,7 @@ use crate::checkout;
 use crate::flags;
 use crate::login;
 use crate::problem::{self, Problem};
+use crate::rollouts;
 
 const DEFAULT_DEMO_PASSWORD: &str = "welcomedly-demo";
 /// The largest upload accepted (the seeds capped uploads too).
@@ -195,6 +196,9 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             }
         });
     }
+    // The board's view of the rollouts: followed from the bus, refreshed while one runs.
+    let rollout_board = rollouts::RolloutBoard::new(features.rollouts.clone());
+    tokio::spawn(rollout_board.clone().watch(bus.clone()));
     let events = agents::Events {
         bus,
         topic: Topic::durable("agents.status")?,
@@ -205,6 +209,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         config.instance_id.to_string(),
         drain.signal(),
         features.flags.clone(),
+        rollout_board.clone(),
     )?;
     tokio::spawn(agents.clone().follow());
     // Campaigns through the DB router (PostgreSQL primary + replicas from DATABASE_URL and
@@ -225,6 +230,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let feature_routes = flag_routes
         .merge(checkout::routes(flags::checkout_layer(&features), fault))
         .merge(agents::routes(agents))
+        .merge(rollouts::routes(rollout_board))
         .merge(login::routes(logins))
         .merge(campaign_routes);
     let api = match &link {

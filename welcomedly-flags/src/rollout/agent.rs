@@ -258,6 +258,15 @@ impl RolloutAgent {
         self.shared.holds(flag)
     }
 
+    /// The flags whose rollouts this instance follows now (the active ones as of its last
+    /// tick, at most [`MAX_GUARDED`](super::attribution::MAX_GUARDED)), without a Redis call:
+    /// what a dashboard asks [`status`](Self::status) about.
+    pub fn followed(&self) -> Vec<String> {
+        let mut flags: Vec<String> = lock(&self.shared.known).keys().cloned().collect();
+        flags.sort_unstable();
+        flags
+    }
+
     /// Starts a guarded rollout of `flag` with `plan`, by `actor`: the first stage's split is
     /// written to the flag at once.
     ///

@@ -209,11 +209,10 @@ impl RolloutStore {
     ///
     /// Redis failed or the state is not a rollout.
     pub async fn load(&self, flag: &str) -> Result<Option<(RolloutState, u64)>, StoreFailure> {
+        let (state_key, rev_key) = (key(flag, "state"), key(flag, "rev"));
+        welcomedly_redis::debug_assert_same_slot("the rollout state read", &[&state_key, &rev_key]);
         let mut pipe = redis::pipe();
-        pipe.cmd("GET")
-            .arg(key(flag, "state"))
-            .cmd("GET")
-            .arg(key(flag, "rev"));
+        pipe.cmd("GET").arg(state_key).cmd("GET").arg(rev_key);
         let (state, rev): (Option<String>, Option<u64>) = self
             .link
             .query_pipe(&pipe, Retry::Once)
@@ -240,10 +239,13 @@ impl RolloutStore {
     ) -> Result<Written, StoreFailure> {
         let flag = &state.flag;
         let json = serde_json::to_string(state).unwrap_or_default();
+        let keys = [key(flag, "state"), key(flag, "rev"), key(flag, "lease")];
+        welcomedly_redis::debug_assert_same_slot("the rollout state write", &keys);
+        let [state_key, rev_key, lease_key] = keys;
         let mut inv = self.write.prepare_invoke();
-        inv.key(key(flag, "state"))
-            .key(key(flag, "rev"))
-            .key(key(flag, "lease"))
+        inv.key(state_key)
+            .key(rev_key)
+            .key(lease_key)
             .arg(token.map(|t| t.to_string()).unwrap_or_default())
             .arg(expected)
             .arg(json)
