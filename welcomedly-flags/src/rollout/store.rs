@@ -284,10 +284,13 @@ impl RolloutStore {
         ttl: Duration,
         holder: &str,
     ) -> Result<Option<u64>, StoreFailure> {
+        let keys = [key(flag, "lease"), key(flag, "fence"), key(flag, "holder")];
+        welcomedly_redis::debug_assert_same_slot("the rollout lease", &keys);
+        let [lease_key, fence_key, holder_key] = keys;
         let mut inv = self.acquire.prepare_invoke();
-        inv.key(key(flag, "lease"))
-            .key(key(flag, "fence"))
-            .key(key(flag, "holder"))
+        inv.key(lease_key)
+            .key(fence_key)
+            .key(holder_key)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
             .arg(holder);
         let token: u64 = self
@@ -304,9 +307,12 @@ impl RolloutStore {
     ///
     /// Redis failed.
     pub async fn renew(&self, flag: &str, token: u64, ttl: Duration) -> Result<bool, StoreFailure> {
+        let keys = [key(flag, "lease"), key(flag, "holder")];
+        welcomedly_redis::debug_assert_same_slot("the rollout lease renewal", &keys);
+        let [lease_key, holder_key] = keys;
         let mut inv = self.renew.prepare_invoke();
-        inv.key(key(flag, "lease"))
-            .key(key(flag, "holder"))
+        inv.key(lease_key)
+            .key(holder_key)
             .arg(token)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let held: i64 = self
