@@ -3,8 +3,9 @@
 //! PostgreSQL primary with a streaming replica.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`bash .ci/test` installs them).
-//! `UPDATE_SCREENSHOTS=1` also writes the screenshot to `docs/board.png` (the README's picture);
-//! it is always written to `target/board.png`.
+//! `UPDATE_SCREENSHOTS=1` also writes the screenshots to `docs/board.png` and
+//! `docs/board-rollout.png` (the README's pictures); they are always written to `target/`.
+//! The guarded-rollout panel is driven with two instances on one Redis (no PostgreSQL).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -62,23 +63,37 @@ impl Drop for Process {
 }
 
 fn instance(name: &str, redis: &RedisServer, pg: &PgCluster) -> Process {
+    instance_with(name, redis, Some(pg), &[])
+}
+
+/// An instance on `redis`, on `pg` or (none) the embedded SQLite, with `extra` variables.
+fn instance_with(
+    name: &str,
+    redis: &RedisServer,
+    pg: Option<&PgCluster>,
+    extra: &[(&str, &str)],
+) -> Process {
     let port = free_port().unwrap();
-    let child = Command::new(example_binary())
-        .env_clear()
+    let mut cmd = Command::new(example_binary());
+    cmd.env_clear()
         .env("PORT", port.to_string())
         .env("RUST_LOG", "warn")
         .env("REDIS_URL", redis.url())
-        .env("DATABASE_URL", pg.primary_url())
-        .env("DATABASE_REPLICA_URLS", pg.replica_urls().join(","))
-        .env(
-            "WELCOMEDLY_CONSISTENCY_SECRET",
-            "board-test-consistency-secret",
-        )
         .env("WELCOMEDLY_INSTANCE_ID", name)
         .env("WELCOMEDLY_DEMO_PASSWORD", PASSWORD)
         .env("WELCOMEDLY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .envs(extra.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    if let Some(pg) = pg {
+        cmd.env("DATABASE_URL", pg.primary_url())
+            .env("DATABASE_REPLICA_URLS", pg.replica_urls().join(","))
+            .env(
+                "WELCOMEDLY_CONSISTENCY_SECRET",
+                "board-test-consistency-secret",
+            );
+    }
+    let child = cmd
         .spawn()
         .expect("the example binary is built by cargo test");
     Process { child, port }.wait_listening(&format!("instance {name}"))
@@ -616,4 +631,241 @@ async fn behind_nginx_the_board_survives_the_death_of_the_instance_holding_its_s
     )
     .await;
     supervisor.close().await.unwrap();
+}
+
+/// `POST` on the rollout admin API (bearer token): the status and the raw answer.
+fn admin_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\nauthorization: Bearer {ADMIN_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    (status, raw)
+}
+
+/// Anonymous `GET /api/checkout` on every port in turn, from a thread, until the flag is set.
+fn checkout_traffic(
+    ports: Vec<u16>,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<u64>,
+) {
+    use std::sync::atomic::Ordering;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut sent = 0;
+        while !s.load(Ordering::Relaxed) {
+            for port in &ports {
+                for _ in 0..10 {
+                    let (status, raw) = http(*port, "GET", "/api/checkout", None, "");
+                    assert!(status == 200 || status == 500, "{raw}");
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    });
+    (stop, handle)
+}
+
+/// The rollout panel's article for `new-checkout`: its `data-state` and `data-stage`.
+async fn panel(page: &Client) -> Option<(String, String)> {
+    let article = page
+        .find(Locator::Css(r#"article.rollout[data-flag="new-checkout"]"#))
+        .await
+        .ok()?;
+    let state = article.attr("data-state").await.ok().flatten()?;
+    let stage = article.attr("data-stage").await.ok().flatten()?;
+    Some((state, stage))
+}
+
+/// The board served by one instance follows a guarded rollout started through the admin API
+/// of another: the panel shows the stage advancing (5 % → … → 100 %), the arms side by side
+/// with live counts, and finally the completed state with its last decision; with the demo
+/// fault on (20 % of the new path fails), the rolled-back state and its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_shows_a_rollout_advance_on_another_instance_and_complete_or_roll_back() {
+    let driver = chromedriver();
+    for (fault, want) in [("", "completed"), ("errors=0.2", "rolled_back")] {
+        let redis = RedisServer::start().unwrap();
+        let extra = [
+            ("WELCOMEDLY_API_PER_MINUTE", "1000000"),
+            ("WELCOMEDLY_DEMO_FAULT", fault),
+        ];
+        let a = instance_with("instance-a", &redis, None, &extra);
+        let b = instance_with("instance-b", &redis, None, &extra);
+        let page = browser(&driver).await;
+        let url_b = format!("http://localhost:{}", b.port);
+        log_in(&page, &url_b, "supervisor").await;
+        until("the stream is live", Duration::from_secs(10), || async {
+            stream_is_live_on(&page, "instance-b").await
+        })
+        .await;
+        // No rollout yet: no panel.
+        assert!(
+            !page
+                .find(Locator::Css("#rollouts"))
+                .await
+                .unwrap()
+                .is_displayed()
+                .await
+                .unwrap(),
+            "the rollout panel shows before any rollout"
+        );
+
+        // Started on A, three stages; the page on B shows the first one at once.
+        let plan = r#"{"stages": [
+            {"percent": 5, "minDurationSecs": 4, "minSamples": 30},
+            {"percent": 25, "minDurationSecs": 4, "minSamples": 30},
+            {"percent": 100}]}"#;
+        let (status, raw) = admin_post(a.port, "/admin/rollouts/new-checkout", plan);
+        assert_eq!(status, 201, "{raw}");
+        let took = until(
+            "B's page shows the rollout at its first stage",
+            Duration::from_secs(5),
+            || async { panel(&page).await == Some(("running".into(), "0".into())) },
+        )
+        .await;
+        println!("rollout started on A → panel on B's page: {took:?}");
+        assert_eq!(
+            text(&page, r#"article[data-flag="new-checkout"] ol.stages"#).await,
+            "5 %\n25 %\n100 %"
+        );
+        assert!(
+            text(&page, r#"article[data-flag="new-checkout"] p.decision"#)
+                .await
+                .starts_with("Last decision: start in stage 1 (now 5 %) by admin"),
+        );
+
+        // Traffic on both instances: the stages advance, the arms count.
+        let (stop, traffic) = checkout_traffic(vec![a.port, b.port]);
+        let mut seen = Vec::new();
+        let mut counted = false;
+        let mut froze = false;
+        let started = Instant::now();
+        loop {
+            if let Some(p) = panel(&page).await {
+                if seen.last() != Some(&p) {
+                    seen.push(p.clone());
+                }
+                if p.0 == want {
+                    break;
+                }
+                if !counted && p.0 == "running" {
+                    let n = text(
+                        &page,
+                        r#"article[data-flag="new-checkout"] tr.requests td.treatment"#,
+                    )
+                    .await;
+                    counted = n.parse::<u64>().is_ok_and(|n| n > 0);
+                    if counted {
+                        let shot = page.screenshot().await.unwrap();
+                        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+                        std::fs::create_dir_all(root.join("target")).unwrap();
+                        std::fs::write(root.join("target").join("board-rollout.png"), &shot)
+                            .unwrap();
+                        if std::env::var_os("UPDATE_SCREENSHOTS").is_some() && want == "completed" {
+                            std::fs::create_dir_all(root.join("docs")).unwrap();
+                            std::fs::write(root.join("docs").join("board-rollout.png"), &shot)
+                                .unwrap();
+                        }
+                    }
+                }
+                // Healthy run, second stage: Redis stops answering. The page (its stream
+                // still open on B) shows the rollout frozen with why, then running again.
+                if want == "completed" && !froze && p == ("running".into(), "1".into()) {
+                    froze = true;
+                    redis.pause().unwrap();
+                    let took = until(
+                        "B's page shows the rollout frozen",
+                        Duration::from_secs(10),
+                        || async { panel(&page).await.is_some_and(|p| p.0 == "frozen") },
+                    )
+                    .await;
+                    println!("Redis paused → frozen on B's page: {took:?}");
+                    seen.push(("frozen".into(), "1".into()));
+                    let why =
+                        text(&page, r#"article[data-flag="new-checkout"] p.frozen-why"#).await;
+                    assert!(why.starts_with("Frozen: nothing is decided"), "{why}");
+                    assert_eq!(
+                        text(&page, r#"article[data-flag="new-checkout"] .badge"#).await,
+                        "frozen"
+                    );
+                    redis.resume().unwrap();
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "B's page never showed {want}: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = traffic.join().unwrap();
+        println!(
+            "{want} on B's page after {:?} and {sent} checkouts: {seen:?}",
+            started.elapsed()
+        );
+        assert!(counted, "the panel never showed the treatment's requests");
+        let decision = text(&page, r#"article[data-flag="new-checkout"] p.decision"#).await;
+        let stages = page
+            .execute(
+                r#"return [...document.querySelectorAll('article[data-flag="new-checkout"] ol.stages li')]
+                    .map(li => li.className);"#,
+                vec![],
+            )
+            .await
+            .unwrap();
+        if want == "completed" {
+            assert!(
+                seen.contains(&("running".into(), "1".into())),
+                "the page never showed the second stage: {seen:?}"
+            );
+            assert!(froze, "{seen:?}");
+            assert!(
+                decision.starts_with("Last decision: complete"),
+                "{decision}"
+            );
+            assert_eq!(stages, json!(["done", "done", "done"]));
+            assert_eq!(
+                text(&page, r#"article[data-flag="new-checkout"] .badge"#).await,
+                "completed"
+            );
+        } else {
+            assert!(
+                decision.starts_with("Last decision: rollback"),
+                "{decision}"
+            );
+            assert!(decision.contains("a regression: errorRatio"), "{decision}");
+            // Stopped at the stage it was rolled back in, the ones before it passed.
+            let at: usize = seen.last().unwrap().1.parse().unwrap();
+            let mut expected = vec!["done"; at];
+            expected.push("stopped");
+            expected.resize(3, "");
+            assert_eq!(stages, json!(expected), "{seen:?}");
+            assert_eq!(
+                text(&page, r#"article[data-flag="new-checkout"] .badge"#).await,
+                "rolled back"
+            );
+        }
+        let shot = page.screenshot().await.unwrap();
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        std::fs::create_dir_all(root.join("target")).unwrap();
+        std::fs::write(
+            root.join("target")
+                .join(format!("board-rollout-{want}.png")),
+            &shot,
+        )
+        .unwrap();
+        page.close().await.unwrap();
+        drop((a, b));
+    }
 }

@@ -89,6 +89,7 @@ pub(crate) fn interleaved(
 }
 
 fn main() {
+    rate_limit::callgrind_mode();
     let mut c = config();
     http_stack::bench(&mut c);
     rate_limit::bench_tower(&mut c);

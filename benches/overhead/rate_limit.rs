@@ -181,8 +181,6 @@ pub(crate) fn bench(c: &mut Criterion) {
 fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     use std::future::Future;
     use std::pin::Pin;
-    use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
-
     type Call = Box<dyn Fn() -> Pin<Box<dyn Future<Output = ()>>>>;
 
     let redis = match welcomedly_testkit::RedisServer::start() {
@@ -193,25 +191,12 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         }
     };
     let url = redis.url();
-    let (conn, backend) = rt.block_on(async {
+    let conn = rt.block_on(async {
         let client = redis::Client::open(url.as_str()).unwrap();
-        let conn = client.get_multiplexed_async_connection().await.unwrap();
-        let link = welcomedly_redis::Link::connect(welcomedly_redis::LinkConfig::new(url.clone()))
-            .await
-            .unwrap();
-        let mut config = RedisRateLimitConfig::default();
-        config.budget = Duration::from_secs(1);
-        (conn, RedisBackend::new(&link, config).await.unwrap())
+        client.get_multiplexed_async_connection().await.unwrap()
     });
-    let layer = RateLimitLayer::builder()
-        .backend(backend)
-        .policy(Policy::new(
-            "api",
-            Quota::per_second(1_000_000_000).with_burst(1_000_000_000),
-        ))
-        .build()
-        .unwrap();
-    let svc = router().layer(layer).with_state::<()>(());
+    let svc = redis_router(rt, &url, false);
+    let leased_svc = redis_router(rt, &url, true);
     let script = std::rc::Rc::new(redis::Script::new(
         welcomedly_cluster::rate_limit::ACQUIRE_SCRIPT,
     ));
@@ -245,22 +230,56 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             })
         })
     };
-    let ours: Call = Box::new(move || {
-        let mut svc = svc.clone();
-        Box::pin(async move {
-            let ip = |_| IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
-            drive(&mut svc, 1, ip, StatusCode::OK).await;
+    let sequential = |svc: &Router| -> Call {
+        let svc = svc.clone();
+        Box::new(move || {
+            let mut svc = svc.clone();
+            Box::pin(async move {
+                drive(&mut svc, 1, hot_ip, StatusCode::OK).await;
+            })
         })
-    });
-    let variants: [(&str, Call); 3] = [
+    };
+    let ours = sequential(&svc);
+    let leased = sequential(&leased_svc);
+    let variants: [(&str, Call); 4] = [
         ("redis PING round trip", ping),
         ("raw EVALSHA of the rate-limit script", raw),
         ("welcomedly redis backend, per request", ours),
+        (
+            "welcomedly redis backend, hot key leased, per request",
+            leased,
+        ),
     ];
 
     let mut g = c.benchmark_group("rate_limit_redis");
     g.throughput(Throughput::Elements(1));
     for (name, call) in &variants {
+        g.bench_function(*name, |b| b.to_async(rt).iter(call));
+    }
+    g.finish();
+
+    // One hot key, 64 requests at once (a busy user behind one instance): coalesced script
+    // calls (the default) against a leased policy. Time per request = the time shown / 64.
+    let concurrent = |svc: &Router| -> Call {
+        let svc = svc.clone();
+        Box::new(move || {
+            let svc = svc.clone();
+            Box::pin(async move {
+                let all = (0..HOT_CONCURRENCY).map(|_| {
+                    let mut svc = svc.clone();
+                    async move { drive(&mut svc, 1, hot_ip, StatusCode::OK).await }
+                });
+                black_box(futures_util::future::join_all(all).await);
+            })
+        })
+    };
+    let hot: [(&str, Call); 2] = [
+        ("redis hot key coalesced", concurrent(&svc)),
+        ("redis hot key leased", concurrent(&leased_svc)),
+    ];
+    let mut g = c.benchmark_group("rate_limit_redis_hot_key");
+    g.throughput(Throughput::Elements(HOT_CONCURRENCY));
+    for (name, call) in &hot {
         g.bench_function(*name, |b| b.to_async(rt).iter(call));
     }
     g.finish();
@@ -291,6 +310,80 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         );
     }
     drop(redis);
+}
+
+/// Requests at once in the hot-key group.
+const HOT_CONCURRENCY: u64 = 64;
+
+fn hot_ip(_: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))
+}
+
+/// The `api` policy (never exhausted at a bench's pace) on the Redis backend at `url`; with
+/// `leased`, the policy takes leased local shares of hot keys.
+fn redis_router(rt: &tokio::runtime::Runtime, url: &str, leased: bool) -> Router {
+    use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
+    let backend = rt.block_on(async {
+        let link = welcomedly_redis::Link::connect(welcomedly_redis::LinkConfig::new(url))
+            .await
+            .unwrap();
+        let mut config = RedisRateLimitConfig::default();
+        config.budget = Duration::from_secs(1);
+        if leased {
+            config = config.lease("api");
+        }
+        RedisBackend::new(&link, config).await.unwrap()
+    });
+    let layer = RateLimitLayer::builder()
+        .backend(backend)
+        .policy(Policy::new(
+            "api",
+            Quota::per_second(1_000_000_000).with_burst(1_000_000_000),
+        ))
+        .build()
+        .unwrap();
+    router().layer(layer).with_state::<()>(())
+}
+
+/// With `OVERHEAD_CALLGRIND_RL=coalesced` (or `leased`) the bench only drives one hot key's
+/// requests through the Redis backend (a `redis-server` of its own), [`CALLGRIND_RL_REQUESTS`]
+/// times inside [`callgrind_rl_requests`] after a warm-up, then exits: for counting the app's
+/// instructions per request (Redis's are not counted), with and without a lease:
+///
+/// ```text
+/// OVERHEAD_CALLGRIND_RL=leased valgrind --tool=callgrind \
+///     --toggle-collect='*callgrind_rl_requests*' target/release/deps/overhead-<hash> --bench
+/// ```
+///
+/// Instructions per request = the total `Ir` / `CALLGRIND_RL_REQUESTS`.
+pub(crate) fn callgrind_mode() {
+    let Ok(variant) = std::env::var("OVERHEAD_CALLGRIND_RL") else {
+        return;
+    };
+    let leased = match variant.as_str() {
+        "leased" => true,
+        "coalesced" => false,
+        other => panic!("OVERHEAD_CALLGRIND_RL takes coalesced or leased, not {other:?}"),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let redis = welcomedly_testkit::RedisServer::start().unwrap();
+    let mut svc = redis_router(&rt, &redis.url(), leased);
+    // Warm up: the connection, the script cache, the first lease, allocator pools.
+    rt.block_on(drive(&mut svc, 1000, hot_ip, StatusCode::OK));
+    callgrind_rl_requests(&rt, &mut svc);
+    eprintln!("callgrind: {CALLGRIND_RL_REQUESTS} hot-key requests, {variant}");
+    drop(redis);
+    std::process::exit(0);
+}
+
+const CALLGRIND_RL_REQUESTS: u64 = 2000;
+
+#[inline(never)]
+fn callgrind_rl_requests(rt: &tokio::runtime::Runtime, svc: &mut Router) {
+    black_box(rt.block_on(drive(svc, CALLGRIND_RL_REQUESTS, hot_ip, StatusCode::OK)));
 }
 
 /// The layer alone, on a plain tower service (no axum router around it): what the layer itself

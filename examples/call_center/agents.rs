@@ -19,6 +19,8 @@
 //!   data is the flag set's version, one per version): the board reads its flags again through
 //!   OFREP bulk evaluation with `If-None-Match`, so a flag flipped on any instance re-renders
 //!   every board it changes.
+//! - And it carries the guarded rollouts' view (`rollout` events, at most one a second, only
+//!   when it changed; see `rollouts`): a decision taken on any instance reaches every board.
 //! - Presence is who is connected, as Phoenix Presence and Socket.IO mean it: an agent is
 //!   online while at least one of their event streams is open on a live instance (tabs and
 //!   instances counted: membership's per-instance refcounts, or `LocalPresence` on the
@@ -55,6 +57,7 @@ use welcomedly_flags::Flags;
 
 use crate::login::DEMO_USERS;
 use crate::problem::Problem;
+use crate::rollouts::RolloutBoard;
 
 /// The seeds' seven agent states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +143,8 @@ pub(crate) struct Agents {
     drain: DrainSignal,
     /// This instance's feature flags: the stream tells the board when they change.
     flags: Flags,
+    /// The guarded rollouts' view: the stream sends it when it changes (`rollout` events).
+    rollouts: Arc<RolloutBoard>,
 }
 
 /// An agent's last status on this instance's board, with the change's sequence number on the
@@ -198,6 +203,7 @@ impl Agents {
         instance: String,
         drain: DrainSignal,
         flags: Flags,
+        rollouts: Arc<RolloutBoard>,
     ) -> Result<Arc<Self>, welcomedly_cluster::Error> {
         let presence = match membership {
             Some(m) => Presence::Cluster(m),
@@ -212,6 +218,7 @@ impl Agents {
             instance,
             drain,
             flags,
+            rollouts,
         }))
     }
 
@@ -310,7 +317,7 @@ async fn logout(session: Session, Query(q): Query<LogoutQuery>) -> Response {
 }
 
 /// The logged-in user, or the response to send instead (401, or 503 when the store is down).
-async fn user(session: &Session) -> Result<String, Response> {
+pub(crate) async fn user(session: &Session) -> Result<String, Response> {
     match session.user_id().await {
         Ok(Some(user)) => Ok(user.0.to_string()),
         Ok(None) => Err(Problem::new(
@@ -481,10 +488,14 @@ async fn events(
         .drain(agents.drain.clone())
         .first(hello)
         .end_with_session(watch)
-        // One stream of the application's own events: presence diffs and flag changes.
+        // One stream of the application's own events: presence diffs, flag changes and the
+        // guarded rollouts' view.
         .merge(futures_util::stream::select(
-            presence_events(agents.clone(), diffs),
-            flag_events(agents.flags.clone()),
+            futures_util::stream::select(
+                presence_events(agents.clone(), diffs),
+                flag_events(agents.flags.clone()),
+            ),
+            agents.rollouts.events(),
         ))
         .respond()
         .await;

@@ -37,6 +37,7 @@ use crate::checkout;
 use crate::flags;
 use crate::login;
 use crate::problem::{self, Problem};
+use crate::rollouts;
 
 const DEFAULT_DEMO_PASSWORD: &str = "welcomedly-demo";
 /// The largest upload accepted (the seeds capped uploads too).
@@ -132,7 +133,13 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     // demo users are hashed on it.
     let logins = login::Logins::start(demo_password()).await?;
 
-    let features = flags::start(link.as_ref(), &registry, telemetry.metrics().meter()).await?;
+    let features = flags::start(
+        link.as_ref(),
+        &registry,
+        telemetry.metrics().meter(),
+        config.instance_id.as_str(),
+    )
+    .await?;
     let flag_routes = flags::routes(&features, admin_token, ofrep_token);
     let flags_layer = flags::layer(&features, web.dev_identity_header);
     if web.dev_identity_header {
@@ -188,6 +195,9 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             }
         });
     }
+    // The board's view of the rollouts: followed from the bus, refreshed while one runs.
+    let rollout_board = rollouts::RolloutBoard::new(features.rollouts.clone());
+    tokio::spawn(rollout_board.clone().watch(bus.clone()));
     let events = agents::Events {
         bus,
         topic: Topic::durable("agents.status")?,
@@ -198,6 +208,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         config.instance_id.to_string(),
         drain.signal(),
         features.flags.clone(),
+        rollout_board.clone(),
     )?;
     tokio::spawn(agents.clone().follow());
     // Campaigns through the DB router (PostgreSQL primary + replicas from DATABASE_URL and
@@ -218,19 +229,26 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let feature_routes = flag_routes
         .merge(checkout::routes(flags::checkout_layer(&features), fault))
         .merge(agents::routes(agents))
+        .merge(rollouts::routes(rollout_board))
         .merge(login::routes(logins))
         .merge(campaign_routes);
     let api = match &link {
         Some(link) => {
             // On the link: `/health` names Redis once (the `redis` check); the limiter's own
             // state is its `welcomedly_rate_limit_backend_degraded` gauge.
-            let backend = RedisBackend::new(link, redis).await?;
+            let backend = RedisBackend::new(
+                link,
+                leased_when_high(redis, web.api_per_minute, web.general_per_minute),
+            )
+            .await?;
             if let Some(m) = &membership {
                 m.feed(backend.live_instances());
             }
             backend.register_metrics(telemetry.metrics().meter());
             api_routes(
-                rate_limits(web.api_per_minute).backend(backend).build()?,
+                rate_limits(web.api_per_minute, web.general_per_minute)
+                    .backend(backend)
+                    .build()?,
                 &telemetry,
                 feature_routes,
                 assets,
@@ -239,7 +257,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             )
         }
         None => api_routes(
-            rate_limits(web.api_per_minute)
+            rate_limits(web.api_per_minute, web.general_per_minute)
                 .backend(LocalBackend::new())
                 .build()?,
             &telemetry,
@@ -253,12 +271,18 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let app = api
         .merge(health::router(registry.clone()))
         .merge(telemetry.metrics().router())
-        // Every route: a browser page of another origin cannot make a user's browser log out,
-        // change a status or create a campaign (403 before any session or limit is touched).
-        .layer(CrossOriginLayer::new().trusted_origins(web.trusted_origins))
-        // Outermost last: telemetry sees every request, including 429s, 404s and 403s.
-        .layer(ClientIpLayer::from_config(&config))
-        .layer(telemetry.http_layer());
+        // One `Router::layer` for the three: axum boxes each layer it applies around every
+        // route and clones those boxes on every request, so a stack is cheaper than three.
+        .layer(
+            tower::ServiceBuilder::new()
+                // Outermost: telemetry sees every request, including 429s, 404s and 403s.
+                .layer(telemetry.http_layer())
+                .layer(ClientIpLayer::from_config(&config))
+                // Every route: a browser page of another origin cannot make a user's browser
+                // log out, change a status or create a campaign (403 before any session or
+                // limit is touched).
+                .layer(CrossOriginLayer::new().trusted_origins(web.trusted_origins)),
+        );
 
     // The socket systemd passed (LISTEN_FDS), so a restart keeps its queue; else 0.0.0.0:PORT.
     let listener = drain::ListenConfig::from(&config).listen().map_err(|e| {
@@ -289,8 +313,14 @@ struct WebConfig {
     /// (development only); default `false`.
     dev_identity_header: bool,
     /// `WELCOMEDLY_API_PER_MINUTE`: the `api` policy's quota per user (or client address);
-    /// default 200. Load tests that send every request as one user raise it.
+    /// default 200. Load tests that send every request as one user raise it; at 1 024 or more,
+    /// in Redis mode, the policy takes leased local shares of busy users' budgets
+    /// (`leased_when_high`).
     api_per_minute: u32,
+    /// `WELCOMEDLY_GENERAL_PER_MINUTE`: the `general` policy's quota (every other route: the
+    /// board, the admin APIs) per user or client address; default 100. Scripts that poll the
+    /// admin API from one address raise it.
+    general_per_minute: u32,
 }
 
 impl WebConfig {
@@ -314,10 +344,17 @@ impl WebConfig {
                 .filter(|n| *n > 0)
                 .ok_or("is not a quota: expected a whole number of requests per minute greater than 0, such as 200")
         });
+        let general_per_minute = env.read("WELCOMEDLY_GENERAL_PER_MINUTE", 100, |v| {
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or("is not a quota: expected a whole number of requests per minute greater than 0, such as 100")
+        });
         Self {
             trusted_origins,
             dev_identity_header,
             api_per_minute,
+            general_per_minute,
         }
     }
 }
@@ -332,6 +369,27 @@ fn random_key() -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
+/// Opts the per-user `api` and `general` policies into leased local shares when their quota is
+/// high (at least [`LEASE_MIN_BURST`](welcomedly_cluster::rate_limit::LEASE_MIN_BURST) a minute,
+/// such as a load test's `WELCOMEDLY_API_PER_MINUTE=100000000`): an instance then spends a slice
+/// (1/64) of a busy user's cluster-wide budget locally, one Redis call per slice instead of one
+/// per request. The limit is never exceeded; a user may be refused early by at most one slice
+/// per instance, for at most a second. At the defaults (200 and 100 a minute) they stay off: one
+/// user's requests are too few for a lease to pay.
+fn leased_when_high(
+    mut redis: RedisRateLimitConfig,
+    api_per_minute: u32,
+    general_per_minute: u32,
+) -> RedisRateLimitConfig {
+    let min = welcomedly_cluster::rate_limit::LEASE_MIN_BURST;
+    for (policy, per_minute) in [("api", api_per_minute), ("general", general_per_minute)] {
+        if u64::from(per_minute) >= min {
+            redis = redis.lease(policy);
+        }
+    }
+    redis
+}
+
 /// The seeds' limits, with logins split three ways and the API and everything else counted per
 /// logged-in user:
 ///
@@ -343,13 +401,17 @@ fn random_key() -> Result<Vec<u8>, String> {
 /// - `login-account`: failed logins, 10/min per account from every address (cluster-wide with
 ///   Redis), the same for unknown names, so a 429 does not say whether a user exists;
 /// - `upload` 3/min per client IP;
-/// - `api` 200/min and `general` 100/min per logged-in user (all their tabs and devices, on every
+/// - `api` 200/min and `general` 100/min (`WELCOMEDLY_API_PER_MINUTE`,
+///   `WELCOMEDLY_GENERAL_PER_MINUTE`) per logged-in user (all their tabs and devices, on every
 ///   instance), per client IP for anonymous requests. The user is the one the session layer
 ///   loaded eagerly (it runs outside the limits on the routes that use the session), so this
 ///   adds no store call; a request whose session ended (logout) is anonymous again and counts
 ///   against its address, while the user's budget refills on its own: logging out and in does
 ///   not reset it.
-fn rate_limits(api_per_minute: u32) -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> {
+fn rate_limits(
+    api_per_minute: u32,
+    general_per_minute: u32,
+) -> welcomedly_core::rate_limit::RateLimitBuilder<LocalBackend> {
     let account = || KeySource::Derived(login::ACCOUNT_KEY.into());
     RateLimitLayer::builder()
         .policy(
@@ -386,7 +448,7 @@ fn rate_limits(api_per_minute: u32) -> welcomedly_core::rate_limit::RateLimitBui
                 .key(KeySource::UserOrClientIp),
         )
         .policy(
-            Policy::new("general", Quota::per_minute(100))
+            Policy::new("general", Quota::per_minute(general_per_minute))
                 .otherwise()
                 .key(KeySource::UserOrClientIp),
         )
@@ -414,10 +476,14 @@ fn api_routes<B: RateLimitBackend>(
     limits.register_metrics(telemetry.metrics().meter());
     let features = features
         .method_not_allowed_fallback(problem::method_not_allowed)
-        .layer(flags_layer)
-        .layer(limits.clone())
-        .layer(sessions)
-        .layer(axum::middleware::from_fn(login::account_key));
+        // One stack, outermost first (one boxed layer per route instead of four).
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(login::account_key))
+                .layer(sessions)
+                .layer(limits.clone())
+                .layer(flags_layer),
+        );
     let plain = assets
         .route(
             "/api/ping",

@@ -6,7 +6,10 @@
 //! load balancer picks). It shows which instance served the page (written into it here) and
 //! which one holds the stream (the stream's `hello` event), so a viewer sees that there is no
 //! affinity. A supervisor also sees the campaigns (through the DB router) and, when the
-//! `campaign-stats` flag is on for them, the flag-gated statistics.
+//! `campaign-stats` flag is on for them, the flag-gated statistics. Every logged-in user sees
+//! the guarded rollouts (`GET /api/rollouts` and the stream's `rollout` events, see
+//! `rollouts`): each stage's share, the arms side by side, the last decision with its reason,
+//! and `frozen` while Redis cannot be read.
 //!
 //! Nothing is fetched from anywhere else: the `Content-Security-Policy` allows this origin only.
 

@@ -74,6 +74,7 @@ pub(crate) async fn start(
     link: Option<&Link>,
     registry: &HealthRegistry,
     meter: &opentelemetry::metrics::Meter,
+    instance_id: &str,
 ) -> Result<FeatureFlags, Box<dyn Error>> {
     let store: Arc<dyn FlagStore> = match link {
         Some(link) => Arc::new(RedisStore::new(link, RedisStoreConfig::default()).await?),
@@ -88,11 +89,14 @@ pub(crate) async fn start(
     sync.health().register_metrics(meter);
     let attribution = Attribution::new();
     let rollouts = link.map(|link| {
+        // The lease holder the rollout status names: this instance (`x-instance-id`).
+        let mut config = AgentConfig::default();
+        config.instance = instance_id.to_owned();
         let agent = RolloutAgent::start(
             RolloutStore::new(link.clone()),
             store.clone(),
             attribution.clone(),
-            AgentConfig::default(),
+            config,
         );
         agent.register_metrics(meter);
         Arc::new(agent)

@@ -74,6 +74,7 @@ mod checkout;
 mod flags;
 mod login;
 mod problem;
+mod rollouts;
 
 use std::process::ExitCode;
 

@@ -89,21 +89,31 @@ fn flagd_evaluation_does_not_allocate() {
     black_box(String::from("control"));
     assert!(control.change().allocations > 0);
 
-    let region = Region::new(GLOBAL);
-    let mut total = 0;
-    for key in &keys {
-        total += evaluate_everything(&set, key, &user);
-        total += evaluate_arrays(&arrays, key, &member);
-    }
-    let stats = region.change();
-    assert!(total > one);
-    assert_eq!(
-        (
+    // The allocator counts every thread, and the test harness's own thread allocates now and
+    // then (seen under a loaded full run: 4 allocations, 900 bytes). Evaluation is
+    // deterministic, so code that allocates does so in every attempt: take the best of five.
+    let mut attempts = Vec::new();
+    for _ in 0..5 {
+        let region = Region::new(GLOBAL);
+        let mut total = 0;
+        for key in &keys {
+            total += evaluate_everything(&set, key, &user);
+            total += evaluate_arrays(&arrays, key, &member);
+        }
+        let stats = region.change();
+        assert!(total > one);
+        attempts.push((
             stats.allocations,
             stats.reallocations,
-            stats.bytes_allocated
-        ),
-        (0, 0, 0),
-        "flagd evaluation allocated: {stats:?}"
+            stats.bytes_allocated,
+        ));
+        if attempts.last() == Some(&(0, 0, 0)) {
+            break;
+        }
+    }
+    assert_eq!(
+        attempts.last(),
+        Some(&(0, 0, 0)),
+        "flagd evaluation allocated in every attempt (allocations, reallocations, bytes): {attempts:?}"
     );
 }

@@ -25,7 +25,7 @@ use welcomedly_flags::rollout::controller::Action;
 use welcomedly_flags::rollout::plan::Plan;
 use welcomedly_flags::rollout::store::RolloutStore;
 use welcomedly_flags::store::{
-    Change, FlagStore, FlagSyncHandle, RedisStore, RedisStoreConfig, SyncConfig, sync_flags,
+    Change, Fence, FlagStore, FlagSyncHandle, RedisStore, RedisStoreConfig, SyncConfig, sync_flags,
 };
 use welcomedly_flags::{Context, Flags, Snapshot};
 use welcomedly_redis::{Backoff, Link, LinkConfig};
@@ -530,4 +530,115 @@ async fn a_paused_old_leader_cannot_write_after_its_lease_expired() {
     );
     let (stored, rev) = old.load(FLAG).await.unwrap().unwrap();
     assert_eq!((stored.stage, rev), (1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flag_store_refuses_a_flag_write_of_an_old_leader() {
+    let redis = RedisServer::start().unwrap();
+    let side = || async {
+        let link = Link::connect(link_config(&redis)).await.unwrap();
+        let mut sc = RedisStoreConfig::default();
+        sc.budget = Duration::from_millis(500);
+        let flags = RedisStore::new(&link, sc).await.unwrap();
+        (RolloutStore::new(link), flags)
+    };
+    let (old_lease, old) = side().await;
+    let (new_lease, new) = side().await;
+    let ttl = Duration::from_millis(300);
+    assert_eq!(
+        old.write(0, SEED.into(), Change::new("t", "seed"))
+            .await
+            .unwrap(),
+        1
+    );
+    let t1 = old_lease.acquire(FLAG, ttl).await.unwrap().unwrap();
+    old.raise_fence(Fence::new(FLAG, t1)).await.unwrap();
+    let stage = r#"{"flags": {"new-checkout": {"variants": {"on": true, "off": false},
+        "fallthrough": {"variant": "on"}}}}"#;
+    assert_eq!(
+        old.write_fenced(
+            1,
+            stage.into(),
+            Change::new("t", "stage 1"),
+            Fence::new(FLAG, t1)
+        )
+        .await
+        .unwrap(),
+        2
+    );
+    // The old leader pauses past its lease; the new one takes it and fences the flag store.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let t2 = new_lease.acquire(FLAG, ttl).await.unwrap().unwrap();
+    assert!(t2 > t1);
+    new.raise_fence(Fence::new(FLAG, t2)).await.unwrap();
+    // The old leader wakes up and writes its stale stage: refused, and it says why.
+    let e = old
+        .write_fenced(
+            2,
+            SEED.into(),
+            Change::new("t", "stale"),
+            Fence::new(FLAG, t1),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_fenced(), "{e}");
+    assert_eq!(e.fenced_by(), Some(t2));
+    assert!(
+        e.to_string().contains(&format!("fencing token {t1}"))
+            && e.to_string().contains("another instance acts"),
+        "{e}"
+    );
+    let doc = new.load().await.unwrap();
+    assert_eq!((doc.version, doc.body.as_str()), (2, stage));
+    assert!(
+        old.raise_fence(Fence::new(FLAG, t1))
+            .await
+            .unwrap_err()
+            .is_fenced()
+    );
+    // The new leader's write passes, and so does an operator's (unfenced) one.
+    assert_eq!(
+        new.write_fenced(
+            2,
+            SEED.into(),
+            Change::new("t", "rollback"),
+            Fence::new(FLAG, t2)
+        )
+        .await
+        .unwrap(),
+        3
+    );
+    assert_eq!(
+        old.write(3, SEED.into(), Change::new("ops", "edit"))
+            .await
+            .unwrap(),
+        4
+    );
+    // Another flag's fence is its own; the token sits next to the document, on its slot.
+    assert_eq!(
+        old.write_fenced(
+            4,
+            SEED.into(),
+            Change::new("t", "x"),
+            Fence::new("other", 1)
+        )
+        .await
+        .unwrap(),
+        5
+    );
+    assert_eq!(
+        redis.command(&["HGET", "{wd:flags}:fences", FLAG]).unwrap(),
+        t2.to_string()
+    );
+    // A fenced write that loses the compare-and-set is still a conflict, not a fence.
+    let e = new
+        .write_fenced(
+            1,
+            SEED.into(),
+            Change::new("t", "late"),
+            Fence::new(FLAG, t2),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_conflict() && !e.is_fenced(), "{e}");
 }

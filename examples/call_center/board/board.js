@@ -205,6 +205,8 @@ function openStream() {
     } catch (_) { /* ignore a malformed greeting */ }
     // Flags may have changed while the stream was down (a 304 when they did not).
     refreshFlags();
+    // So may the rollouts: read them whole, then follow the `rollout` events.
+    loadRollouts();
     reconnectDelay = 500;
     setStreamState("live", "live");
   });
@@ -239,6 +241,12 @@ function openStream() {
     reloadAgents();
   });
   stream.addEventListener("dropped", () => reloadAgents());
+  // A rollout's view changed (a decision on any instance, or this stage's counts).
+  stream.addEventListener("rollout", (e) => {
+    try {
+      renderRollouts(JSON.parse(e.data));
+    } catch (_) { /* ignore a malformed view */ }
+  });
   // A flag changed (on any instance): read the flags again.
   stream.addEventListener("flags", () => refreshFlags());
   stream.onerror = () => {
@@ -259,6 +267,132 @@ function closeStream() {
   clearTimeout(reconnectTimer);
   setStreamState("offline");
   $("stream-instance").textContent = "not connected";
+}
+
+// Guarded rollouts: GET /api/rollouts after each `hello`, then `rollout` events (the whole
+// view, at most one a second, only when it changed). Everything is written with textContent.
+const ROLLOUT_STATES = {
+  running: "running",
+  paused: "paused",
+  frozen: "frozen",
+  completed: "completed",
+  rolled_back: "rolled back",
+  aborted: "aborted",
+};
+
+function el(tag, cls, text) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function percentText(p) {
+  return typeof p === "number" ? `${Number(p.toFixed(3))} %` : "—";
+}
+
+function armCells(arms, pick) {
+  return ["control", "treatment"].map((name) => {
+    const arm = arms && arms[name];
+    return el("td", name, arm ? pick(arm) : "—");
+  });
+}
+
+function renderRollout(r) {
+  const article = el("article", "rollout");
+  const state = typeof r.state === "string" ? r.state : "unknown";
+  const stage = Number.isInteger(r.stage) ? r.stage : 0;
+  article.dataset.flag = String(r.flag);
+  article.dataset.state = state;
+  article.dataset.stage = String(stage);
+  if (state === "frozen") article.classList.add("frozen");
+
+  const title = el("h3");
+  title.append(el("code", "", String(r.flag)));
+  title.append(el("span", `badge ${state}`, ROLLOUT_STATES[state] || state));
+  article.append(title);
+  if (state === "frozen") {
+    article.append(el("p", "frozen-why",
+      `Frozen: nothing is decided until Redis answers again (${r.frozenBecause || "no reason given"}).`));
+  }
+
+  // Stage progress: 5 % → 25 % → 100 %.
+  const stages = el("ol", "stages");
+  stages.setAttribute("aria-label", "Stages");
+  (Array.isArray(r.stages) ? r.stages : []).forEach((p, i) => {
+    const li = el("li", "", percentText(p));
+    if (state === "completed" || i < stage) li.classList.add("done");
+    else if (i === stage) {
+      const stopped = state === "rolled_back" || state === "aborted";
+      li.classList.add(stopped ? "stopped" : "current");
+      li.setAttribute("aria-current", "step");
+    }
+    stages.append(li);
+  });
+  article.append(stages);
+  const share = el("p", "share",
+    `The new variant serves ${percentText(r.percent)} of the traffic` +
+    (state === "running" || state === "paused" || state === "frozen"
+      ? ` (stage ${stage + 1} of ${Array.isArray(r.stages) ? r.stages.length : "?"}).`
+      : "."));
+  article.append(share);
+
+  // The arms side by side (the current stage, the whole fleet's numbers).
+  if (r.arms) {
+    const table = el("table", "arms");
+    table.append(el("caption", "", "This stage, every instance"));
+    const head = el("tr");
+    head.append(el("td"), el("th", "", "Control (old)"), el("th", "", "Treatment (new)"));
+    for (const th of head.querySelectorAll("th")) th.scope = "col";
+    const thead = el("thead");
+    thead.append(head);
+    table.append(thead);
+    const body = el("tbody");
+    const q = r.arms.control && typeof r.arms.control.latencyQuantile === "number"
+      ? Math.round(r.arms.control.latencyQuantile * 100) : 95;
+    const rows = [
+      ["Requests", "requests", (a) => String(a.requests ?? 0)],
+      ["Error ratio", "error-ratio", (a) =>
+        typeof a.errorRatio === "number" ? `${(a.errorRatio * 100).toFixed(2)} %` : "—"],
+      [`p${q} latency`, "latency", (a) =>
+        typeof a.latencyMs === "number" ? `${a.latencyMs.toFixed(1)} ms` : "—"],
+    ];
+    for (const [label, cls, pick] of rows) {
+      const tr = el("tr", cls);
+      const th = el("th", "", label);
+      th.scope = "row";
+      tr.append(th, ...armCells(r.arms, pick));
+      body.append(tr);
+    }
+    table.append(body);
+    article.append(table);
+  }
+
+  // The last decision, with its reason.
+  const d = r.lastDecision;
+  if (d) {
+    const p = el("p", "decision");
+    p.dataset.action = String(d.action);
+    const when = typeof d.atMs === "number" ? new Date(d.atMs).toLocaleTimeString() : "";
+    p.append(el("strong", "", `Last decision: ${d.action}`));
+    p.append(document.createTextNode(
+      ` in stage ${Number(d.stage) + 1} (now ${percentText(d.percent)}) by ${d.actor}, ${when}: ${d.reason}`));
+    article.append(p);
+  }
+  return article;
+}
+
+function renderRollouts(view) {
+  const list = Array.isArray(view && view.rollouts) ? view.rollouts : [];
+  $("rollout-list").replaceChildren(...list.map(renderRollout));
+  $("rollouts").hidden = list.length === 0;
+}
+
+async function loadRollouts() {
+  try {
+    const res = await api("GET", "/api/rollouts");
+    if (res.ok) renderRollouts(await res.json());
+  } catch (_) { /* the next `rollout` event or `hello` brings it */ }
 }
 
 // The flags as this user sees them, read through OFREP bulk evaluation (the call any
@@ -482,6 +616,7 @@ async function onLogout() {
   await api("POST", "/auth/logout").catch(() => {});
   board.clear();
   $("agents").tBodies[0].replaceChildren();
+  renderRollouts(null);
   showLogin();
 }
 

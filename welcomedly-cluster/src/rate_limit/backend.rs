@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use smallvec::SmallVec;
@@ -20,6 +20,7 @@ use welcomedly_redis::{Link, LinkState, Retry, debug_assert_same_slot, key_slot}
 
 use super::coalesce::{Args, Coalescer, Names, Pending, Turn};
 use super::key_name::KeyNamer;
+use super::lease::{GIVE_BACK_PERIOD, GiveBack, Grant, Leases, Plan, Step};
 use super::rejections::Rejections;
 use super::script;
 use crate::Error;
@@ -77,6 +78,15 @@ pub struct RedisRateLimitConfig {
     /// share the next call (same decisions; see the [module docs](super)). `false`: one call
     /// per request, as before coalescing (to compare). Default `true`.
     pub coalesce: bool,
+    /// Policies (by name) that take **leased local shares** of hot keys: an instance takes a
+    /// slice of a key's cluster-wide budget from Redis and spends it locally, one Redis call
+    /// per slice instead of one per request (see the [module docs](super) for the error bound).
+    /// Each must have a burst of at least [`LEASE_MIN_BURST`](super::LEASE_MIN_BURST); the
+    /// layer's build fails otherwise, or for a name no policy has. Default none.
+    pub leased_policies: Vec<String>,
+    /// The most keys the lease table tracks (hot keys and keys seen once within a lease
+    /// lifetime); past it, a new key is decided in Redis as without leases. Default 4 096.
+    pub max_leases: usize,
 }
 
 impl Default for RedisRateLimitConfig {
@@ -88,6 +98,8 @@ impl Default for RedisRateLimitConfig {
             instances: 1,
             remembered_rejections: 10_000,
             coalesce: true,
+            leased_policies: Vec::new(),
+            max_leases: 4096,
         }
     }
 }
@@ -101,11 +113,28 @@ impl fmt::Debug for RedisRateLimitConfig {
             .field("instances", &self.instances)
             .field("remembered_rejections", &self.remembered_rejections)
             .field("coalesce", &self.coalesce)
+            .field("leased_policies", &self.leased_policies)
+            .field("max_leases", &self.max_leases)
             .finish()
     }
 }
 
 impl RedisRateLimitConfig {
+    /// Opts the policy named `policy` into leased local shares (adds it to
+    /// [`leased_policies`](Self::leased_policies)).
+    ///
+    /// ```
+    /// use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
+    ///
+    /// let config = RedisRateLimitConfig::default().lease("api");
+    /// assert_eq!(config.leased_policies, ["api"]);
+    /// ```
+    #[must_use]
+    pub fn lease(mut self, policy: impl Into<String>) -> Self {
+        self.leased_policies.push(policy.into());
+        self
+    }
+
     /// Reads the settings from the environment: `WELCOMEDLY_INSTANCES` (the fallback's
     /// divisor, default 1), `WELCOMEDLY_RATE_LIMIT_SECRET` (see
     /// [`key_secret`](Self::key_secret)), `WELCOMEDLY_RATE_LIMIT_BUDGET_MS` (default 20),
@@ -192,7 +221,10 @@ pub(super) struct Inner {
     acquire: Script,
     acquire_batch: Script,
     refund: Script,
+    lease: Script,
     pub(super) coalescer: Coalescer,
+    leases: Leases,
+    leased_policies: Vec<String>,
     names: KeyNamer,
     budget: Duration,
     fallback: LocalBackend,
@@ -248,28 +280,34 @@ impl RedisBackend {
         let acquire = Script::new(script::ACQUIRE);
         let acquire_batch = Script::new(script::ACQUIRE_BATCH);
         let refund = Script::new(script::REFUND);
-        for s in [&acquire, &acquire_batch, &refund] {
+        let lease = Script::new(script::LEASE);
+        for s in [&acquire, &acquire_batch, &refund, &lease] {
             // A failed load now only costs one NOSCRIPT round trip later.
             if let Err(e) = link.preload(s).await {
                 tracing::debug!(error = %e, "the rate-limit scripts are loaded on first use");
             }
         }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                link: link.clone(),
-                acquire,
-                acquire_batch,
-                refund,
-                coalescer: Coalescer::new(config.coalesce, link.config().topology.is_cluster()),
-                names: KeyNamer::new(config.key_prefix, config.key_secret.as_deref()),
-                budget: config.budget,
-                fallback: LocalBackend::new(),
-                rejections: Rejections::new(config.remembered_rejections),
-                live: LiveInstances::new(config.instances),
-                failures: AtomicU64::new(0),
-                server_errors: AtomicU64::new(0),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            link: link.clone(),
+            acquire,
+            acquire_batch,
+            refund,
+            lease,
+            coalescer: Coalescer::new(config.coalesce, link.config().topology.is_cluster()),
+            leases: Leases::new(config.max_leases),
+            leased_policies: config.leased_policies,
+            names: KeyNamer::new(config.key_prefix, config.key_secret.as_deref()),
+            budget: config.budget,
+            fallback: LocalBackend::new(),
+            rejections: Rejections::new(config.remembered_rejections),
+            live: LiveInstances::new(config.instances),
+            failures: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
+        });
+        if !inner.leased_policies.is_empty() && inner.leases.capacity() > 0 {
+            spawn_give_backs(&inner);
+        }
+        Ok(Self { inner })
     }
 
     /// The handle to the number of live instances (the fallback divides limits by it).
@@ -309,6 +347,29 @@ impl RedisBackend {
         self.inner.coalescer.stats().1
     }
 
+    /// How many leases the backend took since start (lease calls that granted at least one
+    /// token; see [`leased_policies`](RedisRateLimitConfig::leased_policies)).
+    pub fn leases_taken(&self) -> u64 {
+        self.inner.leases.stats().0
+    }
+
+    /// How many requests were admitted from leases since start, without a Redis call.
+    pub fn leased_requests(&self) -> u64 {
+        self.inner.leases.stats().1
+    }
+
+    /// How many unspent lease tokens the backend gave back to Redis since start (when their
+    /// lease expired; a give-back Redis did not take is not counted: those tokens stay spent).
+    pub fn lease_tokens_given_back(&self) -> u64 {
+        self.inner.leases.stats().2
+    }
+
+    /// How many keys the lease table tracks now (at most
+    /// [`max_leases`](RedisRateLimitConfig::max_leases)).
+    pub fn lease_table_len(&self) -> usize {
+        self.inner.leases.len()
+    }
+
     /// The link the backend runs on (its state, counters and metrics).
     pub fn link(&self) -> &Link {
         &self.inner.link
@@ -322,6 +383,38 @@ impl RedisBackend {
 }
 
 impl Inner {
+    /// The lease plans of `policies`: every leased name must name a policy with a burst of at
+    /// least `LEASE_MIN_BURST`.
+    fn prepare_leases(&self, policies: &[Arc<PolicySpec>]) -> Result<(), BackendError> {
+        if let Some(unknown) = self
+            .leased_policies
+            .iter()
+            .find(|n| !policies.iter().any(|p| p.name() == n.as_str()))
+        {
+            return Err(BackendError::msg(format!(
+                "the rate-limit policy `{unknown}` is opted into leases, but the layer has no policy of that name: check the spelling, or remove it from the leased policies"
+            )));
+        }
+        let plans = policies
+            .iter()
+            .map(|p| {
+                if !self.leased_policies.iter().any(|n| n == p.name()) {
+                    return Ok(None);
+                }
+                let owned = OwnedCheck {
+                    policy: p.clone(),
+                    key: Key::Global,
+                    charge: true,
+                };
+                let [interval, window, _, _] = script_args(&owned);
+                Plan::new(p, interval, window).map(Some)
+            })
+            .collect::<Result<Box<[_]>, String>>()
+            .map_err(BackendError::msg)?;
+        self.leases.prepare(plans);
+        Ok(())
+    }
+
     /// A call of the backend failed: count it (the link has counted and classified it for
     /// the connection already).
     fn failed(&self, what: &str, error: &welcomedly_redis::Error) {
@@ -460,6 +553,30 @@ impl Inner {
     }
 
     async fn script_call(&self, script: &Script, cmd: &redis::Cmd, n: usize) -> Option<Decisions> {
+        let values = self.script_values(script, cmd, "a rate-limit call").await?;
+        let parsed = parse(&values, n);
+        if parsed.is_none() {
+            self.unexpected_shape();
+        }
+        parsed
+    }
+
+    fn unexpected_shape(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.server_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "the Redis rate-limit script answered in an unexpected shape: check that no other program writes keys under the rate-limit prefix"
+        );
+    }
+
+    /// Runs one script command within the budget: its integers, or `None` when Redis failed or
+    /// answered too late (counted and logged as `what`).
+    async fn script_values(
+        &self,
+        script: &Script,
+        cmd: &redis::Cmd,
+        what: &str,
+    ) -> Option<Vec<i64>> {
         // Always through the link, even while it has no connection: a caller that finds none
         // asks it for an attempt within the budget, so the first request after Redis returns
         // is decided in Redis again (while the link holds off after failures it answers at
@@ -483,20 +600,107 @@ impl Inner {
             })
             .await;
         match result {
-            Ok(values) => {
-                let parsed = parse(&values, n);
-                if parsed.is_none() {
-                    self.failures.fetch_add(1, Ordering::Relaxed);
-                    self.server_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "the Redis rate-limit script answered in an unexpected shape: check that no other program writes keys under the rate-limit prefix"
-                    );
-                }
-                parsed
-            }
+            Ok(values) => Some(values),
             Err(e) => {
-                self.failed("a rate-limit call", &e);
+                self.failed(what, &e);
                 None
+            }
+        }
+    }
+
+    /// Takes a lease of `plan.size` tokens of the key `name` for the request `owned` (giving
+    /// back `give_back` tokens of its expired lease in the same call), and decides the request:
+    /// from the grant's first token, as Redis's rejection when nothing was granted, or per
+    /// failure mode when Redis failed.
+    async fn lease_and_decide(
+        &self,
+        owned: &OwnedCheck,
+        fp: u64,
+        plan: Plan,
+        name: Box<[u8]>,
+        give_back: u64,
+    ) -> Decisions {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.lease.get_hash())
+            .arg(1)
+            .arg(&*name)
+            .arg(plan.interval_us)
+            .arg(plan.window_us)
+            .arg(plan.size)
+            .arg(give_back);
+        let values = self
+            .script_values(&self.lease, &cmd, "a rate-limit lease call")
+            .await;
+        let now = Instant::now();
+        let reply = match values.as_deref() {
+            Some(&[granted, remaining, reset, retry]) => Some((granted, remaining, reset, retry)),
+            Some(_) => {
+                self.unexpected_shape();
+                None
+            }
+            None => None,
+        };
+        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        match reply {
+            Some((granted, remaining, reset, _)) if granted >= 1 => {
+                if give_back > 0 {
+                    self.leases.returned(give_back);
+                }
+                let slot = key_slot(&name);
+                let grant = Grant {
+                    granted: u64::try_from(granted).unwrap_or(1),
+                    remaining: u64::try_from(remaining).unwrap_or(0),
+                    reset: us(reset),
+                };
+                smallvec::smallvec![self.leases.granted(fp, &plan, grant, name, slot, now)]
+            }
+            Some((_, _, reset, retry)) => {
+                if give_back > 0 {
+                    self.leases.returned(give_back);
+                }
+                self.leases.not_granted(fp, &plan, now);
+                let d: Decisions = smallvec::smallvec![Decision {
+                    allowed: false,
+                    remaining: 0,
+                    reset: us(reset),
+                    retry_after: us(retry),
+                    source: DecisionSource::Store,
+                }];
+                self.remember_rejections(std::slice::from_ref(owned), &d);
+                d
+            }
+            None => {
+                // The give-back, if any, is lost with the call: those tokens stay spent.
+                self.leases.not_granted(fp, &plan, now);
+                self.decide_without_redis(std::slice::from_ref(owned))
+            }
+        }
+    }
+
+    /// Gives back what expired leases left unspent: one call per Redis Cluster slot (at most
+    /// 128 keys each), within the budget. A give-back Redis does not take is dropped: those
+    /// tokens stay spent, erring on the side of the limit.
+    async fn give_back(&self, mut give_backs: Vec<GiveBack>) {
+        give_backs.sort_by_key(|g| g.slot);
+        for chunk in give_backs.chunk_by(|a, b| a.slot == b.slot) {
+            for part in chunk.chunks(128) {
+                let mut invocation = self.refund.prepare_invoke();
+                for g in part {
+                    invocation
+                        .key(&*g.name)
+                        .arg(g.tokens.saturating_mul(g.interval_us));
+                }
+                let given: Result<i64, _> = self
+                    .link
+                    .call_within(self.budget, Retry::Never, |mut conn| {
+                        let invocation = &invocation;
+                        async move { invocation.invoke_async(&mut conn).await }
+                    })
+                    .await;
+                match given {
+                    Ok(_) => self.leases.returned(part.iter().map(|g| g.tokens).sum()),
+                    Err(e) => self.failed("a rate-limit lease give-back", &e),
+                }
             }
         }
     }
@@ -641,6 +845,24 @@ impl Inner {
     }
 }
 
+/// Gives back, every [`GIVE_BACK_PERIOD`], what expired leases left unspent; ends with the
+/// backend.
+fn spawn_give_backs(inner: &Arc<Inner>) {
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(GIVE_BACK_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { break };
+            let due = inner.leases.take_give_backs(Instant::now());
+            if !due.is_empty() {
+                inner.give_back(due).await;
+            }
+        }
+    });
+}
+
 fn fail_closed() -> Decision {
     Decision {
         allowed: false,
@@ -705,12 +927,43 @@ impl RateLimitBackend for RedisBackend {
             )
         })?;
         self.inner.rejections.prepare(policies.len());
-        Ok(())
+        self.inner.prepare_leases(policies)
     }
 
     fn acquire(&self, checks: &[Check<'_>]) -> Self::Future {
         if let Some(decisions) = self.inner.remembered(checks) {
             return Box::pin(std::future::ready(Ok(decisions)));
+        }
+        // A request of one leased policy: spend from this instance's lease of its key, or take
+        // one when the key is hot here (see the module docs); requests of several policies are
+        // decided in Redis as without leases.
+        if let [check] = checks
+            && check.charge
+            && let Some(plan) = self.inner.leases.plan(check.policy.index())
+        {
+            let leases = &self.inner.leases;
+            let fp = leases.fingerprint(check.policy.index(), check.key);
+            match leases.step(fp, &plan, Instant::now()) {
+                Step::Spend(d) => return Box::pin(std::future::ready(Ok(smallvec::smallvec![d]))),
+                Step::Fetch { give_back } => {
+                    let owned = OwnedCheck {
+                        policy: check.policy.clone(),
+                        key: check.key.clone(),
+                        charge: true,
+                    };
+                    let mut name = Vec::with_capacity(96);
+                    self.inner
+                        .names
+                        .write_name(&mut name, check.policy, check.key);
+                    let inner = self.inner.clone();
+                    return Box::pin(async move {
+                        Ok(inner
+                            .lease_and_decide(&owned, fp, plan, name.into_boxed_slice(), give_back)
+                            .await)
+                    });
+                }
+                Step::Direct => {}
+            }
         }
         let owned: SmallVec<[OwnedCheck; 2]> = checks
             .iter()
@@ -788,6 +1041,16 @@ impl RateLimitBackend for RedisBackend {
             }
             // Nothing was charged.
             _ => return,
+        }
+        // A charge of a leased policy goes back to this instance's live lease of the key when
+        // there is one (the token came from Redis either way).
+        if inner.leases.plan(policy.index()).is_some()
+            && inner.leases.refund(
+                inner.leases.fingerprint(policy.index(), key),
+                Instant::now(),
+            )
+        {
+            return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -921,5 +1184,43 @@ mod tests {
             .await
             .unwrap();
         assert!(b.is_degraded());
+    }
+
+    #[tokio::test]
+    async fn lease_opt_ins_are_checked_when_the_layer_is_built() {
+        use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
+        let link = Link::connect(welcomedly_redis::LinkConfig::new("redis://127.0.0.1:1/"))
+            .await
+            .unwrap();
+        let build = |config: RedisRateLimitConfig| {
+            let link = link.clone();
+            async move {
+                let backend = RedisBackend::new(&link, config).await.unwrap();
+                RateLimitLayer::builder()
+                    .backend(backend)
+                    .policy(Policy::new("api", Quota::per_minute(200)))
+                    .policy(Policy::new("bulk", Quota::per_minute(100_000)))
+                    .build()
+                    .map(|_| ())
+                    .map_err(|e| {
+                        let source = std::error::Error::source(&e).map(ToString::to_string);
+                        format!("{e}: {}", source.unwrap_or_default())
+                    })
+            }
+        };
+        let e = build(RedisRateLimitConfig::default().lease("apy"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("`apy`") && e.contains("no policy of that name"),
+            "{e}"
+        );
+        let e = build(RedisRateLimitConfig::default().lease("api"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("burst is 200 (under 1024)"), "{e}");
+        build(RedisRateLimitConfig::default().lease("bulk"))
+            .await
+            .unwrap();
     }
 }

@@ -16,8 +16,9 @@ impl RedisBackend {
     /// request path): gauges `welcomedly.rate_limit.backend_degraded` (1 while decisions are
     /// made locally because the link has no connection, else 0) and
     /// `welcomedly.rate_limit.live_instances` (what the fallback divides each limit by);
-    /// counters `welcomedly.rate_limit.backend_failures` (the backend's calls that failed or
-    /// answered too late) and `welcomedly.rate_limit.backend_server_errors` (errors a reconnect
+    /// counters `welcomedly.rate_limit.leases` and `welcomedly.rate_limit.leased_requests`
+    /// (leases taken, requests admitted from them), `welcomedly.rate_limit.backend_failures`
+    /// (the backend's calls that failed or answered too late) and `welcomedly.rate_limit.backend_server_errors` (errors a reconnect
     /// would not fix). Connections and reconnects are the link's
     /// (`Link::register_metrics`); the per-policy decision counters are the layer's
     /// (`RateLimitLayer::register_metrics`).
@@ -48,7 +49,17 @@ impl RedisBackend {
                 })
                 .build();
         }
-        let counters: [Reading; 2] = [
+        let counters: [Reading; 4] = [
+            (
+                "welcomedly.rate_limit.leases",
+                "Leases of a hot key's budget taken from Redis (policies with leased local shares)",
+                RedisBackend::leases_taken,
+            ),
+            (
+                "welcomedly.rate_limit.leased_requests",
+                "Requests admitted from a lease, without a Redis call",
+                RedisBackend::leased_requests,
+            ),
             (
                 "welcomedly.rate_limit.backend_failures",
                 "Redis calls of the rate limiter that failed or answered too late",

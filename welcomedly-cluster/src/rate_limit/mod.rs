@@ -46,6 +46,48 @@
 //!
 //! [`RedisBackend::coalesced_calls`] and [`RedisBackend::coalesced_requests`] count them.
 //!
+//! **Leased local shares** (opt-in per policy, [`RedisRateLimitConfig::lease`]; for policies
+//! with a burst `B` of at least [`LEASE_MIN_BURST`], such as a per-user API limit raised for a
+//! load test). A key is *hot* on an instance when its second request arrives within one lease
+//! lifetime of its first; its next request takes a lease: one script call
+//! ([`script::LEASE`]) grants `min(n, what the key has left)` tokens, `n = B / 64`
+//! ([`LEASE_SHARE`]), and advances the key's state in Redis by what it granted **before** any
+//! is spent. The instance then admits the key's requests from the lease, with no Redis call,
+//! until no token is left or the lease expires, after `L = min(n × interval, 1 s)`
+//! ([`LEASE_MAX_LIFETIME`]; for a per-minute quota `n × interval` is 60 s / 64 ≈ 0.94 s). What
+//! it left unspent is given back then: in the key's next lease call, or by a sweep every
+//! 100 ms (one refund call per slot); a give-back Redis does not take is dropped, which errs on
+//! the side of the limit. The guarantees, with `I` instances:
+//! - **never more than the limit**: every admission spends a token Redis granted first, so from
+//!   a key's first request the cluster admits at most what the GCRA admits (`B` plus one per
+//!   interval since). One fine print: a token is spent up to `L` after its grant, so a sliding
+//!   window that starts while leases are held can count up to `L / interval ≤ n` more than `B`
+//!   plus its refill (across the cluster, not per instance), and a give-back returns tokens
+//!   the way a refund does (the state moves back, never below now);
+//! - **early refusal, bounded**: a request is refused only when Redis has no token left for the
+//!   key, while every instance holds at most one lease of it: at most `I × n` tokens (`I / 64`
+//!   of the burst, 4.7 % on 3 instances) are held unspent when it happens, for at most `L` plus
+//!   the sweep's 100 ms. The instance's own lease counts: a request that arrives while its
+//!   instance renews the key's lease goes to Redis directly instead of waiting for it;
+//! - **one-off keys cost nothing more**: a key's first request (and the first after a lifetime
+//!   without one) is decided in Redis as without leases, so distinct anonymous addresses never
+//!   take leases; the table is capped ([`max_leases`](RedisRateLimitConfig::max_leases)), and
+//!   a new key that finds it full is decided in Redis as without leases;
+//! - **headers**: an admission from a lease reports `remaining` = what Redis had left at the
+//!   grant + the tokens the instance still holds, and the reset as of the grant less the held
+//!   tokens' intervals: this instance's view, blind to other instances' spends since the grant
+//!   (at most `L` old);
+//! - **refunds** (`refund_statuses`, `charge_only_statuses`) go back into the instance's live
+//!   lease of the key (the token came from Redis either way), else to Redis as before;
+//! - **Redis down**: a held lease keeps admitting until it is spent or expires (its tokens were
+//!   granted before the outage); then the policy's failure mode decides, as without leases;
+//! - requests that match several policies are decided in Redis as without leases; lease calls
+//!   are not coalesced (one per hot key and lifetime), the other checks are, as above; a lease
+//!   call names one key, so it is one slot on a Redis Cluster.
+//!
+//! [`RedisBackend::leases_taken`], [`RedisBackend::leased_requests`] and
+//! [`RedisBackend::lease_tokens_given_back`] count them.
+//!
 //! ```no_run
 //! use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
 //! use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
@@ -68,11 +110,13 @@
 mod backend;
 mod coalesce;
 mod key_name;
+mod lease;
 mod metrics;
 mod rejections;
 pub mod script;
 
 pub use backend::{LiveInstances, RedisBackend, RedisRateLimitConfig};
+pub use lease::{LEASE_MAX_LIFETIME, LEASE_MIN_BURST, LEASE_SHARE};
 
 /// The Lua script that decides a request's policies, public so that services written in other
 /// languages can share the same limits (same key layout: `<prefix>:{<digest>}:<policy>`, see

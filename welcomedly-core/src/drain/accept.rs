@@ -56,10 +56,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::accept_errors::{ACCEPT_ERROR_LOG_INTERVAL, AcceptErrorLog};
+use super::layer::{DrainBody, DrainLayer, DrainService, ResponseFuture as DrainFuture};
 use super::limits::{ConnStats, ConnectionLimits, Permit, Refusal};
 use super::run::AFTER_CUT;
 use super::{DrainConfig, DrainSignal, nofile};
 use crate::problem::Problem;
+use tower::Layer as _;
 
 /// At the end of the grace period, how long a connection that has not sent its first request
 /// yet may take to send it (it is served, with `Connection: close`) before it is closed.
@@ -113,7 +115,7 @@ fn notice_vanished_peers(stream: &TcpStream) -> io::Result<()> {
 
 /// What every connection task needs, built once per server.
 struct Shared {
-    app: Router,
+    app: DrainService<Router>,
     signal: DrainSignal,
     http: http1::Builder,
     header_read_timeout: Duration,
@@ -126,6 +128,7 @@ struct Shared {
 pub(super) async fn serve(
     listener: TcpListener,
     app: Router,
+    drain: DrainLayer,
     signal: DrainSignal,
     config: &DrainConfig,
     stats: Arc<ConnStats>,
@@ -137,8 +140,10 @@ pub(super) async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(config.idle_timeout.max(config.header_read_timeout));
     let shared = Arc::new(Shared {
-        // Finalises the routes once, not on every request.
-        app: app.with_state(()),
+        // Finalises the routes once, not on every request. The drain layer wraps the whole
+        // router once, rather than through `Router::layer`, which would box it around every
+        // route and clone that box on every request.
+        app: drain.layer(app.with_state(())),
         signal: signal.clone(),
         http,
         header_read_timeout: config.header_read_timeout,
@@ -466,15 +471,15 @@ fn log_end(result: Result<(), hyper::Error>, peer: SocketAddr, permit: &Permit) 
 /// `into_make_service_with_connect_info` does) and notes that a request has started.
 #[derive(Clone)]
 struct ConnectionService {
-    app: Router,
+    app: DrainService<Router>,
     peer: SocketAddr,
     started: Arc<AtomicBool>,
 }
 
 impl tower::Service<http::Request<Incoming>> for ConnectionService {
-    type Response = axum::response::Response;
+    type Response = http::Response<DrainBody<axum::body::Body>>;
     type Error = Infallible;
-    type Future = <Router as tower::Service<http::Request<Incoming>>>::Future;
+    type Future = DrainFuture<<Router as tower::Service<http::Request<Incoming>>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         tower::Service::<http::Request<Incoming>>::poll_ready(&mut self.app, cx)

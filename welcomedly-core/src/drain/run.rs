@@ -270,14 +270,14 @@ impl Drain {
         app: axum::Router,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let app = app.layer(self.layer());
+        let layer = self.layer();
         let signal = self.signal();
         let config = self.config.clone();
         let connections = Arc::clone(&self.connections);
         // The accept loop follows the phases itself (it must empty the accept queue before the
         // listener closes), so it watches the signal rather than `StopAccepting`.
         self.run(shutdown, |_stop_accepting| async move {
-            super::accept::serve(listener, app, signal, &config, connections).await
+            super::accept::serve(listener, app, layer, signal, &config, connections).await
         })
         .await
     }

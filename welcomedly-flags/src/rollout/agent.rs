@@ -4,20 +4,28 @@
 //!    each flag (a count Redis did not take is put back: nothing is lost while Redis is away).
 //! 2. **Follow** the active rollouts (their state), and guard their flags in the attribution.
 //! 3. **Act**, on the one instance holding a flag's lease: take the lease when it is free
-//!    (`INCR` fencing token + `SET PX`, in one script), renew it every tick, and step the
+//!    (`INCR` fencing token + `SET PX`, in one script) and at once raise the flag store's
+//!    fence to its token ([`FlagStore::raise_fence`]), renew it every tick, and step the
 //!    [controller](super::controller::step) on the whole fleet's counts since the stage
 //!    started (less a settle time while instances pick up the new weights). A decision is
 //!    written with the token and the revision checked in one script, published on the flag's
 //!    decision channel and the local [`decisions`](RolloutAgent::decisions) broadcast, then
 //!    applied to the flag (the fallthrough's split, or the breach) through the flag store with
-//!    its evidence in the flag's history.
+//!    its evidence in the flag's history, fenced by the same token
+//!    ([`FlagStore::write_fenced`]).
 //!
 //! **Redis down freezes**: a tick that cannot flush, read the state or read the counts decides
 //! nothing, and [`status`](RolloutAgent::status) says `"frozen"` with why, until Redis answers.
 //!
-//! **A paused old leader**: its state writes are refused by the fencing check once its lease
-//! expired. Its flag write is not fenced (the flag document lives on another slot), but every
-//! tick the leader re-applies the state to the flag, so a stale flag write is undone within a tick.
+//! **A paused old leader** cannot write after it lost its lease. Its state writes are refused
+//! by the rollout store's script, which checks the lease holds its token. Its flag writes are
+//! refused by the flag store itself: the flag document lives on another Redis slot than the
+//! lease, so the flag store keeps the highest token it has seen per flag next to the document
+//! and its write script refuses a lower one in the same step as the compare-and-set
+//! (fencing at the resource). A new leader raises that fence as soon as it holds the lease,
+//! then reconciles the flag with the state, so a stale write that landed just before is
+//! undone at once and none can land after. An operator's write (start, pause, resume, abort)
+//! is not fenced: it is checked by the state's revision instead.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -35,7 +43,7 @@ use super::controller::{Action, Decision, Phase, RolloutState, step};
 use super::plan::{Breach, Plan};
 use super::store::{RolloutStore, StoreFailure, Written};
 use crate::model::{Flag, FlagSet};
-use crate::store::{Change, FlagStore};
+use crate::store::{Change, Fence, FlagStore};
 
 /// Milliseconds since the Unix epoch: the agent's clock (injectable for tests).
 pub trait Clock: Send + Sync + 'static {
@@ -65,6 +73,9 @@ pub struct AgentConfig {
     /// Counts of a stage's first seconds are left out while instances pick up the new weights.
     /// Default 2 s.
     pub settle: Duration,
+    /// This instance's id, stored with the lease it holds and shown as the status' `leader`
+    /// (operator-chosen text such as a host name; never a client's). Default empty.
+    pub instance: String,
 }
 
 impl Default for AgentConfig {
@@ -73,6 +84,7 @@ impl Default for AgentConfig {
             tick: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(5),
             settle: Duration::from_secs(2),
+            instance: String::new(),
         }
     }
 }
@@ -246,6 +258,15 @@ impl RolloutAgent {
         self.shared.holds(flag)
     }
 
+    /// The flags whose rollouts this instance follows now (the active ones as of its last
+    /// tick, at most [`MAX_GUARDED`](super::attribution::MAX_GUARDED)), without a Redis call:
+    /// what a dashboard asks [`status`](Self::status) about.
+    pub fn followed(&self) -> Vec<String> {
+        let mut flags: Vec<String> = lock(&self.shared.known).keys().cloned().collect();
+        flags.sort_unstable();
+        flags
+    }
+
     /// Starts a guarded rollout of `flag` with `plan`, by `actor`: the first stage's split is
     /// written to the flag at once.
     ///
@@ -322,37 +343,44 @@ impl RolloutAgent {
     }
 
     /// The status of `flag`'s rollout as the admin API shows it: `{"state", "stage",
-    /// "percent", "arms", "decisions", "plan"}`, with `"state": "frozen"` and `"frozenBecause"`
-    /// when Redis cannot be read (the last known numbers are shown).
+    /// "percent", "arms", "decisions", "plan", "leader", "acting"}`, with `"state": "frozen"`
+    /// and `"frozenBecause"` when Redis cannot be read (the last known numbers are shown).
+    /// `leader` is the lease's `{"instance", "token"}` (`null` when no instance holds it or
+    /// Redis cannot be read), `acting` whether this instance holds it.
     ///
     /// # Errors
     ///
-    /// [`RolloutError::NotFound`] when no rollout of `flag` is known.
+    /// [`RolloutError::NotFound`] when no rollout of `flag` is known;
+    /// [`RolloutError::Unavailable`] when Redis cannot be read and this instance has not followed
+    /// the rollout yet.
     pub async fn status(&self, flag: &str) -> Result<serde_json::Value, RolloutError> {
         let s = &self.shared;
-        let fresh = match s.store.load(flag).await {
+        let mut known = match s.store.load(flag).await {
             Ok(Some((state, _))) => {
                 let arms = if state.phase.is_final() {
                     None
                 } else {
                     s.stage_counts(&state).await.ok()
                 };
-                Some(Known {
+                Known {
                     state,
                     arms,
                     frozen: None,
-                })
+                }
             }
             Ok(None) => return Err(RolloutError::NotFound),
             Err(e) => {
-                let known = lock(&s.known).get(flag).cloned();
-                known.map(|mut k| {
-                    k.frozen = Some(e.to_string());
-                    k
-                })
+                // Nothing known here (this instance never followed the rollout): Redis is
+                // the only one who could tell, and it cannot now; not a "no rollout".
+                let Some(mut k) = lock(&s.known).get(flag).cloned() else {
+                    return Err(RolloutError::Unavailable(format!(
+                        "{e}; this instance has not followed a rollout of {flag:?} yet, so it cannot tell its state meanwhile"
+                    )));
+                };
+                k.frozen = Some(e.to_string());
+                k
             }
         };
-        let mut known = fresh.ok_or(RolloutError::NotFound)?;
         if known.frozen.is_none()
             && let Some(k) = lock(&s.known).get(flag)
             && k.frozen.is_some()
@@ -360,7 +388,23 @@ impl RolloutAgent {
         {
             known.frozen.clone_from(&k.frozen);
         }
-        Ok(render(&known))
+        let leader = if known.frozen.is_some() {
+            None
+        } else {
+            s.store.lease(flag).await.ok().flatten()
+        };
+        let mut out = render(&known);
+        if let Some(o) = out.as_object_mut() {
+            o.insert(
+                "leader".into(),
+                leader.map_or(
+                    serde_json::Value::Null,
+                    |(token, instance)| json!({"instance": instance, "token": token}),
+                ),
+            );
+            o.insert("acting".into(), json!(s.holds(flag)));
+        }
+        Ok(out)
     }
 
     /// Registers observable instruments: `welcomedly.rollout.stage` and
@@ -581,9 +625,10 @@ impl Shared {
         if state.phase.is_final() {
             self.store.set_active(&state.flag, false).await?;
         }
-        self.apply_to_flag(state)
+        // An operator's write: checked by the state's revision, not by a lease.
+        self.apply_to_flag(state, None)
             .await
-            .map_err(RolloutError::Unavailable)
+            .map_err(|e| RolloutError::Unavailable(e.to_string()))
     }
 
     fn note_decision(&self, e: DecisionEvent) {
@@ -594,23 +639,29 @@ impl Shared {
     }
 
     /// Writes the flag as `state` wants it (when it differs), with the last decision in the
-    /// flag's history.
-    async fn apply_to_flag(&self, state: &RolloutState) -> Result<(), String> {
+    /// flag's history; fenced by the lease's `token` when the controller writes.
+    async fn apply_to_flag(
+        &self,
+        state: &RolloutState,
+        token: Option<u64>,
+    ) -> Result<(), ApplyError> {
         for _ in 0..5 {
-            let doc = self.flags.load().await.map_err(|e| e.to_string())?;
-            let mut set = FlagSet::parse_json(&doc.body).map_err(|e| e.to_string())?;
+            let doc = self.flags.load().await?;
+            let mut set =
+                FlagSet::parse_json(&doc.body).map_err(|e| ApplyError::Other(e.to_string()))?;
             let Some(flag) = set.flags.get_mut(&state.flag) else {
-                return Err(format!(
+                return Err(ApplyError::Other(format!(
                     "flag {:?} is gone: the rollout cannot apply its stage",
                     state.flag
-                ));
+                )));
             };
             let before = flag.clone();
             desired(state, flag);
             if *flag == before {
                 return Ok(());
             }
-            set.validate().map_err(|e| e.to_string())?;
+            set.validate()
+                .map_err(|e| ApplyError::Other(e.to_string()))?;
             let d = state.decisions.last();
             let summary = format!(
                 "rollout of {}: {} at stage {} ({} %)",
@@ -621,13 +672,28 @@ impl Shared {
             );
             let change = Change::new(d.map_or("rollout", |d| d.actor.as_str()), summary)
                 .with_diff(json!({"key": state.flag, "rollout": d}));
-            match self.flags.write(doc.version, set.to_json(), change).await {
+            let written = match token {
+                Some(t) => {
+                    self.flags
+                        .write_fenced(
+                            doc.version,
+                            set.to_json(),
+                            change,
+                            Fence::new(&state.flag, t),
+                        )
+                        .await
+                }
+                None => self.flags.write(doc.version, set.to_json(), change).await,
+            };
+            match written {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_conflict() => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         }
-        Err("the flag set changed under every attempt: the next tick tries again".into())
+        Err(ApplyError::Other(
+            "the flag set changed under every attempt: the next tick tries again".into(),
+        ))
     }
 
     /// The fleet's counts of the current stage (since it started, less the settle time).
@@ -743,7 +809,21 @@ impl Shared {
                     None
                 }
             }
-            None => self.store.acquire(&flag, ttl).await.map_err(fail)?,
+            None => {
+                let token = self
+                    .store
+                    .acquire_as(&flag, ttl, &self.config.instance)
+                    .await
+                    .map_err(fail)?;
+                // From now on the flag store refuses the previous leader's flag writes.
+                if let Some(t) = token
+                    && let Err(e) = self.flags.raise_fence(Fence::new(&flag, t)).await
+                {
+                    tracing::warn!(flag = %flag, error = %e, "the rollout's new lease could not fence the flag store: not acting");
+                    return Ok(());
+                }
+                token
+            }
         };
         let Some(token) = token else {
             lock(&self.leases).remove(&flag);
@@ -757,8 +837,16 @@ impl Shared {
             },
         );
         // Reconcile the flag with the state (a crash between the two writes, a stale write).
-        if let Err(e) = self.apply_to_flag(&state).await {
-            tracing::warn!(flag = %flag, error = %e, "the rollout could not apply its state to the flag");
+        match self.apply_to_flag(&state, Some(token)).await {
+            Ok(()) => {}
+            Err(ApplyError::Store(e)) if e.is_fenced() => {
+                tracing::warn!(flag = %flag, error = %e, "the rollout's flag write was fenced: another instance acts now");
+                lock(&self.leases).remove(&flag);
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(flag = %flag, error = %e, "the rollout could not apply its state to the flag");
+            }
         }
         if state.phase.is_final() {
             self.store.set_active(&flag, false).await.map_err(fail)?;
@@ -806,8 +894,15 @@ impl Shared {
             );
             self.note_decision(e);
         }
-        if let Err(e) = self.apply_to_flag(&next).await {
-            tracing::warn!(flag = %flag, error = %e, "the rollout could not apply its decision to the flag (the next tick retries)");
+        match self.apply_to_flag(&next, Some(token)).await {
+            Ok(()) => {}
+            Err(ApplyError::Store(e)) if e.is_fenced() => {
+                tracing::warn!(flag = %flag, error = %e, "the rollout's flag write was fenced: another instance acts now");
+                lock(&self.leases).remove(&flag);
+            }
+            Err(e) => {
+                tracing::warn!(flag = %flag, error = %e, "the rollout could not apply its decision to the flag (the next tick retries)");
+            }
         }
         if next.phase.is_final() {
             self.store.set_active(&flag, false).await.map_err(fail)?;
@@ -816,6 +911,30 @@ impl Shared {
             k.state = next;
         }
         Ok(())
+    }
+}
+
+/// Why the flag could not be written as the rollout wants it.
+#[derive(Debug)]
+enum ApplyError {
+    /// The flag store refused or failed (fenced: another instance acts).
+    Store(crate::store::StoreError),
+    /// The flag set does not take the rollout (the flag is gone, it does not validate, …).
+    Other(String),
+}
+
+impl From<crate::store::StoreError> for ApplyError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Store(e) => e.fmt(f),
+            Self::Other(m) => f.write_str(m),
+        }
     }
 }
 

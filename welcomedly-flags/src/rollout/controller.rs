@@ -3,12 +3,15 @@
 //! every step is unit-tested; the [agent](super::agent) runs it on the leader every tick.
 //!
 //! ```
-//! use welcomedly_flags::rollout::attribution::ArmCounts;
+//! use std::time::Duration;
+//! use welcomedly_flags::rollout::attribution::{latency_bucket, ArmCounts};
 //! use welcomedly_flags::rollout::controller::{step, Action, Phase, RolloutState};
 //! use welcomedly_flags::rollout::plan::Plan;
 //!
 //! let state = RolloutState::start("f", Plan::default(), "alice", 0);
-//! let healthy = ArmCounts { requests: 5_000, ..ArmCounts::default() };
+//! // 5,000 requests, each served in 5 ms (every guard judges: errors and latency).
+//! let mut healthy = ArmCounts { requests: 5_000, ..ArmCounts::default() };
+//! healthy.latency[latency_bucket(Duration::from_millis(5))] = 5_000;
 //! // Too early: the stage must run 60 s.
 //! assert!(step(&state, &healthy, &healthy, 30_000).is_none());
 //! let next = step(&state, &healthy, &healthy, 61_000).unwrap();
@@ -349,7 +352,12 @@ pub fn step(
     let enough_time = ran >= stage.min_duration_secs.saturating_mul(1000);
     let enough_samples =
         control.requests >= stage.min_samples && treatment.requests >= stage.min_samples;
-    if !(enough_time && enough_samples) {
+    // A stage whose `minSamples` is below the test's minimum trials per arm would otherwise
+    // advance on a handful of requests that no guard judged ("insufficient" is no verdict).
+    let judged = evidence
+        .iter()
+        .all(|e| e.evidence.verdict != Verdict::Insufficient);
+    if !(enough_time && enough_samples && judged) {
         return None;
     }
     let mut next = state.clone();
@@ -399,6 +407,20 @@ mod tests {
         let actions: Vec<_> = s.decisions.iter().map(|d| d.action).collect();
         assert_eq!(actions, [Action::Start, Action::Advance, Action::Complete]);
         assert_eq!(s.decisions[1].evidence.len(), 2, "error ratio and latency");
+    }
+
+    #[test]
+    fn no_stage_advances_before_every_guard_could_judge() {
+        let plan = Plan::from_json(
+            r#"{"stages": [{"percent": 5, "minDurationSecs": 1, "minSamples": 10}, {"percent": 100}]}"#,
+        )
+        .unwrap();
+        let s = RolloutState::start("f", plan, "alice", 0);
+        // 30 treatment requests, 6 failed: enough by the plan, too few for the test.
+        let few = step(&s, &counts(600, 0, 5), &counts(30, 6, 5), 5_000);
+        assert!(few.is_none(), "advanced unjudged: {few:?}");
+        let next = step(&s, &counts(2_000, 20, 5), &counts(200, 2, 5), 5_000).unwrap();
+        assert_eq!(next.phase, Phase::Completed);
     }
 
     #[test]

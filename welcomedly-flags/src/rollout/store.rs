@@ -6,6 +6,7 @@
 //! | `{wd:rollout:<flag>}:state` | the [`RolloutState`] as JSON |
 //! | `{wd:rollout:<flag>}:rev` | the state's revision (compare-and-set) |
 //! | `{wd:rollout:<flag>}:lease` | the acting instance's fencing token, with a TTL |
+//! | `{wd:rollout:<flag>}:holder` | the acting instance's id (for the status), with the lease's TTL |
 //! | `{wd:rollout:<flag>}:fence` | the fencing counter (`INCR`) |
 //! | `{wd:rollout:<flag>}:n:<unix second>` | one second of counts from every instance (a hash, 2 h TTL) |
 //! | `{wd:rollout:<flag>}:decisions` | channel: every decision as JSON |
@@ -122,18 +123,21 @@ if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return {1, rev}
 ";
 
-/// `KEYS`: lease, fence. `ARGV`: TTL ms. A new token when the lease is free, else 0.
+/// `KEYS`: lease, fence, holder. `ARGV`: TTL ms, holder id. A new token when the lease is
+/// free, else 0.
 const ACQUIRE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], token, 'PX', ARGV[1])
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[1])
 return token
 ";
 
-/// `KEYS`: lease. `ARGV`: token, TTL ms. 1 when renewed, 0 when the lease is another's.
+/// `KEYS`: lease, holder. `ARGV`: token, TTL ms. 1 when renewed, 0 when the lease is another's.
 const RENEW: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return 1
 end
 return 0
@@ -205,11 +209,10 @@ impl RolloutStore {
     ///
     /// Redis failed or the state is not a rollout.
     pub async fn load(&self, flag: &str) -> Result<Option<(RolloutState, u64)>, StoreFailure> {
+        let (state_key, rev_key) = (key(flag, "state"), key(flag, "rev"));
+        welcomedly_redis::debug_assert_same_slot("the rollout state read", &[&state_key, &rev_key]);
         let mut pipe = redis::pipe();
-        pipe.cmd("GET")
-            .arg(key(flag, "state"))
-            .cmd("GET")
-            .arg(key(flag, "rev"));
+        pipe.cmd("GET").arg(state_key).cmd("GET").arg(rev_key);
         let (state, rev): (Option<String>, Option<u64>) = self
             .link
             .query_pipe(&pipe, Retry::Once)
@@ -236,10 +239,13 @@ impl RolloutStore {
     ) -> Result<Written, StoreFailure> {
         let flag = &state.flag;
         let json = serde_json::to_string(state).unwrap_or_default();
+        let keys = [key(flag, "state"), key(flag, "rev"), key(flag, "lease")];
+        welcomedly_redis::debug_assert_same_slot("the rollout state write", &keys);
+        let [state_key, rev_key, lease_key] = keys;
         let mut inv = self.write.prepare_invoke();
-        inv.key(key(flag, "state"))
-            .key(key(flag, "rev"))
-            .key(key(flag, "lease"))
+        inv.key(state_key)
+            .key(rev_key)
+            .key(lease_key)
             .arg(token.map(|t| t.to_string()).unwrap_or_default())
             .arg(expected)
             .arg(json)
@@ -263,10 +269,30 @@ impl RolloutStore {
     ///
     /// Redis failed.
     pub async fn acquire(&self, flag: &str, ttl: Duration) -> Result<Option<u64>, StoreFailure> {
+        self.acquire_as(flag, ttl, "").await
+    }
+
+    /// [`acquire`](Self::acquire), naming the holder (an instance id, shown by
+    /// [`lease`](Self::lease)).
+    ///
+    /// # Errors
+    ///
+    /// Redis failed.
+    pub async fn acquire_as(
+        &self,
+        flag: &str,
+        ttl: Duration,
+        holder: &str,
+    ) -> Result<Option<u64>, StoreFailure> {
+        let keys = [key(flag, "lease"), key(flag, "fence"), key(flag, "holder")];
+        welcomedly_redis::debug_assert_same_slot("the rollout lease", &keys);
+        let [lease_key, fence_key, holder_key] = keys;
         let mut inv = self.acquire.prepare_invoke();
-        inv.key(key(flag, "lease"))
-            .key(key(flag, "fence"))
-            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        inv.key(lease_key)
+            .key(fence_key)
+            .key(holder_key)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(holder);
         let token: u64 = self
             .link
             .invoke(&inv, Retry::Never)
@@ -281,8 +307,12 @@ impl RolloutStore {
     ///
     /// Redis failed.
     pub async fn renew(&self, flag: &str, token: u64, ttl: Duration) -> Result<bool, StoreFailure> {
+        let keys = [key(flag, "lease"), key(flag, "holder")];
+        welcomedly_redis::debug_assert_same_slot("the rollout lease renewal", &keys);
+        let [lease_key, holder_key] = keys;
         let mut inv = self.renew.prepare_invoke();
-        inv.key(key(flag, "lease"))
+        inv.key(lease_key)
+            .key(holder_key)
             .arg(token)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let held: i64 = self
@@ -291,6 +321,26 @@ impl RolloutStore {
             .await
             .map_err(|e| StoreFailure::redis("lease renewal", &e))?;
         Ok(held == 1)
+    }
+
+    /// The current lease of `flag`'s controller: its token and holder (`""` when unnamed), or
+    /// `None` when no instance holds it.
+    ///
+    /// # Errors
+    ///
+    /// Redis failed.
+    pub async fn lease(&self, flag: &str) -> Result<Option<(u64, String)>, StoreFailure> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(key(flag, "lease"))
+            .cmd("GET")
+            .arg(key(flag, "holder"));
+        let (token, holder): (Option<u64>, Option<String>) = self
+            .link
+            .query_pipe(&pipe, Retry::Once)
+            .await
+            .map_err(|e| StoreFailure::redis("lease read", &e))?;
+        Ok(token.map(|t| (t, holder.unwrap_or_default())))
     }
 
     /// Adds one instance's counts into the bucket of second `sec`.

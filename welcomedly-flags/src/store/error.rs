@@ -14,6 +14,7 @@ pub struct StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Conflict { current: u64 },
+    Fenced { seen: u64 },
     Unavailable,
     Corrupt,
     Rejected,
@@ -26,6 +27,17 @@ impl StoreError {
             kind: Kind::Conflict { current },
             message: format!(
                 "the flag set changed since it was read (expected version {expected}, the store holds {current}): reload it, reapply the edit and write again with version {current}"
+            ),
+            source: None,
+        }
+    }
+
+    pub(crate) fn fenced(flag: &str, token: u64, seen: u64) -> Self {
+        Self {
+            kind: Kind::Fenced { seen },
+            message: format!(
+                "the flag store refused the rollout's write of flag {flag:?} with fencing token {token}: it has seen token {seen}, so another instance acts for this rollout now and this one stops (if the rollout's counter {{wd:rollout:{flag}}}:fence was reset by hand, set it above {seen})",
+                flag = super::bounded(flag, 128)
             ),
             source: None,
         }
@@ -85,6 +97,21 @@ impl StoreError {
     pub fn current_version(&self) -> Option<u64> {
         match self.kind {
             Kind::Conflict { current } => Some(current),
+            _ => None,
+        }
+    }
+
+    /// Whether a guarded rollout's fenced write (or fence raise) was refused because the store
+    /// has seen a larger fencing token for the flag: another instance acts for the rollout now
+    /// (see [`fenced_by`](Self::fenced_by)).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self.kind, Kind::Fenced { .. })
+    }
+
+    /// The larger token the store has seen, for a fenced write.
+    pub fn fenced_by(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Fenced { seen } => Some(seen),
             _ => None,
         }
     }

@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: the flag store of a single process.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -8,8 +8,8 @@ use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::{
-    Change, DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_CAP, Document, FlagStore, MAX_CHANGE_BYTES,
-    Notice, StoreError,
+    Change, DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_CAP, Document, Fence, FlagStore,
+    MAX_CHANGE_BYTES, Notice, StoreError,
 };
 
 /// The embedded default: the document, its version and the history in this process, with the
@@ -43,6 +43,20 @@ struct State {
     history: VecDeque<(Change, usize)>,
     /// The sum of the sizes in `history`.
     history_bytes: usize,
+    /// The highest rollout fencing token seen per flag (see [`Fence`]).
+    fences: HashMap<String, u64>,
+}
+
+impl State {
+    /// Records `fence` unless a larger token was seen for its flag.
+    fn check_fence(&mut self, fence: &Fence) -> Result<(), StoreError> {
+        let seen = self.fences.entry(fence.flag.clone()).or_insert(0);
+        if *seen > fence.token {
+            return Err(StoreError::fenced(&fence.flag, fence.token, *seen));
+        }
+        *seen = fence.token;
+        Ok(())
+    }
 }
 
 impl MemoryStore {
@@ -66,6 +80,7 @@ impl MemoryStore {
                 doc: Document::default(),
                 history: VecDeque::new(),
                 history_bytes: 0,
+                fences: HashMap::new(),
             }),
             cap: cap.max(1),
             budget: bytes.max(MAX_CHANGE_BYTES),
@@ -88,9 +103,13 @@ impl MemoryStore {
         expected: u64,
         body: String,
         mut change: Change,
+        fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
         let version = {
             let mut state = self.lock();
+            if let Some(fence) = fence {
+                state.check_fence(fence)?;
+            }
             if state.doc.version != expected {
                 return Err(StoreError::conflict(expected, state.doc.version));
             }
@@ -156,7 +175,28 @@ impl FlagStore for MemoryStore {
         body: String,
         change: Change,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(std::future::ready(self.write_now(expected, body, change)))
+        Box::pin(std::future::ready(
+            self.write_now(expected, body, change, None),
+        ))
+    }
+
+    fn write_fenced(
+        &self,
+        expected: u64,
+        body: String,
+        change: Change,
+        fence: Fence,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(std::future::ready(self.write_now(
+            expected,
+            body,
+            change,
+            Some(&fence),
+        )))
+    }
+
+    fn raise_fence(&self, fence: Fence) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(self.lock().check_fence(&fence)))
     }
 
     fn history(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, StoreError>> {
@@ -192,6 +232,42 @@ mod tests {
 
     fn change(n: u32) -> Change {
         Change::new("tester", format!("change {n}")).with_diff(serde_json::json!({ "n": n }))
+    }
+
+    #[tokio::test]
+    async fn a_lower_fencing_token_is_refused_and_a_higher_one_passes() {
+        let store = MemoryStore::new();
+        store.write(0, "{}".into(), change(1)).await.unwrap();
+        let v = store
+            .write_fenced(1, "{\"a\":1}".into(), change(2), Fence::new("f", 2))
+            .await
+            .unwrap();
+        assert_eq!(v, 2);
+        store.raise_fence(Fence::new("f", 5)).await.unwrap();
+        let e = store
+            .write_fenced(2, "{\"a\":0}".into(), change(3), Fence::new("f", 2))
+            .await
+            .unwrap_err();
+        assert!(e.is_fenced() && e.fenced_by() == Some(5), "{e}");
+        assert!(e.to_string().contains("another instance acts"), "{e}");
+        assert!(
+            store
+                .raise_fence(Fence::new("f", 4))
+                .await
+                .unwrap_err()
+                .is_fenced()
+        );
+        // Another flag's fence is its own; unfenced writes (operators) pass.
+        store
+            .write_fenced(2, "{}".into(), change(4), Fence::new("g", 1))
+            .await
+            .unwrap();
+        store.write(3, "{}".into(), change(5)).await.unwrap();
+        store
+            .write_fenced(4, "{}".into(), change(6), Fence::new("f", 5))
+            .await
+            .unwrap();
+        assert_eq!(store.load().await.unwrap().version, 5);
     }
 
     #[tokio::test]

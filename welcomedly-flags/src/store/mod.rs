@@ -14,6 +14,11 @@
 //! read succeeds only if nobody wrote in between, and otherwise fails with
 //! [`StoreError::is_conflict`] and the current version, so an admin UI can reload and retry.
 //!
+//! **A guarded rollout's writes are fenced** ([`FlagStore::write_fenced`]): the rollout's acting
+//! instance writes the flag with its lease's [`Fence`] token, and the store refuses a token lower
+//! than the highest one it has seen for that flag, in the same atomic step as the
+//! compare-and-set. A paused old leader that lost its lease cannot write a stale stage.
+//!
 //! [`FlagSync`] subscribes to a store and, for each new version, loads the document, calls the
 //! application's `compile` and, if that succeeds, its `apply` (typically an `ArcSwap::store`). An
 //! invalid document is rejected and the last good snapshot keeps serving; so does a store that
@@ -182,6 +187,32 @@ pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     h
 }
 
+/// A guarded rollout's fencing token on a write of its flag: the token of the acting
+/// instance's lease (`INCR`ed on every new lease, so a later leader holds a larger one).
+///
+/// The store keeps the highest token it has seen per flag (beside the document, in the same
+/// atomic step as the write) and refuses a write or a [raise](FlagStore::raise_fence) with a
+/// lower one ([`StoreError::is_fenced`]): Kleppmann's fencing at the resource, so an old leader
+/// that was paused past its lease cannot overwrite what the new one wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The flag the rollout acts on (a key of the flag set: the store keeps one token per
+    /// flag that was ever rolled out).
+    pub flag: String,
+    /// The lease's fencing token.
+    pub token: u64,
+}
+
+impl Fence {
+    /// The fence of `flag`'s rollout at `token`.
+    pub fn new(flag: impl Into<String>, token: u64) -> Self {
+        Self {
+            flag: flag.into(),
+            token,
+        }
+    }
+}
+
 /// What a store announces through [`FlagStore::changes`].
 ///
 /// A struct rather than an enum `Version(u64) | Resync`: a `watch` channel keeps only the latest
@@ -217,6 +248,34 @@ pub trait FlagStore: Send + Sync + 'static {
         change: Change,
     ) -> BoxFuture<'_, Result<u64, StoreError>>;
 
+    /// [`write`](Self::write) by a guarded rollout's acting instance: refused with
+    /// [`StoreError::is_fenced`] when the store has seen a larger token for `fence.flag`
+    /// (another instance acts now); otherwise the token is recorded as the highest seen and the
+    /// compare-and-set runs, all in one atomic step.
+    ///
+    /// The default refuses every fenced write ([`StoreError::is_config`]): a store that cannot
+    /// check the token cannot take a rollout's writes safely. [`MemoryStore`] and `RedisStore`
+    /// implement it.
+    fn write_fenced(
+        &self,
+        expected: u64,
+        body: String,
+        change: Change,
+        fence: Fence,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let _ = (expected, body, change, fence);
+        Box::pin(std::future::ready(Err(cannot_fence(self.describe()))))
+    }
+
+    /// Records `fence.token` as the highest token seen for `fence.flag` without writing the
+    /// document (a new acting instance does this as soon as it holds the lease, so the old
+    /// one's writes are refused from then on). Refused with [`StoreError::is_fenced`] when the
+    /// store has seen a larger token. The default refuses, as [`write_fenced`](Self::write_fenced).
+    fn raise_fence(&self, fence: Fence) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = fence;
+        Box::pin(std::future::ready(Err(cannot_fence(self.describe()))))
+    }
+
     /// The latest `limit` history entries, newest first.
     fn history(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, StoreError>>;
 
@@ -246,6 +305,18 @@ impl<S: FlagStore + ?Sized> FlagStore for std::sync::Arc<S> {
         change: Change,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
         (**self).write(expected, body, change)
+    }
+    fn write_fenced(
+        &self,
+        expected: u64,
+        body: String,
+        change: Change,
+        fence: Fence,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        (**self).write_fenced(expected, body, change, fence)
+    }
+    fn raise_fence(&self, fence: Fence) -> BoxFuture<'_, Result<(), StoreError>> {
+        (**self).raise_fence(fence)
     }
     fn history(&self, limit: usize) -> BoxFuture<'_, Result<Vec<Change>, StoreError>> {
         (**self).history(limit)
@@ -288,6 +359,12 @@ pub async fn sync_flags(
         config,
     )
     .await
+}
+
+fn cannot_fence(store: String) -> StoreError {
+    StoreError::config(format!(
+        "{store} cannot check a guarded rollout's fencing token, so it cannot take the rollout's flag writes safely: implement FlagStore::write_fenced and FlagStore::raise_fence for it (MemoryStore and RedisStore do)"
+    ))
 }
 
 pub(crate) fn now_unix_ms() -> u64 {

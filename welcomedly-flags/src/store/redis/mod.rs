@@ -6,11 +6,13 @@
 //! [`debug_assert_same_slot`](welcomedly_redis::debug_assert_same_slot); a prefix whose braces
 //! would defeat the tag is refused): `{wd:flags}:doc` (the document), `{wd:flags}:version` (the
 //! counter), `{wd:flags}:digest` (the document's SHA-1), `{wd:flags}:history` (a list, newest
-//! first, capped in entries and in bytes), `{wd:flags}:history_bytes` (its size) and the
-//! pub/sub channel `{wd:flags}:changes`. A write is one Lua script: compare the version, `SET`
-//! the document and its digest, bump the version, `LPUSH` the history entry and drop the
-//! oldest over the caps, `PUBLISH` the new version. A load is one `MGET` of the version, the
-//! document and its digest.
+//! first, capped in entries and in bytes), `{wd:flags}:history_bytes` (its size),
+//! `{wd:flags}:fences` (the highest guarded-rollout fencing token seen per flag) and the
+//! pub/sub channel `{wd:flags}:changes`. A write is one Lua script: for a rollout's write,
+//! refuse a fencing token below the one seen for its flag (and record a larger one); compare
+//! the version, `SET` the document and its digest, bump the version, `LPUSH` the history entry
+//! and drop the oldest over the caps, `PUBLISH` the new version. A load is one `MGET` of the
+//! version, the document and its digest.
 //!
 //! **A reused version is new.** A write acknowledged by a primary that dies before its
 //! replica has it is lost in the failover, and the next write takes the same version number
@@ -51,8 +53,8 @@ use welcomedly_redis::redis::{self, Script};
 use welcomedly_redis::{Link, Retry};
 
 use super::{
-    Change, DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_CAP, Document, FlagStore, MAX_CHANGE_BYTES,
-    Notice, StoreError,
+    Change, DEFAULT_HISTORY_BYTES, DEFAULT_HISTORY_CAP, Document, Fence, FlagStore,
+    MAX_CHANGE_BYTES, Notice, StoreError,
 };
 
 mod follow;
@@ -144,8 +146,11 @@ impl RedisStoreConfig {
 ///
 /// - **Keys** (default prefix `wd:flags`, one hash tag so the write script runs on a Redis
 ///   Cluster too): `{wd:flags}:doc` (the document), `{wd:flags}:version` (the counter),
-///   `{wd:flags}:history` (a list, newest first), `{wd:flags}:history_bytes` (its size) and the
+///   `{wd:flags}:history` (a list, newest first), `{wd:flags}:history_bytes` (its size),
+///   `{wd:flags}:fences` (the highest guarded-rollout fencing token seen per flag) and the
 ///   channel `{wd:flags}:changes` (see [`RedisKeys`]).
+/// - **A guarded rollout's write** ([`FlagStore::write_fenced`]) is refused in the same script
+///   when its token is below the one seen for its flag: a paused old leader cannot write.
 /// - **A write** is one Lua script: compare the version, `SET` the document, bump the version,
 ///   `LPUSH` the history entry and drop the oldest beyond
 ///   [`history_cap`](RedisStoreConfig::history_cap) entries or
@@ -173,6 +178,7 @@ pub(super) struct Inner {
     name: String,
     keys: RedisKeys,
     write: Script,
+    raise_fence: Script,
     budget: Duration,
     poll_interval: Duration,
     history_cap: usize,
@@ -225,6 +231,7 @@ impl RedisStore {
             link: link.clone(),
             name: format!("Redis at {}", link.config().topology),
             write,
+            raise_fence: Script::new(script::RAISE_FENCE),
             budget: config.budget,
             poll_interval: config.poll_interval,
             history_cap: config.history_cap,
@@ -402,6 +409,46 @@ impl Inner {
         }
     }
 
+    /// The write script, fenced or not (see [`script::WRITE`]).
+    async fn write(
+        &self,
+        expected: u64,
+        body: String,
+        mut change: Change,
+        fence: Option<&Fence>,
+    ) -> Result<u64, StoreError> {
+        let entry = change.fit();
+        let mut invocation = self.write.prepare_invoke();
+        invocation
+            .key(&self.keys.doc)
+            .key(&self.keys.version)
+            .key(&self.keys.history)
+            .key(&self.keys.history_bytes)
+            .key(&self.keys.digest)
+            .key(&self.keys.fences)
+            .arg(expected)
+            .arg(&body)
+            .arg(&entry)
+            .arg(self.history_cap)
+            .arg(&self.keys.channel)
+            .arg(self.history_bytes)
+            .arg(fence.map_or("", |f| f.flag.as_str()))
+            .arg(fence.map_or(0, |f| f.token));
+        debug_assert!(
+            self.keys.share_one_slot(),
+            "the flag write script's keys span slots"
+        );
+        // Never retried: a second run after a lost answer would write a second version.
+        let (code, n): (i64, u64) = self
+            .call("write", Retry::Never, Call::Script(&invocation))
+            .await?;
+        match (code, fence) {
+            (1, _) => Ok(n),
+            (2, Some(f)) => Err(StoreError::fenced(&f.flag, f.token, n)),
+            _ => Err(StoreError::conflict(expected, n)),
+        }
+    }
+
     /// Announces `version` (only a change wakes the receivers).
     fn announce(&self, version: u64) -> bool {
         self.notices.send_if_modified(|n| {
@@ -461,36 +508,37 @@ impl FlagStore for RedisStore {
         &self,
         expected: u64,
         body: String,
-        mut change: Change,
+        change: Change,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.inner.write(expected, body, change, None))
+    }
+
+    fn write_fenced(
+        &self,
+        expected: u64,
+        body: String,
+        change: Change,
+        fence: Fence,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move { self.inner.write(expected, body, change, Some(&fence)).await })
+    }
+
+    fn raise_fence(&self, fence: Fence) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            let entry = change.fit();
-            let mut invocation = inner.write.prepare_invoke();
+            let mut invocation = inner.raise_fence.prepare_invoke();
             invocation
-                .key(&inner.keys.doc)
-                .key(&inner.keys.version)
-                .key(&inner.keys.history)
-                .key(&inner.keys.history_bytes)
-                .key(&inner.keys.digest)
-                .arg(expected)
-                .arg(&body)
-                .arg(&entry)
-                .arg(inner.history_cap)
-                .arg(&inner.keys.channel)
-                .arg(inner.history_bytes);
-            debug_assert!(
-                inner.keys.share_one_slot(),
-                "the flag write script's keys span slots"
-            );
-            // Never retried: a second run after a lost answer would write a second version.
-            let (ok, version): (i64, u64) = inner
-                .call("write", Retry::Never, Call::Script(&invocation))
+                .key(&inner.keys.fences)
+                .arg(&fence.flag)
+                .arg(fence.token);
+            // Idempotent: a second run records the same token.
+            let (ok, seen): (i64, u64) = inner
+                .call("fence raise", Retry::Once, Call::Script(&invocation))
                 .await?;
             if ok == 1 {
-                Ok(version)
+                Ok(())
             } else {
-                Err(StoreError::conflict(expected, version))
+                Err(StoreError::fenced(&fence.flag, fence.token, seen))
             }
         })
     }

@@ -23,6 +23,10 @@ pub struct RedisKeys {
     /// The pub/sub channel each new version is published on (its decimal text):
     /// `{wd:flags}:changes`.
     pub channel: String,
+    /// The highest guarded-rollout fencing token seen per flag (a hash: flag key → token),
+    /// checked and raised by the write script: `{wd:flags}:fences`. One field per flag ever
+    /// rolled out (flag keys are the operator's, never a client's).
+    pub fences: String,
 }
 
 impl RedisKeys {
@@ -42,6 +46,7 @@ impl RedisKeys {
             history_bytes: format!("{tagged}:history_bytes"),
             digest: format!("{tagged}:digest"),
             channel: format!("{tagged}:changes"),
+            fences: format!("{tagged}:fences"),
         }
     }
 }
@@ -56,17 +61,22 @@ impl RedisKeys {
             &self.history,
             &self.history_bytes,
             &self.digest,
+            &self.fences,
         ])
     }
 }
 
-/// Compare-and-set, store, bump, record, announce — atomically.
+/// Fence check, compare-and-set, store, bump, record, announce — atomically.
 ///
-/// `KEYS`: doc, version, history, history bytes, digest (one hash tag: one slot). `ARGV`: expected version, body, history entry
-/// (a JSON object without `version`, starting with `{` and holding at least one field), history
-/// cap, channel, history byte budget. Returns `{1, new_version}` on success, `{0,
-/// current_version}` on a conflict, or an error reply `WDFLAGS …` when the version key holds
-/// something else than an integer.
+/// `KEYS`: doc, version, history, history bytes, digest, fences (one hash tag: one slot).
+/// `ARGV`: expected version, body, history entry (a JSON object without `version`, starting
+/// with `{` and holding at least one field), history cap, channel, history byte budget, then
+/// the fenced flag (`""`: an unfenced write) and its token. Returns `{1, new_version}` on
+/// success, `{0, current_version}` on a conflict, `{2, seen_token}` when the fences hash holds
+/// a larger token for the flag (nothing written), or an error reply `WDFLAGS …` when the
+/// version key holds something else than an integer. A token at least the one seen is
+/// recorded as the highest seen before the version is compared (the token is legitimate
+/// whether or not this write wins the compare-and-set).
 ///
 /// The entry's `version` is spliced in as text rather than through `cjson`, whose number
 /// encoding (`%.14g`) would round large integers inside the caller's diff. Lua numbers are
@@ -78,6 +88,12 @@ impl RedisKeys {
 /// before it existed, or the key deleted) the total is recounted from the newest entry on, reading
 /// no more than the budget (plus one entry) before the rest is cut.
 pub(super) const WRITE: &str = r#"
+if ARGV[7] ~= '' then
+  local seen = tonumber(redis.call('HGET', KEYS[6], ARGV[7]) or '0') or 0
+  local token = tonumber(ARGV[8])
+  if seen > token then return {2, seen} end
+  if seen < token then redis.call('HSET', KEYS[6], ARGV[7], ARGV[8]) end
+end
 local raw = redis.call('GET', KEYS[2])
 local current = 0
 if raw then
@@ -131,6 +147,17 @@ redis.call('PUBLISH', ARGV[5], v)
 return {1, new}
 "#;
 
+/// Raises a flag's fence without writing the document. `KEYS`: fences. `ARGV`: flag, token.
+/// Returns `{1, token}` when recorded (or already there), `{2, seen_token}` when a larger token
+/// was seen.
+pub(super) const RAISE_FENCE: &str = r"
+local seen = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') or 0
+local token = tonumber(ARGV[2])
+if seen > token then return {2, seen} end
+if seen < token then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return {1, token}
+";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,12 +170,14 @@ mod tests {
         assert_eq!(k.history, "{wd:flags}:history");
         assert_eq!(k.history_bytes, "{wd:flags}:history_bytes");
         assert_eq!(k.digest, "{wd:flags}:digest");
+        assert_eq!(k.fences, "{wd:flags}:fences");
         assert!(welcomedly_redis::slot::same_slot(&[
             &k.doc,
             &k.version,
             &k.history,
             &k.history_bytes,
             &k.digest,
+            &k.fences,
             &k.channel
         ]));
         assert_eq!(k.channel, "{wd:flags}:changes");
