@@ -15,9 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use welcomedly_cluster::rate_limit::{LEASE_SHARE, RedisBackend, RedisRateLimitConfig};
-use welcomedly_core::rate_limit::{
-    Check, DecisionSource, Key, Policy, Quota, RateLimitBackend, RateLimitLayer,
-};
+use welcomedly_core::rate_limit::backend::{Check, DecisionSource, Key, RateLimitBackend};
+use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
 use welcomedly_redis::{Link, LinkConfig};
 use welcomedly_testkit::RedisServer;
 

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use welcomedly_core::rate_limit::{Decision, DecisionSource, Key, PolicySpec};
+use welcomedly_core::rate_limit::backend::{Decision, DecisionSource, Key, PolicySpec};
 
 /// A leased policy's slice is its burst divided by this: with `I` instances, the tokens held
 /// unspent when a request is refused stay under `I / 64` of the burst (4.7 % of it on 3
