@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 use welcomedly_core::config::{ConfigError, EnvReader, parse_millis};
 use welcomedly_core::rate_limit::FailureMode;
 use welcomedly_core::rate_limit::backend::{
-    BackendError, Check, Decision, DecisionSource, Decisions, Key, LocalBackend, PolicySpec,
+    BackendError, Check, Decision, DecisionSource, Decisions, Gcra, Key, LocalBackend, PolicySpec,
     RateLimitBackend,
 };
 use welcomedly_core::redact::redact_url;
@@ -23,6 +23,7 @@ use super::key_name::KeyNamer;
 use super::lease::{GIVE_BACK_PERIOD, GiveBack, Grant, Leases, Plan, Step};
 use super::rejections::Rejections;
 use super::script;
+use super::share::{self, LOCAL_FIRST_MIN_BURST, Shares, Split};
 use crate::Error;
 
 /// How many instances share a cluster-wide limit, for the local fallback's share
@@ -87,6 +88,16 @@ pub struct RedisRateLimitConfig {
     /// The most keys the lease table tracks (hot keys and keys seen once within a lease
     /// lifetime); past it, a new key is decided in Redis as without leases. Default 4 096.
     pub max_leases: usize,
+    /// Policies (by name) whose keys' budgets are split into **local-first shares**: each
+    /// instance spends a small share of every key's budget without a Redis call, the rest is the
+    /// key's pool in Redis (see the [module docs](super) for the split and its bounds). Each
+    /// must have a burst of at least [`LOCAL_FIRST_MIN_BURST`](super::LOCAL_FIRST_MIN_BURST);
+    /// the layer's build fails otherwise, or for a name no policy has. Default none.
+    pub local_first_policies: Vec<String>,
+    /// The most keys the local-share table tracks; when it is full of shares still being
+    /// spent or refilling, a new key is decided in the pool (never by evicting a spent share).
+    /// Default 65 536 (about 2 MiB).
+    pub max_local_shares: usize,
 }
 
 impl Default for RedisRateLimitConfig {
@@ -100,6 +111,8 @@ impl Default for RedisRateLimitConfig {
             coalesce: true,
             leased_policies: Vec::new(),
             max_leases: 4096,
+            local_first_policies: Vec::new(),
+            max_local_shares: 65_536,
         }
     }
 }
@@ -115,6 +128,8 @@ impl fmt::Debug for RedisRateLimitConfig {
             .field("coalesce", &self.coalesce)
             .field("leased_policies", &self.leased_policies)
             .field("max_leases", &self.max_leases)
+            .field("local_first_policies", &self.local_first_policies)
+            .field("max_local_shares", &self.max_local_shares)
             .finish()
     }
 }
@@ -132,6 +147,21 @@ impl RedisRateLimitConfig {
     #[must_use]
     pub fn lease(mut self, policy: impl Into<String>) -> Self {
         self.leased_policies.push(policy.into());
+        self
+    }
+
+    /// Splits the budgets of the policy named `policy` into local-first shares (adds it to
+    /// [`local_first_policies`](Self::local_first_policies)).
+    ///
+    /// ```
+    /// use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
+    ///
+    /// let config = RedisRateLimitConfig::default().local_first("api").lease("api");
+    /// assert_eq!(config.local_first_policies, ["api"]);
+    /// ```
+    #[must_use]
+    pub fn local_first(mut self, policy: impl Into<String>) -> Self {
+        self.local_first_policies.push(policy.into());
         self
     }
 
@@ -225,6 +255,8 @@ pub(super) struct Inner {
     pub(super) coalescer: Coalescer,
     leases: Leases,
     leased_policies: Vec<String>,
+    shares: Shares,
+    local_first_policies: Vec<String>,
     names: KeyNamer,
     budget: Duration,
     fallback: LocalBackend,
@@ -241,6 +273,8 @@ struct OwnedCheck {
     policy: Arc<PolicySpec>,
     key: Key,
     charge: bool,
+    /// The quota Redis decides with: the policy's, or its pool when it is local-first.
+    gcra: Gcra,
 }
 
 impl RedisBackend {
@@ -296,6 +330,8 @@ impl RedisBackend {
             coalescer: Coalescer::new(config.coalesce, link.config().topology.is_cluster()),
             leases: Leases::new(config.max_leases),
             leased_policies: config.leased_policies,
+            shares: Shares::new(config.max_local_shares),
+            local_first_policies: config.local_first_policies,
             names: KeyNamer::new(config.key_prefix, config.key_secret.as_deref()),
             budget: config.budget,
             fallback: LocalBackend::new(),
@@ -364,6 +400,24 @@ impl RedisBackend {
         self.inner.leases.stats().2
     }
 
+    /// Requests admitted from this instance's local-first shares, without a Redis call, since
+    /// start.
+    pub fn local_share_requests(&self) -> u64 {
+        self.inner.shares.stats().0
+    }
+
+    /// Requests of a local-first policy decided in the pool because the local-share table was
+    /// full of shares still refilling, since start.
+    pub fn local_shares_full(&self) -> u64 {
+        self.inner.shares.stats().1
+    }
+
+    /// How many keys the local-share table holds now (at most about
+    /// [`max_local_shares`](RedisRateLimitConfig::max_local_shares)).
+    pub fn local_share_table_len(&self) -> usize {
+        self.inner.shares.len()
+    }
+
     /// How many keys the lease table tracks now (at most
     /// [`max_leases`](RedisRateLimitConfig::max_leases)).
     pub fn lease_table_len(&self) -> usize {
@@ -383,6 +437,53 @@ impl RedisBackend {
 }
 
 impl Inner {
+    /// Marks the local-first policies: every name must name a policy with a burst of at least
+    /// `LOCAL_FIRST_MIN_BURST`.
+    fn prepare_shares(&self, policies: &[Arc<PolicySpec>]) -> Result<(), BackendError> {
+        for name in &self.local_first_policies {
+            let Some(p) = policies.iter().find(|p| p.name() == name.as_str()) else {
+                return Err(BackendError::msg(format!(
+                    "the rate-limit policy `{name}` is opted into local-first shares, but the layer has no policy of that name: check the spelling, or remove it from the local-first policies"
+                )));
+            };
+            let burst = p.gcra().burst();
+            if burst < LOCAL_FIRST_MIN_BURST {
+                return Err(BackendError::msg(format!(
+                    "the rate-limit policy `{name}` is opted into local-first shares, but its burst is {burst} (under {LOCAL_FIRST_MIN_BURST}): a share would be under one token; raise the quota or take `{name}` off the local-first policies"
+                )));
+            }
+        }
+        self.shares.prepare(
+            policies
+                .iter()
+                .map(|p| self.local_first_policies.iter().any(|n| n == p.name()))
+                .collect(),
+        );
+        Ok(())
+    }
+
+    /// The split of a local-first policy's quota with the live instance count now.
+    fn split(&self, policy: &PolicySpec) -> Option<Split> {
+        if !self.shares.is_local_first(policy.index()) {
+            return None;
+        }
+        share::split(policy.gcra(), self.live.get())
+    }
+
+    /// The quota Redis decides `policy` with: its pool when it is local-first, else its own.
+    fn redis_gcra(&self, policy: &PolicySpec) -> Gcra {
+        self.split(policy).map_or_else(|| policy.gcra(), |s| s.pool)
+    }
+
+    fn owned(&self, check: &Check<'_>) -> OwnedCheck {
+        OwnedCheck {
+            policy: check.policy.clone(),
+            key: check.key.clone(),
+            charge: check.charge,
+            gcra: self.redis_gcra(check.policy),
+        }
+    }
+
     /// The lease plans of `policies`: every leased name must name a policy with a burst of at
     /// least `LEASE_MIN_BURST`.
     fn prepare_leases(&self, policies: &[Arc<PolicySpec>]) -> Result<(), BackendError> {
@@ -405,6 +506,7 @@ impl Inner {
                     policy: p.clone(),
                     key: Key::Global,
                     charge: true,
+                    gcra: p.gcra(),
                 };
                 let [interval, window, _, _] = script_args(&owned);
                 Plan::new(p, interval, window).map(Some)
@@ -780,9 +882,7 @@ impl Inner {
             .collect();
         debug_assert_same_slot("a rate-limit refund", &names);
         for (name, c) in names.iter().zip(&checks) {
-            invocation
-                .key(name)
-                .arg(micros(c.policy.gcra().interval_nanos()));
+            invocation.key(name).arg(micros(c.gcra.interval_nanos()));
         }
         // Retry::Never: each run gives one interval back, so a second run after a lost reply
         // could refund a charge twice.
@@ -879,15 +979,37 @@ fn is_noscript(e: &RedisError) -> bool {
 
 /// A check's 4 script arguments: interval µs, window µs, charge (0/1), shadow (0/1).
 fn script_args(c: &OwnedCheck) -> [u64; 4] {
-    let g = c.policy.gcra();
-    let interval = micros(g.interval_nanos());
-    let burst = (g.window_nanos() / g.interval_nanos()).max(1);
+    let [interval, window] = gcra_args(c.gcra);
     [
         interval,
-        interval.saturating_mul(burst),
+        window,
         u64::from(c.charge),
         u64::from(c.policy.is_shadow()),
     ]
+}
+
+/// A quota's script arguments: interval µs, window µs (`interval × burst`).
+fn gcra_args(g: Gcra) -> [u64; 2] {
+    let interval = micros(g.interval_nanos());
+    [interval, interval.saturating_mul(g.burst())]
+}
+
+/// The lease plan of a local-first policy's pool, when the pool is large enough to lease from.
+fn lease_args(policy: &PolicySpec, pool: Gcra) -> Option<Plan> {
+    let [interval, window] = gcra_args(pool);
+    Plan::new(policy, interval, window).ok()
+}
+
+/// A single check the pool rejected is retried sooner when this instance's share of the key
+/// refills first (`local_retry`: the share's own wait).
+fn sooner_locally(mut decisions: Decisions, local_retry: Option<Duration>) -> Decisions {
+    if let (Some(local), [d]) = (local_retry, decisions.as_mut_slice())
+        && !d.allowed
+        && local < d.retry_after
+    {
+        d.retry_after = local;
+    }
+    decisions
 }
 
 fn micros(g: u64) -> u64 {
@@ -927,6 +1049,7 @@ impl RateLimitBackend for RedisBackend {
             )
         })?;
         self.inner.rejections.prepare(policies.len());
+        self.inner.prepare_shares(policies)?;
         self.inner.prepare_leases(policies)
     }
 
@@ -934,45 +1057,65 @@ impl RateLimitBackend for RedisBackend {
         if let Some(decisions) = self.inner.remembered(checks) {
             return Box::pin(std::future::ready(Ok(decisions)));
         }
+        // A request of one local-first policy: spend from this instance's share of its key when
+        // it has a token left (no Redis call); else the key's pool decides, in Redis.
+        let split = match checks {
+            [check] if check.charge => self.inner.split(check.policy),
+            _ => None,
+        };
+        let mut local_retry = None;
+        if let (Some(split), [check]) = (&split, checks) {
+            let shares = &self.inner.shares;
+            let fp = shares.fingerprint(check.policy.index(), check.key);
+            if let Some(o) = shares.spend(fp, &split.local, shares.now()) {
+                if o.allowed {
+                    // What the pool has left is unknown here without asking: reported whole
+                    // (see the module docs).
+                    let d = Decision {
+                        remaining: o.remaining.saturating_add(split.pool.burst()),
+                        source: DecisionSource::LocalShare,
+                        ..Decision::from_outcome(&o, DecisionSource::LocalShare)
+                    };
+                    return Box::pin(std::future::ready(Ok(smallvec::smallvec![d])));
+                }
+                local_retry = Some(Duration::from_nanos(o.retry_after));
+            }
+        }
         // A request of one leased policy: spend from this instance's lease of its key, or take
         // one when the key is hot here (see the module docs); requests of several policies are
-        // decided in Redis as without leases.
-        if let [check] = checks
-            && check.charge
-            && let Some(plan) = self.inner.leases.plan(check.policy.index())
-        {
+        // decided in Redis as without leases. A local-first policy leases from its pool.
+        let plan = match (checks, &split) {
+            ([check], Some(split)) if check.charge => self
+                .inner
+                .leases
+                .plan(check.policy.index())
+                .and_then(|_| lease_args(check.policy, split.pool)),
+            ([check], None) if check.charge => self.inner.leases.plan(check.policy.index()),
+            _ => None,
+        };
+        if let ([check], Some(plan)) = (checks, plan) {
             let leases = &self.inner.leases;
             let fp = leases.fingerprint(check.policy.index(), check.key);
             match leases.step(fp, &plan, Instant::now()) {
                 Step::Spend(d) => return Box::pin(std::future::ready(Ok(smallvec::smallvec![d]))),
                 Step::Fetch { give_back } => {
-                    let owned = OwnedCheck {
-                        policy: check.policy.clone(),
-                        key: check.key.clone(),
-                        charge: true,
-                    };
+                    let owned = self.inner.owned(check);
                     let mut name = Vec::with_capacity(96);
                     self.inner
                         .names
                         .write_name(&mut name, check.policy, check.key);
                     let inner = self.inner.clone();
                     return Box::pin(async move {
-                        Ok(inner
+                        let d = inner
                             .lease_and_decide(&owned, fp, plan, name.into_boxed_slice(), give_back)
-                            .await)
+                            .await;
+                        Ok(sooner_locally(d, local_retry))
                     });
                 }
                 Step::Direct => {}
             }
         }
-        let owned: SmallVec<[OwnedCheck; 2]> = checks
-            .iter()
-            .map(|c| OwnedCheck {
-                policy: c.policy.clone(),
-                key: c.key.clone(),
-                charge: c.charge,
-            })
-            .collect();
+        let owned: SmallVec<[OwnedCheck; 2]> = checks.iter().map(|c| self.inner.owned(c)).collect();
         let inner = self.inner.clone();
         // The common case, every check in one slot (one client key), is one command written
         // once, as on one node; only checks whose keys span slots are grouped.
@@ -1005,6 +1148,7 @@ impl RateLimitBackend for RedisBackend {
                 };
                 match answer {
                     Some(d) => {
+                        let d = sooner_locally(d, local_retry);
                         inner.remember_rejections(&owned, &d);
                         Ok(d)
                     }
@@ -1039,6 +1183,17 @@ impl RateLimitBackend for RedisBackend {
                 inner.fallback.refund_shared(policy, key, inner.live.get());
                 return;
             }
+            DecisionSource::LocalShare => {
+                if let Some(split) = inner.split(policy) {
+                    let shares = &inner.shares;
+                    shares.refund(
+                        shares.fingerprint(policy.index(), key),
+                        &split.local,
+                        shares.now(),
+                    );
+                }
+                return;
+            }
             // Nothing was charged.
             _ => return,
         }
@@ -1060,7 +1215,7 @@ impl RateLimitBackend for RedisBackend {
             // (and a restarted Redis has forgotten it anyway).
             return;
         }
-        let interval = micros(policy.gcra().interval_nanos());
+        let interval = micros(inner.redis_gcra(policy).interval_nanos());
         let name = inner.names.name(policy, key);
         let inner = inner.clone();
         runtime.spawn(async move {

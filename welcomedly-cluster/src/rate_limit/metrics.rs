@@ -17,7 +17,8 @@ impl RedisBackend {
     /// made locally because the link has no connection, else 0) and
     /// `welcomedly.rate_limit.live_instances` (what the fallback divides each limit by);
     /// counters `welcomedly.rate_limit.leases` and `welcomedly.rate_limit.leased_requests`
-    /// (leases taken, requests admitted from them), `welcomedly.rate_limit.backend_failures`
+    /// (leases taken, requests admitted from them), `welcomedly.rate_limit.local_share_requests`
+    /// (requests admitted from local-first shares), `welcomedly.rate_limit.backend_failures`
     /// (the backend's calls that failed or answered too late) and `welcomedly.rate_limit.backend_server_errors` (errors a reconnect
     /// would not fix). Connections and reconnects are the link's
     /// (`Link::register_metrics`); the per-policy decision counters are the layer's
@@ -49,7 +50,7 @@ impl RedisBackend {
                 })
                 .build();
         }
-        let counters: [Reading; 4] = [
+        let counters: [Reading; 5] = [
             (
                 "welcomedly.rate_limit.leases",
                 "Leases of a hot key's budget taken from Redis (policies with leased local shares)",
@@ -59,6 +60,11 @@ impl RedisBackend {
                 "welcomedly.rate_limit.leased_requests",
                 "Requests admitted from a lease, without a Redis call",
                 RedisBackend::leased_requests,
+            ),
+            (
+                "welcomedly.rate_limit.local_share_requests",
+                "Requests admitted from this instance's local-first share of a key's budget, without a Redis call",
+                RedisBackend::local_share_requests,
             ),
             (
                 "welcomedly.rate_limit.backend_failures",

@@ -114,9 +114,11 @@ mod lease;
 mod metrics;
 mod rejections;
 pub mod script;
+mod share;
 
 pub use backend::{LiveInstances, RedisBackend, RedisRateLimitConfig};
 pub use lease::{LEASE_MAX_LIFETIME, LEASE_MIN_BURST, LEASE_SHARE};
+pub use share::{LOCAL_FIRST_MIN_BURST, LOCAL_FIRST_SHARE};
 
 /// The Lua script that decides a request's policies, public so that services written in other
 /// languages can share the same limits (same key layout: `<prefix>:{<digest>}:<policy>`, see

@@ -79,6 +79,10 @@ pub enum DecisionSource {
     FailOpen,
     /// Rejected because the store failed and the policy fails closed.
     FailClosed,
+    /// Admitted from this instance's own share of a cluster-wide limit, without a store call
+    /// (a backend that splits each key's budget between the instances and a shared pool). A
+    /// refund of such an admission goes back to that share.
+    LocalShare,
 }
 
 /// The verdict for one [`Check`].

@@ -159,6 +159,30 @@ impl Gcra {
         }
     }
 
+    /// The part of this quota that admits `tokens` of its burst at `tokens / burst` of its
+    /// rate: the same window (the time an empty key takes to be whole again), an emission
+    /// interval of `window / tokens` rounded up. Parts whose tokens add up to at most the burst
+    /// never admit together more than the whole quota over any span of time: each admits at
+    /// most `tokens + span / interval`, and the tokens and the rates add up to at most the
+    /// whole's. A backend splitting a cluster-wide limit between the instances' local shares
+    /// and a shared pool decides each with its part. `tokens` 0 is taken as 1.
+    #[must_use]
+    pub fn part(&self, tokens: u64) -> Gcra {
+        let tokens = tokens.max(1);
+        let interval = self.window.div_ceil(tokens).max(1);
+        Gcra {
+            interval,
+            window: interval.saturating_mul(tokens),
+        }
+    }
+
+    /// The burst: requests admitted at once by a key that is whole (`window / interval`, at
+    /// least 1).
+    pub const fn burst(&self) -> u64 {
+        let b = self.window / self.interval;
+        if b == 0 { 1 } else { b }
+    }
+
     /// Decides one request at `now` for a key whose stored TAT is `tat` (`None`: never seen or
     /// expired). Pure: the caller stores `new_tat` only if it commits.
     pub fn decide(&self, tat: Option<u64>, now: u64) -> GcraOutcome {
@@ -258,6 +282,39 @@ mod tests {
         // Never below one request.
         let g = Quota::per_minute(2).gcra().unwrap().divided(8);
         assert_eq!(g.window_nanos(), g.interval_nanos());
+    }
+
+    #[test]
+    fn parts_of_a_quota_never_admit_more_than_the_whole() {
+        // 100 a minute split into three local shares of 1 and a pool of 97: from a standing
+        // start and over the next minute, together at most what the whole admits.
+        let whole = Quota::per_minute(100).gcra().unwrap();
+        assert_eq!(whole.burst(), 100);
+        let local = whole.part(1);
+        let pool = whole.part(97);
+        assert_eq!((local.burst(), pool.burst()), (1, 97));
+        assert!(local.interval_nanos() >= 60 * SEC);
+        let admitted_over = |g: Gcra, span: u64| {
+            let (mut tat, mut n) = (None, 0u64);
+            let mut now = 0;
+            while now <= span {
+                let o = g.decide(tat, now);
+                if o.allowed {
+                    tat = Some(o.new_tat);
+                    n += 1;
+                } else {
+                    now += SEC / 10;
+                }
+            }
+            n
+        };
+        let whole_n = admitted_over(whole, 60 * SEC);
+        let parts_n = 3 * admitted_over(local, 60 * SEC) + admitted_over(pool, 60 * SEC);
+        assert!(parts_n <= whole_n, "{parts_n} > {whole_n}");
+        assert!(
+            parts_n + 3 >= whole_n,
+            "the parts lose more than rounding: {parts_n} vs {whole_n}"
+        );
     }
 
     #[test]

@@ -222,7 +222,7 @@ pub(crate) fn verdict<B: RateLimitBackend>(
             continue;
         };
         match d.source {
-            DecisionSource::Store => {}
+            DecisionSource::Store | DecisionSource::LocalShare => {}
             DecisionSource::Fallback => PolicyStats::bump(&s.fallbacks),
             DecisionSource::FailOpen | DecisionSource::FailClosed => {
                 PolicyStats::bump(&s.store_errors)
