@@ -238,7 +238,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
             // state is its `welcomedly_rate_limit_backend_degraded` gauge.
             let backend = RedisBackend::new(
                 link,
-                leased_when_high(redis, web.api_per_minute, web.general_per_minute),
+                shared_locally(redis, web.api_per_minute, web.general_per_minute),
             )
             .await?;
             if let Some(m) = &membership {
@@ -313,9 +313,9 @@ struct WebConfig {
     /// (development only); default `false`.
     dev_identity_header: bool,
     /// `WELCOMEDLY_API_PER_MINUTE`: the `api` policy's quota per user (or client address);
-    /// default 200. Load tests that send every request as one user raise it; at 1 024 or more,
-    /// in Redis mode, the policy takes leased local shares of busy users' budgets
-    /// (`leased_when_high`).
+    /// default 200. Load tests that send every request as one user raise it. In Redis mode the
+    /// policy (and `general`) takes local-first shares, and at 1 024 or more leases of busy
+    /// users' budgets too (`shared_locally`).
     api_per_minute: u32,
     /// `WELCOMEDLY_GENERAL_PER_MINUTE`: the `general` policy's quota (every other route: the
     /// board, the admin APIs) per user or client address; default 100. Scripts that poll the
@@ -369,21 +369,32 @@ fn random_key() -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
-/// Opts the per-user `api` and `general` policies into leased local shares when their quota is
-/// high (at least [`LEASE_MIN_BURST`](welcomedly_cluster::rate_limit::LEASE_MIN_BURST) a minute,
-/// such as a load test's `WELCOMEDLY_API_PER_MINUTE=100000000`): an instance then spends a slice
-/// (1/64) of a busy user's cluster-wide budget locally, one Redis call per slice instead of one
-/// per request. The limit is never exceeded; a user may be refused early by at most one slice
-/// per instance, for at most a second. At the defaults (200 and 100 a minute) they stay off: one
-/// user's requests are too few for a lease to pay.
-fn leased_when_high(
+/// Opts the per-user `api` and `general` policies into the Redis backend's local shares:
+///
+/// - **local-first shares** (at every quota of at least
+///   [`LOCAL_FIRST_MIN_BURST`](welcomedly_cluster::rate_limit::LOCAL_FIRST_MIN_BURST) a minute,
+///   so at the defaults of 200 and 100): each instance admits a key's first requests from its own
+///   small share of the key's budget (1/64 of it, all instances together at most 1/8) without
+///   a Redis call, and the rest of the budget is the key's pool in Redis. Anonymous traffic,
+///   one request or a few per address, then costs Redis nothing; the limit is never exceeded
+///   (the pool is the budget less every share); a client whose requests all reach one instance
+///   is refused early by at most the other instances' shares (2 of 100 on 3 instances);
+/// - **leases** when a quota is high (at least
+///   [`LEASE_MIN_BURST`](welcomedly_cluster::rate_limit::LEASE_MIN_BURST) a minute, such as a
+///   load test's `WELCOMEDLY_API_PER_MINUTE=100000000`): an instance then spends a slice (1/64)
+///   of a busy user's pool locally, one Redis call per slice instead of one per request; a user
+///   may be refused early by at most one slice per instance, for at most a second.
+fn shared_locally(
     mut redis: RedisRateLimitConfig,
     api_per_minute: u32,
     general_per_minute: u32,
 ) -> RedisRateLimitConfig {
-    let min = welcomedly_cluster::rate_limit::LEASE_MIN_BURST;
+    use welcomedly_cluster::rate_limit::{LEASE_MIN_BURST, LOCAL_FIRST_MIN_BURST};
     for (policy, per_minute) in [("api", api_per_minute), ("general", general_per_minute)] {
-        if u64::from(per_minute) >= min {
+        if u64::from(per_minute) >= LOCAL_FIRST_MIN_BURST {
+            redis = redis.local_first(policy);
+        }
+        if u64::from(per_minute) >= LEASE_MIN_BURST {
             redis = redis.lease(policy);
         }
     }

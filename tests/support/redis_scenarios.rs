@@ -274,3 +274,75 @@ pub fn an_instance_started_later_sees_earlier_statuses(redis: &Topology<'_>) {
     assert!(late.terminate().success());
     assert!(a.terminate().success());
 }
+
+/// Waits until `app`'s limiter counts `n` live instances (membership has fed it), up to 10 s.
+pub fn wait_for_live_instances(app: &Instance, n: u32) {
+    let value = format!(" {n}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = app.request("GET", "/metrics", None).body;
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("welcomedly_rate_limit_live_instances") && l.ends_with(&value))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the limiter never counted {n} live instances"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The `general` limit (100 a minute per address) is cluster-wide with local-first shares: one
+/// address alternating between two instances is admitted exactly 100 requests, not 100 per
+/// instance and not 101; distinct anonymous addresses (behind a trusted proxy) are admitted
+/// from the instances' shares without a single Redis script call.
+pub fn anonymous_limits_are_cluster_wide_and_cost_redis_nothing(
+    redis: &Topology<'_>,
+    script_calls: &dyn Fn() -> u64,
+) {
+    let envs = |id: &str| {
+        redis.env_with(&[
+            ("WELCOMEDLY_INSTANCES", "2"),
+            ("WELCOMEDLY_INSTANCE_ID", id),
+            ("TRUSTED_PROXIES", "127.0.0.1"),
+        ])
+    };
+    let a = Instance::start(&envs("cc-a"));
+    let b = Instance::start(&envs("cc-b"));
+    wait_for_live_instances(&a, 2);
+    wait_for_live_instances(&b, 2);
+    let before = script_calls();
+    for i in 0..60u32 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let xff = format!("198.51.{}.{}", i / 250, i % 250 + 1);
+        let r = app.request_with("GET", "/api/ping", &[("x-forwarded-for", &xff)], "");
+        assert_eq!(r.status, 200, "request {i} on {}", redis.name);
+    }
+    assert_eq!(
+        script_calls(),
+        before,
+        "distinct addresses made script calls on {}",
+        redis.name
+    );
+    let statuses: Vec<u16> = (0..110)
+        .map(|i| {
+            let app = if i % 2 == 0 { &a } else { &b };
+            app.request("GET", &format!("/scan/{i}"), None).status
+        })
+        .collect();
+    assert!(
+        statuses[..100].iter().all(|s| *s == 404),
+        "on {}: {statuses:?}",
+        redis.name
+    );
+    assert!(
+        statuses[100..].iter().all(|s| *s == 429),
+        "on {}: {statuses:?}",
+        redis.name
+    );
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+}
