@@ -88,6 +88,46 @@
 //! [`RedisBackend::leases_taken`], [`RedisBackend::leased_requests`] and
 //! [`RedisBackend::lease_tokens_given_back`] count them.
 //!
+//! **Local-first shares** (opt-in per policy, [`RedisRateLimitConfig::local_first`]; for
+//! policies with a burst `B` of at least [`LOCAL_FIRST_MIN_BURST`], such as a per-address limit
+//! of 100 a minute). Leases pay for keys that are busy on an instance; a flood of *distinct*
+//! keys (anonymous traffic, one request or a few per client address) still cost a script call
+//! each. A local-first policy splits every key's budget: each of the `I` live instances keeps a
+//! share of `s = min(B / 64, B / (8 × I))` tokens ([`LOCAL_FIRST_SHARE`]; all shares together
+//! at most `B / 8`) and admits the key's requests from it **without a Redis call**; the rest,
+//! `B - I × s`, is the key's pool in Redis, which decides once the instance's share is spent
+//! (through leases too, when the policy also leases). Each part refills at its part of the
+//! rate, and parts adding up to the whole never admit more than the whole over any span of time
+//! (`Gcra::part`). The guarantees:
+//! - **never more than the limit**, as long as the instances agree on `I` (membership feeds
+//!   it: [`RedisBackend::live_instances`]). While they do not — an instance joined and the
+//!   others have not seen it yet, or an instance starting before membership fed it (it uses
+//!   [`instances`](RedisRateLimitConfig::instances)) — a key may be admitted up to one share
+//!   per instance more. An instance that restarts forgets what it spent of its shares: up to
+//!   `s` more per key and restart;
+//! - **early refusal, bounded**: a client whose requests all reach one instance cannot use
+//!   the other instances' shares: refused after `B - (I - 1) × s` (98 of 100 on 3 instances);
+//!   a client spread over the instances (a load balancer's round robin or least connections)
+//!   spends every share;
+//! - **distinct keys cost Redis nothing**: a key's first `s` requests on an instance (then one
+//!   per `window / s`) are decided in memory, in about the time of the embedded limiter;
+//! - **bounded table**: [`max_local_shares`](RedisRateLimitConfig::max_local_shares) keys
+//!   (65 536); a new key that finds it full of shares still refilling is decided in the pool,
+//!   never by evicting a spent share (which would hand it out again), and a full table is swept
+//!   at most once per expiry, so a flood costs no more than before;
+//! - **headers**: an admission from a share reports `remaining` as its share's remaining plus
+//!   the pool's burst (this instance cannot know the pool's state without asking Redis); a
+//!   refusal by the pool reports the pool's own numbers, with the retry time of whichever of
+//!   the share and the pool refills first;
+//! - **refunds** of a share's admission go back to the share
+//!   ([`DecisionSource::LocalShare`](welcomedly_core::rate_limit::backend::DecisionSource));
+//! - **Redis down**: shares keep admitting (they need no Redis); once a key's share is spent
+//!   its failure mode decides, as without shares;
+//! - requests that match several policies are decided in Redis, each local-first policy with
+//!   its pool.
+//!
+//! [`RedisBackend::local_share_requests`] and [`RedisBackend::local_shares_full`] count them.
+//!
 //! ```no_run
 //! use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
 //! use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
