@@ -195,8 +195,9 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         let client = redis::Client::open(url.as_str()).unwrap();
         client.get_multiplexed_async_connection().await.unwrap()
     });
-    let svc = redis_router(rt, &url, false);
-    let leased_svc = redis_router(rt, &url, true);
+    let svc = redis_router(rt, &url, Mode::Plain);
+    let leased_svc = redis_router(rt, &url, Mode::Leased);
+    let local_first_svc = redis_router(rt, &url, Mode::LocalFirst);
     let script = std::rc::Rc::new(redis::Script::new(
         welcomedly_cluster::rate_limit::ACQUIRE_SCRIPT,
     ));
@@ -239,15 +240,42 @@ fn redis_group(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             })
         })
     };
+    // Anonymous traffic: every request from a new client address (the whole-stack bench's).
+    let distinct = |svc: &Router| -> Call {
+        let svc = svc.clone();
+        let next = std::rc::Rc::new(std::cell::Cell::new(0u32));
+        Box::new(move || {
+            let mut svc = svc.clone();
+            let n = next.get();
+            next.set(n.wrapping_add(1));
+            Box::pin(async move {
+                drive(
+                    &mut svc,
+                    1,
+                    |_| IpAddr::V4(Ipv4Addr::from(0x0B00_0000 + n)),
+                    StatusCode::OK,
+                )
+                .await;
+            })
+        })
+    };
     let ours = sequential(&svc);
     let leased = sequential(&leased_svc);
-    let variants: [(&str, Call); 4] = [
+    let variants: [(&str, Call); 6] = [
         ("redis PING round trip", ping),
         ("raw EVALSHA of the rate-limit script", raw),
         ("welcomedly redis backend, per request", ours),
         (
             "welcomedly redis backend, hot key leased, per request",
             leased,
+        ),
+        (
+            "welcomedly redis backend, distinct keys, per request",
+            distinct(&svc),
+        ),
+        (
+            "welcomedly redis backend, distinct keys, local-first",
+            distinct(&local_first_svc),
         ),
     ];
 
@@ -319,9 +347,20 @@ fn hot_ip(_: u64) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))
 }
 
-/// The `api` policy (never exhausted at a bench's pace) on the Redis backend at `url`; with
-/// `leased`, the policy takes leased local shares of hot keys.
-fn redis_router(rt: &tokio::runtime::Runtime, url: &str, leased: bool) -> Router {
+/// How the bench's Redis backend shares the `api` policy.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Every request decided in Redis (coalesced).
+    Plain,
+    /// Leased local shares of hot keys.
+    Leased,
+    /// Local-first shares of every key.
+    LocalFirst,
+}
+
+/// The `api` policy (never exhausted at a bench's pace) on the Redis backend at `url`, shared
+/// as `mode` says.
+fn redis_router(rt: &tokio::runtime::Runtime, url: &str, mode: Mode) -> Router {
     use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
     let backend = rt.block_on(async {
         let link = welcomedly_redis::Link::connect(welcomedly_redis::LinkConfig::new(url))
@@ -329,8 +368,10 @@ fn redis_router(rt: &tokio::runtime::Runtime, url: &str, leased: bool) -> Router
             .unwrap();
         let mut config = RedisRateLimitConfig::default();
         config.budget = Duration::from_secs(1);
-        if leased {
-            config = config.lease("api");
+        match mode {
+            Mode::Plain => {}
+            Mode::Leased => config = config.lease("api"),
+            Mode::LocalFirst => config = config.local_first("api"),
         }
         RedisBackend::new(&link, config).await.unwrap()
     });
@@ -345,7 +386,8 @@ fn redis_router(rt: &tokio::runtime::Runtime, url: &str, leased: bool) -> Router
     router().layer(layer).with_state::<()>(())
 }
 
-/// With `OVERHEAD_CALLGRIND_RL=coalesced` (or `leased`) the bench only drives one hot key's
+/// With `OVERHEAD_CALLGRIND_RL=coalesced` (or `leased`; or `distinct` / `local-first` for a new
+/// client address per request, without and with local-first shares) the bench only drives one hot key's
 /// requests through the Redis backend (a `redis-server` of its own), [`CALLGRIND_RL_REQUESTS`]
 /// times inside [`callgrind_rl_requests`] after a warm-up, then exits: for counting the app's
 /// instructions per request (Redis's are not counted), with and without a lease:
@@ -360,21 +402,31 @@ pub(crate) fn callgrind_mode() {
     let Ok(variant) = std::env::var("OVERHEAD_CALLGRIND_RL") else {
         return;
     };
-    let leased = match variant.as_str() {
-        "leased" => true,
-        "coalesced" => false,
-        other => panic!("OVERHEAD_CALLGRIND_RL takes coalesced or leased, not {other:?}"),
+    // `distinct`: anonymous traffic, a new client address per request (local-first shares).
+    let (mode, key): (Mode, fn(u64) -> IpAddr) = match variant.as_str() {
+        "leased" => (Mode::Leased, hot_ip),
+        "coalesced" => (Mode::Plain, hot_ip),
+        "distinct" => (Mode::Plain, distinct_ip),
+        "local-first" => (Mode::LocalFirst, distinct_ip),
+        other => panic!(
+            "OVERHEAD_CALLGRIND_RL takes coalesced, leased, distinct or local-first, not {other:?}"
+        ),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let redis = welcomedly_testkit::RedisServer::start().unwrap();
-    let mut svc = redis_router(&rt, &redis.url(), leased);
+    let mut svc = redis_router(&rt, &redis.url(), mode);
     // Warm up: the connection, the script cache, the first lease, allocator pools.
-    rt.block_on(drive(&mut svc, 1000, hot_ip, StatusCode::OK));
-    callgrind_rl_requests(&rt, &mut svc);
-    eprintln!("callgrind: {CALLGRIND_RL_REQUESTS} hot-key requests, {variant}");
+    rt.block_on(drive(
+        &mut svc,
+        1000,
+        |i| key(i + 1_000_000),
+        StatusCode::OK,
+    ));
+    callgrind_rl_requests(&rt, &mut svc, key);
+    eprintln!("callgrind: {CALLGRIND_RL_REQUESTS} requests, {variant}");
     drop(redis);
     std::process::exit(0);
 }
@@ -382,8 +434,12 @@ pub(crate) fn callgrind_mode() {
 const CALLGRIND_RL_REQUESTS: u64 = 2000;
 
 #[inline(never)]
-fn callgrind_rl_requests(rt: &tokio::runtime::Runtime, svc: &mut Router) {
-    black_box(rt.block_on(drive(svc, CALLGRIND_RL_REQUESTS, hot_ip, StatusCode::OK)));
+fn callgrind_rl_requests(rt: &tokio::runtime::Runtime, svc: &mut Router, key: fn(u64) -> IpAddr) {
+    black_box(rt.block_on(drive(svc, CALLGRIND_RL_REQUESTS, key, StatusCode::OK)));
+}
+
+fn distinct_ip(i: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x0C00_0000u32.wrapping_add(i as u32)))
 }
 
 /// The layer alone, on a plain tower service (no axum router around it): what the layer itself
