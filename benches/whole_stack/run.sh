@@ -6,6 +6,8 @@
 #   embedded+log    3 x call_center, embedded, access log on at info (stdout to /dev/null)
 #   redis           3 x call_center, REDIS_URL + WELCOMEDLY_INSTANCES=3, access log off
 #   redis-me        the same, GET /api/me with a logged-in cookie (log in once through NGINX)
+#   redis-strict    redis without local-first shares (WELCOMEDLY_RATE_LIMIT_LOCAL_FIRST=false):
+#                   every request's limit decided in Redis (coalesced)
 #   redis-solo, redis-me-solo   redis and redis-me without coalesced limiter calls
 #                   (WELCOMEDLY_RATE_LIMIT_COALESCE=false): one script call per request
 #   redis-sentinel, redis-sentinel-me   the same two on Sentinel (a primary, a replica, a sentinel)
@@ -276,7 +278,7 @@ ensure_topology() { # single | sentinel | cluster
 
 topology_of() { # variant -> the Redis topology it runs on, or nothing
     case $1 in
-    redis | redis-me | redis-me-uncached | redis-solo | redis-me-solo | peer) echo single ;;
+    redis | redis-strict | redis-me | redis-me-uncached | redis-solo | redis-me-solo | peer) echo single ;;
     redis-sentinel | redis-sentinel-me) echo sentinel ;;
     redis-cluster | redis-cluster-me) echo cluster ;;
     esac
@@ -302,13 +304,14 @@ start_instance() { # variant index : appends to SLOT_PGIDS and UPSTREAM_PORTS
             # The filter applies to the access log's events and spans: info for both.
             envs+=(RUST_LOG=info WELCOMEDLY_ACCESS_LOG=info)
             ;;
-        redis | redis-me | redis-me-uncached | redis-sentinel | redis-sentinel-me | redis-cluster | redis-cluster-me | redis-solo | redis-me-solo)
+        redis | redis-strict | redis-me | redis-me-uncached | redis-sentinel | redis-sentinel-me | redis-cluster | redis-cluster-me | redis-solo | redis-me-solo)
             bin=$CALL_CENTER ready=/health
             # shellcheck disable=SC2206 # the topology's VAR=value words
             envs+=(${REDIS_ENV[$(topology_of "$variant")]} WELCOMEDLY_INSTANCES=$INSTANCES)
             # *-solo: the limiter without coalescing (one script call per request), to compare.
             [[ $variant != *-solo ]] || envs+=(WELCOMEDLY_RATE_LIMIT_COALESCE=false)
             [[ $variant != redis-me-uncached ]] || envs+=(WELCOMEDLY_SESSION_CACHE=off)
+            [[ $variant != redis-strict ]] || envs+=(WELCOMEDLY_RATE_LIMIT_LOCAL_FIRST=false)
             ;;
         peer)
             bin=$PEER ready=/api/ping

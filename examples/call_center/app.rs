@@ -236,11 +236,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         Some(link) => {
             // On the link: `/health` names Redis once (the `redis` check); the limiter's own
             // state is its `welcomedly_rate_limit_backend_degraded` gauge.
-            let backend = RedisBackend::new(
-                link,
-                shared_locally(redis, web.api_per_minute, web.general_per_minute),
-            )
-            .await?;
+            let backend = RedisBackend::new(link, shared_locally(redis, &web)).await?;
             if let Some(m) = &membership {
                 m.feed(backend.live_instances());
             }
@@ -321,6 +317,11 @@ struct WebConfig {
     /// board, the admin APIs) per user or client address; default 100. Scripts that poll the
     /// admin API from one address raise it.
     general_per_minute: u32,
+    /// `WELCOMEDLY_RATE_LIMIT_LOCAL_FIRST`: in Redis mode, whether `api` and `general` take
+    /// local-first shares (`shared_locally`); default `true`. `false` decides every request of
+    /// theirs in Redis (to compare, or where a client stuck to one instance must get every
+    /// last request of its quota).
+    local_first: bool,
 }
 
 impl WebConfig {
@@ -350,9 +351,15 @@ impl WebConfig {
                 .filter(|n| *n > 0)
                 .ok_or("is not a quota: expected a whole number of requests per minute greater than 0, such as 100")
         });
+        let local_first = env.read("WELCOMEDLY_RATE_LIMIT_LOCAL_FIRST", true, |v| match v {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err("is not a boolean: expected true (the default) or false"),
+        });
         Self {
             trusted_origins,
             dev_identity_header,
+            local_first,
             api_per_minute,
             general_per_minute,
         }
@@ -384,14 +391,15 @@ fn random_key() -> Result<Vec<u8>, String> {
 ///   load test's `WELCOMEDLY_API_PER_MINUTE=100000000`): an instance then spends a slice (1/64)
 ///   of a busy user's pool locally, one Redis call per slice instead of one per request; a user
 ///   may be refused early by at most one slice per instance, for at most a second.
-fn shared_locally(
-    mut redis: RedisRateLimitConfig,
-    api_per_minute: u32,
-    general_per_minute: u32,
-) -> RedisRateLimitConfig {
+///
+/// `WELCOMEDLY_RATE_LIMIT_LOCAL_FIRST=false` leaves the local-first shares off.
+fn shared_locally(mut redis: RedisRateLimitConfig, web: &WebConfig) -> RedisRateLimitConfig {
     use welcomedly_cluster::rate_limit::{LEASE_MIN_BURST, LOCAL_FIRST_MIN_BURST};
-    for (policy, per_minute) in [("api", api_per_minute), ("general", general_per_minute)] {
-        if u64::from(per_minute) >= LOCAL_FIRST_MIN_BURST {
+    for (policy, per_minute) in [
+        ("api", web.api_per_minute),
+        ("general", web.general_per_minute),
+    ] {
+        if web.local_first && u64::from(per_minute) >= LOCAL_FIRST_MIN_BURST {
             redis = redis.local_first(policy);
         }
         if u64::from(per_minute) >= LEASE_MIN_BURST {
