@@ -175,14 +175,12 @@ pub fn kill_switch_reaches_the_other_instance(redis: &Topology<'_>) {
 
 /// The `agent` entry of `GET /api/agents` on `app`.
 fn agent_on_board(app: &Instance, cookie: &str) -> serde_json::Value {
-    let json: serde_json::Value = serde_json::from_str(
-        &app.request_with("GET", "/api/agents", &[("cookie", cookie)], "")
-            .body,
-    )
-    .unwrap();
+    let r = app.request_with("GET", "/api/agents", &[("cookie", cookie)], "");
+    let json: serde_json::Value = serde_json::from_str(&r.body)
+        .unwrap_or_else(|e| panic!("GET /api/agents: {} {}: {e}", r.status, r.body));
     json["agents"]
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("GET /api/agents: {} {}", r.status, r.body))
         .iter()
         .find(|x| x["agent"] == "agent")
         .unwrap()
@@ -299,10 +297,13 @@ pub fn wait_for_live_instances(app: &Instance, n: u32) {
 /// address alternating between two instances is admitted exactly 100 requests, not 100 per
 /// instance and not 101; distinct anonymous addresses (behind a trusted proxy) are admitted
 /// from the instances' shares without a single Redis script call.
-pub fn anonymous_limits_are_cluster_wide_and_cost_redis_nothing(
-    redis: &Topology<'_>,
-    script_calls: &dyn Fn() -> u64,
-) {
+pub fn anonymous_limits_are_cluster_wide_and_cost_redis_nothing(redis: &Topology<'_>) {
+    // Every decision in Redis writes the key's state (`wd:rl:{<digest>}:<policy>`, living a
+    // minute); a request admitted from a share writes nothing.
+    let limiter_keys = || {
+        let keys = (redis.command)(&["KEYS", "wd:rl:*"]);
+        keys.lines().filter(|l| l.contains("wd:rl:")).count()
+    };
     let envs = |id: &str| {
         redis.env_with(&[
             ("WELCOMEDLY_INSTANCES", "2"),
@@ -314,7 +315,7 @@ pub fn anonymous_limits_are_cluster_wide_and_cost_redis_nothing(
     let b = Instance::start(&envs("cc-b"));
     wait_for_live_instances(&a, 2);
     wait_for_live_instances(&b, 2);
-    let before = script_calls();
+    assert_eq!(limiter_keys(), 0);
     for i in 0..60u32 {
         let app = if i % 2 == 0 { &a } else { &b };
         let xff = format!("198.51.{}.{}", i / 250, i % 250 + 1);
@@ -322,11 +323,20 @@ pub fn anonymous_limits_are_cluster_wide_and_cost_redis_nothing(
         assert_eq!(r.status, 200, "request {i} on {}", redis.name);
     }
     assert_eq!(
-        script_calls(),
-        before,
-        "distinct addresses made script calls on {}",
+        limiter_keys(),
+        0,
+        "distinct addresses were decided in Redis on {}",
         redis.name
     );
+    let from_shares = |app: &Instance| {
+        let metrics = app.request("GET", "/metrics", None).body;
+        metrics
+            .lines()
+            .find(|l| l.starts_with("welcomedly_rate_limit_local_share_requests"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(from_shares(&a) + from_shares(&b), 60, "on {}", redis.name);
     let statuses: Vec<u16> = (0..110)
         .map(|i| {
             let app = if i % 2 == 0 { &a } else { &b };
@@ -343,6 +353,8 @@ pub fn anonymous_limits_are_cluster_wide_and_cost_redis_nothing(
         "on {}: {statuses:?}",
         redis.name
     );
+    // The one address's pool is in Redis (and the count above sees keys when there are some).
+    assert!(limiter_keys() >= 1, "on {}", redis.name);
     assert!(a.terminate().success());
     assert!(b.terminate().success());
 }
