@@ -19,40 +19,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::call_center::*;
-use support::redis_scenarios::ADMIN_TOKEN;
+use support::rollouts::{get, instances, start_rollout};
 use welcomedly_testkit::RedisServer;
 
 const PLAN: &str = r#"{"stages": [
     {"percent": 20, "minDurationSecs": 4, "minSamples": 60},
     {"percent": 60, "minDurationSecs": 4, "minSamples": 60},
     {"percent": 100}]}"#;
-
-fn instances(redis: &RedisServer, fault: &str) -> Vec<Instance> {
-    (0..2)
-        .map(|_| {
-            Instance::start(&[
-                ("REDIS_URL", redis.url()),
-                ("WELCOMEDLY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-                ("WELCOMEDLY_API_PER_MINUTE", "1000000".to_owned()),
-                ("WELCOMEDLY_DEMO_FAULT", fault.to_owned()),
-            ])
-        })
-        .collect()
-}
-
-fn start_rollout(app: &Instance, plan: &str) {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let r = app.request_with(
-        "POST",
-        "/admin/rollouts/new-checkout",
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        plan,
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
-}
 
 fn rollouts(app: &Instance, cookie: &str) -> Value {
     let r = app.request_with("GET", "/api/rollouts", &[("cookie", cookie)], "");
@@ -112,7 +85,7 @@ fn drive_checkouts(ports: Vec<u16>) -> (Arc<AtomicBool>, std::thread::JoinHandle
         while !s.load(Ordering::Relaxed) {
             for port in &ports {
                 for _ in 0..10 {
-                    let status = checkout(*port);
+                    let status = get(*port, "/api/checkout").unwrap().0;
                     assert!(status == 200 || status == 500, "checkout answered {status}");
                     sent += 1;
                 }
@@ -121,21 +94,6 @@ fn drive_checkouts(ports: Vec<u16>) -> (Arc<AtomicBool>, std::thread::JoinHandle
         sent
     });
     (stop, handle)
-}
-
-/// `GET /api/checkout` on a fresh connection: the status.
-fn checkout(port: u16) -> u16 {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /api/checkout HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    raw[9..12].parse().unwrap()
 }
 
 fn the_rollout(view: &Value) -> Option<&Value> {

@@ -14,39 +14,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::call_center::*;
-use support::redis_scenarios::ADMIN_TOKEN;
+use support::rollouts::{FLAG_PATH, admin, instances, start_rollout};
 use welcomedly_testkit::RedisServer;
 
 const PLAN: &str = r#"{"stages": [
     {"percent": 20, "minDurationSecs": 1, "minSamples": 60},
     {"percent": 60, "minDurationSecs": 1, "minSamples": 60},
     {"percent": 100}]}"#;
-
-fn instances(redis: &RedisServer, fault: &str) -> Vec<Instance> {
-    (0..2)
-        .map(|_| {
-            Instance::start(&[
-                ("REDIS_URL", redis.url()),
-                ("WELCOMEDLY_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
-                ("WELCOMEDLY_API_PER_MINUTE", "1000000".to_owned()),
-                ("WELCOMEDLY_DEMO_FAULT", fault.to_owned()),
-            ])
-        })
-        .collect()
-}
-
-fn admin(app: &Instance, method: &str, path: &str, body: &str) -> Response {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    app.request_with(
-        method,
-        path,
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        body,
-    )
-}
 
 /// Anonymous checkouts on every instance until the rollout's state is `want`: the
 /// responses' paths, and the last status.
@@ -62,7 +36,7 @@ fn drive_until(apps: &[Instance], want: &str, within: Duration) -> serde_json::V
         }
         if last_poll.elapsed() > Duration::from_millis(700) {
             last_poll = Instant::now();
-            let s = admin(&apps[0], "GET", "/admin/rollouts/new-checkout", "");
+            let s = admin(&apps[0], "GET", FLAG_PATH, "");
             assert_eq!(s.status, 200, "{}", s.body);
             let status: serde_json::Value = serde_json::from_str(&s.body).unwrap();
             if status["state"] == want {
@@ -95,13 +69,12 @@ fn a_healthy_checkout_completes_and_a_failing_one_is_rolled_back() {
     let bad = admin(
         &apps[0],
         "POST",
-        "/admin/rollouts/new-checkout",
+        FLAG_PATH,
         r#"{"stages": [{"percent": 0}]}"#,
     );
     assert_eq!(bad.status, 422, "{}", bad.body);
     assert!(bad.body.contains("stages[0].percent"), "{}", bad.body);
-    let started = admin(&apps[1], "POST", "/admin/rollouts/new-checkout", PLAN);
-    assert_eq!(started.status, 201, "{}", started.body);
+    start_rollout(&apps[1], PLAN);
     let s = drive_until(&apps, "completed", Duration::from_secs(60));
     let actions: Vec<&str> = s["decisions"]
         .as_array()
@@ -128,8 +101,7 @@ fn a_healthy_checkout_completes_and_a_failing_one_is_rolled_back() {
     let redis = RedisServer::start().unwrap();
     let apps = instances(&redis, "errors=0.2");
     let slow = r#"{"stages": [{"percent": 50, "minDurationSecs": 600}, {"percent": 100}]}"#;
-    let started = admin(&apps[0], "POST", "/admin/rollouts/new-checkout", slow);
-    assert_eq!(started.status, 201, "{}", started.body);
+    start_rollout(&apps[0], slow);
     let s = drive_until(&apps, "rolled_back", Duration::from_secs(60));
     let last = s["decisions"].as_array().unwrap().last().unwrap();
     assert_eq!(last["action"], "rollback", "{s:#}");
@@ -138,7 +110,7 @@ fn a_healthy_checkout_completes_and_a_failing_one_is_rolled_back() {
     for app in &apps {
         assert_eq!(paths(app, 40), (0, 40), "no instance serves the new path");
     }
-    let again = admin(&apps[1], "POST", "/admin/rollouts/new-checkout/resume", "");
+    let again = admin(&apps[1], "POST", &format!("{FLAG_PATH}/resume"), "");
     assert_eq!(again.status, 409, "{}", again.body);
     for app in apps {
         assert!(app.terminate().success());

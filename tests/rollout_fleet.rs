@@ -23,8 +23,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -32,9 +30,8 @@ use std::time::{Duration, Instant};
 
 use support::call_center::*;
 use support::redis_scenarios::ADMIN_TOKEN;
+use support::rollouts::{FLAG_PATH, admin, get, start_rollout};
 use welcomedly_testkit::{Nginx, NginxConfig, RedisServer};
-
-const FLAG_PATH: &str = "/admin/rollouts/new-checkout";
 
 /// The most treatment requests a +3-point error regression may take to be rolled back: the
 /// README's "Guarded rollouts" table, errors 1 % → 4 %, p90 of requests per arm to detect
@@ -170,6 +167,23 @@ impl Stack {
         }
     }
 
+    /// Waits until the four-stage rollout completed: each stage stepped once, in order (`why`
+    /// says what that shows), the decisions a strict sequence.
+    fn wait_completed_stage_by_stage(&self, why: &str) {
+        let s = self.wait_state("completed", Duration::from_secs(90));
+        assert_eq!(
+            actions(&s),
+            [
+                ("start".to_owned(), 0),
+                ("advance".to_owned(), 0),
+                ("advance".to_owned(), 1),
+                ("complete".to_owned(), 2)
+            ],
+            "{why}: {s:#}"
+        );
+        assert_strict_sequence(&s);
+    }
+
     fn stop_load(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for c in self.clients.drain(..) {
@@ -183,40 +197,6 @@ impl Drop for Stack {
         self.stop_load();
         let _ = self.redis.resume();
     }
-}
-
-/// `GET path` on `port` (NGINX): the status and body, `None` when the connection failed.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let status = head.get(9..12)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
-
-fn admin(app: &Instance, method: &str, path: &str, body: &str) -> Response {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    app.request_with(
-        method,
-        path,
-        &[
-            ("authorization", &auth),
-            ("content-type", "application/json"),
-        ],
-        body,
-    )
-}
-
-fn start_rollout(app: &Instance, plan: &str) {
-    let r = admin(app, "POST", FLAG_PATH, plan);
-    assert_eq!(r.status, 201, "{}", r.body);
 }
 
 /// The decisions as (action, stage).
@@ -323,18 +303,7 @@ fn a_healthy_checkout_reaches_everyone_through_every_stage() {
             {"percent": 50, "minDurationSecs": 1, "minSamples": 100},
             {"percent": 100}]}"#,
     );
-    let s = stack.wait_state("completed", Duration::from_secs(90));
-    assert_eq!(
-        actions(&s),
-        [
-            ("start".to_owned(), 0),
-            ("advance".to_owned(), 0),
-            ("advance".to_owned(), 1),
-            ("complete".to_owned(), 2)
-        ],
-        "every stage once, in order: {s:#}"
-    );
-    assert_strict_sequence(&s);
+    stack.wait_completed_stage_by_stage("every stage once, in order");
     // Once each instance serves the completing write, all of it is the new path.
     let v = version_of(stack.any(), "complete", Duration::from_secs(10));
     for app in stack.live() {
@@ -490,18 +459,7 @@ fn the_acting_instance_sigkilled_mid_rollout_is_replaced_without_a_double_step()
     // The lease expires at most its TTL (5 s) after the kill and another instance's next tick
     // (1 s) takes it; three times that leaves room for a loaded machine.
     assert!(takeover < Duration::from_secs(15), "{takeover:?}");
-    let s = stack.wait_state("completed", Duration::from_secs(90));
-    assert_eq!(
-        actions(&s),
-        [
-            ("start".to_owned(), 0),
-            ("advance".to_owned(), 0),
-            ("advance".to_owned(), 1),
-            ("complete".to_owned(), 2)
-        ],
-        "every stage stepped once, no decision lost: {s:#}"
-    );
-    assert_strict_sequence(&s);
+    stack.wait_completed_stage_by_stage("every stage stepped once, no decision lost");
     let v = version_of(stack.any(), "complete", Duration::from_secs(10));
     for app in stack.live() {
         wait_for_version(app, v, Duration::from_secs(10));

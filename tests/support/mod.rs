@@ -2,3 +2,4 @@
 
 pub mod call_center;
 pub mod redis_scenarios;
+pub mod rollouts;

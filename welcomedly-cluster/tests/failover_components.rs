@@ -16,18 +16,15 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use axum::http::StatusCode;
+use support::{Instance, log_in, send, session_routes, tuned};
 use welcomedly_cluster::session::{
-    RedisSessionConfig, RedisSessionStore, Session, SessionConfig, SessionError, SessionLayer,
+    RedisSessionConfig, RedisSessionStore, SessionConfig, SessionLayer,
 };
 use welcomedly_redis::{Backoff, Link, LinkConfig};
 use welcomedly_testkit::{RedisCluster, RedisSentinel};
@@ -35,92 +32,16 @@ use welcomedly_testkit::{RedisCluster, RedisSentinel};
 /// How long a request may keep failing after a fault before the test gives up.
 const BACK_WITHIN: Duration = Duration::from_secs(20);
 
-async fn login(
-    session: Session,
-    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> Result<&'static str, SessionError> {
-    session.log_in(q["user"].as_str()).await?;
-    Ok("ok")
-}
-
-async fn logout(session: Session) -> Result<&'static str, SessionError> {
-    session.log_out().await?;
-    Ok("ok")
-}
-
-async fn logout_everywhere(session: Session) -> Result<String, SessionError> {
-    Ok(session.log_out_everywhere().await?.to_string())
-}
-
-async fn me(session: Session) -> Result<axum::response::Response, SessionError> {
-    Ok(match session.user_id().await? {
-        Some(user) => user.0.to_string().into_response(),
-        None => StatusCode::UNAUTHORIZED.into_response(),
-    })
-}
-
-struct Instance {
-    app: Router,
-    store: RedisSessionStore,
-}
-
 /// One instance on `link_config`: a noisy shared box, so a generous budget and fast
 /// reconnects.
-async fn instance(mut link_config: LinkConfig) -> Instance {
-    link_config.budget = Duration::from_millis(300);
-    link_config.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(200));
-    link_config.min_outage = Duration::from_millis(20);
-    let link = Link::connect(link_config).await.unwrap();
+async fn instance(link_config: LinkConfig) -> Instance {
+    let link = Link::connect(tuned(link_config)).await.unwrap();
     let mut config = RedisSessionConfig::default();
     config.budget = Duration::from_millis(300);
     let store = RedisSessionStore::new(&link, config).await.unwrap();
-    let app = Router::new()
-        .route("/login", post(login))
-        .route("/logout", post(logout))
-        .route("/logout-everywhere", post(logout_everywhere))
-        .route("/me", get(me))
-        .layer(SessionLayer::new(store.clone(), SessionConfig::default()).unwrap());
-    Instance { app, store }
-}
-
-struct Answer {
-    status: StatusCode,
-    cookie: Option<String>,
-    body: String,
-    took: Duration,
-}
-
-async fn send(i: &Instance, method: &str, uri: &str, cookie: Option<&str>) -> Answer {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(c) = cookie {
-        req = req.header(header::COOKIE, c);
-    }
-    let start = Instant::now();
-    let res = i
-        .app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let took = start.elapsed();
-    let status = res.status();
-    let cookie = res
-        .headers()
-        .get(header::SET_COOKIE)
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        cookie,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        took,
-    }
-}
-
-async fn log_in(i: &Instance, user: &str) -> String {
-    let a = send(i, "POST", &format!("/login?user={user}"), None).await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-    a.cookie.unwrap()
+    let layer = SessionLayer::new(store.clone(), SessionConfig::default()).unwrap();
+    let app = session_routes().layer(layer.clone());
+    Instance { app, store, layer }
 }
 
 fn key_of(i: &Instance, cookie: &str) -> String {
@@ -202,21 +123,54 @@ fn cluster_exists(cluster: &RedisCluster, node: u16, key: &str) -> bool {
         .contains(key)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_logout_survives_a_sigkill_of_the_session_masters_right_after_it() {
-    let cluster = Arc::new(RedisCluster::start().unwrap());
-    let a = Arc::new(instance(LinkConfig::cluster(cluster.seed_urls())).await);
+/// An instance on a cluster with `erin` logged in, her session's key and where it lives.
+struct Erin {
+    a: Instance,
+    cookie: String,
+    key: String,
+    slot: u16,
+    master: u16,
+    /// The master's replica, which holds the session already.
+    replica: u16,
+}
+
+/// Logs `erin` in on a new instance on `cluster` and waits until her session reached the
+/// replica of its master.
+async fn erin_on(cluster: &RedisCluster) -> Erin {
+    let a = instance(LinkConfig::cluster(cluster.seed_urls())).await;
     let cookie = log_in(&a, "erin").await;
     let key = key_of(&a, &cookie);
     let slot = RedisCluster::slot_of(key.as_bytes());
     let master = cluster.master_for_slot(slot).unwrap();
     let replica = cluster.replicas_of(master).unwrap()[0];
-    // The session reached the replica: were the logout lost, the promoted replica would serve it.
     wait_exists(
-        || cluster_exists(&cluster, replica, &key),
+        || cluster_exists(cluster, replica, &key),
         true,
         "the login never reached the replica",
     );
+    Erin {
+        a,
+        cookie,
+        key,
+        slot,
+        master,
+        replica,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_survives_a_sigkill_of_the_session_masters_right_after_it() {
+    let cluster = Arc::new(RedisCluster::start().unwrap());
+    // The session reached the replica: were the logout lost, the promoted replica would serve it.
+    let Erin {
+        a,
+        cookie,
+        key,
+        slot,
+        master: _,
+        replica,
+    } = erin_on(&cluster).await;
+    let a = Arc::new(a);
     // A bystander whose session lives on through the fault.
     let frank = log_in(&a, "frank").await;
 
@@ -251,17 +205,14 @@ async fn a_logout_survives_a_sigkill_of_the_session_masters_right_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_replica_acknowledging_it_a_logout_is_lost_in_a_failover_and_counted() {
     let cluster = Arc::new(RedisCluster::start().unwrap());
-    let a = instance(LinkConfig::cluster(cluster.seed_urls())).await;
-    let cookie = log_in(&a, "erin").await;
-    let key = key_of(&a, &cookie);
-    let slot = RedisCluster::slot_of(key.as_bytes());
-    let master = cluster.master_for_slot(slot).unwrap();
-    let replica = cluster.replicas_of(master).unwrap()[0];
-    wait_exists(
-        || cluster_exists(&cluster, replica, &key),
-        true,
-        "the login never reached the replica",
-    );
+    let Erin {
+        a,
+        cookie,
+        key,
+        slot,
+        master,
+        replica,
+    } = erin_on(&cluster).await;
     // The replica frozen and its replication link cut: the deletion cannot reach it, so no
     // `WAIT` can be acknowledged. (Frozen alone is not enough: the stream lands in its socket
     // buffer and it reads the deletion once it runs again.)

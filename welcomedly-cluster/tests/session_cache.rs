@@ -14,94 +14,32 @@
     clippy::indexing_slicing
 )]
 
-use std::collections::HashMap;
+mod support;
+
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use axum::http::StatusCode;
+use support::{Instance, log_in, send, session_routes, tuned};
 use welcomedly_cluster::session::{
-    RedisSessionConfig, RedisSessionStore, Session, SessionCacheStats, SessionConfig, SessionError,
-    SessionLayer,
+    RedisSessionConfig, RedisSessionStore, SessionCacheStats, SessionConfig, SessionLayer,
 };
-use welcomedly_redis::{Backoff, Link, LinkConfig};
+use welcomedly_redis::{Link, LinkConfig};
 use welcomedly_testkit::{RedisSentinel, RedisServer};
-
-type Params = axum::extract::Query<HashMap<String, String>>;
-
-async fn login(
-    session: Session,
-    axum::extract::Query(q): Params,
-) -> Result<&'static str, SessionError> {
-    session.log_in(q["user"].as_str()).await?;
-    Ok("ok")
-}
-
-async fn logout(session: Session) -> Result<&'static str, SessionError> {
-    session.log_out().await?;
-    Ok("ok")
-}
-
-async fn logout_everywhere(session: Session) -> Result<String, SessionError> {
-    Ok(session.log_out_everywhere().await?.to_string())
-}
-
-async fn me(session: Session) -> Result<axum::response::Response, SessionError> {
-    Ok(match session.user_id().await? {
-        Some(user) => user.0.to_string().into_response(),
-        None => StatusCode::UNAUTHORIZED.into_response(),
-    })
-}
-
-async fn set(
-    session: Session,
-    axum::extract::Query(q): Params,
-) -> Result<&'static str, SessionError> {
-    session.insert(&q["k"], &q["v"]).await?;
-    Ok("ok")
-}
-
-async fn read(session: Session, axum::extract::Query(q): Params) -> Result<String, SessionError> {
-    Ok(session
-        .get::<String>(&q["k"])
-        .await?
-        .unwrap_or_else(|| "-".to_owned()))
-}
-
-struct Instance {
-    app: Router,
-    store: RedisSessionStore,
-}
 
 async fn instance(redis: &RedisServer, store_config: RedisSessionConfig) -> Instance {
     instance_on(LinkConfig::new(redis.url()), store_config).await
 }
 
-async fn instance_on(mut link_config: LinkConfig, store_config: RedisSessionConfig) -> Instance {
-    link_config.budget = Duration::from_millis(300);
-    link_config.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(200));
-    link_config.min_outage = Duration::from_millis(20);
-    let link = Link::connect(link_config).await.unwrap();
+async fn instance_on(link_config: LinkConfig, store_config: RedisSessionConfig) -> Instance {
+    let link = Link::connect(tuned(link_config)).await.unwrap();
     let mut store_config = store_config;
     store_config.budget = Duration::from_millis(300);
     let store = RedisSessionStore::new(&link, store_config).await.unwrap();
     let mut config = SessionConfig::default();
     config.idle_timeout = Duration::from_secs(600);
     let layer = SessionLayer::new(store.clone(), config).unwrap();
-    let app = Router::new()
-        .route("/login", post(login))
-        .route("/logout", post(logout))
-        .route("/logout-everywhere", post(logout_everywhere))
-        .route("/me", get(me))
-        .route("/set", put(set))
-        .route("/get", get(read))
-        .layer(layer)
-        .with_state(());
-    Instance { app, store }
+    let app = session_routes().layer(layer.clone()).with_state(());
+    Instance { app, store, layer }
 }
 
 async fn cached(redis: &RedisServer) -> Instance {
@@ -113,40 +51,9 @@ async fn cached(redis: &RedisServer) -> Instance {
     i
 }
 
-async fn send(
-    i: &Instance,
-    method: &str,
-    uri: &str,
-    cookie: Option<&str>,
-) -> (StatusCode, String, Option<String>) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(c) = cookie {
-        req = req.header(header::COOKIE, c);
-    }
-    let res = i
-        .app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = res.status();
-    let cookie = res
-        .headers()
-        .get(header::SET_COOKIE)
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned(), cookie)
-}
-
 async fn me_of(i: &Instance, cookie: &str) -> (StatusCode, String) {
-    let (status, body, _) = send(i, "GET", "/me", Some(cookie)).await;
-    (status, body)
-}
-
-async fn log_in(i: &Instance, user: &str) -> String {
-    let (status, body, cookie) = send(i, "POST", &format!("/login?user={user}"), None).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    cookie.unwrap()
+    let a = send(i, "GET", "/me", Some(cookie)).await;
+    (a.status, a.body)
 }
 
 /// Waits (awaiting, so the instances' connection tasks run) until `done`, at most 5 s.
@@ -171,6 +78,21 @@ fn evalsha_calls(redis: &RedisServer) -> u64 {
         .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
         .and_then(|s| s.split(',').find_map(|f| f.strip_prefix("calls=")))
         .map_or(0, |n| n.parse().unwrap())
+}
+
+/// Reads `/me` with `cookie` on `i` until a read is a cache hit, at most 50 times (the first
+/// read may race the login's own push and not be kept); `never` is the failure's message.
+async fn read_until_cached(i: &Instance, cookie: &str, never: &str) {
+    let mut tries = 0;
+    loop {
+        let hits = stats(i).hits;
+        assert_eq!(me_of(i, cookie).await.0, StatusCode::OK);
+        if stats(i).hits > hits {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 50, "{never}");
+    }
 }
 
 fn stats(i: &Instance) -> SessionCacheStats {
@@ -200,7 +122,7 @@ async fn a_cached_read_costs_no_redis_call_and_a_logout_elsewhere_ends_it_throug
     assert_eq!(
         send(&a, "PUT", "/set?k=theme&v=dark", Some(&cookie))
             .await
-            .0,
+            .status,
         StatusCode::OK
     );
     until("B drops the changed session", || {
@@ -208,7 +130,7 @@ async fn a_cached_read_costs_no_redis_call_and_a_logout_elsewhere_ends_it_throug
     })
     .await;
     assert_eq!(
-        send(&b, "GET", "/get?k=theme", Some(&cookie)).await.1,
+        send(&b, "GET", "/get?k=theme", Some(&cookie)).await.body,
         "dark"
     );
 
@@ -219,7 +141,7 @@ async fn a_cached_read_costs_no_redis_call_and_a_logout_elsewhere_ends_it_throug
     assert_eq!(stats(&b).hits, hits + 1, "cached again");
     let invalidated = stats(&b).invalidations;
     assert_eq!(
-        send(&a, "POST", "/logout", Some(&cookie)).await.0,
+        send(&a, "POST", "/logout", Some(&cookie)).await.status,
         StatusCode::OK
     );
     until("B gets the logout's push", || {
@@ -239,18 +161,9 @@ async fn a_request_sent_after_a_logout_answered_elsewhere_never_finds_the_sessio
     for round in 0..20 {
         let cookie = log_in(&a, "frank").await;
         // Cached on B (the first read may race the login's own push and not be kept).
-        let mut tries = 0;
-        loop {
-            let hits = stats(&b).hits;
-            assert_eq!(me_of(&b, &cookie).await.0, StatusCode::OK);
-            if stats(&b).hits > hits {
-                break;
-            }
-            tries += 1;
-            assert!(tries < 50, "round {round}: never cached");
-        }
+        read_until_cached(&b, &cookie, &format!("round {round}: never cached")).await;
         assert_eq!(
-            send(&a, "POST", "/logout", Some(&cookie)).await.0,
+            send(&a, "POST", "/logout", Some(&cookie)).await.status,
             StatusCode::OK
         );
         // No wait: the very next request on B.
@@ -276,7 +189,9 @@ async fn log_out_everywhere_on_one_instance_ends_every_cached_session_on_the_oth
     assert!(stats(&b).hits >= 2);
     let invalidated = stats(&b).invalidations;
     assert_eq!(
-        send(&a, "POST", "/logout-everywhere", Some(&first)).await.1,
+        send(&a, "POST", "/logout-everywhere", Some(&first))
+            .await
+            .body,
         "2"
     );
     until("B gets both pushes", || {
@@ -337,7 +252,7 @@ async fn a_killed_tracking_connection_empties_the_cache_at_once_and_no_revoked_s
 
     // Revoked while B is re-tracking (or just after): never served from memory.
     assert_eq!(
-        send(&a, "POST", "/logout", Some(&cookie)).await.0,
+        send(&a, "POST", "/logout", Some(&cookie)).await.status,
         StatusCode::OK
     );
     assert_eq!(me_of(&b, &cookie).await.0, StatusCode::UNAUTHORIZED);
@@ -408,16 +323,7 @@ async fn after_a_sentinel_failover_nothing_cached_from_the_old_primary_is_served
     until("A tracks", || a.store.cache_is_tracking()).await;
     until("B tracks", || b.store.cache_is_tracking()).await;
     let cookie = log_in(&a, "grace").await;
-    let mut tries = 0;
-    loop {
-        let hits = stats(&b).hits;
-        assert_eq!(me_of(&b, &cookie).await.0, StatusCode::OK);
-        if stats(&b).hits > hits {
-            break;
-        }
-        tries += 1;
-        assert!(tries < 50, "never cached");
-    }
+    read_until_cached(&b, &cookie, "never cached").await;
     let generation = |i: &Instance| i.store.link().connection_generation();
     let (ga, gb) = (generation(&a), generation(&b));
     let (_, group) = tokio::task::spawn_blocking(move || group.failover().map(|f| (f, group)))
@@ -432,7 +338,7 @@ async fn after_a_sentinel_failover_nothing_cached_from_the_old_primary_is_served
     // The old primary still runs, B's tracking connection on it may still be up: B must not
     // answer from what it cached there.
     let out = send(&a, "POST", "/logout", Some(&cookie)).await;
-    assert_eq!(out.0, StatusCode::OK, "{}", out.1);
+    assert_eq!(out.status, StatusCode::OK, "{}", out.body);
     let mut status = me_of(&b, &cookie).await.0;
     while status == StatusCode::SERVICE_UNAVAILABLE {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -447,18 +353,9 @@ async fn after_a_sentinel_failover_nothing_cached_from_the_old_primary_is_served
     // B re-tracks on the new primary, and its pushes work there.
     until("B tracks the new primary", || b.store.cache_is_tracking()).await;
     let other = log_in(&a, "grace").await;
-    let mut tries = 0;
-    loop {
-        let hits = stats(&b).hits;
-        assert_eq!(me_of(&b, &other).await.0, StatusCode::OK);
-        if stats(&b).hits > hits {
-            break;
-        }
-        tries += 1;
-        assert!(tries < 50, "never cached after the failover");
-    }
+    read_until_cached(&b, &other, "never cached after the failover").await;
     assert_eq!(
-        send(&a, "POST", "/logout", Some(&other)).await.0,
+        send(&a, "POST", "/logout", Some(&other)).await.status,
         StatusCode::OK
     );
     assert_eq!(me_of(&b, &other).await.0, StatusCode::UNAUTHORIZED);

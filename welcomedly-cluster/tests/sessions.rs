@@ -8,57 +8,20 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Body;
 use axum::extract::Query;
-use axum::http::{Request, StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use axum::http::{StatusCode, header};
+use axum::routing::get;
+use support::{Instance, Params, log_in, send, session_routes};
 use welcomedly_cluster::session::{
     RedisSessionConfig, RedisSessionStore, Session, SessionConfig, SessionError, SessionLayer,
 };
 use welcomedly_redis::{Backoff, Link, LinkConfig};
 use welcomedly_testkit::RedisServer;
-
-type Params = Query<HashMap<String, String>>;
-
-async fn login(session: Session, Query(q): Params) -> Result<&'static str, SessionError> {
-    session.log_in(q["user"].as_str()).await?;
-    Ok("ok")
-}
-
-async fn logout(session: Session) -> Result<&'static str, SessionError> {
-    session.log_out().await?;
-    Ok("ok")
-}
-
-async fn logout_everywhere(session: Session) -> Result<String, SessionError> {
-    Ok(session.log_out_everywhere().await?.to_string())
-}
-
-async fn me(session: Session) -> Result<axum::response::Response, SessionError> {
-    Ok(match session.user_id().await? {
-        Some(user) => user.0.to_string().into_response(),
-        None => StatusCode::UNAUTHORIZED.into_response(),
-    })
-}
-
-async fn set(session: Session, Query(q): Params) -> Result<&'static str, SessionError> {
-    session.insert(&q["k"], &q["v"]).await?;
-    Ok("ok")
-}
-
-async fn read(session: Session, Query(q): Params) -> Result<String, SessionError> {
-    Ok(session
-        .get::<String>(&q["k"])
-        .await?
-        .unwrap_or_else(|| "-".to_owned()))
-}
 
 async fn keys(session: Session, Query(q): Params) -> Result<String, SessionError> {
     let n: usize = q["n"].parse().unwrap();
@@ -69,13 +32,6 @@ async fn keys(session: Session, Query(q): Params) -> Result<String, SessionError
         }
     }
     Ok(found.to_string())
-}
-
-/// One instance of the service: its own store, its own connection to the shared Redis.
-struct Instance {
-    app: Router,
-    store: RedisSessionStore,
-    layer: SessionLayer,
 }
 
 async fn instance(redis: &RedisServer, budget: Duration) -> Instance {
@@ -110,64 +66,12 @@ async fn instance_of(
         "the store should connect to a running Redis"
     );
     let layer = SessionLayer::new(store.clone(), config).unwrap();
-    let app = Router::new()
+    let app = session_routes()
         .route("/ping", get(|| async { "pong" }))
-        .route("/login", post(login))
-        .route("/logout", post(logout))
-        .route("/logout-everywhere", post(logout_everywhere))
-        .route("/me", get(me))
-        .route("/set", put(set))
-        .route("/get", get(read))
         .route("/keys", get(keys))
         .layer(layer.clone())
         .with_state(());
     Instance { app, store, layer }
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: String,
-    took: Duration,
-}
-
-impl Answer {
-    /// `name=value` of the Set-Cookie, if any.
-    fn cookie(&self) -> Option<String> {
-        self.headers
-            .get(header::SET_COOKIE)
-            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-    }
-}
-
-async fn send(i: &Instance, method: &str, uri: &str, cookie: Option<&str>) -> Answer {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(c) = cookie {
-        req = req.header(header::COOKIE, c);
-    }
-    let start = Instant::now();
-    let res = i
-        .app
-        .clone()
-        .oneshot(req.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let took = start.elapsed();
-    let status = res.status();
-    let headers = res.headers().clone();
-    let body = res.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        took,
-    }
-}
-
-async fn log_in(i: &Instance, user: &str) -> String {
-    let a = send(i, "POST", &format!("/login?user={user}"), None).await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
-    a.cookie().unwrap()
 }
 
 /// Calls per command from `INFO commandstats`.

@@ -11,84 +11,35 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use tower::{Layer, ServiceExt, service_fn};
-use welcomedly_flags::layer::{FlagsLayer, RequestFlags};
-use welcomedly_flags::rollout::agent::{AgentConfig, RolloutAgent};
-use welcomedly_flags::rollout::attribution::Attribution;
+use support::{
+    FLAG, Instance, SEED, actions, send_as_users, treatment_share, wait_for, wait_past_first_stage,
+};
+use tower::{Layer, service_fn};
+use welcomedly_flags::layer::RequestFlags;
 use welcomedly_flags::rollout::controller::Action;
 use welcomedly_flags::rollout::plan::Plan;
 use welcomedly_flags::rollout::store::RolloutStore;
-use welcomedly_flags::store::{
-    Change, Fence, FlagStore, FlagSyncHandle, RedisStore, RedisStoreConfig, SyncConfig, sync_flags,
-};
-use welcomedly_flags::{Context, Flags, Snapshot};
-use welcomedly_redis::{Backoff, Link, LinkConfig};
+use welcomedly_flags::store::{Change, Fence, FlagStore, RedisStore, RedisStoreConfig};
+use welcomedly_redis::{Link, LinkConfig};
 use welcomedly_testkit::RedisServer;
 
-const FLAG: &str = "new-checkout";
-const SEED: &str = r#"{"flags": {"new-checkout": {"variants": {"on": true, "off": false},
-    "fallthrough": {"variant": "off"}}}}"#;
-
-struct Instance {
-    flags: Flags,
-    agent: Option<RolloutAgent>,
-    layer: FlagsLayer,
-    _sync: FlagSyncHandle,
-}
+/// Every command (and the flag store) may take 200 ms.
+const BUDGET: Duration = Duration::from_millis(200);
 
 fn link_config(redis: &RedisServer) -> LinkConfig {
-    let mut link = LinkConfig::new(redis.url());
-    link.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(200));
-    link.min_outage = Duration::from_millis(20);
-    link.budget = Duration::from_millis(200);
-    link
-}
-
-fn agent_config() -> AgentConfig {
-    let mut c = AgentConfig::default();
-    c.tick = Duration::from_millis(100);
-    c.lease_ttl = Duration::from_millis(800);
-    c.settle = Duration::from_millis(300);
-    c
+    support::tuned(LinkConfig::new(redis.url()), BUDGET)
 }
 
 async fn instance(redis: &RedisServer) -> Instance {
-    let link = Link::connect(link_config(redis)).await.unwrap();
-    let mut sc = RedisStoreConfig::default();
-    sc.budget = Duration::from_millis(200);
-    let store: Arc<dyn FlagStore> = Arc::new(RedisStore::new(&link, sc).await.unwrap());
-    if store.load().await.unwrap().version == 0 {
-        let _ = store
-            .write(0, SEED.into(), Change::new("test", "seed"))
-            .await;
-    }
-    let flags = Flags::new(Snapshot::empty());
-    let mut sync = SyncConfig::default();
-    sync.retry_interval = Duration::from_millis(20);
-    sync.max_retry_interval = Duration::from_millis(200);
-    let sync = sync_flags(store.clone(), &flags, sync).await.unwrap();
-    let attribution = Attribution::new();
-    let agent = RolloutAgent::start(
-        RolloutStore::new(link),
-        store,
-        attribution.clone(),
-        agent_config(),
-    );
-    let layer = FlagsLayer::new(flags.clone())
-        .key_header(http::HeaderName::from_static("x-user"))
-        .attribution(attribution);
-    Instance {
-        flags,
-        agent: Some(agent),
-        layer,
-        _sync: sync,
-    }
+    support::instance(LinkConfig::new(redis.url()), BUDGET).await
 }
 
 /// Serves `n` requests of distinct users on `inst`: the treatment fails `treatment_errors` of
@@ -139,14 +90,7 @@ async fn serve(
             Ok::<_, Infallible>(res)
         }
     }));
-    for _ in 0..n {
-        let id = seq.fetch_add(1, Ordering::Relaxed);
-        let req = Request::get("/")
-            .header("x-user", format!("user-{id}"))
-            .body(())
-            .unwrap();
-        svc.clone().oneshot(req).await.unwrap();
-    }
+    send_as_users(svc, n, seq).await;
 }
 
 /// Load on every live instance until `stop`.
@@ -170,13 +114,9 @@ fn load(
     })
 }
 
-fn plan(json: &str) -> Plan {
-    Plan::from_json(json).unwrap()
-}
-
 async fn status_of(instances: &tokio::sync::RwLock<Vec<Instance>>) -> serde_json::Value {
     let all = instances.read().await;
-    let agent = all.iter().find_map(|i| i.agent.as_ref()).unwrap();
+    let agent = &all.first().unwrap().agent;
     agent.status(FLAG).await.unwrap()
 }
 
@@ -185,52 +125,64 @@ async fn wait_state(
     state: &str,
     within: Duration,
 ) -> serde_json::Value {
-    let started = Instant::now();
-    loop {
-        let s = status_of(instances).await;
-        if s["state"] == state {
-            return s;
-        }
-        assert!(
-            started.elapsed() < within,
-            "not {state} after {within:?}: {s:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let every = Duration::from_millis(100);
+    wait_for(
+        state,
+        || status_of(instances),
+        within,
+        every,
+        |s| s["state"] == state,
+    )
+    .await
 }
 
-/// The share of 2000 users each instance serves the treatment now.
-fn treatment_share(inst: &Instance) -> f64 {
-    let snapshot = inst.flags.snapshot();
-    let on = (0..2000)
-        .filter(|i| {
-            let key = format!("probe-{i}");
-            snapshot.bool_value(FLAG, &Context::new(&key), false).value
-        })
-        .count();
-    on as f64 / 2000.0
-}
+type Fleet = Arc<tokio::sync::RwLock<Vec<Instance>>>;
 
-fn actions(status: &serde_json::Value) -> Vec<(String, u64)> {
-    status["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["action"].as_str().unwrap().to_owned(),
-                d["stage"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-async fn fleet(redis: &RedisServer, n: usize) -> Arc<tokio::sync::RwLock<Vec<Instance>>> {
+async fn fleet(redis: &RedisServer, n: usize) -> Fleet {
     let mut v = Vec::new();
     for _ in 0..n {
         v.push(instance(redis).await);
     }
     Arc::new(tokio::sync::RwLock::new(v))
+}
+
+/// The load on a fleet.
+struct Load {
+    stop: Arc<AtomicBool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.await.unwrap();
+    }
+}
+
+/// `n` instances on `redis` under load (the arms failing `control_errors` and
+/// `treatment_errors` of their requests), and the rollout of `plan` started on instance `on`.
+async fn roll_out_under_load(
+    redis: &RedisServer,
+    n: usize,
+    control_errors: f64,
+    treatment_errors: f64,
+    on: usize,
+    plan: &str,
+) -> (Fleet, Load) {
+    let instances = fleet(redis, n).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = load(
+        instances.clone(),
+        stop.clone(),
+        control_errors,
+        treatment_errors,
+    );
+    instances.read().await[on]
+        .agent
+        .start_rollout(FLAG, Plan::from_json(plan).unwrap(), "test")
+        .await
+        .unwrap();
+    (instances, Load { stop, handle })
 }
 
 const FAST: &str = r#"{"stages": [
@@ -241,22 +193,9 @@ const FAST: &str = r#"{"stages": [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_change_completes_through_every_stage() {
     let redis = RedisServer::start().unwrap();
-    let instances = fleet(&redis, 3).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = load(instances.clone(), stop.clone(), 0.01, 0.01);
-    {
-        let all = instances.read().await;
-        all[0]
-            .agent
-            .as_ref()
-            .unwrap()
-            .start_rollout(FLAG, plan(FAST), "test")
-            .await
-            .unwrap();
-    }
+    let (instances, load) = roll_out_under_load(&redis, 3, 0.01, 0.01, 0, FAST).await;
     let s = wait_state(&instances, "completed", Duration::from_secs(40)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
+    load.stop().await;
     assert_eq!(
         actions(&s),
         [
@@ -286,21 +225,9 @@ async fn a_healthy_change_completes_through_every_stage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_points_more_errors_roll_back_on_every_instance() {
     let redis = RedisServer::start().unwrap();
-    let instances = fleet(&redis, 3).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = load(instances.clone(), stop.clone(), 0.01, 0.04);
     // Long stages: only the guard can end this rollout.
     let slow = r#"{"stages": [{"percent": 50, "minDurationSecs": 600}, {"percent": 100}]}"#;
-    {
-        let all = instances.read().await;
-        all[1]
-            .agent
-            .as_ref()
-            .unwrap()
-            .start_rollout(FLAG, plan(slow), "test")
-            .await
-            .unwrap();
-    }
+    let (instances, load) = roll_out_under_load(&redis, 3, 0.01, 0.04, 1, slow).await;
     let s = wait_state(&instances, "rolled_back", Duration::from_secs(60)).await;
     let rollback = s["decisions"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(rollback["action"], "rollback");
@@ -317,8 +244,7 @@ async fn three_points_more_errors_roll_back_on_every_instance() {
     }
     // And it stays so: nothing advances a rolled back rollout.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
+    load.stop().await;
     let again = status_of(&instances).await;
     assert_eq!(again["state"], "rolled_back");
     assert_eq!(again["decisions"], s["decisions"]);
@@ -330,52 +256,29 @@ async fn three_points_more_errors_roll_back_on_every_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_dropped_mid_rollout_is_replaced_without_a_double_step() {
     let redis = RedisServer::start().unwrap();
-    let instances = fleet(&redis, 3).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = load(instances.clone(), stop.clone(), 0.01, 0.01);
     let four = r#"{"stages": [
         {"percent": 5, "minDurationSecs": 1, "minSamples": 100},
         {"percent": 20, "minDurationSecs": 1, "minSamples": 200},
         {"percent": 50, "minDurationSecs": 2, "minSamples": 300},
         {"percent": 100}]}"#;
-    {
-        let all = instances.read().await;
-        all[2]
-            .agent
-            .as_ref()
-            .unwrap()
-            .start_rollout(FLAG, plan(four), "test")
-            .await
-            .unwrap();
-    }
+    let (instances, load) = roll_out_under_load(&redis, 3, 0.01, 0.01, 2, four).await;
     // Wait for the first advance, then drop whoever acts.
-    let started = Instant::now();
-    loop {
-        let s = status_of(&instances).await;
-        if s["stage"].as_u64().unwrap() >= 1 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{s:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_past_first_stage(|| status_of(&instances), Duration::from_secs(30)).await;
     {
         let mut all = instances.write().await;
         let leader = all
             .iter()
-            .position(|i| i.agent.as_ref().unwrap().is_leader(FLAG))
+            .position(|i| i.agent.is_leader(FLAG))
             .expect("one instance acts");
         assert_eq!(
-            all.iter()
-                .filter(|i| i.agent.as_ref().unwrap().is_leader(FLAG))
-                .count(),
+            all.iter().filter(|i| i.agent.is_leader(FLAG)).count(),
             1,
             "exactly one instance acts"
         );
         all.remove(leader);
     }
     let s = wait_state(&instances, "completed", Duration::from_secs(60)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
+    load.stop().await;
     assert_eq!(
         actions(&s),
         [
@@ -387,56 +290,32 @@ async fn the_leader_dropped_mid_rollout_is_replaced_without_a_double_step() {
         "every stage stepped once: {s:#}"
     );
     let all = instances.read().await;
-    let leaders = all
-        .iter()
-        .filter(|i| i.agent.as_ref().unwrap().is_leader(FLAG))
-        .count();
+    let leaders = all.iter().filter(|i| i.agent.is_leader(FLAG)).count();
     assert!(leaders <= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_frozen_freezes_the_rollout_which_goes_on_after() {
     let redis = RedisServer::start().unwrap();
-    let instances = fleet(&redis, 2).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = load(instances.clone(), stop.clone(), 0.01, 0.01);
     let p = r#"{"stages": [
         {"percent": 10, "minDurationSecs": 4, "minSamples": 300},
         {"percent": 100}]}"#;
-    {
-        let all = instances.read().await;
-        all[0]
-            .agent
-            .as_ref()
-            .unwrap()
-            .start_rollout(FLAG, plan(p), "test")
-            .await
-            .unwrap();
-    }
+    let (instances, load) = roll_out_under_load(&redis, 2, 0.01, 0.01, 0, p).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.pause().unwrap();
     let paused_at = welcomedly_flags_now_ms();
     // Every instance reports the freeze (its status falls back to what it last knew).
-    let started = Instant::now();
-    loop {
-        let s = status_of(&instances).await;
-        if s["state"] == "frozen" {
-            assert!(
-                s["frozenBecause"].as_str().unwrap().contains("Redis"),
-                "{s:#}"
-            );
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{s:#}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let s = wait_state(&instances, "frozen", Duration::from_secs(10)).await;
+    assert!(
+        s["frozenBecause"].as_str().unwrap().contains("Redis"),
+        "{s:#}"
+    );
     // Longer than the stage's minimum time: nothing is decided while frozen.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let resumed_at = welcomedly_flags_now_ms();
     redis.resume().unwrap();
     let s = wait_state(&instances, "completed", Duration::from_secs(40)).await;
-    stop.store(true, Ordering::Relaxed);
-    load.await.unwrap();
+    load.stop().await;
     for d in s["decisions"].as_array().unwrap() {
         let at = d["atMs"].as_u64().unwrap();
         assert!(
@@ -462,9 +341,13 @@ async fn operators_pause_resume_and_abort_and_bad_plans_are_refused() {
     let redis = RedisServer::start().unwrap();
     let instances = fleet(&redis, 1).await;
     let all = instances.read().await;
-    let agent = all[0].agent.as_ref().unwrap();
+    let agent = &all[0].agent;
     let err = agent
-        .start_rollout(FLAG, plan(r#"{"treatment": "nope"}"#), "test")
+        .start_rollout(
+            FLAG,
+            Plan::from_json(r#"{"treatment": "nope"}"#).unwrap(),
+            "test",
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("treatment"), "{err}");

@@ -17,28 +17,21 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
-use tower::{Layer, ServiceExt, service_fn};
-use welcomedly_flags::layer::{FlagsLayer, RequestFlags};
-use welcomedly_flags::rollout::agent::{AgentConfig, DecisionEvent, RolloutAgent};
-use welcomedly_flags::rollout::attribution::Attribution;
+use support::{FLAG, Instance, actions, send_as_users, treatment_share, wait_past_first_stage};
+use tower::{Layer, service_fn};
+use welcomedly_flags::layer::RequestFlags;
+use welcomedly_flags::rollout::agent::DecisionEvent;
 use welcomedly_flags::rollout::plan::Plan;
-use welcomedly_flags::rollout::store::RolloutStore;
-use welcomedly_flags::store::{
-    Change, FlagStore, FlagSyncHandle, RedisStore, RedisStoreConfig, SyncConfig, sync_flags,
-};
-use welcomedly_flags::{Context, Flags, Snapshot};
-use welcomedly_redis::{Backoff, Link, LinkConfig};
+use welcomedly_redis::LinkConfig;
 use welcomedly_testkit::{RedisCluster, RedisSentinel};
-
-const FLAG: &str = "new-checkout";
-const SEED: &str = r#"{"flags": {"new-checkout": {"variants": {"on": true, "off": false},
-    "fallthrough": {"variant": "off"}}}}"#;
 
 /// Four stages: long enough that a failover lands in the middle.
 const PLAN: &str = r#"{"stages": [
@@ -47,60 +40,9 @@ const PLAN: &str = r#"{"stages": [
     {"percent": 60, "minDurationSecs": 2, "minSamples": 200},
     {"percent": 100}]}"#;
 
-struct Instance {
-    flags: Flags,
-    agent: RolloutAgent,
-    layer: FlagsLayer,
-    _sync: FlagSyncHandle,
-}
-
-/// A noisy shared box and failovers: a generous budget, fast reconnects.
-fn tuned(mut link: LinkConfig) -> LinkConfig {
-    link.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(200));
-    link.min_outage = Duration::from_millis(20);
-    link.budget = Duration::from_millis(300);
-    link
-}
-
-fn agent_config() -> AgentConfig {
-    let mut c = AgentConfig::default();
-    c.tick = Duration::from_millis(100);
-    c.lease_ttl = Duration::from_millis(800);
-    c.settle = Duration::from_millis(300);
-    c
-}
-
+/// A noisy shared box and failovers: a generous budget for every command and the flag store.
 async fn instance(link: LinkConfig) -> Instance {
-    let link = Link::connect(tuned(link)).await.unwrap();
-    let mut sc = RedisStoreConfig::default();
-    sc.budget = Duration::from_millis(300);
-    let store: Arc<dyn FlagStore> = Arc::new(RedisStore::new(&link, sc).await.unwrap());
-    if store.load().await.unwrap().version == 0 {
-        let _ = store
-            .write(0, SEED.into(), Change::new("test", "seed"))
-            .await;
-    }
-    let flags = Flags::new(Snapshot::empty());
-    let mut sync = SyncConfig::default();
-    sync.retry_interval = Duration::from_millis(20);
-    sync.max_retry_interval = Duration::from_millis(200);
-    let sync = sync_flags(store.clone(), &flags, sync).await.unwrap();
-    let attribution = Attribution::new();
-    let agent = RolloutAgent::start(
-        RolloutStore::new(link),
-        store,
-        attribution.clone(),
-        agent_config(),
-    );
-    let layer = FlagsLayer::new(flags.clone())
-        .key_header(http::HeaderName::from_static("x-user"))
-        .attribution(attribution);
-    Instance {
-        flags,
-        agent,
-        layer,
-        _sync: sync,
-    }
+    support::instance(link, Duration::from_millis(300)).await
 }
 
 /// Serves `n` requests of distinct users on `inst`, 1 % of each arm's failing.
@@ -119,14 +61,7 @@ async fn serve(inst: &Instance, n: u64, seq: &AtomicU64) {
             Ok::<_, Infallible>(res)
         }
     }));
-    for _ in 0..n {
-        let id = seq.fetch_add(1, Ordering::Relaxed);
-        let req = Request::get("/")
-            .header("x-user", format!("user-{id}"))
-            .body(())
-            .unwrap();
-        svc.clone().oneshot(req).await.unwrap();
-    }
+    send_as_users(svc, n, seq).await;
 }
 
 /// Load on every instance until `stop`.
@@ -167,31 +102,6 @@ async fn status(instances: &[Instance]) -> serde_json::Value {
     panic!("no instance knows the rollout");
 }
 
-fn actions(status: &serde_json::Value) -> Vec<(String, u64)> {
-    status["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| {
-            (
-                d["action"].as_str().unwrap().to_owned(),
-                d["stage"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-fn treatment_share(inst: &Instance) -> f64 {
-    let snapshot = inst.flags.snapshot();
-    let on = (0..2000)
-        .filter(|i| {
-            let key = format!("probe-{i}");
-            snapshot.bool_value(FLAG, &Context::new(&key), false).value
-        })
-        .count();
-    on as f64 / 2000.0
-}
-
 /// Starts the rollout, waits for the first advance, runs `failover`, waits for the end and
 /// checks that every stage stepped once: the states seen after the failover.
 async fn roll_out_through<F>(links: Vec<LinkConfig>, failover: F) -> Vec<String>
@@ -213,15 +123,7 @@ where
         .unwrap();
 
     // Mid-rollout: after the first advance.
-    let started = Instant::now();
-    loop {
-        let s = status(&instances).await;
-        if s["stage"].as_u64().unwrap() >= 1 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(40), "{s:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_past_first_stage(|| status(&instances), Duration::from_secs(40)).await;
     let took = tokio::task::block_in_place(failover);
     println!("failed over in {took:?}");
 
