@@ -488,15 +488,11 @@ async fn events(
         .drain(agents.drain.clone())
         .first(hello)
         .end_with_session(watch)
-        // One stream of the application's own events: presence diffs, flag changes and the
-        // guarded rollouts' view.
-        .merge(futures_util::stream::select(
-            futures_util::stream::select(
-                presence_events(agents.clone(), diffs),
-                flag_events(agents.flags.clone()),
-            ),
-            agents.rollouts.events(),
-        ))
+        // The application's own events: presence diffs, flag changes and the guarded
+        // rollouts' view.
+        .merge(presence_events(agents.clone(), diffs))
+        .merge(flag_events(agents.flags.clone()))
+        .merge(agents.rollouts.events())
         .respond()
         .await;
     // The slot and the presence are released when the stream's body is dropped: the client

@@ -215,9 +215,13 @@ impl<'a, T> SseStream<'a, T> {
     }
 
     /// Interleaves `events` (the application's own: presence diffs, notices) with the topic's;
-    /// the stream goes on when they run out.
+    /// the stream goes on when they run out. Call it once per source: every merged source is
+    /// kept (interleaved fairly with the others), not only the last one.
     pub fn merge(mut self, events: impl Stream<Item = SseEvent> + Send + 'static) -> Self {
-        self.extra = Some(events.boxed());
+        self.extra = Some(match self.extra.take() {
+            Some(earlier) => futures_util::stream::select(earlier, events).boxed(),
+            None => events.boxed(),
+        });
         self
     }
 
@@ -520,5 +524,45 @@ mod tests {
         bus.publish(&topic, &"y".to_owned()).await.unwrap();
         let (text, ended) = read(&mut body, Duration::from_millis(100)).await;
         assert!(!ended && text.contains("\"y\""), "{text:?}");
+    }
+    /// Several `merge` calls: every source reaches the stream (the first one was dropped when
+    /// a second was merged).
+    #[tokio::test]
+    async fn every_merged_source_is_kept() {
+        let bus = BusConfig::new().build_local().unwrap();
+        let topic = Topic::<String>::durable("t").unwrap();
+        let source = |rx: tokio::sync::mpsc::UnboundedReceiver<SseEvent>| {
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|e| (e, rx)) },
+            )
+        };
+        let (tx_a, rx_a) = tokio::sync::mpsc::unbounded_channel::<SseEvent>();
+        let (tx_b, rx_b) = tokio::sync::mpsc::unbounded_channel::<SseEvent>();
+        let (tx_c, rx_c) = tokio::sync::mpsc::unbounded_channel::<SseEvent>();
+        let mut body = SseStream::new(&bus, &topic)
+            .merge(source(rx_a))
+            .merge(source(rx_b))
+            .merge(source(rx_c))
+            .respond()
+            .await
+            .into_body();
+        tx_a.send(SseEvent::default().event("a").data("{}"))
+            .unwrap();
+        tx_b.send(SseEvent::default().event("b").data("{}"))
+            .unwrap();
+        tx_c.send(SseEvent::default().event("c").data("{}"))
+            .unwrap();
+        let (text, ended) = read(&mut body, Duration::from_millis(100)).await;
+        assert!(!ended, "{text:?}");
+        for name in ["event: a", "event: b", "event: c"] {
+            assert!(text.contains(name), "{name} missing: {text:?}");
+        }
+        // One source running out leaves the others.
+        drop(tx_a);
+        tx_b.send(SseEvent::default().event("b2").data("{}"))
+            .unwrap();
+        let (text, ended) = read(&mut body, Duration::from_millis(100)).await;
+        assert!(!ended && text.contains("event: b2"), "{text:?}");
     }
 }
