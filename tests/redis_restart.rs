@@ -147,14 +147,26 @@ fn after_a_redis_crash_the_first_request_of_every_component_succeeds_on_every_in
         assert_eq!(r.status, 200, "{}", r.body);
     }
 
+    // The `api` limit takes local-first shares (200 a minute: 3 per instance and client, spent
+    // in memory): each client spends its share here first, so its next request needs Redis.
+    let clients = [(&a, "198.51.100.77"), (&b, "198.51.100.78")];
+    for (app, client) in clients {
+        for _ in 0..3 {
+            let r = app.request_with("GET", "/api/ping", &[("x-forwarded-for", client)], "");
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    }
+
     redis.kill().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     redis.restart().unwrap(); // returns once Redis answers
 
     // The limiter: each instance's first request is decided in Redis, not by the local
-    // fallback. A fresh client's first request leaves 199 of the `api` policy's 200 in Redis;
-    // the fallback would decide on this instance's share (200 / 2 live instances) and leave 99.
-    for (app, client) in [(&a, "198.51.100.77"), (&b, "198.51.100.78")] {
+    // fallback. The crash emptied Redis, so the client's key in Redis now exists only if
+    // Redis decided; and the pool (200 less the instances' shares: 194, or 197 while an
+    // instance counts itself alone) leaves 193 or 196, where the fallback (200 / 2 live
+    // instances) would leave 99.
+    for (app, client) in clients {
         let r = app.request_with("GET", "/api/ping", &[("x-forwarded-for", client)], "");
         assert_eq!(
             r.status,
@@ -163,14 +175,19 @@ fn after_a_redis_crash_the_first_request_of_every_component_succeeds_on_every_in
             r.header("x-instance-id"),
             r.body
         );
-        assert_eq!(
-            remaining(&r),
-            199,
+        assert!(
+            [193, 196].contains(&remaining(&r)),
             "the first request on {:?} after the crash was not decided in Redis: {:?}",
             r.header("x-instance-id"),
             r.header("ratelimit")
         );
     }
+    let limiter_keys = redis.command(&["KEYS", "wd:rl:*"]).unwrap();
+    assert_eq!(
+        limiter_keys.lines().filter(|l| l.contains(":api")).count(),
+        2,
+        "one pool key per client in Redis: {limiter_keys}"
+    );
 
     // Sessions: the first login on each instance.
     let cookie_a = session_cookie(&{
