@@ -113,8 +113,10 @@
 //!   per `window / s`) are decided in memory, in about the time of the embedded limiter;
 //! - **bounded table**: [`max_local_shares`](RedisRateLimitConfig::max_local_shares) keys
 //!   (65 536); a new key that finds it full of shares still refilling is decided in the pool,
-//!   never by evicting a spent share (which would hand it out again), and a full table is swept
-//!   at most once per expiry, so a flood costs no more than before;
+//!   never by evicting a spent share (which would hand it out again), and a full shard is swept
+//!   at most once per expiry and once per eighth of its size of new keys refused room (at most
+//!   8 entries visited per request, however the entries expire), so a flood costs no more than
+//!   before;
 //! - **headers**: an admission from a share reports `remaining` as its share's remaining plus
 //!   the pool's burst (this instance cannot know the pool's state without asking Redis); a
 //!   refusal by the pool reports the pool's own numbers, with the retry time of whichever of
