@@ -377,3 +377,140 @@ async fn redis_killed_and_restarted_mid_flood() {
         "after the restart: {after}"
     );
 }
+
+/// Redis down from a key's first request: every instance spends its share of the key, then its
+/// fallback (`limit / 3`, rounded up). Without local-first shares the outage admits the three
+/// fallbacks; with them, the three shares more: `3 × 214 + 3 × 10` of 640 (the docs say the
+/// shares keep admitting, then the failure mode decides; the sum is the outage's bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_from_a_fresh_key_admits_the_shares_and_the_fallbacks() {
+    let redis = RedisServer::start().unwrap();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        let mut c = config();
+        c.budget = Duration::from_millis(100);
+        instances.push(Arc::new(
+            Instance::start(&redis, c, &[Policy::new("anon", Quota::per_hour(PER_HOUR))]).await,
+        ));
+    }
+    redis.kill().unwrap();
+    let start = Instant::now();
+    let during = flood(&instances, &ip("198.51.100.27"), 2, 5).await;
+    let fallback = 3 * u64::from(PER_HOUR).div_ceil(3);
+    eprintln!(
+        "outage from a fresh key: admitted {during} (fallbacks {fallback} + shares {})",
+        3 * SHARE
+    );
+    assert!(
+        during <= fallback + 3 * SHARE + refill(start.elapsed()),
+        "admitted {during} while Redis was down"
+    );
+    assert!(during >= fallback + 3 * SHARE, "admitted {during}");
+}
+
+/// Leased and local-first at once (64 000 an hour: shares of 1 000, leases of 953 or 984 from
+/// the pool) while the live count flips 3 → 1 → 3 every millisecond: the leases are taken with
+/// either pool's plan and given back with the interval they were granted at; the total through
+/// three instances stays within the limit plus one share per instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_and_local_first_with_the_count_flipping_stays_within_the_bound() {
+    const BIG: u32 = 64_000;
+    let redis = RedisServer::start().unwrap();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(Arc::new(
+            Instance::start(
+                &redis,
+                config().lease("anon"),
+                &[Policy::new("anon", Quota::per_hour(BIG))],
+            )
+            .await,
+        ));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flipper = {
+        let (stop, backends) = (
+            stop.clone(),
+            instances
+                .iter()
+                .map(|i| i.backend.clone())
+                .collect::<Vec<_>>(),
+        );
+        tokio::spawn(async move {
+            let mut flips = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                for b in &backends {
+                    b.live_instances().set(if flips % 2 == 0 { 1 } else { 3 });
+                }
+                flips += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let start = Instant::now();
+    let total = flood(&instances, &ip("198.51.100.28"), 2, 20).await;
+    stop.store(true, Ordering::SeqCst);
+    flipper.await.unwrap();
+    let elapsed = start.elapsed();
+    let limit = u64::from(BIG);
+    let share = limit / 64;
+    let refill = (elapsed.as_secs_f64() * f64::from(BIG) / 3600.0).ceil() as u64 + 1;
+    eprintln!("leased + local-first, flipping: admitted {total} of {limit} in {elapsed:?}");
+    assert!(
+        total <= limit + 3 * share + refill,
+        "admitted {total}, past the limit plus one share per instance"
+    );
+    let leases: u64 = instances.iter().map(|i| i.backend.leases_taken()).sum();
+    assert!(leases >= 1);
+}
+
+/// Remembered rejections with shares (64 a second on one instance: a share of 1, a pool of 63):
+/// a client refused by the pool is answered 429 locally until its retry time, without a script
+/// call, and the retry time it was given is honest: asking again after it is admitted.
+#[tokio::test]
+async fn a_remembered_rejection_is_honest_about_its_retry_time() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config();
+    c.remembered_rejections = 100;
+    let a = Instance::start(&redis, c, &[Policy::new("anon", Quota::per_second(64))]).await;
+    a.backend.live_instances().set(1);
+    let key = ip("198.51.100.29");
+    let policy = &a.layer.policies()[0];
+    let ask = || async {
+        let d = a
+            .backend
+            .acquire(&[Check {
+                policy,
+                key: &key,
+                charge: true,
+            }])
+            .await
+            .unwrap();
+        d[0]
+    };
+    let refused = loop {
+        let d = ask().await;
+        if !d.allowed {
+            break d;
+        }
+    };
+    assert!(!refused.retry_after.is_zero());
+    assert!(refused.retry_after <= Duration::from_secs(1));
+    let calls = evalsha_calls(&redis);
+    let again = ask().await;
+    if !again.allowed {
+        // Remembered (unless the retry time already passed): no script call.
+        assert_eq!(
+            evalsha_calls(&redis),
+            calls,
+            "a remembered rejection asked Redis"
+        );
+    }
+    tokio::time::sleep(refused.retry_after).await;
+    let d = ask().await;
+    assert!(
+        d.allowed,
+        "refused again after the promised retry time ({:?}): {d:?}",
+        refused.retry_after
+    );
+}
