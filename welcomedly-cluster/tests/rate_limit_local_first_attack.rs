@@ -514,3 +514,38 @@ async fn a_remembered_rejection_is_honest_about_its_retry_time() {
         refused.retry_after
     );
 }
+
+/// A table of 1 024 shares (64 per shard, swept after 8 refused keys) under a flood of 5 000
+/// distinct keys, with a hot key spent first: the table stays bounded, the flood's keys are
+/// admitted (from a share or the pool), and the hot key's spent share is never handed out
+/// again however the flood sweeps.
+#[tokio::test]
+async fn a_full_table_under_a_flood_stays_bounded_and_correct() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config();
+    c.max_local_shares = 1024;
+    let a = Instance::start(&redis, c, &[Policy::new("anon", Quota::per_hour(PER_HOUR))]).await;
+    let hot = ip("203.0.113.10");
+    for _ in 0..SHARE {
+        assert_eq!(a.request(&hot).await, (true, DecisionSource::LocalShare));
+    }
+    let (mut local, mut pool) = (0u64, 0u64);
+    for i in 0..5000u32 {
+        let key = Key::Ip(std::net::Ipv4Addr::from(0x0B00_0000 + i).into());
+        match a.request(&key).await {
+            (true, DecisionSource::LocalShare) => local += 1,
+            (true, DecisionSource::Store) => pool += 1,
+            other => panic!("request {i}: {other:?}"),
+        }
+        assert!(a.backend.local_share_table_len() <= 1024);
+        if i % 500 == 0 {
+            assert_eq!(a.request(&hot).await, (true, DecisionSource::Store));
+        }
+    }
+    eprintln!("full table: {local} new keys from a share, {pool} from the pool");
+    assert!(
+        local >= 1000 && pool >= 3900,
+        "{local} local, {pool} in the pool"
+    );
+    assert_eq!(a.backend.local_shares_full(), pool);
+}
