@@ -204,7 +204,7 @@ async fn live_instances_flipping_mid_flood_stays_within_the_documented_bound() {
         tokio::spawn(async move {
             let mut flips = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                let n = if flips % 2 == 0 { 1 } else { 3 };
+                let n = if flips.is_multiple_of(2) { 1 } else { 3 };
                 for b in &backends {
                     b.live_instances().set(n);
                 }
@@ -440,7 +440,8 @@ async fn leased_and_local_first_with_the_count_flipping_stays_within_the_bound()
             let mut flips = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 for b in &backends {
-                    b.live_instances().set(if flips % 2 == 0 { 1 } else { 3 });
+                    b.live_instances()
+                        .set(if flips.is_multiple_of(2) { 1 } else { 3 });
                 }
                 flips += 1;
                 tokio::time::sleep(Duration::from_millis(1)).await;
