@@ -108,7 +108,8 @@
 //! - **early refusal, bounded**: a client whose requests all reach one instance cannot use
 //!   the other instances' shares: refused after `B - (I - 1) × s` (98 of 100 on 3 instances);
 //!   a client spread over the instances (a load balancer's round robin or least connections)
-//!   spends every share;
+//!   spends every share. Requests matching several policies never spend a share (below): their
+//!   client is refused after the pool, `B - I × s` (97 of 100 on 3 instances);
 //! - **distinct keys cost Redis nothing**: a key's first `s` requests on an instance (then one
 //!   per `window / s`) are decided in memory, in about the time of the embedded limiter;
 //! - **bounded table**: [`max_local_shares`](RedisRateLimitConfig::max_local_shares) keys
@@ -124,7 +125,9 @@
 //! - **refunds** of a share's admission go back to the share
 //!   ([`DecisionSource::LocalShare`](welcomedly_core::rate_limit::backend::DecisionSource));
 //! - **Redis down**: shares keep admitting (they need no Redis); once a key's share is spent
-//!   its failure mode decides, as without shares;
+//!   its failure mode decides, as without shares. So an outage admits a key the shares it has
+//!   left plus the fallbacks: up to `I × s` more than without shares (672 of 640 on 3
+//!   instances, against 642);
 //! - requests that match several policies are decided in Redis, each local-first policy with
 //!   its pool.
 //!
