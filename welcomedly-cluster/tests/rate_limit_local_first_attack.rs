@@ -550,3 +550,70 @@ async fn a_full_table_under_a_flood_stays_bounded_and_correct() {
     );
     assert_eq!(a.backend.local_shares_full(), pool);
 }
+
+/// Leased and local-first, with remembered rejections: the pool is spent for the next 10 s
+/// (its state written ahead in Redis), the client's share here refills every millisecond. A
+/// refusal tells the client to retry when its share refills, and asking then is admitted.
+/// Before the fix, a refusal that came from a lease call (the key hot: its second pool-bound
+/// request within a lease lifetime) was remembered until the *pool's* retry time while the
+/// client was told the share's: asking at the promised time was refused again, for 10 s.
+#[tokio::test]
+async fn a_lease_refusal_is_remembered_no_longer_than_the_retry_time_it_gives() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = config().lease("anon");
+    c.remembered_rejections = 100;
+    // 65 536 a second on one instance: a share of 1 024 (one token every 0.98 ms), a pool of
+    // 64 512 (leases of 1 008).
+    let a = Instance::start(&redis, c, &[Policy::new("anon", Quota::per_second(65_536))]).await;
+    a.backend.live_instances().set(1);
+    let key = ip("198.51.100.30");
+    let policy = &a.layer.policies()[0];
+    let time = redis.command(&["TIME"]).unwrap();
+    let mut parts = time.split_whitespace();
+    let secs: u64 = parts.next().unwrap().parse().unwrap();
+    let micros: u64 = parts.next().unwrap().parse().unwrap();
+    let tat = secs * 1_000_000 + micros + 11_000_000;
+    redis
+        .command(&[
+            "SET",
+            &a.backend.key_name(policy, &key),
+            &tat.to_string(),
+            "PX",
+            "20000",
+        ])
+        .unwrap();
+    let ask = || async {
+        a.backend
+            .acquire(&[Check {
+                policy,
+                key: &key,
+                charge: true,
+            }])
+            .await
+            .unwrap()[0]
+    };
+    let mut refusals = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while refusals < 20 && Instant::now() < deadline {
+        let d = ask().await;
+        if d.allowed {
+            assert_eq!(d.source, DecisionSource::LocalShare, "the pool is spent");
+            continue;
+        }
+        refusals += 1;
+        assert!(
+            d.retry_after < Duration::from_millis(50),
+            "refusal {refusals}: told to retry after {:?}, the share refills every millisecond",
+            d.retry_after
+        );
+        tokio::time::sleep(d.retry_after).await;
+        let again = ask().await;
+        assert!(
+            again.allowed,
+            "refusal {refusals}: told to retry after {:?}, refused again then: {again:?}",
+            d.retry_after
+        );
+    }
+    assert!(refusals >= 5, "only {refusals} refusals");
+    assert!(a.backend.leases_taken() == 0, "the pool granted a lease");
+}
