@@ -115,9 +115,9 @@
 //! - **bounded table**: [`max_local_shares`](RedisRateLimitConfig::max_local_shares) keys
 //!   (65 536); a new key that finds it full of shares still refilling is decided in the pool,
 //!   never by evicting a spent share (which would hand it out again), and a full shard is swept
-//!   at most once per expiry and once per eighth of its size of new keys refused room (at most
-//!   8 entries visited per request, however the entries expire), so a flood costs no more than
-//!   before;
+//!   at most once per expiry, and only after an eighth of its size of new keys refused room or
+//!   100 ms since its last sweep (at most 8 entries visited per request under a flood, however
+//!   the entries expire), so a flood costs no more than before;
 //! - **headers**: an admission from a share reports `remaining` as its share's remaining plus
 //!   the pool's burst (this instance cannot know the pool's state without asking Redis); a
 //!   refusal by the pool reports the pool's own numbers, with the retry time of whichever of
