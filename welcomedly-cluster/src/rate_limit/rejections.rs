@@ -27,7 +27,13 @@ struct Entries {
     /// entry; this way it frees at least an eighth of the table, so a flood of new rejections
     /// pays a few visits each instead of the whole table each.
     next_sweep: Option<Instant>,
+    /// When the table was last swept: swept again after [`SWEEP_PERIOD`] even before
+    /// `next_sweep` (the entries left may outlive many shorter ones added since).
+    last_sweep: Option<Instant>,
 }
+
+/// The longest a full table goes unswept while new rejections come.
+const SWEEP_PERIOD: Duration = Duration::from_millis(100);
 
 pub(crate) struct Rejections {
     cap: usize,
@@ -82,9 +88,12 @@ impl Rejections {
         let mut entries = table.lock().unwrap_or_else(PoisonError::into_inner);
         let entries = &mut *entries;
         if entries.map.len() >= self.cap && !entries.map.contains_key(&fp) {
-            if entries.next_sweep.is_some_and(|t| now < t) {
+            if entries.next_sweep.is_some_and(|t| now < t)
+                && entries.last_sweep.is_some_and(|t| now < t + SWEEP_PERIOD)
+            {
                 return;
             }
+            entries.last_sweep = Some(now);
             self.swept.fetch_add(
                 u64::try_from(entries.map.len()).unwrap_or(u64::MAX),
                 Ordering::Relaxed,
