@@ -223,7 +223,7 @@ async fn live_instances_flipping_mid_flood_stays_within_the_documented_bound() {
         "flipping 3/1 ({flips} flips): admitted {total} of {limit} in {:?}",
         start.elapsed()
     );
-    assert!(flips >= 10, "the count flipped only {flips} times");
+    assert!(flips >= 4, "the count flipped only {flips} times");
     assert!(
         total <= limit + 3 * SHARE + refill(start.elapsed()),
         "admitted {total}, past the limit plus one share per instance"
@@ -616,4 +616,27 @@ async fn a_lease_refusal_is_remembered_no_longer_than_the_retry_time_it_gives() 
     }
     assert!(refusals >= 5, "only {refusals} refusals");
     assert!(a.backend.leases_taken() == 0, "the pool granted a lease");
+}
+
+/// Three instances never told the count (membership not wired: every one keeps the default
+/// `instances` = 1): each keeps a share of 10 and reads the pool as 630, so one key through all
+/// three is admitted 660 of 640, for as long as they are not told. Within the documented "one
+/// share per instance", but not for a few milliseconds: for good (`(I - 1) × B / 64` past the
+/// limit: with 64 instances, double it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_never_told_the_count_overshoot_by_the_others_shares_for_good() {
+    let redis = RedisServer::start().unwrap();
+    let instances = Instance::anon(&redis, 3).await;
+    for i in &instances {
+        i.backend.live_instances().set(1);
+    }
+    let start = Instant::now();
+    let total = flood(&instances, &ip("198.51.100.31"), 4, 20).await;
+    let limit = u64::from(PER_HOUR);
+    eprintln!("three instances believing they are one: admitted {total} of {limit}");
+    assert!(total >= limit + 2 * SHARE, "admitted {total}");
+    assert!(
+        total <= limit + 2 * SHARE + refill(start.elapsed()),
+        "admitted {total}"
+    );
 }

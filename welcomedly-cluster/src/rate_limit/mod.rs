@@ -103,8 +103,10 @@
 //!   it: [`RedisBackend::live_instances`]). While they do not — an instance joined and the
 //!   others have not seen it yet, or an instance starting before membership fed it (it uses
 //!   [`instances`](RedisRateLimitConfig::instances)) — a key may be admitted up to one share
-//!   per instance more. An instance that restarts forgets what it spent of its shares: up to
-//!   `s` more per key and restart;
+//!   per instance more. Instances never told (membership not wired, `instances` left at 1)
+//!   disagree for good: `(I - 1) × s` more, all the time (660 of 640 on 3 instances; twice the
+//!   limit on 64). An instance that restarts forgets what it spent of its shares: up to `s`
+//!   more per key and restart;
 //! - **early refusal, bounded**: a client whose requests all reach one instance cannot use
 //!   the other instances' shares: refused after `B - (I - 1) × s` (98 of 100 on 3 instances);
 //!   a client spread over the instances (a load balancer's round robin or least connections)
