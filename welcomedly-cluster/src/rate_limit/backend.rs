@@ -712,8 +712,9 @@ impl Inner {
 
     /// Takes a lease of `plan.size` tokens of the key `name` for the request `owned` (giving
     /// back `give_back` tokens of its expired lease in the same call), and decides the request:
-    /// from the grant's first token, as Redis's rejection when nothing was granted, or per
-    /// failure mode when Redis failed.
+    /// from the grant's first token, as Redis's rejection when nothing was granted (remembered
+    /// until the sooner of its retry time and `local_retry`, when this instance's local-first
+    /// share of the key refills first), or per failure mode when Redis failed.
     async fn lease_and_decide(
         &self,
         owned: &OwnedCheck,
@@ -721,6 +722,7 @@ impl Inner {
         plan: Plan,
         name: Box<[u8]>,
         give_back: u64,
+        local_retry: Option<Duration>,
     ) -> Decisions {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.lease.get_hash())
@@ -768,6 +770,9 @@ impl Inner {
                     retry_after: us(retry),
                     source: DecisionSource::Store,
                 }];
+                // Remembered no longer than the retry time the client is told: its share here
+                // may refill before the pool does.
+                let d = sooner_locally(d, local_retry);
                 self.remember_rejections(std::slice::from_ref(owned), &d);
                 d
             }
@@ -1107,7 +1112,14 @@ impl RateLimitBackend for RedisBackend {
                     let inner = self.inner.clone();
                     return Box::pin(async move {
                         let d = inner
-                            .lease_and_decide(&owned, fp, plan, name.into_boxed_slice(), give_back)
+                            .lease_and_decide(
+                                &owned,
+                                fp,
+                                plan,
+                                name.into_boxed_slice(),
+                                give_back,
+                                local_retry,
+                            )
                             .await;
                         Ok(sooner_locally(d, local_retry))
                     });

@@ -103,18 +103,23 @@
 //!   it: [`RedisBackend::live_instances`]). While they do not — an instance joined and the
 //!   others have not seen it yet, or an instance starting before membership fed it (it uses
 //!   [`instances`](RedisRateLimitConfig::instances)) — a key may be admitted up to one share
-//!   per instance more. An instance that restarts forgets what it spent of its shares: up to
-//!   `s` more per key and restart;
+//!   per instance more. Instances never told (membership not wired, `instances` left at 1)
+//!   disagree for good: `(I - 1) × s` more, all the time (660 of 640 on 3 instances; twice the
+//!   limit on 64). An instance that restarts forgets what it spent of its shares: up to `s`
+//!   more per key and restart;
 //! - **early refusal, bounded**: a client whose requests all reach one instance cannot use
 //!   the other instances' shares: refused after `B - (I - 1) × s` (98 of 100 on 3 instances);
 //!   a client spread over the instances (a load balancer's round robin or least connections)
-//!   spends every share;
+//!   spends every share. Requests matching several policies never spend a share (below): their
+//!   client is refused after the pool, `B - I × s` (97 of 100 on 3 instances);
 //! - **distinct keys cost Redis nothing**: a key's first `s` requests on an instance (then one
 //!   per `window / s`) are decided in memory, in about the time of the embedded limiter;
 //! - **bounded table**: [`max_local_shares`](RedisRateLimitConfig::max_local_shares) keys
 //!   (65 536); a new key that finds it full of shares still refilling is decided in the pool,
-//!   never by evicting a spent share (which would hand it out again), and a full table is swept
-//!   at most once per expiry, so a flood costs no more than before;
+//!   never by evicting a spent share (which would hand it out again), and a full shard is swept
+//!   at most once per expiry, and only after an eighth of its size of new keys refused room or
+//!   100 ms since its last sweep (at most 8 entries visited per request under a flood, however
+//!   the entries expire), so a flood costs no more than before;
 //! - **headers**: an admission from a share reports `remaining` as its share's remaining plus
 //!   the pool's burst (this instance cannot know the pool's state without asking Redis); a
 //!   refusal by the pool reports the pool's own numbers, with the retry time of whichever of
@@ -122,7 +127,9 @@
 //! - **refunds** of a share's admission go back to the share
 //!   ([`DecisionSource::LocalShare`](welcomedly_core::rate_limit::backend::DecisionSource));
 //! - **Redis down**: shares keep admitting (they need no Redis); once a key's share is spent
-//!   its failure mode decides, as without shares;
+//!   its failure mode decides, as without shares. So an outage admits a key the shares it has
+//!   left plus the fallbacks: up to `I × s` more than without shares (672 of 640 on 3
+//!   instances, against 642);
 //! - requests that match several policies are decided in Redis, each local-first policy with
 //!   its pool.
 //!

@@ -44,6 +44,14 @@ pub const LOCAL_FIRST_MIN_BURST: u64 = LOCAL_FIRST_SHARE;
 /// Table shards (each its own lock).
 const SHARDS: usize = 16;
 
+/// A full shard is swept after at least `per_shard / SWEEP_EVERY` new keys found no room...
+const SWEEP_EVERY: usize = 8;
+
+/// ... or `SWEEP_PERIOD` (ns) after its last sweep: a trickle of new keys after a flood finds
+/// the expired entries swept within this, while a flood pays at most one sweep per shard per
+/// period (16 × 10 sweeps a second: a few milliseconds of CPU a second with the default table).
+const SWEEP_PERIOD: u64 = 100_000_000;
+
 /// A policy's quota split between this instance's share and the pool in Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Split {
@@ -75,6 +83,13 @@ struct Shard {
     /// When the shard is full of live entries: no sweep before this (the earliest TAT in it),
     /// so a flood of new keys costs one sweep per expiry, not one per key.
     next_sweep: u64,
+    /// New keys refused room since the last sweep. A sweep visits the whole shard: it waits
+    /// for `per_shard / 8` of them (or [`SWEEP_PERIOD`] since the last one), so a flood pays
+    /// at most 8 entry visits per request even when the entries expire one by one (each expiry
+    /// freeing a single place).
+    misses: usize,
+    /// When the shard was last swept.
+    last_sweep: u64,
 }
 
 /// One backend's local shares: per `(policy, key)` the TAT of this instance's share.
@@ -87,6 +102,8 @@ pub(super) struct Shares {
     epoch: Instant,
     spent: AtomicU64,
     full: AtomicU64,
+    /// Entries visited by sweeps since start (what a full table costs).
+    swept: AtomicU64,
 }
 
 impl Shares {
@@ -99,6 +116,8 @@ impl Shares {
                     Mutex::new(Shard {
                         map: HashMap::default(),
                         next_sweep: 0,
+                        misses: 0,
+                        last_sweep: 0,
                     })
                 })
                 .collect(),
@@ -107,6 +126,7 @@ impl Shares {
             epoch: Instant::now(),
             spent: AtomicU64::new(0),
             full: AtomicU64::new(0),
+            swept: AtomicU64::new(0),
         }
     }
 
@@ -161,10 +181,19 @@ impl Shares {
             return Some(outcome);
         }
         if shard.map.len() >= self.per_shard {
-            if now < shard.next_sweep {
+            let due = shard.misses >= self.per_shard / SWEEP_EVERY
+                || now >= shard.last_sweep.saturating_add(SWEEP_PERIOD);
+            if now < shard.next_sweep || !due {
+                shard.misses = shard.misses.saturating_add(1);
                 self.full.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
+            shard.misses = 0;
+            shard.last_sweep = now;
+            self.swept.fetch_add(
+                u64::try_from(shard.map.len()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
             // Expired entries are whole shares again: forgetting them changes nothing.
             shard.map.retain(|_, tat| *tat > now);
             if shard.map.len() >= self.per_shard {
@@ -198,6 +227,12 @@ impl Shares {
             self.spent.load(Ordering::Relaxed),
             self.full.load(Ordering::Relaxed),
         )
+    }
+
+    /// Entries visited by the sweeps of full shards since start.
+    #[cfg(test)]
+    fn swept(&self) -> u64 {
+        self.swept.load(Ordering::Relaxed)
     }
 
     /// Keys in the table (expired ones included until swept).
@@ -289,5 +324,66 @@ mod tests {
         // Once the shares refill (a minute for 1 of 100 a minute), new keys find room again.
         let fp = shares.fingerprint(0, &Key::Global);
         assert!(shares.spend(fp, &s.local, 61 * SEC).unwrap().allowed);
+    }
+
+    /// A flood of distinct keys, each spending its share once, arriving twice as fast as a
+    /// full table's shares expire (one by one, each on its own instant): the sweeps of the full
+    /// shards visit at most 8 entries per request, while the table still takes new keys as
+    /// places free up. (Swept at every expiry, each sweep freed one place and visited the
+    /// whole shard: 15 visits per request here, about 1 000 with the default table.)
+    #[test]
+    fn a_flood_of_new_keys_on_a_full_table_costs_a_few_entry_visits_per_request() {
+        const PER_SHARD: usize = 64;
+        let shares = Shares::new(SHARDS * PER_SHARD);
+        // 64 a second on one instance: a share of 1 token, whole again 1 s after its spend.
+        let s = split(Quota::per_second(64).gcra().unwrap(), 1).unwrap();
+        let capacity = (SHARDS * PER_SHARD) as u64;
+        let gap = SEC / (2 * capacity);
+        let requests = 40_000u64;
+        let mut in_table = 0u64;
+        for i in 0..requests {
+            let key = Key::Ip(std::net::Ipv4Addr::from(u32::try_from(i).unwrap()).into());
+            let fp = shares.fingerprint(0, &key);
+            if let Some(o) = shares.spend(fp, &s.local, i * gap) {
+                assert!(o.allowed, "a new key's share is whole");
+                in_table += 1;
+            }
+            assert!(shares.len() <= SHARDS * PER_SHARD);
+        }
+        let visits = shares.swept();
+        assert!(
+            visits <= 8 * requests,
+            "{visits} entries visited by sweeps for {requests} requests"
+        );
+        // Over the flood's span (about 19.5 table lifetimes) the table took at least half the
+        // keys a perfectly swept one would have.
+        let lifetimes = requests * gap / SEC;
+        assert!(
+            in_table >= lifetimes * capacity / 2,
+            "only {in_table} keys got a share over {lifetimes} lifetimes of {capacity}"
+        );
+    }
+
+    /// After a flood, a trickle: the table is full of shares that have all refilled, and a new
+    /// key arriving now and then gets a share at once (swept a period after the last sweep),
+    /// not after an eighth of the shard's size of keys sent to the pool.
+    #[test]
+    fn a_trickle_after_a_flood_finds_the_expired_entries_swept() {
+        let shares = Shares::new(SHARDS * 64);
+        let s = split(whole(100), 1).unwrap();
+        let mut i = 0u32;
+        while shares.stats().1 == 0 {
+            let fp = shares.fingerprint(0, &Key::Ip(std::net::Ipv4Addr::from(i).into()));
+            let _ = shares.spend(fp, &s.local, 0);
+            i += 1;
+        }
+        // A minute later every share is whole again: each new key of the trickle, a second
+        // apart, is admitted from its share.
+        for j in 0..20u64 {
+            let key = Key::Ip(std::net::Ipv4Addr::from(0x0A00_0000 + j as u32).into());
+            let fp = shares.fingerprint(0, &key);
+            let o = shares.spend(fp, &s.local, (61 + j) * SEC);
+            assert!(o.is_some_and(|o| o.allowed), "trickle key {j}: {o:?}");
+        }
     }
 }

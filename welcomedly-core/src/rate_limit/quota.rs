@@ -366,6 +366,55 @@ mod tests {
             }
         }
 
+        /// A quota split as the Redis backend's local-first shares split it (`I` shares of
+        /// `s = min(B / 64, B / (8 I))` and a pool of the rest, the pool's interval rounded up
+        /// to whole microseconds as the script has it), with odd bursts and per-second,
+        /// per-minute and per-hour periods: under any schedule of requests, each sent to one of
+        /// the parts, the parts together admit in any span `w` starting at an admission at most
+        /// what the whole admits, `B + w / T`. (Each part given one token more fails it.)
+        #[test]
+        fn parts_never_admit_more_than_the_whole(count in 1u32..5000, unit in 0u64..3,
+                                                 burst in 64u32..400, instances in 1u64..12,
+                                                 events in proptest::collection::vec((0u64..64, 0u64..64), 1..2000)) {
+            let period = Duration::from_secs([1, 60, 3600][usize::try_from(unit).unwrap()]);
+            let whole = Quota::new(count, period).with_burst(burst).gcra().unwrap();
+            let b = whole.burst();
+            let share = (b / 64).min(b / (8 * instances));
+            prop_assume!(share > 0);
+            let pool = whole.part(b - instances * share);
+            // The script's rounding: interval µs rounded up, window = interval × burst.
+            let us = pool.interval.div_ceil(1000) * 1000;
+            let pool = Gcra { interval: us, window: us * pool.burst() };
+            let mut parts: Vec<(Gcra, Option<u64>)> = (0..instances)
+                .map(|_| (whole.part(share), None))
+                .collect();
+            parts.push((pool, None));
+            let (mut now, mut admitted) = (0u64, Vec::new());
+            for (gap, to) in events {
+                // Mostly none (bursts), else up to 2 of the whole's intervals, in sixteenths.
+                now += whole.interval / 16 * gap.saturating_sub(32);
+                // The client asks the parts in turn from a random one, until one admits it.
+                let n = parts.len();
+                let first = usize::try_from(to).unwrap() % n;
+                for j in 0..n {
+                    let (g, tat) = &mut parts[(first + j) % n];
+                    let o = g.decide(*tat, now);
+                    if o.allowed {
+                        *tat = Some(o.new_tat);
+                        admitted.push(now);
+                        break;
+                    }
+                }
+            }
+            for (i, start) in admitted.iter().enumerate() {
+                for w in [0, whole.interval, 10 * whole.interval, whole.window, u64::MAX - start] {
+                    let n = admitted[i..].partition_point(|t| *t - start <= w) as u64;
+                    prop_assert!(n <= b + w / whole.interval,
+                        "{n} admitted in {w} ns from {start}: more than {b} + {}", w / whole.interval);
+                }
+            }
+        }
+
         /// Remaining never exceeds burst - 1 and reset never exceeds the window.
         #[test]
         fn headers_stay_in_range(count in 1u32..1000, burst in 1u32..100, tat in proptest::option::of(0u64..100 * SEC), now in 0u64..100 * SEC) {

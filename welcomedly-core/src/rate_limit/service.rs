@@ -267,7 +267,8 @@ pub(crate) fn verdict<B: RateLimitBackend>(
     };
     let deferred = if shared.charges_at_response {
         // Only what the store charged can be refunded: an allowed decision of the store (or of
-        // the local fallback standing in for it), never a fail-open admission.
+        // the local fallback standing in for it, or of the instance's local share of it),
+        // never a fail-open admission.
         let reserved: SmallVec<[(usize, Key, DecisionSource); 1]> = checks
             .iter()
             .zip(&decisions)
@@ -275,7 +276,12 @@ pub(crate) fn verdict<B: RateLimitBackend>(
                 c.policy.charges_at_response()
                     && c.charge
                     && d.allowed
-                    && matches!(d.source, DecisionSource::Store | DecisionSource::Fallback)
+                    && matches!(
+                        d.source,
+                        DecisionSource::Store
+                            | DecisionSource::Fallback
+                            | DecisionSource::LocalShare
+                    )
             })
             .map(|(c, d)| (c.policy.index(), c.key.clone(), d.source))
             .collect();
