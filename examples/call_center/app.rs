@@ -232,6 +232,15 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         .merge(rollouts::routes(rollout_board))
         .merge(login::routes(logins))
         .merge(campaign_routes);
+    // The layers every route has, outermost first: telemetry sees every request, including
+    // 429s, 404s and 403s; the client address is resolved once; a browser page of another
+    // origin cannot make a user's browser log out, change a status or create a campaign (403
+    // before any session or limit is touched).
+    let edge = Edge {
+        telemetry: telemetry.http_layer(),
+        client_ip: ClientIpLayer::from_config(&config),
+        cross_origin: CrossOriginLayer::new().trusted_origins(web.trusted_origins),
+    };
     let api = match &link {
         Some(link) => {
             // On the link: `/health` names Redis once (the `redis` check); the limiter's own
@@ -246,6 +255,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
                     .backend(backend)
                     .build()?,
                 &telemetry,
+                &edge,
                 feature_routes,
                 assets,
                 flags_layer,
@@ -257,6 +267,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
                 .backend(LocalBackend::new())
                 .build()?,
             &telemetry,
+            &edge,
             feature_routes,
             assets,
             flags_layer,
@@ -264,21 +275,18 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
         ),
     };
 
-    let app = api
-        .merge(health::router(registry.clone()))
-        .merge(telemetry.metrics().router())
-        // One `Router::layer` for the three: axum boxes each layer it applies around every
-        // route and clones those boxes on every request, so a stack is cheaper than three.
-        .layer(
-            tower::ServiceBuilder::new()
-                // Outermost: telemetry sees every request, including 429s, 404s and 403s.
-                .layer(telemetry.http_layer())
-                .layer(ClientIpLayer::from_config(&config))
-                // Every route: a browser page of another origin cannot make a user's browser
-                // log out, change a status or create a campaign (403 before any session or
-                // limit is touched).
-                .layer(CrossOriginLayer::new().trusted_origins(web.trusted_origins)),
-        );
+    // `api` has the edge layers already (in the same stack as its own); health and metrics
+    // get them alone.
+    let app = api.merge(
+        health::router(registry.clone())
+            .merge(telemetry.metrics().router())
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(edge.telemetry.clone())
+                    .layer(edge.client_ip.clone())
+                    .layer(edge.cross_origin.clone()),
+            ),
+    );
 
     // The socket systemd passed (LISTEN_FDS), so a restart keeps its queue; else 0.0.0.0:PORT.
     let listener = drain::ListenConfig::from(&config).listen().map_err(|e| {
@@ -483,10 +491,13 @@ fn rate_limits(
 ///   unknown paths: the limits only, no session layer, so a request there never costs a
 ///   session load, cookie or not (and is keyed by its address).
 ///
-/// Both groups share one limit layer, so one budget.
+/// Both groups share one limit layer, so one budget. Each group's stack starts with the
+/// `edge` layers (telemetry, client address, cross-origin check), in the same
+/// `Router::layer`.
 fn api_routes<B: RateLimitBackend>(
     limits: RateLimitLayer<B>,
     telemetry: &welcomedly_core::telemetry::TelemetryGuard,
+    edge: &Edge,
     features: Router,
     assets: Router,
     flags_layer: welcomedly_flags::layer::FlagsLayer,
@@ -495,9 +506,14 @@ fn api_routes<B: RateLimitBackend>(
     limits.register_metrics(telemetry.metrics().meter());
     let features = features
         .method_not_allowed_fallback(problem::method_not_allowed)
-        // One stack, outermost first (one boxed layer per route instead of four).
+        // One stack, outermost first, the edge's layers included: axum boxes each layer it
+        // applies around every route (and clones the boxes on every request), so one
+        // `Router::layer` per route is cheaper than one per group of layers.
         .layer(
             tower::ServiceBuilder::new()
+                .layer(edge.telemetry.clone())
+                .layer(edge.client_ip.clone())
+                .layer(edge.cross_origin.clone())
                 .layer(axum::middleware::from_fn(login::account_key))
                 .layer(sessions)
                 .layer(limits.clone())
@@ -514,8 +530,21 @@ fn api_routes<B: RateLimitBackend>(
         )
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
-        .layer(limits);
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(edge.telemetry.clone())
+                .layer(edge.client_ip.clone())
+                .layer(edge.cross_origin.clone())
+                .layer(limits),
+        );
     features.merge(plain)
+}
+
+/// The layers every route has, outside its own: see where `run` builds them.
+struct Edge {
+    telemetry: welcomedly_core::telemetry::HttpTelemetryLayer,
+    client_ip: ClientIpLayer,
+    cross_origin: CrossOriginLayer,
 }
 
 /// Takes a file as the raw request body (at most 1 MiB, else 413) and answers with its size.

@@ -27,6 +27,11 @@ const LEAK_BUDGET: usize = 1 << 20;
 /// The most `RateLimit` values precomputed per policy (about 100 KiB of text and values).
 const MAX_LIMIT_VALUES: u64 = 4096;
 
+/// The values precomputed for a policy with more than [`MAX_LIMIT_VALUES`]: those of the
+/// remaining counts nearest a full quota only, which are what a key that is far from its limit
+/// (most keys, most of the time: a fresh client, a load test's generous quota) is answered.
+const PARTIAL_LIMIT_VALUES: u64 = 256;
+
 struct Interned {
     texts: HashSet<&'static str>,
     leaked: usize,
@@ -87,12 +92,16 @@ pub(crate) fn policy_header(
 ///
 /// A decision's remaining count `r` and reset `t` (whole seconds) both follow from how far the
 /// key's TAT is ahead of now, so for each `r` the possible `t` form one short range: the table
-/// holds about `burst + window in seconds` values, indexed by `r` then `t`. Decisions it does
-/// not cover (a fallback's divided quota, Redis's microsecond rounding) are formatted instead.
+/// holds about `burst + window in seconds` values, indexed by `r` then `t`. A policy with more
+/// values than [`MAX_LIMIT_VALUES`] gets the top rows only (the remaining counts nearest its
+/// burst, within [`PARTIAL_LIMIT_VALUES`]). Decisions it does not cover (a fallback's divided
+/// quota, Redis's microsecond rounding, a big policy's lower counts) are formatted instead.
 #[derive(Debug, Default)]
 pub(crate) struct LimitHeaders {
-    /// Per remaining count: index of its first value, and the reset of that value. One extra
-    /// row closes the last range.
+    /// The remaining count of the first row (0 when the table is complete).
+    first: u64,
+    /// Per remaining count from `first` up: index of its first value, and the reset of that
+    /// value. One extra row closes the last range.
     rows: Box<[(u32, u64)]>,
     values: Box<[HeaderValue]>,
 }
@@ -108,7 +117,7 @@ impl LimitHeaders {
     fn build(quoted_name: &str, gcra: &Gcra, interned: bool) -> Option<Self> {
         let (interval, window) = (gcra.interval_nanos(), gcra.window_nanos());
         let burst = window / interval;
-        if burst == 0 || burst > MAX_LIMIT_VALUES {
+        if burst == 0 {
             return None;
         }
         // `ahead` (TAT after this request minus now) is in (window - (r+1)·interval,
@@ -123,15 +132,32 @@ impl LimitHeaders {
             };
             (ceil_secs(lo), ceil_secs(hi))
         };
-        let total: u64 = (0..burst).map(|r| secs(r).1 - secs(r).0 + 1).sum();
-        if total > MAX_LIMIT_VALUES {
+        // The lowest remaining count whose row still fits in `budget` values, counting down
+        // from the top row (at most `budget` steps, whatever the burst).
+        let lowest_within = |budget: u64| {
+            let (mut first, mut total) = (burst, 0u64);
+            while let Some(r) = first.checked_sub(1) {
+                let (lo, hi) = secs(r);
+                total = total.saturating_add(hi - lo + 1);
+                if total > budget {
+                    break;
+                }
+                first = r;
+            }
+            first
+        };
+        let first = match lowest_within(MAX_LIMIT_VALUES) {
+            0 => 0,
+            _ => lowest_within(PARTIAL_LIMIT_VALUES),
+        };
+        if first == burst {
             return None;
         }
         let mut text = String::new();
         let mut ranges = Vec::new();
         let mut rows = Vec::new();
         let (mut r_buf, mut t_buf) = (itoa::Buffer::new(), itoa::Buffer::new());
-        for r in 0..burst {
+        for r in first..burst {
             let (lo, hi) = secs(r);
             rows.push((u32::try_from(ranges.len()).ok()?, lo));
             for t in lo..=hi {
@@ -146,13 +172,14 @@ impl LimitHeaders {
         }
         rows.push((u32::try_from(ranges.len()).ok()?, 0));
         Some(Self {
+            first,
             rows: rows.into(),
             values: values(&text, &ranges, interned)?,
         })
     }
 
     fn get(&self, remaining: u64, reset_secs: u64) -> Option<HeaderValue> {
-        let r = usize::try_from(remaining).ok()?;
+        let r = usize::try_from(remaining.checked_sub(self.first)?).ok()?;
         let (&(start, first), &(end, _)) = (self.rows.get(r)?, self.rows.get(r.checked_add(1)?)?);
         let i = u64::from(start).checked_add(reset_secs.checked_sub(first)?)?;
         if i >= u64::from(end) {
@@ -210,11 +237,21 @@ mod tests {
             t.values[0].as_bytes().as_ptr(),
             again.values[0].as_bytes().as_ptr()
         );
+        // A policy too big for a whole table gets its top rows: a fresh key's answer is there.
         let huge = Quota::per_second(1_000_000_000).with_burst(1_000_000_000);
+        let g = huge.gcra().unwrap();
+        let t = LimitHeaders::new("\"x\"", &g);
+        assert!(!t.values.is_empty() && t.values.len() as u64 <= PARTIAL_LIMIT_VALUES);
+        let fresh = Decision::from_outcome(&g.decide(None, 5), DecisionSource::Store);
+        assert_eq!(fresh.remaining, 999_999_999);
+        assert_eq!(
+            limit_header("\"x\"", &t, &fresh).unwrap(),
+            "\"x\";r=999999999;t=1"
+        );
+        assert_eq!(t.get(999_999_999, 1).unwrap(), "\"x\";r=999999999;t=1");
         assert!(
-            LimitHeaders::new("\"x\"", &huge.gcra().unwrap())
-                .values
-                .is_empty()
+            t.get(5, 1).is_none(),
+            "a low count is formatted, not tabled"
         );
     }
 
@@ -230,11 +267,40 @@ mod tests {
             let tat = ahead.map(|a| (now + g.window_nanos() * a / 1000).saturating_sub(g.window_nanos() / 7));
             let table = LimitHeaders::build("\"p\"", &g, false).unwrap_or_default();
             prop_assume!(!table.values.is_empty());
+            // Complete tables here; the top rows of bigger ones below.
+            prop_assume!(table.first == 0);
             let d = Decision::from_outcome(&g.decide(tat, now), DecisionSource::Store);
             let reset = ceil_secs(u64::try_from(d.reset.as_nanos()).unwrap());
             let from_table = table.get(d.remaining, reset);
             prop_assert!(from_table.is_some(), "r={} t={}", d.remaining, reset);
             prop_assert_eq!(from_table.unwrap(), formatted("\"p\"", &d));
+        }
+
+        /// A policy too big for a whole table: what its top rows hold is what formatting says,
+        /// they hold a fresh key's answer, and they stay within their budget.
+        #[test]
+        fn partial_tables_match_formatting(count in 1u32..1_000_000, period_s in 1u64..3600,
+                                           burst in 1u32..10_000_000,
+                                           ahead in proptest::option::of(0u64..=1000),
+                                           now in 0u64..200_000_000_000) {
+            let g = Quota::new(count, Duration::from_secs(period_s)).with_burst(burst).gcra().unwrap();
+            let tat = ahead.map(|a| (now + g.window_nanos() * a / 1_000_000).saturating_sub(g.window_nanos() / 7));
+            // None when even the top row has too many resets (a long emission interval).
+            let table = LimitHeaders::build("\"p\"", &g, false);
+            prop_assume!(table.is_some());
+            let table = table.unwrap();
+            prop_assert!(table.values.len() as u64 <= MAX_LIMIT_VALUES);
+            if table.first > 0 {
+                prop_assert!(table.values.len() as u64 <= PARTIAL_LIMIT_VALUES);
+            }
+            let d = Decision::from_outcome(&g.decide(tat, now), DecisionSource::Store);
+            let reset = ceil_secs(u64::try_from(d.reset.as_nanos()).unwrap());
+            if let Some(v) = table.get(d.remaining, reset) {
+                prop_assert_eq!(v, formatted("\"p\"", &d));
+            }
+            let fresh = Decision::from_outcome(&g.decide(None, now), DecisionSource::Store);
+            let fresh_reset = ceil_secs(u64::try_from(fresh.reset.as_nanos()).unwrap());
+            prop_assert_eq!(table.get(fresh.remaining, fresh_reset), Some(formatted("\"p\"", &fresh)));
         }
     }
 }

@@ -14,12 +14,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{Method, StatusCode};
-use opentelemetry::metrics::{Histogram, Meter, MeterProvider, ObservableGauge};
+use opentelemetry::metrics::{BoundHistogram, Histogram, Meter, MeterProvider, ObservableGauge};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
@@ -49,6 +50,9 @@ const SCOPE_NAME: &str = "welcomedly-core";
 #[derive(Clone, Debug)]
 pub struct HttpMetrics {
     duration: Histogram<f64>,
+    /// Tells this instrument's handles apart from others' in [`BOUND`]; the handles of an
+    /// instrument whose every clone is gone are dropped when a cache fills up.
+    owner: Arc<()>,
 }
 
 impl HttpMetrics {
@@ -60,7 +64,10 @@ impl HttpMetrics {
             .with_unit("s")
             .with_boundaries(DURATION_BUCKETS.to_vec())
             .build();
-        Self { duration }
+        Self {
+            duration,
+            owner: Arc::new(()),
+        }
     }
 
     /// Records one request. `status` is `None` when the service returned an error instead of a
@@ -72,16 +79,132 @@ impl HttpMetrics {
         status: Option<StatusCode>,
         elapsed: Duration,
     ) {
-        let outcome = match status {
-            Some(status) => KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
-            None => KeyValue::new("error.type", "_OTHER"),
-        };
-        let attributes = [
-            KeyValue::new("http.request.method", method_label(method)),
-            KeyValue::new("http.route", route.to_value()),
+        let seconds = elapsed.as_secs_f64();
+        let method = method_label(method);
+        // 0 is no status code: it stands for "no response".
+        let outcome = status.map_or(0, |status| status.as_u16());
+        let recorded = BOUND.with(|cache| {
+            let Ok(mut cache) = cache.try_borrow_mut() else {
+                return false;
+            };
+            let label = route.as_str();
+            match cache.get(&self.owner, method, label, outcome) {
+                Some(bound) => bound.record(seconds),
+                None => {
+                    let bound = self.duration.bind(&attributes(method, route, status));
+                    bound.record(seconds);
+                    cache.insert(&self.owner, method, label, outcome, bound);
+                }
+            }
+            true
+        });
+        if !recorded {
+            // Only when a record re-enters itself on this thread (a panic hook, an allocator
+            // that records metrics): the SDK's own lookup, equally correct.
+            self.duration
+                .record(seconds, &attributes(method, route, status));
+        }
+    }
+}
+
+/// The attributes of one request's measurement.
+fn attributes(method: &'static str, route: &Route, status: Option<StatusCode>) -> [KeyValue; 3] {
+    let outcome = match status {
+        Some(status) => KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
+        None => KeyValue::new("error.type", "_OTHER"),
+    };
+    [
+        KeyValue::new("http.request.method", method),
+        KeyValue::new("http.route", route.to_value()),
+        outcome,
+    ]
+}
+
+/// The most bound handles [`BOUND`] keeps per thread. A service has a few dozen routes and a
+/// handful of methods and statuses per route; past this, requests record through the SDK's
+/// lookup (correct, only slower) rather than grow the cache without bound.
+const MAX_BOUND_PER_THREAD: usize = 1024;
+
+thread_local! {
+    /// Histogram handles bound to one attribute set each, per thread. Recording through the SDK
+    /// with attributes hashes them (SipHash over every key and value) and looks the set up
+    /// under a lock shared by all cores, on every request; a bound handle goes straight to its
+    /// aggregator. Per thread, so finding the handle touches no shared cache line.
+    static BOUND: std::cell::RefCell<BoundCache> = std::cell::RefCell::new(BoundCache::default());
+}
+
+/// Bound handles by route, then by instrument, method and outcome (a short list: most routes
+/// see one method and one or two statuses).
+#[derive(Default)]
+struct BoundCache {
+    by_route: HashMap<Box<str>, Vec<BoundEntry>, foldhash::fast::RandomState>,
+    len: usize,
+}
+
+struct BoundEntry {
+    owner: Weak<()>,
+    method: &'static str,
+    outcome: u16,
+    bound: BoundHistogram<f64>,
+}
+
+impl BoundEntry {
+    fn is(&self, owner: &Arc<()>, method: &'static str, outcome: u16) -> bool {
+        // Method labels are `'static` constants: equal text is the same pointer, but comparing
+        // the text stays correct however the compiler lays them out.
+        self.outcome == outcome
+            && self.method == method
+            && self.owner.as_ptr() == Arc::as_ptr(owner)
+    }
+}
+
+impl BoundCache {
+    fn get(
+        &self,
+        owner: &Arc<()>,
+        method: &'static str,
+        route: &str,
+        outcome: u16,
+    ) -> Option<&BoundHistogram<f64>> {
+        self.by_route
+            .get(route)?
+            .iter()
+            .find(|e| e.is(owner, method, outcome))
+            .map(|e| &e.bound)
+    }
+
+    fn insert(
+        &mut self,
+        owner: &Arc<()>,
+        method: &'static str,
+        route: &str,
+        outcome: u16,
+        bound: BoundHistogram<f64>,
+    ) {
+        if self.len >= MAX_BOUND_PER_THREAD {
+            // Forget the handles of instruments that are gone (tests and benches build many).
+            self.by_route.retain(|_, entries| {
+                entries.retain(|e| e.owner.strong_count() > 0);
+                !entries.is_empty()
+            });
+            self.len = self.by_route.values().map(Vec::len).sum();
+            if self.len >= MAX_BOUND_PER_THREAD {
+                return;
+            }
+        }
+        let entry = BoundEntry {
+            owner: Arc::downgrade(owner),
+            method,
             outcome,
-        ];
-        self.duration.record(elapsed.as_secs_f64(), &attributes);
+            bound,
+        };
+        match self.by_route.get_mut(route) {
+            Some(entries) => entries.push(entry),
+            None => {
+                self.by_route.insert(route.into(), vec![entry]);
+            }
+        }
+        self.len += 1;
     }
 }
 
@@ -322,6 +445,99 @@ mod tests {
             .unwrap();
         assert!(below.ends_with(" 0"), "{below}");
         assert!(text.contains("le=\"10\""), "{text}");
+    }
+
+    /// The exposition without the process gauges (their values move with the clock).
+    fn series(metrics: &Metrics) -> Vec<String> {
+        let text = metrics.encode().unwrap();
+        text.lines()
+            .filter(|l| !l.contains("process_"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn bound_handles_record_what_the_sdk_lookup_records() {
+        let requests = [
+            (Method::GET, "/users/{id}", Some(StatusCode::OK), 3),
+            (Method::GET, "/users/{id}", Some(StatusCode::NOT_FOUND), 40),
+            (Method::POST, "/users/{id}", Some(StatusCode::OK), 700),
+            (Method::GET, "/ping", Some(StatusCode::OK), 1),
+            (
+                Method::from_bytes(b"BREW").unwrap(),
+                UNMATCHED_ROUTE,
+                None,
+                2,
+            ),
+            (Method::GET, "/users/{id}", Some(StatusCode::OK), 9),
+        ];
+        let (bound, looked_up) = (Metrics::new().unwrap(), Metrics::new().unwrap());
+        let (http, raw) = (bound.http(), looked_up.http());
+        for (method, path, status, ms) in &requests {
+            let route = route(path);
+            http.record(method, &route, *status, Duration::from_millis(*ms));
+            raw.duration.record(
+                Duration::from_millis(*ms).as_secs_f64(),
+                &attributes(method_label(method), &route, *status),
+            );
+        }
+        let (a, b) = (series(&bound), series(&looked_up));
+        assert!(
+            a.iter().any(|l| l.contains("status_code=\"404\"")),
+            "{a:#?}"
+        );
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn instruments_on_one_thread_keep_their_own_series() {
+        let (first, second) = (Metrics::new().unwrap(), Metrics::new().unwrap());
+        let r = route("/x");
+        first
+            .http()
+            .record(&Method::GET, &r, Some(StatusCode::OK), Duration::ZERO);
+        second
+            .http()
+            .record(&Method::GET, &r, Some(StatusCode::OK), Duration::ZERO);
+        second
+            .http()
+            .record(&Method::GET, &r, Some(StatusCode::OK), Duration::ZERO);
+        let count = |m: &Metrics| {
+            series(m)
+                .into_iter()
+                .find(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+                .unwrap()
+        };
+        assert!(count(&first).ends_with(" 1"), "{}", count(&first));
+        assert!(count(&second).ends_with(" 2"), "{}", count(&second));
+    }
+
+    #[test]
+    fn a_full_cache_forgets_dropped_instruments_and_stays_bounded() {
+        let many = |n: usize| {
+            let metrics = Metrics::new().unwrap();
+            let http = metrics.http();
+            for i in 0..n {
+                let r = Route::Label(RouteLabel::new(format!("/r{i}")));
+                http.record(&Method::GET, &r, Some(StatusCode::OK), Duration::ZERO);
+            }
+            metrics
+        };
+        let len = || BOUND.with(|c| c.borrow().len);
+        drop(many(MAX_BOUND_PER_THREAD));
+        assert!(len() >= MAX_BOUND_PER_THREAD);
+        // The dropped instrument's handles make room for a live one's.
+        let live = many(10);
+        assert!(len() <= MAX_BOUND_PER_THREAD, "{}", len());
+        // Fewer series than the SDK's cardinality limit (2000), which would fold the rest into
+        // one overflow series.
+        let kept = many(MAX_BOUND_PER_THREAD + 500);
+        assert!(len() <= MAX_BOUND_PER_THREAD, "{}", len());
+        // Past the cap, requests are still recorded (through the SDK's lookup).
+        let text = kept.encode().unwrap();
+        let last = format!("http_route=\"/r{}\"", MAX_BOUND_PER_THREAD + 499);
+        assert!(text.contains(&last), "{last}");
+        assert!(live.encode().unwrap().contains("http_route=\"/r9\""));
     }
 
     #[test]

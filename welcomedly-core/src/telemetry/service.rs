@@ -81,7 +81,12 @@ where
             }
         };
         let route = Route::of(req.extensions());
-        let local = trace_ids::wanted().then(|| LocalTrace::new(req.headers()));
+        // The request span is at INFO: where no subscriber enables INFO (`RUST_LOG=warn`, the
+        // access log off) the span is disabled and a local trace would be thrown away below, so
+        // its ids (random numbers, hex, a context) are not made at all. The same check the span
+        // macro starts with, so it never disagrees with `span.is_disabled()` the other way.
+        let local = (tracing::level_enabled!(tracing::Level::INFO) && trace_ids::wanted())
+            .then(|| LocalTrace::new(req.headers()));
 
         let span = tracing::info_span!(
             target: TARGET,
