@@ -239,7 +239,7 @@ pub(crate) async fn run() -> Result<(), Box<dyn Error>> {
     let edge = Edge {
         telemetry: telemetry.http_layer(),
         client_ip: ClientIpLayer::from_config(&config),
-        cross_origin: CrossOriginLayer::new().trusted_origins(web.trusted_origins),
+        cross_origin: CrossOriginLayer::new().trusted_origins(web.trusted_origins.clone()),
     };
     let api = match &link {
         Some(link) => {
