@@ -22,6 +22,8 @@ use welcomedly_core::rate_limit::{
     FailureMode, KeySource, LocalBackend, Policy, Quota, RateLimitLayer, ResponseBody,
 };
 use welcomedly_redis::{Backoff, Link, LinkConfig};
+mod rate_limit_support;
+use rate_limit_support::evalsha_calls;
 use welcomedly_testkit::RedisServer;
 
 type Res = Response<ResponseBody<String>>;
@@ -332,15 +334,6 @@ fn slow_login<B: RateLimitBackend>(
 fn login_policy(per_minute: u32) -> Policy {
     Policy::new("login", Quota::per_minute(per_minute))
         .charge_only_statuses([StatusCode::UNAUTHORIZED])
-}
-
-/// Calls of the acquire script Redis has served (from `INFO commandstats`).
-fn evalsha_calls(redis: &RedisServer) -> u64 {
-    let info = redis.command(&["INFO", "commandstats"]).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
 }
 
 /// The bypass found in review, through Redis: 40 failed logins in flight together, 5 allowed,

@@ -15,6 +15,8 @@ use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
 use welcomedly_core::rate_limit::backend::{Check, DecisionSource, Key, RateLimitBackend};
 use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
 use welcomedly_redis::{Link, LinkConfig};
+mod rate_limit_support;
+use rate_limit_support::evalsha_calls;
 use welcomedly_testkit::{RedisCluster, RedisClusterConfig, RedisServer};
 
 fn config() -> RedisRateLimitConfig {
@@ -80,14 +82,6 @@ fn burst<'a>(
 
 fn admitted(decisions: &[Vec<(bool, u64, DecisionSource)>]) -> usize {
     decisions.iter().filter(|d| d.iter().all(|c| c.0)).count()
-}
-
-fn evalsha_calls(redis: &RedisServer) -> u64 {
-    let info = redis.command(&["INFO", "commandstats"]).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
 }
 
 /// 50 requests of one client at once: two script calls (the leader's, then the 49 that queued

@@ -15,10 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use welcomedly_cluster::rate_limit::{LEASE_SHARE, RedisBackend, RedisRateLimitConfig};
-use welcomedly_core::rate_limit::backend::{Check, DecisionSource, Key, RateLimitBackend};
+use welcomedly_core::rate_limit::backend::{DecisionSource, Key};
 use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
 use welcomedly_redis::{Link, LinkConfig};
 use welcomedly_testkit::RedisServer;
+
+mod rate_limit_support;
+use rate_limit_support::{Instance, evalsha_calls, ip};
 
 /// A burst of 6 400 refilling one token per second: a test's own refill is a few tokens, so the
 /// counts below are the leases' doing. A lease is 6 400 / 64 = 100 tokens, living 1 s.
@@ -36,55 +39,10 @@ fn config(leased: bool) -> RedisRateLimitConfig {
     c
 }
 
-struct Instance {
-    backend: RedisBackend,
-    layer: RateLimitLayer<RedisBackend>,
-}
-
-impl Instance {
-    async fn start(redis: &RedisServer, config: RedisRateLimitConfig, burst: u32) -> Self {
-        let link = Link::connect(LinkConfig::new(redis.url())).await.unwrap();
-        let backend = RedisBackend::new(&link, config).await.unwrap();
-        assert!(!backend.is_degraded());
-        let layer = RateLimitLayer::builder()
-            .backend(backend.clone())
-            .policy(Policy::new("hot", Quota::per_hour(3600).with_burst(burst)))
-            .build()
-            .unwrap();
-        Self { backend, layer }
-    }
-
-    /// One request of `key`: admitted, and who decided.
-    async fn request(&self, key: &Key) -> (bool, DecisionSource) {
-        let check = Check {
-            policy: &self.layer.policies()[0],
-            key,
-            charge: true,
-        };
-        let d = self.backend.acquire(&[check]).await.unwrap();
-        (d[0].allowed, d[0].source)
-    }
-
-    /// Requests of `key` one after the other until one is refused: how many were admitted.
-    async fn drain(&self, key: &Key) -> u64 {
-        let mut admitted = 0;
-        while self.request(key).await.0 {
-            admitted += 1;
-        }
-        admitted
-    }
-}
-
-fn evalsha_calls(redis: &RedisServer) -> u64 {
-    let info = redis.command(&["INFO", "commandstats"]).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
-fn ip(s: &str) -> Key {
-    Key::Ip(s.parse().unwrap())
+/// An instance of the `hot` policy (3 600 an hour, bursts of `burst`).
+async fn start(redis: &RedisServer, config: RedisRateLimitConfig, burst: u32) -> Instance {
+    let policy = Policy::new("hot", Quota::per_hour(3600).with_burst(burst));
+    Instance::start(redis, config, &[policy], 1).await
 }
 
 /// Three instances, four concurrent clients each, hammering one key until each client is
@@ -97,7 +55,7 @@ async fn three_instances_never_exceed_the_limit_and_refuse_early_by_at_most_the_
     let redis = RedisServer::start().unwrap();
     let mut instances = Vec::new();
     for _ in 0..3 {
-        instances.push(Arc::new(Instance::start(&redis, config(true), BURST).await));
+        instances.push(Arc::new(start(&redis, config(true), BURST).await));
     }
     const CLIENTS: u64 = 4;
     let admitted = Arc::new(AtomicU64::new(0));
@@ -173,9 +131,9 @@ async fn unspent_tokens_are_given_back_and_spent_elsewhere() {
     // lease lifetime (1 s).
     const SMALL: u32 = 1024;
     let lease = u64::from(SMALL) / LEASE_SHARE;
-    let a = Instance::start(&redis, config(true), SMALL).await;
+    let a = start(&redis, config(true), SMALL).await;
     // B asks Redis for every request.
-    let b = Instance::start(&redis, config(false), SMALL).await;
+    let b = start(&redis, config(false), SMALL).await;
     let key = ip("198.51.100.2");
     // A: the first request goes to Redis, the second makes the key hot and takes a lease (it
     // spends the first token), the third spends a second one locally.
@@ -221,7 +179,7 @@ async fn unspent_tokens_are_given_back_and_spent_elsewhere() {
 #[tokio::test]
 async fn a_one_off_key_takes_no_lease() {
     let redis = RedisServer::start().unwrap();
-    let a = Instance::start(&redis, config(true), BURST).await;
+    let a = start(&redis, config(true), BURST).await;
     let before = evalsha_calls(&redis);
     for i in 0..200u32 {
         let key = Key::Ip(std::net::Ipv4Addr::from(0xC633_6400 + i).into());
@@ -249,7 +207,7 @@ async fn the_lease_table_is_bounded() {
     let redis = RedisServer::start().unwrap();
     let mut c = config(true);
     c.max_leases = 32;
-    let a = Instance::start(&redis, c, BURST).await;
+    let a = start(&redis, c, BURST).await;
     for i in 0..1000u32 {
         let key = Key::Ip(std::net::Ipv4Addr::from(0x0A00_0000 + i).into());
         for _ in 0..3 {
@@ -270,7 +228,7 @@ async fn a_held_lease_outlives_redis_until_spent_then_the_failure_mode_decides()
     let mut c = config(true);
     c.budget = Duration::from_millis(200);
     // A small burst so the lease is spent quickly: 1 024 / 64 = 16 tokens.
-    let a = Instance::start(&redis, c, 1024).await;
+    let a = start(&redis, c, 1024).await;
     let key = ip("198.51.100.3");
     assert!(a.request(&key).await.0);
     assert!(a.request(&key).await.0, "takes the lease");

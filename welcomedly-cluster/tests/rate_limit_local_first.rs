@@ -16,10 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use welcomedly_cluster::rate_limit::{LEASE_SHARE, RedisBackend, RedisRateLimitConfig};
-use welcomedly_core::rate_limit::backend::{Check, DecisionSource, Key, RateLimitBackend};
+use welcomedly_core::rate_limit::backend::{DecisionSource, RateLimitBackend};
 use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
 use welcomedly_redis::{Link, LinkConfig};
 use welcomedly_testkit::RedisServer;
+
+mod rate_limit_support;
+use rate_limit_support::{Instance, evalsha_calls, ip, nth_ip};
 
 const INSTANCES: u32 = 3;
 
@@ -36,60 +39,20 @@ fn config() -> RedisRateLimitConfig {
     c
 }
 
-struct Instance {
-    backend: RedisBackend,
-    layer: RateLimitLayer<RedisBackend>,
+/// An instance of the `anon` policy at `quota`, counting three live instances.
+async fn start(redis: &RedisServer, config: RedisRateLimitConfig, quota: Quota) -> Instance {
+    Instance::start(redis, config, &[Policy::new("anon", quota)], INSTANCES).await
 }
 
-impl Instance {
-    async fn start(redis: &RedisServer, config: RedisRateLimitConfig, quota: Quota) -> Self {
-        let link = Link::connect(LinkConfig::new(redis.url())).await.unwrap();
-        let backend = RedisBackend::new(&link, config).await.unwrap();
-        backend.live_instances().set(INSTANCES);
-        let layer = RateLimitLayer::builder()
-            .backend(backend.clone())
-            .policy(Policy::new("anon", quota))
-            .build()
-            .unwrap();
-        Self { backend, layer }
+/// Three instances of `anon` at 640 an hour.
+async fn three(redis: &RedisServer) -> Vec<Arc<Instance>> {
+    let mut all = Vec::new();
+    for _ in 0..INSTANCES {
+        all.push(Arc::new(
+            start(redis, config(), Quota::per_hour(PER_HOUR)).await,
+        ));
     }
-
-    async fn three(redis: &RedisServer) -> Vec<Arc<Self>> {
-        let mut all = Vec::new();
-        for _ in 0..INSTANCES {
-            all.push(Arc::new(
-                Self::start(redis, config(), Quota::per_hour(PER_HOUR)).await,
-            ));
-        }
-        all
-    }
-
-    /// One request of `key`: admitted, and who decided.
-    async fn request(&self, key: &Key) -> (bool, DecisionSource) {
-        let check = Check {
-            policy: &self.layer.policies()[0],
-            key,
-            charge: true,
-        };
-        let d = self.backend.acquire(&[check]).await.unwrap();
-        (d[0].allowed, d[0].source)
-    }
-}
-
-fn evalsha_calls(redis: &RedisServer) -> u64 {
-    let info = redis.command(&["INFO", "commandstats"]).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
-fn ip(s: &str) -> Key {
-    Key::Ip(s.parse().unwrap())
-}
-
-fn nth_ip(i: u32) -> Key {
-    Key::Ip(std::net::Ipv4Addr::from(0x0A00_0000 + i).into())
+    all
 }
 
 /// What the whole quota refilled over `elapsed`, rounded up, plus one for the instant's edge.
@@ -102,7 +65,7 @@ fn refill(elapsed: Duration) -> u64 {
 #[tokio::test]
 async fn distinct_keys_cost_redis_nothing() {
     let redis = RedisServer::start().unwrap();
-    let instances = Instance::three(&redis).await;
+    let instances = three(&redis).await;
     let before = evalsha_calls(&redis);
     for i in 0..600u32 {
         let instance = &instances[i as usize % instances.len()];
@@ -126,7 +89,7 @@ async fn distinct_keys_cost_redis_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_key_through_every_instance_is_admitted_exactly_the_limit() {
     let redis = RedisServer::start().unwrap();
-    let instances = Instance::three(&redis).await;
+    let instances = three(&redis).await;
     let admitted = Arc::new(AtomicU64::new(0));
     let local = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -174,7 +137,7 @@ async fn one_key_through_every_instance_is_admitted_exactly_the_limit() {
 #[tokio::test]
 async fn a_client_stuck_to_one_instance_is_refused_early_by_at_most_the_other_shares() {
     let redis = RedisServer::start().unwrap();
-    let instances = Instance::three(&redis).await;
+    let instances = three(&redis).await;
     let key = ip("198.51.100.2");
     let start = Instant::now();
     let mut admitted = 0u64;
@@ -202,7 +165,7 @@ async fn a_client_stuck_to_one_instance_is_refused_early_by_at_most_the_other_sh
 #[tokio::test]
 async fn a_refund_goes_back_to_the_share() {
     let redis = RedisServer::start().unwrap();
-    let a = Instance::start(&redis, config(), Quota::per_hour(PER_HOUR)).await;
+    let a = start(&redis, config(), Quota::per_hour(PER_HOUR)).await;
     let key = ip("198.51.100.3");
     for i in 0..SHARE {
         assert_eq!(
@@ -229,7 +192,7 @@ async fn the_table_is_bounded_and_never_hands_a_spent_share_out_again() {
     let redis = RedisServer::start().unwrap();
     let mut c = config();
     c.max_local_shares = 64;
-    let a = Instance::start(&redis, c, Quota::per_hour(PER_HOUR)).await;
+    let a = start(&redis, c, Quota::per_hour(PER_HOUR)).await;
     let hot = ip("203.0.113.9");
     for _ in 0..SHARE {
         assert_eq!(a.request(&hot).await, (true, DecisionSource::LocalShare));
@@ -258,7 +221,7 @@ async fn shares_then_leases_from_the_pool_stay_within_the_limit() {
     let mut instances = Vec::new();
     for _ in 0..INSTANCES {
         instances.push(Arc::new(
-            Instance::start(&redis, config().lease("anon"), Quota::per_hour(BIG)).await,
+            start(&redis, config().lease("anon"), Quota::per_hour(BIG)).await,
         ));
     }
     let admitted = Arc::new(AtomicU64::new(0));
@@ -307,7 +270,7 @@ async fn shares_keep_admitting_while_redis_is_down() {
     let redis = RedisServer::start().unwrap();
     let mut c = config();
     c.budget = Duration::from_millis(200);
-    let a = Instance::start(&redis, c, Quota::per_hour(PER_HOUR)).await;
+    let a = start(&redis, c, Quota::per_hour(PER_HOUR)).await;
     redis.kill().unwrap();
     for i in 0..50u32 {
         assert_eq!(

@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use tower::{ServiceExt, service_fn};
-use welcomedly_cluster::rate_limit::{RedisBackend, RedisRateLimitConfig};
+use welcomedly_cluster::rate_limit::RedisRateLimitConfig;
 use welcomedly_core::client_ip::ClientIp;
 use welcomedly_core::rate_limit::backend::{Check, DecisionSource, Key, RateLimitBackend};
-use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
-use welcomedly_redis::{Backoff, Link, LinkConfig};
+use welcomedly_core::rate_limit::{Policy, Quota};
 use welcomedly_testkit::RedisServer;
+
+mod rate_limit_support;
+use rate_limit_support::{Instance, evalsha_calls, ip};
 
 /// 640 an hour: a share of 10 per instance (on 1 to 8 instances), a pool of `640 - I × 10`.
 const PER_HOUR: u32 = 640;
@@ -36,70 +38,25 @@ fn config() -> RedisRateLimitConfig {
     c
 }
 
-struct Instance {
-    backend: RedisBackend,
-    layer: RateLimitLayer<RedisBackend>,
+/// An instance of `policies`, counting three live instances.
+async fn start(redis: &RedisServer, config: RedisRateLimitConfig, policies: &[Policy]) -> Instance {
+    Instance::start(redis, config, policies, 3).await
 }
 
-impl Instance {
-    async fn start(redis: &RedisServer, config: RedisRateLimitConfig, policies: &[Policy]) -> Self {
-        let mut c = LinkConfig::new(redis.url());
-        c.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(200));
-        let link = Link::connect(c).await.unwrap();
-        let backend = RedisBackend::new(&link, config).await.unwrap();
-        backend.live_instances().set(3);
-        let mut builder = RateLimitLayer::builder().backend(backend.clone());
-        for p in policies {
-            builder = builder.policy(p.clone());
-        }
-        Self {
-            backend,
-            layer: builder.build().unwrap(),
-        }
+/// `n` instances of `anon` at 640 an hour.
+async fn anon(redis: &RedisServer, n: usize) -> Vec<Arc<Instance>> {
+    let mut all = Vec::new();
+    for _ in 0..n {
+        all.push(Arc::new(
+            start(
+                redis,
+                config(),
+                &[Policy::new("anon", Quota::per_hour(PER_HOUR))],
+            )
+            .await,
+        ));
     }
-
-    async fn anon(redis: &RedisServer, n: usize) -> Vec<Arc<Self>> {
-        let mut all = Vec::new();
-        for _ in 0..n {
-            all.push(Arc::new(
-                Self::start(
-                    redis,
-                    config(),
-                    &[Policy::new("anon", Quota::per_hour(PER_HOUR))],
-                )
-                .await,
-            ));
-        }
-        all
-    }
-
-    /// One request of `key` against every policy of the layer.
-    async fn request(&self, key: &Key) -> (bool, DecisionSource) {
-        let checks: Vec<Check<'_>> = self
-            .layer
-            .policies()
-            .iter()
-            .map(|policy| Check {
-                policy,
-                key,
-                charge: true,
-            })
-            .collect();
-        let d = self.backend.acquire(&checks).await.unwrap();
-        (d.iter().all(|d| d.allowed), d[0].source)
-    }
-}
-
-fn evalsha_calls(redis: &RedisServer) -> u64 {
-    let info = redis.command(&["INFO", "commandstats"]).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
-fn ip(s: &str) -> Key {
-    Key::Ip(s.parse().unwrap())
+    all
 }
 
 /// What the whole quota refilled over `elapsed`, rounded up, plus one for the instant's edge.
@@ -144,7 +101,7 @@ async fn the_layer_refunds_admissions_from_the_share() {
     let redis = RedisServer::start().unwrap();
     let policy = Policy::new("anon", Quota::per_hour(PER_HOUR))
         .charge_only_statuses([StatusCode::UNAUTHORIZED]);
-    let a = Instance::start(&redis, config(), &[policy]).await;
+    let a = start(&redis, config(), &[policy]).await;
     let svc = tower::ServiceBuilder::new()
         .layer(a.layer.clone())
         .service(service_fn(|_req: Request<String>| async {
@@ -172,7 +129,7 @@ async fn the_layer_refunds_admissions_from_the_share() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_tasks_on_one_key_on_one_instance_stay_within_the_limit() {
     let redis = RedisServer::start().unwrap();
-    let instances = Instance::anon(&redis, 1).await;
+    let instances = anon(&redis, 1).await;
     let start = Instant::now();
     let total = flood(&instances, &ip("198.51.100.21"), 16, 5).await;
     let limit = u64::from(PER_HOUR);
@@ -191,7 +148,7 @@ async fn many_tasks_on_one_key_on_one_instance_stay_within_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_instances_flipping_mid_flood_stays_within_the_documented_bound() {
     let redis = RedisServer::start().unwrap();
-    let instances = Instance::anon(&redis, 3).await;
+    let instances = anon(&redis, 3).await;
     let stop = Arc::new(AtomicBool::new(false));
     let flipper = {
         let (stop, backends) = (
@@ -237,7 +194,7 @@ async fn live_instances_flipping_mid_flood_stays_within_the_documented_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_disagreeing_on_the_count_overshoot_by_at_most_a_share_each() {
     let redis = RedisServer::start().unwrap();
-    let instances = Instance::anon(&redis, 3).await;
+    let instances = anon(&redis, 3).await;
     instances[0].backend.live_instances().set(1);
     let start = Instant::now();
     let total = flood(&instances, &ip("198.51.100.23"), 4, 20).await;
@@ -256,7 +213,7 @@ async fn instances_disagreeing_on_the_count_overshoot_by_at_most_a_share_each() 
 #[tokio::test]
 async fn refunds_beyond_the_admissions_bank_nothing() {
     let redis = RedisServer::start().unwrap();
-    let instances = Instance::anon(&redis, 1).await;
+    let instances = anon(&redis, 1).await;
     let a = &instances[0];
     let key = ip("198.51.100.24");
     let policy = &a.layer.policies()[0];
@@ -295,7 +252,7 @@ async fn refunds_beyond_the_admissions_bank_nothing() {
 #[tokio::test]
 async fn a_request_of_two_local_first_policies_is_decided_by_the_pools_only() {
     let redis = RedisServer::start().unwrap();
-    let a = Instance::start(
+    let a = start(
         &redis,
         config().local_first("anon2"),
         &[
@@ -338,7 +295,7 @@ async fn redis_killed_and_restarted_mid_flood() {
         let mut c = config();
         c.budget = Duration::from_millis(100);
         instances.push(Arc::new(
-            Instance::start(&redis, c, &[Policy::new("anon", Quota::per_hour(PER_HOUR))]).await,
+            start(&redis, c, &[Policy::new("anon", Quota::per_hour(PER_HOUR))]).await,
         ));
     }
     let key = ip("198.51.100.26");
@@ -390,7 +347,7 @@ async fn an_outage_from_a_fresh_key_admits_the_shares_and_the_fallbacks() {
         let mut c = config();
         c.budget = Duration::from_millis(100);
         instances.push(Arc::new(
-            Instance::start(&redis, c, &[Policy::new("anon", Quota::per_hour(PER_HOUR))]).await,
+            start(&redis, c, &[Policy::new("anon", Quota::per_hour(PER_HOUR))]).await,
         ));
     }
     redis.kill().unwrap();
@@ -419,7 +376,7 @@ async fn leased_and_local_first_with_the_count_flipping_stays_within_the_bound()
     let mut instances = Vec::new();
     for _ in 0..3 {
         instances.push(Arc::new(
-            Instance::start(
+            start(
                 &redis,
                 config().lease("anon"),
                 &[Policy::new("anon", Quota::per_hour(BIG))],
@@ -473,7 +430,7 @@ async fn a_remembered_rejection_is_honest_about_its_retry_time() {
     let redis = RedisServer::start().unwrap();
     let mut c = config();
     c.remembered_rejections = 100;
-    let a = Instance::start(&redis, c, &[Policy::new("anon", Quota::per_second(64))]).await;
+    let a = start(&redis, c, &[Policy::new("anon", Quota::per_second(64))]).await;
     a.backend.live_instances().set(1);
     let key = ip("198.51.100.29");
     let policy = &a.layer.policies()[0];
@@ -525,7 +482,7 @@ async fn a_full_table_under_a_flood_stays_bounded_and_correct() {
     let redis = RedisServer::start().unwrap();
     let mut c = config();
     c.max_local_shares = 1024;
-    let a = Instance::start(&redis, c, &[Policy::new("anon", Quota::per_hour(PER_HOUR))]).await;
+    let a = start(&redis, c, &[Policy::new("anon", Quota::per_hour(PER_HOUR))]).await;
     let hot = ip("203.0.113.10");
     for _ in 0..SHARE {
         assert_eq!(a.request(&hot).await, (true, DecisionSource::LocalShare));
@@ -564,7 +521,7 @@ async fn a_lease_refusal_is_remembered_no_longer_than_the_retry_time_it_gives() 
     c.remembered_rejections = 100;
     // 65 536 a second on one instance: a share of 1 024 (one token every 0.98 ms), a pool of
     // 64 512 (leases of 1 008).
-    let a = Instance::start(&redis, c, &[Policy::new("anon", Quota::per_second(65_536))]).await;
+    let a = start(&redis, c, &[Policy::new("anon", Quota::per_second(65_536))]).await;
     a.backend.live_instances().set(1);
     let key = ip("198.51.100.30");
     let policy = &a.layer.policies()[0];
@@ -626,7 +583,7 @@ async fn a_lease_refusal_is_remembered_no_longer_than_the_retry_time_it_gives() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_never_told_the_count_overshoot_by_the_others_shares_for_good() {
     let redis = RedisServer::start().unwrap();
-    let instances = Instance::anon(&redis, 3).await;
+    let instances = anon(&redis, 3).await;
     for i in &instances {
         i.backend.live_instances().set(1);
     }
