@@ -1354,7 +1354,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn lease_opt_ins_are_checked_when_the_layer_is_built() {
+    async fn lease_and_local_first_opt_ins_are_checked_when_the_layer_is_built() {
         use welcomedly_core::rate_limit::{Policy, Quota, RateLimitLayer};
         let link = Link::connect(welcomedly_redis::LinkConfig::new("redis://127.0.0.1:1/"))
             .await
@@ -1367,6 +1367,7 @@ mod tests {
                     .backend(backend)
                     .policy(Policy::new("api", Quota::per_minute(200)))
                     .policy(Policy::new("bulk", Quota::per_minute(100_000)))
+                    .policy(Policy::new("tiny", Quota::per_minute(20)))
                     .build()
                     .map(|_| ())
                     .map_err(|e| {
@@ -1387,6 +1388,21 @@ mod tests {
             .unwrap_err();
         assert!(e.contains("burst is 200 (under 1024)"), "{e}");
         build(RedisRateLimitConfig::default().lease("bulk"))
+            .await
+            .unwrap();
+        // Local-first shares: an unknown name, or a burst under 64 (a share under one token).
+        let e = build(RedisRateLimitConfig::default().local_first("apy"))
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("`apy`") && e.contains("no policy of that name"),
+            "{e}"
+        );
+        let e = build(RedisRateLimitConfig::default().local_first("tiny"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("burst is 20 (under 64)"), "{e}");
+        build(RedisRateLimitConfig::default().local_first("api"))
             .await
             .unwrap();
     }
