@@ -21,22 +21,11 @@ use welcomedly_core::rate_limit::{Policy, Quota};
 use welcomedly_testkit::RedisServer;
 
 mod rate_limit_support;
-use rate_limit_support::{Instance, evalsha_calls, ip, nth_ip};
+use rate_limit_support::{
+    Instance, PER_HOUR, SHARE, evalsha_calls, ip, local_first_config, nth_ip,
+};
 
 const INSTANCES: u32 = 3;
-
-/// 640 an hour: a share of 640 / 64 = 10 tokens per instance, a pool of 610. The refill (one
-/// token every 5.6 s) is negligible over a test.
-const PER_HOUR: u32 = 640;
-const SHARE: u64 = 10;
-
-fn config() -> RedisRateLimitConfig {
-    let mut c = RedisRateLimitConfig::default().local_first("anon");
-    c.budget = Duration::from_secs(2);
-    // Every refused request asks again: the test counts what is admitted.
-    c.remembered_rejections = 0;
-    c
-}
 
 /// An instance of the `anon` policy at `quota`, counting three live instances.
 async fn start(redis: &RedisServer, config: RedisRateLimitConfig, quota: Quota) -> Instance {
@@ -48,15 +37,15 @@ async fn three(redis: &RedisServer) -> Vec<Arc<Instance>> {
     let mut all = Vec::new();
     for _ in 0..INSTANCES {
         all.push(Arc::new(
-            start(redis, config(), Quota::per_hour(PER_HOUR)).await,
+            start(redis, local_first_config(), Quota::per_hour(PER_HOUR)).await,
         ));
     }
     all
 }
 
-/// What the whole quota refilled over `elapsed`, rounded up, plus one for the instant's edge.
+/// What [`PER_HOUR`] refilled over `elapsed` (plus one).
 fn refill(elapsed: Duration) -> u64 {
-    (elapsed.as_secs_f64() * f64::from(PER_HOUR) / 3600.0).ceil() as u64 + 1
+    rate_limit_support::refill(PER_HOUR, elapsed)
 }
 
 /// A flood of distinct client addresses through three instances (one request each, the whole
@@ -164,7 +153,7 @@ async fn a_client_stuck_to_one_instance_is_refused_early_by_at_most_the_other_sh
 #[tokio::test]
 async fn a_refund_goes_back_to_the_share() {
     let redis = RedisServer::start().unwrap();
-    let a = start(&redis, config(), Quota::per_hour(PER_HOUR)).await;
+    let a = start(&redis, local_first_config(), Quota::per_hour(PER_HOUR)).await;
     let key = ip("198.51.100.3");
     for i in 0..SHARE {
         assert_eq!(
@@ -189,7 +178,7 @@ async fn a_refund_goes_back_to_the_share() {
 #[tokio::test]
 async fn the_table_is_bounded_and_never_hands_a_spent_share_out_again() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config();
+    let mut c = local_first_config();
     c.max_local_shares = 64;
     let a = start(&redis, c, Quota::per_hour(PER_HOUR)).await;
     let hot = ip("203.0.113.9");
@@ -220,7 +209,12 @@ async fn shares_then_leases_from_the_pool_stay_within_the_limit() {
     let mut instances = Vec::new();
     for _ in 0..INSTANCES {
         instances.push(Arc::new(
-            start(&redis, config().lease("anon"), Quota::per_hour(BIG)).await,
+            start(
+                &redis,
+                local_first_config().lease("anon"),
+                Quota::per_hour(BIG),
+            )
+            .await,
         ));
     }
     let admitted = Arc::new(AtomicU64::new(0));
@@ -244,7 +238,7 @@ async fn shares_then_leases_from_the_pool_stay_within_the_limit() {
     let elapsed = start.elapsed();
     let total = admitted.load(Ordering::SeqCst);
     let limit = u64::from(BIG);
-    let refill = (elapsed.as_secs_f64() * f64::from(BIG) / 3600.0).ceil() as u64 + 1;
+    let refill = rate_limit_support::refill(BIG, elapsed);
     // Shares: 1 000 each; the pool 61 000, leased 953 at a time.
     let share = limit / 64;
     let lease = (limit - u64::from(INSTANCES) * share) / LEASE_SHARE;
@@ -267,7 +261,7 @@ async fn shares_then_leases_from_the_pool_stay_within_the_limit() {
 #[tokio::test]
 async fn shares_keep_admitting_while_redis_is_down() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config();
+    let mut c = local_first_config();
     c.budget = Duration::from_millis(200);
     let a = start(&redis, c, Quota::per_hour(PER_HOUR)).await;
     redis.kill().unwrap();

@@ -24,19 +24,7 @@ use welcomedly_core::rate_limit::{Policy, Quota};
 use welcomedly_testkit::RedisServer;
 
 mod rate_limit_support;
-use rate_limit_support::{Instance, evalsha_calls, ip};
-
-/// 640 an hour: a share of 10 per instance (on 1 to 8 instances), a pool of `640 - I × 10`.
-const PER_HOUR: u32 = 640;
-const SHARE: u64 = 10;
-
-fn config() -> RedisRateLimitConfig {
-    let mut c = RedisRateLimitConfig::default().local_first("anon");
-    c.budget = Duration::from_secs(2);
-    // Every refused request asks again: the tests count what is admitted.
-    c.remembered_rejections = 0;
-    c
-}
+use rate_limit_support::{Instance, PER_HOUR, SHARE, evalsha_calls, ip, local_first_config};
 
 /// An instance of `policies`, counting three live instances.
 async fn start(redis: &RedisServer, config: RedisRateLimitConfig, policies: &[Policy]) -> Instance {
@@ -50,7 +38,7 @@ async fn anon(redis: &RedisServer, n: usize) -> Vec<Arc<Instance>> {
         all.push(Arc::new(
             start(
                 redis,
-                config(),
+                local_first_config(),
                 &[Policy::new("anon", Quota::per_hour(PER_HOUR))],
             )
             .await,
@@ -59,9 +47,34 @@ async fn anon(redis: &RedisServer, n: usize) -> Vec<Arc<Instance>> {
     all
 }
 
-/// What the whole quota refilled over `elapsed`, rounded up, plus one for the instant's edge.
+/// What [`PER_HOUR`] refilled over `elapsed` (plus one).
 fn refill(elapsed: Duration) -> u64 {
-    (elapsed.as_secs_f64() * f64::from(PER_HOUR) / 3600.0).ceil() as u64 + 1
+    rate_limit_support::refill(PER_HOUR, elapsed)
+}
+
+/// Flips every instance's live count between 1 and 3 each millisecond until the returned flag
+/// is set; the task answers how many flips it made.
+fn flip_live_instances(
+    instances: &[Arc<Instance>],
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let backends: Vec<_> = instances.iter().map(|i| i.backend.clone()).collect();
+    let flipper = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut flips = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let n = if flips.is_multiple_of(2) { 1 } else { 3 };
+                for b in &backends {
+                    b.live_instances().set(n);
+                }
+                flips += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            flips
+        }
+    });
+    (stop, flipper)
 }
 
 /// `tasks` clients per instance hammer `key` until each was refused `refusals` times; the
@@ -101,7 +114,7 @@ async fn the_layer_refunds_admissions_from_the_share() {
     let redis = RedisServer::start().unwrap();
     let policy = Policy::new("anon", Quota::per_hour(PER_HOUR))
         .charge_only_statuses([StatusCode::UNAUTHORIZED]);
-    let a = start(&redis, config(), &[policy]).await;
+    let a = start(&redis, local_first_config(), &[policy]).await;
     let svc = tower::ServiceBuilder::new()
         .layer(a.layer.clone())
         .service(service_fn(|_req: Request<String>| async {
@@ -149,28 +162,7 @@ async fn many_tasks_on_one_key_on_one_instance_stay_within_the_limit() {
 async fn live_instances_flipping_mid_flood_stays_within_the_documented_bound() {
     let redis = RedisServer::start().unwrap();
     let instances = anon(&redis, 3).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let flipper = {
-        let (stop, backends) = (
-            stop.clone(),
-            instances
-                .iter()
-                .map(|i| i.backend.clone())
-                .collect::<Vec<_>>(),
-        );
-        tokio::spawn(async move {
-            let mut flips = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let n = if flips.is_multiple_of(2) { 1 } else { 3 };
-                for b in &backends {
-                    b.live_instances().set(n);
-                }
-                flips += 1;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            flips
-        })
-    };
+    let (stop, flipper) = flip_live_instances(&instances);
     let start = Instant::now();
     let total = flood(&instances, &ip("198.51.100.22"), 4, 20).await;
     stop.store(true, Ordering::SeqCst);
@@ -254,7 +246,7 @@ async fn a_request_of_two_local_first_policies_is_decided_by_the_pools_only() {
     let redis = RedisServer::start().unwrap();
     let a = start(
         &redis,
-        config().local_first("anon2"),
+        local_first_config().local_first("anon2"),
         &[
             Policy::new("anon", Quota::per_hour(PER_HOUR)),
             Policy::new("anon2", Quota::per_hour(2 * PER_HOUR)),
@@ -292,7 +284,7 @@ async fn redis_killed_and_restarted_mid_flood() {
     let redis = RedisServer::start().unwrap();
     let mut instances = Vec::new();
     for _ in 0..3 {
-        let mut c = config();
+        let mut c = local_first_config();
         c.budget = Duration::from_millis(100);
         instances.push(Arc::new(
             start(&redis, c, &[Policy::new("anon", Quota::per_hour(PER_HOUR))]).await,
@@ -344,7 +336,7 @@ async fn an_outage_from_a_fresh_key_admits_the_shares_and_the_fallbacks() {
     let redis = RedisServer::start().unwrap();
     let mut instances = Vec::new();
     for _ in 0..3 {
-        let mut c = config();
+        let mut c = local_first_config();
         c.budget = Duration::from_millis(100);
         instances.push(Arc::new(
             start(&redis, c, &[Policy::new("anon", Quota::per_hour(PER_HOUR))]).await,
@@ -378,41 +370,21 @@ async fn leased_and_local_first_with_the_count_flipping_stays_within_the_bound()
         instances.push(Arc::new(
             start(
                 &redis,
-                config().lease("anon"),
+                local_first_config().lease("anon"),
                 &[Policy::new("anon", Quota::per_hour(BIG))],
             )
             .await,
         ));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flipper = {
-        let (stop, backends) = (
-            stop.clone(),
-            instances
-                .iter()
-                .map(|i| i.backend.clone())
-                .collect::<Vec<_>>(),
-        );
-        tokio::spawn(async move {
-            let mut flips = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                for b in &backends {
-                    b.live_instances()
-                        .set(if flips.is_multiple_of(2) { 1 } else { 3 });
-                }
-                flips += 1;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-    };
+    let (stop, flipper) = flip_live_instances(&instances);
     let start = Instant::now();
     let total = flood(&instances, &ip("198.51.100.28"), 2, 20).await;
     stop.store(true, Ordering::SeqCst);
-    flipper.await.unwrap();
+    let _ = flipper.await.unwrap();
     let elapsed = start.elapsed();
     let limit = u64::from(BIG);
     let share = limit / 64;
-    let refill = (elapsed.as_secs_f64() * f64::from(BIG) / 3600.0).ceil() as u64 + 1;
+    let refill = rate_limit_support::refill(BIG, elapsed);
     eprintln!("leased + local-first, flipping: admitted {total} of {limit} in {elapsed:?}");
     assert!(
         total <= limit + 3 * share + refill,
@@ -428,7 +400,7 @@ async fn leased_and_local_first_with_the_count_flipping_stays_within_the_bound()
 #[tokio::test]
 async fn a_remembered_rejection_is_honest_about_its_retry_time() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config();
+    let mut c = local_first_config();
     c.remembered_rejections = 100;
     let a = start(&redis, c, &[Policy::new("anon", Quota::per_second(64))]).await;
     a.backend.live_instances().set(1);
@@ -480,7 +452,7 @@ async fn a_remembered_rejection_is_honest_about_its_retry_time() {
 #[tokio::test]
 async fn a_full_table_under_a_flood_stays_bounded_and_correct() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config();
+    let mut c = local_first_config();
     c.max_local_shares = 1024;
     let a = start(&redis, c, &[Policy::new("anon", Quota::per_hour(PER_HOUR))]).await;
     let hot = ip("203.0.113.10");
@@ -517,7 +489,7 @@ async fn a_full_table_under_a_flood_stays_bounded_and_correct() {
 #[tokio::test]
 async fn a_lease_refusal_is_remembered_no_longer_than_the_retry_time_it_gives() {
     let redis = RedisServer::start().unwrap();
-    let mut c = config().lease("anon");
+    let mut c = local_first_config().lease("anon");
     c.remembered_rejections = 100;
     // 65 536 a second on one instance: a share of 1 024 (one token every 0.98 ms), a pool of
     // 64 512 (leases of 1 008).

@@ -72,6 +72,28 @@ impl Instance {
     }
 }
 
+/// The local-first tests' quota, 640 an hour: a share of 640 / 64 = 10 tokens per instance (on
+/// 1 to 8 instances), a pool of `640 - I × 10`. The refill (one token every 5.6 s) is
+/// negligible over a test.
+pub const PER_HOUR: u32 = 640;
+/// A share of [`PER_HOUR`].
+pub const SHARE: u64 = 10;
+
+/// The local-first tests' settings: the `anon` policy takes shares, a generous budget, and no
+/// remembered rejections (every refused request asks again: the tests count what is admitted).
+pub fn local_first_config() -> RedisRateLimitConfig {
+    let mut c = RedisRateLimitConfig::default().local_first("anon");
+    c.budget = Duration::from_secs(2);
+    c.remembered_rejections = 0;
+    c
+}
+
+/// What a quota of `per_hour` refilled over `elapsed`, rounded up, plus one for the instant's
+/// edge.
+pub fn refill(per_hour: u32, elapsed: Duration) -> u64 {
+    (elapsed.as_secs_f64() * f64::from(per_hour) / 3600.0).ceil() as u64 + 1
+}
+
 /// The script calls Redis has run (`EVALSHA`), from `INFO commandstats`.
 pub fn evalsha_calls(redis: &RedisServer) -> u64 {
     let info = redis.command(&["INFO", "commandstats"]).unwrap();
